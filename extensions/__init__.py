@@ -1,0 +1,1 @@
+"""gpulab notebook-side extensions (server extension and JupyterLab frontend)."""

@@ -1,0 +1,1 @@
+"""gpulab hub side: settings, GPU ledger, REST API, CLI."""

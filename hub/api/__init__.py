@@ -1,0 +1,1 @@
+"""gpulab REST API handlers, mounted under /hub/api/gpulab/."""

@@ -1,0 +1,88 @@
+"""GET /hub/api/gpulab/gpus and /hub/api/gpulab/events: the GPU pool and its history.
+
+Admins (tokens with ``admin:users``) see every holder; users see the whole pool but
+only their own grants by name, and only their own events.
+"""
+
+from __future__ import annotations
+
+import json
+
+from jupyterhub.apihandlers.base import APIHandler
+from tornado import web
+
+from gpulab.hub.app import context
+
+
+class GpulabAPIHandler(APIHandler):
+    """Base for gpulab endpoints: authenticated, JSON in and out, clear 4xx errors."""
+
+    def prepare_gpulab(self) -> tuple[str | None, bool]:
+        """(name of the requesting user or None for a service, whether it acts as admin)."""
+        if self.current_user is None:
+            raise web.HTTPError(403, "Missing or invalid credentials.")
+        name = getattr(self.current_user, "name", None)
+        is_user = self.current_user.kind == "user" if hasattr(self.current_user, "kind") else True
+        return (name if is_user else None), self.has_scope("admin:users")
+
+    def target_user(self, me: str | None, admin: bool) -> str | None:
+        """The ``?user=`` a request is about: anyone for admins, oneself for users."""
+        wanted = self.get_argument("user", None)
+        if wanted is None:
+            return None if admin else me
+        if not admin and wanted != me:
+            raise web.HTTPError(403, f"You may only look at your own GPUs, not {wanted}'s")
+        if self.find_user(wanted) is None:
+            raise web.HTTPError(404, f"No such user: {wanted}")
+        return wanted
+
+    def write_json(self, model) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.write(json.dumps(model))
+
+
+class GpusHandler(GpulabAPIHandler):
+    async def get(self):
+        me, admin = self.prepare_gpulab()
+        only = self.target_user(me, admin)
+        ledger = context().ledger
+        gpus = []
+        for gpu, grant in ledger.pool():
+            model = {**gpu.as_json(), "state": "free" if grant is None else "held"}
+            if grant is not None and (admin or grant.user == me):
+                model.update(
+                    user=grant.user, server=grant.server, since=grant.granted_at.isoformat()
+                )
+            gpus.append(model)
+        model = {
+            "total": len(gpus),
+            "free": sum(g["state"] == "free" for g in gpus),
+            "gpus": gpus,
+        }
+        if only is not None:
+            model["user"] = {
+                "name": only,
+                "held": sum(g.get("user") == only for g in gpus),
+                "limit": ledger.user_limit(only),
+            }
+        self.write_json(model)
+
+
+class EventsHandler(GpulabAPIHandler):
+    async def get(self):
+        me, admin = self.prepare_gpulab()
+        only = self.target_user(me, admin)
+        try:
+            limit = int(self.get_argument("limit", "100"))
+        except ValueError:
+            raise web.HTTPError(400, "limit must be a whole number") from None
+        if not 1 <= limit <= 10_000:
+            raise web.HTTPError(400, "limit must be between 1 and 10000")
+        events = context().ledger.events(user=only, limit=limit)
+        self.write_json({"events": [e.as_json() for e in events]})
+
+
+default_handlers = [
+    (r"/api/gpulab/gpus", GpusHandler),
+    (r"/api/gpulab/events", EventsHandler),
+]

@@ -1,0 +1,99 @@
+"""Turn gpulab settings into JupyterHub configuration (used by jupyterhub_config.py)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import runpy
+import secrets
+import shutil
+import sys
+from pathlib import Path
+
+from .app import context
+from .settings import Settings
+
+log = logging.getLogger("gpulab")
+
+CLI_SERVICE = "gpulab-cli"
+
+
+def proxy_command() -> list[str]:
+    """configurable-http-proxy: the one installed beside gpulab, else from PATH."""
+    beside = Path(sys.prefix) / "share" / "chp" / "node_modules" / ".bin" / "configurable-http-proxy"
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("configurable-http-proxy")
+    return [found] if found else ["configurable-http-proxy"]
+
+
+def secret_file(path: Path) -> str:
+    """A random token kept in a 0600 file, made on first use."""
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path.read_text().strip()
+
+
+def configure(c, settings: Settings | None = None) -> None:
+    """Fill the JupyterHub config object ``c`` from gpulab settings."""
+    from gpulab.spawner.accounts import prepare_data_root, privileged
+    from gpulab.spawner.local import reconcile_local_grants
+
+    from .api import gpus
+
+    # hub state (ledger, hub database, tokens) is for root's eyes only
+    os.umask(0o077)
+    ctx = context()
+    s = settings or ctx.settings
+    data = s.data_path
+    prepare_data_root(data)
+
+    c.JupyterHub.bind_url = f"http://{s.hub.ip}:{s.hub.port}"
+    c.JupyterHub.hub_ip = "127.0.0.1"
+    c.JupyterHub.hub_port = s.hub.hub_port
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{s.hub.proxy_api_port}"
+    c.ConfigurableHTTPProxy.command = proxy_command()
+    c.ConfigurableHTTPProxy.pid_file = str(data / "jupyterhub-proxy.pid")
+    c.JupyterHub.db_url = f"sqlite:///{data / 'jupyterhub.sqlite'}"
+    c.JupyterHub.cookie_secret_file = str(data / "jupyterhub_cookie_secret")
+    # user servers outlive the hub: a hub restart re-attaches to them
+    c.JupyterHub.cleanup_servers = False
+
+    c.JupyterHub.spawner_class = "gpulab-local"
+    c.JupyterHub.extra_handlers = list(gpus.default_handlers)
+
+    admins = set(s.hub.admin_users)
+    c.Authenticator.admin_users = admins
+    if s.hub.authenticator == "gpulab":
+        c.JupyterHub.authenticator_class = "gpulab"
+        c.GpulabAuthenticator.bootstrap_admin = s.hub.admin_users[0]
+        c.GpulabAuthenticator.bootstrap_password = s.hub.admin_password
+        c.GpulabAuthenticator.open_signup = s.hub.open_signup
+        # who may log in is decided by sign-up approval, not by an allow list
+        c.Authenticator.allow_all = True
+    else:
+        c.JupyterHub.authenticator_class = s.hub.authenticator
+
+    # The gpulab CLI on this machine (as root) reads this token to act as admin.
+    c.JupyterHub.services = [
+        {"name": CLI_SERVICE, "api_token": secret_file(data / "cli-token")},
+    ]
+    c.JupyterHub.load_roles = [{"name": "admin", "services": [CLI_SERVICE]}]
+
+    if not privileged():
+        log.warning(
+            "\n%s\ngpulab: the hub is NOT running as root. This is single-user/dev mode:\n"
+            "every server runs as %s, with no isolation between hub users.\n"
+            "Run the hub as root on a shared GPU machine.\n%s",
+            "!" * 72, os.environ.get("USER", "this account"), "!" * 72,
+        )
+
+    released = reconcile_local_grants(ctx.ledger)
+    for grant in released:
+        log.warning("gpulab: released GPU %s of %s: its server died while the hub was down",
+                    grant.gpu_id, grant.user)
+
+    if s.hub.extra_config:
+        runpy.run_path(s.hub.extra_config, init_globals={"c": c, "settings": s})

@@ -1,0 +1,263 @@
+"""gpulab settings: one YAML file plus ``GPULAB_*`` environment overrides.
+
+The file is found at ``$GPULAB_CONFIG``, else ``./gpulab.yaml``, else
+``/etc/gpulab/gpulab.yaml``; with none of them the defaults below apply.
+
+Every field can be overridden from the environment: ``GPULAB_`` followed by the
+field's path in upper case with ``__`` between levels, for example
+``GPULAB_DATA_ROOT=/srv/gpulab``, ``GPULAB_HUB__PORT=8080``,
+``GPULAB_GPUS__IDS=0,1``. Lists are comma-separated; mappings are written as
+``key=value,key=value``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ENV_PREFIX = "GPULAB_"
+
+
+class SettingsError(ValueError):
+    """The settings file or an override is invalid; the message says where."""
+
+
+@dataclass
+class Profile:
+    """A choice on the spawn form: what a server gets."""
+
+    slug: str
+    """Short name used in the API (``{"profile": "gpu-1"}``) and the form."""
+    display_name: str = ""
+    """What the spawn form shows; defaults to the slug."""
+    description: str = ""
+    gpus: int = 0
+    """GPUs granted to a server started with this profile."""
+    default: bool = False
+    """Pre-selected on the form, and used when a spawn names no profile."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment variables for servers of this profile."""
+
+
+def _default_profiles() -> list[Profile]:
+    return [
+        Profile(slug="cpu", display_name="CPU only", gpus=0, default=True),
+        Profile(slug="gpu-1", display_name="1 GPU", gpus=1),
+        Profile(slug="gpu-2", display_name="2 GPUs", gpus=2),
+    ]
+
+
+@dataclass
+class GpuSettings:
+    ids: list[str] = field(default_factory=list)
+    """Device ids to hand out. Empty: discover GPUs through NVML (none without a driver)."""
+    per_user: int = -1
+    """Most GPUs one user may hold at once over all their servers; -1: no limit."""
+    users: dict[str, int] = field(default_factory=dict)
+    """Per-user limits that replace ``per_user`` for the named users."""
+    groups: dict[str, int] = field(default_factory=dict)
+    """Most GPUs the members of a JupyterHub group may hold together."""
+
+
+@dataclass
+class HubSettings:
+    ip: str = ""
+    """Address the public proxy listens on; empty means all interfaces."""
+    port: int = 8000
+    hub_port: int = 8081
+    """Port of the hub's internal API (loopback), which user servers talk to."""
+    proxy_api_port: int = 8001
+    """Port of the proxy's REST API (loopback)."""
+    admin_users: list[str] = field(default_factory=lambda: ["admin"])
+    """Hub admins. The first one is bootstrapped with a password on first start."""
+    admin_password: str = ""
+    """Password for the bootstrapped admin; empty: generate one and print it once."""
+    authenticator: str = "gpulab"
+    """``gpulab`` (accounts with sign-up and admin approval), or any JupyterHub
+    authenticator entry point or class (``github``, ``ldapauthenticator.LDAPAuthenticator``);
+    configure it further in ``extra_config``."""
+    open_signup: bool = False
+    """With the gpulab authenticator: new sign-ups may log in without admin approval."""
+    extra_config: str = ""
+    """Path of a Python file run after gpulab's own configuration, with ``c`` in scope."""
+
+
+@dataclass
+class ServerSettings:
+    unix_user_prefix: str = "gl-"
+    """Prefix of the unix account each hub user's server runs as (when the hub is root)."""
+    default_url: str = "/lab"
+    start_timeout: int = 120
+    """Seconds a server may take to start before the spawn fails."""
+
+
+@dataclass
+class Settings:
+    backend: str = "local"
+    """``local`` (processes on this machine); ``kubernetes`` comes with that backend."""
+    data_root: str = ""
+    """Where homes, the ledger and hub state live. Default: /var/lib/gpulab as root,
+    else ~/.local/share/gpulab."""
+    hub: HubSettings = field(default_factory=HubSettings)
+    gpus: GpuSettings = field(default_factory=GpuSettings)
+    servers: ServerSettings = field(default_factory=ServerSettings)
+    profiles: list[Profile] = field(default_factory=_default_profiles)
+
+    @property
+    def data_path(self) -> Path:
+        if self.data_root:
+            return Path(self.data_root).expanduser().resolve()
+        if os.geteuid() == 0:
+            return Path("/var/lib/gpulab")
+        return Path("~/.local/share/gpulab").expanduser()
+
+    @property
+    def ledger_url(self) -> str:
+        return f"sqlite:///{self.data_path / 'gpulab.sqlite'}"
+
+    def profile(self, slug: str | None) -> Profile:
+        """The profile named ``slug``, or the default one when ``slug`` is None."""
+        if slug is None:
+            return next((p for p in self.profiles if p.default), self.profiles[0])
+        for p in self.profiles:
+            if p.slug == slug:
+                return p
+        known = ", ".join(p.slug for p in self.profiles)
+        raise SettingsError(f"unknown profile {slug!r}; known profiles: {known}")
+
+
+def config_path(environ: typing.Mapping[str, str] | None = None) -> Path | None:
+    environ = os.environ if environ is None else environ
+    if environ.get("GPULAB_CONFIG"):
+        return Path(environ["GPULAB_CONFIG"])
+    for candidate in (Path("gpulab.yaml"), Path("/etc/gpulab/gpulab.yaml")):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def load_settings(
+    path: str | Path | None = None, environ: typing.Mapping[str, str] | None = None
+) -> Settings:
+    """Read the settings file (if any), apply environment overrides, validate."""
+    environ = os.environ if environ is None else environ
+    path = Path(path) if path else config_path(environ)
+    raw: dict = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except OSError as e:
+            raise SettingsError(f"cannot read settings file {path}: {e.strerror}") from e
+        except yaml.YAMLError as e:
+            raise SettingsError(f"settings file {path} is not valid YAML: {e}") from e
+        if not isinstance(raw, dict):
+            raise SettingsError(f"settings file {path} must hold a mapping at the top")
+    settings = _build(Settings, raw, "")
+    _apply_env(settings, environ)
+    _validate(settings)
+    return settings
+
+
+def _build(cls, raw, where: str):
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{where or 'settings'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(raw) - names
+    if unknown:
+        raise SettingsError(
+            f"{where or 'settings'}: unknown key(s) {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(sorted(names))}"
+        )
+    kwargs = {k: _coerce(hints[k], v, f"{where}{k}") for k, v in raw.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise SettingsError(f"{where or 'settings'}: {e}") from e
+
+
+def _coerce(tp, value, where: str):
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where + ".")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise SettingsError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _, vt = typing.get_args(tp)
+        if isinstance(value, str):
+            pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
+            if any(len(p) != 2 for p in pairs):
+                raise SettingsError(f"{where}: expected key=value pairs, got {value!r}")
+            value = {k.strip(): v.strip() for k, v in pairs}
+        if not isinstance(value, dict):
+            raise SettingsError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(vt, v, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise SettingsError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise SettingsError(f"{where}: expected a whole number, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{where}: expected a whole number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise SettingsError(f"{where}: expected text, got {value!r}")
+        return "" if value is None else str(value)
+    if isinstance(tp, types.UnionType):
+        return value
+    return value
+
+
+def _apply_env(obj, environ, prefix: str = ENV_PREFIX) -> None:
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        name = prefix + f.name.upper()
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            _apply_env(getattr(obj, f.name), environ, name + "__")
+        elif name in environ and f.name != "profiles":
+            setattr(obj, f.name, _coerce(tp, environ[name], name))
+
+
+def _validate(s: Settings) -> None:
+    if s.backend not in ("local",):
+        raise SettingsError(f"backend: unknown backend {s.backend!r}; known: local")
+    if not s.profiles:
+        raise SettingsError("profiles: at least one profile is needed")
+    slugs = [p.slug for p in s.profiles]
+    dupes = {x for x in slugs if slugs.count(x) > 1}
+    if dupes:
+        raise SettingsError(f"profiles: duplicate slug(s) {', '.join(sorted(dupes))}")
+    for p in s.profiles:
+        if p.gpus < 0:
+            raise SettingsError(f"profiles.{p.slug}.gpus: must be 0 or more, got {p.gpus}")
+        if not p.display_name:
+            p.display_name = p.slug
+    if sum(p.default for p in s.profiles) > 1:
+        raise SettingsError("profiles: only one profile may be the default")
+    if len(set(s.gpus.ids)) != len(s.gpus.ids):
+        raise SettingsError("gpus.ids: the same device id is listed twice")
+    for name, n in {**s.gpus.users, **s.gpus.groups}.items():
+        if n < 0:
+            raise SettingsError(f"gpus: the limit for {name!r} must be 0 or more, got {n}")
+    if not s.hub.admin_users:
+        raise SettingsError("hub.admin_users: at least one admin is needed")

@@ -1,0 +1,1 @@
+"""gpulab spawners: profiles, the local GPU spawner."""

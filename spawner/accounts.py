@@ -1,0 +1,108 @@
+"""Unix accounts and home directories for the local backend.
+
+When the hub runs as root, each hub user's server runs as a unix account of its
+own (``gl-alice``), created on first spawn, with a 0700 home under the data root.
+Run unprivileged, every server runs as the hub's own account (single-user/dev mode).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+MAX_UNIX_NAME = 32
+
+
+class AccountError(RuntimeError):
+    """The unix account or home could not be set up; the message says why."""
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    uid: int
+    gid: int
+    home: Path
+    shell: str = "/bin/bash"
+
+
+def safe_name(hub_name: str) -> str:
+    """A file- and unix-safe form of a hub user name, unique per name."""
+    cleaned = re.sub(r"[^a-z0-9_-]", "-", hub_name.lower()).strip("-") or "user"
+    if cleaned != hub_name or len(cleaned) > 20:
+        digest = hashlib.sha256(hub_name.encode()).hexdigest()[:6]
+        cleaned = f"{cleaned[:13]}-{digest}"
+    return cleaned
+
+
+def unix_name(prefix: str, hub_name: str) -> str:
+    name = f"{prefix}{safe_name(hub_name)}"
+    if len(name) > MAX_UNIX_NAME:
+        raise AccountError(f"unix account name {name!r} is too long; shorten servers.unix_user_prefix")
+    return name
+
+
+def privileged() -> bool:
+    return os.geteuid() == 0
+
+
+def home_for(data_root: Path, hub_name: str) -> Path:
+    return data_root / "homes" / safe_name(hub_name)
+
+
+def prepare_data_root(data_root: Path) -> None:
+    """Data root and homes/: traversable by users, listable by the hub only."""
+    for d in (data_root, data_root / "homes", data_root / "logs"):
+        d.mkdir(parents=True, exist_ok=True)
+    if privileged():
+        os.chmod(data_root, 0o711)
+        os.chmod(data_root / "homes", 0o711)
+        os.chmod(data_root / "logs", 0o700)
+
+
+def ensure_account(prefix: str, hub_name: str, data_root: Path) -> Account:
+    """The account a user's server runs as, with its home; created when missing."""
+    home = home_for(data_root, hub_name)
+    if not privileged():
+        home.mkdir(parents=True, exist_ok=True)
+        me = pwd.getpwuid(os.geteuid())
+        return Account(me.pw_name, me.pw_uid, me.pw_gid, home, me.pw_shell or "/bin/bash")
+
+    name = unix_name(prefix, hub_name)
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        result = subprocess.run(
+            [
+                "useradd",
+                "--home-dir", str(home),
+                "--no-create-home",
+                "--shell", "/bin/bash",
+                "--user-group",
+                "--comment", f"gpulab user {hub_name}",
+                name,
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode not in (0, 9):  # 9: created meanwhile by a concurrent spawn
+            raise AccountError(f"could not create unix account {name}: {result.stderr.strip()}")
+        entry = pwd.getpwnam(name)
+    if entry.pw_uid == 0:
+        raise AccountError(f"refusing to run a user server as root (account {name})")
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        st = home.lstat()
+        if home.is_symlink():
+            raise AccountError(f"home {home} is a symbolic link; refusing to use it")
+        if st.st_uid != entry.pw_uid or st.st_gid != entry.pw_gid:
+            os.chown(home, entry.pw_uid, entry.pw_gid)
+        os.chmod(home, 0o700)
+    except OSError as e:
+        raise AccountError(f"could not prepare home {home}: {e.strerror}") from e
+    return Account(name, entry.pw_uid, entry.pw_gid, home, entry.pw_shell or "/bin/bash")

@@ -1,0 +1,120 @@
+"""What every gpulab spawner does, whatever runs the server: profiles, GPU grants,
+the spawn form and progress events. Backends mix this into their Spawner class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from traitlets.config import LoggingConfigurable
+from tornado import web
+from traitlets import List, Unicode, default
+
+from gpulab.hub.app import Context, context
+from gpulab.hub.ledger import LedgerError
+
+from . import profiles
+
+
+class GpuSpawnerMixin(LoggingConfigurable):
+    """Reserve GPUs from the ledger before a server starts; release them when it ends.
+
+    Put it first in a backend's bases: ``class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner)``.
+    """
+
+    gpu_ids = List(Unicode(), help="GPU ids granted to the running server.")
+    profile_slug = Unicode("", help="Profile the running server was started with.")
+
+    @property
+    def gpulab(self) -> Context:
+        return context()
+
+    # -- the spawn form ------------------------------------------------------------
+
+    @default("options_form")
+    def _options_form_default(self):
+        return self._render_options_form
+
+    def _render_options_form(self, spawner) -> str:
+        ctx = self.gpulab
+        return profiles.render_form(ctx.settings, ctx.ledger.free_count(), len(ctx.inventory))
+
+    def options_from_form(self, formdata):
+        return profiles.options_from_form(formdata)
+
+    # -- progress --------------------------------------------------------------------
+
+    def _progress_events(self) -> list[dict]:
+        if not hasattr(self, "_gpulab_events"):
+            self._gpulab_events = []
+        return self._gpulab_events
+
+    def report(self, progress: int, message: str) -> None:
+        """Record a spawn progress event (shown on the spawn-pending page)."""
+        self.log.info("%s: %s", self._log_name, message)
+        self._progress_events().append({"progress": progress, "message": message})
+
+    async def progress(self):
+        sent = 0
+        while True:
+            events = self._progress_events()
+            while sent < len(events):
+                yield events[sent]
+                sent += 1
+            if not self._spawn_pending:
+                break
+            await asyncio.sleep(0.2)
+
+    # -- grants ----------------------------------------------------------------------
+
+    def reserve_gpus(self) -> profiles.ServerRequest:
+        """Validate the spawn options and take GPUs from the ledger, or fail with a 4xx."""
+        self._gpulab_events = []
+        try:
+            request = profiles.resolve(self.gpulab.settings, self.user_options)
+        except profiles.BadOptions as e:
+            raise web.HTTPError(400, str(e)) from None
+        self.report(5, f"Profile {request.profile.display_name}: asking for {request.gpus} GPU(s)")
+        groups = [g.name for g in self.user.groups]
+        try:
+            gpus = self.gpulab.ledger.reserve(self.user.name, self.name, request.gpus, groups)
+        except LedgerError as e:
+            message = e.message_for(admin=self.user.admin)
+            self.report(100, f"Spawn failed: {message}")
+            raise web.HTTPError(e.status, message) from None
+        self.gpu_ids = [g.id for g in gpus]
+        self.profile_slug = request.profile.slug
+        if gpus:
+            self.report(15, f"Granted GPU(s) {', '.join(self.gpu_ids)}")
+        return request
+
+    def release_gpus(self, reason: str) -> None:
+        self.gpulab.ledger.release(self.user.name, self.name, reason)
+        self.gpu_ids = []
+
+    def gpu_env(self) -> dict[str, str]:
+        visible = ",".join(self.gpu_ids)
+        return {
+            "CUDA_VISIBLE_DEVICES": visible,
+            "NVIDIA_VISIBLE_DEVICES": visible,
+            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+            "GPULAB_GPUS": visible,
+            "GPULAB_PROFILE": self.profile_slug,
+        }
+
+    def get_state(self):
+        state = super().get_state()
+        if self.profile_slug:
+            state["gpu_ids"] = list(self.gpu_ids)
+            state["profile"] = self.profile_slug
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.gpu_ids = state.get("gpu_ids", [])
+        self.profile_slug = state.get("profile", "")
+
+    def clear_state(self):
+        super().clear_state()
+        self.gpu_ids = []
+        self.profile_slug = ""

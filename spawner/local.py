@@ -1,0 +1,139 @@
+"""LocalGpuSpawner: a user's server as a process tree on this machine.
+
+Each server runs as its user's unix account (when the hub is root), in a 0700 home
+under the data root, with CUDA_VISIBLE_DEVICES set to exactly the GPUs the ledger
+granted. The process outlives the hub: after a hub restart the spawner re-attaches
+by pid, and grants of servers that died meanwhile are released.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
+from tornado import web
+from traitlets import default
+
+from .accounts import Account, AccountError, ensure_account, prepare_data_root
+from .base import GpuSpawnerMixin
+
+
+def process_start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot), to tell reused pids apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces: count fields after its closing paren
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def holder_alive(pid: int | None, started: str | None) -> bool:
+    """Is the process that took a grant still the same live process?"""
+    if not pid:
+        return False
+    now = process_start_time(pid)
+    return now is not None and (started is None or now == started)
+
+
+class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner):
+    """Spawn each user's JupyterLab as a local process with the GPUs the ledger grants."""
+
+    @default("cmd")
+    def _cmd_default(self):
+        # the environment gpulab is installed in, not whatever is first on PATH
+        return [os.path.join(sys.prefix, "bin", "jupyterhub-singleuser")]
+
+    @default("default_url")
+    def _default_url_default(self):
+        return self.gpulab.settings.servers.default_url
+
+    @default("start_timeout")
+    def _start_timeout_default(self):
+        return self.gpulab.settings.servers.start_timeout
+
+    @property
+    def account(self) -> Account:
+        if getattr(self, "_account", None) is None:
+            s = self.gpulab.settings
+            prepare_data_root(s.data_path)
+            self._account = ensure_account(s.servers.unix_user_prefix, self.user.name, s.data_path)
+        return self._account
+
+    def make_preexec_fn(self, name):
+        account = self.account
+        if os.geteuid() == 0:
+            return set_user_setuid(account.name)
+        return lambda: os.chdir(account.home)
+
+    def user_env(self, env):
+        account = self.account
+        home = str(account.home)
+        env.update(
+            USER=account.name,
+            LOGNAME=account.name,
+            HOME=home,
+            SHELL=account.shell,
+            PYTHONUSERBASE=os.path.join(home, ".local"),
+            # the server's environment first, then what the user installed with pip --user
+            PATH=os.pathsep.join(
+                [os.path.join(sys.prefix, "bin"), os.path.join(home, ".local", "bin"),
+                 env.get("PATH") or "/usr/local/bin:/usr/bin:/bin"]
+            ),
+            JUPYTERLAB_WORKSPACES_DIR=os.path.join(home, ".jupyter", "lab", "workspaces"),
+        )
+        return env
+
+    def get_env(self):
+        env = super().get_env()
+        env.update(self.gpu_env())
+        profile = self.gpulab.settings.profile(self.profile_slug or None)
+        env.update(profile.env)
+        return env
+
+    def _log_file(self):
+        """The server's output goes to a root-owned log under the data root."""
+        logs = self.gpulab.settings.data_path / "logs"
+        suffix = f"-{self.name}" if self.name else ""
+        path = logs / f"{self.account.name}{suffix}.log"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        return os.fdopen(fd, "ab", buffering=0)
+
+    async def start(self):
+        self.reserve_gpus()
+        try:
+            try:
+                account = self.account
+            except AccountError as e:
+                raise web.HTTPError(500, f"Cannot prepare {self.user.name}'s account: {e}") from None
+            self.report(30, f"Starting JupyterLab as {account.name} in {account.home}")
+            log = self._log_file()
+            try:
+                self.popen_kwargs = {**self.popen_kwargs, "stdout": log, "stderr": log}
+                ip, port = await super().start()
+            finally:
+                log.close()
+            self.gpulab.ledger.attach(self.user.name, self.name, self.pid, process_start_time(self.pid))
+            self.report(60, "Server process started; waiting for it to answer")
+            return ip, port
+        except BaseException:
+            self.release_gpus("spawn failed")
+            raise
+
+    async def poll(self):
+        status = await super().poll()
+        # a pending spawn has reserved GPUs but no process yet; a pending stop releases itself
+        if status is not None and not (self._spawn_pending or self._stop_pending):
+            self.release_gpus("server exited")
+        return status
+
+    async def stop(self, now=False):
+        await super().stop(now=now)
+        self.release_gpus("stopped")
+
+
+def reconcile_local_grants(ledger) -> list:
+    """At hub start: free grants whose server process died while the hub was down."""
+    return ledger.reconcile(lambda g: holder_alive(g.pid, g.pid_started))

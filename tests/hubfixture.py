@@ -1,0 +1,289 @@
+"""A real gpulab hub (JupyterHub + configurable-http-proxy) on free ports, for tests.
+
+Everything is driven over HTTP as a client would: the hub REST API with tokens,
+and each user's Jupyter server API (kernels over websockets) through the proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import requests
+import websocket
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.prefix) / "bin"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except Exception as e:  # keep waiting, report the last failure
+            last = e
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last!r})")
+
+
+class Hub:
+    """One hub process with its own data root, settings file and ports."""
+
+    def __init__(self, settings: dict | None = None, unix_prefix: str | None = None):
+        self.data_root = Path(tempfile.mkdtemp(prefix="gpulab-test-"))
+        self.port, self.hub_port, self.proxy_api_port = free_port(), free_port(), free_port()
+        self.unix_prefix = unix_prefix or f"glt{uuid.uuid4().hex[:4]}-"
+        self.admin_password = "admin-" + uuid.uuid4().hex[:12]
+        base = {
+            "data_root": str(self.data_root),
+            "hub": {
+                "ip": "127.0.0.1",
+                "port": self.port,
+                "hub_port": self.hub_port,
+                "proxy_api_port": self.proxy_api_port,
+                "admin_users": ["admin"],
+                "admin_password": self.admin_password,
+            },
+            "servers": {"unix_user_prefix": self.unix_prefix, "start_timeout": 60},
+        }
+        for key, value in (settings or {}).items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                base[key].update(value)
+            else:
+                base[key] = value
+        self.settings = base
+        self.config_file = self.data_root / "gpulab.yaml"
+        self.config_file.write_text(yaml.safe_dump(base))
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.data_root / "hub.log"
+
+    # -- process -------------------------------------------------------------------
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GPULAB_", "JUPYTERHUB_"))}
+        env["GPULAB_CONFIG"] = str(self.config_file)
+        env["PATH"] = f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}"
+        return env
+
+    def start(self) -> Hub:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [str(BIN / "jupyterhub"), "-f", str(REPO / "jupyterhub_config.py")],
+            cwd=self.data_root,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+
+        def up():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"hub exited with {self.proc.returncode}:\n{self.log_tail()}")
+            return requests.get(self.url + "/hub/api/", timeout=2).status_code == 200
+
+        wait_for(up, 60, "the hub to answer")
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the hub process only (the proxy and user servers live on)."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def cleanup(self) -> None:
+        """Stop the hub, every server it left running, the proxy, and remove test accounts."""
+        try:
+            for user in self.admin.get(self.url + "/hub/api/users", timeout=10).json():
+                for server in user.get("servers", {}):
+                    self.admin.delete(
+                        f"{self.url}/hub/api/users/{user['name']}/servers/{server}", timeout=30
+                    )
+        except Exception:
+            pass
+        self.stop()
+        pidfile = self.data_root / "jupyterhub-proxy.pid"
+        if pidfile.exists():
+            try:
+                os.kill(int(pidfile.read_text()), signal.SIGTERM)
+            except (ValueError, ProcessLookupError):
+                pass
+        for entry in pwd.getpwall():
+            if entry.pw_name.startswith(self.unix_prefix):
+                subprocess.run(["pkill", "-KILL", "-u", entry.pw_name], check=False)
+                subprocess.run(["userdel", entry.pw_name], check=False, capture_output=True)
+        shutil.rmtree(self.data_root, ignore_errors=True)
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    # -- clients -------------------------------------------------------------------
+
+    @property
+    def admin(self) -> requests.Session:
+        """A session with the gpulab CLI service's token (an admin)."""
+        s = requests.Session()
+        s.headers["Authorization"] = f"token {(self.data_root / 'cli-token').read_text().strip()}"
+        return s
+
+    def api(self, path: str) -> str:
+        return f"{self.url}/hub/api{path}"
+
+    def create_user(self, name: str, admin: bool = False, groups: tuple[str, ...] = ()) -> User:
+        r = self.admin.post(self.api(f"/users/{name}"), json={"admin": admin}, timeout=10)
+        assert r.status_code in (201, 409), r.text
+        for group in groups:
+            self.admin.post(self.api(f"/groups/{group}"), timeout=10)
+            r = self.admin.post(
+                self.api(f"/groups/{group}/users"), json={"users": [name]}, timeout=10
+            )
+            assert r.status_code == 200, r.text
+        r = self.admin.post(self.api(f"/users/{name}/tokens"), json={"note": "test"}, timeout=10)
+        assert r.status_code == 201, r.text
+        return User(self, name, r.json()["token"])
+
+    def gpus(self) -> dict:
+        r = self.admin.get(self.api("/gpulab/gpus"), timeout=10)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def holders(self) -> dict[str, str]:
+        """GPU id -> holding user, as the admin sees the pool."""
+        return {g["id"]: g["user"] for g in self.gpus()["gpus"] if g["state"] == "held"}
+
+    def unix_pids(self, hub_name: str) -> list[int]:
+        from gpulab.spawner.accounts import unix_name
+
+        out = subprocess.run(
+            ["pgrep", "-u", unix_name(self.unix_prefix, hub_name)], capture_output=True, text=True
+        )
+        return [int(p) for p in out.stdout.split()]
+
+
+class User:
+    """A hub user acting with their own API token."""
+
+    def __init__(self, hub: Hub, name: str, token: str):
+        self.hub, self.name, self.token = hub, name, token
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"token {token}"
+
+    def spawn(self, wait: bool = True, **options) -> requests.Response:
+        r = self.session.post(self.hub.api(f"/users/{self.name}/server"), json=options, timeout=90)
+        if wait and r.status_code in (201, 202):
+            self.wait_ready()
+        return r
+
+    def stop(self) -> requests.Response:
+        r = self.session.delete(self.hub.api(f"/users/{self.name}/server"), timeout=60)
+        if r.status_code == 202:
+            wait_for(lambda: not self.model()["servers"], 60, f"{self.name}'s server to stop")
+        return r
+
+    def model(self) -> dict:
+        r = self.session.get(self.hub.api(f"/users/{self.name}"), timeout=10)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        def ready():
+            server = self.model()["servers"].get("")
+            if server is None:
+                raise RuntimeError(f"{self.name}'s server is gone:\n{self.hub.log_tail()}")
+            return server["ready"]
+
+        wait_for(ready, timeout, f"{self.name}'s server to be ready")
+
+    @property
+    def server_url(self) -> str:
+        return f"{self.hub.url}/user/{self.name}"
+
+    def server_get(self, path: str) -> requests.Response:
+        return self.session.get(self.server_url + path, timeout=30)
+
+    def run(self, code: str, timeout: float = 60) -> str:
+        """Run ``code`` in a fresh kernel on the user's server; return its stdout."""
+        r = self.session.post(self.server_url + "/api/kernels", json={"name": "python3"}, timeout=60)
+        assert r.status_code == 201, r.text
+        kernel_id = r.json()["id"]
+        try:
+            return run_in_kernel(self.server_url, kernel_id, self.token, code, timeout)
+        finally:
+            self.session.delete(f"{self.server_url}/api/kernels/{kernel_id}", timeout=30)
+
+
+def run_in_kernel(server_url: str, kernel_id: str, token: str, code: str, timeout: float) -> str:
+    ws_url = server_url.replace("http://", "ws://") + f"/api/kernels/{kernel_id}/channels"
+    ws = websocket.create_connection(
+        ws_url, header=[f"Authorization: token {token}"], timeout=timeout
+    )
+    try:
+        msg_id = uuid.uuid4().hex
+        ws.send(
+            json.dumps(
+                {
+                    "header": {
+                        "msg_id": msg_id,
+                        "username": "test",
+                        "session": uuid.uuid4().hex,
+                        "msg_type": "execute_request",
+                        "version": "5.3",
+                    },
+                    "parent_header": {},
+                    "metadata": {},
+                    "content": {"code": code, "silent": False, "store_history": False,
+                                "user_expressions": {}, "allow_stdin": False},
+                    "channel": "shell",
+                }
+            )
+        )
+        out: list[str] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = json.loads(ws.recv())
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind = msg["msg_type"]
+            if kind == "stream":
+                out.append(msg["content"]["text"])
+            elif kind == "error":
+                raise RuntimeError("kernel error: " + "\n".join(msg["content"]["traceback"]))
+            elif kind == "status" and msg["content"]["execution_state"] == "idle":
+                return "".join(out)
+        raise TimeoutError(f"kernel did not finish within {timeout}s")
+    finally:
+        ws.close()

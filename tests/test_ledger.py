@@ -1,0 +1,119 @@
+"""The GPU ledger on a real SQLite file: grants, quotas, concurrency, persistence."""
+
+import random
+import threading
+from collections import Counter
+
+import pytest
+
+from gpulab.hub.inventory import Gpu
+from gpulab.hub.ledger import GpuLedger, InvalidRequest, NoGpuFree, QuotaExceeded
+from gpulab.hub.settings import GpuSettings
+
+
+def make_ledger(tmp_path, n=4, **quotas):
+    inventory = [Gpu(id=f"gpu{i}", index=i) for i in range(n)]
+    return GpuLedger(f"sqlite:///{tmp_path / 'ledger.sqlite'}", inventory, GpuSettings(**quotas))
+
+
+def test_reserve_and_release_roundtrip(tmp_path):
+    ledger = make_ledger(tmp_path)
+    got = ledger.reserve("alice", "", 2)
+    assert [g.id for g in got] == ["gpu0", "gpu1"]
+    assert ledger.free_count() == 2
+    assert ledger.release("alice", "") == ["gpu0", "gpu1"]
+    assert ledger.free_count() == 4
+    assert ledger.release("alice", "") == []  # releasing twice is a no-op
+    actions = [(e.action, e.gpu_id) for e in reversed(ledger.events())]
+    assert actions == [
+        ("grant", "gpu0"),
+        ("grant", "gpu1"),
+        ("release", "gpu0"),
+        ("release", "gpu1"),
+    ]
+
+
+def test_two_users_never_share_a_gpu(tmp_path):
+    ledger = make_ledger(tmp_path, n=2)
+    a = ledger.reserve("alice", "", 1)
+    b = ledger.reserve("bob", "", 1)
+    assert {a[0].id} & {b[0].id} == set()
+    with pytest.raises(NoGpuFree) as info:
+        ledger.reserve("carol", "", 1)
+    assert info.value.message_for(admin=False) == (
+        "not enough GPUs free: asked for 1, 0 of 2 free"
+    )
+    assert "held by alice (1), bob (1)" in info.value.message_for(admin=True)
+
+
+def test_user_and_group_quotas(tmp_path):
+    ledger = make_ledger(tmp_path, n=4, per_user=2, users={"boss": 4}, groups={"students": 1})
+    ledger.reserve("alice", "a", 2)
+    with pytest.raises(QuotaExceeded, match="alice may hold 2"):
+        ledger.reserve("alice", "b", 1)
+    ledger.reserve("sam", "", 1, groups=["students"])
+    with pytest.raises(QuotaExceeded, match="group students may hold 1"):
+        ledger.reserve("sue", "", 1, groups=["students"])
+    ledger.release("alice", "a")
+    assert len(ledger.reserve("boss", "", 3)) == 3  # a per-user override beats per_user
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "2", True])
+def test_bad_counts_are_refused(tmp_path, bad):
+    ledger = make_ledger(tmp_path)
+    with pytest.raises(InvalidRequest):
+        ledger.reserve("alice", "", bad)
+    assert ledger.free_count() == 4
+
+
+def test_grants_survive_reopening(tmp_path):
+    make_ledger(tmp_path).reserve("alice", "", 1)
+    reopened = make_ledger(tmp_path)
+    assert [(g.user, g.gpu_id) for g in reopened.grants()] == [("alice", "gpu0")]
+
+
+def test_reconcile_frees_grants_of_dead_holders(tmp_path):
+    ledger = make_ledger(tmp_path)
+    ledger.reserve("alice", "", 1)
+    ledger.attach("alice", "", pid=111, pid_started="1")
+    ledger.reserve("bob", "", 1)
+    ledger.attach("bob", "", pid=222, pid_started="1")
+    gone = ledger.reconcile(lambda g: g.pid == 222)
+    assert [g.user for g in gone] == ["alice"]
+    assert [g.user for g in ledger.grants()] == ["bob"]
+
+
+def test_fifty_concurrent_reservations_never_double_grant(tmp_path):
+    ledger = make_ledger(tmp_path, n=4)
+    # a second ledger object on the same file, as a second hub process would see it
+    other = make_ledger(tmp_path, n=4)
+    barrier = threading.Barrier(50)
+    granted = Counter()
+
+    def worker(i):
+        led = ledger if i % 2 else other
+        barrier.wait()
+        for _ in range(5):
+            try:
+                got = led.reserve(f"user{i}", "", random.choice([1, 2]))
+            except NoGpuFree:
+                continue
+            granted[i] += len(got)
+            led.release(f"user{i}", "")
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # Replay the event log (written in the same transactions as the grants):
+    # a GPU must never be granted while someone still holds it.
+    holder: dict[str, str] = {}
+    for e in reversed(ledger.events(limit=10_000)):
+        if e.action == "grant":
+            assert e.gpu_id not in holder, f"{e.gpu_id} granted to {e.user} while {holder.get(e.gpu_id)} held it"
+            holder[e.gpu_id] = e.user
+        else:
+            assert holder.pop(e.gpu_id) == e.user
+    assert holder == {} and ledger.grants() == []
+    assert sum(granted.values()) > 50

@@ -1,0 +1,254 @@
+"""User servers on the local backend: GPUs granted, isolation, errors, restarts."""
+
+import base64
+import io
+import json
+import os
+import subprocess
+import threading
+import zipfile
+
+import requests
+
+from hubfixture import wait_for
+
+ENV_PROBE = """
+import json, os
+print(json.dumps({k: os.environ.get(k) for k in (
+    "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "HOME", "PYTHONUSERBASE", "USER",
+    "GPULAB_PROFILE")} | {"uid": os.getuid(), "cwd": os.getcwd()}))
+"""
+
+
+def probe(user) -> dict:
+    return json.loads(user.run(ENV_PROBE).strip().splitlines()[-1])
+
+
+def test_gpu_server_sees_exactly_its_granted_gpu(hub):
+    alice = hub.create_user("alice")
+    r = alice.spawn(profile="gpu-1")
+    assert r.status_code in (201, 202), r.text
+    granted = [g for g in hub.gpus()["gpus"] if g.get("user") == "alice"]
+    assert len(granted) == 1
+    env = probe(alice)
+    assert env["CUDA_VISIBLE_DEVICES"] == granted[0]["id"]
+    assert env["NVIDIA_VISIBLE_DEVICES"] == granted[0]["id"]
+    assert env["GPULAB_PROFILE"] == "gpu-1"
+    home = str(hub.data_root / "homes" / "alice")
+    assert env["HOME"] == home and env["cwd"] == home
+    assert env["PYTHONUSERBASE"] == home + "/.local"
+    assert env["USER"] == hub.unix_prefix + "alice"
+    assert env["uid"] != 0
+
+    # the user sees their own grant by name through the API, and the pool's size
+    mine = alice.session.get(hub.api("/gpulab/gpus"), timeout=10).json()
+    assert mine["total"] == 3 and mine["free"] == 2
+    assert [g["id"] for g in mine["gpus"] if g.get("user") == "alice"] == [granted[0]["id"]]
+
+
+def test_cpu_profile_gets_no_gpu(hub):
+    bob = hub.create_user("bob")
+    assert bob.spawn(profile="cpu").status_code in (201, 202)
+    env = probe(bob)
+    assert env["CUDA_VISIBLE_DEVICES"] == "" and env["NVIDIA_VISIBLE_DEVICES"] == ""
+    assert hub.gpus()["free"] == 3
+
+
+def test_users_never_share_and_exhausted_pool_fails_cleanly(hub):
+    alice, bob, carol = (hub.create_user(n) for n in ("alice", "bob", "carol"))
+    root = hub.create_user("root-admin", admin=True)
+    assert alice.spawn(profile="gpu-2").status_code in (201, 202)
+    assert bob.spawn(profile="gpu-1").status_code in (201, 202)
+    holders = hub.holders()
+    assert sorted(holders.values()) == ["alice", "alice", "bob"]
+    assert len(set(holders)) == 3
+
+    r = carol.spawn(profile="gpu-1")
+    assert r.status_code == 409
+    assert r.json()["message"] == "not enough GPUs free: asked for 1, 0 of 3 free"
+    # nothing half-started: no server, no process, no grant
+    assert carol.model()["servers"] == {}
+    assert hub.unix_pids("carol") == []
+    assert "carol" not in hub.holders().values()
+
+    # an admin is told who holds them
+    r = root.spawn(profile="gpu-1")
+    assert r.status_code == 409
+    assert "held by alice (2), bob (1)" in r.json()["message"]
+
+
+def test_user_and_group_quotas(hub):
+    dave = hub.create_user("dave")
+    r = dave.spawn(profile="gpu-1", gpus=3)
+    assert r.status_code == 403
+    assert "dave may hold 2 GPU(s)" in r.json()["message"]
+    erin = hub.create_user("erin", groups=("team",))
+    frank = hub.create_user("frank", groups=("team",))
+    assert erin.spawn(profile="gpu-1").status_code in (201, 202)
+    r = frank.spawn(profile="gpu-1")
+    assert r.status_code == 403
+    assert "group team may hold 1 GPU(s)" in r.json()["message"]
+    assert frank.model()["servers"] == {}
+    # once erin stops, frank gets one
+    erin.stop()
+    assert frank.spawn(profile="gpu-1").status_code in (201, 202)
+    assert list(hub.holders().values()) == ["frank"]
+
+
+def test_stop_frees_the_grant_and_records_events(hub):
+    alice = hub.create_user("alice")
+    alice.spawn(profile="gpu-1")
+    assert list(hub.holders().values()) == ["alice"]
+    alice.stop()
+    assert hub.holders() == {}
+    assert hub.unix_pids("alice") == []
+    events = alice.session.get(hub.api("/gpulab/events"), timeout=10).json()["events"]
+    assert [e["action"] for e in events[:2]] == ["release", "grant"]
+    assert events[0]["reason"] == "stopped"
+
+
+def test_spawn_progress_is_reported(hub):
+    alice = hub.create_user("alice")
+    t = threading.Thread(target=alice.spawn, kwargs={"profile": "gpu-1", "wait": False})
+    t.start()
+    messages = []
+
+    def progress_seen():
+        with alice.session.get(
+            hub.api("/users/alice/server/progress"), stream=True, timeout=60
+        ) as r:
+            for line in r.iter_lines():
+                if line.startswith(b"data:"):
+                    event = json.loads(line[5:])
+                    messages.append(event.get("message", ""))
+                    if event.get("ready") or event.get("failed"):
+                        return True
+
+    wait_for(progress_seen, 60, "spawn progress events")
+    t.join()
+    text = "\n".join(messages)
+    assert "Granted GPU(s)" in text
+    assert "Starting JupyterLab as" in text
+
+
+def test_users_cannot_read_or_signal_each_other(hub):
+    alice, bob = hub.create_user("alice"), hub.create_user("bob")
+    alice.spawn(profile="cpu")
+    bob.spawn(profile="cpu")
+    bob.run("open('secret.txt', 'w').write('bob only')")
+    bob_pid = hub.unix_pids("bob")[0]
+    out = alice.run(
+        f"""
+import os, json
+res = {{}}
+for what, fn in {{
+    "read": lambda: open({str(hub.data_root / 'homes' / 'bob' / 'secret.txt')!r}).read(),
+    "list_home": lambda: os.listdir({str(hub.data_root / 'homes' / 'bob')!r}),
+    "list_homes": lambda: os.listdir({str(hub.data_root / 'homes')!r}),
+    "signal": lambda: os.kill({bob_pid}, 0),
+    "ledger": lambda: open({str(hub.data_root / 'gpulab.sqlite')!r}, 'rb').read(1),
+}}.items():
+    try:
+        fn(); res[what] = "allowed"
+    except PermissionError:
+        res[what] = "denied"
+print(json.dumps(res))
+"""
+    )
+    assert json.loads(out.strip()) == {
+        "read": "denied",
+        "list_home": "denied",
+        "list_homes": "denied",
+        "signal": "denied",
+        "ledger": "denied",
+    }
+    st = os.stat(hub.data_root / "homes" / "alice")
+    assert st.st_mode & 0o777 == 0o700
+
+
+def _tiny_wheel() -> bytes:
+    """A real, minimal wheel: package ``gpulabprobe`` with ``VALUE = 42``."""
+    files = {
+        "gpulabprobe/__init__.py": "VALUE = 42\n",
+        "gpulabprobe-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: gpulabprobe\nVersion: 1.0\n",
+        "gpulabprobe-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    records = [f"{name},," for name in files] + ["gpulabprobe-1.0.dist-info/RECORD,,"]
+    files["gpulabprobe-1.0.dist-info/RECORD"] = "\n".join(records) + "\n"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, text in files.items():
+            z.writestr(name, text)
+    return buf.getvalue()
+
+
+def test_user_installed_packages_and_files_survive_a_restart(hub):
+    alice = hub.create_user("alice")
+    alice.spawn(profile="cpu")
+    wheel = base64.b64encode(_tiny_wheel()).decode()
+    out = alice.run(
+        f"""
+import base64, subprocess, sys
+open("gpulabprobe-1.0-py3-none-any.whl", "wb").write(base64.b64decode({wheel!r}))
+open("notes.txt", "w").write("kept")
+r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps",
+                    "gpulabprobe-1.0-py3-none-any.whl"], capture_output=True, text=True)
+print(r.returncode, r.stdout[-300:], r.stderr[-300:])
+"""
+    )
+    assert out.startswith("0"), out
+    alice.stop()
+    alice.spawn(profile="gpu-1")
+    out = alice.run("import gpulabprobe; print(gpulabprobe.VALUE, gpulabprobe.__file__); print(open('notes.txt').read())")
+    value, path, notes = out.split()
+    assert value == "42" and notes == "kept"
+    assert path.startswith(str(hub.data_root / "homes" / "alice" / ".local"))
+
+
+def test_bad_input_gets_clear_4xx(hub):
+    alice = hub.create_user("alice")
+    r = alice.spawn(profile="nope")
+    assert r.status_code == 400
+    assert "unknown profile 'nope'" in r.json()["message"] and "gpu-1" in r.json()["message"]
+    r = alice.spawn(profile="gpu-1", gpus=-1)
+    assert r.status_code == 400 and "0 or more" in r.json()["message"]
+    r = alice.spawn(profile="gpu-1", gpus="two")
+    assert r.status_code == 400
+    r = alice.spawn(colour="red")
+    assert r.status_code == 400 and "unknown server option" in r.json()["message"]
+    assert alice.model()["servers"] == {} and hub.holders() == {}
+
+    r = hub.admin.get(hub.api("/gpulab/gpus?user=nobody-here"), timeout=10)
+    assert r.status_code == 404 and r.json()["message"] == "No such user: nobody-here"
+    hub.create_user("bob")
+    r = alice.session.get(hub.api("/gpulab/gpus?user=bob"), timeout=10)
+    assert r.status_code == 403 and "own GPUs" in r.json()["message"]
+    r = requests.get(hub.api("/gpulab/gpus"), timeout=10)
+    assert r.status_code == 403 and r.json()["status"] == 403
+    r = alice.session.get(hub.api("/gpulab/events?limit=lots"), timeout=10)
+    assert r.status_code == 400 and "whole number" in r.json()["message"]
+
+
+def test_hub_killed_and_restarted_keeps_live_servers_and_frees_dead_ones(make_hub):
+    hub = make_hub({"gpus": {"ids": ["0", "1"]}}).start()
+    alice, bob = hub.create_user("alice"), hub.create_user("bob")
+    alice.spawn(profile="gpu-1")
+    bob.spawn(profile="gpu-1")
+    alice_gpu = next(g for g, u in hub.holders().items() if u == "alice")
+    alice.run("open('before.txt', 'w').write('x')")
+
+    hub.kill()
+    # bob's server dies while the hub is down
+    for pid in hub.unix_pids("bob"):
+        os.kill(pid, 9)
+    wait_for(lambda: hub.unix_pids("bob") == [], 10, "bob's processes to die")
+    hub.start()
+
+    assert hub.holders() == {alice_gpu: "alice"}
+    r = alice.server_get("/api/status")
+    assert r.status_code == 200, r.text
+    assert probe(alice)["CUDA_VISIBLE_DEVICES"] == alice_gpu
+    assert bob.model()["servers"] == {}
+    # the freed GPU can be had again
+    assert bob.spawn(profile="gpu-1").status_code in (201, 202)
+    assert sorted(hub.holders().values()) == ["alice", "bob"]
