@@ -13,7 +13,10 @@ import secrets
 
 import bcrypt
 from nativeauthenticator import NativeAuthenticator
+from nativeauthenticator.handlers import LoginHandler as NativeLoginHandler
 from nativeauthenticator.orm import UserInfo
+from tornado.escape import url_escape
+from tornado.httputil import url_concat
 from traitlets import Unicode
 
 
@@ -47,3 +50,44 @@ class GpulabAuthenticator(NativeAuthenticator):
                 "It is shown only this once. Log in and change it at /hub/change-password.\n%s",
                 banner, name, password, banner,
             )
+
+    def get_handlers(self, app):
+        handlers = super().get_handlers(app)
+        return [(path, LoginHandler if path == "/login" else h) for path, h in handlers]
+
+
+class LoginHandler(NativeLoginHandler):
+    """NativeAuthenticator's login page, working with JupyterHub 6 (no statsd timer there)."""
+
+    def _render(self, login_error=None, username=None, sync=False, **_error_page_args):
+        return self.render_template(
+            "native-login.html",
+            sync=sync,
+            next=url_escape(self.get_argument("next", default="")),
+            username=username,
+            login_error=login_error,
+            custom_html=self.authenticator.custom_html,
+            login_url=self.settings["login_url"],
+            enable_signup=self.authenticator.enable_signup,
+            two_factor_auth=self.authenticator.allow_2fa,
+            authenticator_login_url=url_concat(
+                self.authenticator.login_url(self.hub.base_url),
+                {"next": self.get_argument("next", "")},
+            ),
+        )
+
+    async def post(self):
+        data = {name: self.get_argument(name, strip=False) for name in self.request.arguments}
+        user = await self.login_user(data)
+        if user:
+            self._jupyterhub_user = user
+            self.redirect(self.get_next_url(user))
+            return
+        name = data.get("username", "")
+        error = "Invalid username or password."
+        info = self.authenticator.get_user(name) if name else None
+        if info is not None and not info.is_authorized:
+            if info.is_valid_password(data.get("password", "")):
+                error = f"User {name} has not been approved by an administrator yet."
+        self.set_status(403)
+        self.finish(await self._render(login_error=error, username=name))
