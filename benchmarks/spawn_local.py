@@ -1,0 +1,187 @@
+"""Spawn latency: gpulab's LocalGpuSpawner vs JupyterHub's plain LocalProcessSpawner.
+
+Runs two hubs side by side on this machine (as root), each with configurable-http-proxy,
+and times "spawn request -> server ready" (the hub's view: POST until the server
+answers through the proxy) N times each, alternating A/B so drift hits both alike.
+Both run the same jupyterhub-singleuser as the same unix account.
+
+    .venv/bin/python benchmarks/spawn_local.py [--spawns 10]
+
+Last line: ``spawn_ratio: <gpulab median / plain median>`` (goal <= 1.1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.prefix) / "bin"
+PREFIX = "glb-"
+USER = "bench"
+UNIX_USER = PREFIX + USER
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class BenchHub:
+    def __init__(self, label: str, root: Path, config: Path, env: dict, port: int, token: str,
+                 hub_user: str):
+        self.label, self.root, self.config, self.port = label, root, config, port
+        self.env, self.hub_user = env, hub_user
+        self.api = f"http://127.0.0.1:{port}/hub/api"
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"token {token}"
+        self.proc = None
+
+    def start(self):
+        log = open(self.root / "hub.log", "ab")
+        self.proc = subprocess.Popen([str(BIN / "jupyterhub"), "-f", str(self.config)],
+                                     cwd=self.root, env=self.env, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.api + "/", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        else:
+            raise SystemExit(f"{self.label} hub did not start; see {self.root / 'hub.log'}")
+        r = self.session.post(f"{self.api}/users/{self.hub_user}", timeout=10)
+        if r.status_code not in (201, 409):
+            raise SystemExit(f"{self.label}: cannot create user: {r.status_code} {r.text}")
+
+    def spawn_seconds(self, options: dict) -> float:
+        t0 = time.perf_counter()
+        r = self.session.post(f"{self.api}/users/{self.hub_user}/server", json=options, timeout=120)
+        if r.status_code not in (201, 202):
+            raise SystemExit(f"{self.label}: spawn failed: {r.status_code} {r.text}")
+        while r.status_code == 202:
+            model = self.session.get(f"{self.api}/users/{self.hub_user}", timeout=10).json()
+            if model["servers"].get("", {}).get("ready"):
+                break
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - t0
+        self.stop_server()
+        return elapsed
+
+    def stop_server(self):
+        r = self.session.delete(f"{self.api}/users/{self.hub_user}/server", timeout=60)
+        while r.status_code == 202:
+            if not self.session.get(f"{self.api}/users/{self.hub_user}", timeout=10).json()["servers"]:
+                break
+            time.sleep(0.05)
+
+    def close(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(30)
+
+
+def base_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPULAB_", "JUPYTERHUB_"))}
+    env["PATH"] = f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}"
+    return env
+
+
+def make_gpulab_hub(root: Path) -> BenchHub:
+    port = free_port()
+    settings = {
+        "data_root": str(root),
+        "hub": {"ip": "127.0.0.1", "port": port, "hub_port": free_port(),
+                "proxy_api_port": free_port(), "admin_password": "bench-admin-pass"},
+        "gpus": {"ids": ["0", "1"]},
+        "servers": {"unix_user_prefix": PREFIX},
+    }
+    (root / "gpulab.yaml").write_text(yaml.safe_dump(settings))
+    env = {**base_env(), "GPULAB_CONFIG": str(root / "gpulab.yaml")}
+    token = os.urandom(16).hex()
+    (root / "cli-token").write_text(token)  # the hub adopts an existing CLI token file
+    (root / "cli-token").chmod(0o600)
+    return BenchHub("gpulab", root, REPO / "jupyterhub_config.py", env, port, token, USER)
+
+
+def make_plain_hub(root: Path) -> BenchHub:
+    port, token = free_port(), os.urandom(16).hex()
+    config = root / "jupyterhub_config.py"
+    config.write_text(f"""
+c.JupyterHub.bind_url = "http://127.0.0.1:{port}"
+c.JupyterHub.hub_port = {free_port()}
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{free_port()}"
+c.ConfigurableHTTPProxy.command = {[str(Path(sys.prefix) / 'share/chp/node_modules/.bin/configurable-http-proxy')]!r}
+c.ConfigurableHTTPProxy.pid_file = "{root}/proxy.pid"
+c.JupyterHub.db_url = "sqlite:///{root}/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = "{root}/cookie_secret"
+c.JupyterHub.spawner_class = "localprocess"
+c.Spawner.cmd = ["{BIN}/jupyterhub-singleuser"]
+c.Spawner.default_url = "/lab"
+c.Authenticator.allow_all = True
+c.JupyterHub.services = [{{"name": "bench", "api_token": "{token}"}}]
+c.JupyterHub.load_roles = [{{"name": "admin", "services": ["bench"]}}]
+""")
+    return BenchHub("plain", root, config, base_env(), port, token, UNIX_USER)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spawns", type=int, default=10)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root: both spawners run the server as a separate unix account")
+
+    roots = [Path(tempfile.mkdtemp(prefix="gpulab-bench-")) for _ in range(2)]
+    hubs: list[BenchHub] = []
+    try:
+        gpulab = make_gpulab_hub(roots[0])
+        gpulab.start()
+        hubs.append(gpulab)
+        gpulab.spawn_seconds({"profile": "gpu-1"})  # creates the unix account; warms caches
+        plain = make_plain_hub(roots[1])
+        plain.start()
+        hubs.append(plain)
+        plain.spawn_seconds({})  # warm-up, same as above
+
+        times: dict[str, list[float]] = {"gpulab": [], "plain": []}
+        for i in range(args.spawns):
+            times["gpulab"].append(gpulab.spawn_seconds({"profile": "gpu-1"}))
+            times["plain"].append(plain.spawn_seconds({}))
+            print(f"spawn {i + 1}/{args.spawns}: gpulab {times['gpulab'][-1]:.3f}s  "
+                  f"plain {times['plain'][-1]:.3f}s", flush=True)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        print(f"gpulab LocalGpuSpawner (1 GPU profile): median {med['gpulab']:.3f}s over {args.spawns}")
+        print(f"JupyterHub LocalProcessSpawner:         median {med['plain']:.3f}s over {args.spawns}")
+        print(f"spawn_ratio: {med['gpulab'] / med['plain']:.3f}")
+    finally:
+        for hub in hubs:
+            hub.stop_server()
+            hub.close()
+        subprocess.run(["pkill", "-KILL", "-u", UNIX_USER], check=False)
+        subprocess.run(["userdel", UNIX_USER], check=False, capture_output=True)
+        for root in roots:
+            for pidfile in root.glob("*proxy.pid"):
+                try:
+                    os.kill(int(pidfile.read_text()), signal.SIGTERM)
+                except (ValueError, ProcessLookupError):
+                    pass
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
