@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,8 +221,6 @@ def _coerce(tp, value, where: str):
         if isinstance(value, (dict, list)):
             raise SettingsError(f"{where}: expected text, got {value!r}")
         return "" if value is None else str(value)
-    if isinstance(tp, types.UnionType):
-        return value
     return value
 
 
