@@ -1,7 +1,8 @@
 """Accounts with passwords, sign-up and admin approval; the first admin is bootstrapped.
 
 Built on NativeAuthenticator: users sign up at /hub/signup, an admin approves them at
-/hub/authorize (unless open sign-up is on), passwords are stored bcrypt-hashed in the
+/hub/authorize (unless open sign-up is on, or the admin added the user in the hub
+first), passwords are stored bcrypt-hashed in the
 hub database. On first start the first admin account is created with the password
 from the settings (``hub.admin_password`` / ``GPULAB_HUB__ADMIN_PASSWORD``) or a
 generated one, printed once.
@@ -12,8 +13,10 @@ from __future__ import annotations
 import secrets
 
 import bcrypt
+from jupyterhub import orm
 from nativeauthenticator import NativeAuthenticator
 from nativeauthenticator.handlers import LoginHandler as NativeLoginHandler
+from nativeauthenticator.handlers import SignUpHandler as NativeSignUpHandler
 from nativeauthenticator.orm import UserInfo
 from tornado.escape import url_escape
 from tornado.httputil import url_concat
@@ -51,9 +54,25 @@ class GpulabAuthenticator(NativeAuthenticator):
                 banner, name, password, banner,
             )
 
+    def get_authed_users(self):
+        # users an admin added in the hub (admin panel or API) may sign up and log in at once
+        added = {name for (name,) in self.db.query(orm.User.name)}
+        return super().get_authed_users() | added
+
     def get_handlers(self, app):
         handlers = super().get_handlers(app)
-        return [(path, LoginHandler if path == "/login" else h) for path, h in handlers]
+        ours = {"/login": LoginHandler, "/signup": SignUpHandler}
+        return [(path, ours.get(path, h)) for path, h in handlers]
+
+
+class SignUpHandler(NativeSignUpHandler):
+    """Tells users who may log in at once (invited, or open sign-up) that they may."""
+
+    def get_result_message(self, user, *args):
+        alert, message = super().get_result_message(user, *args)
+        if user is not None and user.is_authorized:
+            return "alert-success", "The signup was successful! You can now log in."
+        return alert, message
 
 
 class LoginHandler(NativeLoginHandler):

@@ -60,6 +60,18 @@ def test_sign_up_needs_admin_approval(hub):
     assert logged_in(login(hub, "newbie", password), hub)
 
 
+def test_users_added_by_the_admin_sign_up_and_log_in_at_once(hub):
+    hub.create_user("invited")
+    s = browser(hub)
+    password = "invited-pass-2026-x"
+    r = s.post(hub.url + "/hub/signup",
+               data={"username": "invited", "signup_password": password,
+                     "signup_password_confirmation": password, "_xsrf": s.cookies.get("_xsrf")},
+               timeout=10)
+    assert r.status_code == 200 and "The signup was successful" in r.text
+    assert logged_in(login(hub, "invited", password), hub)
+
+
 def test_spawn_form_lists_profiles_with_live_gpu_availability(hub):
     alice = hub.create_user("alice")
     alice.spawn(profile="gpu-1")
