@@ -41,8 +41,9 @@ def free_port() -> int:
 
 
 class BenchHub:
-    def __init__(self, label: str, root: Path, config: Path, env: dict, port: int, token: str,
-                 hub_user: str):
+    def __init__(
+        self, label: str, root: Path, config: Path, env: dict, port: int, token: str, hub_user: str
+    ):
         self.label, self.root, self.config, self.port = label, root, config, port
         self.env, self.hub_user = env, hub_user
         self.api = f"http://127.0.0.1:{port}/hub/api"
@@ -52,9 +53,14 @@ class BenchHub:
 
     def start(self):
         log = open(self.root / "hub.log", "ab")
-        self.proc = subprocess.Popen([str(BIN / "jupyterhub"), "-f", str(self.config)],
-                                     cwd=self.root, env=self.env, stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [str(BIN / "jupyterhub"), "-f", str(self.config)],
+            cwd=self.root,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -85,7 +91,9 @@ class BenchHub:
     def stop_server(self):
         r = self.session.delete(f"{self.api}/users/{self.hub_user}/server", timeout=60)
         while r.status_code == 202:
-            if not self.session.get(f"{self.api}/users/{self.hub_user}", timeout=10).json()["servers"]:
+            if not self.session.get(f"{self.api}/users/{self.hub_user}", timeout=10).json()[
+                "servers"
+            ]:
                 break
             time.sleep(0.05)
 
@@ -105,8 +113,13 @@ def make_gpulab_hub(root: Path) -> BenchHub:
     port = free_port()
     settings = {
         "data_root": str(root),
-        "hub": {"ip": "127.0.0.1", "port": port, "hub_port": free_port(),
-                "proxy_api_port": free_port(), "admin_password": "bench-admin-pass"},
+        "hub": {
+            "ip": "127.0.0.1",
+            "port": port,
+            "hub_port": free_port(),
+            "proxy_api_port": free_port(),
+            "admin_password": "bench-admin-pass",
+        },
         "gpus": {"ids": ["0", "1"]},
         "servers": {"unix_user_prefix": PREFIX},
     }
@@ -125,7 +138,7 @@ def make_plain_hub(root: Path) -> BenchHub:
 c.JupyterHub.bind_url = "http://127.0.0.1:{port}"
 c.JupyterHub.hub_port = {free_port()}
 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{free_port()}"
-c.ConfigurableHTTPProxy.command = {[str(Path(sys.prefix) / 'share/chp/node_modules/.bin/configurable-http-proxy')]!r}
+c.ConfigurableHTTPProxy.command = {[str(Path(sys.prefix) / "share/chp/node_modules/.bin/configurable-http-proxy")]!r}
 c.ConfigurableHTTPProxy.pid_file = "{root}/proxy.pid"
 c.JupyterHub.db_url = "sqlite:///{root}/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = "{root}/cookie_secret"
@@ -162,11 +175,18 @@ def main() -> None:
         for i in range(args.spawns):
             times["gpulab"].append(gpulab.spawn_seconds({"profile": "gpu-1"}))
             times["plain"].append(plain.spawn_seconds({}))
-            print(f"spawn {i + 1}/{args.spawns}: gpulab {times['gpulab'][-1]:.3f}s  "
-                  f"plain {times['plain'][-1]:.3f}s", flush=True)
+            print(
+                f"spawn {i + 1}/{args.spawns}: gpulab {times['gpulab'][-1]:.3f}s  "
+                f"plain {times['plain'][-1]:.3f}s",
+                flush=True,
+            )
         med = {k: statistics.median(v) for k, v in times.items()}
-        print(f"gpulab LocalGpuSpawner (1 GPU profile): median {med['gpulab']:.3f}s over {args.spawns}")
-        print(f"JupyterHub LocalProcessSpawner:         median {med['plain']:.3f}s over {args.spawns}")
+        print(
+            f"gpulab LocalGpuSpawner (1 GPU profile): median {med['gpulab']:.3f}s over {args.spawns}"
+        )
+        print(
+            f"JupyterHub LocalProcessSpawner:         median {med['plain']:.3f}s over {args.spawns}"
+        )
         print(f"spawn_ratio: {med['gpulab'] / med['plain']:.3f}")
     finally:
         for hub in hubs:

@@ -51,7 +51,10 @@ class GpulabAuthenticator(NativeAuthenticator):
             self.log.warning(
                 "\n%s\ngpulab: created admin account %r with password:\n\n    %s\n\n"
                 "It is shown only this once. Log in and change it at /hub/change-password.\n%s",
-                banner, name, password, banner,
+                banner,
+                name,
+                password,
+                banner,
             )
 
     def get_authed_users(self):

@@ -27,8 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", help="run the hub in the foreground")
-    up.add_argument("jupyterhub_args", nargs=argparse.REMAINDER,
-                    help="extra arguments passed to jupyterhub")
+    up.add_argument(
+        "jupyterhub_args", nargs=argparse.REMAINDER, help="extra arguments passed to jupyterhub"
+    )
 
     status = sub.add_parser("status", help="GPUs (who holds which, since when) and servers")
     status.add_argument("--url", help="hub URL (default: $GPULAB_URL or this machine's hub)")
@@ -68,8 +69,10 @@ def cmd_up(args, settings: Settings) -> int:
         return 1
     jupyterhub = Path(sys.prefix) / "bin" / "jupyterhub"
     host = settings.hub.ip or "localhost"
-    console.print(f"gpulab: starting the hub at [bold]http://{host}:{settings.hub.port}[/bold] "
-                  f"(data in {data})")
+    console.print(
+        f"gpulab: starting the hub at [bold]http://{host}:{settings.hub.port}[/bold] "
+        f"(data in {data})"
+    )
     os.chdir(data)
     extra = [a for a in args.jupyterhub_args if a != "--"]
     os.execv(str(jupyterhub), [str(jupyterhub), "-f", str(config), *extra])
@@ -99,8 +102,15 @@ def cmd_status(args, settings: Settings) -> int:
     for g in pool["gpus"]:
         state = "[green]free[/green]" if g["state"] == "free" else "[yellow]held[/yellow]"
         since = g.get("since")
-        gpus.add_row(str(g["index"]), g["id"], g["model"] or "-", state, g.get("user", ""),
-                      g.get("server", ""), f"{since[:19].replace('T', ' ')} ({_ago(since)})" if since else "")
+        gpus.add_row(
+            str(g["index"]),
+            g["id"],
+            g["model"] or "-",
+            state,
+            g.get("user", ""),
+            g.get("server", ""),
+            f"{since[:19].replace('T', ' ')} ({_ago(since)})" if since else "",
+        )
     console.print(gpus)
 
     servers = Table(title="Servers", title_justify="left")
@@ -114,10 +124,13 @@ def cmd_status(args, settings: Settings) -> int:
         for name, server in (user.get("servers") or {}).items():
             options = server.get("user_options") or {}
             servers.add_row(
-                user["name"], name or "(default)", str(options.get("profile", "")),
+                user["name"],
+                name or "(default)",
+                str(options.get("profile", "")),
                 ",".join(held.get((user["name"], name), [])) or "-",
                 "yes" if server.get("ready") else "starting" if server.get("pending") else "no",
-                _ago(server.get("started")), _ago(server.get("last_activity")),
+                _ago(server.get("started")),
+                _ago(server.get("last_activity")),
             )
     if servers.row_count:
         console.print(servers)
@@ -156,7 +169,10 @@ def _check_gpus(settings: Settings) -> tuple[str, str]:
     except NvmlUnavailable as e:
         nvml, nvml_ok = f"NVML unavailable ({e})", False
     if settings.gpus.ids:
-        return "OK", f"{len(settings.gpus.ids)} configured GPU id(s) {','.join(settings.gpus.ids)}; {nvml}"
+        return (
+            "OK",
+            f"{len(settings.gpus.ids)} configured GPU id(s) {','.join(settings.gpus.ids)}; {nvml}",
+        )
     if nvml_ok and seen:
         return "OK", nvml
     return "WARN", f"{nvml}; no gpus.ids configured: only CPU profiles can start"
@@ -187,11 +203,17 @@ def _check_server_command() -> tuple[str, str]:
         return "FAIL", f"{singleuser} is missing (reinstall gpulab)"
     if os.geteuid() != 0:
         return "OK", f"{singleuser}"
-    r = subprocess.run(["runuser", "-u", "nobody", "--", str(singleuser), "--version"],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        ["runuser", "-u", "nobody", "--", str(singleuser), "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if r.returncode != 0:
-        return "FAIL", (f"other accounts cannot run {singleuser}; install gpulab where every "
-                        "user can read it (not under /root)")
+        return "FAIL", (
+            f"other accounts cannot run {singleuser}; install gpulab where every "
+            "user can read it (not under /root)"
+        )
     return "OK", f"{singleuser} runs for other accounts"
 
 

@@ -20,7 +20,9 @@ CLI_SERVICE = "gpulab-cli"
 
 def proxy_command() -> list[str]:
     """configurable-http-proxy: the one installed beside gpulab, else from PATH."""
-    beside = Path(sys.prefix) / "share" / "chp" / "node_modules" / ".bin" / "configurable-http-proxy"
+    beside = (
+        Path(sys.prefix) / "share" / "chp" / "node_modules" / ".bin" / "configurable-http-proxy"
+    )
     if beside.exists():
         return [str(beside)]
     found = shutil.which("configurable-http-proxy")
@@ -87,13 +89,18 @@ def configure(c, settings: Settings | None = None) -> None:
             "\n%s\ngpulab: the hub is NOT running as root. This is single-user/dev mode:\n"
             "every server runs as %s, with no isolation between hub users.\n"
             "Run the hub as root on a shared GPU machine.\n%s",
-            "!" * 72, os.environ.get("USER", "this account"), "!" * 72,
+            "!" * 72,
+            os.environ.get("USER", "this account"),
+            "!" * 72,
         )
 
     released = reconcile_local_grants(ctx.ledger)
     for grant in released:
-        log.warning("gpulab: released GPU %s of %s: its server died while the hub was down",
-                    grant.gpu_id, grant.user)
+        log.warning(
+            "gpulab: released GPU %s of %s: its server died while the hub was down",
+            grant.gpu_id,
+            grant.user,
+        )
 
     if s.hub.extra_config:
         runpy.run_path(s.hub.extra_config, init_globals={"c": c, "settings": s})

@@ -192,8 +192,7 @@ class GpuLedger:
             q = q.where(events_table.c.user == user)
         with self.engine.connect() as conn:
             return [
-                Event(r.at, r.action, r.user, r.server, r.gpu_id, r.reason)
-                for r in conn.execute(q)
+                Event(r.at, r.action, r.user, r.server, r.gpu_id, r.reason) for r in conn.execute(q)
             ]
 
     def user_limit(self, user: str) -> int | None:
@@ -202,9 +201,7 @@ class GpuLedger:
 
     # -- changes -------------------------------------------------------------------
 
-    def reserve(
-        self, user: str, server: str, count: int, groups: Iterable[str] = ()
-    ) -> list[Gpu]:
+    def reserve(self, user: str, server: str, count: int, groups: Iterable[str] = ()) -> list[Gpu]:
         """Grant ``count`` GPUs to ``user``'s ``server``, atomically, or raise LedgerError.
 
         A server holds one set of GPUs: grants it already had are replaced.
@@ -255,7 +252,9 @@ class GpuLedger:
         with self.engine.begin() as conn:
             released = self._release(conn, user, server, reason)
         if released:
-            log.info("Released GPU(s) %s from %s (%s)", ",".join(released), _label(user, server), reason)
+            log.info(
+                "Released GPU(s) %s from %s (%s)", ",".join(released), _label(user, server), reason
+            )
         return released
 
     def reconcile(self, is_alive: Callable[[Grant], bool]) -> list[Grant]:

@@ -43,7 +43,9 @@ def safe_name(hub_name: str) -> str:
 def unix_name(prefix: str, hub_name: str) -> str:
     name = f"{prefix}{safe_name(hub_name)}"
     if len(name) > MAX_UNIX_NAME:
-        raise AccountError(f"unix account name {name!r} is too long; shorten servers.unix_user_prefix")
+        raise AccountError(
+            f"unix account name {name!r} is too long; shorten servers.unix_user_prefix"
+        )
     return name
 
 
@@ -80,18 +82,23 @@ def ensure_account(prefix: str, hub_name: str, data_root: Path) -> Account:
         result = subprocess.run(
             [
                 "useradd",
-                "--home-dir", str(home),
+                "--home-dir",
+                str(home),
                 "--no-create-home",
-                "--shell", "/bin/bash",
+                "--shell",
+                "/bin/bash",
                 "--user-group",
-                "--comment", f"gpulab user {hub_name}",
+                "--comment",
+                f"gpulab user {hub_name}",
                 name,
             ],
             capture_output=True,
             text=True,
         )
         if result.returncode not in (0, 9):  # 9: created meanwhile by a concurrent spawn
-            raise AccountError(f"could not create unix account {name}: {result.stderr.strip()}")
+            raise AccountError(
+                f"could not create unix account {name}: {result.stderr.strip()}"
+            ) from None
         entry = pwd.getpwnam(name)
     if entry.pw_uid == 0:
         raise AccountError(f"refusing to run a user server as root (account {name})")

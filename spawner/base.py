@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 
-from traitlets.config import LoggingConfigurable
 from tornado import web
 from traitlets import List, Unicode, default
+from traitlets.config import LoggingConfigurable
 
 from gpulab.hub.app import Context, context
 from gpulab.hub.ledger import LedgerError

@@ -79,8 +79,11 @@ class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner):
             PYTHONUSERBASE=os.path.join(home, ".local"),
             # the server's environment first, then what the user installed with pip --user
             PATH=os.pathsep.join(
-                [os.path.join(sys.prefix, "bin"), os.path.join(home, ".local", "bin"),
-                 env.get("PATH") or "/usr/local/bin:/usr/bin:/bin"]
+                [
+                    os.path.join(sys.prefix, "bin"),
+                    os.path.join(home, ".local", "bin"),
+                    env.get("PATH") or "/usr/local/bin:/usr/bin:/bin",
+                ]
             ),
             JUPYTERLAB_WORKSPACES_DIR=os.path.join(home, ".jupyter", "lab", "workspaces"),
         )
@@ -107,7 +110,9 @@ class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner):
             try:
                 account = self.account
             except AccountError as e:
-                raise web.HTTPError(500, f"Cannot prepare {self.user.name}'s account: {e}") from None
+                raise web.HTTPError(
+                    500, f"Cannot prepare {self.user.name}'s account: {e}"
+                ) from None
             self.report(30, f"Starting JupyterLab as {account.name} in {account.home}")
             log = self._log_file()
             try:
@@ -115,7 +120,9 @@ class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner):
                 ip, port = await super().start()
             finally:
                 log.close()
-            self.gpulab.ledger.attach(self.user.name, self.name, self.pid, process_start_time(self.pid))
+            self.gpulab.ledger.attach(
+                self.user.name, self.name, self.pid, process_start_time(self.pid)
+            )
             self.report(60, "Server process started; waiting for it to answer")
             return ip, port
         except BaseException:

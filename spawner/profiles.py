@@ -59,18 +59,20 @@ def render_form(settings: Settings, free: int, total: int) -> str:
         unavailable = p.gpus > free
         rows.append(
             f"""
-<label class="gpulab-profile{' gpulab-unavailable' if unavailable else ''}"
+<label class="gpulab-profile{" gpulab-unavailable" if unavailable else ""}"
        style="display:block;padding:.6em;border:1px solid #ddd;border-radius:4px;margin:.4em 0">
   <input type="radio" name="profile" value="{html.escape(p.slug)}"
-         {'checked' if p.slug == chosen else ''}>
+         {"checked" if p.slug == chosen else ""}>
   <strong>{html.escape(p.display_name)}</strong>
-  <span style="color:#666">&middot; {gpu_text}{' &middot; not enough free now' if unavailable else ''}</span>
-  {f'<div style="color:#555;margin-left:1.6em">{html.escape(p.description)}</div>' if p.description else ''}
+  <span style="color:#666">&middot; {gpu_text}{" &middot; not enough free now" if unavailable else ""}</span>
+  {f'<div style="color:#555;margin-left:1.6em">{html.escape(p.description)}</div>' if p.description else ""}
 </label>"""
         )
-    status = f"{free} of {total} GPU{'s' if total != 1 else ''} free" if total else "no GPUs on this hub"
+    status = (
+        f"{free} of {total} GPU{'s' if total != 1 else ''} free" if total else "no GPUs on this hub"
+    )
     return f"""
 <div class="gpulab-form">
   <p class="gpulab-gpu-status"><strong>GPUs:</strong> {status}</p>
-  {''.join(rows)}
+  {"".join(rows)}
 </div>"""

@@ -237,7 +237,9 @@ class User:
 
     def run(self, code: str, timeout: float = 60) -> str:
         """Run ``code`` in a fresh kernel on the user's server; return its stdout."""
-        r = self.session.post(self.server_url + "/api/kernels", json={"name": "python3"}, timeout=60)
+        r = self.session.post(
+            self.server_url + "/api/kernels", json={"name": "python3"}, timeout=60
+        )
         assert r.status_code == 201, r.text
         kernel_id = r.json()["id"]
         try:
@@ -265,8 +267,13 @@ def run_in_kernel(server_url: str, kernel_id: str, token: str, code: str, timeou
                     },
                     "parent_header": {},
                     "metadata": {},
-                    "content": {"code": code, "silent": False, "store_history": False,
-                                "user_expressions": {}, "allow_stdin": False},
+                    "content": {
+                        "code": code,
+                        "silent": False,
+                        "store_history": False,
+                        "user_expressions": {},
+                        "allow_stdin": False,
+                    },
                     "channel": "shell",
                 }
             )

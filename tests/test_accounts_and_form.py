@@ -27,9 +27,21 @@ def login(hub, name: str, password: str) -> requests.Session:
     return s
 
 
+def sign_up(hub, name: str, password: str) -> requests.Response:
+    s = browser(hub)
+    data = {
+        "username": name,
+        "signup_password": password,
+        "signup_password_confirmation": password,
+        "_xsrf": s.cookies.get("_xsrf"),
+    }
+    return s.post(hub.url + "/hub/signup", data=data, timeout=10)
+
+
 def logged_in(s: requests.Session, hub) -> bool:
-    r = s.get(hub.url + "/hub/api/user", timeout=10,
-              headers={"X-XSRFToken": s.cookies.get("_xsrf") or ""})
+    r = s.get(
+        hub.url + "/hub/api/user", timeout=10, headers={"X-XSRFToken": s.cookies.get("_xsrf") or ""}
+    )
     return r.status_code == 200
 
 
@@ -37,18 +49,18 @@ def test_bootstrapped_admin_logs_in_and_wrong_passwords_do_not(hub):
     admin = login(hub, "admin", hub.admin_password)
     assert admin.login_status == 302 and logged_in(admin, hub)
     intruder = login(hub, "admin", "not-the-password")
-    assert intruder.login_status == 403 and "Invalid username or password" in intruder.login_page and not logged_in(intruder, hub)
+    assert (
+        intruder.login_status == 403
+        and "Invalid username or password" in intruder.login_page
+        and not logged_in(intruder, hub)
+    )
     nobody = login(hub, "mallory", "anything-at-all")
     assert not logged_in(nobody, hub)
 
 
 def test_sign_up_needs_admin_approval(hub):
-    s = browser(hub)
     password = "a-long-enough-pass-2026"
-    r = s.post(hub.url + "/hub/signup",
-               data={"username": "newbie", "signup_password": password,
-                     "signup_password_confirmation": password, "_xsrf": s.cookies.get("_xsrf")},
-               timeout=10)
+    r = sign_up(hub, "newbie", password)
     assert r.status_code == 200 and "Your information has been sent to the admin" in r.text
     waiting = login(hub, "newbie", password)
     assert waiting.login_status == 403 and not logged_in(waiting, hub)
@@ -62,12 +74,8 @@ def test_sign_up_needs_admin_approval(hub):
 
 def test_users_added_by_the_admin_sign_up_and_log_in_at_once(hub):
     hub.create_user("invited")
-    s = browser(hub)
     password = "invited-pass-2026-x"
-    r = s.post(hub.url + "/hub/signup",
-               data={"username": "invited", "signup_password": password,
-                     "signup_password_confirmation": password, "_xsrf": s.cookies.get("_xsrf")},
-               timeout=10)
+    r = sign_up(hub, "invited", password)
     assert r.status_code == 200 and "The signup was successful" in r.text
     assert logged_in(login(hub, "invited", password), hub)
 
@@ -84,37 +92,55 @@ def test_spawn_form_lists_profiles_with_live_gpu_availability(hub):
     assert "2 of 3 GPUs free" in page
 
     # submitting the form spawns the chosen profile
-    r = admin.post(hub.url + "/hub/spawn", data={"profile": "gpu-2", "_xsrf": admin.cookies.get("_xsrf")},
-                   timeout=60)
+    r = admin.post(
+        hub.url + "/hub/spawn",
+        data={"profile": "gpu-2", "_xsrf": admin.cookies.get("_xsrf")},
+        timeout=60,
+    )
     assert r.status_code == 200
-    wait_for(lambda: sorted(hub.holders().values()) == ["admin", "admin", "alice"], 60,
-             "the form's spawn to hold two GPUs")
+    wait_for(
+        lambda: sorted(hub.holders().values()) == ["admin", "admin", "alice"],
+        60,
+        "the form's spawn to hold two GPUs",
+    )
 
 
 def test_cli_status_shows_holders_and_doctor_checks(hub):
     alice = hub.create_user("alice")
     alice.spawn(profile="gpu-1")
     env = {**hub.env, "COLUMNS": "200"}
-    out = subprocess.run([str(BIN / "gpulab"), "status"], capture_output=True, text=True,
-                         env=env, timeout=60)
+    out = subprocess.run(
+        [str(BIN / "gpulab"), "status"], capture_output=True, text=True, env=env, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert "GPUs: 2 of 3 free" in out.stdout
     gpu_row = next(line for line in out.stdout.splitlines() if "alice" in line and "held" in line)
     assert "ago" in gpu_row
     assert any("alice" in line and "gpu-1" in line for line in out.stdout.splitlines())
 
-    out = subprocess.run([str(BIN / "gpulab"), "status"], capture_output=True, text=True,
-                         env={**env, "GPULAB_TOKEN": "not-a-token"}, timeout=60)
+    out = subprocess.run(
+        [str(BIN / "gpulab"), "status"],
+        capture_output=True,
+        text=True,
+        env={**env, "GPULAB_TOKEN": "not-a-token"},
+        timeout=60,
+    )
     assert out.returncode == 1 and "Missing or invalid credentials" in out.stderr
     assert "Traceback" not in out.stderr
 
-    out = subprocess.run([str(BIN / "gpulab"), "doctor"], capture_output=True, text=True,
-                         env=env, timeout=120)
+    out = subprocess.run(
+        [str(BIN / "gpulab"), "doctor"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "3 configured GPU id(s) 0,1,2" in out.stdout
     assert "configurable-http-proxy 5.3.0" in out.stdout
     assert "answering at" in out.stdout
 
-    out = subprocess.run([sys.executable, "-m", "gpulab.hub.cli", "status"], capture_output=True,
-                         text=True, env={**env, "GPULAB_HUB__PORT": "eighty"}, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "gpulab.hub.cli", "status"],
+        capture_output=True,
+        text=True,
+        env={**env, "GPULAB_HUB__PORT": "eighty"},
+        timeout=60,
+    )
     assert out.returncode == 2 and "expected a whole number" in out.stderr

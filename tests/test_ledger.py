@@ -40,9 +40,7 @@ def test_two_users_never_share_a_gpu(tmp_path):
     assert {a[0].id} & {b[0].id} == set()
     with pytest.raises(NoGpuFree) as info:
         ledger.reserve("carol", "", 1)
-    assert info.value.message_for(admin=False) == (
-        "not enough GPUs free: asked for 1, 0 of 2 free"
-    )
+    assert info.value.message_for(admin=False) == ("not enough GPUs free: asked for 1, 0 of 2 free")
     assert "held by alice (1), bob (1)" in info.value.message_for(admin=True)
 
 
@@ -111,7 +109,9 @@ def test_fifty_concurrent_reservations_never_double_grant(tmp_path):
     holder: dict[str, str] = {}
     for e in reversed(ledger.events(limit=10_000)):
         if e.action == "grant":
-            assert e.gpu_id not in holder, f"{e.gpu_id} granted to {e.user} while {holder.get(e.gpu_id)} held it"
+            assert e.gpu_id not in holder, (
+                f"{e.gpu_id} granted to {e.user} while {holder.get(e.gpu_id)} held it"
+            )
             holder[e.gpu_id] = e.user
         else:
             assert holder.pop(e.gpu_id) == e.user

@@ -4,7 +4,6 @@ import base64
 import io
 import json
 import os
-import subprocess
 import threading
 import zipfile
 
@@ -142,11 +141,11 @@ def test_users_cannot_read_or_signal_each_other(hub):
 import os, json
 res = {{}}
 for what, fn in {{
-    "read": lambda: open({str(hub.data_root / 'homes' / 'bob' / 'secret.txt')!r}).read(),
-    "list_home": lambda: os.listdir({str(hub.data_root / 'homes' / 'bob')!r}),
-    "list_homes": lambda: os.listdir({str(hub.data_root / 'homes')!r}),
+    "read": lambda: open({str(hub.data_root / "homes" / "bob" / "secret.txt")!r}).read(),
+    "list_home": lambda: os.listdir({str(hub.data_root / "homes" / "bob")!r}),
+    "list_homes": lambda: os.listdir({str(hub.data_root / "homes")!r}),
     "signal": lambda: os.kill({bob_pid}, 0),
-    "ledger": lambda: open({str(hub.data_root / 'gpulab.sqlite')!r}, 'rb').read(1),
+    "ledger": lambda: open({str(hub.data_root / "gpulab.sqlite")!r}, 'rb').read(1),
 }}.items():
     try:
         fn(); res[what] = "allowed"
@@ -199,7 +198,9 @@ print(r.returncode, r.stdout[-300:], r.stderr[-300:])
     assert out.startswith("0"), out
     alice.stop()
     alice.spawn(profile="gpu-1")
-    out = alice.run("import gpulabprobe; print(gpulabprobe.VALUE, gpulabprobe.__file__); print(open('notes.txt').read())")
+    out = alice.run(
+        "import gpulabprobe; print(gpulabprobe.VALUE, gpulabprobe.__file__); print(open('notes.txt').read())"
+    )
     value, path, notes = out.split()
     assert value == "42" and notes == "kept"
     assert path.startswith(str(hub.data_root / "homes" / "alice" / ".local"))

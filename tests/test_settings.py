@@ -14,19 +14,25 @@ def write(tmp_path, text):
 
 
 def test_file_then_environment_overrides(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 data_root: /srv/gpulab
 hub: {port: 9000}
 gpus: {ids: ["0", "1"], per_user: 1, groups: {students: 1}}
 profiles:
   - {slug: small, gpus: 0}
   - {slug: big, display_name: Big box, gpus: 2, default: true, env: {OMP_NUM_THREADS: "8"}}
-""")
-    s = load_settings(path, environ={
-        "GPULAB_HUB__PORT": "9100",
-        "GPULAB_GPUS__IDS": "GPU-a, GPU-b,GPU-c",
-        "GPULAB_GPUS__USERS": "alice=3,bob=0",
-    })
+""",
+    )
+    s = load_settings(
+        path,
+        environ={
+            "GPULAB_HUB__PORT": "9100",
+            "GPULAB_GPUS__IDS": "GPU-a, GPU-b,GPU-c",
+            "GPULAB_GPUS__USERS": "alice=3,bob=0",
+        },
+    )
     assert str(s.data_path) == "/srv/gpulab"
     assert s.hub.port == 9100
     assert s.gpus.ids == ["GPU-a", "GPU-b", "GPU-c"]
@@ -82,7 +88,9 @@ def test_spawn_options_resolve_to_profile_and_count(tmp_path):
 
 def test_unix_names_are_safe_and_distinct():
     assert unix_name("gl-", "alice") == "gl-alice"
-    odd = [safe_name(n) for n in ("a.b@example.org", "a-b@example.org", "A very long user name indeed")]
+    odd = [
+        safe_name(n) for n in ("a.b@example.org", "a-b@example.org", "A very long user name indeed")
+    ]
     assert len(set(odd)) == 3
     for name in odd:
         assert len(name) <= 20 and all(c.isalnum() or c in "-_" for c in name)
