@@ -8,8 +8,10 @@ by pid, and grants of servers that died meanwhile are released.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
+import time
 from pathlib import Path
 
 from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
@@ -138,7 +140,35 @@ class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner):
 
     async def stop(self, now=False):
         await super().stop(now=now)
+        await self._end_leftover_processes()
         self.release_gpus("stopped")
+
+    async def _end_leftover_processes(self) -> None:
+        """A stopped server leaves nothing running that could hold its GPUs.
+
+        Processes the user detached (nohup, setsid, terminal sessions) survive the
+        server's own shutdown; when none of the user's other servers is running, every
+        process of their unix account is ended (TERM, then KILL).
+        """
+        if os.geteuid() != 0:
+            return
+        others = [s for s in self.user.spawners.values() if s is not self and s.active]
+        if others:
+            return
+        name = self.account.name
+        for sig, grace in (("TERM", 2.0), ("KILL", 2.0)):
+            proc = await asyncio.create_subprocess_exec("pkill", f"-{sig}", "-u", name)
+            if await proc.wait() == 1:  # no process matched: all gone
+                return
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline:
+                check = await asyncio.create_subprocess_exec(
+                    "pgrep", "-u", name, stdout=asyncio.subprocess.DEVNULL
+                )
+                if await check.wait() == 1:
+                    return
+                await asyncio.sleep(0.1)
+        self.log.warning("Processes of %s survived SIGKILL", name)
 
 
 def reconcile_local_grants(ledger) -> list:

@@ -144,3 +144,16 @@ def test_cli_status_shows_holders_and_doctor_checks(hub):
         timeout=60,
     )
     assert out.returncode == 2 and "expected a whole number" in out.stderr
+
+
+def test_another_authenticator_by_configuration(make_hub, tmp_path):
+    extra = tmp_path / "auth.py"
+    extra.write_text('c.DummyAuthenticator.password = "team-shared-secret"\n')
+    extra.chmod(0o644)
+    hub = make_hub(
+        {"hub": {"authenticator": "dummy", "extra_config": str(extra)}, "gpus": {"ids": ["0"]}}
+    ).start()
+    assert logged_in(login(hub, "zoe", "team-shared-secret"), hub)
+    assert not logged_in(login(hub, "zoe", "wrong"), hub)
+    # gpulab's own sign-up pages belong to the gpulab authenticator only
+    assert requests.get(hub.url + "/hub/signup", timeout=10).status_code == 404

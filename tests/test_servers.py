@@ -98,6 +98,8 @@ def test_stop_frees_the_grant_and_records_events(hub):
     alice = hub.create_user("alice")
     alice.spawn(profile="gpu-1")
     assert list(hub.holders().values()) == ["alice"]
+    # a process the user detached from the server must not outlive it (it could hold the GPU)
+    alice.run("import subprocess; subprocess.Popen(['setsid', 'nohup', 'sleep', '600'])")
     alice.stop()
     assert hub.holders() == {}
     assert hub.unix_pids("alice") == []
