@@ -7,13 +7,13 @@ Run unprivileged, every server runs as the hub's own account (single-user/dev mo
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pwd
-import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from gpulab.hub.names import safe_name
 
 MAX_UNIX_NAME = 32
 
@@ -29,15 +29,6 @@ class Account:
     gid: int
     home: Path
     shell: str = "/bin/bash"
-
-
-def safe_name(hub_name: str) -> str:
-    """A file- and unix-safe form of a hub user name, unique per name."""
-    cleaned = re.sub(r"[^a-z0-9_-]", "-", hub_name.lower()).strip("-") or "user"
-    if cleaned != hub_name or len(cleaned) > 20:
-        digest = hashlib.sha256(hub_name.encode()).hexdigest()[:6]
-        cleaned = f"{cleaned[:13]}-{digest}"
-    return cleaned
 
 
 def unix_name(prefix: str, hub_name: str) -> str:

@@ -2,9 +2,10 @@
 
 import pytest
 
+from gpulab.hub.names import safe_name
 from gpulab.hub.settings import SettingsError, load_settings
 from gpulab.spawner import profiles
-from gpulab.spawner.accounts import safe_name, unix_name
+from gpulab.spawner.accounts import unix_name
 
 
 def write(tmp_path, text):
