@@ -5,13 +5,21 @@
   group ``team`` limited to 1 GPU. Shared by a module; every server is stopped and
   every GPU free again after each test (``clean_hub``).
 - ``make_hub``: a factory for hubs with other settings; each is cleaned up after the test.
+- ``ceph``: a real single-node Ceph (mon, memstore OSD, mgr, radosgw) started once per
+  test session by ``scripts/ceph`` on free ports: ``.conf`` (ceph.conf path),
+  ``.s3_endpoint``, ``.s3_admin_access_key``, ``.s3_admin_secret_key``.
 """
 
 import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
 
 import pytest
 
-from hubfixture import Hub
+from hubfixture import REPO, Hub, free_port
 
 SHARED_SETTINGS = {
     "gpus": {"ids": ["0", "1", "2"], "per_user": 2, "groups": {"team": 1}},
@@ -61,3 +69,37 @@ def make_hub():
     yield make
     for hub in hubs:
         hub.cleanup()
+
+
+@dataclass
+class Ceph:
+    conf: str
+    s3_endpoint: str
+    s3_admin_access_key: str
+    s3_admin_secret_key: str
+
+
+@pytest.fixture(scope="session")
+def ceph():
+    data = tempfile.mkdtemp(prefix="gpulab-ceph-")
+    env = {**os.environ, "CEPH_MON_PORT": str(free_port()), "CEPH_RGW_PORT": str(free_port())}
+    script = str(REPO / "scripts" / "ceph")
+    try:
+        subprocess.run([script, "start", data], env=env, check=True, timeout=300)
+        out = subprocess.run(
+            [script, "env", data], env=env, check=True, timeout=60, capture_output=True, text=True
+        ).stdout
+        values = {}
+        for line in out.splitlines():
+            if line.startswith("export "):
+                key, _, value = line[len("export ") :].partition("=")
+                values[key] = shlex.split(value)[0] if value else ""
+        yield Ceph(
+            conf=values["CEPH_CONF"],
+            s3_endpoint=values["CEPH_RGW_ENDPOINT"],
+            s3_admin_access_key=values["CEPH_RGW_ADMIN_ACCESS_KEY"],
+            s3_admin_secret_key=values["CEPH_RGW_ADMIN_SECRET_KEY"],
+        )
+    finally:
+        subprocess.run([script, "stop", data], env=env, timeout=120)
+        shutil.rmtree(data, ignore_errors=True)
