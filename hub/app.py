@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from .inventory import Gpu, discover
 from .ledger import GpuLedger
 from .settings import Settings, load_settings
+from .storage.s3 import RgwAccounts
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +19,8 @@ class Context:
     settings: Settings
     inventory: list[Gpu]
     ledger: GpuLedger
+    s3: RgwAccounts | None
+    """Per-user S3 on Ceph RGW, when storage.s3_endpoint is set."""
 
 
 @functools.cache
@@ -26,4 +29,15 @@ def context() -> Context:
     settings = load_settings()
     inventory = discover(settings.gpus.ids)
     ledger = GpuLedger(settings.ledger_url, inventory, settings.gpus)
-    return Context(settings=settings, inventory=inventory, ledger=ledger)
+    st = settings.storage
+    s3 = None
+    if st.s3_endpoint:
+        s3 = RgwAccounts(
+            st.s3_endpoint,
+            st.s3_admin_access_key,
+            st.s3_admin_secret_key,
+            bucket_prefix=st.s3_prefix,
+            uid_prefix=st.s3_prefix,
+            quota_bytes=st.s3_quota_bytes,
+        )
+    return Context(settings=settings, inventory=inventory, ledger=ledger, s3=s3)

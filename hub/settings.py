@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,65 @@ class ServerSettings:
 
 
 @dataclass
+class StorageSettings:
+    ceph_conf: str = ""
+    """Path of ceph.conf for RBD home volumes (the kubernetes backend); empty: no RBD."""
+    rbd_pool: str = "rbd"
+    home_size: str = "10GiB"
+    """Size of a new home volume (and the quota of a directory home): bytes or 10GiB/500MiB."""
+    s3_endpoint: str = ""
+    """Ceph RGW (or any S3 with RGW's admin API) URL; empty: no per-user S3."""
+    s3_admin_access_key: str = ""
+    s3_admin_secret_key: str = ""
+    """Admin keys for RGW's admin ops API (caps users=*;buckets=*). Never given to users."""
+    s3_quota: str = "50GiB"
+    """Most bytes a user may store in S3; -1: no limit."""
+    s3_prefix: str = "gpulab-"
+    """Bucket names and RGW user ids: prefix + the user's name (docs/storage.md)."""
+
+    @property
+    def home_size_bytes(self) -> int:
+        return parse_size(self.home_size, "storage.home_size")
+
+    @property
+    def s3_quota_bytes(self) -> int | None:
+        n = parse_size(self.s3_quota, "storage.s3_quota", allow_unlimited=True)
+        return None if n < 0 else n
+
+
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1000,
+    "KB": 1000,
+    "KIB": 1024,
+    "M": 10**6,
+    "MB": 10**6,
+    "MIB": 2**20,
+    "G": 10**9,
+    "GB": 10**9,
+    "GIB": 2**30,
+    "T": 10**12,
+    "TB": 10**12,
+    "TIB": 2**40,
+}
+
+
+def parse_size(value: object, where: str = "size", allow_unlimited: bool = False) -> int:
+    """``10GiB``, ``500 MB``, ``1048576`` -> bytes; ``-1`` means no limit where allowed."""
+    text = str(value).strip()
+    if allow_unlimited and text == "-1":
+        return -1
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([A-Za-z]*)", text)
+    if not m or m.group(2).upper() not in _UNITS:
+        raise SettingsError(f"{where}: expected a size like 10GiB or 500MB, got {value!r}")
+    n = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if n <= 0:
+        raise SettingsError(f"{where}: a size must be more than 0, got {value!r}")
+    return n
+
+
+@dataclass
 class Settings:
     backend: str = "local"
     """``local`` (processes on this machine); ``kubernetes`` comes with that backend."""
@@ -106,6 +166,7 @@ class Settings:
     hub: HubSettings = field(default_factory=HubSettings)
     gpus: GpuSettings = field(default_factory=GpuSettings)
     servers: ServerSettings = field(default_factory=ServerSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
     profiles: list[Profile] = field(default_factory=_default_profiles)
 
     @property
@@ -256,5 +317,12 @@ def _validate(s: Settings) -> None:
     for name, n in {**s.gpus.users, **s.gpus.groups}.items():
         if n < 0:
             raise SettingsError(f"gpus: the limit for {name!r} must be 0 or more, got {n}")
+    s.storage.home_size_bytes, s.storage.s3_quota_bytes  # noqa: B018 (validates both)
+    if s.storage.s3_endpoint and not (
+        s.storage.s3_admin_access_key and s.storage.s3_admin_secret_key
+    ):
+        raise SettingsError(
+            "storage: s3_endpoint needs s3_admin_access_key and s3_admin_secret_key"
+        )
     if not s.hub.admin_users:
         raise SettingsError("hub.admin_users: at least one admin is needed")

@@ -12,6 +12,7 @@ from traitlets.config import LoggingConfigurable
 
 from gpulab.hub.app import Context, context
 from gpulab.hub.ledger import LedgerError
+from gpulab.hub.storage import StorageError
 
 from . import profiles
 
@@ -87,6 +88,22 @@ class GpuSpawnerMixin(LoggingConfigurable):
         if gpus:
             self.report(15, f"Granted GPU(s) {', '.join(self.gpu_ids)}")
         return request
+
+    async def storage_env(self) -> dict[str, str]:
+        """Make sure the user's S3 bucket and keys exist; their variables for the server."""
+        s3 = self.gpulab.s3
+        if s3 is None:
+            return {}
+        self.report(20, "Preparing your S3 bucket")
+        try:
+            account = await asyncio.to_thread(s3.ensure, self.user.name)
+        except StorageError as e:
+            self.report(100, f"Spawn failed: {e}")
+            raise web.HTTPError(
+                e.status, f"Cannot prepare {self.user.name}'s storage: {e}"
+            ) from None
+        self.report(25, f"S3 bucket {account.bucket} at {account.endpoint}")
+        return account.env()
 
     def release_gpus(self, reason: str) -> None:
         self.gpulab.ledger.release(self.user.name, self.name, reason)

@@ -94,6 +94,7 @@ class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner):
     def get_env(self):
         env = super().get_env()
         env.update(self.gpu_env())
+        env.update(getattr(self, "_storage_env", {}))
         profile = self.gpulab.settings.profile(self.profile_slug or None)
         env.update(profile.env)
         return env
@@ -109,6 +110,7 @@ class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner):
     async def start(self):
         self.reserve_gpus()
         try:
+            self._storage_env = await self.storage_env()
             try:
                 account = self.account
             except AccountError as e:
