@@ -16,6 +16,7 @@ from rich.table import Table
 
 from .client import ClientError, GpulabClient
 from .settings import Settings, SettingsError, load_settings
+from .settings import format_size as human
 
 console = Console()
 err = Console(stderr=True)
@@ -35,7 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("--url", help="hub URL (default: $GPULAB_URL or this machine's hub)")
     status.add_argument("--token", help="API token (default: $GPULAB_TOKEN)")
 
-    sub.add_parser("doctor", help="check this machine: proxy, GPUs, data root, hub")
+    storage = sub.add_parser("storage", help="your home volume and S3 bucket")
+    storage.add_argument("action", nargs="?", choices=["show", "rotate-keys"], default="show")
+    storage.add_argument("--user", help="act for this user (admins)")
+    storage.add_argument("--url", help="hub URL (default: $GPULAB_URL or this machine's hub)")
+    storage.add_argument("--token", help="API token (default: $GPULAB_TOKEN)")
+
+    sub.add_parser("doctor", help="check this machine: proxy, GPUs, data root, Ceph, hub")
 
     args = parser.parse_args(argv)
     if args.config:
@@ -46,9 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"[red]gpulab: invalid settings:[/red] {e}")
         return 2
     try:
-        return {"up": cmd_up, "status": cmd_status, "doctor": cmd_doctor}[args.command](
-            args, settings
-        )
+        commands = {
+            "up": cmd_up,
+            "status": cmd_status,
+            "storage": cmd_storage,
+            "doctor": cmd_doctor,
+        }
+        return commands[args.command](args, settings)
     except ClientError as e:
         err.print(f"[red]gpulab:[/red] {e}")
         return 1
@@ -139,6 +150,53 @@ def cmd_status(args, settings: Settings) -> int:
     return 0
 
 
+# -- storage -------------------------------------------------------------------------
+
+
+def cmd_storage(args, settings: Settings) -> int:
+    client = GpulabClient.from_environment(args.url, args.token, settings)
+    if args.action == "rotate-keys":
+        keys = client.rotate_s3_keys(args.user)
+        console.print(
+            f"New S3 keys for bucket [bold]{keys['bucket']}[/bold] at {keys['endpoint']}:"
+        )
+        console.print(f"  AWS_ACCESS_KEY_ID={keys['access_key']}")
+        console.print(f"  AWS_SECRET_ACCESS_KEY={keys['secret_key']}")
+        console.print(keys["message"])
+        return 0
+    info = client.storage(args.user)
+    table = Table(title=f"Storage of {info['user']}", title_justify="left")
+    for col in ("what", "where", "used", "size / quota"):
+        table.add_column(col)
+    volume = info.get("volume")
+    if volume:
+        table.add_row(
+            f"home ({volume['backend']})",
+            volume["name"],
+            human(volume["used_bytes"]),
+            human(volume["size_bytes"]),
+        )
+    else:
+        table.add_row("home", "(made on the first spawn)", "-", "-")
+    s3 = info.get("s3")
+    if s3:
+        table.add_row(
+            "S3 bucket",
+            f"{s3['endpoint']}/{s3['bucket']}",
+            f"{human(s3['used_bytes'])} in {s3['objects']} objects",
+            human(s3["quota_bytes"]),
+        )
+    elif info.get("s3_enabled"):
+        table.add_row("S3 bucket", "(made on the first spawn)", "-", "-")
+    console.print(table)
+    if s3:
+        console.print(
+            f"S3 access key: {s3['access_key']} (the secret is in your server's "
+            "environment; `gpulab storage rotate-keys` makes new ones)"
+        )
+    return 0
+
+
 # -- doctor --------------------------------------------------------------------------
 
 
@@ -217,6 +275,35 @@ def _check_server_command() -> tuple[str, str]:
     return "OK", f"{singleuser} runs for other accounts"
 
 
+def _check_ceph(settings: Settings) -> tuple[str, str]:
+    st = settings.storage
+    if not st.ceph_conf and not st.s3_endpoint:
+        return "OK", "not configured (no RBD volumes, no per-user S3)"
+    details, result = [], "OK"
+    if st.ceph_conf:
+        from .storage import StorageError
+        from .storage.rbd import RbdVolumes
+
+        try:
+            volumes = RbdVolumes(st.ceph_conf, st.rbd_pool, connect_timeout=5)
+            volumes.exists("gpulab-doctor")
+            volumes.close()
+            details.append(f"RBD pool {st.rbd_pool} reachable")
+        except StorageError as e:
+            result = "FAIL"
+            details.append(str(e))
+    if st.s3_endpoint:
+        import requests
+
+        try:
+            requests.get(st.s3_endpoint, timeout=5)
+            details.append(f"S3 answering at {st.s3_endpoint}")
+        except requests.RequestException as e:
+            result = "FAIL"
+            details.append(f"S3 at {st.s3_endpoint} unreachable ({type(e).__name__})")
+    return result, "; ".join(details)
+
+
 def _check_hub(settings: Settings) -> tuple[str, str]:
     client = GpulabClient.from_environment(settings=settings)
     try:
@@ -233,6 +320,7 @@ def cmd_doctor(args, settings: Settings) -> int:
         ("proxy", _check_proxy()),
         ("user servers", _check_server_command()),
         ("GPUs", _check_gpus(settings)),
+        ("Ceph", _check_ceph(settings)),
         ("hub", _check_hub(settings)),
     ]
     table = Table(title="gpulab doctor", title_justify="left")

@@ -81,6 +81,14 @@ class GpulabClient:
         params = {"limit": limit, **({"user": user} if user else {})}
         return self.request("GET", "/gpulab/events", params=params)["events"]
 
+    def storage(self, user: str | None = None) -> dict:
+        return self.request("GET", "/gpulab/storage", params={"user": user} if user else None)
+
+    def rotate_s3_keys(self, user: str | None = None) -> dict:
+        return self.request(
+            "POST", "/gpulab/storage/s3/rotate-keys", params={"user": user} if user else None
+        )
+
     def whoami(self) -> dict:
         return self.request("GET", "/user")
 

@@ -43,7 +43,7 @@ def configure(c, settings: Settings | None = None) -> None:
     from gpulab.spawner.accounts import prepare_data_root, privileged
     from gpulab.spawner.local import reconcile_local_grants
 
-    from .api import gpus
+    from .api import gpus, storage
 
     # hub state (ledger, hub database, tokens) is for root's eyes only
     os.umask(0o077)
@@ -64,7 +64,7 @@ def configure(c, settings: Settings | None = None) -> None:
     c.JupyterHub.cleanup_servers = False
 
     c.JupyterHub.spawner_class = "gpulab-local"
-    c.JupyterHub.extra_handlers = list(gpus.default_handlers)
+    c.JupyterHub.extra_handlers = [*gpus.default_handlers, *storage.default_handlers]
 
     admins = set(s.hub.admin_users)
     c.Authenticator.admin_users = admins

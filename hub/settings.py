@@ -156,6 +156,18 @@ def parse_size(value: object, where: str = "size", allow_unlimited: bool = False
     return n
 
 
+def format_size(n: int | None) -> str:
+    """Bytes for people: ``1.5 GiB``; None or negative: ``unlimited``."""
+    if n is None or n < 0:
+        return "unlimited"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
 @dataclass
 class Settings:
     backend: str = "local"

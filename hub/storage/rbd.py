@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from gpulab.hub.names import safe_name
+from gpulab.hub.settings import format_size
 
 from . import Snapshot, StorageError, StorageUnavailable, Volume, check_snapshot_name
 
@@ -201,8 +202,8 @@ class RbdVolumes:
             current = image.size()
             if size_bytes < current:
                 raise StorageError(
-                    f"refusing to shrink {user}'s volume from {_human(current)} to "
-                    f"{_human(size_bytes)}: shrinking would destroy data"
+                    f"refusing to shrink {user}'s volume from {format_size(current)} to "
+                    f"{format_size(size_bytes)}: shrinking would destroy data"
                 )
             if size_bytes > current:
                 image.resize(size_bytes)
@@ -331,11 +332,3 @@ def _iso(ts) -> str:
     if isinstance(ts, datetime):
         return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).isoformat()
     return datetime.fromtimestamp(float(ts), UTC).isoformat()
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
