@@ -104,6 +104,8 @@ class StorageSettings:
     rbd_pool: str = "rbd"
     home_size: str = "10GiB"
     """Size of a new home volume (and the quota of a directory home): bytes or 10GiB/500MiB."""
+    home_max_size: str = "100GiB"
+    """Largest size users may grow their own home to; admins may go beyond."""
     s3_endpoint: str = ""
     """Ceph RGW (or any S3 with RGW's admin API) URL; empty: no per-user S3."""
     s3_admin_access_key: str = ""
@@ -117,6 +119,10 @@ class StorageSettings:
     @property
     def home_size_bytes(self) -> int:
         return parse_size(self.home_size, "storage.home_size")
+
+    @property
+    def home_max_size_bytes(self) -> int:
+        return parse_size(self.home_max_size, "storage.home_max_size")
 
     @property
     def s3_quota_bytes(self) -> int | None:
@@ -329,7 +335,7 @@ def _validate(s: Settings) -> None:
     for name, n in {**s.gpus.users, **s.gpus.groups}.items():
         if n < 0:
             raise SettingsError(f"gpus: the limit for {name!r} must be 0 or more, got {n}")
-    s.storage.home_size_bytes, s.storage.s3_quota_bytes  # noqa: B018 (validates both)
+    s.storage.home_size_bytes, s.storage.home_max_size_bytes, s.storage.s3_quota_bytes  # noqa: B018
     if s.storage.s3_endpoint and not (
         s.storage.s3_admin_access_key and s.storage.s3_admin_secret_key
     ):

@@ -85,7 +85,13 @@ def ceph():
     env = {**os.environ, "CEPH_MON_PORT": str(free_port()), "CEPH_RGW_PORT": str(free_port())}
     script = str(REPO / "scripts" / "ceph")
     try:
-        subprocess.run([script, "start", data], env=env, check=True, timeout=300)
+        started = subprocess.run(
+            [script, "start", data], env=env, timeout=300, capture_output=True, text=True
+        )
+        if started.returncode != 0:
+            raise RuntimeError(
+                f"scripts/ceph start failed ({started.returncode}):\n{started.stdout}{started.stderr}"
+            )
         out = subprocess.run(
             [script, "env", data], env=env, check=True, timeout=60, capture_output=True, text=True
         ).stdout

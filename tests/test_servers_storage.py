@@ -136,3 +136,61 @@ def test_storage_api_cli_and_key_rotation(ceph, make_hub):
     alice.stop()
     alice.spawn(profile="cpu")
     assert alice.run(probe).strip() == "ok"
+
+
+def test_home_volume_resize_snapshots_and_rollback(hub):
+    alice, bob = hub.create_user("alice"), hub.create_user("bob")
+    api = hub.api("/gpulab/storage/volume")
+    r = alice.session.get(api + "/snapshots", timeout=30)
+    assert r.status_code == 404 and "first spawn" in r.json()["message"]
+
+    alice.spawn(profile="cpu")
+    alice.run("open('work.txt', 'w').write('version 1')")
+    r = alice.session.post(api + "/snapshots", json={"name": "v1"}, timeout=60)
+    assert r.status_code == 201 and r.json()["name"] == "v1", r.text
+    assert (
+        alice.session.post(api + "/snapshots", json={"name": "v1"}, timeout=60).status_code == 409
+    )
+    r = alice.session.post(api + "/snapshots", json={"name": "../x"}, timeout=60)
+    assert r.status_code == 400 and "invalid snapshot name" in r.json()["message"]
+    alice.run("open('work.txt', 'w').write('version 2'); open('new.txt', 'w').write('n')")
+
+    # rolling back under a running server is refused; nothing changes
+    r = alice.session.post(api + "/snapshots/v1/rollback", timeout=60)
+    assert r.status_code == 409 and "stop it first" in r.json()["message"]
+    alice.stop()
+    r = alice.session.post(api + "/snapshots/v1/rollback", timeout=60)
+    assert r.status_code == 200, r.text
+    names = [
+        s["name"] for s in alice.session.get(api + "/snapshots", timeout=30).json()["snapshots"]
+    ]
+    assert names[0] == "v1" and names[1].startswith("before-rollback-")
+    alice.spawn(profile="cpu")
+    out = alice.run(
+        "import os; print(open('work.txt').read(), os.path.exists('new.txt'), os.stat('.').st_mode & 0o777)"
+    )
+    assert out.split() == ["version", "1", "False", "448"]  # 448 == 0o700
+
+    # grow, never shrink; users up to the limit, admins beyond
+    r = alice.session.post(api + "/resize", json={"size": "20GiB"}, timeout=30)
+    assert r.status_code == 200 and r.json()["size_bytes"] == 20 * 2**30
+    r = alice.session.post(api + "/resize", json={"size": "5GiB"}, timeout=30)
+    assert r.status_code == 400 and "refusing to shrink" in r.json()["message"]
+    r = alice.session.post(api + "/resize", json={"size": "1TiB"}, timeout=30)
+    assert r.status_code == 403 and "at most 100.0 GiB" in r.json()["message"]
+    r = hub.admin.post(api + "/resize?user=alice", json={"size": "1TiB"}, timeout=30)
+    assert r.status_code == 200 and r.json()["size_bytes"] == 2**40
+    r = alice.session.post(api + "/resize", json={"size": "lots"}, timeout=30)
+    assert r.status_code == 400 and "expected a size" in r.json()["message"]
+    r = alice.session.post(api + "/resize", data=b"not json", timeout=30)
+    assert r.status_code == 400
+
+    # others' homes are off limits; deleting snapshots
+    assert (
+        bob.session.post(api + "/snapshots?user=alice", json={"name": "x"}, timeout=30).status_code
+        == 403
+    )
+    assert alice.session.delete(api + "/snapshots/nope", timeout=30).status_code == 404
+    assert alice.session.delete(api + "/snapshots/v1", timeout=30).status_code == 204
+    left = alice.session.get(api + "/snapshots", timeout=30).json()["snapshots"]
+    assert [s["name"] for s in left] == names[1:]

@@ -1,16 +1,23 @@
-"""Storage endpoints: a user's home volume and S3 bucket.
+"""Storage endpoints: a user's home volume and S3 bucket. All take ?user=NAME (admins).
 
-GET  /hub/api/gpulab/storage[?user=NAME]                  volume and bucket, sizes and use
-POST /hub/api/gpulab/storage/s3/rotate-keys[?user=NAME]   new S3 keys; the old stop working
+GET    /hub/api/gpulab/storage                                 volume and bucket, sizes, use
+POST   /hub/api/gpulab/storage/volume/resize                   {"size": "20GiB"}: grow
+GET    /hub/api/gpulab/storage/volume/snapshots                list
+POST   /hub/api/gpulab/storage/volume/snapshots                {"name": "before-upgrade"}
+POST   /hub/api/gpulab/storage/volume/snapshots/NAME/rollback  server must be stopped
+DELETE /hub/api/gpulab/storage/volume/snapshots/NAME
+POST   /hub/api/gpulab/storage/s3/rotate-keys                  new S3 keys; old ones stop
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 
 from tornado import web
 
 from gpulab.hub.app import context
+from gpulab.hub.settings import SettingsError, format_size, parse_size
 from gpulab.hub.storage import StorageError
 from gpulab.hub.storage.local import LocalHomes
 
@@ -21,10 +28,30 @@ class StorageAPIHandler(GpulabAPIHandler):
     def subject(self) -> str:
         """The one user a storage request is about: oneself, or ?user= for admins."""
         me, admin = self.prepare_gpulab()
+        self.acting_as_admin = admin
         user = self.target_user(me, admin)
         if user is None:
             raise web.HTTPError(400, "Name the user with ?user=NAME")
         return user
+
+    def homes(self, user: str) -> LocalHomes:
+        ctx = context()
+        found = self.find_user(user)
+        running = bool(found and found.active)  # read here: the hub's ORM is not thread-safe
+        return LocalHomes(
+            ctx.settings.data_path,
+            ctx.settings.storage.home_size_bytes,
+            in_use=lambda _user: running,
+        )
+
+    def body(self) -> dict:
+        try:
+            data = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "The request body must be JSON") from None
+        if not isinstance(data, dict):
+            raise web.HTTPError(400, "The request body must be a JSON object")
+        return data
 
     async def run(self, fn, *args):
         """Storage calls block on Ceph: run them off the event loop, map their errors."""
@@ -38,9 +65,8 @@ class StorageHandler(StorageAPIHandler):
     async def get(self):
         user = self.subject()
         ctx = context()
-        homes = LocalHomes(ctx.settings.data_path, ctx.settings.storage.home_size_bytes)
         try:
-            volume = (await self.run(homes.info, user)).as_json()
+            volume = (await self.run(self.homes(user).info, user)).as_json()
         except web.HTTPError as e:
             if e.status_code != 404:
                 raise
@@ -52,6 +78,55 @@ class StorageHandler(StorageAPIHandler):
         self.write_json(
             {"user": user, "volume": volume, "s3": s3, "s3_enabled": ctx.s3 is not None}
         )
+
+
+class ResizeHandler(StorageAPIHandler):
+    async def post(self):
+        user = self.subject()
+        size = self.body().get("size")
+        if size is None:
+            raise web.HTTPError(400, 'Give the new size: {"size": "20GiB"} or a number of bytes')
+        try:
+            size_bytes = parse_size(size, "size")
+        except SettingsError as e:
+            raise web.HTTPError(400, str(e)) from None
+        limit = context().settings.storage.home_max_size_bytes
+        if size_bytes > limit and not self.acting_as_admin:
+            raise web.HTTPError(
+                403, f"Homes grow to at most {format_size(limit)}; ask an admin for more"
+            )
+        volume = await self.run(self.homes(user).resize, user, size_bytes)
+        self.write_json(volume.as_json())
+
+
+class SnapshotsHandler(StorageAPIHandler):
+    async def get(self):
+        user = self.subject()
+        snaps = await self.run(self.homes(user).snapshots, user)
+        self.write_json({"snapshots": [s.as_json() for s in snaps]})
+
+    async def post(self):
+        user = self.subject()
+        name = self.body().get("name")
+        snap = await self.run(self.homes(user).create_snapshot, user, name)
+        self.set_status(201)
+        self.write_json(snap.as_json())
+
+
+class SnapshotHandler(StorageAPIHandler):
+    async def delete(self, name, action=None):
+        if action is not None:
+            raise web.HTTPError(405, f"DELETE the snapshot itself, not its {action}")
+        user = self.subject()
+        await self.run(self.homes(user).delete_snapshot, user, name)
+        self.set_status(204)
+
+    async def post(self, name, action=None):
+        if action != "rollback":
+            raise web.HTTPError(405, f"POST .../snapshots/{name}/rollback to roll back")
+        user = self.subject()
+        volume = await self.run(self.homes(user).rollback, user, name)
+        self.write_json(volume.as_json())
 
 
 class RotateKeysHandler(StorageAPIHandler):
@@ -73,5 +148,9 @@ class RotateKeysHandler(StorageAPIHandler):
 
 default_handlers = [
     (r"/api/gpulab/storage", StorageHandler),
+    (r"/api/gpulab/storage/volume/resize", ResizeHandler),
+    (r"/api/gpulab/storage/volume/snapshots", SnapshotsHandler),
+    (r"/api/gpulab/storage/volume/snapshots/([^/]+)", SnapshotHandler),
+    (r"/api/gpulab/storage/volume/snapshots/([^/]+)/(rollback)", SnapshotHandler),
     (r"/api/gpulab/storage/s3/rotate-keys", RotateKeysHandler),
 ]

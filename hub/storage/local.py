@@ -1,19 +1,34 @@
-"""Directory homes (the local backend): usage and size in the same shape as RBD volumes."""
+"""Directory homes (the local backend) in the same shape as RBD volumes.
+
+A home is ``data_root/homes/<name>``; its size is ``storage.home_size`` until grown.
+Snapshots are copies under ``data_root/snapshots/<name>/<snapshot>`` (root-only, 0700),
+made with ``cp -a --reflink=auto`` so copy-on-write filesystems share the blocks.
+Changes to one user's home serialise on a lock file, across threads and processes.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 from gpulab.hub.names import safe_name
+from gpulab.hub.settings import format_size
 
-from . import StorageError, Volume
+from . import Snapshot, StorageError, Volume, check_snapshot_name
 
 
 def directory_usage(path: Path) -> int:
     """Bytes allocated under ``path`` (like ``du -s``), not following symbolic links."""
     total = 0
-    for root, dirs, files in os.walk(path, onerror=None, followlinks=False):
+    for root, dirs, files in os.walk(path, followlinks=False):
         for name in files + dirs:
             try:
                 total += os.lstat(os.path.join(root, name)).st_blocks * 512
@@ -23,24 +38,155 @@ def directory_usage(path: Path) -> int:
 
 
 class LocalHomes:
-    """Users' homes as directories under the data root, with a size (quota) each."""
+    """Users' homes as directories: size, use, grow, snapshots and rollback."""
 
-    def __init__(self, data_root: Path, size_bytes: int):
-        self.data_root, self.size_bytes = Path(data_root), size_bytes
+    def __init__(
+        self, data_root: Path, size_bytes: int, in_use: Callable[[str], bool] = lambda user: False
+    ):
+        self.data_root, self.default_size = Path(data_root), size_bytes
+        self.in_use = in_use
+        self._threads = threading.Lock()
 
     def home(self, user: str) -> Path:
         return self.data_root / "homes" / safe_name(user)
 
-    def info(self, user: str) -> Volume:
+    def _meta_path(self, user: str) -> Path:
+        return self.data_root / "volumes" / f"{safe_name(user)}.json"
+
+    def _snap_root(self, user: str) -> Path:
+        return self.data_root / "snapshots" / safe_name(user)
+
+    @contextlib.contextmanager
+    def _locked(self, user: str) -> Iterator[dict]:
+        """This user's home, locked; yields its metadata, saved atomically on exit."""
+        meta_dir = self.data_root / "volumes"
+        meta_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with self._threads, open(meta_dir / f"{safe_name(user)}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            meta = self._meta(user)
+            before = dict(meta)
+            yield meta
+            if meta != before:
+                tmp = self._meta_path(user).with_suffix(".tmp")
+                tmp.write_text(json.dumps(meta))
+                os.replace(tmp, self._meta_path(user))
+
+    def _meta(self, user: str) -> dict:
+        try:
+            return json.loads(self._meta_path(user).read_text())
+        except FileNotFoundError:
+            return {"size_bytes": self.default_size}
+
+    def _require_home(self, user: str) -> Path:
         home = self.home(user)
         if not home.is_dir():
             raise StorageError(
                 f"{user} has no home yet (it is made on the first spawn)", status=404
             )
+        return home
+
+    # -- queries -------------------------------------------------------------------
+
+    def info(self, user: str) -> Volume:
+        home = self._require_home(user)
         return Volume(
             user=user,
             backend="local",
             name=str(home),
-            size_bytes=self.size_bytes,
+            size_bytes=self._meta(user)["size_bytes"],
             used_bytes=directory_usage(home),
+            snapshots=self.snapshots(user),
         )
+
+    def snapshots(self, user: str) -> list[Snapshot]:
+        self._require_home(user)
+        root = self._snap_root(user)
+        found = []
+        for meta in sorted(root.glob("*.json")) if root.is_dir() else []:
+            data = json.loads(meta.read_text())
+            found.append(Snapshot(meta.stem, data["created"], data["size_bytes"]))
+        return sorted(found, key=lambda s: s.created)
+
+    # -- changes -------------------------------------------------------------------
+
+    def resize(self, user: str, size_bytes: int) -> Volume:
+        """Grow the home's size; shrinking is refused."""
+        self._require_home(user)
+        with self._locked(user) as meta:
+            if size_bytes < meta["size_bytes"]:
+                raise StorageError(
+                    f"refusing to shrink {user}'s home from {format_size(meta['size_bytes'])} "
+                    f"to {format_size(size_bytes)}"
+                )
+            meta["size_bytes"] = size_bytes
+        return self.info(user)
+
+    def create_snapshot(self, user: str, name: str) -> Snapshot:
+        check_snapshot_name(name)
+        home = self._require_home(user)
+        with self._locked(user):
+            return self._snapshot(user, home, name)
+
+    def _snapshot(self, user: str, home: Path, name: str) -> Snapshot:
+        root = self._snap_root(user)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        target = root / name
+        if target.exists() or (root / f"{name}.json").exists():
+            raise StorageError(f"{user} already has a snapshot named {name!r}", status=409)
+        partial = root / f".{name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        r = subprocess.run(
+            ["cp", "-a", "--reflink=auto", str(home), str(partial)], capture_output=True, text=True
+        )
+        if r.returncode != 0:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise StorageError(f"snapshot of {user}'s home failed: {r.stderr.strip()}", status=500)
+        os.rename(partial, target)
+        snap = Snapshot(name, datetime.now(UTC).isoformat(), directory_usage(target))
+        (root / f"{name}.json").write_text(
+            json.dumps({"created": snap.created, "size_bytes": snap.size_bytes})
+        )
+        return snap
+
+    def rollback(self, user: str, name: str) -> Volume:
+        """Return the home to a snapshot. What it held before is kept as a new snapshot
+        (``before-rollback-<time>``), so a rollback never loses data."""
+        check_snapshot_name(name)
+        home = self._require_home(user)
+        source = self._snap_root(user) / name
+        if not source.is_dir():
+            raise StorageError(f"{user} has no snapshot named {name!r}", status=404)
+        if self.in_use(user):
+            raise StorageError(
+                f"cannot roll back {user}'s home while their server runs; stop it first",
+                status=409,
+            )
+        with self._locked(user):
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+            self._snapshot(user, home, f"before-rollback-{stamp}")
+            restored = home.with_name(f".{home.name}.restoring")
+            shutil.rmtree(restored, ignore_errors=True)
+            r = subprocess.run(
+                ["cp", "-a", "--reflink=auto", str(source), str(restored)],
+                capture_output=True,
+                text=True,
+            )
+            if r.returncode != 0:
+                shutil.rmtree(restored, ignore_errors=True)
+                raise StorageError(
+                    f"rollback of {user}'s home failed: {r.stderr.strip()}", status=500
+                )
+            old = home.with_name(f".{home.name}.old")
+            os.rename(home, old)
+            os.rename(restored, home)
+            shutil.rmtree(old, ignore_errors=True)
+        return self.info(user)
+
+    def delete_snapshot(self, user: str, name: str) -> None:
+        check_snapshot_name(name)
+        root = self._snap_root(user)
+        if not (root / name).is_dir():
+            raise StorageError(f"{user} has no snapshot named {name!r}", status=404)
+        with self._locked(user):
+            (root / f"{name}.json").unlink(missing_ok=True)
+            shutil.rmtree(root / name)
