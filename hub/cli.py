@@ -36,8 +36,27 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("--url", help="hub URL (default: $GPULAB_URL or this machine's hub)")
     status.add_argument("--token", help="API token (default: $GPULAB_TOKEN)")
 
-    storage = sub.add_parser("storage", help="your home volume and S3 bucket")
-    storage.add_argument("action", nargs="?", choices=["show", "rotate-keys"], default="show")
+    storage = sub.add_parser(
+        "storage",
+        help="your home volume and S3 bucket",
+        description="show | rotate-keys | resize SIZE | snapshots | snapshot NAME | "
+        "rollback NAME | delete-snapshot NAME",
+    )
+    storage.add_argument(
+        "action",
+        nargs="?",
+        default="show",
+        choices=[
+            "show",
+            "rotate-keys",
+            "resize",
+            "snapshots",
+            "snapshot",
+            "rollback",
+            "delete-snapshot",
+        ],
+    )
+    storage.add_argument("value", nargs="?", help="the size (resize) or snapshot name")
     storage.add_argument("--user", help="act for this user (admins)")
     storage.add_argument("--url", help="hub URL (default: $GPULAB_URL or this machine's hub)")
     storage.add_argument("--token", help="API token (default: $GPULAB_TOKEN)")
@@ -153,8 +172,54 @@ def cmd_status(args, settings: Settings) -> int:
 # -- storage -------------------------------------------------------------------------
 
 
+def _snapshot_table(snaps: list[dict], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for col in ("snapshot", "created", "size"):
+        table.add_column(col)
+    for snap in snaps:
+        table.add_row(
+            snap["name"], snap["created"][:19].replace("T", " "), human(snap["size_bytes"])
+        )
+    return table
+
+
 def cmd_storage(args, settings: Settings) -> int:
     client = GpulabClient.from_environment(args.url, args.token, settings)
+    needs_value = {
+        "resize": "a size, e.g. 20GiB",
+        "snapshot": "a snapshot name",
+        "rollback": "a snapshot name",
+        "delete-snapshot": "a snapshot name",
+    }
+    if args.action in needs_value and not args.value:
+        err.print(f"[red]gpulab storage {args.action}:[/red] give {needs_value[args.action]}")
+        return 2
+    if args.action == "resize":
+        volume = client.resize_volume(args.value, args.user)
+        console.print(
+            f"Home is now {human(volume['size_bytes'])} ({human(volume['used_bytes'])} used)"
+        )
+        return 0
+    if args.action == "snapshots":
+        console.print(_snapshot_table(client.snapshots(args.user), "Snapshots of your home"))
+        return 0
+    if args.action == "snapshot":
+        with console.status(f"Snapshotting your home as {args.value}..."):
+            snap = client.create_snapshot(args.value, args.user)
+        console.print(f"Snapshot {snap['name']} made ({human(snap['size_bytes'])})")
+        return 0
+    if args.action == "rollback":
+        with console.status(f"Rolling your home back to {args.value}..."):
+            volume = client.rollback(args.value, args.user)
+        console.print(
+            f"Home rolled back to {args.value}; what it held before is kept as a snapshot:"
+        )
+        console.print(_snapshot_table(volume["snapshots"], "Snapshots"))
+        return 0
+    if args.action == "delete-snapshot":
+        client.delete_snapshot(args.value, args.user)
+        console.print(f"Snapshot {args.value} deleted")
+        return 0
     if args.action == "rotate-keys":
         keys = client.rotate_s3_keys(args.user)
         console.print(

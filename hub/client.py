@@ -89,6 +89,25 @@ class GpulabClient:
             "POST", "/gpulab/storage/s3/rotate-keys", params={"user": user} if user else None
         )
 
+    def _volume(self, method: str, path: str, user: str | None, body: dict | None = None):
+        params = {"user": user} if user else None
+        return self.request(method, "/gpulab/storage/volume" + path, params=params, json=body)
+
+    def resize_volume(self, size: str | int, user: str | None = None) -> dict:
+        return self._volume("POST", "/resize", user, {"size": size})
+
+    def snapshots(self, user: str | None = None) -> list[dict]:
+        return self._volume("GET", "/snapshots", user)["snapshots"]
+
+    def create_snapshot(self, name: str, user: str | None = None) -> dict:
+        return self._volume("POST", "/snapshots", user, {"name": name})
+
+    def rollback(self, name: str, user: str | None = None) -> dict:
+        return self._volume("POST", f"/snapshots/{name}/rollback", user)
+
+    def delete_snapshot(self, name: str, user: str | None = None) -> None:
+        self._volume("DELETE", f"/snapshots/{name}", user)
+
     def whoami(self) -> dict:
         return self.request("GET", "/user")
 
