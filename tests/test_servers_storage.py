@@ -194,3 +194,24 @@ def test_home_volume_resize_snapshots_and_rollback(hub):
     assert alice.session.delete(api + "/snapshots/v1", timeout=30).status_code == 204
     left = alice.session.get(api + "/snapshots", timeout=30).json()["snapshots"]
     assert [s["name"] for s in left] == names[1:]
+
+    # the same through the CLI, with alice's own token
+    env = {**hub.env, "GPULAB_TOKEN": alice.token, "COLUMNS": "200"}
+
+    def cli(*args):
+        return subprocess.run(
+            [str(BIN / "gpulab"), "storage", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    out = cli("snapshot", "from-cli")
+    assert out.returncode == 0 and "Snapshot from-cli made" in out.stdout, out.stderr
+    out = cli("snapshots")
+    assert "from-cli" in out.stdout and names[1] in out.stdout
+    out = cli("resize")
+    assert out.returncode == 2 and "give a size" in out.stderr
+    out = cli("rollback", "from-cli")
+    assert out.returncode == 1 and "stop it first" in out.stderr and "Traceback" not in out.stderr
