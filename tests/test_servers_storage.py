@@ -215,3 +215,25 @@ def test_home_volume_resize_snapshots_and_rollback(hub):
     assert out.returncode == 2 and "give a size" in out.stderr
     out = cli("rollback", "from-cli")
     assert out.returncode == 1 and "stop it first" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_only_admins_delete_homes_with_confirmation(hub):
+    carol = hub.create_user("carol")
+    carol.spawn(profile="cpu")
+    carol.run("open('keep.txt', 'w').write('precious')")
+    api = hub.api("/gpulab/storage/volume")
+    r = carol.session.delete(api + "?user=carol&confirm=carol", timeout=30)
+    assert r.status_code == 403 and "Only admins" in r.json()["message"]
+    r = hub.admin.delete(api + "?user=carol", timeout=30)
+    assert r.status_code == 400 and "confirm=carol" in r.json()["message"]
+    r = hub.admin.delete(api + "?user=carol&confirm=carol", timeout=30)
+    assert r.status_code == 409 and "stop it first" in r.json()["message"]
+    carol.stop()
+    carol.session.post(api + "/snapshots", json={"name": "last"}, timeout=60)
+    r = hub.admin.delete(api + "?user=carol&confirm=carol", timeout=30)
+    assert r.status_code == 409 and "has snapshots (last)" in r.json()["message"]
+    assert (hub.data_root / "homes" / "carol" / "keep.txt").read_text() == "precious"
+    carol.session.delete(api + "/snapshots/last", timeout=30)
+    assert hub.admin.delete(api + "?user=carol&confirm=carol", timeout=30).status_code == 204
+    assert not (hub.data_root / "homes" / "carol").exists()
+    assert hub.admin.get(hub.api("/gpulab/storage?user=carol"), timeout=30).json()["volume"] is None

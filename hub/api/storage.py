@@ -6,6 +6,7 @@ GET    /hub/api/gpulab/storage/volume/snapshots                list
 POST   /hub/api/gpulab/storage/volume/snapshots                {"name": "before-upgrade"}
 POST   /hub/api/gpulab/storage/volume/snapshots/NAME/rollback  server must be stopped
 DELETE /hub/api/gpulab/storage/volume/snapshots/NAME
+DELETE /hub/api/gpulab/storage/volume?user=NAME&confirm=NAME  admins only
 POST   /hub/api/gpulab/storage/s3/rotate-keys                  new S3 keys; old ones stop
 """
 
@@ -80,6 +81,17 @@ class StorageHandler(StorageAPIHandler):
         )
 
 
+class VolumeHandler(StorageAPIHandler):
+    async def delete(self):
+        user = self.subject()
+        if not self.acting_as_admin:
+            raise web.HTTPError(403, "Only admins delete home volumes")
+        if self.get_argument("user", None) is None:
+            raise web.HTTPError(400, "Name the user whose home to delete with ?user=NAME")
+        await self.run(self.homes(user).delete, user, self.get_argument("confirm", None))
+        self.set_status(204)
+
+
 class ResizeHandler(StorageAPIHandler):
     async def post(self):
         user = self.subject()
@@ -148,6 +160,7 @@ class RotateKeysHandler(StorageAPIHandler):
 
 default_handlers = [
     (r"/api/gpulab/storage", StorageHandler),
+    (r"/api/gpulab/storage/volume", VolumeHandler),
     (r"/api/gpulab/storage/volume/resize", ResizeHandler),
     (r"/api/gpulab/storage/volume/snapshots", SnapshotsHandler),
     (r"/api/gpulab/storage/volume/snapshots/([^/]+)", SnapshotHandler),

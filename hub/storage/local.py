@@ -190,3 +190,24 @@ class LocalHomes:
         with self._locked(user):
             (root / f"{name}.json").unlink(missing_ok=True)
             shutil.rmtree(root / name)
+
+    def delete(self, user: str, confirm: str | None) -> None:
+        """Delete the user's home: only with ``confirm`` equal to the user's name, never
+        while their server runs or while snapshots of it exist."""
+        if confirm != user:
+            raise StorageError(
+                f"deleting {user}'s home destroys its data; confirm with confirm={user}"
+            )
+        home = self._require_home(user)
+        if self.in_use(user):
+            raise StorageError(f"{user}'s server is running; stop it first", status=409)
+        snaps = [s.name for s in self.snapshots(user)]
+        if snaps:
+            raise StorageError(
+                f"{user}'s home has snapshots ({', '.join(snaps)}); delete them first", status=409
+            )
+        with self._locked(user):
+            doomed = home.with_name(f".{home.name}.deleting")
+            os.rename(home, doomed)  # gone from its place at once, even if removal is slow
+            shutil.rmtree(doomed)
+            self._meta_path(user).unlink(missing_ok=True)
