@@ -137,6 +137,13 @@ class RbdVolumes:
         finally:
             image.close()
 
+    @contextlib.contextmanager
+    def _user_image(self, user: str):
+        """The user's image, open and locked against other changes: (name, image)."""
+        name = self.image_name(user)
+        with self._locked(name) as ioctx, self._image(ioctx, name, user) as image:
+            yield name, image
+
     # -- queries -------------------------------------------------------------------
 
     def info(self, user: str) -> Volume:
@@ -197,8 +204,7 @@ class RbdVolumes:
     def resize(self, user: str, size_bytes: int) -> Volume:
         """Grow the image online; shrinking is refused (it would cut off data)."""
         _check_size(size_bytes)
-        name = self.image_name(user)
-        with self._locked(name) as ioctx, self._image(ioctx, name, user) as image:
+        with self._user_image(user) as (name, image):
             current = image.size()
             if size_bytes < current:
                 raise StorageError(
@@ -213,8 +219,7 @@ class RbdVolumes:
     def create_snapshot(self, user: str, snapshot: str) -> Snapshot:
         _, rbd = _bindings()
         check_snapshot_name(snapshot)
-        name = self.image_name(user)
-        with self._locked(name) as ioctx, self._image(ioctx, name, user) as image:
+        with self._user_image(user) as (name, image):
             try:
                 image.create_snap(snapshot)
             except rbd.ImageExists:
@@ -229,8 +234,7 @@ class RbdVolumes:
     def rollback(self, user: str, snapshot: str) -> Volume:
         """Return the volume to a snapshot. Refused while the volume is in use (mapped)."""
         check_snapshot_name(snapshot)
-        name = self.image_name(user)
-        with self._locked(name) as ioctx, self._image(ioctx, name, user) as image:
+        with self._user_image(user) as (name, image):
             self._require_snapshot(image, user, snapshot)
             self._require_unused(image, user, "roll back")
             image.rollback_to_snap(snapshot)
@@ -240,8 +244,7 @@ class RbdVolumes:
     def delete_snapshot(self, user: str, snapshot: str) -> None:
         _, rbd = _bindings()
         check_snapshot_name(snapshot)
-        name = self.image_name(user)
-        with self._locked(name) as ioctx, self._image(ioctx, name, user) as image:
+        with self._user_image(user) as (name, image):
             self._require_snapshot(image, user, snapshot)
             if image.is_protected_snap(snapshot):
                 children = list(image.list_children()) if hasattr(image, "list_children") else []
