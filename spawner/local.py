@@ -118,11 +118,12 @@ class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner):
                     500, f"Cannot prepare {self.user.name}'s account: {e}"
                 ) from None
             self.report(30, f"Starting JupyterLab as {account.name} in {account.home}")
-            log = self._log_file()
+            log, configured = self._log_file(), self.popen_kwargs
             try:
-                self.popen_kwargs = {**self.popen_kwargs, "stdout": log, "stderr": log}
+                self.popen_kwargs = {**configured, "stdout": log, "stderr": log}
                 ip, port = await super().start()
             finally:
+                self.popen_kwargs = configured  # the child holds its own copy of the file
                 log.close()
             self.gpulab.ledger.attach(
                 self.user.name, self.name, self.pid, process_start_time(self.pid)
