@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import functools
-import logging
 from dataclasses import dataclass
 
 from .inventory import Gpu, discover
 from .ledger import GpuLedger
 from .settings import Settings, load_settings
 from .storage.s3 import RgwAccounts
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

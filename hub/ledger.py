@@ -154,7 +154,6 @@ class GpuLedger:
     def __init__(self, url: str, inventory: Iterable[Gpu], quotas: GpuSettings | None = None):
         self.inventory = list(inventory)
         self.quotas = quotas or GpuSettings()
-        self._by_id = {g.id: g for g in self.inventory}
         self.engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         path = url.split("///", 1)[-1] if url.startswith("sqlite:///") else ":memory:"
         if url.startswith("sqlite"):
@@ -173,10 +172,6 @@ class GpuLedger:
             q = q.where(grants_table.c.user == user)
         with self.engine.connect() as conn:
             return [Grant.from_row(r) for r in conn.execute(q)]
-
-    def grants_for(self, user: str, server: str) -> list[Gpu]:
-        held = [g for g in self.grants(user) if g.server == server]
-        return [self._gpu(g.gpu_id) for g in held]
 
     def pool(self) -> list[tuple[Gpu, Grant | None]]:
         """Every GPU of the inventory with its grant (None when free)."""
@@ -265,10 +260,6 @@ class GpuLedger:
         return dead
 
     # -- internals -----------------------------------------------------------------
-
-    def _gpu(self, gpu_id: str) -> Gpu:
-        # A grant for a GPU no longer in the inventory still shows, by id.
-        return self._by_id.get(gpu_id) or Gpu(id=gpu_id, index=-1, model="(not in inventory)")
 
     def _check_quotas(
         self, user: str, groups: tuple[str, ...], count: int, held: list[Grant]
