@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -61,9 +65,39 @@ def main(argv: list[str] | None = None) -> int:
     storage.add_argument("--url", help="hub URL (default: $GPULAB_URL or this machine's hub)")
     storage.add_argument("--token", help="API token (default: $GPULAB_TOKEN)")
 
+    gpu = sub.add_parser(
+        "gpu",
+        help="Return GPU / Get GPU for a running server, keeping its kernels' variables",
+        description="status | return | get [N]",
+    )
+    gpu.add_argument("action", nargs="?", default="status", choices=["status", "return", "get"])
+    gpu.add_argument("count", nargs="?", type=int, help="GPUs to get (default: the profile's)")
+    gpu.add_argument("--user", help="act for this user (admins)")
+    gpu.add_argument("--server", default="", help="a named server (default: the default one)")
+    gpu.add_argument("--interrupt", action="store_true", help="return: interrupt busy kernels")
+    gpu.add_argument(
+        "--force", action="store_true", help="return: end other processes using the GPU"
+    )
+    gpu.add_argument("--timeout", type=float, help="get: seconds to wait in the queue")
+    gpu.add_argument("--no-wait", action="store_true", help="get: queue and return at once")
+    gpu.add_argument("--url", help="hub URL (default: $GPULAB_URL or this machine's hub)")
+    gpu.add_argument("--token", help="API token (default: $GPULAB_TOKEN)")
+
     sub.add_parser("doctor", help="check this machine: proxy, GPUs, data root, Ceph, hub")
 
+    # TensorBoard's own flags pass through untouched, so cmd_tensorboard parses its
+    # arguments itself: this parser takes every word after the command as it is
+    tensorboard = sub.add_parser(
+        "tensorboard",
+        help="run TensorBoard in your server, reachable through its proxy",
+        add_help=False,
+        prefix_chars="\0",
+    )
+    tensorboard.add_argument("tensorboard_args", nargs=argparse.REMAINDER)
+
     args = parser.parse_args(argv)
+    if args.command == "tensorboard":  # runs in a user's terminal: needs no hub settings
+        return cmd_tensorboard(args.tensorboard_args)
     if args.config:
         os.environ["GPULAB_CONFIG"] = str(Path(args.config).resolve())
     try:
@@ -76,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             "up": cmd_up,
             "status": cmd_status,
             "storage": cmd_storage,
+            "gpu": cmd_gpu,
             "doctor": cmd_doctor,
         }
         return commands[args.command](args, settings)
@@ -397,6 +432,215 @@ def cmd_doctor(args, settings: Settings) -> int:
         table.add_row(name, f"[{colour[result]}]{result}[/{colour[result]}]", detail)
     console.print(table)
     return 1 if any(result == "FAIL" for _, (result, _) in checks) else 0
+
+
+# -- gpu -----------------------------------------------------------------------------
+
+
+def _kernel_lines(detail: dict) -> list[str]:
+    lines = []
+    for k in detail.get("kernels") or []:
+        name = k.get("path") or k.get("kernel")
+        line = f"  {name}: kept {len(k.get('saved') or [])} variable(s)"
+        if k.get("failed"):
+            line += "; not saved: " + ", ".join(f"{n} ({why})" for n, why in k["failed"].items())
+        lines.append(line)
+    return lines
+
+
+def cmd_gpu(args, settings: Settings) -> int:
+    client = GpulabClient.from_environment(args.url, args.token, settings)
+    who = {"user": args.user, "server": args.server}
+    if args.count is not None and args.action != "get":
+        err.print(f"[red]gpulab gpu {args.action}:[/red] takes no count")
+        return 2
+    if args.action == "return":
+        with console.status("Checkpointing kernels and returning the GPU..."):
+            answer = client.return_gpu(interrupt=args.interrupt, force=args.force, **who)
+        console.print(answer["message"], highlight=False)
+        op = answer.get("operation") or {}
+        if answer["released"]:
+            for line in _kernel_lines(op.get("detail") or {}):
+                console.print(line, highlight=False, markup=False)
+            console.print("Variables are being restored into the kernels, on the CPU.")
+        return 0
+    if args.action == "get":
+        status = client.gpu_status(**who)
+        count = args.count if args.count is not None else max(1, status["profile_gpus"] or 1)
+        answer = client.get_gpu(count, timeout=args.timeout, **who)
+        if answer.get("message"):
+            console.print(answer["message"], highlight=False)
+        if args.no_wait:
+            op = answer["operation"]
+            console.print(f"{op['state']}: {op['message']}", highlight=False)
+            return 0
+        try:
+            with console.status("Asking for a GPU...") as spinner:
+                while True:
+                    op = client.gpu_status(**who)["operation"]
+                    if op["state"] not in ("queued", "restoring", "checkpointing"):
+                        break
+                    spinner.update(op["message"])
+                    time.sleep(0.5)
+        except KeyboardInterrupt:
+            client.cancel_get_gpu(**who)
+            err.print("Get GPU cancelled")
+            return 130
+        console.print(op["message"], highlight=False)
+        return 0 if op["state"] == "done" else 1
+    status = client.gpu_status(**who)
+    where = status["user"] + (f"/{status['server']}" if status["server"] else "")
+    held = ", ".join(f"{g['id']} ({g['model']})" for g in status["gpus"]) or "no GPU"
+    console.print(
+        f"{where}: {held}; profile {status['profile']}; "
+        f"{status['free']} of {status['total']} GPUs free, {status['queue']} waiting",
+        highlight=False,
+    )
+    op = status.get("operation")
+    if op:
+        console.print(f"last {op['kind']}: {op['state']}: {op['message']}", highlight=False)
+    return 0
+
+
+# -- tensorboard ---------------------------------------------------------------------
+
+TENSORBOARD_PORT = 6006
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (1-65535)")
+    return port
+
+
+def _loopback_port_free(port: int) -> bool:
+    """Can a server listen on ``port`` on loopback (and is nobody there already)?
+
+    jupyter-server-proxy connects to ``localhost``, which may resolve to ::1 first: a
+    port someone holds on either loopback address would not reach our TensorBoard.
+    """
+    addresses = [(socket.AF_INET, "127.0.0.1")]
+    if socket.has_ipv6:
+        addresses.append((socket.AF_INET6, "::1"))
+    for family, host in addresses:
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:
+            continue  # no such address family on this machine
+        with sock:
+            # what TensorBoard's server sets too: ports in TIME_WAIT are free to take
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError as e:
+                if e.errno == errno.EADDRNOTAVAIL and family == socket.AF_INET6:
+                    continue  # IPv6 without a ::1 address
+                return False
+    return True
+
+
+def tensorboard_url(port: int, environ: Mapping[str, str] | None = None) -> str:
+    """Where a browser opens TensorBoard on ``port``.
+
+    In a hub server, jupyter-server-proxy serves it at ``<server prefix>proxy/<port>/``;
+    JupyterHub sets the server's public URL when the hub knows its own (public_url,
+    subdomains), else only the path is known: it is relative to the hub's address.
+    """
+    environ = os.environ if environ is None else environ
+    prefix = environ.get("JUPYTERHUB_SERVICE_PREFIX")
+    if not prefix:
+        return f"http://localhost:{port}/"
+    public = environ.get("JUPYTERHUB_PUBLIC_URL") or ""
+    if public:
+        return f"{public.rstrip('/')}/proxy/{port}/"
+    host = (environ.get("JUPYTERHUB_HOST") or "").rstrip("/")
+    return f"{host}{prefix.rstrip('/')}/proxy/{port}/"
+
+
+def cmd_tensorboard(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="gpulab tensorboard",
+        usage="%(prog)s [-h] [--logdir DIR] [--port N] [TENSORBOARD_ARGS ...]",
+        description="Run TensorBoard in the foreground on this server's loopback and print "
+        "the address to open it at: through your server's proxy when run in a hub server "
+        "(a JupyterLab terminal), else on localhost. Ctrl-C stops it.",
+        epilog="Other arguments are passed to tensorboard as they are, e.g. "
+        "--reload_interval 5 (see tensorboard --help).",
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "--logdir",
+        metavar="DIR",
+        help="directory with the event files (default: runs); it may not exist yet",
+    )
+    parser.add_argument(
+        "--port",
+        metavar="N",
+        type=_port,
+        help=f"port to listen on (default: {TENSORBOARD_PORT}, or the next free one)",
+    )
+    args, extra = parser.parse_known_args(argv)
+    if "--" in extra:  # what follows it goes to tensorboard as it is anyway
+        extra.remove("--")
+    logdir = args.logdir
+    if logdir is None and not any(a.split("=")[0] == "--logdir_spec" for a in extra):
+        logdir = "runs"
+
+    if args.port is not None:
+        port = args.port
+        if not _loopback_port_free(port):
+            err.print(
+                f"[red]gpulab tensorboard:[/red] port {port} is already in use; "
+                "give another --port, or none to take the next free one"
+            )
+            return 1
+    else:
+        port = next(
+            (p for p in range(TENSORBOARD_PORT, TENSORBOARD_PORT + 100) if _loopback_port_free(p)),
+            None,
+        )
+        if port is None:
+            err.print(
+                f"[red]gpulab tensorboard:[/red] ports {TENSORBOARD_PORT}-"
+                f"{TENSORBOARD_PORT + 99} are all in use; give a free one with --port"
+            )
+            return 1
+        if port != TENSORBOARD_PORT:
+            console.print(
+                f"Port {TENSORBOARD_PORT} is in use; using port {port}",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+    binary = Path(sys.prefix) / "bin" / "tensorboard"
+    if not binary.exists():
+        found = shutil.which("tensorboard")
+        if not found:
+            err.print("[red]gpulab tensorboard:[/red] tensorboard is not installed here")
+            return 1
+        binary = Path(found)
+    command = [str(binary), "--port", str(port)]
+    if logdir is not None:
+        command += ["--logdir", logdir]
+        where = Path(logdir).expanduser().absolute()
+        if not where.is_dir():
+            console.print(
+                f"{where} does not exist yet: TensorBoard shows runs as they appear there",
+                highlight=False,
+                soft_wrap=True,
+                markup=False,
+            )
+    url = tensorboard_url(port)
+    note = " (on this hub's address)" if url.startswith("/") else ""
+    console.print(f"TensorBoard: {url}{note}", highlight=False, soft_wrap=True, markup=False)
+    console.print("Ctrl-C stops it.", highlight=False)
+    sys.stdout.flush()
+    os.execv(str(binary), [*command, *extra])
+    return 0  # not reached
 
 
 if __name__ == "__main__":

@@ -108,6 +108,33 @@ class GpulabClient:
     def delete_snapshot(self, name: str, user: str | None = None) -> None:
         self._volume("DELETE", f"/snapshots/{name}", user)
 
+    # -- Return GPU / Get GPU -----------------------------------------------------------
+
+    def _gpu(self, method: str, path: str, user, server, body=None):
+        params = {k: v for k, v in (("user", user), ("server", server)) if v}
+        return self.request(method, "/gpulab/gpu" + path, params=params or None, json=body)
+
+    def gpu_status(self, user: str | None = None, server: str = "") -> dict:
+        """What the server holds, the pool, and its last Return/Get GPU operation."""
+        return self._gpu("GET", "", user, server)
+
+    def return_gpu(
+        self, user: str | None = None, server: str = "", interrupt=False, force=False
+    ) -> dict:
+        """Return the server's GPUs, keeping its kernels' variables; free on return."""
+        body = {"interrupt": interrupt, "force": force}
+        return self._gpu("POST", "/return", user, server, body)
+
+    def get_gpu(
+        self, gpus: int = 1, user: str | None = None, server: str = "", timeout=None
+    ) -> dict:
+        """Ask for GPUs for a running server; follow the operation with ``gpu_status``."""
+        body = {"gpus": gpus, **({"timeout": timeout} if timeout is not None else {})}
+        return self._gpu("POST", "/acquire", user, server, body)
+
+    def cancel_get_gpu(self, user: str | None = None, server: str = "") -> dict:
+        return self._gpu("DELETE", "/acquire", user, server)
+
     def whoami(self) -> dict:
         return self.request("GET", "/user")
 

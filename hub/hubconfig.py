@@ -43,7 +43,7 @@ def configure(c, settings: Settings | None = None) -> None:
     from gpulab.spawner.accounts import prepare_data_root, privileged
     from gpulab.spawner.local import reconcile_local_grants
 
-    from .api import gpus, storage
+    from .api import gpu, gpus, storage
 
     # hub state (ledger, hub database, tokens) is for root's eyes only
     os.umask(0o077)
@@ -64,7 +64,11 @@ def configure(c, settings: Settings | None = None) -> None:
     c.JupyterHub.cleanup_servers = False
 
     c.JupyterHub.spawner_class = "gpulab-local"
-    c.JupyterHub.extra_handlers = [*gpus.default_handlers, *storage.default_handlers]
+    c.JupyterHub.extra_handlers = [
+        *gpus.default_handlers,
+        *gpu.default_handlers,
+        *storage.default_handlers,
+    ]
 
     admins = set(s.hub.admin_users)
     c.Authenticator.admin_users = admins
@@ -102,5 +106,32 @@ def configure(c, settings: Settings | None = None) -> None:
             grant.user,
         )
 
+    start_gpu_switch()
+
     if s.hub.extra_config:
         runpy.run_path(s.hub.extra_config, init_globals={"c": c, "settings": s})
+
+
+def start_gpu_switch() -> None:
+    """Settle interrupted Return/Get GPU operations and check for idle GPUs, in the hub.
+
+    JupyterHub reads its configuration inside its running event loop; the task waits
+    there until the hub has started.
+    """
+    import asyncio
+
+    from jupyterhub.app import JupyterHub
+
+    from .gpuswitch import gpu_switch
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # configuration read outside a hub (tests, tools)
+        return
+    app = JupyterHub.instance()
+    task = loop.create_task(gpu_switch().run_background(app))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+_background: set = set()

@@ -64,6 +64,34 @@ events_table = Table(
 )
 
 
+queue_table = Table(
+    "gpu_queue",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("user", String(255), nullable=False),
+    Column("server", String(255), nullable=False, default=""),
+    Column("count", Integer, nullable=False),
+    Column("since", DateTime(timezone=True), nullable=False),
+)
+
+# the last Return GPU / Get GPU of each server, so a hub restart can finish or undo it
+operations_table = Table(
+    "gpu_operations",
+    metadata,
+    Column("user", String(255), primary_key=True),
+    Column("server", String(255), primary_key=True, default=""),
+    Column("kind", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("gpus", Integer, nullable=False, default=0),
+    Column("reason", Text, nullable=False, default=""),
+    Column("message", Text, nullable=False, default=""),
+    Column("started", DateTime(timezone=True), nullable=False),
+    Column("deadline", DateTime(timezone=True), nullable=True),
+    Column("finished", DateTime(timezone=True), nullable=True),
+    Column("detail", Text, nullable=False, default="{}"),
+)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -82,14 +110,19 @@ class InvalidRequest(LedgerError):
 
 
 class NoGpuFree(LedgerError):
-    """Fewer GPUs are free than asked for."""
+    """Fewer GPUs are free than asked for (or the free ones are promised to the queue)."""
 
-    def __init__(self, wanted: int, free: int, total: int, holders: dict[str, int]):
+    def __init__(
+        self, wanted: int, free: int, total: int, holders: dict[str, int], queued: int = 0
+    ):
         self.wanted, self.free, self.total, self.holders = wanted, free, total, holders
+        self.queued = queued
         super().__init__(self.message_for(admin=False))
 
     def message_for(self, admin: bool) -> str:
         base = f"not enough GPUs free: asked for {self.wanted}, {self.free} of {self.total} free"
+        if self.queued:
+            base += f", {self.queued} request(s) waiting in the queue first"
         if self.total == 0:
             return f"asked for {self.wanted} GPU(s), but this hub has no GPUs"
         if admin and self.holders:
@@ -114,18 +147,78 @@ class Grant:
 
     @classmethod
     def from_row(cls, row) -> Grant:
-        granted_at = row.granted_at
-        if granted_at.tzinfo is None:  # SQLite drops the zone; we only ever store UTC
-            granted_at = granted_at.replace(tzinfo=UTC)
         return cls(
             gpu_id=row.gpu_id,
             user=row.user,
             server=row.server,
             groups=tuple(json.loads(row.groups)),
-            granted_at=granted_at,
+            granted_at=_utc(row.granted_at),
             pid=row.pid,
             pid_started=row.pid_started,
         )
+
+
+@dataclass(frozen=True)
+class Waiter:
+    id: int
+    user: str
+    server: str
+    count: int
+    since: datetime
+
+
+@dataclass(frozen=True)
+class Operation:
+    """A Return GPU or Get GPU of one server: ``kind`` return|acquire, ``state`` one of
+    queued, checkpointing, restoring, done, failed, cancelled."""
+
+    user: str
+    server: str
+    kind: str
+    state: str
+    gpus: int
+    reason: str
+    message: str
+    started: datetime
+    deadline: datetime | None
+    finished: datetime | None
+    detail: dict
+
+    ACTIVE = ("queued", "checkpointing", "restoring")
+
+    @property
+    def active(self) -> bool:
+        return self.state in self.ACTIVE
+
+    @classmethod
+    def from_row(cls, row) -> Operation:
+        return cls(
+            user=row.user,
+            server=row.server,
+            kind=row.kind,
+            state=row.state,
+            gpus=row.gpus,
+            reason=row.reason,
+            message=row.message,
+            started=_utc(row.started),
+            deadline=_utc(row.deadline),
+            finished=_utc(row.finished),
+            detail=json.loads(row.detail),
+        )
+
+    def as_json(self) -> dict:
+        return {
+            "kind": self.kind,
+            "state": self.state,
+            "gpus": self.gpus,
+            "reason": self.reason,
+            "message": self.message,
+            "started": self.started.isoformat(),
+            "deadline": self.deadline.isoformat() if self.deadline else None,
+            "finished": self.finished.isoformat() if self.finished else None,
+            "path": self.detail.get("path"),
+            "detail": self.detail,
+        }
 
 
 @dataclass(frozen=True)
@@ -196,10 +289,21 @@ class GpuLedger:
 
     # -- changes -------------------------------------------------------------------
 
-    def reserve(self, user: str, server: str, count: int, groups: Iterable[str] = ()) -> list[Gpu]:
+    def reserve(
+        self,
+        user: str,
+        server: str,
+        count: int,
+        groups: Iterable[str] = (),
+        reason: str = "spawn",
+        waiter: int | None = None,
+    ) -> list[Gpu]:
         """Grant ``count`` GPUs to ``user``'s ``server``, atomically, or raise LedgerError.
 
-        A server holds one set of GPUs: grants it already had are replaced.
+        A server holds one set of GPUs: grants it already had are replaced. Requests
+        waiting in the queue come first: ``waiter`` (the id ``enqueue`` gave) may only
+        take GPUs at the head of the queue, and anyone else only GPUs the queue does not
+        need.
         """
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise InvalidRequest(f"GPU count must be a whole number of 0 or more, got {count!r}")
@@ -212,11 +316,14 @@ class GpuLedger:
             self._check_quotas(user, groups, count, held)
             taken = {g.gpu_id for g in held}
             free = [gpu for gpu in self.inventory if gpu.id not in taken]
-            if len(free) < count:
+            queue = [w for w in self._queue(conn) if w.id != waiter]
+            ahead = [w for w in queue if waiter is None or w.id < waiter]
+            promised = sum(w.count for w in ahead) if waiter is None else 0
+            if len(free) - promised < count or (waiter is not None and ahead):
                 holders: dict[str, int] = {}
                 for g in held:
                     holders[g.user] = holders.get(g.user, 0) + 1
-                raise NoGpuFree(count, len(free), len(self.inventory), holders)
+                raise NoGpuFree(count, len(free), len(self.inventory), holders, len(ahead))
             chosen = free[:count]
             now = utcnow()
             for gpu in chosen:
@@ -229,7 +336,9 @@ class GpuLedger:
                         granted_at=now,
                     )
                 )
-            self._record(conn, "grant", user, server, [g.id for g in chosen], "spawn")
+            if waiter is not None:
+                conn.execute(delete(queue_table).where(queue_table.c.id == waiter))
+            self._record(conn, "grant", user, server, [g.id for g in chosen], reason)
         log.info("Granted GPU(s) %s to %s", ",".join(g.id for g in chosen), _label(user, server))
         return chosen
 
@@ -251,6 +360,90 @@ class GpuLedger:
                 "Released GPU(s) %s from %s (%s)", ",".join(released), _label(user, server), reason
             )
         return released
+
+    # -- the queue of Get GPU requests ---------------------------------------------------
+
+    def enqueue(self, user: str, server: str, count: int) -> int:
+        """Queue a request for ``count`` GPUs (replacing the server's earlier one); its id."""
+        with self.engine.begin() as conn:
+            where = (queue_table.c.user == user, queue_table.c.server == server)
+            row = conn.execute(select(queue_table.c.id).where(*where)).first()
+            if row is not None:
+                conn.execute(update(queue_table).where(*where).values(count=count))
+                return row.id
+            result = conn.execute(
+                insert(queue_table).values(user=user, server=server, count=count, since=utcnow())
+            )
+            return result.inserted_primary_key[0]
+
+    def dequeue(self, user: str, server: str) -> bool:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                delete(queue_table).where(
+                    queue_table.c.user == user, queue_table.c.server == server
+                )
+            )
+            return result.rowcount > 0
+
+    def queue(self) -> list[Waiter]:
+        with self.engine.connect() as conn:
+            return self._queue(conn)
+
+    def clear_queue(self) -> None:
+        """Forget every waiting request (at hub start: their waiters are gone)."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(queue_table))
+
+    # -- Return GPU / Get GPU operations ------------------------------------------------
+
+    def operation(self, user: str, server: str) -> Operation | None:
+        q = select(operations_table).where(
+            operations_table.c.user == user, operations_table.c.server == server
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(q).first()
+        return None if row is None else Operation.from_row(row)
+
+    def operations(self, active_only: bool = True) -> list[Operation]:
+        q = select(operations_table)
+        if active_only:
+            q = q.where(operations_table.c.state.in_(Operation.ACTIVE))
+        with self.engine.connect() as conn:
+            return [Operation.from_row(r) for r in conn.execute(q)]
+
+    def begin_operation(self, user: str, server: str, kind: str, **fields) -> Operation:
+        """Record a new operation for the server, replacing its previous one."""
+        values = dict(
+            user=user,
+            server=server,
+            kind=kind,
+            state=fields.pop("state", "checkpointing"),
+            gpus=fields.pop("gpus", 0),
+            reason=fields.pop("reason", ""),
+            message=fields.pop("message", ""),
+            started=utcnow(),
+            deadline=fields.pop("deadline", None),
+            finished=None,
+            detail=json.dumps(fields.pop("detail", {})),
+        )
+        with self.engine.begin() as conn:
+            where = (operations_table.c.user == user, operations_table.c.server == server)
+            conn.execute(delete(operations_table).where(*where))
+            conn.execute(insert(operations_table).values(**values))
+        return self.operation(user, server)
+
+    def update_operation(self, user: str, server: str, **fields) -> Operation:
+        if "detail" in fields:
+            fields["detail"] = json.dumps(fields["detail"])
+        if fields.get("state") in ("done", "failed", "cancelled"):
+            fields.setdefault("finished", utcnow())
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(operations_table)
+                .where(operations_table.c.user == user, operations_table.c.server == server)
+                .values(**fields)
+            )
+        return self.operation(user, server)
 
     def reconcile(self, is_alive: Callable[[Grant], bool]) -> list[Grant]:
         """Release grants whose holder is gone (``is_alive`` says so); returns them."""
@@ -283,6 +476,10 @@ class GpuLedger:
                     f"its members hold {theirs} and {user} asked for {count} more"
                 )
 
+    def _queue(self, conn: Connection) -> list[Waiter]:
+        rows = conn.execute(select(queue_table).order_by(queue_table.c.id))
+        return [Waiter(r.id, r.user, r.server, r.count, _utc(r.since)) for r in rows]
+
     def _release(self, conn: Connection, user: str, server: str, reason: str) -> list[str]:
         where = (grants_table.c.user == user, grants_table.c.server == server)
         ids = [r.gpu_id for r in conn.execute(select(grants_table.c.gpu_id).where(*where))]
@@ -301,6 +498,11 @@ class GpuLedger:
                     at=now, action=action, user=user, server=server, gpu_id=gpu_id, reason=reason
                 )
             )
+
+
+def _utc(at: datetime | None) -> datetime | None:
+    """SQLite drops the zone; the ledger only ever stores UTC."""
+    return at.replace(tzinfo=UTC) if at is not None and at.tzinfo is None else at
 
 
 def _label(user: str, server: str) -> str:

@@ -43,6 +43,13 @@ class Profile:
     """Pre-selected on the form, and used when a spawn names no profile."""
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment variables for servers of this profile."""
+    idle_return: str = ""
+    """Return the GPUs of a server of this profile, keeping its state, after they have been
+    idle this long (``30m``, ``2h``, ``900`` seconds); empty or ``0``: never."""
+
+    @property
+    def idle_return_seconds(self) -> float:
+        return parse_duration(self.idle_return, f"profiles.{self.slug}.idle_return")
 
 
 def _default_profiles() -> list[Profile]:
@@ -63,6 +70,12 @@ class GpuSettings:
     """Per-user limits that replace ``per_user`` for the named users."""
     groups: dict[str, int] = field(default_factory=dict)
     """Most GPUs the members of a JupyterHub group may hold together."""
+    acquire_timeout: int = 600
+    """Seconds a Get GPU waits in the queue by default (a request may ask for less)."""
+    reclaim_interval: int = 60
+    """Seconds between checks for idle GPUs (profiles' ``idle_return``)."""
+    idle_utilization: int = 5
+    """A GPU busier than this (percent, from NVML) is not idle."""
 
 
 @dataclass
@@ -128,6 +141,20 @@ class StorageSettings:
     def s3_quota_bytes(self) -> int | None:
         n = parse_size(self.s3_quota, "storage.s3_quota", allow_unlimited=True)
         return None if n < 0 else n
+
+
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: object, where: str = "duration") -> float:
+    """``90``, ``90s``, ``30m``, ``2h``, ``1d`` -> seconds; empty means 0 (never)."""
+    text = str(value).strip().lower()
+    if not text:
+        return 0.0
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd]?)", text)
+    if not m:
+        raise SettingsError(f"{where}: expected a duration like 90s, 30m or 2h, got {value!r}")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
 
 
 _UNITS = {
@@ -332,6 +359,13 @@ def _validate(s: Settings) -> None:
         raise SettingsError("profiles: only one profile may be the default")
     if len(set(s.gpus.ids)) != len(s.gpus.ids):
         raise SettingsError("gpus.ids: the same device id is listed twice")
+    for p in s.profiles:
+        p.idle_return_seconds  # noqa: B018 -- raises SettingsError when malformed
+    for name in ("acquire_timeout", "reclaim_interval"):
+        if getattr(s.gpus, name) < 1:
+            raise SettingsError(f"gpus.{name}: must be 1 second or more")
+    if not 0 <= s.gpus.idle_utilization <= 100:
+        raise SettingsError("gpus.idle_utilization: a percentage, 0 to 100")
     for name, n in {**s.gpus.users, **s.gpus.groups}.items():
         if n < 0:
             raise SettingsError(f"gpus: the limit for {name!r} must be 0 or more, got {n}")

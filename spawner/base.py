@@ -11,6 +11,7 @@ from traitlets import List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from gpulab.hub.app import Context, context
+from gpulab.hub.hubconfig import CLI_SERVICE
 from gpulab.hub.ledger import LedgerError
 from gpulab.hub.storage import StorageError
 
@@ -105,6 +106,13 @@ class GpuSpawnerMixin(LoggingConfigurable):
         self.report(25, f"S3 bucket {account.bucket} at {account.endpoint}")
         return account.env()
 
+    def gpus_changed(self, ids: list[str]) -> None:
+        """The server's GPUs changed while it runs (Return GPU / Get GPU): remember them."""
+        self.gpu_ids = list(ids)
+        if self.orm_spawner is not None and self.db is not None:
+            self.orm_spawner.state = self.get_state()
+            self.db.commit()
+
     def release_gpus(self, reason: str) -> None:
         self.gpulab.ledger.release(self.user.name, self.name, reason)
         self.gpu_ids = []
@@ -117,7 +125,23 @@ class GpuSpawnerMixin(LoggingConfigurable):
             "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
             "GPULAB_GPUS": visible,
             "GPULAB_PROFILE": self.profile_slug,
+            # whose token the server's gpulab extension takes orders from
+            "GPULAB_HUB_SERVICE": CLI_SERVICE,
         }
+
+    def tensorboard_env(self) -> dict[str, str]:
+        """Point ``%tensorboard`` in notebooks at jupyter-server-proxy's path for its port.
+
+        TensorBoard's notebook frame opens ``$TENSORBOARD_PROXY_URL`` (``%PORT%`` replaced
+        by its port) relative to the page, so the browser reaches it through the hub and
+        the server's jupyter-server-proxy at ``<server prefix>proxy/<port>/`` instead of
+        ``localhost:<port>``.
+        """
+        server = getattr(self, "server", None)
+        if server is None:  # no URL to serve under yet (JupyterHub's mocks only)
+            return {}
+        prefix = server.base_url if server.base_url.endswith("/") else server.base_url + "/"
+        return {"TENSORBOARD_PROXY_URL": f"{prefix}proxy/%PORT%/"}
 
     def get_state(self):
         state = super().get_state()

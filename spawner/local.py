@@ -9,6 +9,7 @@ by pid, and grants of servers that died meanwhile are released.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import time
@@ -91,9 +92,18 @@ class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner):
         )
         return env
 
+    def get_args(self):
+        args = super().get_args()
+        # JupyterLab terminals: an interactive (not a login) shell, as in Jupyter's own
+        # images: a login shell's /etc/profile would reset PATH and hide the server's
+        # environment (tensorboard, gpulab, pip --user commands) from the terminal
+        shell = json.dumps({"shell_command": [self.account.shell]})
+        return [*args, f"--ServerApp.terminado_settings={shell}"]
+
     def get_env(self):
         env = super().get_env()
         env.update(self.gpu_env())
+        env.update(self.tensorboard_env())
         env.update(getattr(self, "_storage_env", {}))
         profile = self.gpulab.settings.profile(self.profile_slug or None)
         env.update(profile.env)
@@ -133,6 +143,13 @@ class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner):
         except BaseException:
             self.release_gpus("spawn failed")
             raise
+
+    def gpus_changed(self, ids: list[str]) -> None:
+        super().gpus_changed(ids)
+        if ids and self.pid:
+            self.gpulab.ledger.attach(
+                self.user.name, self.name, self.pid, process_start_time(self.pid)
+            )
 
     async def poll(self):
         status = await super().poll()

@@ -6,6 +6,7 @@ and each user's Jupyter server API (kernels over websockets) through the proxy.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pwd
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
+import zipfile
 from pathlib import Path
 
 import requests
@@ -294,3 +296,19 @@ def run_in_kernel(server_url: str, kernel_id: str, token: str, code: str, timeou
         raise TimeoutError(f"kernel did not finish within {timeout}s")
     finally:
         ws.close()
+
+
+def tiny_wheel() -> bytes:
+    """A real, minimal wheel: package ``gpulabprobe`` with ``VALUE = 42``."""
+    files = {
+        "gpulabprobe/__init__.py": "VALUE = 42\n",
+        "gpulabprobe-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: gpulabprobe\nVersion: 1.0\n",
+        "gpulabprobe-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    records = [f"{name},," for name in files] + ["gpulabprobe-1.0.dist-info/RECORD,,"]
+    files["gpulabprobe-1.0.dist-info/RECORD"] = "\n".join(records) + "\n"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, text in files.items():
+            z.writestr(name, text)
+    return buf.getvalue()

@@ -1,15 +1,13 @@
 """User servers on the local backend: GPUs granted, isolation, errors, restarts."""
 
 import base64
-import io
 import json
 import os
 import threading
-import zipfile
 
 import requests
 
-from hubfixture import wait_for
+from hubfixture import tiny_wheel, wait_for
 
 ENV_PROBE = """
 import json, os
@@ -167,26 +165,10 @@ print(json.dumps(res))
     assert st.st_mode & 0o777 == 0o700
 
 
-def _tiny_wheel() -> bytes:
-    """A real, minimal wheel: package ``gpulabprobe`` with ``VALUE = 42``."""
-    files = {
-        "gpulabprobe/__init__.py": "VALUE = 42\n",
-        "gpulabprobe-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: gpulabprobe\nVersion: 1.0\n",
-        "gpulabprobe-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    records = [f"{name},," for name in files] + ["gpulabprobe-1.0.dist-info/RECORD,,"]
-    files["gpulabprobe-1.0.dist-info/RECORD"] = "\n".join(records) + "\n"
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for name, text in files.items():
-            z.writestr(name, text)
-    return buf.getvalue()
-
-
 def test_user_installed_packages_and_files_survive_a_restart(hub):
     alice = hub.create_user("alice")
     alice.spawn(profile="cpu")
-    wheel = base64.b64encode(_tiny_wheel()).decode()
+    wheel = base64.b64encode(tiny_wheel()).decode()
     out = alice.run(
         f"""
 import base64, subprocess, sys

@@ -1,0 +1,23 @@
+"""The gpulab Jupyter server extension: GPU state, Return GPU / Get GPU, kernel checkpoints.
+
+Enabled for every server of the environment by
+``etc/jupyter/jupyter_server_config.d/gpulab.json``.
+"""
+
+from __future__ import annotations
+
+
+def _jupyter_server_extension_points():
+    return [{"module": "gpulab.extensions.server"}]
+
+
+def _load_jupyter_server_extension(serverapp):
+    from .handlers import handlers
+    from .kernels import KernelSwitch
+
+    web_app = serverapp.web_app
+    web_app.settings["gpulab_switch"] = KernelSwitch(serverapp)
+    web_app.add_handlers(".*$", handlers(web_app.settings["base_url"]))
+    serverapp.log.info(
+        "gpulab: GPU return/get endpoints at %sgpulab/", web_app.settings["base_url"]
+    )

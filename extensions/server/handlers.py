@@ -1,0 +1,179 @@
+"""REST endpoints of the gpulab server extension, under the server's base URL.
+
+For the browser (the JupyterLab frontend), authenticated as the server's user:
+
+- ``GET  gpulab/gpu``: this server's GPUs (with NVML memory and utilisation when there
+  is a driver), the pool, the operation in progress and the last restore report;
+- ``POST gpulab/gpu/return`` ``{"interrupt": false, "force": false}``;
+- ``POST gpulab/gpu/acquire`` ``{"gpus": 1, "timeout": 600}``; ``DELETE`` cancels it.
+
+These forward to the hub's ``/hub/api/gpulab/gpu`` API with the server's own token: the
+hub keeps the ledger and decides. For the hub only (its gpulab service's token):
+
+- ``POST gpulab/internal/switch`` ``{"visible": "1", "interrupt": false, "force": false,
+  "wait_restore": true}``: checkpoint, re-target and restore the kernels;
+- ``GET  gpulab/internal/activity``: busy kernels, last activity, GPU utilisation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from urllib.parse import urlencode
+
+from jupyter_server.base.handlers import APIHandler
+from tornado import web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+from . import gpuinfo
+from .kernels import KernelSwitch, SwitchError, visible_devices
+
+
+class _Base(APIHandler):
+    @property
+    def switch(self) -> KernelSwitch:
+        return self.settings["gpulab_switch"]
+
+    def body(self) -> dict:
+        if not self.request.body:
+            return {}
+        try:
+            data = json.loads(self.request.body)
+        except ValueError:
+            raise web.HTTPError(400, "the request body is not JSON") from None
+        if not isinstance(data, dict):
+            raise web.HTTPError(400, "the request body must be a JSON object")
+        return data
+
+    def fail(self, status: int, message: str, **detail) -> None:
+        self.set_status(status)
+        self.finish(json.dumps({"message": message, **detail}))
+
+
+class GpuHandler(_Base):
+    """The browser's view; every change goes through the hub."""
+
+    async def hub(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        api = os.environ.get("JUPYTERHUB_API_URL")
+        token = os.environ.get("JUPYTERHUB_API_TOKEN")
+        if not api or not token:
+            raise web.HTTPError(503, "this server was not started by a gpulab hub")
+        query = urlencode(
+            {
+                "user": os.environ.get("JUPYTERHUB_USER", ""),
+                "server": os.environ.get("JUPYTERHUB_SERVER_NAME", ""),
+            }
+        )
+        request = HTTPRequest(
+            f"{api.rstrip('/')}/gpulab/gpu{path}?{query}",
+            method=method,
+            headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
+            body=None if body is None else json.dumps(body),
+            request_timeout=60,
+            allow_nonstandard_methods=True,
+        )
+        try:
+            response = await AsyncHTTPClient().fetch(request)
+        except HTTPClientError as e:
+            if e.response is None:
+                raise web.HTTPError(502, f"the hub did not answer: {e}") from None
+            response = e.response
+        except OSError as e:
+            raise web.HTTPError(502, f"the hub did not answer: {e}") from None
+        try:
+            return response.code, json.loads(response.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(502, "the hub's answer is not JSON") from None
+
+    def relay(self, status: int, model: dict) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(model))
+
+    @web.authenticated
+    async def get(self, action: str = ""):
+        if action:
+            raise web.HTTPError(405)
+        status, model = await self.hub("GET", "")
+        if status == 200:
+            stats = gpuinfo.stats([g["id"] for g in model.get("gpus", [])])
+            for gpu in model.get("gpus", []):
+                gpu.update(stats.get(gpu["id"], {}))
+            model["visible"] = visible_devices()
+            model["switching"] = self.switch.switching
+            model["restore"] = self.switch.restore
+        self.relay(status, model)
+
+    @web.authenticated
+    async def post(self, action: str = ""):
+        if action not in ("/return", "/acquire"):
+            raise web.HTTPError(404, "POST gpulab/gpu/return or gpulab/gpu/acquire")
+        self.relay(*await self.hub("POST", action, self.body()))
+
+    @web.authenticated
+    async def delete(self, action: str = ""):
+        if action != "/acquire":
+            raise web.HTTPError(404, "DELETE gpulab/gpu/acquire cancels a waiting Get GPU")
+        self.relay(*await self.hub("DELETE", action))
+
+
+class _HubOnly(_Base):
+    """Only for the hub: its gpulab service (``GPULAB_HUB_SERVICE``, set by the spawner)."""
+
+    async def prepare(self):
+        await super().prepare()
+        hub_user = getattr(self.current_user, "hub_user", None) or {}
+        service = os.environ.get("GPULAB_HUB_SERVICE", "")
+        if not service or hub_user.get("kind") != "service" or hub_user.get("name") != service:
+            raise web.HTTPError(403, "only the hub may call this")
+
+
+class SwitchHandler(_HubOnly):
+    @web.authenticated
+    async def post(self):
+        body = self.body()
+        visible = body.get("visible")
+        if not isinstance(visible, str):
+            raise web.HTTPError(400, '"visible" must be a string of device ids ("" for none)')
+        try:
+            result = await self.switch.switch(
+                visible,
+                interrupt=bool(body.get("interrupt")),
+                force=bool(body.get("force")),
+                wait_restore=bool(body.get("wait_restore", True)),
+            )
+        except SwitchError as e:
+            return self.fail(e.status, e.message, **e.detail)
+        self.finish(json.dumps(result))
+
+
+class ActivityHandler(_HubOnly):
+    @web.authenticated
+    async def get(self):
+        visible = visible_devices()
+        ids = [v for v in visible.split(",") if v]
+        stats = gpuinfo.stats(ids)
+        utilisation = [s["utilization"] for s in stats.values() if s.get("utilization") is not None]
+        self.finish(
+            json.dumps(
+                {
+                    "visible": visible,
+                    "busy_kernels": len(self.switch.kernels_busy()),
+                    "last_activity": self.switch.last_activity(),
+                    "started": self.switch.started,
+                    "gpu_utilization": max(utilisation) if utilisation else None,
+                    "restoring": self.switch.restore.get("state") == "restoring",
+                    "switching": self.switch.switching,
+                }
+            )
+        )
+
+
+def handlers(base_url: str) -> list:
+    def url(path: str) -> str:
+        return base_url.rstrip("/") + "/gpulab/" + path
+
+    return [
+        (url(r"gpu(/return|/acquire)?"), GpuHandler),
+        (url("internal/switch"), SwitchHandler),
+        (url("internal/activity"), ActivityHandler),
+    ]

@@ -1,0 +1,206 @@
+"""Save and restore a kernel's variables: the code the server extension runs *inside* a kernel.
+
+The server sends this file's source to a Python kernel and calls ``save(path)`` or
+``load(path)`` there, in a private namespace, so nothing is added to the user's. It may
+only import the standard library and, when present, cloudpickle and the array libraries
+whose device memory it moves (PyTorch, TensorFlow, CuPy).
+
+- ``save`` pickles the user's variables together (shared references stay shared: an
+  optimizer still points at its model's parameters) with device arrays copied to host
+  memory; a variable that cannot be pickled is left out and reported by name with the
+  reason. It writes ``path`` and ``path + ".json"`` (the report).
+- ``load`` reads ``path`` back into the namespace, moving device arrays back to a GPU
+  when the kernel has one (else they stay on the CPU, and the report says so).
+"""
+
+import io
+import json
+import os
+import pickle
+import re
+import sys
+import time
+
+try:
+    import cloudpickle
+
+    _Pickler = cloudpickle.Pickler
+except ImportError:  # functions and classes defined in the notebook will be reported
+    cloudpickle = None
+    _Pickler = pickle.Pickler
+
+FORMAT = 1
+# IPython's own names: outputs, inputs, history and the session helpers
+_IPYTHON_NAMES = re.compile(r"^(_|__|___|_\d+|_i+|_i\d+|_ih|_oh|_dh|In|Out|exit|quit|get_ipython)$")
+
+
+def _user_namespace():
+    ip = get_ipython()  # noqa: F821 -- provided by the kernel
+    hidden = ip.user_ns_hidden
+    names = {}
+    for name, value in ip.user_ns.items():
+        if _IPYTHON_NAMES.match(name) or (name.startswith("__") and name.endswith("__")):
+            continue
+        if name in hidden and hidden[name] is value:
+            continue
+        names[name] = value
+    return ip.user_ns, names
+
+
+# -- device arrays ------------------------------------------------------------------
+
+
+def _to_device(host, device):
+    """Move a host copy back to the device it came from, when this process has it."""
+    mod = type(host).__module__.split(".")[0]
+    try:
+        if mod == "torch":
+            import torch
+
+            if device.startswith("cuda") and torch.cuda.is_available():
+                return host.to(
+                    device if _cuda_index(device) < torch.cuda.device_count() else "cuda"
+                )
+        elif mod == "numpy" and device == "cupy":
+            import cupy
+
+            if cupy.cuda.runtime.getDeviceCount() > 0:
+                return cupy.asarray(host)
+    except Exception as e:  # noqa: BLE001 -- a value on the CPU beats no value
+        _on_host().append(f"{device}: {type(e).__name__}: {e}")
+        return host
+    _on_host().append(device)
+    return host
+
+
+def _tf_variable(value, dtype, name, trainable):
+    import tensorflow as tf
+
+    return tf.Variable(value, dtype=dtype, name=name.split(":")[0], trainable=trainable)
+
+
+def _tf_tensor(value, dtype):
+    import tensorflow as tf
+
+    return tf.constant(value, dtype=dtype)
+
+
+def _cuda_index(device):
+    return int(device.split(":")[1]) if ":" in device else 0
+
+
+def _on_host():
+    # unpickling rebuilds this module's functions with globals of their own, so the
+    # arrays left on the host are counted in a place both copies see
+    return sys.__dict__.setdefault("_gpulab_arrays_on_host", [])
+
+
+class _HostPickler(_Pickler):
+    """Pickles device arrays as host copies that know where they came from."""
+
+    def reducer_override(self, obj):
+        mod = type(obj).__module__.split(".")[0]
+        if mod == "torch" and "torch" in sys.modules:
+            import torch
+
+            if isinstance(obj, torch.Tensor) and obj.device.type not in ("cpu", "meta"):
+                self.moved += 1
+                return _to_device, (obj.detach().cpu(), str(obj.device))
+        elif mod == "cupy" and "cupy" in sys.modules:
+            import cupy
+
+            if isinstance(obj, cupy.ndarray):
+                self.moved += 1
+                return _to_device, (obj.get(), "cupy")
+        elif mod in ("tensorflow", "tf_keras", "keras") and "tensorflow" in sys.modules:
+            import tensorflow as tf
+
+            if isinstance(obj, tf.Variable) and not hasattr(obj, "_distribute_strategy"):
+                self.moved += 1
+                return _tf_variable, (obj.numpy(), obj.dtype.name, obj.name, obj.trainable)
+            if isinstance(obj, tf.Tensor) and hasattr(obj, "numpy"):
+                self.moved += 1
+                return _tf_tensor, (obj.numpy(), obj.dtype.name)
+        if _Pickler is pickle.Pickler:
+            return NotImplemented
+        return super().reducer_override(obj)
+
+
+class _Counter(io.RawIOBase):
+    """A file that only counts: for finding which variable does not pickle."""
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        return memoryview(b).nbytes  # large arrays come as PickleBuffers
+
+
+def _dump(obj, f):
+    p = _HostPickler(f, protocol=pickle.HIGHEST_PROTOCOL)
+    p.moved = 0
+    p.dump(obj)
+    return p.moved
+
+
+def _reason(e):
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def save(path):
+    t0 = time.monotonic()
+    _, names = _user_namespace()
+    failed = {}
+    tmp = path + ".tmp"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        with open(tmp, "wb") as f:
+            moved = _dump({"format": FORMAT, "values": names}, f)
+    except Exception:
+        # find the culprits one by one, then save the others together
+        for name, value in list(names.items()):
+            try:
+                _dump(value, _Counter())
+            except Exception as e:  # noqa: BLE001 -- anything a pickler raises
+                failed[name] = _reason(e)
+                del names[name]
+        with open(tmp, "wb") as f:
+            moved = _dump({"format": FORMAT, "values": names}, f)
+    os.replace(tmp, path)
+    report = {
+        "saved": sorted(names),
+        "failed": failed,
+        "bytes": os.path.getsize(path),
+        "device_arrays": moved,
+        "seconds": round(time.monotonic() - t0, 3),
+        "pickler": "cloudpickle" if cloudpickle else "pickle",
+    }
+    _write_report(path, report)
+    return report
+
+
+def load(path):
+    t0 = time.monotonic()
+    ns, _ = _user_namespace()
+    del _on_host()[:]
+    with open(path, "rb") as f:
+        data = pickle.load(f)
+    values = data["values"]
+    ns.update(values)
+    report = {
+        "restored": sorted(values),
+        "seconds": round(time.monotonic() - t0, 3),
+    }
+    on_host = _on_host()
+    report["on_host"] = len(on_host)
+    if on_host:
+        report["note"] = f"{len(on_host)} device array(s) stayed in host memory (no GPU here)"
+    _write_report(path, report, suffix=".restored.json")
+    return report
+
+
+def _write_report(path, report, suffix=".json"):
+    with open(path + suffix + ".tmp", "w") as f:
+        json.dump(report, f)
+    os.replace(path + suffix + ".tmp", path + suffix)

@@ -1,0 +1,98 @@
+"""Return GPU / Get GPU for a running server.
+
+- ``GET    /hub/api/gpulab/gpu?user=&server=``: what the server holds, the pool, and
+  its last operation (with the queue position while waiting);
+- ``POST   /hub/api/gpulab/gpu/return`` ``{"interrupt": false, "force": false}``;
+- ``POST   /hub/api/gpulab/gpu/acquire`` ``{"gpus": 1, "timeout": 600}`` (202: follow
+  it with GET);
+- ``DELETE /hub/api/gpulab/gpu/acquire``: cancel a waiting Get GPU.
+
+``user`` defaults to the caller and ``server`` to the default server (``""``); users act
+on their own servers, admins on anyone's.
+"""
+
+from __future__ import annotations
+
+import json
+
+from tornado import web
+
+from gpulab.hub.gpuswitch import SwitchError, gpu_switch
+
+from .gpus import GpulabAPIHandler
+
+
+class GpuHandler(GpulabAPIHandler):
+    def body(self) -> dict:
+        if not self.request.body:
+            return {}
+        try:
+            data = json.loads(self.request.body)
+        except ValueError:
+            raise web.HTTPError(400, "the request body is not JSON") from None
+        if not isinstance(data, dict):
+            raise web.HTTPError(400, "the request body must be a JSON object")
+        return data
+
+    def spawner(self):
+        """The server the request is about; 403 for someone else's, 404 when unknown."""
+        me, admin = self.prepare_gpulab()
+        name = self.get_argument("user", None) or me
+        if name is None:
+            raise web.HTTPError(400, "say whose server: ?user=NAME")
+        if name != me and not admin:
+            raise web.HTTPError(403, f"You may only change your own servers' GPUs, not {name}'s")
+        user = self.find_user(name)
+        if user is None:
+            raise web.HTTPError(404, f"No such user: {name}")
+        server = self.get_argument("server", "")
+        spawner = user.spawners.get(server)
+        if spawner is None:
+            what = f"server {server!r}" if server else "default server"
+            raise web.HTTPError(404, f"{name} has no {what}")
+        return spawner, me or "admin"
+
+    def answer(self, model: dict, status: int = 200) -> None:
+        self.set_status(status)
+        self.write_json(model)
+
+    async def get(self, action: str = ""):
+        if action:
+            raise web.HTTPError(405)
+        spawner, _ = self.spawner()
+        self.write_json(gpu_switch().status(spawner))
+
+    async def post(self, action: str = ""):
+        spawner, actor = self.spawner()
+        body = self.body()
+        by = "user" if actor == spawner.user.name else f"admin {actor}"
+        try:
+            if action == "/return":
+                result = await gpu_switch().give_back(
+                    spawner,
+                    f"returned by {by}",
+                    interrupt=bool(body.get("interrupt", False)),
+                    force=bool(body.get("force", False)),
+                )
+                return self.answer(result)
+            if action == "/acquire":
+                result = await gpu_switch().acquire(
+                    spawner, body.get("gpus", 1), body.get("timeout"), f"Get GPU by {by}"
+                )
+                op = result.get("operation") or {}
+                return self.answer(
+                    result, 202 if op.get("state") in ("queued", "restoring") else 200
+                )
+        except SwitchError as e:
+            self.set_status(e.status)
+            return self.write_json({"status": e.status, "message": e.message, **e.detail})
+        raise web.HTTPError(404, "POST /hub/api/gpulab/gpu/return or /gpu/acquire")
+
+    async def delete(self, action: str = ""):
+        if action != "/acquire":
+            raise web.HTTPError(404, "DELETE /hub/api/gpulab/gpu/acquire cancels a Get GPU")
+        spawner, _ = self.spawner()
+        self.write_json(gpu_switch().cancel(spawner))
+
+
+default_handlers = [(r"/api/gpulab/gpu(/return|/acquire)?", GpuHandler)]

@@ -1,0 +1,486 @@
+"""Return GPU and Get GPU for running servers, and GPU-aware idle reclaim.
+
+The hub decides, the server carries out. Returning a server's GPUs:
+
+1. record the operation (``gpu_operations``), so a hub restart can finish or undo it;
+2. ask the server's extension to checkpoint its kernels and restart them without a GPU
+   (``POST {server}/gpulab/internal/switch {"visible": ""}``); it answers once the old
+   kernel processes are gone;
+3. only then free the grants in the ledger. A GPU is therefore never free in the ledger
+   while a process of the server can still use it.
+
+Getting a GPU queues the request (first come, first served; spawns may not take GPUs the
+queue is waiting for), reserves in the ledger, then asks the server to move its kernels
+onto the granted devices and restore their variables. If the server cannot, its kernels
+are moved back and the grant released, so nothing is held that is not used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import time
+from collections import defaultdict
+from datetime import timedelta
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+from .app import context
+from .ledger import GpuLedger, LedgerError, NoGpuFree, Operation, utcnow
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class SwitchError(Exception):
+    """A Return/Get GPU that cannot be done; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, status: int, message: str, **detail):
+        super().__init__(message)
+        self.status, self.message, self.detail = status, message, detail
+
+
+def label(user: str, server: str) -> str:
+    return f"{user}/{server}" if server else user
+
+
+class GpuSwitch:
+    def __init__(self, ledger: GpuLedger, settings: Settings, token: str = ""):
+        self.ledger = ledger
+        self.settings = settings
+        self.token = token
+        """The hub's gpulab service token, which servers accept for their internal API
+        (a server's own token does not outlive a hub restart)."""
+        self._locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._waits: dict[tuple[str, str], asyncio.Task] = {}
+        self._changed = asyncio.Event()
+        self._last_busy: dict[tuple[str, str], float] = {}
+
+    # -- what a server holds -----------------------------------------------------------
+
+    def status(self, spawner) -> dict:
+        user, server = spawner.user.name, spawner.name
+        pool = self.ledger.pool()
+        mine = [gpu.as_json() for gpu, g in pool if g and (g.user, g.server) == (user, server)]
+        op = self.ledger.operation(user, server)
+        profile = self._profile(spawner)
+        return {
+            "user": user,
+            "server": server,
+            "running": bool(spawner.ready),
+            "gpus": mine,
+            "profile": profile.slug if profile else None,
+            "profile_gpus": profile.gpus if profile else 0,
+            "limit": self.ledger.user_limit(user),
+            "free": sum(g is None for _, g in pool),
+            "total": len(pool),
+            "queue": len(self.ledger.queue()),
+            "operation": self._op_json(op),
+        }
+
+    def _op_json(self, op: Operation | None) -> dict | None:
+        if op is None:
+            return None
+        model = op.as_json()
+        model["position"] = None
+        if op.kind == "acquire" and op.state == "queued":
+            waiting = [(w.user, w.server) for w in self.ledger.queue()]
+            if (op.user, op.server) in waiting:
+                model["position"] = waiting.index((op.user, op.server)) + 1
+                model["message"] = (
+                    f"Waiting for {op.gpus} GPU{'s' * (op.gpus != 1)}: "
+                    f"position {model['position']} in the queue"
+                )
+        return model
+
+    def _profile(self, spawner):
+        slug = getattr(spawner, "profile_slug", "") or None
+        try:
+            return self.settings.profile(slug)
+        except Exception:  # noqa: BLE001 -- a profile removed from the settings since
+            return None
+
+    # -- Return GPU --------------------------------------------------------------------
+
+    async def give_back(
+        self, spawner, reason: str, interrupt: bool = False, force: bool = False
+    ) -> dict:
+        """Return every GPU of a running server, keeping its kernels' state."""
+        user, server = spawner.user.name, spawner.name
+        key = (user, server)
+        async with self._locks[key]:
+            held = [g.gpu_id for g in self.ledger.grants(user) if g.server == server]
+            waiting = self._waits.get(key)
+            if waiting is not None and not waiting.done():
+                raise SwitchError(
+                    409, f"{label(user, server)} is still getting a GPU; cancel that first"
+                )
+            if not held:
+                return {
+                    "released": [],
+                    "message": f"{label(user, server)} holds no GPU: nothing to return",
+                    "operation": self._op_json(self.ledger.operation(user, server)),
+                }
+            self._require_running(spawner)
+            t0 = time.monotonic()
+            self.ledger.begin_operation(
+                user,
+                server,
+                "return",
+                gpus=len(held),
+                reason=reason,
+                message="Checkpointing kernels…",
+                detail={"gpu_ids": held},
+            )
+            try:
+                result = await self._switch(spawner, "", interrupt=interrupt, force=force)
+            except SwitchError as e:
+                self.ledger.update_operation(user, server, state="failed", message=e.message)
+                raise
+            released = self.ledger.release(user, server, reason)
+            seconds = round(time.monotonic() - t0, 3)
+            spawner.gpus_changed([])
+            self._wake()
+            message = f"Returned GPU {', '.join(released)}; your kernels now run on the CPU"
+            result.update(gpu_ids=released, seconds=seconds)
+            op = self.ledger.update_operation(
+                user, server, state="done", message=message, detail=result
+            )
+            log.info("%s returned GPU(s) %s in %.3fs (%s)", key, released, seconds, reason)
+            return {"released": released, "message": message, "operation": self._op_json(op)}
+
+    # -- Get GPU -----------------------------------------------------------------------
+
+    async def acquire(self, spawner, count: int, timeout: float | None, reason: str) -> dict:
+        """Queue a request for GPUs; the returned operation is followed with ``status``."""
+        user, server = spawner.user.name, spawner.name
+        key = (user, server)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise SwitchError(400, f"gpus must be a whole number of 1 or more, got {count!r}")
+        limit = self.settings.gpus.acquire_timeout
+        if timeout is None:
+            timeout = limit
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+            raise SwitchError(400, f"timeout must be a number of seconds, got {timeout!r}")
+        timeout = min(float(timeout), float(limit))
+        async with self._locks[key]:
+            waiting = self._waits.get(key)
+            if waiting is not None and not waiting.done():
+                return {"operation": self._op_json(self.ledger.operation(user, server))}
+            held = [g.gpu_id for g in self.ledger.grants(user) if g.server == server]
+            if held:
+                if len(held) == count:
+                    return {
+                        "message": f"{label(user, server)} already holds GPU {', '.join(held)}",
+                        "operation": self._op_json(self.ledger.operation(user, server)),
+                    }
+                raise SwitchError(
+                    409, f"{label(user, server)} holds {len(held)} GPU(s); return them first"
+                )
+            self._require_running(spawner)
+            groups = [g.name for g in spawner.user.groups]
+            waiter = self.ledger.enqueue(user, server, count)
+            try:
+                gpus = self.ledger.reserve(user, server, count, groups, reason, waiter=waiter)
+            except NoGpuFree:
+                gpus = None
+            except LedgerError as e:
+                self.ledger.dequeue(user, server)
+                raise SwitchError(e.status, e.message_for(admin=spawner.user.admin)) from None
+            deadline = utcnow() + timedelta(seconds=timeout)
+            self.ledger.begin_operation(
+                user,
+                server,
+                "acquire",
+                state="queued" if gpus is None else "restoring",
+                gpus=count,
+                reason=reason,
+                message="Waiting for a GPU" if gpus is None else "Moving your kernels to the GPU",
+                deadline=deadline,
+            )
+            task = asyncio.ensure_future(self._acquire(spawner, count, groups, waiter, gpus))
+            self._waits[key] = task
+            return {"operation": self._op_json(self.ledger.operation(user, server))}
+
+    def cancel(self, spawner) -> dict:
+        user, server = spawner.user.name, spawner.name
+        task = self._waits.get((user, server))
+        op = self.ledger.operation(user, server)
+        if task is None or task.done() or op is None or op.state != "queued":
+            return {
+                "message": f"{label(user, server)} is not waiting for a GPU",
+                "operation": self._op_json(op),
+            }
+        task.cancel()
+        self.ledger.dequeue(user, server)
+        op = self.ledger.update_operation(
+            user, server, state="cancelled", message="Get GPU cancelled"
+        )
+        return {"message": "Get GPU cancelled", "operation": self._op_json(op)}
+
+    async def _acquire(self, spawner, count, groups, waiter, gpus) -> None:
+        user, server = spawner.user.name, spawner.name
+        try:
+            while gpus is None:
+                op = self.ledger.operation(user, server)
+                if op.deadline and utcnow() >= op.deadline:
+                    self.ledger.dequeue(user, server)
+                    waited = (op.deadline - op.started).total_seconds()
+                    self.ledger.update_operation(
+                        user,
+                        server,
+                        state="failed",
+                        message=f"No GPU became free within {waited:.0f}s; try again later",
+                    )
+                    return
+                if not spawner.ready:
+                    self.ledger.dequeue(user, server)
+                    self.ledger.update_operation(
+                        user, server, state="cancelled", message="The server stopped"
+                    )
+                    return
+                try:
+                    gpus = self.ledger.reserve(
+                        user, server, count, groups, op.reason, waiter=waiter
+                    )
+                except NoGpuFree:
+                    await self._wait_change(0.5)
+                except LedgerError as e:
+                    self.ledger.dequeue(user, server)
+                    self.ledger.update_operation(
+                        user, server, state="failed", message=e.message_for(admin=False)
+                    )
+                    return
+            await self._move_onto(spawner, [g.id for g in gpus])
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 -- recorded for the user, never lost in a task
+            log.exception("Get GPU for %s failed", label(user, server))
+            self.ledger.update_operation(user, server, state="failed", message=str(e))
+
+    async def _move_onto(self, spawner, ids: list[str]) -> None:
+        user, server = spawner.user.name, spawner.name
+        spawner.gpus_changed(ids)
+        self.ledger.update_operation(
+            user,
+            server,
+            state="restoring",
+            message=f"Granted GPU {', '.join(ids)}; restoring your kernels on it",
+        )
+        try:
+            result = await self._switch(spawner, ",".join(ids), interrupt=True)
+        except SwitchError as e:
+            message = f"Could not move your kernels to GPU {', '.join(ids)}: {e.message}"
+            await self._undo_grant(spawner, message)
+            return
+        restore = result.get("restore") or {}
+        message = f"Got GPU {', '.join(ids)}. {restore.get('message', '')}".strip()
+        result["gpu_ids"] = ids
+        self.ledger.update_operation(user, server, state="done", message=message, detail=result)
+        log.info("%s got GPU(s) %s", label(user, server), ids)
+
+    async def _undo_grant(self, spawner, message: str) -> None:
+        """Give back a grant whose server could not use it, once no kernel has it."""
+        user, server = spawner.user.name, spawner.name
+        try:
+            await self._switch(spawner, "", interrupt=True)
+        except SwitchError as e:
+            message += f"; the GPU stays granted, as the server may still use it ({e.message})"
+        else:
+            self.ledger.release(user, server, "Get GPU rolled back")
+            spawner.gpus_changed([])
+            self._wake()
+        self.ledger.update_operation(user, server, state="failed", message=message)
+
+    # -- talking to the server ---------------------------------------------------------
+
+    def _require_running(self, spawner) -> None:
+        if not spawner.ready or spawner.pending:
+            state = spawner.pending or "not running"
+            raise SwitchError(409, f"{label(spawner.user.name, spawner.name)}'s server is {state}")
+
+    async def _call(self, spawner, method: str, path: str, body=None, timeout: float = 330):
+        url = spawner.server.url.rstrip("/") + "/gpulab/internal/" + path
+        request = HTTPRequest(
+            url,
+            method=method,
+            headers={
+                "Authorization": f"token {self.token}",
+                "Content-Type": "application/json",
+            },
+            body=None if body is None else json.dumps(body),
+            request_timeout=timeout,
+        )
+        try:
+            response = await AsyncHTTPClient().fetch(request)
+        except HTTPClientError as e:
+            if e.response is None:
+                raise SwitchError(504, f"the server did not answer in time ({e})") from None
+            try:
+                answer = json.loads(e.response.body)
+                message = answer.pop("message")
+            except (ValueError, KeyError, TypeError):
+                message, answer = f"the server answered {e.code}", {}
+            raise SwitchError(e.code, message, **answer) from None
+        except OSError as e:
+            raise SwitchError(502, f"cannot reach the server: {e}") from None
+        return json.loads(response.body)
+
+    async def _switch(self, spawner, visible: str, interrupt=False, force=False) -> dict:
+        body = {"visible": visible, "interrupt": interrupt, "force": force}
+        body["wait_restore"] = bool(visible)  # Return answers once the GPU is free
+        return await self._call(spawner, "POST", "switch", body)
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _wait_change(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._changed.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    # -- after a hub restart -------------------------------------------------------------
+
+    async def recover(self, find_spawner) -> None:
+        """Finish or undo the operations a hub restart interrupted.
+
+        A Return whose server already runs its kernels without the GPU is finished (the
+        grant released); one whose server still has the GPU is undone (the GPU stays
+        granted, as it is in use). A Get GPU that was waiting is cancelled (its request
+        died with the hub); one that was moving kernels is finished or undone the same way.
+        """
+        self.ledger.clear_queue()
+        for op in self.ledger.operations(active_only=True):
+            spawner = find_spawner(op.user, op.server)
+            where = label(op.user, op.server)
+            if op.state == "queued" or spawner is None or not spawner.ready:
+                why = "the hub restarted" if op.state == "queued" else "the server is gone"
+                self.ledger.update_operation(
+                    op.user, op.server, state="cancelled", message=f"Interrupted: {why}"
+                )
+                continue
+            held = [g.gpu_id for g in self.ledger.grants(op.user) if g.server == op.server]
+            try:
+                visible = await self._settled_devices(spawner)
+            except SwitchError as e:
+                log.warning("Cannot settle %s's %s after a restart: %s", where, op.kind, e)
+                self.ledger.update_operation(
+                    op.user, op.server, state="failed", message=f"Interrupted: {e.message}"
+                )
+                continue
+            uses = {v for v in visible.split(",") if v}
+            if op.kind == "return" and not uses:
+                released = self.ledger.release(op.user, op.server, op.reason or "returned")
+                spawner.gpus_changed([])
+                message = f"Returned GPU {', '.join(released)} (finished after a hub restart)"
+                self.ledger.update_operation(op.user, op.server, state="done", message=message)
+            elif op.kind == "acquire" and held and uses == set(held):
+                self.ledger.update_operation(
+                    op.user, op.server, state="done", message="Got the GPU (after a hub restart)"
+                )
+            elif op.kind == "acquire":
+                await self._undo_grant(spawner, "Interrupted by a hub restart; try again")
+            else:
+                self.ledger.update_operation(
+                    op.user,
+                    op.server,
+                    state="failed",
+                    message="Interrupted by a hub restart; the server kept its GPU",
+                )
+            log.info("Settled %s's interrupted %s after a restart", where, op.kind)
+
+    async def _settled_devices(self, spawner, patience: float = 330) -> str:
+        """The server's devices once a switch it may still be doing has finished."""
+        deadline = time.monotonic() + patience
+        while True:
+            activity = await self._call(spawner, "GET", "activity", timeout=30)
+            if not activity.get("switching") or time.monotonic() > deadline:
+                return activity["visible"]
+            await asyncio.sleep(0.2)
+
+    # -- idle reclaim --------------------------------------------------------------------
+
+    async def reclaim_idle(self, find_spawner) -> list[str]:
+        """Return the GPUs of servers whose profile's ``idle_return`` has passed."""
+        returned = []
+        now = time.time()
+        holders = {(g.user, g.server): g for g in self.ledger.grants()}
+        for (user, server), grant in holders.items():
+            spawner = find_spawner(user, server)
+            if spawner is None or not spawner.ready or spawner.pending:
+                continue
+            profile = self._profile(spawner)
+            limit = profile.idle_return_seconds if profile else 0
+            op = self.ledger.operation(user, server)
+            if not limit or (op is not None and op.active):
+                continue
+            try:
+                activity = await self._call(spawner, "GET", "activity", timeout=30)
+            except SwitchError as e:
+                log.warning("Idle check of %s failed: %s", label(user, server), e)
+                continue
+            key = (user, server)
+            busy_gpu = (activity.get("gpu_utilization") or 0) > self.settings.gpus.idle_utilization
+            if activity["busy_kernels"] or activity["restoring"] or busy_gpu:
+                self._last_busy[key] = now
+            since = max(
+                grant.granted_at.timestamp(),
+                activity.get("started") or 0,
+                activity.get("last_activity") or 0,
+                self._last_busy.get(key, 0),
+                op.finished.timestamp() if op is not None and op.finished else 0,
+            )
+            if now - since < limit:
+                continue
+            idle = _duration(now - since)
+            try:
+                await self.give_back(spawner, f"reclaimed: GPU idle for {idle}")
+            except SwitchError as e:
+                log.warning("Could not reclaim %s's idle GPU: %s", label(user, server), e)
+                continue
+            self._last_busy.pop(key, None)
+            returned.append(label(user, server))
+        return returned
+
+    async def run_background(self, app) -> None:
+        """At hub start: settle interrupted operations, then check for idle GPUs forever."""
+        while getattr(app, "http_server", None) is None:  # until the hub has started
+            await asyncio.sleep(0.2)
+
+        def find_spawner(user: str, server: str):
+            try:
+                return app.users[user].spawners.get(server)
+            except KeyError:  # the user was deleted
+                return None
+
+        try:
+            await self.recover(find_spawner)
+        except Exception:  # noqa: BLE001 -- the hub must run on
+            log.exception("Settling interrupted GPU operations failed")
+        while True:
+            await asyncio.sleep(self.settings.gpus.reclaim_interval)
+            try:
+                await self.reclaim_idle(find_spawner)
+            except Exception:  # noqa: BLE001 -- try again next round
+                log.exception("Idle GPU check failed")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+@functools.cache
+def gpu_switch() -> GpuSwitch:
+    """The hub's one GpuSwitch (over the ledger of ``context()``)."""
+    ctx = context()
+    token_file = ctx.settings.data_path / "cli-token"
+    token = token_file.read_text().strip() if token_file.exists() else ""
+    return GpuSwitch(ctx.ledger, ctx.settings, token)

@@ -1,0 +1,414 @@
+"""Return GPU / Get GPU on a real hub with real kernels: the GPU is freed, nothing is lost."""
+
+import base64
+import json
+import subprocess
+import threading
+import time
+
+from hubfixture import BIN, run_in_kernel, tiny_wheel, wait_for
+
+STATE = """
+import numpy as np
+weights = {"w1": np.random.default_rng(0).normal(size=(64, 32)), "b1": np.zeros(32)}
+big = np.arange(2_000_000, dtype=np.float64)          # 16 MB
+config = {"lr": 0.01, "layers": [64, 32], "name": "probe"}
+class Scaler:
+    def __init__(self, k): self.k = k
+    def __call__(self, x): return x * self.k
+scale = Scaler(3)
+double = lambda x: 2 * x
+alias = config                                        # the same object under two names
+gen = (i for i in range(3))                           # cannot be pickled
+print("defined")
+"""
+
+CHECK = """
+import json, os
+print(json.dumps({
+    "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    "w1": float(weights["w1"].sum()),
+    "big": float(big.sum()),
+    "config": config,
+    "scale": scale(2),
+    "double": double(21),
+    "alias_is_config": alias is config,
+    "has_gen": "gen" in globals(),
+}))
+"""
+
+
+def open_notebook(user, path: str) -> str:
+    """A kernel session for a notebook, as JupyterLab makes one; the kernel id."""
+    r = user.session.post(
+        user.server_url + "/api/sessions",
+        json={"path": path, "type": "notebook", "name": path, "kernel": {"name": "python3"}},
+        timeout=60,
+    )
+    assert r.status_code == 201, r.text
+    return r.json()["kernel"]["id"]
+
+
+def run(user, kernel: str, code: str, timeout: float = 60) -> str:
+    return run_in_kernel(user.server_url, kernel, user.token, code, timeout)
+
+
+def check(user, kernel: str) -> dict:
+    return json.loads(run(user, kernel, CHECK).strip().splitlines()[-1])
+
+
+def gpu_state(user) -> dict:
+    """The server extension's view (what the JupyterLab top bar shows)."""
+    r = user.session.get(user.server_url + "/gpulab/gpu", timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def wait_restored(user) -> dict:
+    wait_for(lambda: gpu_state(user)["restore"]["state"] in ("done", "failed"), 60, "restore")
+    return gpu_state(user)["restore"]
+
+
+def wait_op(user, states=("done", "failed", "cancelled")) -> dict:
+    wait_for(lambda: gpu_state(user)["operation"]["state"] in states, 90, f"operation {states}")
+    return gpu_state(user)["operation"]
+
+
+def test_return_and_get_gpu_keeps_variables_files_and_packages(hub):
+    alice, bob = hub.create_user("alice"), hub.create_user("bob")
+    assert alice.spawn(profile="gpu-1").status_code in (201, 202)
+    assert hub.holders() == {"0": "alice"}
+    kernel = open_notebook(alice, "work/train.ipynb")
+    assert run(alice, kernel, STATE).strip() == "defined"
+    before = check(alice, kernel)
+    assert before["gpus"] == "0"
+    wheel = base64.b64encode(tiny_wheel()).decode()
+    out = run(
+        alice,
+        kernel,
+        f"""
+import base64, subprocess, sys
+open("probe.whl".replace("probe", "gpulabprobe-1.0-py3-none-any"), "wb").write(base64.b64decode({wheel!r}))
+open("notes.txt", "w").write("kept")
+r = subprocess.run([sys.executable, "-m", "pip", "install", "--user", "--no-index", "--no-deps",
+                    "gpulabprobe-1.0-py3-none-any.whl"], capture_output=True, text=True)
+print(r.returncode)
+""",
+    )
+    assert out.strip() == "0"
+
+    # Return GPU, through the server extension as the JupyterLab button does
+    r = alice.session.post(alice.server_url + "/gpulab/gpu/return", json={}, timeout=60)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["released"] == ["0"]
+    assert answer["operation"]["state"] == "done"
+    assert answer["operation"]["path"] == "namespace"
+    report = answer["operation"]["detail"]["kernels"]
+    assert [k["path"] for k in report] == ["work/train.ipynb"]
+    assert "gen" in report[0]["failed"] and "pickle" in report[0]["failed"]["gen"]
+    assert {"weights", "big", "config", "scale", "double", "alias"} <= set(report[0]["saved"])
+    # the ledger freed it at once, with the reason, and another user can take it
+    assert hub.holders() == {}
+    events = hub.admin.get(hub.api("/gpulab/events?user=alice"), timeout=10).json()["events"]
+    assert events[0]["action"] == "release" and events[0]["reason"] == "returned by user"
+    assert bob.spawn(profile="gpu-1").status_code in (201, 202)
+    assert hub.holders() == {"0": "bob"}
+
+    # the same kernel (the notebook stays connected) has its variables back, on the CPU
+    restore = wait_restored(alice)
+    assert restore["state"] == "done", restore
+    assert "not saved: gen" in restore["message"]
+    after = check(alice, kernel)
+    assert after["gpus"] == ""
+    assert {k: after[k] for k in before if k != "gpus"} == {
+        **{k: before[k] for k in before if k != "gpus"},
+        "has_gen": False,
+    }
+    assert after["alias_is_config"] is True
+    state = gpu_state(alice)
+    assert state["gpus"] == [] and state["visible"] == ""
+    # new kernels and terminals get no GPU either
+    assert (
+        json.loads(
+            alice.run("import os, json; print(json.dumps(os.environ['CUDA_VISIBLE_DEVICES']))")
+        )
+        == ""
+    )
+
+    # Get GPU while bob holds one: alice gets another
+    r = alice.session.post(alice.server_url + "/gpulab/gpu/acquire", json={"gpus": 1}, timeout=60)
+    assert r.status_code in (200, 202), r.text
+    op = wait_op(alice)
+    assert op["state"] == "done", op["message"]
+    assert hub.holders() == {"0": "bob", "1": "alice"}
+    again = check(alice, kernel)
+    assert again["gpus"] == "1"
+    assert {k: again[k] for k in before if k != "gpus"} == {
+        k: after[k] for k in before if k != "gpus"
+    }
+    out = run(
+        alice, kernel, "import gpulabprobe; print(gpulabprobe.VALUE, open('notes.txt').read())"
+    )
+    assert out.split() == ["42", "kept"]
+    events = hub.admin.get(hub.api("/gpulab/events?user=alice"), timeout=10).json()["events"]
+    assert events[0]["action"] == "grant" and events[0]["reason"] == "Get GPU by user"
+
+
+def test_return_and_get_are_idempotent_and_authorised(hub):
+    alice, bob = hub.create_user("alice"), hub.create_user("bob")
+    root = hub.create_user("root-admin", admin=True)
+    assert alice.spawn(profile="gpu-1").status_code in (201, 202)
+    url = hub.api("/gpulab/gpu")
+
+    # someone else's server: 403, and nothing changes
+    r = bob.session.post(url + "/return?user=alice", json={}, timeout=30)
+    assert r.status_code == 403 and "alice" in r.json()["message"]
+    r = bob.session.post(url + "/acquire?user=alice", json={"gpus": 1}, timeout=30)
+    assert r.status_code == 403
+    assert hub.holders() == {"0": "alice"}
+
+    # bad input: clear 4xx
+    for body, status in (({"gpus": 0}, 400), ({"gpus": "two"}, 400), ({"gpus": 5}, 409)):
+        r = alice.session.post(url + "/acquire", json=body, timeout=30)
+        assert r.status_code == status, (body, r.text)
+        assert r.json()["message"]
+    r = alice.session.post(url + "/return", data="not json", timeout=30)
+    assert r.status_code == 400 and "JSON" in r.json()["message"]
+    r = bob.session.get(url, timeout=30)
+    assert r.status_code == 404 and "no default server" in r.json()["message"]
+    r = alice.session.get(url + "?user=nobody-here", timeout=30)
+    assert r.status_code == 403
+
+    # a double click: two returns at once release once, the second is a no-op answer
+    answers = []
+    threads = [
+        threading.Thread(
+            target=lambda: answers.append(
+                alice.session.post(url + "/return", json={}, timeout=60).json()
+            )
+        )
+        for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(len(a["released"]) for a in answers) == [0, 1], answers
+    assert any("holds no GPU" in a["message"] for a in answers)
+    assert hub.holders() == {}
+
+    # beyond the user's quota (2): refused at once, not queued
+    r = alice.session.post(url + "/acquire", json={"gpus": 3}, timeout=30)
+    assert r.status_code == 403 and "quota" in r.json()["message"]
+
+    # an admin may return anyone's GPU
+    r = alice.session.post(url + "/acquire", json={"gpus": 1}, timeout=30)
+    assert r.status_code in (200, 202)
+    assert wait_op(alice)["state"] == "done"
+    r = root.session.post(url + "/return?user=alice", json={}, timeout=60)
+    assert r.status_code == 200 and r.json()["released"]
+    events = hub.admin.get(hub.api("/gpulab/events?user=alice"), timeout=10).json()["events"]
+    assert events[0]["reason"] == "returned by admin root-admin"
+
+
+def test_get_gpu_waits_in_a_queue_and_can_be_cancelled(hub):
+    alice, bob, carol = (hub.create_user(n) for n in ("alice", "bob", "carol"))
+    assert alice.spawn(profile="gpu-2").status_code in (201, 202)
+    assert bob.spawn(profile="gpu-1").status_code in (201, 202)
+    assert carol.spawn(profile="cpu").status_code in (201, 202)
+    kernel = open_notebook(carol, "c.ipynb")
+    run(carol, kernel, "x = 41")
+
+    r = carol.session.post(carol.server_url + "/gpulab/gpu/acquire", json={"gpus": 1}, timeout=30)
+    assert r.status_code == 202, r.text
+    op = gpu_state(carol)["operation"]
+    assert op["state"] == "queued" and op["position"] == 1
+    assert "position 1 in the queue" in op["message"]
+    # a GPU freed now goes to the queue, not to a new spawn
+    r = bob.session.post(hub.api("/gpulab/gpu/return"), json={}, timeout=60)
+    assert r.status_code == 200
+    op = wait_op(carol)
+    assert op["state"] == "done", op["message"]
+    assert hub.holders()["0"] == "alice" and list(hub.holders().values()).count("carol") == 1
+    assert run(carol, kernel, "print(x + 1)").strip() == "42"
+
+    # waiting again, then cancelled: nothing granted, the queue empty
+    carol.session.post(hub.api("/gpulab/gpu/return"), json={}, timeout=60)
+    bob.session.post(hub.api("/gpulab/gpu/acquire"), json={"gpus": 1}, timeout=30)
+    assert wait_op(bob)["state"] == "done"
+    r = carol.session.post(carol.server_url + "/gpulab/gpu/acquire", json={"gpus": 1}, timeout=30)
+    assert gpu_state(carol)["operation"]["state"] == "queued"
+    r = carol.session.delete(carol.server_url + "/gpulab/gpu/acquire", timeout=30)
+    assert r.status_code == 200 and r.json()["operation"]["state"] == "cancelled"
+    assert gpu_state(carol)["queue"] == 0
+    assert "carol" not in hub.holders().values()
+
+
+def test_busy_kernel_is_not_lost(hub):
+    alice = hub.create_user("alice")
+    assert alice.spawn(profile="gpu-1").status_code in (201, 202)
+    kernel = open_notebook(alice, "long.ipynb")
+    run(alice, kernel, "kept = 'yes'")
+    outcome = []
+
+    def long_cell():
+        try:
+            run(alice, kernel, "import time\nfor i in range(600): time.sleep(0.1)")
+        except RuntimeError as e:  # the cell's error, as the notebook shows it
+            outcome.append(str(e))
+
+    runner = threading.Thread(target=long_cell, daemon=True)
+    runner.start()
+    wait_for(
+        lambda: alice.server_get(f"/api/kernels/{kernel}").json()["execution_state"] == "busy",
+        30,
+        "the kernel to be busy",
+    )
+    r = alice.session.post(alice.server_url + "/gpulab/gpu/return", json={}, timeout=60)
+    assert r.status_code == 409, r.text
+    assert r.json()["busy"] == ["long.ipynb"] and "still running" in r.json()["message"]
+    assert hub.holders() == {"0": "alice"}
+    r = alice.session.post(
+        alice.server_url + "/gpulab/gpu/return", json={"interrupt": True}, timeout=60
+    )
+    assert r.status_code == 200, r.text
+    assert hub.holders() == {}
+    runner.join(30)
+    assert outcome and "KeyboardInterrupt" in outcome[0]
+    wait_restored(alice)
+    assert run(alice, kernel, "print(kept, i > 0)").split() == ["yes", "True"]
+
+
+SLOW_STATE = """
+import time
+class SlowToSave:
+    def __reduce__(self):
+        time.sleep(4)
+        return (SlowToSave, ())
+slow = SlowToSave()
+kept = 123
+"""
+
+
+def test_hub_restart_in_the_middle_of_a_return_completes_it(make_hub):
+    hub = make_hub({"gpus": {"ids": ["0"]}}).start()
+    alice = hub.create_user("alice")
+    assert alice.spawn(profile="gpu-1").status_code in (201, 202)
+    kernel = open_notebook(alice, "slow.ipynb")
+    run(alice, kernel, SLOW_STATE)
+    url = hub.api("/gpulab/gpu")
+
+    returning = threading.Thread(
+        target=lambda: _ignore_errors(lambda: alice.session.post(url + "/return", timeout=60)),
+        daemon=True,
+    )
+    returning.start()
+    # wait until the server is checkpointing (its kernel takes 4 s to save)
+    wait_for(lambda: gpu_state(alice)["switching"], 30, "the server to checkpoint", 0.05)
+    hub.kill()  # mid-checkpoint: the grant is still held, the server carries on
+    assert hub.proc.poll() is not None
+    hub.start()
+
+    # the restarted hub finishes it: never free while the kernel could use it
+    def settled():
+        op = alice.session.get(url, timeout=10).json()["operation"]
+        held = hub.holders()
+        if not held:  # free in the ledger: the kernel must already be off the GPU
+            assert gpu_state(alice)["visible"] == ""
+        return op["state"] != "checkpointing"
+
+    wait_for(settled, 60, "the interrupted return to be settled", 0.1)
+    op = alice.session.get(url, timeout=10).json()["operation"]
+    assert op["state"] == "done", op["message"]
+    assert "after a hub restart" in op["message"]
+    assert hub.holders() == {}
+    wait_restored(alice)
+    assert json.loads(
+        run(
+            alice,
+            kernel,
+            "import json, os; print(json.dumps([kept, os.environ['CUDA_VISIBLE_DEVICES']]))",
+        )
+    ) == [123, ""]
+
+
+def _ignore_errors(call):
+    try:
+        call()
+    except Exception:  # noqa: BLE001 -- the hub is killed under this request
+        pass
+
+
+def test_idle_gpu_is_reclaimed_keeping_state(make_hub):
+    hub = make_hub(
+        {
+            "gpus": {"ids": ["0", "1"], "reclaim_interval": 1},
+            "profiles": [
+                {"slug": "cpu", "gpus": 0, "default": True},
+                {"slug": "gpu-idle", "gpus": 1, "idle_return": "8s"},
+                {"slug": "gpu-keep", "gpus": 1},
+            ],
+        }
+    ).start()
+    alice, bob = hub.create_user("alice"), hub.create_user("bob")
+    assert bob.spawn(profile="gpu-keep").status_code in (201, 202)
+    assert alice.spawn(profile="gpu-idle").status_code in (201, 202)
+    kernel = open_notebook(alice, "idle.ipynb")
+    run(alice, kernel, "answer = 42")
+    # a kernel running code is not idle, however long it runs
+    busy = threading.Thread(
+        target=lambda: _ignore_errors(lambda: run(alice, kernel, "import time; time.sleep(12)")),
+        daemon=True,
+    )
+    busy.start()
+    time.sleep(10)
+    assert "alice" in hub.holders().values()
+    busy.join()
+
+    wait_for(lambda: "alice" not in hub.holders().values(), 40, "alice's idle GPU to be reclaimed")
+    events = hub.admin.get(hub.api("/gpulab/events?user=alice"), timeout=10).json()["events"]
+    assert events[0]["action"] == "release"
+    assert events[0]["reason"].startswith("reclaimed: GPU idle for")
+    wait_restored(alice)
+    assert run(alice, kernel, "print(answer)").strip() == "42"
+    # the server lives on, on the CPU; bob's profile has no idle timeout
+    assert alice.server_get("/api/status").status_code == 200
+    assert list(hub.holders().values()) == ["bob"]
+
+
+def test_cli_returns_and_gets_a_gpu(hub):
+    alice = hub.create_user("alice")
+    assert alice.spawn(profile="gpu-1").status_code in (201, 202)
+    kernel = open_notebook(alice, "cli.ipynb")
+    run(alice, kernel, "import threading\nkept = [1, 2, 3]\nlock = threading.Lock()")
+    env = {**hub.env, "GPULAB_URL": hub.url, "GPULAB_TOKEN": alice.token}
+
+    def gpulab(*args):
+        return subprocess.run(
+            [str(BIN / "gpulab"), "gpu", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    out = gpulab("return")
+    assert out.returncode == 0, out.stderr
+    assert "Returned GPU 0" in out.stdout
+    assert "cli.ipynb: kept 2 variable(s); not saved: lock" in out.stdout
+    assert hub.holders() == {}
+    out = gpulab("status")
+    assert out.returncode == 0 and "alice: no GPU" in out.stdout
+    wait_restored(alice)
+
+    out = gpulab("get", "1")
+    assert out.returncode == 0, out.stderr
+    assert "Got GPU 0" in out.stdout and "Restored 2 variables" in out.stdout
+    assert hub.holders() == {"0": "alice"}
+    assert run(alice, kernel, "print(sum(kept))").strip() == "6"
+
+    out = gpulab("return", "2")
+    assert out.returncode == 2 and "takes no count" in out.stderr
+    out = gpulab("return", "--user", "bob")
+    assert out.returncode == 1 and "403" in out.stderr and "Traceback" not in out.stderr
