@@ -250,7 +250,11 @@ class User:
             self.session.delete(f"{self.server_url}/api/kernels/{kernel_id}", timeout=30)
 
 
-def run_in_kernel(server_url: str, kernel_id: str, token: str, code: str, timeout: float) -> str:
+def kernel_messages(
+    server_url: str, kernel_id: str, token: str, code: str, timeout: float
+) -> list[dict]:
+    """Run ``code`` in a kernel over its websocket, as a notebook does; the iopub
+    messages it caused (stream, display_data, execute_result, error), in order."""
     ws_url = server_url.replace("http://", "ws://") + f"/api/kernels/{kernel_id}/channels"
     ws = websocket.create_connection(
         ws_url, header=[f"Authorization: token {token}"], timeout=timeout
@@ -280,22 +284,31 @@ def run_in_kernel(server_url: str, kernel_id: str, token: str, code: str, timeou
                 }
             )
         )
-        out: list[str] = []
+        out: list[dict] = []
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             msg = json.loads(ws.recv())
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
-            kind = msg["msg_type"]
-            if kind == "stream":
-                out.append(msg["content"]["text"])
-            elif kind == "error":
-                raise RuntimeError("kernel error: " + "\n".join(msg["content"]["traceback"]))
-            elif kind == "status" and msg["content"]["execution_state"] == "idle":
-                return "".join(out)
+            if msg["msg_type"] == "status":
+                if msg["content"]["execution_state"] == "idle":
+                    return out
+            elif msg["channel"] == "iopub":
+                out.append(msg)
         raise TimeoutError(f"kernel did not finish within {timeout}s")
     finally:
         ws.close()
+
+
+def run_in_kernel(server_url: str, kernel_id: str, token: str, code: str, timeout: float) -> str:
+    """Run ``code`` in a kernel; its stdout. A kernel error raises RuntimeError."""
+    out = []
+    for msg in kernel_messages(server_url, kernel_id, token, code, timeout):
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"])
+        elif msg["msg_type"] == "error":
+            raise RuntimeError("kernel error: " + "\n".join(msg["content"]["traceback"]))
+    return "".join(out)
 
 
 def tiny_wheel() -> bytes:

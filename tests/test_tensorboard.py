@@ -23,7 +23,7 @@ import requests
 import websocket
 
 from gpulab.hub.cli import tensorboard_url
-from hubfixture import free_port, wait_for
+from hubfixture import free_port, kernel_messages, wait_for
 
 WRITE_RUN = """
 from tensorboard.summary import Writer  # TensorBoard's own writer: no TensorFlow, no torch
@@ -221,54 +221,16 @@ def execute_collecting_displays(user, kernel_id: str, code: str, timeout: float 
 
     What ``User.run`` leaves out: rich output (HTML, Javascript) shown in a notebook.
     """
-    ws = websocket.create_connection(
-        user.server_url.replace("http://", "ws://") + f"/api/kernels/{kernel_id}/channels",
-        header=[f"Authorization: token {user.token}"],
-        timeout=timeout,
-    )
-    try:
-        msg_id = uuid.uuid4().hex
-        ws.send(
-            json.dumps(
-                {
-                    "header": {
-                        "msg_id": msg_id,
-                        "username": "test",
-                        "session": uuid.uuid4().hex,
-                        "msg_type": "execute_request",
-                        "version": "5.3",
-                    },
-                    "parent_header": {},
-                    "metadata": {},
-                    "content": {
-                        "code": code,
-                        "silent": False,
-                        "store_history": False,
-                        "user_expressions": {},
-                        "allow_stdin": False,
-                    },
-                    "channel": "shell",
-                }
-            )
-        )
-        shown: list[dict] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            msg = json.loads(ws.recv())
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            kind = msg["msg_type"]
-            if kind in ("display_data", "update_display_data", "execute_result"):
-                shown.append(msg["content"]["data"])
-            elif kind == "stream":
-                shown.append({"text/plain": msg["content"]["text"]})
-            elif kind == "error":
-                raise AssertionError("kernel error: " + "\n".join(msg["content"]["traceback"]))
-            elif kind == "status" and msg["content"]["execution_state"] == "idle":
-                return shown
-        raise TimeoutError(f"kernel did not finish within {timeout}s")
-    finally:
-        ws.close()
+    shown: list[dict] = []
+    for msg in kernel_messages(user.server_url, kernel_id, user.token, code, timeout):
+        kind = msg["msg_type"]
+        if kind in ("display_data", "update_display_data", "execute_result"):
+            shown.append(msg["content"]["data"])
+        elif kind == "stream":
+            shown.append({"text/plain": msg["content"]["text"]})
+        elif kind == "error":
+            raise AssertionError("kernel error: " + "\n".join(msg["content"]["traceback"]))
+    return shown
 
 
 def test_tensorboard_magic_inline_frames_the_proxy_url(hub):

@@ -4,6 +4,13 @@ for idle reclaim. Without an NVIDIA driver every figure is simply absent."""
 from __future__ import annotations
 
 
+def device(pynvml, ident: str):
+    """NVML's handle for a CUDA_VISIBLE_DEVICES entry: an index or a GPU-/MIG- UUID."""
+    if ident.startswith(("GPU-", "MIG-")):
+        return pynvml.nvmlDeviceGetHandleByUUID(ident)
+    return pynvml.nvmlDeviceGetHandleByIndex(int(ident))
+
+
 def stats(ids: list[str]) -> dict[str, dict]:
     """``{id: {"memory_used", "memory_total", "utilization"}}`` for the GPUs NVML knows."""
     if not ids:
@@ -18,11 +25,7 @@ def stats(ids: list[str]) -> dict[str, dict]:
     try:
         for ident in ids:
             try:
-                handle = (
-                    pynvml.nvmlDeviceGetHandleByUUID(ident)
-                    if ident.startswith(("GPU-", "MIG-"))
-                    else pynvml.nvmlDeviceGetHandleByIndex(int(ident))
-                )
+                handle = device(pynvml, ident)
                 memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
                 util = pynvml.nvmlDeviceGetUtilizationRates(handle)
             except (pynvml.NVMLError, ValueError):

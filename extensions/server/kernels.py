@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import gpuinfo
+
 SOURCE = (Path(__file__).with_name("namespace.py")).read_text()
 GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "GPULAB_GPUS")
 
@@ -84,11 +86,7 @@ def gpu_processes(visible: str, exclude: set[int]) -> list[dict]:
     try:
         for ident in visible.split(","):
             try:
-                handle = (
-                    pynvml.nvmlDeviceGetHandleByUUID(ident)
-                    if ident.startswith(("GPU-", "MIG-"))
-                    else pynvml.nvmlDeviceGetHandleByIndex(int(ident))
-                )
+                handle = gpuinfo.device(pynvml, ident)
                 procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
             except (pynvml.NVMLError, ValueError):
                 continue
