@@ -263,6 +263,9 @@ class KernelSwitch:
         client = self.km.get_kernel(kernel_id).client()
         client.start_channels()
         try:
+            # a kernel that just restarted: until its IOPub is connected, the "idle" that
+            # ends the call could be missed, and the call would wait out its timeout
+            await client.wait_for_ready(timeout=60)
             reply = await client.execute_interactive(
                 code,
                 silent=True,
@@ -271,8 +274,8 @@ class KernelSwitch:
                 timeout=timeout,
                 output_hook=lambda msg: None,
             )
-        except TimeoutError:
-            raise SwitchError(504, f"{what} took longer than {timeout:.0f}s") from None
+        except (TimeoutError, RuntimeError) as e:  # RuntimeError: the kernel died
+            raise SwitchError(504, f"{what} did not finish: {e or 'timed out'}") from None
         finally:
             client.stop_channels()
         content = reply["content"]

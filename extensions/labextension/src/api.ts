@@ -1,0 +1,172 @@
+/**
+ * The server extension's REST API under the server's base URL (`gpulab/gpu`), typed.
+ */
+import { URLExt } from '@jupyterlab/coreutils';
+import { ServerConnection } from '@jupyterlab/services';
+
+export interface IGpu {
+  id: string;
+  index: number;
+  model: string;
+  memory_total?: number | null;
+  memory_used?: number | null;
+  utilization?: number | null;
+  /** The hub's inventory figure, when NVML gave no live one. */
+  memory_bytes?: number;
+}
+
+export type OperationState =
+  'queued' | 'checkpointing' | 'releasing' | 'restoring' | 'done' | 'failed' | 'cancelled';
+
+export interface IOperation {
+  kind: 'return' | 'acquire';
+  state: OperationState;
+  position: number | null;
+  gpus: number;
+  message: string;
+  started: string;
+  finished: string | null;
+  path: string | null;
+}
+
+export interface IKernelRestore {
+  path: string;
+  restored: string[];
+  failed: { [name: string]: string };
+}
+
+export interface IRestore {
+  state: 'idle' | 'restoring' | 'done' | 'failed';
+  message: string;
+  kernels: IKernelRestore[];
+}
+
+export interface IGpuState {
+  gpus: IGpu[];
+  visible: string;
+  profile: string | null;
+  profile_gpus: number;
+  limit: number | null;
+  free: number;
+  total: number;
+  operation: IOperation | null;
+  restore: IRestore | null;
+  /** The server is re-targeting its kernels (set by the server extension). */
+  switching?: boolean;
+}
+
+export interface IReturnResult {
+  released: string[];
+  message: string;
+  operation: IOperation | null;
+}
+
+export interface IReturnOptions {
+  /** Interrupt notebooks that are running code instead of refusing (409 with `busy`). */
+  interrupt?: boolean;
+  /** End processes outside the notebooks that use the GPU (409 with `processes`). */
+  force?: boolean;
+}
+
+export interface IGpuProcess {
+  pid: number;
+  command: string;
+}
+
+export interface IAcquireResult {
+  operation: IOperation | null;
+  message?: string;
+}
+
+/** A non-2xx answer (or no answer) from the API. */
+export class GpuApiError extends Error {
+  constructor(
+    message: string,
+    readonly status: number,
+    readonly body: { [key: string]: unknown } = {}
+  ) {
+    super(message);
+  }
+
+  /** The notebooks whose kernels are running code, on a 409 from Return GPU. */
+  get busy(): string[] {
+    const busy = this.body['busy'];
+    return Array.isArray(busy) ? busy.map(String) : [];
+  }
+
+  /** Processes outside the notebooks that still use the GPU, on a 409 from Return GPU. */
+  get processes(): IGpuProcess[] {
+    const processes = this.body['processes'];
+    return Array.isArray(processes) ? (processes as IGpuProcess[]) : [];
+  }
+}
+
+export const ACTIVE_STATES: ReadonlySet<OperationState> = new Set([
+  'queued',
+  'checkpointing',
+  'releasing',
+  'restoring'
+]);
+
+export class GpuApi {
+  constructor(private readonly settings: ServerConnection.ISettings) {}
+
+  async state(): Promise<IGpuState> {
+    const state = await this.request<IGpuState>('GET', '');
+    if (!Array.isArray(state.gpus)) {
+      throw new GpuApiError('the server answered without a list of GPUs', 200);
+    }
+    return state;
+  }
+
+  returnGpu(options: IReturnOptions = {}): Promise<IReturnResult> {
+    const { interrupt = false, force = false } = options;
+    return this.request<IReturnResult>('POST', 'return', { interrupt, force });
+  }
+
+  acquire(gpus: number, timeout = 600): Promise<IAcquireResult> {
+    return this.request<IAcquireResult>('POST', 'acquire', { gpus, timeout });
+  }
+
+  cancelAcquire(): Promise<IAcquireResult> {
+    return this.request<IAcquireResult>('DELETE', 'acquire');
+  }
+
+  private async request<T>(method: string, path: string, body?: object): Promise<T> {
+    const url = URLExt.join(this.settings.baseUrl, 'gpulab/gpu', path);
+    const init: RequestInit = { method };
+    if (body !== undefined) {
+      init.body = JSON.stringify(body);
+      init.headers = { 'Content-Type': 'application/json' };
+    }
+    let response: Response;
+    try {
+      response = await ServerConnection.makeRequest(url, init, this.settings);
+    } catch (error) {
+      throw new GpuApiError(`cannot reach the server: ${String(error)}`, 0);
+    }
+    const text = await response.text();
+    let data: { [key: string]: unknown } = {};
+    try {
+      const parsed: unknown = text ? JSON.parse(text) : {};
+      if (parsed && typeof parsed === 'object' && !Array.isArray(parsed)) {
+        data = parsed as { [key: string]: unknown };
+      }
+    } catch {
+      if (response.ok) {
+        throw new GpuApiError(
+          'the server answered with something other than JSON',
+          response.status
+        );
+      }
+    }
+    if (!response.ok) {
+      const message =
+        typeof data['message'] === 'string' && data['message']
+          ? data['message']
+          : `the server answered ${response.status} ${response.statusText}`.trim();
+      throw new GpuApiError(message, response.status, data);
+    }
+    return data as unknown as T;
+  }
+}

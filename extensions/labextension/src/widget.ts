@@ -1,0 +1,369 @@
+/**
+ * The top-bar widget: this server's GPU, one button (Return GPU / Get GPU) and a status
+ * line that follows an operation until its restore report.
+ */
+import { Dialog, showDialog } from '@jupyterlab/apputils';
+import { LabIcon } from '@jupyterlab/ui-components';
+import { ISignal, Signal } from '@lumino/signaling';
+import { Widget } from '@lumino/widgets';
+
+import { ACTIVE_STATES, GpuApi, GpuApiError, IGpuState, IReturnOptions } from './api';
+import * as format from './format';
+
+export type WidgetState = 'gpu' | 'nogpu' | 'busy' | 'error';
+
+const GPU_SVG = `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 24 24">
+  <g class="jp-icon3" fill="#616161">
+    <path d="M9 1h2v3H9zM13 1h2v3h-2zM9 20h2v3H9zM13 20h2v3h-2zM1 9h3v2H1zM1 13h3v2H1zM20 9h3v2h-3zM20 13h3v2h-3z"/>
+    <path d="M5 5h14v14H5zm2 2v10h10V7zm2 2h6v6H9z" fill-rule="evenodd"/>
+  </g>
+</svg>`;
+
+export const gpuIcon = new LabIcon({ name: 'gpulab:gpu', svgstr: GPU_SVG });
+
+const POLL_IDLE_MS = 3000;
+const POLL_ACTIVE_MS = 500;
+const POLL_HIDDEN_MS = 15000;
+
+interface INotice {
+  text: string;
+  title: string;
+  level: 'info' | 'warn' | 'error';
+}
+
+function errorText(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+export class GpuWidget extends Widget {
+  constructor(private readonly api: GpuApi) {
+    super();
+    this.id = 'gpulab-gpu';
+    this.addClass('gpulab-GpuWidget');
+    const el = <K extends keyof HTMLElementTagNameMap>(tag: K, cls: string) => {
+      const node = document.createElement(tag);
+      node.className = cls;
+      this.node.appendChild(node);
+      return node;
+    };
+    gpuIcon.element({ container: el('span', 'gpulab-gpu-icon') });
+    this._label = el('span', 'gpulab-gpu-label');
+    this._button = el('button', 'gpulab-gpu-button');
+    this._status = el('span', 'gpulab-gpu-status');
+    this._cancel = el('button', 'gpulab-gpu-cancel');
+    this._dismiss = el('button', 'gpulab-gpu-dismiss');
+    this._cancel.textContent = 'Cancel';
+    this._cancel.title = 'Stop waiting for a GPU';
+    this._dismiss.textContent = '×';
+    this._dismiss.title = 'Dismiss';
+    this._dismiss.setAttribute('aria-label', 'Dismiss');
+    this._button.addEventListener('click', () => {
+      void (this._state?.gpus.length ? this.returnGpu() : this.getGpu());
+    });
+    this._cancel.addEventListener('click', () => void this.cancelGet());
+    this._dismiss.addEventListener('click', () => {
+      this._notice = null;
+      this._render();
+    });
+    document.addEventListener('visibilitychange', this._onVisibility);
+    this._render();
+    void this.refresh();
+  }
+
+  /** Emitted after every change of what the widget shows. */
+  get changed(): ISignal<this, void> {
+    return this._changed;
+  }
+
+  get state(): WidgetState {
+    if (this._pending || this._active) {
+      return 'busy';
+    }
+    if (this._error) {
+      return 'error';
+    }
+    if (!this._state) {
+      return 'busy';
+    }
+    return this._state.gpus.length ? 'gpu' : 'nogpu';
+  }
+
+  get canReturn(): boolean {
+    return this.state === 'gpu';
+  }
+
+  get canGet(): boolean {
+    return this.state === 'nogpu';
+  }
+
+  /** Fetch the state now, show it, and schedule the next poll. */
+  async refresh(): Promise<void> {
+    this._clearTimer();
+    const seq = ++this._seq;
+    try {
+      const state = await this.api.state();
+      if (seq !== this._seq || this.isDisposed) {
+        return;
+      }
+      this._state = state;
+      this._error = null;
+      this._follow(state);
+    } catch (error) {
+      if (seq !== this._seq || this.isDisposed) {
+        return;
+      }
+      this._error = errorText(error);
+    }
+    this._render();
+    this._schedule();
+  }
+
+  /**
+   * Return every GPU of this server. When notebooks are running code, or other processes
+   * use the GPU, say which and offer to interrupt (or end) them and return anyway.
+   */
+  async returnGpu(options: IReturnOptions = {}): Promise<void> {
+    if (!options.interrupt && !options.force && !this.canReturn) {
+      return;
+    }
+    const refused = await this._act('Returning the GPU…', async () => {
+      try {
+        const result = await this.api.returnGpu(options);
+        if (result.released.length && result.operation) {
+          this._followed = result.operation.started;
+        } else {
+          this._notify(result.message);
+        }
+      } catch (error) {
+        if (
+          error instanceof GpuApiError &&
+          error.status === 409 &&
+          ((error.busy.length && !options.interrupt) || (error.processes.length && !options.force))
+        ) {
+          this._followed = null;
+          return error;
+        }
+        this._notify(`Return GPU failed: ${errorText(error)}`, 'error');
+      }
+      return null;
+    });
+    if (refused && (await this._confirm(refused))) {
+      await this.returnGpu({
+        interrupt: options.interrupt || refused.busy.length > 0,
+        force: options.force || refused.processes.length > 0
+      });
+    }
+  }
+
+  /** Ask for the profile's number of GPUs (at least one); it may wait in the queue. */
+  async getGpu(): Promise<void> {
+    if (!this.canGet || !this._state) {
+      return;
+    }
+    const count = Math.max(1, this._state.profile_gpus || 0);
+    await this._act('Asking for a GPU…', async () => {
+      try {
+        const result = await this.api.acquire(count);
+        const op = result.operation;
+        if (op && ACTIVE_STATES.has(op.state)) {
+          this._followed = op.started;
+        } else {
+          this._notify(result.message || op?.message || 'Get GPU finished');
+        }
+      } catch (error) {
+        this._notify(`Get GPU failed: ${errorText(error)}`, 'error');
+      }
+    });
+  }
+
+  /** Stop waiting in the queue. */
+  async cancelGet(): Promise<void> {
+    await this._act('Cancelling…', async () => {
+      try {
+        const result = await this.api.cancelAcquire();
+        this._followed = null;
+        this._notify(result.message || 'Get GPU cancelled');
+      } catch (error) {
+        this._notify(`Cancel failed: ${errorText(error)}`, 'error');
+      }
+    });
+  }
+
+  dispose(): void {
+    this._clearTimer();
+    document.removeEventListener('visibilitychange', this._onVisibility);
+    super.dispose();
+  }
+
+  /** An operation or a restore is under way on the server. */
+  private get _active(): boolean {
+    const s = this._state;
+    if (!s || this._error) {
+      return false;
+    }
+    return (
+      (!!s.operation && ACTIVE_STATES.has(s.operation.state)) ||
+      s.restore?.state === 'restoring' ||
+      !!s.switching
+    );
+  }
+
+  /** Run a request with the button disabled and fast polls; refresh once it is answered. */
+  private async _act<T>(pending: string, action: () => Promise<T>): Promise<T> {
+    this._pending = pending;
+    this._notice = null;
+    this._render();
+    this._schedule();
+    let result: T;
+    try {
+      result = await action();
+    } finally {
+      this._pending = null;
+    }
+    await this.refresh();
+    return result;
+  }
+
+  /** Keep following the operation this page started or saw running; report how it ended. */
+  private _follow(state: IGpuState): void {
+    const op = state.operation;
+    if (!op) {
+      return;
+    }
+    if (ACTIVE_STATES.has(op.state)) {
+      this._followed = op.started;
+      this._notice = null;
+    } else if (op.started === this._followed && state.restore?.state !== 'restoring') {
+      this._followed = null;
+      this._notice = {
+        text: format.outcome(op, state.restore),
+        title: state.restore ? format.restoreDetails(state.restore) : '',
+        level: op.state === 'failed' ? 'error' : state.restore?.state === 'failed' ? 'warn' : 'info'
+      };
+    }
+  }
+
+  private _notify(text: string, level: INotice['level'] = 'info'): void {
+    this._notice = { text, title: '', level };
+  }
+
+  /** Ask whether to interrupt the busy notebooks (or end the other GPU processes). */
+  private async _confirm(refused: GpuApiError): Promise<boolean> {
+    const { busy, processes } = refused;
+    let title: string;
+    let body: string;
+    let label: string;
+    if (busy.length) {
+      const which = busy.length === 1 ? `${busy[0]} is` : `${busy.join(', ')} are`;
+      title = 'Notebooks are running code';
+      body =
+        `${which} still running code. Interrupt ${busy.length === 1 ? 'it' : 'them'} and ` +
+        'return the GPU? The running cells stop; variables are kept.';
+      label = 'Interrupt and return';
+    } else {
+      const which = processes.map(p => `${p.pid} (${p.command})`).join(', ');
+      title = 'Other processes use the GPU';
+      body = `Processes outside your notebooks still use the GPU: ${which}. End them and return the GPU?`;
+      label = 'End them and return';
+    }
+    const result = await showDialog({
+      title,
+      body,
+      buttons: [Dialog.cancelButton(), Dialog.warnButton({ label })]
+    });
+    return result.button.accept;
+  }
+
+  /** Polls slow down in a hidden tab; catch up as soon as it is shown again. */
+  private _onVisibility = (): void => {
+    if (!document.hidden) {
+      void this.refresh();
+    }
+  };
+
+  private _schedule(): void {
+    this._clearTimer();
+    if (this.isDisposed) {
+      return;
+    }
+    const delay =
+      this._pending || this._active
+        ? POLL_ACTIVE_MS
+        : document.hidden
+          ? POLL_HIDDEN_MS
+          : POLL_IDLE_MS;
+    this._timer = window.setTimeout(() => void this.refresh(), delay);
+  }
+
+  private _clearTimer(): void {
+    if (this._timer !== null) {
+      window.clearTimeout(this._timer);
+      this._timer = null;
+    }
+  }
+
+  private _render(): void {
+    const state = this.state;
+    const s = this._state;
+    this.node.dataset.gpulabState = state;
+
+    if (this._error) {
+      this._label.textContent = 'GPU state unavailable';
+      this.node.title = this._error;
+    } else if (s) {
+      this._label.textContent = format.label(s);
+      this.node.title = format.details(s);
+    } else {
+      this._label.textContent = 'GPU…';
+      this.node.title = 'Checking this server’s GPU';
+    }
+
+    const holds = !!s?.gpus.length;
+    this._button.hidden = !s || !!this._error;
+    this._button.textContent = holds ? 'Return GPU' : 'Get GPU';
+    this._button.title = holds
+      ? 'Give the GPU back to the pool; your files, notebooks and variables are kept'
+      : `Ask for ${Math.max(1, s?.profile_gpus || 0)} GPU(s) and move your kernels onto it`;
+    this._button.disabled = state === 'busy';
+
+    let text = '';
+    let title = '';
+    let level: INotice['level'] = 'info';
+    if (this._active && s) {
+      text = format.progress(s.operation, s.restore);
+    } else if (this._pending) {
+      text = this._pending;
+    } else if (this._notice) {
+      ({ text, title, level } = this._notice);
+    }
+    this._status.textContent = text;
+    this._status.title = title ? `${text}\n\n${title}` : text;
+    this._status.hidden = !text;
+    this._status.classList.toggle('gpulab-mod-warn', level === 'warn');
+    this._status.classList.toggle('gpulab-mod-error', level === 'error');
+
+    const op = s?.operation;
+    this._cancel.hidden = !(
+      this._active &&
+      !this._pending &&
+      op?.kind === 'acquire' &&
+      op.state === 'queued'
+    );
+    this._dismiss.hidden = !(this._notice && !this._active && !this._pending);
+    this._changed.emit();
+  }
+
+  private _label: HTMLSpanElement;
+  private _button: HTMLButtonElement;
+  private _status: HTMLSpanElement;
+  private _cancel: HTMLButtonElement;
+  private _dismiss: HTMLButtonElement;
+  private _state: IGpuState | null = null;
+  private _error: string | null = null;
+  private _pending: string | null = null;
+  private _notice: INotice | null = null;
+  private _followed: string | null = null;
+  private _timer: number | null = null;
+  private _seq = 0;
+  private _changed = new Signal<this, void>(this);
+}

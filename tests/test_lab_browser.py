@@ -1,0 +1,203 @@
+"""JupyterLab's top bar in a real browser: the GPU widget returns the GPU and gets it back.
+
+Debian's Chromium, driven by Playwright, signs up and logs in through the hub's own
+forms (a user the admin added may sign up and log in at once), opens JupyterLab (with
+the @gpulab/lab extension scripts/install builds) on a real server and clicks Return GPU
+(through the busy-notebook dialog), Get GPU, and Cancel while waiting in the queue; the
+hub's ledger is checked after every click. Screenshots of each step go to
+``tests/artifacts/``.
+"""
+
+import os
+import re
+import threading
+import uuid
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from hubfixture import REPO, run_in_kernel, wait_for
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = REPO / "tests" / "artifacts"
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def page():
+    assert os.access(CHROMIUM, os.X_OK), f"{CHROMIUM} is missing: run scripts/install --test"
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / ".gitignore").write_text("*\n")  # screenshots are never committed
+    expect.set_options(timeout=30_000)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 800})
+            page.set_default_timeout(30_000)
+            yield page
+        finally:
+            browser.close()
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"lab-{name}.png"))
+
+
+def log_in(page, hub, name: str) -> None:
+    """Sign up (the admin added the user, so no approval is needed), then log in."""
+    password = "pw-" + uuid.uuid4().hex
+    page.goto(hub.url + "/hub/signup")
+    page.fill("#username_input", name)
+    page.fill("#password_input", password)
+    page.fill("#password_confirmation_input", password)
+    page.click("#signup_submit")
+    expect(page.locator("body")).to_contain_text("The signup was successful")
+    page.goto(hub.url + "/hub/login")
+    page.fill("#username_input", name)
+    page.fill("#password_input", password)
+    page.click("#login_submit")
+    page.wait_for_url(lambda url: "/hub/login" not in url)
+
+
+def held_by(hub, name: str) -> list[int]:
+    """Inventory indices (what the top bar calls "GPU n") of the GPUs ``name`` holds."""
+    return [g["index"] for g in hub.gpus()["gpus"] if g.get("user") == name]
+
+
+def open_notebook(user, path: str) -> str:
+    """A kernel session for a notebook, as JupyterLab makes one; the kernel id."""
+    r = user.session.post(
+        user.server_url + "/api/sessions",
+        json={"path": path, "type": "notebook", "name": path, "kernel": {"name": "python3"}},
+        timeout=60,
+    )
+    assert r.status_code == 201, r.text
+    return r.json()["kernel"]["id"]
+
+
+def test_top_bar_returns_the_gpu_and_gets_it_back(hub, page):
+    user = hub.create_user("lena")
+    assert user.spawn(profile="gpu-1").status_code in (201, 202)
+    (index,) = held_by(hub, "lena")
+    kernel = open_notebook(user, "probe.ipynb")
+
+    def run(code: str) -> str:
+        return run_in_kernel(user.server_url, kernel, user.token, code, 60)
+
+    run("kept = 41")
+
+    log_in(page, hub, "lena")
+    page.goto(user.server_url + "/lab")
+    widget = page.locator("#gpulab-gpu")
+    label = widget.locator(".gpulab-gpu-label")
+    button = widget.locator(".gpulab-gpu-button")
+    status = widget.locator(".gpulab-gpu-status")
+
+    # the server's GPU in the top bar; Return GPU is the one command enabled in the palette
+    expect(widget).to_have_attribute("data-gpulab-state", "gpu", timeout=60_000)
+    expect(label).to_have_text(re.compile(rf"^GPU {index}\b"))
+    expect(button).to_have_text("Return GPU")
+    expect(button).to_be_enabled()
+    page.keyboard.press("Control+Shift+C")
+    page.locator(".lm-CommandPalette-input").fill("GPU")
+    items = page.locator(".lm-CommandPalette-item")
+    expect(items.filter(has_text="Return GPU")).not_to_have_class(re.compile("lm-mod-disabled"))
+    expect(items.filter(has_text="Get GPU")).to_have_class(re.compile("lm-mod-disabled"))
+    shot(page, "1-gpu-and-palette")
+    page.keyboard.press("Escape")
+
+    # Return GPU while the notebook runs a cell: the dialog names it and interrupts it
+    interrupted = []
+
+    def long_cell():
+        try:
+            run("import time\nfor i in range(600): time.sleep(0.1)")
+        except RuntimeError as e:  # the cell's error, as the notebook shows it
+            interrupted.append(str(e))
+
+    runner = threading.Thread(target=long_cell, daemon=True)
+    runner.start()
+    wait_for(
+        lambda: user.server_get(f"/api/kernels/{kernel}").json()["execution_state"] == "busy",
+        30,
+        "the kernel to be busy",
+    )
+    button.click()
+    dialog = page.locator(".jp-Dialog")
+    expect(dialog).to_contain_text("probe.ipynb is still running code")
+    assert held_by(hub, "lena") == [index]
+    shot(page, "2-busy-dialog")
+    dialog.get_by_role("button", name="Interrupt and return").click()
+
+    # the ledger frees the GPU, the widget says so and reports what the kernel kept
+    expect(widget).to_have_attribute("data-gpulab-state", "nogpu")
+    expect(label).to_have_text(re.compile(r"^No GPU · 3 of 3 free"))
+    expect(button).to_have_text("Get GPU")
+    expect(status).to_contain_text("Returned GPU")
+    expect(status).to_contain_text(re.compile(r"Restored \d+ variables? in 1 notebook"))
+    assert held_by(hub, "lena") == [] and hub.gpus()["free"] == 3
+    runner.join(30)
+    assert interrupted and "KeyboardInterrupt" in interrupted[0]
+    shot(page, "3-returned")
+
+    # Get GPU: a GPU is granted again, the widget shows it, the variable is still there
+    button.click()
+    expect(widget).to_have_attribute("data-gpulab-state", "gpu")
+    expect(button).to_have_text("Return GPU")
+    expect(status).to_contain_text("Got GPU")
+    (index,) = held_by(hub, "lena")
+    assert hub.gpus()["free"] == 2
+    expect(label).to_have_text(re.compile(rf"^GPU {index}\b"))
+    shot(page, "4-got-it-back")
+    assert run("print(kept)").strip() == "41"
+
+
+def test_get_gpu_waits_in_the_queue_and_can_be_cancelled(hub, page):
+    max_, nia, omar = (hub.create_user(n) for n in ("max", "nia", "omar"))
+    for user, profile in ((max_, "gpu-2"), (nia, "gpu-1"), (omar, "cpu")):
+        assert user.spawn(wait=False, profile=profile).status_code in (201, 202)
+    for user in (max_, nia, omar):
+        user.wait_ready()
+    assert hub.gpus()["free"] == 0
+
+    log_in(page, hub, "omar")
+    page.goto(omar.server_url + "/lab")
+    widget = page.locator("#gpulab-gpu")
+    label = widget.locator(".gpulab-gpu-label")
+    button = widget.locator(".gpulab-gpu-button")
+    status = widget.locator(".gpulab-gpu-status")
+    cancel = widget.locator(".gpulab-gpu-cancel")
+    expect(widget).to_have_attribute("data-gpulab-state", "nogpu", timeout=60_000)
+    expect(label).to_have_text("No GPU · 0 of 3 free")
+
+    # every GPU is held: Get GPU waits in the queue, and Cancel takes it out
+    button.click()
+    expect(widget).to_have_attribute("data-gpulab-state", "busy")
+    expect(status).to_have_text("Waiting for 1 GPU: position 1 in the queue")
+    expect(button).to_be_disabled()
+    shot(page, "queue-1-waiting")
+    cancel.click()
+    expect(widget).to_have_attribute("data-gpulab-state", "nogpu")
+    expect(status).to_have_text("Get GPU cancelled")
+    expect(cancel).to_be_hidden()
+    assert held_by(hub, "omar") == []
+
+    # waiting again, it gets the GPU nia's server gives up
+    button.click()
+    expect(status).to_have_text("Waiting for 1 GPU: position 1 in the queue")
+    (freed,) = held_by(hub, "nia")
+    nia.stop()
+    expect(widget).to_have_attribute("data-gpulab-state", "gpu")
+    expect(label).to_have_text(re.compile(rf"^GPU {freed}\b"))
+    expect(status).to_contain_text("Got GPU")
+    assert held_by(hub, "omar") == [freed]
+    shot(page, "queue-2-granted")
