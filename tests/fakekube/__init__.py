@@ -1,0 +1,54 @@
+"""fakekube: the project's one sanctioned test double, a Kubernetes cluster in-process.
+
+Kubernetes cannot run on the test machines, so the kubernetes backend is tested
+against this: a server speaking the real REST API over HTTP (what kubernetes_asyncio,
+KubeSpawner and kubectl use), with a simulated scheduler, kubelets and controllers
+behind it. It imitates the real behaviour and wording; where it cannot, it says so
+(here and in each module's docstring) rather than pretend.
+
+Use from tests (``tests/`` is on ``sys.path``)::
+
+    from fakekube import FakeKube
+
+    with FakeKube(nodes=[{"name": "gpu-node-1", "gpus": 2}], run_containers=True) as kube:
+        kube.url          # http://127.0.0.1:<free port>
+        kube.kubeconfig   # a kubeconfig file for KUBECONFIG (KubeSpawner needs one)
+        kube.faults.fail("create", "pods", status=500, times=2)  # see ``faults``
+        kube.drop_watches()
+
+Served: core/v1 namespaces, pods (+status, log), services, secrets, configmaps,
+serviceaccounts, events, nodes, persistentvolumeclaims, persistentvolumes; apps/v1
+deployments and replicasets; batch/v1 jobs; storage.k8s.io/v1 storageclasses;
+discovery and ``/version``. Module map:
+
+- ``store``: objects, the cluster-wide resourceVersion, change history, watchers;
+- ``registry`` + ``defaults`` + ``validation`` + ``admission`` + ``patch`` +
+  ``selectors``: the apiserver's request semantics;
+- ``api``: HTTP routing, watch streaming, logs; ``faults``: injected failures;
+- ``scheduler``, ``kubelet`` (+ ``containers``, ``probes``), ``storage``,
+  ``workloads``, ``gc``: the simulated components, on ``controller``'s loop;
+- ``cluster``: wiring and the kubeadm-like initial state; ``server``: ``FakeKube``.
+
+Ports with ``run_containers=True``: every pod's ``podIP`` is 127.0.0.1 and its
+processes share this host's network, so two pods cannot both listen on 8888 as they
+would on a real cluster. A test must give each pod that listens a port of its own:
+pick a free one (``hubfixture.free_port()``) and put it both in the command line
+(``--port=N``; for KubeSpawner set ``c.KubeSpawner.port = N`` per spawn, e.g. from a
+``pre_spawn_hook``) and in the container's ``ports[].containerPort``; probes and
+clients then reach ``127.0.0.1:N``. Service cluster IPs (10.96.0.0/12) and cluster
+DNS names are allocated and reported but do not route here.
+
+Not imitated (a real cluster would; tests must not rely on these): container images
+(commands run from the host's filesystem), volume mounts, resource limits
+enforcement, network policy, Endpoints/EndpointSlices, authentication and
+authorization, server-side apply (415), ``dryRun``, ``fieldValidation``, ``/scale``,
+static PV binding, preemption (no PriorityClasses are served), service account
+tokens, Job ``podFailurePolicy``/``successPolicy``/``suspend``, paused Deployments and
+``WaitForFirstConsumer`` storage classes (these are refused with 422 so a test cannot
+silently rely on them).
+"""
+
+from .cluster import NodeSpec
+from .server import FakeKube
+
+__all__ = ["FakeKube", "NodeSpec"]

@@ -1,0 +1,222 @@
+"""A container's process, as the kubelet and a CRI runtime would run it, on this host.
+
+What is imitated:
+- the environment: the "image" environment (``FakeKube(image_env=...)``; by default the
+  environment FakeKube runs in, without ``HOME``), ``HOSTNAME`` (the pod's name or
+  ``spec.hostname``), ``envFrom`` (Secrets, ConfigMaps, with ``prefix``) and ``env``
+  with ``value`` (``$(VAR)`` expansion, ``$$`` escapes), ``valueFrom`` ``secretKeyRef`` /
+  ``configMapKeyRef`` (``optional`` honoured) and ``fieldRef``; a missing Secret,
+  ConfigMap or key is a ``CreateContainerConfigError`` with the kubelet's message;
+  ``HOME``, when neither the image nor the pod sets it, is the home directory of the
+  user the process runs as in this host's passwd ("/" if there is none), as runc
+  takes it from the image's;
+- ``command`` + ``args`` with ``$(VAR)`` expansion (``args`` alone run as the command
+  line, as under an entrypoint such as ``tini --`` that runs its arguments, e.g.
+  KubeSpawner's, which sets only ``args``); ``workingDir`` (created if missing,
+  as runc does; without one, a fresh directory of the pod's under FakeKube's workdir,
+  owned by the container's user); ``securityContext.runAsUser`` / ``runAsGroup`` /
+  ``supplementalGroups`` / ``fsGroup`` (a ``runAsUser`` other than FakeKube's own
+  needs FakeKube to run as root);
+- exit codes: a process killed by signal N exits 128+N (143 for SIGTERM, 137 for
+  SIGKILL); a command that cannot be executed is a ``StartError`` with exit code 128;
+- stopping: SIGTERM to the process group, SIGKILL after the grace period, and SIGKILL
+  to what is left of the group once the main process is gone;
+- stdout and stderr as the container's log (``pods/log``).
+
+What is not: images (the command runs from the host's filesystem, ``image`` is only
+reported back; a container with neither ``command`` nor ``args`` is simulated, see
+``kubelet``), volume mounts (paths are the host's), ``resourceFieldRef`` and Service environment variables
+(``enableServiceLinks``), network namespaces (every pod shares 127.0.0.1, see the
+package docstring on ports), resource limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import pwd
+import re
+import signal
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .resources import CONFIGMAP, SECRET
+from .store import Store
+
+Obj = dict[str, Any]
+_REF = re.compile(r"\$\$|\$\(([-._a-zA-Z][-._a-zA-Z0-9]*)\)")
+
+
+class ConfigError(Exception):
+    """Why a container cannot be created (reason CreateContainerConfigError)."""
+
+
+def expand(text: str, env: Mapping[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion: known variables are substituted, ``$$``
+    becomes ``$``, unknown references stay as written."""
+    return _REF.sub(lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), text)
+
+
+def _lookup(store: Store, kind: str, ns: str, name: str, key: str | None, optional: bool) -> Any:
+    obj = store.peek(SECRET if kind == "Secret" else CONFIGMAP, ns, name)
+    if obj is None:
+        if optional:
+            return None
+        raise ConfigError(f'{kind.lower()} "{name}" not found')
+    values = dict(obj.get("data") or {})
+    if kind == "Secret":
+        values = {k: base64.b64decode(v).decode(errors="replace") for k, v in values.items()}
+    if key is None:
+        return values
+    if key not in values:
+        if optional:
+            return None
+        raise ConfigError(f"couldn't find key {key} in {kind} {ns}/{name}")
+    return values[key]
+
+
+def field_ref(pod: Obj, path: str) -> str:
+    meta, spec, status = pod["metadata"], pod["spec"], pod.get("status") or {}
+    if m := re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path):
+        return (meta.get(m.group(1)) or {}).get(m.group(2), "")
+    simple = {
+        "metadata.name": meta["name"],
+        "metadata.namespace": meta.get("namespace", ""),
+        "metadata.uid": meta["uid"],
+        "spec.nodeName": spec.get("nodeName", ""),
+        "spec.serviceAccountName": spec.get("serviceAccountName", ""),
+        "status.hostIP": status.get("hostIP", "127.0.0.1"),
+        "status.podIP": status.get("podIP", "127.0.0.1"),
+    }
+    if path not in simple:
+        raise ConfigError(f"unsupported fieldPath: {path}")
+    return simple[path]
+
+
+def container_env(
+    store: Store, pod: Obj, container: Obj, base: Mapping[str, str]
+) -> dict[str, str]:
+    """The process environment for ``container``; ConfigError when a reference fails."""
+    ns = pod["metadata"]["namespace"]
+    env = dict(base)
+    env["HOSTNAME"] = pod["spec"].get("hostname") or pod["metadata"]["name"]
+    for source in container.get("envFrom") or []:
+        for kind, field in (("Secret", "secretRef"), ("ConfigMap", "configMapRef")):
+            if field in source:
+                ref = source[field]
+                values = _lookup(store, kind, ns, ref["name"], None, bool(ref.get("optional")))
+                env.update({source.get("prefix", "") + k: v for k, v in (values or {}).items()})
+    for item in container.get("env") or []:
+        source = item.get("valueFrom")
+        if source is None:
+            env[item["name"]] = expand(item.get("value", ""), env)
+        elif "fieldRef" in source:
+            env[item["name"]] = field_ref(pod, source["fieldRef"]["fieldPath"])
+        elif "secretKeyRef" in source or "configMapKeyRef" in source:
+            kind = "Secret" if "secretKeyRef" in source else "ConfigMap"
+            ref = source["secretKeyRef" if kind == "Secret" else "configMapKeyRef"]
+            value = _lookup(store, kind, ns, ref["name"], ref["key"], bool(ref.get("optional")))
+            if value is not None:
+                env[item["name"]] = value
+    return env
+
+
+def command_line(container: Obj, env: Mapping[str, str]) -> list[str]:
+    return [
+        expand(a, env) for a in (container.get("command") or []) + (container.get("args") or [])
+    ]
+
+
+def run_as(pod: Obj, container: Obj) -> tuple[int | None, int | None, list[int]]:
+    """(uid, gid, supplementary groups) from the pod and container securityContext."""
+    pod_sc = pod["spec"].get("securityContext") or {}
+    sc = container.get("securityContext") or {}
+    groups = list(pod_sc.get("supplementalGroups") or [])
+    if pod_sc.get("fsGroup") is not None:
+        groups.append(pod_sc["fsGroup"])
+    return (
+        sc.get("runAsUser", pod_sc.get("runAsUser")),
+        sc.get("runAsGroup", pod_sc.get("runAsGroup")),
+        groups,
+    )
+
+
+class Process:
+    """A started container process; ``wait()`` gives the container exit code."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, log: Path):
+        self.proc = proc
+        self.log = log
+        self._pumps = [asyncio.ensure_future(self._pump(s)) for s in (proc.stdout, proc.stderr)]
+
+    @classmethod
+    async def start(
+        cls, container: Obj, pod: Obj, env: Mapping[str, str], cwd: Path, log: Path
+    ) -> Process:
+        """Run ``container``'s command; OSError / ValueError when it cannot start."""
+        uid, gid, groups = run_as(pod, container)
+        kwargs: dict[str, Any] = {}
+        if uid is not None and uid != os.geteuid():
+            if os.geteuid() != 0:
+                raise PermissionError(f"runAsUser {uid} needs FakeKube to run as root")
+            gid = uid if gid is None else gid
+            kwargs = {"user": uid, "group": gid, "extra_groups": groups}
+        env = dict(env)
+        if "HOME" not in env:
+            try:
+                env["HOME"] = pwd.getpwuid(os.geteuid() if uid is None else uid).pw_dir
+            except KeyError:
+                env["HOME"] = "/"
+        if not cwd.exists():
+            cwd.mkdir(parents=True)
+            if kwargs:
+                os.chown(cwd, uid, gid)
+        proc = await asyncio.create_subprocess_exec(
+            *command_line(container, env),
+            env=env,
+            cwd=cwd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            **kwargs,
+        )
+        return cls(proc, log)
+
+    async def _pump(self, reader: asyncio.StreamReader | None) -> None:
+        assert reader is not None
+        with self.log.open("ab") as f:
+            while chunk := await reader.read(1 << 16):
+                f.write(chunk)
+                f.flush()
+
+    async def wait(self) -> int:
+        code = await self.proc.wait()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+        return code if code >= 0 else 128 - code
+
+    def signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    async def stop(self, deadline: Callable[[], float]) -> int:
+        """SIGTERM, then SIGKILL once ``time.monotonic()`` passes ``deadline()`` (which
+        may move closer while waiting, as a second, shorter delete does)."""
+        if self.proc.returncode is None:
+            self.signal(signal.SIGTERM)
+        while self.proc.returncode is None:
+            left = deadline() - time.monotonic()
+            if left <= 0:
+                self.signal(signal.SIGKILL)
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.proc.wait()), min(left, 0.1))
+        code = await self.wait()
+        self.signal(signal.SIGKILL)  # what is left of the process group goes with it
+        return code

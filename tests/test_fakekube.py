@@ -1,0 +1,1351 @@
+"""fakekube against the real clients: what KubeSpawner and gpulab will see.
+
+Every test drives the fake over HTTP with kubernetes_asyncio (the client KubeSpawner
+uses), or with KubeSpawner's own reflectors, and asserts what a real cluster answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import pytest
+import requests
+from kubernetes_asyncio import client, watch
+from kubernetes_asyncio.client.rest import ApiException
+from kubernetes_asyncio.config import kube_config
+
+from fakekube import FakeKube
+from hubfixture import free_port
+
+MERGE = "application/merge-patch+json"
+
+
+@asynccontextmanager
+async def core(kube: FakeKube) -> AsyncIterator[client.CoreV1Api]:
+    conf = client.Configuration(host=kube.url)
+    async with client.ApiClient(configuration=conf) as api:
+        yield client.CoreV1Api(api)
+
+
+@asynccontextmanager
+async def apis(kube: FakeKube) -> AsyncIterator[client.ApiClient]:
+    conf = client.Configuration(host=kube.url)
+    async with client.ApiClient(configuration=conf) as api:
+        yield api
+
+
+async def eventually(
+    check: Callable[[], Awaitable[Any]], timeout: float = 10, what: str = ""
+) -> Any:
+    """Poll ``check`` until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        await asyncio.sleep(0.05)
+
+
+def pod(name: str, gpus: int = 0, **spec: Any) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": "notebook",
+        "image": "quay.io/jupyter/base-notebook:2025-01-01",
+    }
+    if gpus:
+        container["resources"] = {"limits": {"nvidia.com/gpu": gpus}}
+    return {
+        "metadata": {"name": name, "labels": {"app": "gpulab"}},
+        "spec": {"containers": [container], **spec},
+    }
+
+
+async def phase_of(v1: client.CoreV1Api, name: str, ns: str = "default") -> str:
+    return (await v1.read_namespaced_pod(name, ns)).status.phase
+
+
+# -- API semantics ----------------------------------------------------------------------
+
+
+async def test_create_get_list_patch_delete_roundtrip() -> None:
+    with FakeKube(nodes=[]) as kube:  # no node: the pods stay unscheduled
+        async with core(kube) as v1:
+            created = await v1.create_namespaced_pod(
+                "default",
+                {
+                    **pod(""),
+                    "metadata": {
+                        "generateName": "jupyter-",
+                        "labels": {"app": "gpulab", "tier": "a"},
+                    },
+                },
+            )
+            name = created.metadata.name
+            assert name.startswith("jupyter-") and len(name) == len("jupyter-") + 5
+            assert created.metadata.uid and created.metadata.creation_timestamp
+            assert created.status.phase == "Pending" and created.status.qos_class == "BestEffort"
+            # defaults the apiserver fills in
+            assert (
+                created.spec.restart_policy == "Always"
+                and created.spec.termination_grace_period_seconds == 30
+            )
+            assert created.spec.containers[0].image_pull_policy == "IfNotPresent"
+
+            got = await v1.read_namespaced_pod(name, "default")
+            assert got.metadata.uid == created.metadata.uid
+
+            await v1.create_namespaced_pod(
+                "default",
+                {
+                    **pod("other"),
+                    "metadata": {"name": "other", "labels": {"app": "gpulab", "tier": "b"}},
+                },
+            )
+            listed = await v1.list_namespaced_pod("default", label_selector="tier=a")
+            assert [p.metadata.name for p in listed.items] == [name]
+            assert int(listed.metadata.resource_version) >= int(created.metadata.resource_version)
+
+            patched = await v1.patch_namespaced_pod(
+                name,
+                "default",
+                {"metadata": {"labels": {"tier": None, "user": "alice"}}},
+                _content_type=MERGE,
+            )
+            assert patched.metadata.labels == {"app": "gpulab", "user": "alice"}
+            assert int(patched.metadata.resource_version) > int(created.metadata.resource_version)
+
+            # a write that changes nothing keeps the resourceVersion, as the apiserver does
+            again = await v1.patch_namespaced_pod(
+                name, "default", {"metadata": {"labels": {"user": "alice"}}}, _content_type=MERGE
+            )
+            assert (
+                again.metadata.resource_version
+                == (await v1.read_namespaced_pod(name, "default")).metadata.resource_version
+            )
+
+            # what the pod owns goes with it (the garbage collector)
+            owner = {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": created.metadata.uid}
+            await v1.create_namespaced_secret(
+                "default", {"metadata": {"name": "owned", "ownerReferences": [owner]}}
+            )
+            await v1.delete_namespaced_pod(name, "default")  # unscheduled: deleted at once
+            with pytest.raises(ApiException) as gone:
+                await v1.read_namespaced_pod(name, "default")
+            assert gone.value.status == 404
+
+            async def collected() -> bool:
+                names = {
+                    s.metadata.name for s in (await v1.list_namespaced_secret("default")).items
+                }
+                return "owned" not in names
+
+            await eventually(collected, what="the owned secret collected")
+
+
+async def test_errors_are_status_objects_with_the_real_codes() -> None:
+    with FakeKube(nodes=[]) as kube:
+        async with core(kube) as v1:
+            with pytest.raises(ApiException) as e:
+                await v1.read_namespaced_pod("nope", "default")
+            assert e.value.status == 404
+            body = __import__("json").loads(e.value.body)
+            assert body == {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": 'pods "nope" not found',
+                "reason": "NotFound",
+                "details": {"name": "nope", "kind": "pods"},
+                "code": 404,
+            }
+
+            with pytest.raises(ApiException) as e:
+                await v1.create_namespaced_pod("team-a", pod("p"))
+            assert e.value.status == 404 and 'namespaces \\"team-a\\" not found' in e.value.body
+
+            await v1.create_namespaced_pod("default", pod("p"))
+            with pytest.raises(ApiException) as e:
+                await v1.create_namespaced_pod("default", pod("p"))
+            assert e.value.status == 409 and '"reason":"AlreadyExists"' in e.value.body
+
+            with pytest.raises(ApiException) as e:
+                await v1.create_namespaced_pod(
+                    "default", {"metadata": {"name": "empty"}, "spec": {"containers": []}}
+                )
+            assert e.value.status == 422
+            assert (
+                '"message":"Pod \\"empty\\" is invalid: spec.containers: Required value"'
+                in e.value.body
+            )
+            assert (
+                '"causes":[{"reason":"FieldValueRequired","message":"Required value","field":"spec.containers"}]'
+                in e.value.body
+            )
+
+            with pytest.raises(ApiException) as e:
+                await v1.create_namespaced_pod("default", pod("Not_A_Name"))
+            assert e.value.status == 422 and "a lowercase RFC 1123 subdomain" in e.value.body
+
+            with pytest.raises(ApiException) as e:
+                await v1.create_namespaced_pod(
+                    "default", {"metadata": {}, "spec": pod("x")["spec"]}
+                )
+            assert e.value.status == 422 and "name or generateName is required" in e.value.body
+
+            # JSON null decodes to a zero quantity, which a claim may not request
+            nothing = claim("home", "1Gi", None)
+            nothing["spec"]["resources"]["requests"]["storage"] = None
+            with pytest.raises(ApiException) as e:
+                await v1.create_namespaced_persistent_volume_claim("default", nothing)
+            assert e.value.status == 422
+            assert (
+                'spec.resources[storage]: Invalid value: \\"0\\": must be greater than zero'
+                in e.value.body
+            )
+
+            # optimistic concurrency: a replace with a stale resourceVersion is a Conflict
+            current = await v1.read_namespaced_pod("p", "default")
+            stale = current.metadata.resource_version
+            await v1.patch_namespaced_pod("p", "default", {"metadata": {"labels": {"v": "2"}}})
+            current.metadata.resource_version = stale
+            current.metadata.labels = {"v": "3"}
+            with pytest.raises(ApiException) as e:
+                await v1.replace_namespaced_pod("p", "default", current)
+            assert e.value.status == 409 and '"reason":"Conflict"' in e.value.body
+            assert "the object has been modified" in e.value.body
+
+            # pod spec is immutable apart from images and a few fields
+            fresh = await v1.read_namespaced_pod("p", "default")
+            fresh.spec.restart_policy = "Never"
+            with pytest.raises(ApiException) as e:
+                await v1.replace_namespaced_pod("p", "default", fresh)
+            assert e.value.status == 422 and "pod updates may not change fields" in e.value.body
+
+
+async def test_label_and_field_selectors() -> None:
+    with FakeKube() as kube:
+        async with core(kube) as v1:
+            for name, labels in (
+                ("a", {"tier": "gpu", "user": "alice"}),
+                ("b", {"tier": "cpu"}),
+                ("c", {}),
+            ):
+                await v1.create_namespaced_config_map(
+                    "default", {"metadata": {"name": name, "labels": labels}}
+                )
+
+            async def names(**kw: Any) -> list[str]:
+                listed = await v1.list_namespaced_config_map("default", **kw)
+                return [
+                    m.metadata.name for m in listed.items if m.metadata.name != "kube-root-ca.crt"
+                ]
+
+            assert await names(label_selector="tier=gpu") == ["a"]
+            assert await names(label_selector="tier==cpu") == ["b"]
+            assert await names(label_selector="tier!=gpu") == ["b", "c"]
+            assert await names(label_selector="tier in (gpu,cpu)") == ["a", "b"]
+            assert await names(label_selector="tier notin (gpu)") == ["b", "c"]
+            assert await names(label_selector="user") == ["a"]
+            assert await names(label_selector="!user,tier") == ["b"]
+            assert await names(field_selector="metadata.name=b") == ["b"]
+            assert await names(field_selector="metadata.name!=b,metadata.namespace=default") == [
+                "a",
+                "c",
+            ]
+            with pytest.raises(ApiException) as e:
+                await names(label_selector="tier in (gpu")
+            assert e.value.status == 400
+
+            await v1.create_namespaced_pod("default", pod("running", 1))
+            await v1.create_namespaced_pod("default", pod("waiting", 5))
+            await eventually(
+                lambda: v1.list_namespaced_pod("default", field_selector="status.phase=Running"),
+                what="a running pod",
+            )
+            running = await v1.list_namespaced_pod("default", field_selector="status.phase=Running")
+            assert [p.metadata.name for p in running.items] == ["running"]
+            on_node = await v1.list_namespaced_pod(
+                "default", field_selector="spec.nodeName=gpu-node-1"
+            )
+            assert [p.metadata.name for p in on_node.items] == ["running"]
+            everywhere = await v1.list_pod_for_all_namespaces(field_selector="status.phase=Pending")
+            assert [p.metadata.name for p in everywhere.items] == ["waiting"]
+            with pytest.raises(ApiException) as e:
+                await v1.list_namespaced_pod("default", field_selector="spec.image=x")
+            assert e.value.status == 400 and "field label not supported: spec.image" in e.value.body
+
+
+async def test_merge_strategic_and_json_patches() -> None:
+    with FakeKube(nodes=[]) as kube:
+        async with core(kube) as v1:
+            body = pod("p")
+            body["spec"]["containers"][0]["env"] = [
+                {"name": "A", "value": "1"},
+                {"name": "B", "value": "2"},
+            ]
+            body["spec"]["containers"].append({"name": "sidecar", "image": "busybox:1.36"})
+            await v1.create_namespaced_pod("default", body)
+            # strategic merge: containers merge by name, env by name
+            patched = await v1.patch_namespaced_pod(
+                "p",
+                "default",
+                {
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "notebook",
+                                "image": "quay.io/jupyter/base-notebook:2025-02-01",
+                            }
+                        ]
+                    }
+                },
+            )
+            images = {c.name: c.image for c in patched.spec.containers}
+            assert images == {
+                "notebook": "quay.io/jupyter/base-notebook:2025-02-01",
+                "sidecar": "busybox:1.36",
+            }
+            assert [(e.name, e.value) for e in patched.spec.containers[0].env] == [
+                ("A", "1"),
+                ("B", "2"),
+            ]
+
+            await v1.create_namespaced_secret(
+                "default", {"metadata": {"name": "s"}, "stringData": {"token": "abc"}}
+            )
+            secret = await v1.read_namespaced_secret("s", "default")
+            assert secret.data == {"token": "YWJj"} and secret.type == "Opaque"
+
+            dep = {
+                "metadata": {"name": "d"},
+                "spec": {
+                    "selector": {"matchLabels": {"app": "d"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "d"}},
+                        "spec": {
+                            "containers": [
+                                {"name": "c", "image": "x:1", "env": [{"name": "A", "value": "1"}]}
+                            ]
+                        },
+                    },
+                },
+            }
+            apps = client.AppsV1Api(v1.api_client)
+            await apps.create_namespaced_deployment("default", dep)
+            patched_dep = await apps.patch_namespaced_deployment(
+                "d",
+                "default",
+                {
+                    "spec": {
+                        "template": {
+                            "spec": {
+                                "containers": [
+                                    {
+                                        "name": "c",
+                                        "env": [
+                                            {"name": "B", "value": "2"},
+                                            {"name": "A", "$patch": "delete"},
+                                        ],
+                                    }
+                                ]
+                            }
+                        }
+                    }
+                },
+            )
+            assert [
+                (e.name, e.value) for e in patched_dep.spec.template.spec.containers[0].env
+            ] == [("B", "2")]
+            assert patched_dep.metadata.generation == 2
+
+            # JSON patch, including a failing test operation
+            patched = await v1.patch_namespaced_pod(
+                "p", "default", [{"op": "add", "path": "/metadata/labels/owner", "value": "bob"}]
+            )
+            assert patched.metadata.labels["owner"] == "bob"
+            with pytest.raises(ApiException) as e:
+                await v1.patch_namespaced_pod(
+                    "p",
+                    "default",
+                    [{"op": "test", "path": "/metadata/labels/owner", "value": "eve"}],
+                )
+            assert e.value.status == 422
+
+
+# -- watches ----------------------------------------------------------------------------
+
+
+async def test_watch_streams_added_modified_deleted_in_order() -> None:
+    with FakeKube(nodes=[]) as kube:
+        async with core(kube) as v1:
+            start = (await v1.list_namespaced_config_map("default")).metadata.resource_version
+            seen: list[tuple[str, str, str]] = []
+
+            async def collect() -> None:
+                async with watch.Watch() as w:
+                    async for event in w.stream(
+                        v1.list_namespaced_config_map,
+                        "default",
+                        resource_version=start,
+                        label_selector="app=gpulab",
+                        timeout_seconds=5,
+                    ):
+                        seen.append(
+                            (
+                                event["type"],
+                                event["object"].metadata.name,
+                                event["object"].metadata.resource_version,
+                            )
+                        )
+                        if event["type"] == "DELETED":
+                            return
+
+            task = asyncio.create_task(collect())
+            await v1.create_namespaced_config_map(
+                "default",
+                {"metadata": {"name": "cm", "labels": {"app": "gpulab"}}, "data": {"k": "1"}},
+            )
+            await v1.create_namespaced_config_map("default", {"metadata": {"name": "ignored"}})
+            await v1.patch_namespaced_config_map("cm", "default", {"data": {"k": "2"}})
+            await v1.delete_namespaced_config_map("cm", "default")
+            await asyncio.wait_for(task, 10)
+            assert [(t, n) for t, n, _ in seen] == [
+                ("ADDED", "cm"),
+                ("MODIFIED", "cm"),
+                ("DELETED", "cm"),
+            ]
+            versions = [int(rv) for _, _, rv in seen]
+            assert versions == sorted(versions) and len(set(versions)) == 3
+
+
+async def test_watch_resumes_from_a_resource_version_and_expires_old_ones() -> None:
+    with FakeKube(nodes=[], history_size=8) as kube:
+        async with core(kube) as v1:
+            first = await v1.create_namespaced_config_map("default", {"metadata": {"name": "one"}})
+            await v1.create_namespaced_config_map("default", {"metadata": {"name": "two"}})
+            await v1.create_namespaced_config_map("default", {"metadata": {"name": "three"}})
+            async with watch.Watch() as w:
+                events = [
+                    (e["type"], e["object"].metadata.name)
+                    async for e in w.stream(
+                        v1.list_namespaced_config_map,
+                        "default",
+                        resource_version=first.metadata.resource_version,
+                        timeout_seconds=1,
+                    )
+                ]
+            assert events == [("ADDED", "two"), ("ADDED", "three")]
+
+            # a label change that leaves the selector is a DELETED for that watch
+            await v1.patch_namespaced_config_map(
+                "two", "default", {"metadata": {"labels": {"keep": "yes"}}}
+            )
+            rv = (await v1.list_namespaced_config_map("default")).metadata.resource_version
+            await v1.patch_namespaced_config_map(
+                "two", "default", {"metadata": {"labels": {"keep": None}}}, _content_type=MERGE
+            )
+            async with watch.Watch() as w:
+                events = [
+                    (e["type"], e["object"].metadata.name)
+                    async for e in w.stream(
+                        v1.list_namespaced_config_map,
+                        "default",
+                        label_selector="keep=yes",
+                        resource_version=rv,
+                        timeout_seconds=1,
+                    )
+                ]
+            assert events == [("DELETED", "two")]
+
+            for i in range(10):  # push "one"'s version out of the history window
+                await v1.create_namespaced_config_map(
+                    "default", {"metadata": {"name": f"filler-{i}"}}
+                )
+            with pytest.raises(ApiException) as e:
+                async with watch.Watch() as w:
+                    async for _ in w.stream(
+                        v1.list_namespaced_config_map,
+                        "default",
+                        resource_version=first.metadata.resource_version,
+                        timeout_seconds=1,
+                    ):
+                        pass
+            assert e.value.status == 410 and "Expired: too old resource version" in e.value.reason
+
+
+async def test_watch_bookmarks_initial_state_and_timeout() -> None:
+    with FakeKube(nodes=[], bookmark_interval=0.2) as kube:
+        async with core(kube) as v1:
+            await v1.create_namespaced_config_map("default", {"metadata": {"name": "cm"}})
+            started = time.monotonic()
+            async with watch.Watch() as w:
+                events = [
+                    e
+                    async for e in w.stream(
+                        v1.list_namespaced_config_map,
+                        "default",
+                        resource_version="0",
+                        allow_watch_bookmarks=True,
+                        timeout_seconds=1,
+                    )
+                ]
+            assert time.monotonic() - started < 3  # timeoutSeconds ends the stream
+            # resourceVersion "0": the current state first, as synthetic ADDED events
+            assert [
+                (e["type"], e["object"].metadata.name) for e in events if e["type"] == "ADDED"
+            ] == [("ADDED", "cm"), ("ADDED", "kube-root-ca.crt")]
+            bookmarks = [e for e in events if e["type"] == "BOOKMARK"]
+            assert bookmarks and bookmarks[0]["raw_object"]["kind"] == "ConfigMap"
+            assert int(bookmarks[-1]["raw_object"]["metadata"]["resourceVersion"]) >= int(
+                events[0]["object"].metadata.resource_version
+            )
+
+
+async def test_paginated_and_exact_lists_are_consistent_snapshots() -> None:
+    with FakeKube(nodes=[]) as kube:
+        async with core(kube) as v1:
+            for i in range(5):
+                await v1.create_namespaced_secret(
+                    "default", {"metadata": {"name": f"s{i}", "labels": {"batch": "1"}}}
+                )
+            page = await v1.list_namespaced_secret("default", limit=2)
+            assert [s.metadata.name for s in page.items] == [
+                "s0",
+                "s1",
+            ] and page.metadata.remaining_item_count == 3
+            snapshot = page.metadata.resource_version
+            await v1.create_namespaced_secret("default", {"metadata": {"name": "s2a"}})
+            await v1.delete_namespaced_secret("s3", "default")
+            names = [s.metadata.name for s in page.items]
+            token = page.metadata._continue
+            while token:
+                page = await v1.list_namespaced_secret("default", limit=2, _continue=token)
+                names += [s.metadata.name for s in page.items]
+                token = page.metadata._continue
+            assert names == ["s0", "s1", "s2", "s3", "s4"]  # as of the first page
+            exact = await v1.list_namespaced_secret(
+                "default", resource_version=snapshot, resource_version_match="Exact"
+            )
+            assert [s.metadata.name for s in exact.items] == ["s0", "s1", "s2", "s3", "s4"]
+            now = await v1.list_namespaced_secret("default", resource_version="0")
+            assert [s.metadata.name for s in now.items] == ["s0", "s1", "s2", "s2a", "s4"]
+
+            # the apiserver answers a deletecollection with the list of what it deleted
+            # (the OpenAPI document says Status), so read the raw body
+            raw = await v1.delete_collection_namespaced_secret(
+                "default", label_selector="batch=1", _preload_content=False
+            )
+            removed = await raw.json()
+            assert removed["kind"] == "SecretList"
+            assert sorted(s["metadata"]["name"] for s in removed["items"]) == [
+                "s0",
+                "s1",
+                "s2",
+                "s4",
+            ]
+            left = await v1.list_namespaced_secret("default")
+            assert [s.metadata.name for s in left.items] == ["s2a"]
+
+
+async def test_namespaces_must_exist_and_deleting_one_removes_its_content() -> None:
+    with FakeKube() as kube:
+        async with core(kube) as v1:
+            await v1.create_namespace({"metadata": {"name": "team-a"}})
+            sa = await v1.read_namespaced_service_account("default", "team-a")
+            assert sa.metadata.name == "default"
+            held = pod("p", 1)
+            held["metadata"]["finalizers"] = ["example.com/hold"]
+            await v1.create_namespaced_pod("team-a", held)
+            await eventually(lambda: _phase_is(v1, "p", "Running", "team-a"), what="p running")
+            raw = await v1.delete_namespace("team-a", _preload_content=False)
+            answer = await raw.json()
+            assert answer["kind"] == "Namespace" and answer["status"]["phase"] == "Terminating"
+            # the pod's finalizer keeps it, and so its namespace, until it is removed
+            await eventually(lambda: _phase_is(v1, "p", "Succeeded", "team-a"), what="p stopped")
+            stopped = await v1.read_namespaced_pod("p", "team-a")
+            assert (
+                stopped.metadata.deletion_timestamp
+                and (await v1.read_namespace("team-a")).status.phase == "Terminating"
+            )
+            with pytest.raises(ApiException) as e:
+                await v1.create_namespaced_config_map("team-a", {"metadata": {"name": "late"}})
+            assert e.value.status == 403 and "because it is being terminated" in e.value.body
+            await v1.patch_namespaced_pod(
+                "p", "team-a", {"metadata": {"finalizers": None}}, _content_type=MERGE
+            )
+
+            async def gone() -> bool:
+                try:
+                    await v1.read_namespace("team-a")
+                except ApiException as e:
+                    return e.status == 404
+                return False
+
+            await eventually(gone, what="namespace team-a gone")
+            with pytest.raises(ApiException) as e:
+                await v1.delete_namespace("default")
+            assert e.value.status == 403
+
+
+async def _phase_is(v1: client.CoreV1Api, name: str, phase: str, ns: str = "default") -> bool:
+    try:
+        return await phase_of(v1, name, ns) == phase
+    except ApiException:
+        return False
+
+
+async def test_discovery_and_version() -> None:
+    with FakeKube(nodes=[]) as kube:
+        async with apis(kube) as api:
+            version = await client.VersionApi(api).get_code()
+            assert version.git_version.startswith("v1.")
+            groups = await client.ApisApi(api).get_api_versions()
+            assert {"apps", "batch", "storage.k8s.io"} <= {g.name for g in groups.groups}
+            core_resources = await client.CoreV1Api(api).get_api_resources()
+            by_name = {r.name: r for r in core_resources.resources}
+            assert by_name["pods"].namespaced and by_name["persistentvolumes"].namespaced is False
+            assert "pods/log" in by_name and "watch" in by_name["events"].verbs
+        assert requests.get(f"{kube.url}/api", timeout=5).json()["versions"] == ["v1"]
+
+
+# -- scheduling and pods ------------------------------------------------------------
+
+
+async def test_gpu_pods_fit_queue_and_start_when_a_gpu_frees() -> None:
+    nodes = [{"name": "gpu-node-1", "gpus": 1}, {"name": "gpu-node-2", "gpus": 1}]
+    with FakeKube(nodes=nodes) as kube:
+        async with core(kube) as v1:
+            node = await v1.read_node("gpu-node-1")
+            assert (
+                node.status.allocatable["nvidia.com/gpu"] == "1"
+                and node.status.capacity["nvidia.com/gpu"] == "1"
+            )
+            await v1.create_namespaced_pod("default", pod("alice", 1))
+            await v1.create_namespaced_pod("default", pod("bob", 1))
+            await eventually(lambda: _phase_is(v1, "alice", "Running"), what="alice running")
+            await eventually(lambda: _phase_is(v1, "bob", "Running"), what="bob running")
+            alice = await v1.read_namespaced_pod("alice", "default")
+            bob = await v1.read_namespaced_pod("bob", "default")
+            assert {alice.spec.node_name, bob.spec.node_name} == {"gpu-node-1", "gpu-node-2"}
+            assert alice.status.pod_ip == "127.0.0.1" and alice.status.host_ip == "127.0.0.1"
+            status = alice.status.container_statuses[0]
+            assert status.ready and status.started and status.state.running.started_at
+            assert {c.type: c.status for c in alice.status.conditions} == {
+                "PodReadyToStartContainers": "True",
+                "Initialized": "True",
+                "Ready": "True",
+                "ContainersReady": "True",
+                "PodScheduled": "True",
+            }
+            # limits-only GPU requests are defaulted to requests, as the apiserver does
+            assert alice.spec.containers[0].resources.requests == {"nvidia.com/gpu": "1"}
+
+            await v1.create_namespaced_pod("default", pod("carol", 1))
+
+            async def unschedulable() -> Any:
+                carol = await v1.read_namespaced_pod("carol", "default")
+                return next(
+                    (
+                        c
+                        for c in carol.status.conditions or []
+                        if c.type == "PodScheduled" and c.status == "False"
+                    ),
+                    None,
+                )
+
+            condition = await eventually(unschedulable, what="carol unschedulable")
+            assert condition.reason == "Unschedulable"
+            expected = "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."
+            assert condition.message.startswith(expected)
+            events = await v1.list_namespaced_event(
+                "default", field_selector="involvedObject.name=carol,reason=FailedScheduling"
+            )
+            assert len(events.items) == 1 and events.items[0].type == "Warning"
+            assert (
+                events.items[0].message.startswith(expected)
+                and events.items[0].involved_object.kind == "Pod"
+            )
+
+            gpu_of_alice = alice.spec.node_name
+            await v1.delete_namespaced_pod("alice", "default", grace_period_seconds=1)
+            await eventually(lambda: _phase_is(v1, "carol", "Running"), what="carol running")
+            carol = await v1.read_namespaced_pod("carol", "default")
+            assert carol.spec.node_name == gpu_of_alice
+            with pytest.raises(ApiException):
+                await v1.read_namespaced_pod("alice", "default")
+
+
+async def test_node_selectors_taints_and_extra_resources() -> None:
+    nodes = [
+        {
+            "name": "a100",
+            "gpus": 2,
+            "labels": {"gpu-type": "a100"},
+            "taints": [{"key": "dedicated", "value": "training", "effect": "NoSchedule"}],
+        },
+        {
+            "name": "t4",
+            "gpus": 2,
+            "labels": {"gpu-type": "t4"},
+            "resources": {"example.com/vgpu": 4},
+        },
+    ]
+    with FakeKube(nodes=nodes) as kube:
+        async with core(kube) as v1:
+            await v1.create_namespaced_pod(
+                "default", pod("wants-a100", 1, nodeSelector={"gpu-type": "a100"})
+            )
+            tolerating = pod(
+                "tolerates",
+                1,
+                nodeSelector={"gpu-type": "a100"},
+                tolerations=[
+                    {
+                        "key": "dedicated",
+                        "operator": "Equal",
+                        "value": "training",
+                        "effect": "NoSchedule",
+                    }
+                ],
+            )
+            await v1.create_namespaced_pod("default", tolerating)
+            vgpu = pod("vgpu")
+            vgpu["spec"]["containers"][0]["resources"] = {"limits": {"example.com/vgpu": 5}}
+            await v1.create_namespaced_pod("default", vgpu)
+
+            async def message(name: str) -> str | None:
+                p = await v1.read_namespaced_pod(name, "default")
+                return next(
+                    (
+                        c.message
+                        for c in p.status.conditions or []
+                        if c.type == "PodScheduled" and c.status == "False"
+                    ),
+                    None,
+                )
+
+            text = await eventually(lambda: message("wants-a100"), what="wants-a100 unschedulable")
+            assert text.startswith(
+                "0/2 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, 1 node(s) had untolerated taint {dedicated: training}."
+            )
+            assert "Preemption is not helpful for scheduling" in text
+            await eventually(
+                lambda: _phase_is(v1, "tolerates", "Running"), what="tolerating pod running"
+            )
+            assert (await v1.read_namespaced_pod("tolerates", "default")).spec.node_name == "a100"
+            text = await eventually(lambda: message("vgpu"), what="vgpu unschedulable")
+            # each node reports the first filter it fails: the taint on a100, resources on t4
+            assert text.startswith(
+                "0/2 nodes are available: 1 Insufficient example.com/vgpu, 1 node(s) had untolerated taint {dedicated: training}."
+            )
+
+
+async def test_pod_with_a_missing_claim_waits_for_it() -> None:
+    rbd = {
+        "metadata": {"name": "rbd"},
+        "provisioner": "rbd.csi.ceph.com",
+        "parameters": {"clusterID": "ceph", "pool": "rbd"},
+    }
+    with FakeKube(storage_classes=[rbd]) as kube:
+        async with core(kube) as v1:
+            body = pod(
+                "needs-home",
+                volumes=[{"name": "home", "persistentVolumeClaim": {"claimName": "home-alice"}}],
+            )
+            body["spec"]["containers"][0]["volumeMounts"] = [
+                {"name": "home", "mountPath": "/home/jovyan"}
+            ]
+            await v1.create_namespaced_pod("default", body)
+
+            async def failed_scheduling() -> Any:
+                events = await v1.list_namespaced_event(
+                    "default",
+                    field_selector="involvedObject.name=needs-home,reason=FailedScheduling",
+                )
+                return events.items
+
+            events = await eventually(failed_scheduling, what="FailedScheduling")
+            assert events[0].message.startswith(
+                '0/1 nodes are available: persistentvolumeclaim "home-alice" not found.'
+            )
+            assert await phase_of(v1, "needs-home") == "Pending"
+            await v1.create_namespaced_persistent_volume_claim(
+                "default",
+                {
+                    "metadata": {"name": "home-alice"},
+                    "spec": {
+                        "storageClassName": "rbd",
+                        "accessModes": ["ReadWriteOnce"],
+                        "resources": {"requests": {"storage": "1Gi"}},
+                    },
+                },
+            )
+            await eventually(
+                lambda: _phase_is(v1, "needs-home", "Running"),
+                what="pod running once its claim is bound",
+            )
+
+
+async def test_simulated_containers_exit_and_restart_by_policy() -> None:
+    with FakeKube(restart_backoff=0.2) as kube:
+        async with core(kube) as v1:
+            await v1.create_namespaced_pod("default", pod("once", restartPolicy="Never"))
+            await v1.create_namespaced_pod("default", pod("again", restartPolicy="OnFailure"))
+            await eventually(lambda: _phase_is(v1, "once", "Running"), what="once running")
+            await eventually(lambda: _phase_is(v1, "again", "Running"), what="again running")
+            kube.exit_container("default", "once", 3)
+            await eventually(lambda: _phase_is(v1, "once", "Failed"), what="once failed")
+            terminated = (
+                (await v1.read_namespaced_pod("once", "default"))
+                .status.container_statuses[0]
+                .state.terminated
+            )
+            assert terminated.exit_code == 3 and terminated.reason == "Error"
+
+            kube.exit_container("default", "again", 1)
+
+            async def restarted() -> bool:
+                status = (
+                    await v1.read_namespaced_pod("again", "default")
+                ).status.container_statuses[0]
+                return status.restart_count == 1 and status.state.running is not None
+
+            await eventually(restarted, what="again restarted")
+            status = (await v1.read_namespaced_pod("again", "default")).status.container_statuses[0]
+            assert status.last_state.terminated.exit_code == 1
+            kube.exit_container("default", "again", 0)
+            await eventually(lambda: _phase_is(v1, "again", "Succeeded"), what="again succeeded")
+
+
+async def test_running_a_real_process_that_serves_http() -> None:
+    port = free_port()
+    with FakeKube(run_containers=True) as kube:
+        workdir = os.path.join(kube.workdir, "home-alice")
+        os.makedirs(workdir)
+        with open(os.path.join(workdir, "hello.txt"), "w") as f:
+            f.write("hello from the pod\n")
+        async with core(kube) as v1:
+            await v1.create_namespaced_secret(
+                "default", {"metadata": {"name": "alice-token"}, "stringData": {"token": "s3cret"}}
+            )
+            body = pod("server", 1, terminationGracePeriodSeconds=5)
+            body["spec"]["containers"][0].update(
+                {
+                    "command": ["sh", "-c"],
+                    "args": [
+                        'printf %s "$TOKEN" > token.txt && exec "$(PYTHON)" -m http.server "$(PORT)" --bind 127.0.0.1'
+                    ],
+                    "workingDir": workdir,
+                    "env": [
+                        {"name": "PYTHON", "value": sys.executable},
+                        {"name": "PORT", "value": str(port)},
+                        {
+                            "name": "TOKEN",
+                            "valueFrom": {"secretKeyRef": {"name": "alice-token", "key": "token"}},
+                        },
+                    ],
+                    "ports": [{"containerPort": port, "name": "http"}],
+                    "readinessProbe": {
+                        "httpGet": {"path": "/hello.txt", "port": "http"},
+                        "periodSeconds": 1,
+                    },
+                }
+            )
+            await v1.create_namespaced_pod("default", body)
+
+            async def ready() -> bool:
+                p = await v1.read_namespaced_pod("server", "default")
+                return bool(p.status.container_statuses) and p.status.container_statuses[0].ready
+
+            await eventually(ready, timeout=15, what="server ready")
+            answer = await asyncio.to_thread(
+                requests.get, f"http://127.0.0.1:{port}/hello.txt", timeout=5
+            )
+            assert answer.text == "hello from the pod\n"
+            token = await asyncio.to_thread(
+                requests.get, f"http://127.0.0.1:{port}/token.txt", timeout=5
+            )
+            assert token.text == "s3cret"
+            logs = await v1.read_namespaced_pod_log("server", "default")
+            assert "GET /hello.txt" in logs
+            pid = kube.pod_pids("default", "server")["notebook"]
+
+            final: dict[str, Any] = {}
+
+            async def follow() -> None:
+                async with watch.Watch() as w:
+                    async for e in w.stream(
+                        v1.list_namespaced_pod,
+                        "default",
+                        field_selector="metadata.name=server",
+                        timeout_seconds=10,
+                    ):
+                        if e["type"] == "DELETED":
+                            final.update(e["raw_object"])
+                            return
+
+            watcher = asyncio.create_task(follow())
+            await asyncio.sleep(0.1)
+            deleting = await v1.delete_namespaced_pod("server", "default")
+            assert (
+                deleting.metadata.deletion_timestamp is not None
+                and deleting.metadata.deletion_grace_period_seconds == 5
+            )
+            await asyncio.wait_for(watcher, 10)
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+            terminated = final["status"]["containerStatuses"][0]["state"]["terminated"]
+            assert terminated["exitCode"] == 143  # SIGTERM
+            with pytest.raises(requests.ConnectionError):
+                requests.get(f"http://127.0.0.1:{port}/hello.txt", timeout=2)
+
+            failing = pod("fails", restartPolicy="Never")
+            failing["spec"]["containers"][0]["command"] = [
+                sys.executable,
+                "-c",
+                "import sys; print('bye'); sys.exit(3)",
+            ]
+            await v1.create_namespaced_pod("default", failing)
+            await eventually(lambda: _phase_is(v1, "fails", "Failed"), what="fails failed")
+            status = (await v1.read_namespaced_pod("fails", "default")).status.container_statuses[0]
+            assert status.state.terminated.exit_code == 3
+            assert await v1.read_namespaced_pod_log("fails", "default") == "bye\n"
+
+            # stopping FakeKube kills what still runs, even what ignores SIGTERM
+            stubborn = pod("stubborn")
+            stubborn["spec"]["containers"][0]["command"] = [
+                "sh",
+                "-c",
+                'trap "" TERM; echo "$HOME $PWD"; while :; do sleep 0.1; done',
+            ]
+            await v1.create_namespaced_pod("default", stubborn)
+            await eventually(lambda: _phase_is(v1, "stubborn", "Running"), what="stubborn running")
+            # HOME from the user's passwd entry, a working directory of the pod's own
+            home, cwd = (
+                await eventually(
+                    lambda: v1.read_namespaced_pod_log("stubborn", "default"), what="log"
+                )
+            ).split()
+            assert home == pwd.getpwuid(os.geteuid()).pw_dir and cwd.startswith(str(kube.workdir))
+            # as KubeSpawner makes them: only args (the image's entrypoint runs them)
+            nobody = pod("nobody", restartPolicy="Never", securityContext={"runAsUser": 65534})
+            nobody["spec"]["containers"][0]["args"] = [
+                "sh",
+                "-c",
+                'echo "$(id -u) $HOME" > out; cat out',
+            ]
+            await v1.create_namespaced_pod("default", nobody)
+            await eventually(lambda: _phase_is(v1, "nobody", "Succeeded"), what="nobody done")
+            assert (
+                await v1.read_namespaced_pod_log("nobody", "default")
+                == f"65534 {pwd.getpwuid(65534).pw_dir}\n"
+            )
+            stubborn_pid = kube.pod_pids("default", "stubborn")["notebook"]
+        stopping = time.monotonic()
+    assert time.monotonic() - stopping < 2
+    with pytest.raises(ProcessLookupError):
+        os.kill(stubborn_pid, 0)
+
+
+# -- storage ------------------------------------------------------------------------------
+
+
+CEPH_RBD = {
+    "metadata": {"name": "ceph-rbd"},
+    "provisioner": "rbd.csi.ceph.com",
+    "allowVolumeExpansion": True,
+    "reclaimPolicy": "Delete",
+    "parameters": {
+        "clusterID": "b9127830-b0cc-4e34-aa47-9d1a2e9949a8",
+        "pool": "gpulab-homes",
+        "imageFeatures": "layering",
+        "csi.storage.k8s.io/provisioner-secret-name": "csi-rbd-secret",
+        "csi.storage.k8s.io/provisioner-secret-namespace": "ceph-csi",
+        "csi.storage.k8s.io/node-stage-secret-name": "csi-rbd-secret",
+        "csi.storage.k8s.io/node-stage-secret-namespace": "ceph-csi",
+    },
+}
+FIXED = {
+    "metadata": {"name": "fixed"},
+    "provisioner": "rbd.csi.ceph.com",
+    "parameters": {"clusterID": "c", "pool": "p"},
+}
+
+
+def claim(name: str, size: str, storage_class: str | None) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": size}},
+    }
+    if storage_class is not None:
+        spec["storageClassName"] = storage_class
+    return {"metadata": {"name": name}, "spec": spec}
+
+
+async def test_claims_bind_to_ceph_csi_volumes_and_expand_by_class_rules() -> None:
+    with FakeKube(storage_classes=[CEPH_RBD, FIXED]) as kube:
+        async with core(kube) as v1:
+            await v1.create_namespaced_persistent_volume_claim(
+                "default", claim("home-alice", "1Gi", "ceph-rbd")
+            )
+            await v1.create_namespaced_persistent_volume_claim(
+                "default", claim("scratch", "100M", "ceph-rbd")
+            )
+            await v1.create_namespaced_persistent_volume_claim(
+                "default", claim("small", "1Gi", "fixed")
+            )
+            await v1.create_namespaced_persistent_volume_claim(
+                "default", claim("lost", "1Gi", "no-such-class")
+            )
+
+            async def bound(name: str) -> Any:
+                pvc = await v1.read_namespaced_persistent_volume_claim(name, "default")
+                return pvc if pvc.status.phase == "Bound" else None
+
+            pvc = await eventually(lambda: bound("home-alice"), what="home-alice bound")
+            assert pvc.spec.volume_name == f"pvc-{pvc.metadata.uid}"
+            assert pvc.status.capacity == {"storage": "1Gi"} and pvc.status.access_modes == [
+                "ReadWriteOnce"
+            ]
+            assert pvc.metadata.annotations["pv.kubernetes.io/bind-completed"] == "yes"
+            assert "kubernetes.io/pvc-protection" in pvc.metadata.finalizers
+            pv = await v1.read_persistent_volume(pvc.spec.volume_name)
+            assert pv.status.phase == "Bound" and pv.spec.claim_ref.name == "home-alice"
+            assert (
+                pv.spec.persistent_volume_reclaim_policy == "Delete"
+                and pv.spec.storage_class_name == "ceph-rbd"
+            )
+            csi = pv.spec.csi
+            assert csi.driver == "rbd.csi.ceph.com" and csi.fs_type == "ext4"
+            attrs = csi.volume_attributes
+            assert (
+                attrs["clusterID"] == CEPH_RBD["parameters"]["clusterID"]
+                and attrs["pool"] == "gpulab-homes"
+            )
+            assert attrs["journalPool"] == "gpulab-homes" and attrs["imageFeatures"] == "layering"
+            assert attrs["imageName"].startswith("csi-vol-") and not any(
+                k.startswith("csi.storage.k8s.io/") for k in attrs
+            )
+            assert attrs["storage.kubernetes.io/csiProvisionerIdentity"].endswith(
+                "-rbd.csi.ceph.com"
+            )
+            assert csi.volume_handle.startswith("0001-0024-b9127830-b0cc-4e34-aa47-9d1a2e9949a8-")
+            assert csi.volume_handle.endswith(attrs["imageName"].removeprefix("csi-vol-"))
+            assert csi.node_stage_secret_ref.name == "csi-rbd-secret"
+            scratch = await eventually(lambda: bound("scratch"), what="scratch bound")
+            assert scratch.status.capacity == {"storage": "96Mi"}  # 100M rounded up to whole MiB
+            await eventually(lambda: bound("small"), what="small bound")
+
+            events = await v1.list_namespaced_event(
+                "default", field_selector="involvedObject.name=lost"
+            )
+            assert any(
+                e.reason == "ProvisioningFailed"
+                and 'storageclass.storage.k8s.io "no-such-class" not found' in e.message
+                for e in events.items
+            )
+            assert (
+                await v1.read_namespaced_persistent_volume_claim("lost", "default")
+            ).status.phase == "Pending"
+
+            # growing: only where the class allows it, never shrinking
+            with pytest.raises(ApiException) as e:
+                await v1.patch_namespaced_persistent_volume_claim(
+                    "small", "default", {"spec": {"resources": {"requests": {"storage": "2Gi"}}}}
+                )
+            assert (
+                e.value.status == 403
+                and "the storageclass that provisions the pvc must support resize" in e.value.body
+            )
+            with pytest.raises(ApiException) as e:
+                await v1.patch_namespaced_persistent_volume_claim(
+                    "home-alice",
+                    "default",
+                    {"spec": {"resources": {"requests": {"storage": "512Mi"}}}},
+                )
+            assert (
+                e.value.status == 422
+                and "field can not be less than status.capacity" in e.value.body
+            )
+            with pytest.raises(ApiException) as e:
+                await v1.patch_namespaced_persistent_volume_claim(
+                    "home-alice", "default", {"spec": {"accessModes": ["ReadWriteMany"]}}
+                )
+            assert e.value.status == 422 and "spec is immutable after creation" in e.value.body
+
+            await v1.patch_namespaced_persistent_volume_claim(
+                "home-alice", "default", {"spec": {"resources": {"requests": {"storage": "2Gi"}}}}
+            )
+
+            async def pv_grown() -> bool:
+                return (await v1.read_persistent_volume(pvc.spec.volume_name)).spec.capacity[
+                    "storage"
+                ] == "2Gi"
+
+            await eventually(pv_grown, what="PV grown to 2Gi")
+            pending = await v1.read_namespaced_persistent_volume_claim("home-alice", "default")
+            # RBD filesystems finish growing on the node: until a pod mounts it, capacity stays
+            assert pending.status.capacity == {"storage": "1Gi"}
+            assert [c.type for c in pending.status.conditions] == ["FileSystemResizePending"]
+            mounting = pod(
+                "uses-home",
+                volumes=[{"name": "home", "persistentVolumeClaim": {"claimName": "home-alice"}}],
+            )
+            await v1.create_namespaced_pod("default", mounting)
+
+            async def grown() -> bool:
+                c = await v1.read_namespaced_persistent_volume_claim("home-alice", "default")
+                return c.status.capacity == {"storage": "2Gi"} and not c.status.conditions
+
+            await eventually(grown, what="claim capacity 2Gi")
+
+            # a claim in use stays until its pod is gone; then its volume is reclaimed
+            await v1.delete_namespaced_persistent_volume_claim("home-alice", "default")
+            assert (
+                await v1.read_namespaced_persistent_volume_claim("home-alice", "default")
+            ).metadata.deletion_timestamp
+            await v1.delete_namespaced_pod("uses-home", "default", grace_period_seconds=0)
+
+            async def reclaimed() -> bool:
+                try:
+                    await v1.read_persistent_volume(pvc.spec.volume_name)
+                except ApiException as e:
+                    return e.status == 404
+                return False
+
+            await eventually(reclaimed, what="PV deleted after its claim")
+
+
+# -- workloads and KubeSpawner --------------------------------------------------------
+
+
+async def test_deployments_and_indexed_jobs_run_pods() -> None:
+    with FakeKube(nodes=[{"name": "gpu-node-1", "gpus": 4}], run_containers=True) as kube:
+        async with apis(kube) as api:
+            v1, apps, batch = client.CoreV1Api(api), client.AppsV1Api(api), client.BatchV1Api(api)
+            template = {
+                "metadata": {"labels": {"app": "serving"}},
+                "spec": {"containers": [{"name": "tfs", "image": "tensorflow/serving:2.18.0"}]},
+            }
+            await apps.create_namespaced_deployment(
+                "default",
+                {
+                    "metadata": {"name": "serving"},
+                    "spec": {
+                        "replicas": 2,
+                        "selector": {"matchLabels": {"app": "serving"}},
+                        "template": template,
+                    },
+                },
+            )
+
+            async def available() -> bool:
+                d = await apps.read_namespaced_deployment("serving", "default")
+                return (d.status.available_replicas or 0) == 2
+
+            await eventually(available, what="deployment available")
+            pods = await v1.list_namespaced_pod("default", label_selector="app=serving")
+            assert len(pods.items) == 2 and all(
+                p.metadata.owner_references[0].kind == "ReplicaSet" for p in pods.items
+            )
+            assert all(p.metadata.name.startswith("serving-") for p in pods.items)
+
+            job = {
+                "metadata": {"name": "train"},
+                "spec": {
+                    "completions": 2,
+                    "parallelism": 2,
+                    "completionMode": "Indexed",
+                    "template": {
+                        "spec": {
+                            "restartPolicy": "Never",
+                            "containers": [
+                                {
+                                    "name": "worker",
+                                    "image": "python:3.11",
+                                    "command": [
+                                        sys.executable,
+                                        "-c",
+                                        "import os; print('worker', os.environ['JOB_COMPLETION_INDEX'])",
+                                    ],
+                                }
+                            ],
+                        }
+                    },
+                },
+            }
+            await batch.create_namespaced_job("default", job)
+
+            async def complete() -> Any:
+                j = await batch.read_namespaced_job("train", "default")
+                return (
+                    j
+                    if any(
+                        c.type == "Complete" and c.status == "True"
+                        for c in j.status.conditions or []
+                    )
+                    else None
+                )
+
+            done = await eventually(complete, timeout=15, what="job complete")
+            assert done.status.succeeded == 2 and done.status.completed_indexes == "0-1"
+            pods = await v1.list_namespaced_pod(
+                "default", label_selector="batch.kubernetes.io/job-name=train"
+            )
+            logs = sorted(
+                [await v1.read_namespaced_pod_log(p.metadata.name, "default") for p in pods.items]
+            )
+            assert logs == ["worker 0\n", "worker 1\n"]
+
+
+async def test_kubespawner_reflectors_follow_the_fake(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubespawner.clients import load_config
+    from kubespawner.spawner import EventReflector, PodReflector
+
+    with FakeKube() as kube:
+        # as KubeSpawner configures itself: a kubeconfig file, not in a cluster
+        # (kubernetes_asyncio reads KUBECONFIG once, when it is imported)
+        monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", kube.kubeconfig)
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        saved = client.Configuration.get_default_copy()
+        load_config.cache_clear()
+        load_config()
+        pods = PodReflector(
+            namespace="default", labels={"component": "singleuser-server"}, timeout_seconds=1
+        )
+        events = EventReflector(namespace="default", fields={"involvedObject.kind": "Pod"})
+        try:
+            await pods.start()
+            await events.start()
+            async with client.ApiClient() as api:
+                v1 = client.CoreV1Api(api)
+                body = pod("jupyter-alice", 1)
+                body["metadata"]["labels"] = {"component": "singleuser-server"}
+                await v1.create_namespaced_pod("default", body)
+
+                async def cached_running() -> bool:
+                    cached = pods.pods.get("default/jupyter-alice")
+                    return bool(cached) and cached["status"]["phase"] == "Running"
+
+                await eventually(cached_running, what="reflector sees the pod running")
+                assert {"Scheduled", "Started"} <= {e["reason"] for e in events.events}
+                assert all(e["involvedObject"]["name"] == "jupyter-alice" for e in events.events)
+                assert all("lastTimestamp" in e and "eventTime" in e for e in events.events)
+                assert all(e["lastTimestamp"] or e["eventTime"] for e in events.events)
+
+                # a watch with timeoutSeconds ends when it says, events or not
+                started = time.monotonic()
+                async with watch.Watch() as w:
+                    async for _ in w.stream(
+                        v1.list_namespaced_pod,
+                        "default",
+                        label_selector="none=here",
+                        timeout_seconds=1,
+                    ):
+                        pass
+                assert 0.9 < time.monotonic() - started < 2
+
+                # the reflectors outlive their 1 s watches and dropped streams
+                assert kube.drop_watches() >= 1
+                await v1.delete_namespaced_pod("jupyter-alice", "default", grace_period_seconds=0)
+                await eventually(
+                    lambda: _true("default/jupyter-alice" not in pods.pods),
+                    what="reflector drops the deleted pod",
+                )
+        finally:
+            await pods.stop()
+            await events.stop()
+            client.Configuration.set_default(saved)
+            load_config.cache_clear()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+# -- fault injection ------------------------------------------------------------------
+
+
+async def test_injected_failures_answer_as_an_apiserver_does() -> None:
+    with FakeKube(nodes=[]) as kube:
+        async with core(kube) as v1:
+            # a client that retries a 500 gets through once the fault is spent
+            failing = kube.faults.fail("create", "pods", status=500, times=2)
+            attempts = []
+            for _ in range(3):
+                try:
+                    await v1.create_namespaced_pod("default", pod("p"))
+                    break
+                except ApiException as e:
+                    attempts.append(e)
+            assert [e.status for e in attempts] == [500, 500] and failing.hits == 2
+            assert '"reason":"InternalError"' in attempts[0].body
+            assert "Internal error occurred: fakekube: injected fault" in attempts[0].body
+            # one that gives up sees a clear Status
+            kube.faults.fail("patch", "pods", status=409, times=None)
+            for _ in range(3):
+                with pytest.raises(ApiException) as e:
+                    await v1.patch_namespaced_pod(
+                        "p", "default", {"metadata": {"labels": {"a": "b"}}}
+                    )
+            assert e.value.status == 409 and '"reason":"Conflict"' in e.value.body
+            assert (
+                'Operation cannot be fulfilled on pods \\"p\\": the object has been modified'
+                in e.value.body
+            )
+
+            # 429 as priority and fairness answers it, plain text with Retry-After
+            kube.faults.fail("list", "pods", status=429, retry_after=3)
+            answer = await asyncio.to_thread(
+                requests.get, f"{kube.url}/api/v1/namespaces/default/pods", timeout=5
+            )
+            assert answer.status_code == 429 and answer.headers["Retry-After"] == "3"
+            assert answer.text == "Too many requests, please try again later.\n"
+            assert len((await v1.list_namespaced_pod("default")).items) == 1  # spent
+
+            # rules match their verb, resource and namespace only
+            kube.faults.fail("get", "pods", namespace="elsewhere", times=None)
+            kube.faults.fail("get", "pods/status", times=None)
+            assert (await v1.read_namespaced_pod("p", "default")).metadata.name == "p"
+            with pytest.raises(ApiException):
+                await v1.read_namespaced_pod_status("p", "default")
+
+            # delays hold a request before it is answered
+            slow = kube.faults.delay("*", "*", 0.5, times=1)
+            started = time.monotonic()
+            await v1.list_namespaced_config_map("default")
+            assert time.monotonic() - started >= 0.5 and slow.hits == 1
+            kube.faults.clear()
+            await v1.patch_namespaced_pod("p", "default", {"metadata": {"labels": {"a": "b"}}})
+            with pytest.raises(ValueError):
+                kube.faults.fail("get", "pods", status=418)
+
+
+async def test_dropped_watches_are_cut_mid_stream() -> None:
+    with FakeKube(nodes=[]) as kube:
+        async with core(kube) as v1:
+            seen: list[str] = []
+
+            async def follow() -> None:
+                async with watch.Watch() as w:
+                    async for event in w.stream(
+                        v1.list_namespaced_config_map, "default", timeout_seconds=30
+                    ):
+                        seen.append(event["object"].metadata.name)
+
+            task = asyncio.create_task(follow())
+            await eventually(lambda: _true(seen == ["kube-root-ca.crt"]), what="the watch to start")
+            assert kube.drop_watches() == 1
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await asyncio.wait_for(task, 5)  # not a clean end: the client must notice
+            assert kube.drop_watches() == 0
