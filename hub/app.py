@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
-from .inventory import Gpu, discover
+from .inventory import Gpu, cluster_gpus, configured, discover
 from .ledger import GpuLedger
 from .settings import Settings, load_settings
 from .storage.s3 import RgwAccounts
@@ -20,11 +21,28 @@ class Context:
     """Per-user S3 on Ceph RGW, when storage.s3_endpoint is set."""
 
 
+def use_kubeconfig(path: str) -> None:
+    """Make the Kubernetes client (KubeSpawner's too) read ``path``, even if it was
+    imported before (it reads ``$KUBECONFIG`` once, at import)."""
+    from kubernetes_asyncio.config import kube_config
+
+    os.environ["KUBECONFIG"] = path
+    kube_config.KUBE_CONFIG_DEFAULT_LOCATION = path
+
+
 @functools.cache
 def context() -> Context:
     """Settings, the GPU inventory and the ledger of this process (read once)."""
     settings = load_settings()
-    inventory = discover(settings.gpus.ids)
+    if settings.backend == "kubernetes" and settings.kubernetes.kubeconfig:
+        use_kubeconfig(settings.kubernetes.kubeconfig)
+    if settings.backend == "kubernetes" and not settings.gpus.ids:
+        k8s = settings.kubernetes
+        inventory = cluster_gpus(k8s.gpu_resource, k8s.gpu_type_label)
+    elif settings.backend == "kubernetes":
+        inventory = configured(settings.gpus.ids)
+    else:
+        inventory = discover(settings.gpus.ids)
     ledger = GpuLedger(settings.ledger_url, inventory, settings.gpus)
     st = settings.storage
     s3 = None

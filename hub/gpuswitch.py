@@ -78,6 +78,7 @@ class GpuSwitch:
             "total": len(pool),
             "queue": len(self.ledger.queue()),
             "operation": self._op_json(op),
+            "switch_unavailable": unavailable(spawner) or None,
         }
 
     def _op_json(self, op: Operation | None) -> dict | None:
@@ -117,6 +118,7 @@ class GpuSwitch:
                 raise SwitchError(
                     409, f"{label(user, server)} is still getting a GPU; cancel that first"
                 )
+            _require_switchable(spawner)
             if not held:
                 return {
                     "released": [],
@@ -165,6 +167,7 @@ class GpuSwitch:
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
             raise SwitchError(400, f"timeout must be a number of seconds, got {timeout!r}")
         timeout = min(float(timeout), float(limit))
+        _require_switchable(spawner)
         async with self._locks[key]:
             waiting = self._waits.get(key)
             if waiting is not None and not waiting.done():
@@ -411,7 +414,7 @@ class GpuSwitch:
         holders = {(g.user, g.server): g for g in self.ledger.grants()}
         for (user, server), grant in holders.items():
             spawner = find_spawner(user, server)
-            if spawner is None or not spawner.ready or spawner.pending:
+            if spawner is None or not spawner.ready or spawner.pending or unavailable(spawner):
                 continue
             profile = self._profile(spawner)
             limit = profile.idle_return_seconds if profile else 0
@@ -448,8 +451,6 @@ class GpuSwitch:
 
     async def run_background(self, app) -> None:
         """At hub start: settle interrupted operations, then check for idle GPUs forever."""
-        while getattr(app, "http_server", None) is None:  # until the hub has started
-            await asyncio.sleep(0.2)
 
         def find_spawner(user: str, server: str):
             try:
@@ -467,6 +468,17 @@ class GpuSwitch:
                 await self.reclaim_idle(find_spawner)
             except Exception:  # noqa: BLE001 -- try again next round
                 log.exception("Idle GPU check failed")
+
+
+def unavailable(spawner) -> str:
+    """Why this server's spawner cannot move it off and onto GPUs ("" if it can)."""
+    return getattr(spawner, "gpu_switch_unavailable", "")
+
+
+def _require_switchable(spawner) -> None:
+    why = unavailable(spawner)
+    if why:
+        raise SwitchError(409, why)
 
 
 def _duration(seconds: float) -> str:

@@ -63,7 +63,10 @@ def configure(c, settings: Settings | None = None) -> None:
     # user servers outlive the hub: a hub restart re-attaches to them
     c.JupyterHub.cleanup_servers = False
 
-    c.JupyterHub.spawner_class = "gpulab-local"
+    if s.backend == "kubernetes":
+        configure_kubernetes(c, s)
+    else:
+        c.JupyterHub.spawner_class = "gpulab-local"
     c.JupyterHub.extra_handlers = [
         *gpus.default_handlers,
         *gpu.default_handlers,
@@ -98,7 +101,7 @@ def configure(c, settings: Settings | None = None) -> None:
             "!" * 72,
         )
 
-    released = reconcile_local_grants(ctx.ledger)
+    released = reconcile_local_grants(ctx.ledger) if s.backend == "local" else []
     for grant in released:
         log.warning(
             "gpulab: released GPU %s of %s: its server died while the hub was down",
@@ -112,24 +115,64 @@ def configure(c, settings: Settings | None = None) -> None:
         runpy.run_path(s.hub.extra_config, init_globals={"c": c, "settings": s})
 
 
+def configure_kubernetes(c, s: Settings) -> None:
+    """User servers as pods: the hub listens where pods can reach it, and the ledger
+    follows the pods (a pod deleted or evicted by hand frees its GPUs)."""
+    c.JupyterHub.spawner_class = "gpulab-kubernetes"
+    c.JupyterHub.hub_ip = "0.0.0.0"
+    c.JupyterHub.hub_connect_ip = s.kubernetes.hub_connect_ip
+    start_background(watch_pods)
+
+
+async def watch_pods(app) -> None:
+    from kubespawner.clients import load_config, shared_client
+
+    from gpulab.spawner.kubernetes import PodGrantWatcher, namespace
+
+    def is_starting(user: str, server: str) -> bool:
+        try:
+            spawner = app.users[user].spawners.get(server)
+        except KeyError:
+            return False
+        return spawner is not None and spawner.pending == "spawn"
+
+    ctx = context()
+    load_config()
+    watcher = PodGrantWatcher(
+        ctx.ledger, namespace(ctx.settings.kubernetes), is_starting, "component=singleuser-server"
+    )
+    await watcher.run(shared_client("CoreV1Api"))
+
+
 def start_gpu_switch() -> None:
     """Settle interrupted Return/Get GPU operations and check for idle GPUs, in the hub.
 
     JupyterHub reads its configuration inside its running event loop; the task waits
     there until the hub has started.
     """
+    from .gpuswitch import gpu_switch
+
+    start_background(lambda app: gpu_switch().run_background(app))
+
+
+def start_background(run) -> None:
+    """Run ``run(app)`` as a task of the hub, once it has started."""
     import asyncio
 
     from jupyterhub.app import JupyterHub
-
-    from .gpuswitch import gpu_switch
 
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:  # configuration read outside a hub (tests, tools)
         return
     app = JupyterHub.instance()
-    task = loop.create_task(gpu_switch().run_background(app))
+
+    async def when_started():
+        while getattr(app, "http_server", None) is None:
+            await asyncio.sleep(0.2)
+        await run(app)
+
+    task = loop.create_task(when_started())
     _background.add(task)
     task.add_done_callback(_background.discard)
 

@@ -16,6 +16,8 @@ class Gpu:
     """Position in the inventory, as nvidia-smi numbers the devices."""
     model: str = ""
     memory_bytes: int = 0
+    node: str = ""
+    """The cluster node the GPU is on (kubernetes backend); empty on this machine."""
 
     def as_json(self) -> dict:
         return {
@@ -23,6 +25,7 @@ class Gpu:
             "index": self.index,
             "model": self.model,
             "memory_bytes": self.memory_bytes,
+            "node": self.node,
         }
 
 
@@ -60,10 +63,59 @@ def nvml_gpus() -> list[Gpu]:
         pynvml.nvmlShutdown()
 
 
+def configured(ids: list[str]) -> list[Gpu]:
+    """GPUs named in the settings; ``<node>/<n>`` ids are GPU slots of a cluster node."""
+    return [
+        Gpu(id=gpu_id, index=i, node=gpu_id.rsplit("/", 1)[0] if "/" in gpu_id else "")
+        for i, gpu_id in enumerate(ids)
+    ]
+
+
+def slots_of_nodes(nodes: list[dict], resource: str, type_label: str) -> list[Gpu]:
+    """A cluster's GPUs: one slot ``<node>/<n>`` per ``resource`` a schedulable node can
+    give (its ``status.allocatable``), nodes in name order. ``nodes`` are Node objects
+    as the API serialises them."""
+    gpus: list[Gpu] = []
+    for node in sorted(nodes, key=lambda n: n["metadata"]["name"]):
+        if node.get("spec", {}).get("unschedulable"):
+            continue  # cordoned: pods cannot go there
+        name = node["metadata"]["name"]
+        allocatable = node.get("status", {}).get("allocatable") or {}
+        try:
+            count = int(allocatable.get(resource, 0))
+        except ValueError:
+            log.warning("Node %s: cannot read %s=%r", name, resource, allocatable[resource])
+            continue
+        model = (node["metadata"].get("labels") or {}).get(type_label, "")
+        for n in range(count):
+            gpus.append(Gpu(id=f"{name}/{n}", index=len(gpus), model=model, node=name))
+    return gpus
+
+
+def cluster_gpus(resource: str, type_label: str) -> list[Gpu]:
+    """The GPUs of the cluster's nodes, read once through the API (kubeconfig or the
+    in-cluster service account); from synchronous code, even inside an event loop."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kubernetes_asyncio import client
+    from kubespawner.clients import load_config
+
+    async def read() -> list[dict]:
+        async with client.ApiClient() as api:
+            nodes = await client.CoreV1Api(api).list_node(_request_timeout=30)
+            return api.sanitize_for_serialization(nodes)["items"]
+
+    load_config()
+    with ThreadPoolExecutor(1) as pool:
+        nodes = pool.submit(asyncio.run, read()).result()
+    return slots_of_nodes(nodes, resource, type_label)
+
+
 def discover(configured_ids: list[str]) -> list[Gpu]:
     """The inventory: the configured ids when given, else what NVML sees (maybe nothing)."""
     if configured_ids:
-        return [Gpu(id=gpu_id, index=i) for i, gpu_id in enumerate(configured_ids)]
+        return configured(configured_ids)
     try:
         return nvml_gpus()
     except NvmlUnavailable as e:

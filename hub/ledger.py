@@ -113,14 +113,24 @@ class NoGpuFree(LedgerError):
     """Fewer GPUs are free than asked for (or the free ones are promised to the queue)."""
 
     def __init__(
-        self, wanted: int, free: int, total: int, holders: dict[str, int], queued: int = 0
+        self,
+        wanted: int,
+        free: int,
+        total: int,
+        holders: dict[str, int],
+        queued: int = 0,
+        most_on_one_node: int | None = None,
     ):
         self.wanted, self.free, self.total, self.holders = wanted, free, total, holders
         self.queued = queued
+        self.most_on_one_node = most_on_one_node
+        """Set when enough GPUs are free, but spread over nodes so that none has enough."""
         super().__init__(self.message_for(admin=False))
 
     def message_for(self, admin: bool) -> str:
         base = f"not enough GPUs free: asked for {self.wanted}, {self.free} of {self.total} free"
+        if self.most_on_one_node is not None:
+            base += f", at most {self.most_on_one_node} on one node"
         if self.queued:
             base += f", {self.queued} request(s) waiting in the queue first"
         if self.total == 0:
@@ -319,12 +329,17 @@ class GpuLedger:
             queue = [w for w in self._queue(conn) if w.id != waiter]
             ahead = [w for w in queue if waiter is None or w.id < waiter]
             promised = sum(w.count for w in ahead) if waiter is None else 0
-            if len(free) - promised < count or (waiter is not None and ahead):
+            chosen = None
+            if len(free) - promised >= count and not (waiter is not None and ahead):
+                chosen = _choose(free, count)
+            if chosen is None:
                 holders: dict[str, int] = {}
                 for g in held:
                     holders[g.user] = holders.get(g.user, 0) + 1
-                raise NoGpuFree(count, len(free), len(self.inventory), holders, len(ahead))
-            chosen = free[:count]
+                spread = None
+                if len(free) - promised >= count and not (waiter is not None and ahead):
+                    spread = max(len(gpus) for gpus in _by_node(free).values())
+                raise NoGpuFree(count, len(free), len(self.inventory), holders, len(ahead), spread)
             now = utcnow()
             for gpu in chosen:
                 conn.execute(
@@ -498,6 +513,26 @@ class GpuLedger:
                     at=now, action=action, user=user, server=server, gpu_id=gpu_id, reason=reason
                 )
             )
+
+
+def _by_node(gpus: list[Gpu]) -> dict[str, list[Gpu]]:
+    nodes: dict[str, list[Gpu]] = {}
+    for gpu in gpus:
+        nodes.setdefault(gpu.node, []).append(gpu)
+    return nodes
+
+
+def _choose(free: list[Gpu], count: int) -> list[Gpu] | None:
+    """``count`` of the free GPUs that one server can use, or None.
+
+    GPUs without a node (this machine's) all go together. On a cluster a server's GPUs
+    must share a node: take the node with the fewest free GPUs that still fits the
+    request (best fit), so whole nodes stay free for bigger requests.
+    """
+    fitting = [gpus for gpus in _by_node(free).values() if len(gpus) >= count]
+    if not fitting:
+        return None
+    return min(fitting, key=len)[:count]
 
 
 def _utc(at: datetime | None) -> datetime | None:

@@ -46,6 +46,14 @@ class Profile:
     idle_return: str = ""
     """Return the GPUs of a server of this profile, keeping its state, after they have been
     idle this long (``30m``, ``2h``, ``900`` seconds); empty or ``0``: never."""
+    gpu_type: str = ""
+    """Kubernetes backend: only nodes whose ``kubernetes.gpu_type_label`` has this value
+    (``NVIDIA-A100-SXM4-80GB``); empty: any GPU node."""
+    node_selector: dict[str, str] = field(default_factory=dict)
+    """Kubernetes backend: node labels a server of this profile needs."""
+    tolerations: list[dict] = field(default_factory=list)
+    """Kubernetes backend: pod tolerations (``key``, ``operator``, ``value``, ``effect``,
+    ``tolerationSeconds``), e.g. for GPU nodes tainted ``nvidia.com/gpu:NoSchedule``."""
 
     @property
     def idle_return_seconds(self) -> float:
@@ -202,9 +210,41 @@ def format_size(n: int | None) -> str:
 
 
 @dataclass
+class KubernetesSettings:
+    """Where and how the kubernetes backend runs user servers (docs/kubernetes.md)."""
+
+    namespace: str = ""
+    """Namespace of user pods, volumes and secrets; empty: the hub's own namespace
+    (in a cluster) or ``default``."""
+    image: str = ""
+    """The notebook image: JupyterLab, ``jupyterhub-singleuser`` and gpulab installed.
+    Required with this backend."""
+    image_pull_policy: str = "IfNotPresent"
+    gpu_resource: str = "nvidia.com/gpu"
+    """The extended resource a GPU is requested as (``nvidia.com/mig-1g.10gb``,
+    ``amd.com/gpu``)."""
+    gpu_type_label: str = "nvidia.com/gpu.product"
+    """Node label a profile's ``gpu_type`` is matched against (GPU feature discovery's)."""
+    storage_class: str = "ceph-rbd"
+    """StorageClass of home volumes: ceph-csi RBD with ``allowVolumeExpansion``."""
+    home_mount: str = "/home/jovyan"
+    """Where the home volume is mounted in the pod (and ``HOME``)."""
+    unschedulable_timeout: int = 60
+    """Seconds a server's pod may wait unschedulable (no node fits) before its spawn
+    fails with the scheduler's reason."""
+    delete_grace_period: int = 1
+    """Seconds a stopping server's pod gets to exit before it is killed."""
+    hub_connect_ip: str = "hub"
+    """Address pods reach the hub's API at (the hub's Service name in the cluster)."""
+    kubeconfig: str = ""
+    """Path of a kubeconfig; empty: the in-cluster service account, else ``$KUBECONFIG``
+    or ``~/.kube/config``."""
+
+
+@dataclass
 class Settings:
     backend: str = "local"
-    """``local`` (processes on this machine); ``kubernetes`` comes with that backend."""
+    """``local`` (processes on this machine) or ``kubernetes`` (pods on a cluster)."""
     data_root: str = ""
     """Where homes, the ledger and hub state live. Default: /var/lib/gpulab as root,
     else ~/.local/share/gpulab."""
@@ -212,6 +252,7 @@ class Settings:
     gpus: GpuSettings = field(default_factory=GpuSettings)
     servers: ServerSettings = field(default_factory=ServerSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
+    kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
     profiles: list[Profile] = field(default_factory=_default_profiles)
 
     @property
@@ -342,8 +383,15 @@ def _apply_env(obj, environ, prefix: str = ENV_PREFIX) -> None:
 
 
 def _validate(s: Settings) -> None:
-    if s.backend not in ("local",):
-        raise SettingsError(f"backend: unknown backend {s.backend!r}; known: local")
+    if s.backend not in ("local", "kubernetes"):
+        raise SettingsError(f"backend: unknown backend {s.backend!r}; known: local, kubernetes")
+    if s.backend == "kubernetes" and not s.kubernetes.image:
+        raise SettingsError(
+            "kubernetes.image: the notebook image must be set with the kubernetes backend"
+        )
+    for name in ("unschedulable_timeout", "delete_grace_period"):
+        if getattr(s.kubernetes, name) < 0:
+            raise SettingsError(f"kubernetes.{name}: must be 0 seconds or more")
     if not s.profiles:
         raise SettingsError("profiles: at least one profile is needed")
     slugs = [p.slug for p in s.profiles]
@@ -361,6 +409,7 @@ def _validate(s: Settings) -> None:
         raise SettingsError("gpus.ids: the same device id is listed twice")
     for p in s.profiles:
         p.idle_return_seconds  # noqa: B018 -- raises SettingsError when malformed
+        _validate_tolerations(p)
     for name in ("acquire_timeout", "reclaim_interval"):
         if getattr(s.gpus, name) < 1:
             raise SettingsError(f"gpus.{name}: must be 1 second or more")
@@ -378,3 +427,28 @@ def _validate(s: Settings) -> None:
         )
     if not s.hub.admin_users:
         raise SettingsError("hub.admin_users: at least one admin is needed")
+
+
+_TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
+
+
+def _validate_tolerations(p: Profile) -> None:
+    for i, t in enumerate(p.tolerations):
+        where = f"profiles.{p.slug}.tolerations[{i}]"
+        if not isinstance(t, dict):
+            raise SettingsError(f"{where}: expected a mapping, got {t!r}")
+        unknown = set(t) - _TOLERATION_KEYS
+        if unknown:
+            raise SettingsError(
+                f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(sorted(_TOLERATION_KEYS))}"
+            )
+        if t.get("operator", "Equal") not in ("Equal", "Exists"):
+            raise SettingsError(f"{where}.operator: Equal or Exists, got {t['operator']!r}")
+        if t.get("effect", "") not in ("", "NoSchedule", "PreferNoSchedule", "NoExecute"):
+            raise SettingsError(
+                f"{where}.effect: NoSchedule, PreferNoSchedule or NoExecute, got {t['effect']!r}"
+            )
+        seconds = t.get("tolerationSeconds")
+        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, int)):
+            raise SettingsError(f"{where}.tolerationSeconds: a whole number, got {seconds!r}")

@@ -44,6 +44,17 @@ class GpuSpawnerMixin(LoggingConfigurable):
     def options_from_form(self, formdata):
         return profiles.options_from_form(formdata)
 
+    @default("apply_user_options")
+    def _apply_user_options_default(self):
+        return self._check_user_options
+
+    def _check_user_options(self, spawner, user_options) -> None:
+        """Refuse bad options before the spawn starts; ``reserve_gpus`` applies them."""
+        try:
+            profiles.resolve(self.gpulab.settings, user_options)
+        except profiles.BadOptions as e:
+            raise web.HTTPError(400, str(e)) from None
+
     # -- progress --------------------------------------------------------------------
 
     def _progress_events(self) -> list[dict]:

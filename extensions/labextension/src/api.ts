@@ -51,6 +51,8 @@ export interface IGpuState {
   total: number;
   operation: IOperation | null;
   restore: IRestore | null;
+  /** Why this server cannot return or get GPUs while it runs (null when it can). */
+  switch_unavailable?: string | null;
   /** The server is re-targeting its kernels (set by the server extension). */
   switching?: boolean;
 }

@@ -312,14 +312,16 @@ export class GpuWidget extends Widget {
       this.node.title = this._error;
     } else if (s) {
       this._label.textContent = format.label(s);
-      this.node.title = format.details(s);
+      this.node.title = s.switch_unavailable
+        ? `${format.details(s)}\n\n${s.switch_unavailable}`
+        : format.details(s);
     } else {
       this._label.textContent = 'GPU…';
       this.node.title = 'Checking this server’s GPU';
     }
 
     const holds = !!s?.gpus.length;
-    this._button.hidden = !s || !!this._error;
+    this._button.hidden = !s || !!this._error || !!s.switch_unavailable;
     this._button.textContent = holds ? 'Return GPU' : 'Get GPU';
     this._button.title = holds
       ? 'Give the GPU back to the pool; your files, notebooks and variables are kept'

@@ -1,0 +1,468 @@
+"""GpuKubeSpawner: a user's server as a pod, with the GPUs the ledger grants.
+
+The ledger stays the authority: it grants GPU slots (``<node>/<n>``, one per GPU a node
+advertises) and the pod asks for that many of ``kubernetes.gpu_resource`` on that node.
+The home is a PersistentVolumeClaim on the ceph-csi RBD StorageClass, made before the
+pod, kept when it stops, grown when the home size grows; S3 keys come from a Secret.
+Every manifest gpulab adds is built in ``objects``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+
+from kubernetes_asyncio.client.rest import ApiException
+from kubespawner import KubeSpawner
+from kubespawner.clients import load_config, shared_client
+from tornado import web
+from traitlets import default
+
+from gpulab.hub.inventory import Gpu
+from gpulab.hub.settings import KubernetesSettings
+
+from . import objects
+from .base import GpuSpawnerMixin
+
+log = logging.getLogger(__name__)
+
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def namespace(settings: KubernetesSettings) -> str:
+    """The namespace of user pods: the configured one, else the hub's own, else default."""
+    if settings.namespace:
+        return settings.namespace
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+    except OSError:
+        return "default"
+
+
+class Unschedulable(web.HTTPError):
+    """No node can run the pod; the message is the scheduler's."""
+
+    def __init__(self, message: str):
+        super().__init__(503, message)
+
+
+class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
+    """Spawn each user's JupyterLab as a pod with the GPUs the ledger grants."""
+
+    gpu_switch_unavailable = (
+        "Return GPU / Get GPU is not available on the Kubernetes backend yet: a server's "
+        "pod keeps its GPUs until the server stops. Stop the server and start it with "
+        "another profile to change its GPUs."
+    )
+
+    @property
+    def k8s(self) -> KubernetesSettings:
+        return self.gpulab.settings.kubernetes
+
+    @default("image")
+    def _image_default(self):
+        return self.k8s.image
+
+    @default("image_pull_policy")
+    def _image_pull_policy_default(self):
+        return self.k8s.image_pull_policy
+
+    @default("namespace")
+    def _namespace_default(self):
+        return namespace(self.k8s)
+
+    @default("default_url")
+    def _default_url_default(self):
+        return self.gpulab.settings.servers.default_url
+
+    @default("start_timeout")
+    def _start_timeout_default(self):
+        return self.gpulab.settings.servers.start_timeout
+
+    @default("delete_grace_period")
+    def _delete_grace_period_default(self):
+        return self.k8s.delete_grace_period
+
+    @default("working_dir")
+    def _working_dir_default(self):
+        return self.k8s.home_mount
+
+    @default("pvc_name_template")
+    def _pvc_name_template_default(self):
+        return "home-{username}"  # one home per user, shared by their named servers
+
+    @default("storage_pvc_ensure")
+    def _storage_pvc_ensure_default(self):
+        return False  # gpulab makes (and grows) the home claim itself
+
+    @default("extra_annotations")
+    def _extra_annotations_default(self):
+        return {}
+
+    # -- what the pod gets ---------------------------------------------------------
+
+    @property
+    def s3_secret_name(self) -> str:
+        return self._expand_user_properties("gpulab-s3-{username}")
+
+    def _configure_pod(self, gpus: list[Gpu], s3_env: dict[str, str]) -> None:
+        """Set this spawn's pod settings from scratch, from the profile and the grant.
+
+        Every value is assigned on every spawn, so nothing of an earlier spawn on this
+        spawner object (a GPU limit, a node) carries over to the next.
+        """
+        profile = self.gpulab.settings.profile(self.profile_slug or None)
+        k8s = self.k8s
+        limits = objects.gpu_limits(k8s.gpu_resource, len(gpus))
+        self.extra_resource_limits = limits
+        self.extra_resource_guarantees = dict(limits)
+        nodes = {g.node for g in gpus if g.node}
+        self.node_selector = objects.node_selector(
+            profile, k8s.gpu_type_label, nodes.pop() if len(nodes) == 1 else ""
+        )
+        self.tolerations = objects.tolerations(profile)
+        self.volumes, self.volume_mounts = objects.home_volume(self.pvc_name, k8s.home_mount)
+        self.extra_annotations = {
+            **objects.owner_annotations(self.user.name, self.name),
+            objects.ANNOTATION_GPUS: ",".join(self.gpu_ids),
+        }
+        self.extra_container_config = (
+            {"envFrom": objects.env_from_secret(self.s3_secret_name)} if s3_env else {}
+        )
+
+    def get_env(self):
+        env = super().get_env()
+        env.update(self.gpu_env())
+        env.update(self.tensorboard_env())
+        # the device plugin decides which GPUs the container sees
+        for name in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"):
+            env.pop(name, None)
+        env["HOME"] = self.k8s.home_mount
+        env["PYTHONUSERBASE"] = f"{self.k8s.home_mount}/.local"
+        env["JUPYTERLAB_WORKSPACES_DIR"] = f"{self.k8s.home_mount}/.jupyter/lab/workspaces"
+        profile = self.gpulab.settings.profile(self.profile_slug or None)
+        env.update(profile.env)
+        return env
+
+    # -- objects beside the pod ------------------------------------------------------
+
+    @property
+    def core(self):
+        load_config(host=self.k8s_api_host, ssl_ca_cert=self.k8s_api_ssl_ca_cert)
+        return shared_client("CoreV1Api")
+
+    def _labels(self) -> dict[str, str]:
+        return self._build_common_labels({})
+
+    async def _api(self, what: str, call, *args, **kwargs):
+        """One API call, retried with backoff while the API server answers 429 or 5xx
+        or not at all, for up to ``k8s_api_request_retry_timeout`` seconds."""
+        delay = 0.1
+        deadline = time.monotonic() + self.k8s_api_request_retry_timeout
+        while True:
+            try:
+                return await asyncio.wait_for(call(*args, **kwargs), self.k8s_api_request_timeout)
+            except (TimeoutError, ApiException) as e:
+                status = getattr(e, "status", None)
+                retry = status is None or status == 429 or status >= 500
+                if not retry or time.monotonic() + delay > deadline:
+                    raise web.HTTPError(
+                        503, f"Kubernetes refused to {what}: {_reason(e)}"
+                    ) from None
+                self.log.warning("Retrying to %s after %s", what, _reason(e))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5)
+
+    async def ensure_home(self) -> None:
+        """Make the user's home claim, or grow it to the configured home size."""
+        size = self.gpulab.settings.storage.home_size_bytes
+        ns, name = self.namespace, self.pvc_name
+        try:
+            pvc = await asyncio.wait_for(
+                self.core.read_namespaced_persistent_volume_claim(name, ns),
+                self.k8s_api_request_timeout,
+            )
+        except ApiException as e:
+            if e.status != 404:
+                raise web.HTTPError(503, f"Cannot read home volume {name}: {_reason(e)}") from None
+            pvc = None
+        if pvc is None:
+            self.report(30, f"Creating home volume {name} ({objects.quantity(size)})")
+            body = objects.home_pvc(
+                name,
+                ns,
+                size,
+                self.k8s.storage_class,
+                self._labels(),
+                objects.owner_annotations(self.user.name, ""),
+            )
+            try:
+                await self._api(
+                    f"create home volume {name}",
+                    self.core.create_namespaced_persistent_volume_claim,
+                    ns,
+                    body,
+                )
+            except web.HTTPError:
+                if not await self._exists(self.core.read_namespaced_persistent_volume_claim, name):
+                    raise
+        else:
+            requested = objects.parse_quantity(pvc.spec.resources.requests["storage"])
+            if requested < size:
+                self.report(30, f"Growing home volume {name} to {objects.quantity(size)}")
+                await self._api(
+                    f"grow home volume {name}",
+                    self.core.patch_namespaced_persistent_volume_claim,
+                    name,
+                    ns,
+                    objects.pvc_resize_patch(size),
+                )
+        self._pvc_exists = True
+
+    async def _exists(self, read, name: str) -> bool:
+        try:
+            await read(name, self.namespace)
+            return True
+        except ApiException:
+            return False
+
+    async def ensure_s3_secret(self, env: dict[str, str]) -> None:
+        """Put the user's S3 keys in their Secret (made, or replaced after a rotation)."""
+        name = self.s3_secret_name
+        body = objects.env_secret(
+            name,
+            self.namespace,
+            env,
+            self._labels(),
+            objects.owner_annotations(self.user.name, ""),
+        )
+        if await self._exists(self.core.read_namespaced_secret, name):
+            await self._api(
+                f"update secret {name}",
+                self.core.replace_namespaced_secret,
+                name,
+                self.namespace,
+                body,
+            )
+        else:
+            await self._api(
+                f"create secret {name}", self.core.create_namespaced_secret, self.namespace, body
+            )
+
+    # -- start and stop --------------------------------------------------------------
+
+    def start(self):
+        self._start_future = asyncio.ensure_future(self._start_with_gpus())
+        return self._start_future
+
+    async def load_user_options(self):
+        """The profile was resolved by gpulab (``reserve_gpus``), from gpulab's profile
+        list; KubeSpawner's own ``profile_list`` is not used."""
+
+    async def _start_with_gpus(self):
+        self.reserve_gpus()
+        try:
+            s3_env = await self.storage_env()
+            granted = {g.id: g for g in self.gpulab.inventory}
+            gpus = [granted[i] for i in self.gpu_ids if i in granted]
+            await self.ensure_home()
+            if s3_env:
+                await self.ensure_s3_secret(s3_env)
+            self._configure_pod(gpus, s3_env)
+            self.report(40, f"Creating pod {self.pod_name}")
+            self._pod_requested = True
+            self._create_refused = ""
+            try:
+                return await self._until_scheduled(super()._start())
+            except ApiException as e:
+                raise self._refused(_reason(e)) from None
+            except TimeoutError:
+                if self._create_refused:  # KubeSpawner gave up retrying the API server
+                    raise self._refused(self._create_refused) from None
+                raise
+        except BaseException:
+            self.release_gpus("spawn failed")
+            raise
+
+    async def _make_create_pod_request(self, pod, request_timeout):
+        """KubeSpawner's, but an API server that is busy (429) or failing (5xx) is
+        retried like one that timed out, instead of failing the spawn at once."""
+        try:
+            created = await super()._make_create_pod_request(pod, request_timeout)
+        except ApiException as e:
+            if e.status == 429 or e.status >= 500:
+                self._create_refused = _reason(e)
+                self.log.warning("Retrying to create pod %s after %s", self.pod_name, _reason(e))
+                return False
+            raise
+        self._create_refused = ""
+        return created
+
+    def _refused(self, reason: str) -> web.HTTPError:
+        return web.HTTPError(503, f"Kubernetes refused to create pod {self.pod_name}: {reason}")
+
+    async def _until_scheduled(self, start):
+        """Run KubeSpawner's start, but fail it once the pod has been unschedulable
+        for ``kubernetes.unschedulable_timeout`` seconds, with the scheduler's reason."""
+        task = asyncio.ensure_future(start)
+        since = None
+        while not task.done():
+            # KubeSpawner starts its pod reflector inside start(): none on the first turns
+            reflector = self.pod_reflector
+            pod = reflector.pods.get(f"{self.namespace}/{self.pod_name}") if reflector else None
+            reason = unschedulable_reason(pod)
+            if reason is None:
+                since = None
+            elif since is None:
+                since = time.monotonic()
+                self.report(45, f"Waiting for a node: {reason}")
+            elif time.monotonic() - since >= self.k8s.unschedulable_timeout:
+                task.cancel()
+                raise Unschedulable(f"No node can run this server: {reason}")
+            await asyncio.wait([task], timeout=0.5)
+        return task.result()
+
+    async def progress(self):
+        """gpulab's own steps, then the pod's events as KubeSpawner reports them."""
+        async for event in GpuSpawnerMixin.progress(self):
+            yield event
+            if getattr(self, "_pod_requested", False):
+                break
+        if getattr(self, "_pod_requested", False):
+            async for event in KubeSpawner.progress(self):
+                yield event
+
+    async def stop(self, now=False):
+        self._pod_requested = False
+        await super().stop(now=now)
+        self.release_gpus("stopped")
+
+    async def poll(self):
+        status = await super().poll()
+        if status is not None and not (self._spawn_pending or self._stop_pending):
+            self.release_gpus("server exited")
+        return status
+
+
+def unschedulable_reason(pod: dict | None) -> str | None:
+    """The scheduler's message when ``pod`` cannot be placed on any node, else None."""
+    if not pod or pod.get("status", {}).get("phase") != "Pending":
+        return None
+    for condition in pod["status"].get("conditions") or []:
+        if (
+            condition.get("type") == "PodScheduled"
+            and condition.get("status") == "False"
+            and condition.get("reason") == "Unschedulable"
+        ):
+            return condition.get("message") or "no node fits"
+    return None
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, ApiException):
+        try:
+            return json.loads(e.body)["message"]
+        except (TypeError, ValueError, KeyError):
+            return f"HTTP {e.status} {e.reason}"
+    if isinstance(e, TimeoutError):
+        return "the API server did not answer in time"
+    return str(e)
+
+
+# -- the ledger follows the pods ------------------------------------------------------
+
+
+def pod_owner(pod: dict) -> tuple[str, str] | None:
+    """The (user, server) a gpulab server pod belongs to, from its annotations."""
+    annotations = pod.get("metadata", {}).get("annotations") or {}
+    if objects.ANNOTATION_USER not in annotations:
+        return None
+    return annotations[objects.ANNOTATION_USER], annotations.get(objects.ANNOTATION_SERVER, "")
+
+
+def pod_holds_gpus(pod: dict) -> bool:
+    """Can this pod still be using its GPUs? Not once it has ended or is gone."""
+    return pod.get("status", {}).get("phase") not in ("Succeeded", "Failed")
+
+
+class PodGrantWatcher:
+    """Frees a server's grant when its pod is deleted, evicted or ends, by hand or not.
+
+    Lists the pods (releasing grants no pod holds, unless that server is starting),
+    then watches them from that list's resourceVersion; a pod's ``gpulab.io/gpus``
+    annotation must still match its server's grant, so a late event about an old pod
+    never frees a newer spawn's GPUs.
+    """
+
+    def __init__(self, ledger, namespace: str, is_starting, selector: str):
+        self.ledger = ledger
+        self.namespace = namespace
+        self.is_starting = is_starting
+        """``(user, server) -> bool``: the hub is spawning that server (no pod yet)."""
+        self.selector = selector
+
+    def _held(self, user: str, server: str) -> list[str]:
+        return sorted(g.gpu_id for g in self.ledger.grants(user) if g.server == server)
+
+    def resync(self, pods: list[dict]) -> list[str]:
+        """Release grants no live pod holds; the GPU ids freed."""
+        live = {pod_owner(p) for p in pods if pod_owner(p) and pod_holds_gpus(p)}
+        freed = []
+        for grant in self.ledger.grants():
+            owner = (grant.user, grant.server)
+            if owner not in live and not self.is_starting(*owner):
+                freed += self.ledger.release(grant.user, grant.server, "its pod is gone")
+        return freed
+
+    def on_event(self, kind: str, pod: dict) -> list[str]:
+        """A watch event; the GPU ids it freed."""
+        owner = pod_owner(pod)
+        if owner is None or (kind != "DELETED" and pod_holds_gpus(pod)):
+            return []
+        annotated = (pod["metadata"].get("annotations") or {}).get(objects.ANNOTATION_GPUS, "")
+        held = self._held(*owner)
+        if not held or held != sorted(filter(None, annotated.split(","))):
+            return []
+        if self.is_starting(*owner):
+            return []
+        status = pod.get("status") or {}
+        why = "its pod was deleted" if kind == "DELETED" else f"its pod {status.get('phase')}"
+        if status.get("reason"):
+            why += f" ({status['reason']})"
+        return self.ledger.release(owner[0], owner[1], why)
+
+    async def run(self, core) -> None:
+        """Forever: list, resync, watch; start over when a watch ends or fails."""
+        from kubernetes_asyncio import watch
+
+        while True:
+            try:
+                listed = await core.list_namespaced_pod(
+                    self.namespace, label_selector=self.selector, _request_timeout=30
+                )
+                api = core.api_client
+                pods = api.sanitize_for_serialization(listed)["items"]
+                for gpu in self.resync(pods):
+                    log.warning("Freed GPU %s: no pod holds it", gpu)
+                stream = watch.Watch().stream(
+                    core.list_namespaced_pod,
+                    self.namespace,
+                    label_selector=self.selector,
+                    resource_version=listed.metadata.resource_version,
+                    timeout_seconds=300,
+                    _request_timeout=330,
+                )
+                async with stream as events:
+                    async for event in events:
+                        if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                            pod = event["raw_object"]
+                            self.on_event(event["type"], pod)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 -- the API may be away; keep watching
+                log.warning("Watching pods for GPU grants: %s; retrying", _reason(e))
+                await asyncio.sleep(2)

@@ -1,0 +1,278 @@
+"""The Kubernetes manifests gpulab emits: literal expectations, and the official schemas.
+
+Every manifest is validated with kubernetes-validate against the OpenAPI schemas of the
+Kubernetes version gpulab supports (strict: unknown fields are errors too), including
+the whole pod KubeSpawner builds for a gpulab server.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import kubernetes_validate
+import pytest
+from kubernetes_asyncio.client import ApiClient
+from kubernetes_asyncio.config import kube_config
+from kubespawner.clients import load_config
+
+from gpulab.hub.app import Context
+from gpulab.hub.inventory import Gpu, slots_of_nodes
+from gpulab.hub.ledger import GpuLedger, NoGpuFree
+from gpulab.hub.settings import Profile, Settings, SettingsError, load_settings
+from gpulab.spawner import objects
+from gpulab.spawner.kubernetes import GpuKubeSpawner, PodGrantWatcher, unschedulable_reason
+
+KUBERNETES_VERSION = "1.34.0"
+"""The Kubernetes version whose API the manifests are checked against."""
+
+
+def valid(manifest: dict) -> dict:
+    kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+    return manifest
+
+
+def test_home_claim_is_a_literal_rbd_claim():
+    pvc = objects.home_pvc(
+        "home-ada", "gpulab", 10 * 2**30, "ceph-rbd", {"app": "jupyterhub"}, {"a": "b"}
+    )
+    assert valid(pvc) == {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": "home-ada",
+            "namespace": "gpulab",
+            "labels": {"app": "jupyterhub", "gpulab.io/component": "home"},
+            "annotations": {"a": "b"},
+        },
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": "ceph-rbd",
+            "volumeMode": "Filesystem",
+            "resources": {"requests": {"storage": "10Gi"}},
+        },
+    }
+    assert objects.pvc_resize_patch(3 * 10**9) == {
+        "spec": {"resources": {"requests": {"storage": "3000000000"}}}
+    }
+
+
+def test_s3_secret_holds_the_variables_base64():
+    secret = objects.env_secret(
+        "gpulab-s3-ada",
+        "gpulab",
+        {"AWS_SECRET_ACCESS_KEY": "s3cr3t", "AWS_ACCESS_KEY_ID": "AK"},
+        {},
+        objects.owner_annotations("ada@lab", ""),
+    )
+    assert valid(secret) == {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": "gpulab-s3-ada",
+            "namespace": "gpulab",
+            "labels": {"gpulab.io/component": "s3-credentials"},
+            "annotations": {"gpulab.io/user": "ada@lab", "gpulab.io/server": ""},
+        },
+        "type": "Opaque",
+        "data": {"AWS_ACCESS_KEY_ID": "QUs=", "AWS_SECRET_ACCESS_KEY": "czNjcjN0"},
+    }
+
+
+def test_scheduling_of_a_profile():
+    profile = Profile(
+        slug="a100",
+        gpus=1,
+        gpu_type="NVIDIA-A100-SXM4-80GB",
+        node_selector={"pool": "gpu"},
+        tolerations=[
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+            {"key": "dedicated", "value": "ml", "effect": "NoExecute", "tolerationSeconds": 60},
+        ],
+    )
+    assert objects.node_selector(profile, "nvidia.com/gpu.product", "node-3") == {
+        "pool": "gpu",
+        "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB",
+        "kubernetes.io/hostname": "node-3",
+    }
+    assert objects.tolerations(profile) == [
+        {"operator": "Exists", "key": "nvidia.com/gpu", "effect": "NoSchedule"},
+        {
+            "operator": "Equal",
+            "key": "dedicated",
+            "value": "ml",
+            "effect": "NoExecute",
+            "tolerationSeconds": 60,
+        },
+    ]
+    assert objects.gpu_limits("nvidia.com/mig-1g.10gb", 2) == {"nvidia.com/mig-1g.10gb": "2"}
+    assert objects.gpu_limits("nvidia.com/gpu", 0) == {}
+
+
+def test_bad_tolerations_are_refused_by_name(tmp_path):
+    config = tmp_path / "gpulab.yaml"
+    config.write_text(
+        "profiles:\n- slug: g\n  gpus: 1\n  tolerations:\n  - {key: x, operator: Maybe}\n"
+    )
+    with pytest.raises(SettingsError, match=r"profiles.g.tolerations\[0\].operator"):
+        load_settings(config, environ={})
+    config.write_text("backend: kubernetes\n")
+    with pytest.raises(SettingsError, match="kubernetes.image"):
+        load_settings(config, environ={})
+
+
+def test_cluster_inventory_is_one_slot_per_allocatable_gpu():
+    nodes = [
+        {
+            "metadata": {"name": "b", "labels": {"nvidia.com/gpu.product": "H100"}},
+            "status": {"allocatable": {"nvidia.com/gpu": "2", "cpu": "64"}},
+        },
+        {"metadata": {"name": "a"}, "status": {"allocatable": {"nvidia.com/gpu": "1"}}},
+        {"metadata": {"name": "cpu-only"}, "status": {"allocatable": {"cpu": "8"}}},
+        {
+            "metadata": {"name": "cordoned"},
+            "spec": {"unschedulable": True},
+            "status": {"allocatable": {"nvidia.com/gpu": "8"}},
+        },
+    ]
+    assert slots_of_nodes(nodes, "nvidia.com/gpu", "nvidia.com/gpu.product") == [
+        Gpu(id="a/0", index=0, node="a"),
+        Gpu(id="b/0", index=1, model="H100", node="b"),
+        Gpu(id="b/1", index=2, model="H100", node="b"),
+    ]
+
+
+def test_ledger_keeps_a_servers_gpus_on_one_node():
+    inventory = [
+        Gpu(id=f"{n}/{i}", index=0, node=n) for n, k in (("a", 2), ("b", 4)) for i in range(k)
+    ]
+    ledger = GpuLedger("sqlite://", inventory)
+    # best fit: one GPU comes from the node with fewest free, keeping b whole
+    assert [g.id for g in ledger.reserve("u1", "", 1)] == ["a/0"]
+    assert {g.node for g in ledger.reserve("u2", "", 3)} == {"b"}
+    # 2 free (a/1, b/3) but on different nodes: a 2-GPU server does not fit
+    with pytest.raises(NoGpuFree, match="2 of 6 free, at most 1 on one node"):
+        ledger.reserve("u3", "", 2)
+
+
+KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "http://127.0.0.1:9"}}]
+users: [{name: u, user: {}}]
+contexts: [{name: c, context: {cluster: c, user: u}}]
+current-context: c
+"""
+
+
+def kube_spawner(monkeypatch, tmp_path, settings: Settings, inventory: list[Gpu]):
+    """A GpuKubeSpawner outside a hub (KubeSpawner's own mock user and hub); it reads a
+    kubeconfig when made but contacts no API server here."""
+    (tmp_path / "kubeconfig").write_text(KUBECONFIG)
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "kubeconfig"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    load_config.cache_clear()
+    ctx = Context(settings, inventory, GpuLedger("sqlite://", inventory, settings.gpus), None)
+    monkeypatch.setattr(GpuKubeSpawner, "gpulab", property(lambda self: ctx))
+    user = SimpleNamespace(name="ada", id=1, url="/user/ada/", groups=[], admin=False)
+    return GpuKubeSpawner(_mock=True, user=user)
+
+
+async def pod_of(spawner: GpuKubeSpawner) -> dict:
+    pod = await spawner.get_pod_manifest()
+    return ApiClient().sanitize_for_serialization(pod) | {"apiVersion": "v1", "kind": "Pod"}
+
+
+async def test_pod_manifests_are_valid_and_a_cpu_spawn_keeps_no_gpu(monkeypatch, tmp_path):
+    settings = Settings(backend="kubernetes")
+    settings.kubernetes.image = "registry.example/gpulab/notebook:1"
+    settings.profiles.append(
+        Profile(
+            slug="h100", gpus=1, gpu_type="H100", tolerations=[{"key": "gpu", "operator": "Exists"}]
+        )
+    )
+    inventory = [Gpu(id="n1/0", index=0, node="n1"), Gpu(id="n1/1", index=1, node="n1")]
+    spawner = kube_spawner(monkeypatch, tmp_path, settings, inventory)
+
+    spawner.user_options = {"profile": "h100"}
+    spawner.reserve_gpus()
+    spawner._configure_pod(inventory[:1], {"AWS_ACCESS_KEY_ID": "AK"})
+    gpu_pod = valid(await pod_of(spawner))
+    (container,) = gpu_pod["spec"]["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    assert gpu_pod["spec"]["nodeSelector"] == {
+        "nvidia.com/gpu.product": "H100",
+        "kubernetes.io/hostname": "n1",
+    }
+    assert gpu_pod["spec"]["tolerations"] == [{"key": "gpu", "operator": "Exists"}]
+    assert container["envFrom"] == [{"secretRef": {"name": "gpulab-s3-ada"}}]
+    assert gpu_pod["metadata"]["annotations"]["gpulab.io/gpus"] == "n1/0"
+    assert {"name": "home", "mountPath": "/home/jovyan"} in container["volumeMounts"]
+    assert {"name": "home", "persistentVolumeClaim": {"claimName": "home-ada"}} in gpu_pod["spec"][
+        "volumes"
+    ]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["GPULAB_GPUS"] == "n1/0" and "CUDA_VISIBLE_DEVICES" not in env
+    assert env["HOME"] == "/home/jovyan"
+
+    # the same spawner object, next spawn on the CPU profile: no GPU, no GPU node
+    spawner.release_gpus("stopped")
+    spawner.user_options = {"profile": "cpu"}
+    spawner.reserve_gpus()
+    spawner._configure_pod([], {})
+    cpu_pod = valid(await pod_of(spawner))
+    (container,) = cpu_pod["spec"]["containers"]
+    limits = (container.get("resources") or {}).get("limits") or {}
+    requests = (container.get("resources") or {}).get("requests") or {}
+    assert "nvidia.com/gpu" not in limits and "nvidia.com/gpu" not in requests
+    assert not cpu_pod["spec"].get("nodeSelector") and not cpu_pod["spec"].get("tolerations")
+    assert "envFrom" not in container
+    assert cpu_pod["metadata"]["annotations"]["gpulab.io/gpus"] == ""
+
+
+def test_unschedulable_reason_is_the_schedulers():
+    pod = {
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.",
+                }
+            ],
+        }
+    }
+    assert unschedulable_reason(pod) == "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+    pod["status"]["phase"] = "Running"
+    assert unschedulable_reason(pod) is None
+    assert unschedulable_reason(None) is None
+
+
+def test_pod_watcher_frees_grants_of_pods_gone_and_only_theirs():
+    inventory = [Gpu(id=f"n/{i}", index=i, node="n") for i in range(3)]
+    ledger = GpuLedger("sqlite://", inventory)
+    starting: set[tuple[str, str]] = set()
+    watcher = PodGrantWatcher(ledger, "gpulab", lambda u, s: (u, s) in starting, "")
+
+    def pod(user: str, gpus: str, phase: str = "Running") -> dict:
+        annotations = {**objects.owner_annotations(user, ""), objects.ANNOTATION_GPUS: gpus}
+        return {"metadata": {"annotations": annotations}, "status": {"phase": phase}}
+
+    ledger.reserve("ada", "", 1)
+    ledger.reserve("bob", "", 1)
+    ledger.reserve("cy", "", 1)
+    starting.add(("cy", ""))  # spawning: no pod yet, its grant stays
+    assert watcher.resync([pod("ada", "n/0")]) == ["n/1"]
+    assert [g.user for g in ledger.grants()] == ["ada", "cy"]
+
+    # a late event about an older pod of ada's (other GPUs) frees nothing
+    assert watcher.on_event("DELETED", pod("ada", "n/2")) == []
+    # evicted: phase Failed frees the GPU; deleting it afterwards is a no-op
+    evicted = pod("ada", "n/0", "Failed")
+    evicted["status"]["reason"] = "Evicted"
+    assert watcher.on_event("MODIFIED", evicted) == ["n/0"]
+    assert ledger.events(limit=1)[0].reason == "its pod Failed (Evicted)"
+    assert watcher.on_event("DELETED", evicted) == []
+    assert watcher.on_event("MODIFIED", pod("cy", "n/2")) == []  # running: holds its GPU

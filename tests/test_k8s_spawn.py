@@ -1,0 +1,294 @@
+"""The kubernetes backend end to end: a real hub spawns servers as pods on the fake cluster.
+
+The fake API server (tests/fakekube) schedules pods against one node with two GPUs and
+runs each pod's command as a local process, so a spawned JupyterLab really answers
+through the hub's proxy. Pods run as ``nobody`` with ``HOME`` in a shared scratch
+directory (the fake mounts no volumes); each server listens on a port of its own, as
+pods on one host network must.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from fakekube import FakeKube
+from hubfixture import BIN, Hub, wait_for
+
+pytestmark = pytest.mark.timeout(240)
+
+NAMESPACE = "gpulab"
+NODE = "gpu-node-1"
+CEPH_RBD = {
+    "metadata": {"name": "ceph-rbd"},
+    "provisioner": "rbd.csi.ceph.com",
+    "parameters": {"clusterID": "ceph-test", "pool": "rbd", "imageFeatures": "layering"},
+    "reclaimPolicy": "Retain",
+    "allowVolumeExpansion": True,
+}
+EXTRA_CONFIG = """
+import socket
+
+def own_port(spawner):
+    # every pod shares this host's network here: each server gets a port of its own
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        spawner.port = s.getsockname()[1]
+
+c.GpuKubeSpawner.pre_spawn_hook = own_port
+c.GpuKubeSpawner.cmd = [{singleuser!r}]
+c.GpuKubeSpawner.uid = 65534
+c.GpuKubeSpawner.gid = 65534
+c.GpuKubeSpawner.k8s_api_request_retry_timeout = 5
+# answer spawn requests at once; the tests follow the progress stream
+c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}
+"""
+
+
+@pytest.fixture(scope="module")
+def kube():
+    with FakeKube(
+        nodes=[{"name": NODE, "gpus": 2, "labels": {"nvidia.com/gpu.product": "NVIDIA-H100"}}],
+        run_containers=True,
+        storage_classes=[CEPH_RBD],
+    ) as kube:
+        kube_post(kube, "/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})
+        yield kube
+
+
+@pytest.fixture(scope="module")
+def k8s_hub(kube):
+    home = Path(tempfile.mkdtemp(prefix="gpulab-k8s-home-"))
+    home.chmod(0o1777)
+    extra = home.parent / f"{home.name}-config.py"
+    extra.write_text(EXTRA_CONFIG.format(singleuser=str(BIN / "jupyterhub-singleuser")))
+    hub = Hub(
+        {
+            "backend": "kubernetes",
+            "hub": {"extra_config": str(extra)},
+            "kubernetes": {
+                "image": "registry.example/gpulab/notebook:test",
+                "namespace": NAMESPACE,
+                "home_mount": str(home),
+                "hub_connect_ip": "127.0.0.1",
+                "kubeconfig": kube.kubeconfig,
+                "unschedulable_timeout": 3,
+            },
+            "storage": {"home_size": "2GiB"},
+            "profiles": [
+                {"slug": "cpu", "default": True},
+                {"slug": "gpu-1", "gpus": 1, "gpu_type": "NVIDIA-H100"},
+            ],
+        }
+    ).start()
+    yield hub
+    hub.cleanup()
+    extra.unlink()
+
+
+@pytest.fixture
+def hub(k8s_hub, kube):
+    yield k8s_hub
+    for user in k8s_hub.admin.get(k8s_hub.api("/users"), timeout=10).json():
+        if user["servers"]:
+            k8s_hub.admin.delete(k8s_hub.api(f"/users/{user['name']}/server"), timeout=60)
+    wait_for(lambda: k8s_hub.gpus()["free"] == 2, 60, "every GPU to be free")
+    for pod in kube_get(kube, f"/api/v1/namespaces/{NAMESPACE}/pods")["items"]:
+        kube_delete(kube, f"/api/v1/namespaces/{NAMESPACE}/pods/{pod['metadata']['name']}")
+
+
+def kube_get(kube, path: str) -> dict:
+    r = requests.get(kube.url + path, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def kube_post(kube, path: str, body: dict) -> dict:
+    r = requests.post(kube.url + path, json=body, timeout=10)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def kube_delete(kube, path: str) -> None:
+    r = requests.delete(kube.url + path, json={"gracePeriodSeconds": 0}, timeout=10)
+    assert r.status_code in (200, 202, 404), r.text
+
+
+def pods(kube) -> list[dict]:
+    return kube_get(kube, f"/api/v1/namespaces/{NAMESPACE}/pods")["items"]
+
+
+def user_pod(kube, name: str) -> dict | None:
+    found = [
+        p for p in pods(kube) if p["metadata"].get("annotations", {}).get("gpulab.io/user") == name
+    ]
+    return found[0] if found else None
+
+
+def spawned(user, profile: str) -> None:
+    r = user.spawn(profile=profile)
+    assert r.status_code in (201, 202), f"{r.status_code} {r.text}\n{user.hub.log_tail()}"
+
+
+def spawn_failure(user, timeout: float = 60) -> str:
+    """Follow the spawn's progress stream until it fails; the message shown to the user."""
+    url = user.hub.api(f"/users/{user.name}/server/progress")
+    deadline = time.monotonic() + timeout
+    with user.session.get(url, stream=True, timeout=timeout) as r:
+        assert r.status_code == 200, r.text
+        for line in r.iter_lines(decode_unicode=True):
+            if line.startswith("data:"):
+                event = json.loads(line[5:])
+                if event.get("failed"):
+                    return event["message"]
+                assert not event.get("ready"), f"the spawn did not fail: {event}"
+            assert time.monotonic() < deadline, "no failure event in time"
+    raise AssertionError("the progress stream ended without a failure")
+
+
+def test_gpu_server_runs_as_a_pod_and_keeps_its_home_claim(hub, kube):
+    ada = hub.create_user("ada")
+    spawned(ada, profile="gpu-1")
+
+    # JupyterLab in the pod answers through the hub's proxy, with the server's env
+    r = ada.server_get("/api/status")
+    assert r.status_code == 200, r.text
+    assert ada.run("import os; print(os.environ['GPULAB_GPUS'])").strip() == f"{NODE}/0"
+    assert hub.holders() == {f"{NODE}/0": "ada"}
+    # the pod keeps its GPU until it stops: Return GPU says so and changes nothing
+    r = ada.session.post(hub.api("/gpulab/gpu/return"), json={}, timeout=30)
+    assert r.status_code == 409 and "not available on the Kubernetes backend" in r.json()["message"]
+    state = ada.session.get(hub.api("/gpulab/gpu"), timeout=10).json()
+    assert state["switch_unavailable"] and [g["id"] for g in state["gpus"]] == [f"{NODE}/0"]
+
+    pod = user_pod(kube, "ada")
+    (container,) = pod["spec"]["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["spec"]["nodeSelector"] == {
+        "nvidia.com/gpu.product": "NVIDIA-H100",
+        "kubernetes.io/hostname": NODE,
+    }
+    assert pod["spec"]["nodeName"] == NODE
+    claim = kube_get(kube, f"/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims/home-ada")
+    assert claim["status"]["phase"] == "Bound"
+    assert claim["spec"]["storageClassName"] == "ceph-rbd"
+    volume = kube_get(kube, f"/api/v1/persistentvolumes/{claim['spec']['volumeName']}")
+    assert volume["spec"]["csi"]["volumeAttributes"]["imageName"].startswith("csi-vol-")
+
+    # stopping deletes the pod, frees the GPU, and keeps the home claim
+    assert ada.stop().status_code in (202, 204)
+    wait_for(lambda: user_pod(kube, "ada") is None, 30, "ada's pod to be deleted")
+    assert hub.gpus()["free"] == 2
+    kube_get(kube, f"/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims/home-ada")
+
+
+def test_unschedulable_gpu_spawn_fails_with_the_reason_then_cpu_has_no_gpu(hub, kube):
+    # something outside gpulab holds both GPUs of the node
+    kube_post(
+        kube,
+        f"/api/v1/namespaces/{NAMESPACE}/pods",
+        {
+            "metadata": {"name": "outside-job"},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "train",
+                        "image": "trainer:1",
+                        "resources": {"limits": {"nvidia.com/gpu": "2"}},
+                    }
+                ]
+            },
+        },
+    )
+    wait_for(
+        lambda: kube_get(kube, f"/api/v1/namespaces/{NAMESPACE}/pods/outside-job")["spec"].get(
+            "nodeName"
+        ),
+        30,
+        "the outside pod to be scheduled",
+    )
+    bo = hub.create_user("bo")
+    r = bo.spawn(wait=False, profile="gpu-1")
+    assert r.status_code == 202, f"{r.status_code} {r.text}\n{hub.log_tail(120)}"
+    message = spawn_failure(bo)
+    assert "No node can run this server" in message
+    assert "Insufficient nvidia.com/gpu" in message
+    # nothing left behind: no pod, no GPU held
+    wait_for(lambda: user_pod(kube, "bo") is None, 30, "bo's pending pod to be deleted")
+    assert hub.gpus()["free"] == 2 and not bo.model()["servers"]
+
+    # the same server, now on the CPU profile: a pod without any GPU request
+    spawned(bo, profile="cpu")
+    (container,) = user_pod(kube, "bo")["spec"]["containers"]
+    resources = container.get("resources") or {}
+    assert "nvidia.com/gpu" not in (resources.get("limits") or {})
+    assert "nvidia.com/gpu" not in (resources.get("requests") or {})
+    assert bo.server_get("/api/status").status_code == 200
+    kube_delete(kube, f"/api/v1/namespaces/{NAMESPACE}/pods/outside-job")
+
+
+def test_a_pod_deleted_by_hand_frees_its_gpu(hub, kube):
+    cy = hub.create_user("cy")
+    spawned(cy, profile="gpu-1")
+    assert list(hub.holders().values()) == ["cy"]
+    pod = user_pod(kube, "cy")
+    kube_delete(kube, f"/api/v1/namespaces/{NAMESPACE}/pods/{pod['metadata']['name']}")
+    # the hub's pod watch frees it (JupyterHub's own poll would take 30 s or more)
+    wait_for(lambda: hub.gpus()["free"] == 2, 10, "cy's GPU to be freed")
+    events = hub.admin.get(hub.api("/gpulab/events"), timeout=10).json()
+    assert any("its pod was deleted" in json.dumps(e) for e in events["events"][:3])
+
+
+def test_an_older_smaller_home_claim_grows_to_the_home_size(hub, kube):
+    # dee's claim from when homes were 1 GiB; the hub now gives 2 GiB
+    kube_post(
+        kube,
+        f"/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims",
+        {
+            "metadata": {"name": "home-dee"},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": "ceph-rbd",
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    )
+    dee = hub.create_user("dee")
+    spawned(dee, profile="cpu")
+    path = f"/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims/home-dee"
+    assert kube_get(kube, path)["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    # the running pod finishes the file system resize: the claim reports 2 GiB
+    wait_for(
+        lambda: kube_get(kube, path)["status"]["capacity"]["storage"] == "2Gi",
+        30,
+        "the claim's capacity to grow",
+    )
+
+
+def test_api_server_errors_are_retried_and_a_lasting_one_is_reported(hub, kube):
+    eve = hub.create_user("eve")
+    # a few failed answers on the way are retried: the spawn goes through
+    kube.faults.fail("create", "persistentvolumeclaims", status=500, times=2)
+    kube.faults.fail("create", "pods", status=429, times=2)
+    spawned(eve, profile="gpu-1")
+    assert eve.server_get("/api/status").status_code == 200
+    assert eve.stop().status_code in (202, 204)
+
+    # an API server that keeps failing: the spawn fails with its reason, the GPU comes back
+    kube.faults.fail("create", "pods", status=500, times=None)
+    try:
+        r = eve.spawn(wait=False, profile="gpu-1")
+        assert r.status_code == 202, r.text
+        message = spawn_failure(eve)
+    finally:
+        kube.faults.clear()
+    assert "Kubernetes refused to create pod jupyter-eve" in message, message
+    assert hub.gpus()["free"] == 2 and not eve.model()["servers"]
+    # and once it answers again, so does the spawn
+    spawned(eve, profile="gpu-1")
+    assert eve.server_get("/api/status").status_code == 200
