@@ -436,33 +436,45 @@ class PodGrantWatcher:
         return self.ledger.release(owner[0], owner[1], why)
 
     async def run(self, core) -> None:
-        """Forever: list, resync, watch; start over when a watch ends or fails."""
+        """Forever: list and resync, then watch from that list's resourceVersion. A
+        watch that ends or breaks resumes from the last version it saw, so no event is
+        missed; only a version the server no longer has (410 Gone) means a new list."""
         from kubernetes_asyncio import watch
 
+        version = None
         while True:
             try:
-                listed = await core.list_namespaced_pod(
-                    self.namespace, label_selector=self.selector, _request_timeout=30
-                )
-                api = core.api_client
-                pods = api.sanitize_for_serialization(listed)["items"]
-                for gpu in self.resync(pods):
-                    log.warning("Freed GPU %s: no pod holds it", gpu)
+                if version is None:
+                    listed = await core.list_namespaced_pod(
+                        self.namespace, label_selector=self.selector, _request_timeout=30
+                    )
+                    pods = core.api_client.sanitize_for_serialization(listed)["items"]
+                    for gpu in self.resync(pods):
+                        log.warning("Freed GPU %s: no pod holds it", gpu)
+                    version = listed.metadata.resource_version
                 stream = watch.Watch().stream(
                     core.list_namespaced_pod,
                     self.namespace,
                     label_selector=self.selector,
-                    resource_version=listed.metadata.resource_version,
+                    resource_version=version,
+                    allow_watch_bookmarks=True,
                     timeout_seconds=300,
                     _request_timeout=330,
                 )
                 async with stream as events:
                     async for event in events:
+                        pod = event["raw_object"]
+                        version = pod["metadata"].get("resourceVersion") or version
                         if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
-                            pod = event["raw_object"]
                             self.on_event(event["type"], pod)
             except asyncio.CancelledError:
                 raise
+            except ApiException as e:
+                if e.status == 410:  # too old to resume: list again
+                    version = None
+                    continue
+                log.warning("Watching pods for GPU grants: %s; retrying", _reason(e))
+                await asyncio.sleep(2)
             except Exception as e:  # noqa: BLE001 -- the API may be away; keep watching
                 log.warning("Watching pods for GPU grants: %s; retrying", _reason(e))
                 await asyncio.sleep(2)
