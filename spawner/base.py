@@ -31,6 +31,14 @@ class GpuSpawnerMixin(LoggingConfigurable):
     def gpulab(self) -> Context:
         return context()
 
+    @default("default_url")
+    def _default_url_default(self):
+        return self.gpulab.settings.servers.default_url
+
+    @default("start_timeout")
+    def _start_timeout_default(self):
+        return self.gpulab.settings.servers.start_timeout
+
     # -- the spawn form ------------------------------------------------------------
 
     @default("options_form")

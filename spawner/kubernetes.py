@@ -10,6 +10,7 @@ Every manifest gpulab adds is built in ``objects``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -74,14 +75,6 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
     @default("namespace")
     def _namespace_default(self):
         return namespace(self.k8s)
-
-    @default("default_url")
-    def _default_url_default(self):
-        return self.gpulab.settings.servers.default_url
-
-    @default("start_timeout")
-    def _start_timeout_default(self):
-        return self.gpulab.settings.servers.start_timeout
 
     @default("delete_grace_period")
     def _delete_grace_period_default(self):
@@ -158,9 +151,10 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
     def _labels(self) -> dict[str, str]:
         return self._build_common_labels({})
 
-    async def _api(self, what: str, call, *args, **kwargs):
+    async def _api(self, what: str, call, *args, missing_ok: bool = False, **kwargs):
         """One API call, retried with backoff while the API server answers 429 or 5xx
-        or not at all, for up to ``k8s_api_request_retry_timeout`` seconds."""
+        or not at all, for up to ``k8s_api_request_retry_timeout`` seconds; any other
+        failure is a 503 with the API server's message. ``missing_ok``: None for 404."""
         delay = 0.1
         deadline = time.monotonic() + self.k8s_api_request_retry_timeout
         while True:
@@ -168,6 +162,8 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
                 return await asyncio.wait_for(call(*args, **kwargs), self.k8s_api_request_timeout)
             except (TimeoutError, ApiException) as e:
                 status = getattr(e, "status", None)
+                if status == 404 and missing_ok:
+                    return None
                 retry = status is None or status == 429 or status >= 500
                 if not retry or time.monotonic() + delay > deadline:
                     raise web.HTTPError(
@@ -181,15 +177,13 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
         """Make the user's home claim, or grow it to the configured home size."""
         size = self.gpulab.settings.storage.home_size_bytes
         ns, name = self.namespace, self.pvc_name
-        try:
-            pvc = await asyncio.wait_for(
-                self.core.read_namespaced_persistent_volume_claim(name, ns),
-                self.k8s_api_request_timeout,
-            )
-        except ApiException as e:
-            if e.status != 404:
-                raise web.HTTPError(503, f"Cannot read home volume {name}: {_reason(e)}") from None
-            pvc = None
+        pvc = await self._api(
+            f"read home volume {name}",
+            self.core.read_namespaced_persistent_volume_claim,
+            name,
+            ns,
+            missing_ok=True,
+        )
         if pvc is None:
             self.report(30, f"Creating home volume {name} ({objects.quantity(size)})")
             body = objects.home_pvc(
@@ -207,7 +201,7 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
                     ns,
                     body,
                 )
-            except web.HTTPError:
+            except web.HTTPError:  # made meanwhile by another spawn of this user's?
                 if not await self._exists(self.core.read_namespaced_persistent_volume_claim, name):
                     raise
         else:
@@ -224,11 +218,9 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
         self._pvc_exists = True
 
     async def _exists(self, read, name: str) -> bool:
-        try:
-            await read(name, self.namespace)
-            return True
-        except ApiException:
-            return False
+        return (
+            await self._api(f"read {name}", read, name, self.namespace, missing_ok=True) is not None
+        )
 
     async def ensure_s3_secret(self, env: dict[str, str]) -> None:
         """Put the user's S3 keys in their Secret (made, or replaced after a rotation)."""
@@ -444,16 +436,18 @@ class PodGrantWatcher:
         version = None
         while True:
             try:
+                # raw JSON (_preload_content=False): no client models built per event
+                pods_of = functools.partial(core.list_namespaced_pod, _preload_content=False)
                 if version is None:
-                    listed = await core.list_namespaced_pod(
+                    response = await pods_of(
                         self.namespace, label_selector=self.selector, _request_timeout=30
                     )
-                    pods = core.api_client.sanitize_for_serialization(listed)["items"]
-                    for gpu in self.resync(pods):
+                    listed = json.loads(await response.read())
+                    for gpu in self.resync(listed["items"]):
                         log.warning("Freed GPU %s: no pod holds it", gpu)
-                    version = listed.metadata.resource_version
+                    version = listed["metadata"]["resourceVersion"]
                 stream = watch.Watch().stream(
-                    core.list_namespaced_pod,
+                    pods_of,
                     self.namespace,
                     label_selector=self.selector,
                     resource_version=version,

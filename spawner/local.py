@@ -49,14 +49,6 @@ class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner):
         # the environment gpulab is installed in, not whatever is first on PATH
         return [os.path.join(sys.prefix, "bin", "jupyterhub-singleuser")]
 
-    @default("default_url")
-    def _default_url_default(self):
-        return self.gpulab.settings.servers.default_url
-
-    @default("start_timeout")
-    def _start_timeout_default(self):
-        return self.gpulab.settings.servers.start_timeout
-
     @property
     def account(self) -> Account:
         if getattr(self, "_account", None) is None:
