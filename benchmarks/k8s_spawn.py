@@ -1,0 +1,256 @@
+"""Hub-side spawn time on the kubernetes backend, and the hub API under a big user base.
+
+Runs a real hub against the project's fake Kubernetes API server (tests/fakekube) with
+25 nodes of 8 GPUs, kubelets that start containers at once and run no process (one
+small HTTP responder stands in for every notebook, as the hub only needs an answer on
+the pod's port). Two phases, in one run:
+
+1. ``--spawns`` spawns of a 1-GPU profile, all requested at once, timed from the spawn
+   request to the hub calling the server ready (the POST returns then): gpulab's
+   GpuKubeSpawner, and as the reference plain KubeSpawner asking for the same GPU,
+   each on its own hub against the same cluster. Every spawn must succeed.
+2. On gpulab's hub, with ``--users`` users and ``--servers`` servers running: latency
+   of the hub API a lab page and the CLI use (``/gpulab/gpus``, ``/gpulab/gpu``,
+   ``/gpulab/events``, ``/users/<name>``), sequentially, p50/p99.
+
+    .venv/bin/python benchmarks/k8s_spawn.py [--spawns 100] [--users 1000] [--servers 200]
+
+Goals (issue 5): p50 <= 200 ms, no failed spawn, API p99 <= 100 ms. Last line:
+``k8s_spawn_overhead_p50_ms: <gpulab p50 in ms>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from fakekube import FakeKube  # noqa: E402
+from hubfixture import Hub, free_port, wait_for  # noqa: E402
+
+NAMESPACE = "gpulab"
+NODES, GPUS_PER_NODE = 25, 8
+IMAGE = "registry.example/gpulab/notebook:bench"
+CEPH_RBD = {
+    "metadata": {"name": "ceph-rbd"},
+    "provisioner": "rbd.csi.ceph.com",
+    "parameters": {"clusterID": "bench", "pool": "rbd"},
+    "allowVolumeExpansion": True,
+}
+CONFIG = """
+c.JupyterHub.concurrent_spawn_limit = 0
+c.JupyterHub.active_server_limit = 0
+# the spawn request returns when the server is ready: its duration is the spawn's
+c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 300}}
+c.KubeSpawner.port = {port}
+c.KubeSpawner.start_timeout = 300
+c.KubeSpawner.http_timeout = 300
+"""
+PLAIN = """
+c.JupyterHub.spawner_class = "kubespawner.KubeSpawner"
+c.KubeSpawner.image = {image!r}
+c.KubeSpawner.namespace = {namespace!r}
+c.KubeSpawner.extra_resource_limits = {{"nvidia.com/gpu": "1"}}
+c.KubeSpawner.extra_resource_guarantees = {{"nvidia.com/gpu": "1"}}
+"""
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def start_hub(kube: FakeKube, scratch: Path, label: str, extra: str) -> Hub:
+    config = scratch / f"{label}-config.py"
+    config.write_text(extra)
+    return Hub(
+        {
+            "backend": "kubernetes",
+            "hub": {"extra_config": str(config)},
+            "kubernetes": {
+                "image": IMAGE,
+                "namespace": NAMESPACE,
+                "hub_connect_ip": "127.0.0.1",
+                "kubeconfig": kube.kubeconfig,
+            },
+            "profiles": [{"slug": "cpu"}, {"slug": "gpu-1", "gpus": 1, "default": True}],
+        }
+    ).start()
+
+
+def add_users(hub: Hub, names: list[str]) -> None:
+    for i in range(0, len(names), 200):
+        r = hub.admin.post(hub.api("/users"), json={"usernames": names[i : i + 200]}, timeout=120)
+        assert r.status_code == 201, r.text
+
+
+def spawn_all(hub: Hub, names: list[str]) -> tuple[list[float], list[str], float]:
+    """Request every spawn at once: each one's seconds until ready, the failures, and
+    the hub process's CPU seconds per spawn (the fake cluster shares this machine, so
+    the latencies include its work; the hub's CPU time does not)."""
+    hub_process = psutil.Process(hub.proc.pid)
+    cpu_before = sum(hub_process.cpu_times()[:2])
+    token = hub.admin.headers["Authorization"]
+
+    def spawn(name: str):
+        with requests.Session() as s:
+            s.headers["Authorization"] = token
+            t0 = time.perf_counter()
+            r = s.post(hub.api(f"/users/{name}/server"), json={}, timeout=600)
+            seconds = time.perf_counter() - t0
+        return name, seconds, r.status_code, r.text[:200]
+
+    times, failures = [], []
+    with ThreadPoolExecutor(len(names)) as pool:
+        for name, seconds, status, text in pool.map(spawn, names):
+            if status == 201:
+                times.append(seconds)
+            else:
+                failures.append(f"{name}: {status} {text}")
+    return times, failures, (sum(hub_process.cpu_times()[:2]) - cpu_before) / len(names)
+
+
+def stop_all(hub: Hub, names: list[str]) -> None:
+    with ThreadPoolExecutor(20) as pool:
+        list(
+            pool.map(lambda n: hub.admin.delete(hub.api(f"/users/{n}/server"), timeout=120), names)
+        )
+
+
+def api_latency(hub: Hub, users: list[str], running: list[str], requests_n: int) -> list[float]:
+    paths = [
+        lambda: "/gpulab/gpus",
+        lambda: f"/gpulab/gpu?user={random.choice(running)}",
+        lambda: "/gpulab/events?limit=50",
+        lambda: f"/users/{random.choice(users)}",
+    ]
+    times = []
+    with requests.Session() as s:
+        s.headers.update(hub.admin.headers)
+        for i in range(requests_n):
+            url = hub.api(paths[i % len(paths)]())
+            t0 = time.perf_counter()
+            r = s.get(url, timeout=30)
+            times.append(time.perf_counter() - t0)
+            assert r.status_code == 200, f"{url}: {r.status_code} {r.text[:200]}"
+    return times
+
+
+def errors(hub: Hub, n: int = 40) -> str:
+    """The hub's error lines, to tell why spawns failed."""
+    lines = hub.log_path.read_text(errors="replace").splitlines()
+    keep = [i for i, line in enumerate(lines) if line.startswith("[E") and "log:" not in line]
+    return "\n".join("\n".join(lines[i : i + 25]) for i in keep[:2])
+
+
+def report(label: str, times: list[float]) -> None:
+    p50, p99 = percentile(times, 50) * 1000, percentile(times, 99) * 1000
+    print(
+        f"{label}: n={len(times)} p50={p50:.0f} ms p99={p99:.0f} ms max={max(times) * 1000:.0f} ms"
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--spawns", type=int, default=100)
+    ap.add_argument("--users", type=int, default=1000)
+    ap.add_argument("--servers", type=int, default=200)
+    ap.add_argument("--requests", type=int, default=1000)
+    args = ap.parse_args()
+    if args.servers > NODES * GPUS_PER_NODE or args.spawns > args.servers:
+        ap.error(f"need spawns <= servers <= {NODES * GPUS_PER_NODE} (the cluster's GPUs)")
+
+    scratch = Path(tempfile.mkdtemp(prefix="gpulab-bench-k8s-"))
+    port = free_port()
+    responder = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=scratch,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    nodes = [
+        {"name": f"gpu-node-{i}", "gpus": GPUS_PER_NODE, "labels": {"pool": "gpu"}}
+        for i in range(1, NODES + 1)
+    ]
+    hubs: list[Hub] = []
+    try:
+        with FakeKube(nodes=nodes, storage_classes=[CEPH_RBD]) as kube:
+            r = requests.post(
+                f"{kube.url}/api/v1/namespaces", json={"metadata": {"name": NAMESPACE}}, timeout=10
+            )
+            assert r.status_code == 201, r.text
+            wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/", timeout=1), 10, "responder")
+            base = CONFIG.format(port=port)
+            batch = [f"user{i:04d}" for i in range(args.spawns)]
+
+            print(f"plain KubeSpawner: {args.spawns} spawns at once", flush=True)
+            plain = start_hub(
+                kube, scratch, "plain", base + PLAIN.format(image=IMAGE, namespace=NAMESPACE)
+            )
+            hubs.append(plain)
+            add_users(plain, batch)
+            plain_times, plain_failed, plain_cpu = spawn_all(plain, batch)
+            report("plain KubeSpawner spawn", plain_times)
+            print(f"  hub CPU per spawn: {plain_cpu * 1000:.0f} ms", flush=True)
+            stop_all(plain, batch)
+            plain.cleanup()
+            hubs.remove(plain)
+            wait_for(
+                lambda: (
+                    not requests.get(
+                        f"{kube.url}/api/v1/namespaces/{NAMESPACE}/pods", timeout=10
+                    ).json()["items"]
+                ),
+                120,
+                "the reference's pods to go",
+            )
+
+            print(f"gpulab GpuKubeSpawner: {args.spawns} spawns at once", flush=True)
+            hub = start_hub(kube, scratch, "gpulab", base)
+            hubs.append(hub)
+            names = [f"user{i:04d}" for i in range(args.users)]
+            add_users(hub, names)
+            times, failed, cpu = spawn_all(hub, batch)
+            if failed:
+                print(errors(hub), flush=True)
+            report("gpulab GpuKubeSpawner spawn", times)
+            print(f"  hub CPU per spawn: {cpu * 1000:.0f} ms", flush=True)
+
+            more = names[args.spawns : args.servers]
+            print(f"{len(more)} more servers, {args.users} users: hub API latency", flush=True)
+            _, more_failed, _ = spawn_all(hub, more) if more else ([], [], 0)
+            running = sorted(set(hub.holders().values()))
+            api = api_latency(hub, names, running, args.requests)
+            report(f"hub API with {args.users} users, {len(running)} GPU servers", api)
+    finally:
+        for hub in hubs:
+            hub.cleanup()
+        responder.terminate()
+        responder.wait()
+
+    for failure in (plain_failed + failed + more_failed)[:10]:
+        print(f"failed: {failure}")
+    p50 = percentile(times, 50) * 1000
+    plain_p50 = percentile(plain_times, 50) * 1000
+    api_p99 = percentile(api, 99) * 1000
+    print(f"spawn_failures: {len(failed) + len(more_failed)} (goal 0)")
+    print(f"k8s_api_p99_ms: {api_p99:.1f} (goal <= 100)")
+    print(f"k8s_hub_cpu_per_spawn_ratio_vs_kubespawner: {cpu / plain_cpu:.2f}")
+    print(f"k8s_spawn_p50_ratio_vs_kubespawner: {p50 / plain_p50:.2f}")
+    print(f"k8s_spawn_overhead_p50_ms: {p50:.0f}")
+    return 0 if not (failed or more_failed or plain_failed) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
