@@ -10,6 +10,7 @@ pods on one host network must.
 from __future__ import annotations
 
 import json
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -50,19 +51,47 @@ c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}
 """
 
 
+class CephCsi:
+    """What ceph-csi's controller does to RBD images, on the suite's real Ceph."""
+
+    def __init__(self, conf: str):
+        self.conf = conf
+
+    def _image_op(self, pool: str, op) -> None:
+        import rados
+
+        with rados.Rados(conffile=self.conf) as cluster, cluster.open_ioctx(pool) as ioctx:
+            op(ioctx)
+
+    def create(self, pool: str, image: str, size: int) -> None:
+        import rbd
+
+        self._image_op(pool, lambda ioctx: rbd.RBD().create(ioctx, image, size))
+
+    def grow(self, pool: str, image: str, size: int) -> None:
+        import rbd
+
+        def grow(ioctx):
+            with rbd.Image(ioctx, image) as img:
+                img.resize(size)
+
+        self._image_op(pool, grow)
+
+
 @pytest.fixture(scope="module")
-def kube():
+def kube(ceph):
     with FakeKube(
         nodes=[{"name": NODE, "gpus": 2, "labels": {"nvidia.com/gpu.product": "NVIDIA-H100"}}],
         run_containers=True,
         storage_classes=[CEPH_RBD],
+        rbd_images=CephCsi(ceph.conf),
     ) as kube:
         kube_post(kube, "/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})
         yield kube
 
 
 @pytest.fixture(scope="module")
-def k8s_hub(kube):
+def k8s_hub(kube, ceph):
     home = Path(tempfile.mkdtemp(prefix="gpulab-k8s-home-"))
     home.chmod(0o1777)
     extra = home.parent / f"{home.name}-config.py"
@@ -79,7 +108,7 @@ def k8s_hub(kube):
                 "kubeconfig": kube.kubeconfig,
                 "unschedulable_timeout": 3,
             },
-            "storage": {"home_size": "2GiB"},
+            "storage": {"home_size": "2GiB", "ceph_conf": ceph.conf},
             "profiles": [
                 {"slug": "cpu", "default": True},
                 {"slug": "gpu-1", "gpus": 1, "gpu_type": "NVIDIA-H100"},
@@ -294,3 +323,62 @@ def test_api_server_errors_are_retried_and_a_lasting_one_is_reported(hub, kube):
     # and once it answers again, so does the spawn
     spawned(eve, profile="gpu-1")
     assert eve.server_get("/api/status").status_code == 200
+
+
+def test_storage_api_works_on_the_rbd_image_behind_the_home_claim(hub, kube):
+    fay = hub.create_user("fay")
+    spawned(fay, profile="cpu")
+    path = f"/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims/home-fay"
+    volume_name = kube_get(kube, path)["spec"]["volumeName"]
+    pv = kube_get(kube, f"/api/v1/persistentvolumes/{volume_name}")
+    image = pv["spec"]["csi"]["volumeAttributes"]["imageName"]
+
+    def storage(method: str, url: str, body=None, user=fay):
+        return user.session.request(method, hub.api(f"/gpulab/storage{url}"), json=body, timeout=60)
+
+    # the image ceph-csi made for the claim, measured in Ceph
+    volume = storage("GET", "").json()["volume"]
+    assert (volume["backend"], volume["name"], volume["size_bytes"]) == ("rbd", image, 2 * 2**30)
+
+    r = storage("POST", "/volume/snapshots", {"name": "before"})
+    assert r.status_code == 201, r.text
+    r = storage("POST", "/volume/snapshots/before/rollback")
+    assert r.status_code == 409 and "stop it first" in r.json()["message"]
+    assert fay.stop().status_code in (202, 204)
+    r = storage("POST", "/volume/snapshots/before/rollback")
+    assert r.status_code == 200, r.text
+
+    # growing asks the claim for more: ceph-csi grows the image
+    r = storage("POST", "/volume/resize", {"size": "3GiB"})
+    assert r.status_code == 200 and r.json()["size_bytes"] == 3 * 2**30, r.text
+    assert kube_get(kube, path)["spec"]["resources"]["requests"]["storage"] == "3Gi"
+    r = storage("POST", "/volume/resize", {"size": "1GiB"})
+    assert r.status_code == 400 and "shrink" in r.json()["message"]
+
+    # deleting: admins only, confirmed, without snapshots; the claim goes
+    r = hub.admin.delete(hub.api("/gpulab/storage/volume?user=fay&confirm=fay"), timeout=60)
+    assert r.status_code == 409 and "snapshots" in r.json()["message"]
+    assert storage("DELETE", "/volume/snapshots/before").status_code == 204
+    r = hub.admin.delete(hub.api("/gpulab/storage/volume?user=fay&confirm=fay"), timeout=60)
+    assert r.status_code == 204, r.text
+    wait_for(
+        lambda: requests.get(kube.url + path, timeout=10).status_code == 404,
+        30,
+        "fay's claim to be deleted",
+    )
+
+
+def test_doctor_checks_the_cluster(hub):
+    env = {**hub.env, "COLUMNS": "250"}
+    out = subprocess.run(
+        [str(BIN / "gpulab"), "doctor"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"2 GPU slot(s) on 1 of 1 node(s), namespace {NAMESPACE}" in out.stdout
+
+    env["GPULAB_KUBERNETES__STORAGE_CLASS"] = "fast-nvme"
+    out = subprocess.run(
+        [str(BIN / "gpulab"), "doctor"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 1 and "StorageClass fast-nvme does not exist" in out.stdout
+    assert "Traceback" not in out.stdout + out.stderr

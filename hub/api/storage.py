@@ -20,6 +20,7 @@ from tornado import web
 from gpulab.hub.app import context
 from gpulab.hub.settings import SettingsError, format_size, parse_size
 from gpulab.hub.storage import StorageError
+from gpulab.hub.storage.claims import ClaimVolumes, claim_volumes
 from gpulab.hub.storage.local import LocalHomes
 
 from .gpus import GpulabAPIHandler
@@ -35,15 +36,25 @@ class StorageAPIHandler(GpulabAPIHandler):
             raise web.HTTPError(400, "Name the user with ?user=NAME")
         return user
 
-    def homes(self, user: str) -> LocalHomes:
+    async def homes(self, user: str) -> LocalHomes | ClaimVolumes:
         ctx = context()
         found = self.find_user(user)
         running = bool(found and found.active)  # read here: the hub's ORM is not thread-safe
+        if ctx.settings.backend == "kubernetes":
+            try:
+                return await claim_volumes(ctx.settings, user, running)
+            except StorageError as e:
+                raise web.HTTPError(e.status, str(e)) from None
         return LocalHomes(
             ctx.settings.data_path,
             ctx.settings.storage.home_size_bytes,
             in_use=lambda _user: running,
         )
+
+    async def volume(self, user: str, operation: str, *args):
+        """Run one operation on the user's home volume, off the event loop."""
+        homes = await self.homes(user)
+        return await self.run(getattr(homes, operation), user, *args)
 
     def body(self) -> dict:
         try:
@@ -67,7 +78,7 @@ class StorageHandler(StorageAPIHandler):
         user = self.subject()
         ctx = context()
         try:
-            volume = (await self.run(self.homes(user).info, user)).as_json()
+            volume = (await self.volume(user, "info")).as_json()
         except web.HTTPError as e:
             if e.status_code != 404:
                 raise
@@ -88,7 +99,7 @@ class VolumeHandler(StorageAPIHandler):
             raise web.HTTPError(403, "Only admins delete home volumes")
         if self.get_argument("user", None) is None:
             raise web.HTTPError(400, "Name the user whose home to delete with ?user=NAME")
-        await self.run(self.homes(user).delete, user, self.get_argument("confirm", None))
+        await self.volume(user, "delete", self.get_argument("confirm", None))
         self.set_status(204)
 
 
@@ -107,20 +118,20 @@ class ResizeHandler(StorageAPIHandler):
             raise web.HTTPError(
                 403, f"Homes grow to at most {format_size(limit)}; ask an admin for more"
             )
-        volume = await self.run(self.homes(user).resize, user, size_bytes)
+        volume = await self.volume(user, "resize", size_bytes)
         self.write_json(volume.as_json())
 
 
 class SnapshotsHandler(StorageAPIHandler):
     async def get(self):
         user = self.subject()
-        snaps = await self.run(self.homes(user).snapshots, user)
+        snaps = await self.volume(user, "snapshots")
         self.write_json({"snapshots": [s.as_json() for s in snaps]})
 
     async def post(self):
         user = self.subject()
         name = self.body().get("name")
-        snap = await self.run(self.homes(user).create_snapshot, user, name)
+        snap = await self.volume(user, "create_snapshot", name)
         self.set_status(201)
         self.write_json(snap.as_json())
 
@@ -130,14 +141,14 @@ class SnapshotHandler(StorageAPIHandler):
         if action is not None:
             raise web.HTTPError(405, f"DELETE the snapshot itself, not its {action}")
         user = self.subject()
-        await self.run(self.homes(user).delete_snapshot, user, name)
+        await self.volume(user, "delete_snapshot", name)
         self.set_status(204)
 
     async def post(self, name, action=None):
         if action != "rollback":
             raise web.HTTPError(405, f"POST .../snapshots/{name}/rollback to roll back")
         user = self.subject()
-        volume = await self.run(self.homes(user).rollback, user, name)
+        volume = await self.volume(user, "rollback", name)
         self.write_json(volume.as_json())
 
 

@@ -49,8 +49,11 @@ class RbdVolumes:
         pool: str = "rbd",
         prefix: str = "gpulab-home-",
         connect_timeout: int = 10,
+        images: dict[str, str] | None = None,
     ):
         self.conffile, self.pool, self.prefix = conffile, pool, prefix
+        self.images = images if images is not None else {}
+        """Users whose image is named by someone else (ceph-csi, for a Kubernetes claim)."""
         self.connect_timeout = connect_timeout
         self._cluster = None
         self._connect_lock = threading.Lock()
@@ -96,7 +99,7 @@ class RbdVolumes:
                 self._cluster = None
 
     def image_name(self, user: str) -> str:
-        return self.prefix + safe_name(user)
+        return self.images.get(user) or self.prefix + safe_name(user)
 
     @contextlib.contextmanager
     def _locked(self, name: str) -> Iterator[object]:

@@ -64,6 +64,7 @@ class Cluster:
         root: Path,
         image_env: dict[str, str],
         storage_classes: list[dict[str, Any]],
+        rbd_images: Any = None,
     ):
         self.store = Store(history_size)
         self.registry = Registry(self.store)
@@ -71,6 +72,7 @@ class Cluster:
         self.nodes = nodes
         self.gpu_resource = gpu_resource
         self.storage_classes = storage_classes
+        self.rbd_images = rbd_images
         self.kubelet = Kubelet(self, root, run_containers, restart_backoff, image_env)
         self.controllers: list[Controller] = [
             Scheduler(self),

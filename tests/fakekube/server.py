@@ -45,7 +45,11 @@ class FakeKube:
     without ``timeoutSeconds`` lasts (a real apiserver: 30 to 60 minutes).
     ``storage_classes``: StorageClass objects to create at start. ``image_env``: the
     environment a container process starts from, as an image's ``ENV`` (default:
-    this process's, without ``HOME``). ``port``: 0 picks a free one.
+    this process's, without ``HOME``). ``port``: 0 picks a free one. ``rbd_images``:
+    what ceph-csi's controller does to RBD images, for a test with a real Ceph: an
+    object with ``create(pool, image, size_bytes)`` and ``grow(pool, image,
+    size_bytes)``, called when an ``rbd.csi.ceph.com`` claim is provisioned or
+    expanded (an exception fails that step, as ceph-csi's errors do); None: no image.
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class FakeKube:
         watch_timeout: int = 1800,
         storage_classes: list[dict[str, Any]] | None = None,
         image_env: dict[str, str] | None = None,
+        rbd_images: Any = None,
     ):
         self.nodes = [
             NodeSpec.of(n)
@@ -77,6 +82,7 @@ class FakeKube:
         if image_env is None:
             image_env = {k: v for k, v in os.environ.items() if k != "HOME"}
         self.image_env = dict(image_env)
+        self.rbd_images = rbd_images
         self.port = 0
         self.workdir: Path | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -148,6 +154,7 @@ class FakeKube:
             root=self.workdir,
             image_env=self.image_env,
             storage_classes=self.storage_classes,
+            rbd_images=self.rbd_images,
         )
         self._cluster.start()
         self._api = Api(

@@ -14,7 +14,8 @@ the pvc/pv-protection controllers and the kubelet's volume expansion do.
   ``storage.kubernetes.io/csiProvisionerIdentity``; ``volumeHandle``
   ``0001-<len>-<clusterID>-<pool id>-<uuid>``; sizes rounded up to MiB below 1 GiB
   and to GiB above (``util.RoundOffBytes``). A class without ``clusterID`` or
-  ``pool`` fails provisioning as ceph-csi does. No RBD image is created.
+  ``pool`` fails provisioning as ceph-csi does. The RBD image is made (and grown on
+  expansion) only through the ``rbd_images`` object a test gives ``FakeKube``.
 - Expansion (admission already refused what may not grow): the PV grows; drivers
   that need node expansion (ceph-csi RBD, Filesystem mode) leave the claim with
   ``FileSystemResizePending`` until a running pod uses it, then
@@ -168,6 +169,19 @@ class StorageController(Controller):
             attributes["pool"] = params["pool"]
             attributes["journalPool"] = params.get("journalPool", params["pool"])
             attributes["imageName"] = params.get("volumeNamePrefix", "csi-vol-") + image_uuid
+            images = self.cluster.rbd_images
+            if images is not None:
+                try:
+                    images.create(params["pool"], attributes["imageName"], size)
+                except Exception as e:  # noqa: BLE001 -- reported as ceph-csi reports it
+                    self.recorder.record(
+                        pvc,
+                        "ProvisioningFailed",
+                        f'failed to provision volume with StorageClass "{sc["metadata"]["name"]}": rpc error: code = Internal desc = {e}',
+                        type="Warning",
+                        component=component,
+                    )
+                    return
             pool_id = int(hashlib.sha1(params["pool"].encode()).hexdigest()[:4], 16) % 64 + 1
             cluster = params["clusterID"]
             volume_id = f"0001-{len(cluster):04x}-{cluster}-{pool_id:016x}-{image_uuid}"
@@ -275,6 +289,20 @@ class StorageController(Controller):
                 component=resizer,
             )
             new_size = round_off_bytes(int(requested)) if driver == CEPH_RBD else int(requested)
+            attributes = (pv["spec"].get("csi") or {}).get("volumeAttributes") or {}
+            images = self.cluster.rbd_images
+            if driver == CEPH_RBD and images is not None:
+                try:
+                    images.grow(attributes["pool"], attributes["imageName"], new_size)
+                except Exception as e:  # noqa: BLE001 -- reported as the resizer reports it
+                    self.recorder.record(
+                        pvc,
+                        "VolumeResizeFailed",
+                        f"resize volume {pv['metadata']['name']} failed: rpc error: code = Internal desc = {e}",
+                        type="Warning",
+                        component=resizer,
+                    )
+                    return
             pv["spec"]["capacity"]["storage"] = format_bytes(new_size)
             pv = self.registry.write(PV, pv)
             status["allocatedResources"] = {
