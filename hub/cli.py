@@ -318,6 +318,11 @@ def _check_proxy() -> tuple[str, str]:
 def _check_gpus(settings: Settings) -> tuple[str, str]:
     from .inventory import NvmlUnavailable, nvml_gpus
 
+    if settings.backend == "kubernetes":
+        if settings.gpus.ids:
+            return "OK", f"{len(settings.gpus.ids)} configured GPU slot(s)"
+        return "OK", "one slot per GPU the cluster's nodes advertise (see Kubernetes)"
+
     try:
         seen = nvml_gpus()
         nvml = f"NVML sees {len(seen)} GPU(s)" + (
@@ -404,6 +409,68 @@ def _check_ceph(settings: Settings) -> tuple[str, str]:
     return result, "; ".join(details)
 
 
+def _check_kubernetes(settings: Settings) -> tuple[str, str]:
+    """The API answers; the namespace and the homes' StorageClass exist; nodes have GPUs."""
+    if settings.backend != "kubernetes":
+        return "OK", f"not used (backend: {settings.backend})"
+    import asyncio
+
+    from kubernetes_asyncio import client
+    from kubernetes_asyncio.client.rest import ApiException
+    from kubespawner.clients import load_config
+
+    from gpulab.spawner.kubernetes import namespace
+
+    from .app import use_kubeconfig
+    from .inventory import slots_of_nodes
+
+    k8s = settings.kubernetes
+    ns = namespace(k8s)
+
+    async def look() -> tuple[list[dict], list[tuple[str, str]]]:
+        problems = []
+        async with client.ApiClient() as api:
+            core, storage = client.CoreV1Api(api), client.StorageV1Api(api)
+            nodes = await core.list_node(_request_timeout=10)
+            try:
+                await core.read_namespace(ns, _request_timeout=10)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+                problems.append(("FAIL", f"namespace {ns} does not exist"))
+            try:
+                sc = await storage.read_storage_class(k8s.storage_class, _request_timeout=10)
+                if not sc.allow_volume_expansion:
+                    problems.append(
+                        (
+                            "WARN",
+                            f"StorageClass {k8s.storage_class} cannot expand: homes cannot grow",
+                        )
+                    )
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+                problems.append(("FAIL", f"StorageClass {k8s.storage_class} does not exist"))
+            return api.sanitize_for_serialization(nodes)["items"], problems
+
+    try:
+        if k8s.kubeconfig:
+            use_kubeconfig(k8s.kubeconfig)
+        load_config()
+        nodes, problems = asyncio.run(look())
+    except ApiException as e:
+        return "FAIL", f"the Kubernetes API refused: {e.status} {e.reason}"
+    except Exception as e:  # noqa: BLE001 -- no config, unreachable: say which
+        return "FAIL", f"cannot reach the Kubernetes API: {e or type(e).__name__}"
+    slots = slots_of_nodes(nodes, k8s.gpu_resource, k8s.gpu_type_label)
+    on = len({g.node for g in slots})
+    detail = [f"{len(slots)} GPU slot(s) on {on} of {len(nodes)} node(s), namespace {ns}"]
+    detail += [text for _, text in problems]
+    levels = [level for level, _ in problems]
+    result = "FAIL" if "FAIL" in levels else "WARN" if levels or not slots else "OK"
+    return result, "; ".join(detail)
+
+
 def _check_hub(settings: Settings) -> tuple[str, str]:
     client = GpulabClient.from_environment(settings=settings)
     try:
@@ -420,6 +487,7 @@ def cmd_doctor(args, settings: Settings) -> int:
         ("proxy", _check_proxy()),
         ("user servers", _check_server_command()),
         ("GPUs", _check_gpus(settings)),
+        ("Kubernetes", _check_kubernetes(settings)),
         ("Ceph", _check_ceph(settings)),
         ("hub", _check_hub(settings)),
     ]
