@@ -320,9 +320,12 @@ def test_api_server_errors_are_retried_and_a_lasting_one_is_reported(hub, kube):
         kube.faults.clear()
     assert "Kubernetes refused to create pod jupyter-eve" in message, message
     assert hub.gpus()["free"] == 2 and not eve.model()["servers"]
-    # and once it answers again, so does the spawn
+    # and once it answers again, so does the spawn; a pod create answered after the
+    # client's 3 s request timeout is retried (KubeSpawner replaces the pod it finds)
+    kube.faults.delay("create", "pods", 4, times=1)
     spawned(eve, profile="gpu-1")
     assert eve.server_get("/api/status").status_code == 200
+    assert [p["metadata"]["name"] for p in pods(kube)] == ["jupyter-eve"]
 
 
 def test_storage_api_works_on_the_rbd_image_behind_the_home_claim(hub, kube):
