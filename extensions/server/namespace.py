@@ -51,7 +51,8 @@ def _user_namespace():
 
 
 def _to_device(host, device):
-    """Move a host copy back to the device it came from, when this process has it."""
+    """Move a host copy back to the device it came from, when this process has it; one
+    left on the host remembers that device, so the next checkpoint sends it back."""
     mod = type(host).__module__.split(".")[0]
     try:
         if mod == "torch":
@@ -68,9 +69,75 @@ def _to_device(host, device):
                 return cupy.asarray(host)
     except Exception as e:  # noqa: BLE001 -- a value on the CPU beats no value
         _on_host().append(f"{device}: {type(e).__name__}: {e}")
+        _remember(host, device)
         return host
     _on_host().append(device)
+    _remember(host, device)
     return host
+
+
+def _torch_from_host(array, dtype, device):
+    """A tensor from the numpy array it was pickled as (no copy), then to its device."""
+    import torch
+
+    tensor = torch.from_numpy(array)
+    if str(tensor.dtype) != dtype:  # bfloat16 and friends travel as raw integers
+        tensor = tensor.view(getattr(torch, dtype.split(".")[1]))
+    return _to_device(tensor, device)
+
+
+def _torch_parameter(rebuild, args, requires_grad, device):
+    """A module's parameter: still a Parameter, on its device when there is one."""
+    import torch
+
+    parameter = torch.nn.Parameter(rebuild(*args), requires_grad=requires_grad)
+    if device and parameter.device.type == "cpu" and not device.startswith("cpu"):
+        _remember(parameter, device)
+    return parameter
+
+
+def _homes():
+    # arrays restored to the host for want of a GPU, by id: (weak reference, device)
+    return sys.__dict__.setdefault("_gpulab_home_devices", {})
+
+
+def _remember(obj, device):
+    import weakref
+
+    homes, key = _homes(), id(obj)
+    try:
+        homes[key] = (weakref.ref(obj, lambda _ref, k=key: homes.pop(k, None)), device)
+    except TypeError:  # a type without weak references: it stays where it is
+        pass
+
+
+def _home(obj):
+    entry = _homes().get(id(obj))
+    return entry[1] if entry is not None and entry[0]() is obj else None
+
+
+_TORCH_AS_INT = {
+    "torch.bfloat16": "int16",
+    "torch.float8_e4m3fn": "int8",
+    "torch.float8_e5m2": "int8",
+}
+
+
+def _torch_reduce(tensor, device):
+    """How a tensor that belongs on ``device`` travels: as a host numpy array when numpy
+    can hold its dtype (pickled without the copies torch's own pickling makes)."""
+    host = tensor.detach().cpu()
+    dtype = str(host.dtype)
+    try:
+        if dtype in _TORCH_AS_INT:
+            import torch
+
+            array = host.contiguous().view(getattr(torch, _TORCH_AS_INT[dtype])).numpy()
+        else:
+            array = host.contiguous().numpy()
+    except (TypeError, RuntimeError):  # a dtype numpy has no match for
+        return _to_device, (host, device)
+    return _torch_from_host, (array, dtype, device)
 
 
 def _tf_variable(value, dtype, name, trainable):
@@ -103,9 +170,18 @@ class _HostPickler(_Pickler):
         if mod == "torch" and "torch" in sys.modules:
             import torch
 
-            if isinstance(obj, torch.Tensor) and obj.device.type not in ("cpu", "meta"):
-                self.moved += 1
-                return _to_device, (obj.detach().cpu(), str(obj.device))
+            if isinstance(obj, torch.Tensor) and obj.device.type != "meta":
+                on_device = obj.device.type != "cpu"
+                device = str(obj.device) if on_device else _home(obj)
+                if device:
+                    self.moved += 1
+                    if isinstance(obj, torch.nn.Parameter):
+                        rebuild, args = _torch_reduce(obj, device)
+                        return _torch_parameter, (rebuild, args, obj.requires_grad, device)
+                    return _torch_reduce(obj, device)
+        elif mod == "numpy" and _home(obj):
+            self.moved += 1
+            return _to_device, (obj.view(), _home(obj))
         elif mod == "cupy" and "cupy" in sys.modules:
             import cupy
 

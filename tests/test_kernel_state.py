@@ -1,0 +1,61 @@
+"""The kernel-side checkpoint code (extensions/server/namespace.py) on its own, where a
+device array has to make two hops: GPU -> a kernel without a GPU -> a GPU again.
+
+Return GPU restores a kernel's device arrays to host memory; Get GPU checkpoints that
+CPU kernel again. The arrays must still go back to their device then, or a model would
+stay on the CPU after Get GPU. (The PyTorch path is measured on a real GPU by
+benchmarks/return_gpu_device.py; this machine has neither a GPU nor CuPy, so the CuPy
+path is the one that can be followed here.)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import pickle
+import sys
+
+import numpy as np
+import pytest
+
+from hubfixture import REPO
+
+
+@pytest.fixture
+def namespace():
+    spec = importlib.util.spec_from_file_location(
+        "gpulab_kernel_state", REPO / "extensions" / "server" / "namespace.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    sys.__dict__.pop("_gpulab_home_devices", None)
+    sys.__dict__.pop("_gpulab_arrays_on_host", None)
+
+
+def roundtrip(namespace, value):
+    buffer = io.BytesIO()
+    moved = namespace._dump({"values": {"a": value}}, buffer)
+    return moved, pickle.loads(buffer.getvalue())["values"]["a"]
+
+
+def test_an_array_restored_to_the_host_still_goes_back_to_its_device(namespace):
+    # a CuPy array checkpointed by Return GPU arrives in a kernel without a GPU
+    on_host = namespace._to_device(np.arange(6.0), "cupy")
+    assert isinstance(on_host, np.ndarray) and namespace._home(on_host) == "cupy"
+    # Get GPU checkpoints that kernel: the array travels as a device array again
+    moved, again = roundtrip(namespace, on_host)
+    assert moved == 1
+    assert np.array_equal(again, np.arange(6.0)) and namespace._home(again) == "cupy"
+
+
+def test_arrays_made_on_the_cpu_stay_there(namespace):
+    moved, again = roundtrip(namespace, np.arange(3))
+    assert moved == 0 and namespace._home(again) is None
+
+
+def test_the_home_is_forgotten_with_the_array(namespace):
+    on_host = namespace._to_device(np.arange(3.0), "cupy")
+    key = id(on_host)
+    del on_host
+    assert key not in sys.__dict__["_gpulab_home_devices"]
