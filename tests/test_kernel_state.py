@@ -59,3 +59,20 @@ def test_the_home_is_forgotten_with_the_array(namespace):
     key = id(on_host)
     del on_host
     assert key not in sys.__dict__["_gpulab_home_devices"]
+
+
+def test_a_checkpoint_replaces_the_data_file_of_the_one_before(namespace, tmp_path):
+    user_ns = {"a": np.arange(4.0), "label": "run 3"}
+    namespace._user_namespace = lambda: (user_ns, dict(user_ns))
+    path = str(tmp_path / "kernel.pkl")
+    stale = tmp_path / "kernel.pkl.0123456789ab.data"
+    stale.write_bytes(b"tensors of the checkpoint before")
+
+    report = namespace.save(path)
+    assert report["saved"] == ["a", "label"] and not report["failed"]
+    # nothing big on a device here: no data file, and the older one is gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kernel.pkl", "kernel.pkl.json"]
+
+    user_ns.clear()
+    namespace.load(path)
+    assert np.array_equal(user_ns["a"], np.arange(4.0)) and user_ns["label"] == "run 3"

@@ -13,6 +13,7 @@ whose device memory it moves (PyTorch, TensorFlow, CuPy).
   when the kernel has one (else they stay on the CPU, and the report says so).
 """
 
+import glob
 import io
 import json
 import os
@@ -140,6 +141,46 @@ def _torch_reduce(tensor, device):
     return _torch_from_host, (array, dtype, device)
 
 
+_DIRECT_BYTES = 1 << 20  # tensors this big skip the pickle stream (see _DataFile)
+
+
+class _DataFile:
+    """The big tensors of one checkpoint, beside its pickle: each is copied from the
+    device straight into pages of this file (mapped), with no host copy in between
+    and nothing for the pickler to copy again; restoring maps it back without reading."""
+
+    def __init__(self, path):
+        self.path, self.size = path, 0
+        self.f = open(path, "w+b")  # noqa: SIM115 -- closed by save()
+
+    def put(self, tensor):
+        import numpy as np
+        import torch
+
+        nbytes = tensor.numel() * tensor.element_size()
+        offset = -(-self.size // 4096) * 4096
+        self.size = offset + nbytes
+        self.f.truncate(self.size)
+        raw = np.memmap(self.f, dtype=np.uint8, mode="r+", offset=offset, shape=(nbytes,))
+        torch.from_numpy(raw).view(tensor.dtype).view(tensor.shape).copy_(tensor.detach())
+        return _torch_from_data, (self.path, offset, str(tensor.dtype), tuple(tensor.shape))
+
+
+def _torch_from_data(path, offset, dtype, shape, device=None):
+    """A tensor mapped from a checkpoint's data file (copy-on-write), then to its device."""
+    import numpy as np
+    import torch
+
+    dt = getattr(torch, dtype.split(".")[1])
+    count = 1
+    for n in shape:
+        count *= n
+    nbytes = count * torch.empty((), dtype=dt).element_size()
+    raw = np.memmap(path, dtype=np.uint8, mode="c", offset=offset, shape=(nbytes,))
+    tensor = torch.from_numpy(raw).view(dt).view(shape)
+    return tensor if device is None else _to_device(tensor, device)
+
+
 def _tf_variable(value, dtype, name, trainable):
     import tensorflow as tf
 
@@ -165,6 +206,15 @@ def _on_host():
 class _HostPickler(_Pickler):
     """Pickles device arrays as host copies that know where they came from."""
 
+    data = None
+    """A ``_DataFile`` for the big tensors; None: everything in the pickle stream."""
+
+    def _tensor(self, tensor, device):
+        if self.data is not None and tensor.numel() * tensor.element_size() >= _DIRECT_BYTES:
+            rebuild, args = self.data.put(tensor)
+            return rebuild, (*args, device)
+        return _torch_reduce(tensor, device)
+
     def reducer_override(self, obj):
         mod = type(obj).__module__.split(".")[0]
         if mod == "torch" and "torch" in sys.modules:
@@ -175,10 +225,10 @@ class _HostPickler(_Pickler):
                 device = str(obj.device) if on_device else _home(obj)
                 if device:
                     self.moved += 1
+                    rebuild, args = self._tensor(obj, device)
                     if isinstance(obj, torch.nn.Parameter):
-                        rebuild, args = _torch_reduce(obj, device)
                         return _torch_parameter, (rebuild, args, obj.requires_grad, device)
-                    return _torch_reduce(obj, device)
+                    return rebuild, args
         elif mod == "numpy" and _home(obj):
             self.moved += 1
             return _to_device, (obj.view(), _home(obj))
@@ -212,11 +262,31 @@ class _Counter(io.RawIOBase):
         return memoryview(b).nbytes  # large arrays come as PickleBuffers
 
 
-def _dump(obj, f):
+def _dump(obj, f, data=None):
     p = _HostPickler(f, protocol=pickle.HIGHEST_PROTOCOL)
-    p.moved = 0
+    p.moved, p.data = 0, data
     p.dump(obj)
     return p.moved
+
+
+def _dump_checkpoint(names, tmp):
+    """Pickle ``names`` to ``tmp`` with their big tensors in a new data file beside it;
+    the data file's path (a new one each time: the tensors of a kernel restored from
+    an earlier checkpoint are mapped from that one)."""
+    import uuid
+
+    data = _DataFile(f"{tmp[: -len('.tmp')]}.{uuid.uuid4().hex[:12]}.data")
+    try:
+        with open(tmp, "wb") as f:
+            moved = _dump({"format": FORMAT, "values": names}, f, data)
+    except BaseException:
+        data.f.close()
+        os.unlink(data.path)
+        raise
+    data.f.close()
+    if not data.size:
+        os.unlink(data.path)
+    return moved, data.path if data.size else None
 
 
 def _reason(e):
@@ -231,8 +301,7 @@ def save(path):
     tmp = path + ".tmp"
     os.makedirs(os.path.dirname(path), exist_ok=True)
     try:
-        with open(tmp, "wb") as f:
-            moved = _dump({"format": FORMAT, "values": names}, f)
+        moved, data = _dump_checkpoint(names, tmp)
     except Exception:
         # find the culprits one by one, then save the others together
         for name, value in list(names.items()):
@@ -241,13 +310,16 @@ def save(path):
             except Exception as e:  # noqa: BLE001 -- anything a pickler raises
                 failed[name] = _reason(e)
                 del names[name]
-        with open(tmp, "wb") as f:
-            moved = _dump({"format": FORMAT, "values": names}, f)
+        moved, data = _dump_checkpoint(names, tmp)
     os.replace(tmp, path)
+    # earlier data files of this checkpoint: unlinked, they stay readable where mapped
+    for old in glob.glob(glob.escape(path) + ".*.data"):
+        if old != data:
+            os.unlink(old)
     report = {
         "saved": sorted(names),
         "failed": failed,
-        "bytes": os.path.getsize(path),
+        "bytes": os.path.getsize(path) + (os.path.getsize(data) if data else 0),
         "device_arrays": moved,
         "seconds": round(time.monotonic() - t0, 3),
         "pickler": "cloudpickle" if cloudpickle else "pickle",
