@@ -210,7 +210,10 @@ class _HostPickler(_Pickler):
     """A ``_DataFile`` for the big tensors; None: everything in the pickle stream."""
 
     def _tensor(self, tensor, device):
-        if self.data is not None and tensor.numel() * tensor.element_size() >= _DIRECT_BYTES:
+        import torch
+
+        big = tensor.numel() * tensor.element_size() >= _DIRECT_BYTES
+        if self.data is not None and big and tensor.layout == torch.strided:
             rebuild, args = self.data.put(tensor)
             return rebuild, (*args, device)
         return _torch_reduce(tensor, device)
