@@ -1349,3 +1349,38 @@ async def test_dropped_watches_are_cut_mid_stream() -> None:
             with pytest.raises(aiohttp.ClientPayloadError):
                 await asyncio.wait_for(task, 5)  # not a clean end: the client must notice
             assert kube.drop_watches() == 0
+
+
+async def test_grpc_probes_ask_the_health_service() -> None:
+    import grpc
+
+    from fakekube.probes import probe_once
+
+    statuses = {"": b"\x08\x01", "model": b"\x08\x02"}  # SERVING, NOT_SERVING
+
+    def check(request: bytes, context) -> bytes:
+        service = request[2:].decode() if request else ""
+        return statuses[service]
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                "grpc.health.v1.Health", {"Check": grpc.unary_unary_rpc_method_handler(check)}
+            )
+        ]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        container: dict = {"name": "serving"}
+        ok, _ = await probe_once({"grpc": {"port": port}}, container, {}, "/")
+        assert ok
+        ok, output = await probe_once(
+            {"grpc": {"port": port, "service": "model"}}, container, {}, "/"
+        )
+        assert not ok and "NOT_SERVING" in output
+    finally:
+        await server.stop(None)
+    ok, output = await probe_once({"grpc": {"port": port}}, container, {}, "/")
+    assert not ok and "failed to connect" in output

@@ -9,6 +9,7 @@ loop settles.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 from typing import TYPE_CHECKING
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fakekube")
 
 
-class Controller:
+class Controller(abc.ABC):
     name = "controller"
     watches: tuple[str, ...] = ()  # resource keys, e.g. ("pods", "nodes")
 
@@ -60,8 +61,9 @@ class Controller:
                 log.exception("%s: sync failed", self.name)
             await asyncio.sleep(0)
 
+    @abc.abstractmethod
     def sync(self) -> None:
-        raise NotImplementedError
+        """Bring what this controller owns in line with the store (runs after changes)."""
 
     async def stop(self) -> None:
         for handle in self._timers:

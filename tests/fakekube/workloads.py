@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import abc
 import copy
 import json
 import math
@@ -172,8 +173,9 @@ class WorkloadController(Controller):
                 if e.code not in (404, 409):
                     raise
 
+    @abc.abstractmethod
     def reconcile(self, obj: Obj) -> None:
-        raise NotImplementedError
+        """Make one object's pods (or children) match its spec."""
 
 
 class ReplicaSetController(WorkloadController):
