@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 
 from .inventory import Gpu, cluster_gpus, configured, discover
@@ -21,20 +20,13 @@ class Context:
     """Per-user S3 on Ceph RGW, when storage.s3_endpoint is set."""
 
 
-def use_kubeconfig(path: str) -> None:
-    """Make the Kubernetes client (KubeSpawner's too) read ``path``, even if it was
-    imported before (it reads ``$KUBECONFIG`` once, at import)."""
-    from kubernetes_asyncio.config import kube_config
-
-    os.environ["KUBECONFIG"] = path
-    kube_config.KUBE_CONFIG_DEFAULT_LOCATION = path
-
-
 @functools.cache
 def context() -> Context:
     """Settings, the GPU inventory and the ledger of this process (read once)."""
     settings = load_settings()
     if settings.backend == "kubernetes" and settings.kubernetes.kubeconfig:
+        from .kube import use_kubeconfig
+
         use_kubeconfig(settings.kubernetes.kubeconfig)
     if settings.backend == "kubernetes" and not settings.gpus.ids:
         k8s = settings.kubernetes

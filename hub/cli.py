@@ -413,51 +413,41 @@ def _check_kubernetes(settings: Settings) -> tuple[str, str]:
     """The API answers; the namespace and the homes' StorageClass exist; nodes have GPUs."""
     if settings.backend != "kubernetes":
         return "OK", f"not used (backend: {settings.backend})"
-    import asyncio
-
     from kubernetes_asyncio import client
     from kubernetes_asyncio.client.rest import ApiException
-    from kubespawner.clients import load_config
 
-    from gpulab.spawner.kubernetes import namespace
-
-    from .app import use_kubeconfig
     from .inventory import slots_of_nodes
+    from .kube import namespace, run_sync, use_kubeconfig
 
     k8s = settings.kubernetes
     ns = namespace(k8s)
 
-    async def look() -> tuple[list[dict], list[tuple[str, str]]]:
+    async def look(api) -> tuple[list[dict], list[tuple[str, str]]]:
         problems = []
-        async with client.ApiClient() as api:
-            core, storage = client.CoreV1Api(api), client.StorageV1Api(api)
-            nodes = await core.list_node(_request_timeout=10)
-            try:
-                await core.read_namespace(ns, _request_timeout=10)
-            except ApiException as e:
-                if e.status != 404:
-                    raise
-                problems.append(("FAIL", f"namespace {ns} does not exist"))
-            try:
-                sc = await storage.read_storage_class(k8s.storage_class, _request_timeout=10)
-                if not sc.allow_volume_expansion:
-                    problems.append(
-                        (
-                            "WARN",
-                            f"StorageClass {k8s.storage_class} cannot expand: homes cannot grow",
-                        )
-                    )
-            except ApiException as e:
-                if e.status != 404:
-                    raise
-                problems.append(("FAIL", f"StorageClass {k8s.storage_class} does not exist"))
-            return api.sanitize_for_serialization(nodes)["items"], problems
+        core, storage = client.CoreV1Api(api), client.StorageV1Api(api)
+        nodes = await core.list_node(_request_timeout=10)
+        try:
+            await core.read_namespace(ns, _request_timeout=10)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            problems.append(("FAIL", f"namespace {ns} does not exist"))
+        try:
+            sc = await storage.read_storage_class(k8s.storage_class, _request_timeout=10)
+            if not sc.allow_volume_expansion:
+                problems.append(
+                    ("WARN", f"StorageClass {k8s.storage_class} cannot expand: homes cannot grow")
+                )
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            problems.append(("FAIL", f"StorageClass {k8s.storage_class} does not exist"))
+        return api.sanitize_for_serialization(nodes)["items"], problems
 
     try:
         if k8s.kubeconfig:
             use_kubeconfig(k8s.kubeconfig)
-        load_config()
-        nodes, problems = asyncio.run(look())
+        nodes, problems = run_sync(look)
     except ApiException as e:
         return "FAIL", f"the Kubernetes API refused: {e.status} {e.reason}"
     except Exception as e:  # noqa: BLE001 -- no config, unreachable: say which

@@ -125,9 +125,9 @@ def configure_kubernetes(c, s: Settings) -> None:
 
 
 async def watch_pods(app) -> None:
-    from kubespawner.clients import load_config, shared_client
+    from gpulab.spawner.kubernetes import PodGrantWatcher
 
-    from gpulab.spawner.kubernetes import PodGrantWatcher, namespace
+    from .kube import core_api, namespace
 
     def is_starting(user: str, server: str) -> bool:
         try:
@@ -137,11 +137,10 @@ async def watch_pods(app) -> None:
         return spawner is not None and spawner.pending == "spawn"
 
     ctx = context()
-    load_config()
     watcher = PodGrantWatcher(
         ctx.ledger, namespace(ctx.settings.kubernetes), is_starting, "component=singleuser-server"
     )
-    await watcher.run(shared_client("CoreV1Api"))
+    await watcher.run(core_api())
 
 
 def start_gpu_switch() -> None:

@@ -95,21 +95,15 @@ def slots_of_nodes(nodes: list[dict], resource: str, type_label: str) -> list[Gp
 def cluster_gpus(resource: str, type_label: str) -> list[Gpu]:
     """The GPUs of the cluster's nodes, read once through the API (kubeconfig or the
     in-cluster service account); from synchronous code, even inside an event loop."""
-    import asyncio
-    from concurrent.futures import ThreadPoolExecutor
-
     from kubernetes_asyncio import client
-    from kubespawner.clients import load_config
 
-    async def read() -> list[dict]:
-        async with client.ApiClient() as api:
-            nodes = await client.CoreV1Api(api).list_node(_request_timeout=30)
-            return api.sanitize_for_serialization(nodes)["items"]
+    from .kube import run_sync
 
-    load_config()
-    with ThreadPoolExecutor(1) as pool:
-        nodes = pool.submit(asyncio.run, read()).result()
-    return slots_of_nodes(nodes, resource, type_label)
+    async def read(api) -> list[dict]:
+        nodes = await client.CoreV1Api(api).list_node(_request_timeout=30)
+        return api.sanitize_for_serialization(nodes)["items"]
+
+    return slots_of_nodes(run_sync(read), resource, type_label)
 
 
 def discover(configured_ids: list[str]) -> list[Gpu]:

@@ -14,34 +14,20 @@ import functools
 import json
 import logging
 import time
-from pathlib import Path
 
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
-from kubespawner.clients import load_config, shared_client
 from tornado import web
 from traitlets import default
 
 from gpulab.hub.inventory import Gpu
+from gpulab.hub.kube import core_api, namespace
 from gpulab.hub.settings import KubernetesSettings
 
 from . import objects
 from .base import GpuSpawnerMixin
 
 log = logging.getLogger(__name__)
-
-
-SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-
-
-def namespace(settings: KubernetesSettings) -> str:
-    """The namespace of user pods: the configured one, else the hub's own, else default."""
-    if settings.namespace:
-        return settings.namespace
-    try:
-        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
-    except OSError:
-        return "default"
 
 
 class Unschedulable(web.HTTPError):
@@ -145,8 +131,7 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
 
     @property
     def core(self):
-        load_config(host=self.k8s_api_host, ssl_ca_cert=self.k8s_api_ssl_ca_cert)
-        return shared_client("CoreV1Api")
+        return core_api(host=self.k8s_api_host, ssl_ca_cert=self.k8s_api_ssl_ca_cert)
 
     def _labels(self) -> dict[str, str]:
         return self._build_common_labels({})

@@ -169,9 +169,7 @@ _volumes: dict[tuple[str, str], RbdVolumes] = {}
 
 async def claim_volumes(settings, user: str, in_use: bool) -> ClaimVolumes:
     """``ClaimVolumes`` for ``user``'s home claim, on the hub's event loop."""
-    from kubespawner.clients import load_config, shared_client
-
-    from gpulab.spawner.kubernetes import namespace
+    from gpulab.hub.kube import core_api, namespace
 
     conf = settings.storage.ceph_conf
     if not conf:
@@ -180,8 +178,7 @@ async def claim_volumes(settings, user: str, in_use: bool) -> ClaimVolumes:
             "home claims' StorageClass",
             404,
         )
-    load_config()
-    core = shared_client("CoreV1Api")
+    core = core_api()
     claim = await find_claim(core, namespace(settings.kubernetes), user)
     volumes = _volumes.setdefault((conf, claim.pool), RbdVolumes(conf, claim.pool))
     volumes.images[user] = claim.image
