@@ -43,7 +43,7 @@ def configure(c, settings: Settings | None = None) -> None:
     from gpulab.spawner.accounts import prepare_data_root, privileged
     from gpulab.spawner.local import reconcile_local_grants
 
-    from .api import gpu, gpus, storage
+    from .api import gpu, gpus, jobs, storage
 
     # hub state (ledger, hub database, tokens) is for root's eyes only
     os.umask(0o077)
@@ -71,6 +71,7 @@ def configure(c, settings: Settings | None = None) -> None:
         *gpus.default_handlers,
         *gpu.default_handlers,
         *storage.default_handlers,
+        *jobs.default_handlers,
     ]
 
     admins = set(s.hub.admin_users)
@@ -110,6 +111,8 @@ def configure(c, settings: Settings | None = None) -> None:
         )
 
     start_gpu_switch()
+    if s.backend == "local":
+        start_jobs()
 
     if s.hub.extra_config:
         runpy.run_path(s.hub.extra_config, init_globals={"c": c, "settings": s})
@@ -152,6 +155,13 @@ def start_gpu_switch() -> None:
     from .gpuswitch import gpu_switch
 
     start_background(lambda app: gpu_switch().run_background(app))
+
+
+def start_jobs() -> None:
+    """Run the job manager in the hub: settle jobs a restart interrupted, then schedule."""
+    from .workloads.jobs import job_manager
+
+    start_background(lambda app: job_manager().run_background())
 
 
 def start_background(run) -> None:

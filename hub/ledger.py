@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 
 metadata = MetaData()
 
+WORKLOAD_PREFIX = "job/"
+"""Grants and queue entries whose server starts with this belong to a workload's
+replicas (``job/<id>/<replica>``), not to a notebook server: JupyterHub server names
+never hold a ``/``."""
+
 grants_table = Table(
     "gpu_grants",
     metadata,
@@ -315,46 +320,72 @@ class GpuLedger:
         take GPUs at the head of the queue, and anyone else only GPUs the queue does not
         need.
         """
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise InvalidRequest(f"GPU count must be a whole number of 0 or more, got {count!r}")
+        return self.reserve_many(user, [(server, count)], groups, reason, waiter)[server]
+
+    def reserve_many(
+        self,
+        user: str,
+        wants: list[tuple[str, int]],
+        groups: Iterable[str] = (),
+        reason: str = "spawn",
+        waiter: int | None = None,
+    ) -> dict[str, list[Gpu]]:
+        """Grant each ``(server, count)`` of ``wants`` at once, or none of them.
+
+        For a group of processes that only runs whole (a training job's replicas): each
+        entry's GPUs share a node, the quotas count the total, and the queue rules of
+        ``reserve`` apply to the total.
+        """
+        for _, count in wants:
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise InvalidRequest(
+                    f"GPU count must be a whole number of 0 or more, got {count!r}"
+                )
         groups = tuple(sorted(set(groups)))
+        total = sum(count for _, count in wants)
         with self.engine.begin() as conn:
-            self._release(conn, user, server, "replaced by a new reservation")
-            if count == 0:
-                return []
+            for server, _ in wants:
+                self._release(conn, user, server, "replaced by a new reservation")
+            if total == 0:
+                return {server: [] for server, _ in wants}
             held = [Grant.from_row(r) for r in conn.execute(select(grants_table))]
-            self._check_quotas(user, groups, count, held)
+            self._check_quotas(user, groups, total, held)
             taken = {g.gpu_id for g in held}
             free = [gpu for gpu in self.inventory if gpu.id not in taken]
             queue = [w for w in self._queue(conn) if w.id != waiter]
             ahead = [w for w in queue if waiter is None or w.id < waiter]
             promised = sum(w.count for w in ahead) if waiter is None else 0
-            chosen = None
-            if len(free) - promised >= count and not (waiter is not None and ahead):
-                chosen = _choose(free, count)
+            allowed = len(free) - promised >= total and not (waiter is not None and ahead)
+            chosen = _choose_each(free, wants) if allowed else None
             if chosen is None:
                 holders: dict[str, int] = {}
                 for g in held:
                     holders[g.user] = holders.get(g.user, 0) + 1
                 spread = None
-                if len(free) - promised >= count and not (waiter is not None and ahead):
+                if allowed:
                     spread = max(len(gpus) for gpus in _by_node(free).values())
-                raise NoGpuFree(count, len(free), len(self.inventory), holders, len(ahead), spread)
+                raise NoGpuFree(total, len(free), len(self.inventory), holders, len(ahead), spread)
             now = utcnow()
-            for gpu in chosen:
-                conn.execute(
-                    insert(grants_table).values(
-                        gpu_id=gpu.id,
-                        user=user,
-                        server=server,
-                        groups=json.dumps(groups),
-                        granted_at=now,
+            for server, gpus in chosen.items():
+                for gpu in gpus:
+                    conn.execute(
+                        insert(grants_table).values(
+                            gpu_id=gpu.id,
+                            user=user,
+                            server=server,
+                            groups=json.dumps(groups),
+                            granted_at=now,
+                        )
                     )
-                )
+                if gpus:
+                    self._record(conn, "grant", user, server, [g.id for g in gpus], reason)
             if waiter is not None:
                 conn.execute(delete(queue_table).where(queue_table.c.id == waiter))
-            self._record(conn, "grant", user, server, [g.id for g in chosen], reason)
-        log.info("Granted GPU(s) %s to %s", ",".join(g.id for g in chosen), _label(user, server))
+        for server, gpus in chosen.items():
+            if gpus:
+                log.info(
+                    "Granted GPU(s) %s to %s", ",".join(g.id for g in gpus), _label(user, server)
+                )
         return chosen
 
     def attach(self, user: str, server: str, pid: int, pid_started: str | None) -> None:
@@ -405,9 +436,14 @@ class GpuLedger:
             return self._queue(conn)
 
     def clear_queue(self) -> None:
-        """Forget every waiting request (at hub start: their waiters are gone)."""
+        """Forget the servers' waiting requests (at hub start: their waiters are gone).
+
+        Workloads' entries stay: their jobs are recorded and go on waiting.
+        """
         with self.engine.begin() as conn:
-            conn.execute(delete(queue_table))
+            conn.execute(
+                delete(queue_table).where(queue_table.c.server.not_like(WORKLOAD_PREFIX + "%"))
+            )
 
     # -- Return GPU / Get GPU operations ------------------------------------------------
 
@@ -533,6 +569,21 @@ def _choose(free: list[Gpu], count: int) -> list[Gpu] | None:
     if not fitting:
         return None
     return min(fitting, key=len)[:count]
+
+
+def _choose_each(free: list[Gpu], wants: list[tuple[str, int]]) -> dict[str, list[Gpu]] | None:
+    """GPUs for every ``(server, count)``, each on one node, biggest requests first."""
+    chosen: dict[str, list[Gpu]] = {server: [] for server, _ in wants}
+    left = list(free)
+    for server, count in sorted(wants, key=lambda w: -w[1]):
+        if count == 0:
+            continue
+        picked = _choose(left, count)
+        if picked is None:
+            return None
+        chosen[server] = picked
+        left = [gpu for gpu in left if gpu not in picked]
+    return chosen
 
 
 def _utc(at: datetime | None) -> datetime | None:

@@ -210,6 +210,23 @@ def format_size(n: int | None) -> str:
 
 
 @dataclass
+class JobSettings:
+    restart_backoff: str = "2s"
+    """Wait before the first restart of a failed replica; doubled for each further one
+    (at most a minute)."""
+    stop_grace: str = "5s"
+    """How long a replica being stopped has after SIGTERM before it is killed."""
+
+    @property
+    def restart_backoff_seconds(self) -> float:
+        return parse_duration(self.restart_backoff, "jobs.restart_backoff")
+
+    @property
+    def stop_grace_seconds(self) -> float:
+        return parse_duration(self.stop_grace, "jobs.stop_grace")
+
+
+@dataclass
 class KubernetesSettings:
     """Where and how the kubernetes backend runs user servers (docs/kubernetes.md)."""
 
@@ -253,6 +270,7 @@ class Settings:
     servers: ServerSettings = field(default_factory=ServerSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
+    jobs: JobSettings = field(default_factory=JobSettings)
     profiles: list[Profile] = field(default_factory=_default_profiles)
 
     @property
@@ -425,6 +443,7 @@ def _validate(s: Settings) -> None:
         raise SettingsError(
             "storage: s3_endpoint needs s3_admin_access_key and s3_admin_secret_key"
         )
+    s.jobs.restart_backoff_seconds, s.jobs.stop_grace_seconds  # noqa: B018
     if not s.hub.admin_users:
         raise SettingsError("hub.admin_users: at least one admin is needed")
 

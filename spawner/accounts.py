@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pwd
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,3 +105,24 @@ def ensure_account(prefix: str, hub_name: str, data_root: Path) -> Account:
     except OSError as e:
         raise AccountError(f"could not prepare home {home}: {e.strerror}") from e
     return Account(name, entry.pw_uid, entry.pw_gid, home, entry.pw_shell or "/bin/bash")
+
+
+def account_env(account: Account, path: str | None = None) -> dict[str, str]:
+    """What a process of the user's (server, job replica) runs with: their account and
+    home, gpulab's environment first on PATH, then what they installed with pip --user."""
+    home = str(account.home)
+    return {
+        "USER": account.name,
+        "LOGNAME": account.name,
+        "HOME": home,
+        "SHELL": account.shell,
+        "PYTHONUSERBASE": os.path.join(home, ".local"),
+        "PATH": os.pathsep.join(
+            [
+                os.path.join(sys.prefix, "bin"),
+                os.path.join(home, ".local", "bin"),
+                path or "/usr/local/bin:/usr/bin:/bin",
+            ]
+        ),
+        "JUPYTERLAB_WORKSPACES_DIR": os.path.join(home, ".jupyter", "lab", "workspaces"),
+    }

@@ -19,7 +19,7 @@ from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
 from tornado import web
 from traitlets import default
 
-from .accounts import Account, AccountError, ensure_account, prepare_data_root
+from .accounts import Account, AccountError, account_env, ensure_account, prepare_data_root
 from .base import GpuSpawnerMixin
 
 
@@ -64,24 +64,7 @@ class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner):
         return lambda: os.chdir(account.home)
 
     def user_env(self, env):
-        account = self.account
-        home = str(account.home)
-        env.update(
-            USER=account.name,
-            LOGNAME=account.name,
-            HOME=home,
-            SHELL=account.shell,
-            PYTHONUSERBASE=os.path.join(home, ".local"),
-            # the server's environment first, then what the user installed with pip --user
-            PATH=os.pathsep.join(
-                [
-                    os.path.join(sys.prefix, "bin"),
-                    os.path.join(home, ".local", "bin"),
-                    env.get("PATH") or "/usr/local/bin:/usr/bin:/bin",
-                ]
-            ),
-            JUPYTERLAB_WORKSPACES_DIR=os.path.join(home, ".jupyter", "lab", "workspaces"),
-        )
+        env.update(account_env(self.account, env.get("PATH")))
         return env
 
     def get_args(self):

@@ -1,0 +1,136 @@
+"""Training jobs. Users act on their own jobs; admins on anyone's with ?user=NAME.
+
+GET    /hub/api/gpulab/jobs                     list (admins: everyone's, or ?user=)
+POST   /hub/api/gpulab/jobs                     submit a job spec (docs/jobs.md)
+GET    /hub/api/gpulab/jobs/NAME                state, replicas, queue position, events
+GET    /hub/api/gpulab/jobs/NAME/logs           ?replica=worker-0&follow=1&offset=N (text)
+POST   /hub/api/gpulab/jobs/NAME/cancel         stop every replica, free GPUs and ports
+DELETE /hub/api/gpulab/jobs/NAME                cancel if running, then forget the job
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from tornado import web
+from tornado.iostream import StreamClosedError
+
+from gpulab.hub.workloads.jobs import JobError, job_manager
+
+from .gpus import GpulabAPIHandler
+
+
+class JobsAPIHandler(GpulabAPIHandler):
+    def owner(self) -> str:
+        """Whose job a request is about: oneself, or ?user= for admins."""
+        me, admin = self.prepare_gpulab()
+        user = self.target_user(me, admin)
+        if user is None:
+            raise web.HTTPError(400, "Name the user with ?user=NAME")
+        return user
+
+    def body(self) -> dict:
+        try:
+            data = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "The request body must be JSON") from None
+        if not isinstance(data, dict):
+            raise web.HTTPError(400, "The request body must be a JSON object")
+        return data
+
+    def job(self, name: str):
+        return _mapped(job_manager().get, self.owner(), name)
+
+    def groups_of(self, user: str) -> list[str]:
+        found = self.find_user(user)
+        return [g.name for g in found.groups] if found is not None else []
+
+
+def _mapped(fn, *args):
+    try:
+        return fn(*args)
+    except JobError as e:
+        raise web.HTTPError(e.status, str(e)) from None
+
+
+class JobListHandler(JobsAPIHandler):
+    async def get(self):
+        me, admin = self.prepare_gpulab()
+        only = self.target_user(me, admin)
+        manager = job_manager()
+        jobs = manager.store.list(user=only, sweep=self.get_argument("sweep", None))
+        self.write_json({"jobs": [manager.model(j) for j in jobs]})
+
+    async def post(self):
+        user = self.owner()
+        manager = job_manager()
+        spec = _mapped(manager.parse, self.body())
+        job = _mapped(manager.submit, user, self.groups_of(user), spec)
+        self.set_status(201)
+        self.write_json(manager.model(job))
+
+
+class JobHandler(JobsAPIHandler):
+    async def get(self, name):
+        job = self.job(name)
+        manager = job_manager()
+        self.write_json({**manager.model(job), "events": manager.store.events(job.id)})
+
+    async def delete(self, name):
+        await job_manager().delete(self.job(name))
+        self.set_status(204)
+
+
+class JobCancelHandler(JobsAPIHandler):
+    async def post(self, name):
+        manager = job_manager()
+        job = await manager.cancel(self.job(name), "cancelled by the user")
+        self.write_json(manager.model(job))
+
+
+class JobLogsHandler(JobsAPIHandler):
+    async def get(self, name):
+        job = self.job(name)
+        manager = job_manager()
+        first = job.replicas[0].name if job.replicas else ""
+        replica = self.get_argument("replica", first)
+        follow = self.get_argument("follow", "0").lower() in ("1", "true", "yes")
+        try:
+            offset = int(self.get_argument("offset", "0"))
+        except ValueError:
+            raise web.HTTPError(400, "offset must be a whole number") from None
+        if offset < 0:
+            raise web.HTTPError(400, "offset must be 0 or more")
+        chunk = await asyncio.to_thread(_mapped, manager.read_log, job, replica, offset)
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.set_header("X-Accel-Buffering", "no")
+        while True:
+            if chunk:
+                offset += len(chunk)
+                self.write(chunk)
+                try:
+                    await self.flush()
+                except StreamClosedError:
+                    return
+            if not chunk:
+                if not follow:
+                    break
+                current = manager.store.get_by_id(job.id)
+                if current is None or not current.active:
+                    # one last read: what was written between the last read and the end
+                    tail = await asyncio.to_thread(manager.read_log, job, replica, offset)
+                    if tail:
+                        self.write(tail)
+                    break
+                await asyncio.sleep(0.3)
+            chunk = await asyncio.to_thread(manager.read_log, job, replica, offset)
+        self.finish()
+
+
+default_handlers = [
+    (r"/api/gpulab/jobs", JobListHandler),
+    (r"/api/gpulab/jobs/([^/]+)", JobHandler),
+    (r"/api/gpulab/jobs/([^/]+)/cancel", JobCancelHandler),
+    (r"/api/gpulab/jobs/([^/]+)/logs", JobLogsHandler),
+]

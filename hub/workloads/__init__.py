@@ -1,0 +1,1 @@
+"""Workloads: groups of processes to run (training jobs, sweeps), above any backend."""

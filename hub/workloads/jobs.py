@@ -1,0 +1,577 @@
+"""The hub's job manager: queue, gang-schedule, run, restart and stop training jobs.
+
+A submitted job waits until every replica's GPUs can be granted at once (the ledger's
+queue keeps the order; GPUs the queue waits for are not given to later spawns), then
+each replica starts through the backend's runner with its framework's cluster variables.
+The manager watches every replica: one that fails is restarted as its group's policy
+says, or fails the job; the success policy ends it. However a job ends, every replica
+still running is stopped before its GPUs go back to the ledger, so a GPU is never free
+while a replica can still use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import socket
+from collections import defaultdict
+from dataclasses import dataclass
+
+from gpulab.hub.app import context
+from gpulab.hub.ledger import GpuLedger, LedgerError, NoGpuFree, QuotaExceeded, utcnow
+
+from . import spec as specs
+from .runner import Launch
+from .spec import JobSpec, ReplicaGroup, SpecError, replica_name, spec_from_json
+from .store import Job, JobStore
+
+log = logging.getLogger(__name__)
+
+METRIC_PREFIX = "gpulab-metric:"
+"""A line ``gpulab-metric: loss=0.25 accuracy=0.91`` in a replica's output reports metrics."""
+
+
+class JobError(Exception):
+    """A job request that cannot be done; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class _ReplicaRun:
+    group: ReplicaGroup
+    index: int
+    name: str
+    address: str
+    gpus: list[str]
+    started: object = None
+    restarts: int = 0
+
+
+class JobManager:
+    def __init__(self, ledger: GpuLedger, settings, runner, python: str = "python"):
+        self.ledger = ledger
+        self.settings = settings
+        self.runner = runner
+        self.python = python
+        self.store = JobStore(ledger.engine)
+        self._tasks: dict[int, asyncio.Task] = {}
+        self._changed = asyncio.Event()
+        self._ports: set[int] = set()
+        self._lock = asyncio.Lock()
+
+    # -- requests --------------------------------------------------------------------
+
+    def parse(self, body: object) -> JobSpec:
+        try:
+            return specs.parse_job(body, self.python)
+        except SpecError as e:
+            raise JobError(400, str(e)) from None
+
+    def submit(
+        self,
+        user: str,
+        groups: list[str],
+        spec: JobSpec,
+        sweep: str = "",
+        params: dict | None = None,
+    ) -> Job:
+        if self.runner is None:
+            raise JobError(
+                501,
+                f"training jobs do not run on the {self.settings.backend} backend yet; "
+                "they run on the local backend",
+            )
+        self.check_fits(user, spec)
+        replicas = [(replica_name(g.role, i), g.role, i) for g, i in spec.replicas()]
+        job = self.store.create(
+            user, spec.name, spec.as_json(), replicas, groups, sweep=sweep, params=params
+        )
+        if job is None:
+            raise JobError(409, f"{user} already has a job named {spec.name}; delete it first")
+        log.info(
+            "Job %s/%s submitted (%d replicas, %d GPUs)", user, spec.name, len(replicas), spec.gpus
+        )
+        self.wake()
+        return job
+
+    def check_fits(self, user: str, spec: JobSpec) -> None:
+        """Refuse a job that could never start: over the quota or bigger than the pool."""
+        limit = self.ledger.user_limit(user)
+        if limit is not None and spec.gpus > limit:
+            raise JobError(
+                403,
+                f"GPU quota exceeded: {user} may hold {limit} GPU(s), the job asks for {spec.gpus}",
+            )
+        total = len(self.ledger.inventory)
+        if spec.gpus > total:
+            raise JobError(400, f"the job asks for {spec.gpus} GPUs; this hub has {total}")
+        nodes: dict[str, int] = defaultdict(int)
+        for gpu in self.ledger.inventory:
+            nodes[gpu.node] += 1
+        biggest = max(nodes.values(), default=0)
+        for group in spec.groups:
+            if group.gpus > biggest:
+                raise JobError(
+                    400,
+                    f"replicas.{group.role}.gpus: {group.gpus} GPUs per replica, but no node "
+                    f"has more than {biggest}",
+                )
+
+    def get(self, user: str, name: str) -> Job:
+        job = self.store.get(user, name)
+        if job is None:
+            raise JobError(404, f"{user} has no job named {name}")
+        return job
+
+    def model(self, job: Job) -> dict:
+        """A job as the API shows it, with its place in the queue while it waits."""
+        model = job.as_json()
+        model["queue_position"] = None
+        if job.state == "queued" and job.waiter is not None:
+            ids = [w.id for w in self.ledger.queue()]
+            if job.waiter in ids:
+                model["queue_position"] = ids.index(job.waiter) + 1
+        return model
+
+    async def cancel(self, job: Job, reason: str = "cancelled") -> Job:
+        if not job.active:
+            return job
+        task = self._tasks.get(job.id)
+        self.store.update(job.id, state="cancelled", message=f"Cancelled: {reason}")
+        self.store.event(job.id, f"Cancelled ({reason})")
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        else:  # still waiting for GPUs
+            if job.waiter is not None:
+                self.ledger.dequeue(job.user, job.queue_key)
+            self._stop_replica_records(job, "stopped")
+        self.wake()
+        return self.store.get_by_id(job.id)
+
+    async def delete(self, job: Job) -> None:
+        if job.active:
+            await self.cancel(job, "deleted")
+        self.store.delete(job.id)
+
+    def read_log(self, job: Job, replica: str, offset: int = 0, limit: int = 1 << 20) -> bytes:
+        if replica not in {r.name for r in job.replicas} and replica != "install":
+            known = ", ".join(r.name for r in job.replicas)
+            raise JobError(404, f"job {job.name} has no replica {replica} (replicas: {known})")
+        return self.runner.read_log(job.user, f"{job.log_dir}/{replica}.log", offset, limit)
+
+    # -- the scheduler -------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._changed.set()
+
+    async def run_background(self) -> None:
+        """At hub start: settle jobs a restart interrupted; then schedule forever."""
+        try:
+            await self.recover()
+        except Exception:  # noqa: BLE001 -- the hub must run on
+            log.exception("Settling jobs after a restart failed")
+        while True:
+            try:
+                await self.schedule()
+            except Exception:  # noqa: BLE001 -- try again next round
+                log.exception("Scheduling jobs failed")
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), 1.0)
+            except TimeoutError:
+                pass
+
+    async def schedule(self) -> None:
+        """Start every queued job whose GPUs can be granted now, oldest first."""
+        async with self._lock:
+            for job in self.store.active():
+                if job.state != "queued" or job.id in self._tasks:
+                    continue
+                self._try_start(job)
+
+    def _try_start(self, job: Job) -> None:
+        spec = spec_from_json(job.spec)
+        wants = [
+            (job.replica_key(replica_name(g.role, i)), g.gpus) for g, i in spec.replicas() if g.gpus
+        ]
+        waiter = job.waiter
+        try:
+            granted = self.ledger.reserve_many(
+                job.user, wants, job.groups, f"job {job.name}", waiter=waiter
+            )
+        except QuotaExceeded as e:
+            # the user's own servers hold the GPUs: wait without holding up the queue
+            if waiter is not None:
+                self.ledger.dequeue(job.user, job.queue_key)
+                self.store.update(job.id, waiter=None)
+            self._waiting(job, f"Waiting for GPUs within your quota ({e})")
+            return
+        except NoGpuFree as e:
+            if waiter is None:
+                waiter = self.ledger.enqueue(job.user, job.queue_key, spec.gpus)
+                self.store.update(job.id, waiter=waiter)
+                self.store.event(job.id, f"Queued for {spec.gpus} GPU(s): {e.message_for(False)}")
+            self._waiting(job, f"Waiting for {spec.gpus} GPU(s): {e.message_for(False)}")
+            return
+        except LedgerError as e:
+            self.store.update(job.id, state="failed", message=str(e))
+            return
+        gpus = {key: [g.id for g in granted.get(key, [])] for key, _ in wants}
+        self.store.update(job.id, state="starting", waiter=None, message="Starting replicas")
+        if gpus:
+            held = ", ".join(f"{k.rsplit('/', 1)[1]}: {','.join(v)}" for k, v in gpus.items())
+            self.store.event(job.id, f"Granted GPUs ({held})")
+        task = asyncio.ensure_future(self._run(job, spec, gpus))
+        self._tasks[job.id] = task
+        task.add_done_callback(lambda _t, jid=job.id: self._tasks.pop(jid, None))
+
+    def _waiting(self, job: Job, message: str) -> None:
+        if job.message != message:
+            self.store.update(job.id, message=message)
+
+    # -- running one job -----------------------------------------------------------------
+
+    async def _run(self, job: Job, spec: JobSpec, gpus: dict[str, list[str]]) -> None:
+        runs: dict[str, _ReplicaRun] = {}
+        for group, index in spec.replicas():
+            name = replica_name(group.role, index)
+            runs[name] = _ReplicaRun(
+                group, index, name, self._address(), gpus.get(job.replica_key(name), [])
+            )
+        events: asyncio.Queue = asyncio.Queue()
+        watchers: list[asyncio.Task] = []
+        try:
+            env = await self._job_env(job, spec)
+            if spec.package:
+                env = await self._install_package(job, spec, env)
+                if env is None:
+                    return
+            addresses = {(r.group.role, r.index): r.address for r in runs.values()}
+            for run in runs.values():
+                self.store.update_replica(job.id, run.name, address=run.address, gpus=run.gpus)
+            self.store.update(job.id, state="running", started=utcnow(), message="Running")
+            for run in runs.values():
+                replica_env = {
+                    **env,
+                    **specs.cluster_env(spec, addresses, run.group.role, run.index),
+                    **_gpu_env(run.gpus),
+                    "GPULAB_REPLICA": run.name,
+                }
+                watchers.append(
+                    asyncio.ensure_future(self._watch(job, spec, run, replica_env, events))
+                )
+            await self._until_done(job, spec, runs, events)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 -- recorded on the job, never lost in a task
+            log.exception("Job %s/%s failed in the hub", job.user, job.name)
+            self.store.update(job.id, state="failed", message=f"Failed: {e}")
+        finally:
+            for w in watchers:
+                w.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
+            await asyncio.shield(self._finish(job, runs))
+
+    async def _until_done(self, job, spec, runs, events) -> None:
+        deciding = specs.success_roles(spec)
+        deadline = spec.active_deadline
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + deadline if deadline else None
+        succeeded: set[str] = set()
+        while True:
+            timeout = None if ends is None else max(0.0, ends - loop.time())
+            try:
+                name, code, final = await asyncio.wait_for(events.get(), timeout)
+            except TimeoutError:
+                self.store.update(
+                    job.id,
+                    state="failed",
+                    message=f"Failed: DeadlineExceeded: ran longer than {deadline:g}s",
+                )
+                self.store.event(job.id, f"Active deadline of {deadline:g}s passed")
+                return
+            if not final:
+                continue
+            run = runs[name]
+            if code == 0:
+                succeeded.add(name)
+                if deciding is None:
+                    done = len(succeeded) == len(runs)
+                else:
+                    role, indexes = deciding
+                    done = all(replica_name(role, i) in succeeded for i in indexes)
+                if done:
+                    who = "every replica" if deciding is None else _names(deciding)
+                    self.store.update(
+                        job.id, state="succeeded", message=f"Succeeded: {who} finished"
+                    )
+                    self.store.event(job.id, "Succeeded")
+                    self._collect_metrics(job, spec)
+                    return
+                continue
+            tail = self._last_line(job, name)
+            why = f"{name} exited with code {code}" + (f": {tail}" if tail else "")
+            if run.restarts >= run.group.backoff_limit and run.group.restart_policy != "Never":
+                why += f" (after {run.restarts} restart(s), backoff limit reached)"
+            self.store.update(job.id, state="failed", message=f"Failed: {why}")
+            self.store.event(job.id, f"Failed: {why}")
+            self._collect_metrics(job, spec)
+            return
+
+    async def _watch(self, job, spec, run: _ReplicaRun, env, events) -> None:
+        """Run one replica until it is done for good, restarting it as its policy says."""
+        log_path = f"{job.log_dir}/{run.name}.log"
+        while True:
+            attempt = run.restarts + 1
+            header = f"==> gpulab: {run.name} of job {job.name}, attempt {attempt}, {utcnow():%Y-%m-%d %H:%M:%S} UTC"
+            launch = Launch(
+                argv=spec.command_for(run.group),
+                env=env,
+                workdir=spec.workdir,
+                log=log_path,
+                header=header,
+            )
+            try:
+                run.started = await self.runner.start(job.user, launch)
+            except OSError as e:
+                self.store.update_replica(
+                    job.id, run.name, state="failed", message=str(e), finished=utcnow()
+                )
+                await events.put((run.name, 127, True))
+                return
+            # the grant names its holder, so a hub restart keeps it while the process runs
+            self.ledger.attach(
+                job.user, job.replica_key(run.name), run.started.pid, run.started.pid_started
+            )
+            self.store.update_replica(
+                job.id,
+                run.name,
+                state="running",
+                pid=run.started.pid,
+                pid_started=run.started.pid_started,
+                started=utcnow(),
+                exit_code=None,
+                message="",
+            )
+            self.store.event(job.id, f"Started (attempt {attempt})", run.name)
+            returncode = await run.started.wait()
+            code = specs.exit_code(returncode)
+            if code == 0:
+                self.store.update_replica(
+                    job.id, run.name, state="succeeded", exit_code=0, finished=utcnow()
+                )
+                self.store.event(job.id, "Exited with code 0", run.name)
+                await events.put((run.name, 0, True))
+                return
+            if specs.should_restart(run.group, code, run.restarts):
+                run.restarts += 1
+                delay = min(
+                    self.settings.jobs.restart_backoff_seconds * 2 ** (run.restarts - 1), 60.0
+                )
+                self.store.update_replica(
+                    job.id,
+                    run.name,
+                    state="restarting",
+                    exit_code=code,
+                    restarts=run.restarts,
+                    message=f"exited with code {code}; restarting in {delay:g}s",
+                )
+                self.store.event(
+                    job.id,
+                    f"Exited with code {code}; restart {run.restarts} in {delay:g}s",
+                    run.name,
+                )
+                await events.put((run.name, code, False))
+                await asyncio.sleep(delay)
+                continue
+            self.store.update_replica(
+                job.id, run.name, state="failed", exit_code=code, finished=utcnow()
+            )
+            self.store.event(job.id, f"Exited with code {code}", run.name)
+            await events.put((run.name, code, True))
+            return
+
+    async def _finish(self, job: Job, runs: dict[str, _ReplicaRun]) -> None:
+        """Stop every replica still running, then give its GPUs and port back."""
+        grace = self.settings.jobs.stop_grace_seconds
+        live = [r for r in runs.values() if r.started is not None]
+        await asyncio.gather(
+            *(self.runner.stop(r.started, grace) for r in live), return_exceptions=True
+        )
+        current = self.store.get_by_id(job.id)
+        if current is not None and current.active:  # ended without a verdict (hub error)
+            self.store.update(job.id, state="failed", message="Failed: stopped by the hub")
+        for run in runs.values():
+            self.ledger.release(job.user, job.replica_key(run.name), f"job {job.name} ended")
+            port = int(run.address.rpartition(":")[2])
+            self._ports.discard(port)
+        if current is not None:
+            self._stop_replica_records(current, "stopped")
+        self.wake()
+
+    def _stop_replica_records(self, job: Job, state: str) -> None:
+        for r in job.replicas:
+            if r.state in ("pending", "running", "restarting"):
+                self.store.update_replica(job.id, r.name, state=state, finished=utcnow())
+
+    async def _job_env(self, job: Job, spec: JobSpec) -> dict[str, str]:
+        env = self.runner.base_env(job.user)
+        s3 = context().s3
+        if s3 is not None:
+            account = await asyncio.to_thread(s3.ensure, job.user)
+            env.update(account.env())
+        env.update(
+            GPULAB_JOB=job.name,
+            GPULAB_JOB_ID=str(job.id),
+            GPULAB_METRICS_FILE=f"{env['HOME']}/{job.log_dir}/metrics.json",
+            PYTHONUNBUFFERED="1",
+        )
+        for key, value in job.params.items():
+            env[f"GPULAB_PARAM_{key.upper()}"] = str(value)
+        env.update(spec.env)
+        return env
+
+    async def _install_package(self, job: Job, spec: JobSpec, env: dict) -> dict | None:
+        """pip-install the job's package into a folder of the job's; the env that sees it."""
+        self.store.update(job.id, message=f"Installing {spec.package}")
+        self.store.event(job.id, f"Installing ~/{spec.package}")
+        target = f"{job.log_dir}/site-packages"
+        launch = Launch(
+            argv=[self.python, "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
+                  "--target", target, spec.package],
+            env=env,
+            workdir="",
+            log=f"{job.log_dir}/install.log",
+            header=f"==> gpulab: installing ~/{spec.package} for job {job.name}",
+        )  # fmt: skip
+        started = await self.runner.start(job.user, launch)
+        try:
+            code = specs.exit_code(await started.wait())
+        finally:
+            await self.runner.stop(started, 1.0)
+        if code != 0:
+            tail = self._last_line(job, "install")
+            message = f"Failed: installing ~/{spec.package} exited with code {code}: {tail}"
+            self.store.update(job.id, state="failed", message=message)
+            self.store.event(job.id, message)
+            return None
+        site = f"{env['HOME']}/{target}"
+        return {**env, "PYTHONPATH": ":".join(p for p in (site, env.get("PYTHONPATH")) if p)}
+
+    def _address(self) -> str:
+        """A loopback port no other replica of this hub was given."""
+        while True:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if port not in self._ports:
+                self._ports.add(port)
+                return f"127.0.0.1:{port}"
+
+    def _last_line(self, job: Job, replica: str) -> str:
+        tail = self.runner.read_log(job.user, f"{job.log_dir}/{replica}.log", 0, 1 << 20)
+        for line in reversed(tail.decode(errors="replace").splitlines()):
+            if line.strip() and not line.startswith("==> gpulab:"):
+                return line.strip()[:300]
+        return ""
+
+    def _collect_metrics(self, job: Job, spec: JobSpec) -> None:
+        """The metrics the deciding replica reported (the last value of each wins)."""
+        deciding = specs.success_roles(spec)
+        replica = replica_name(*((deciding[0], deciding[1][0]) if deciding else ("worker", 0)))
+        metrics = parse_metrics(self.runner.read_log(job.user, f"{job.log_dir}/{replica}.log"))
+        raw = self.runner.read_log(job.user, f"{job.log_dir}/metrics.json")
+        if raw:
+            import json
+
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                data = None
+            if isinstance(data, dict):
+                metrics.update({k: v for k, v in data.items() if _number(v) is not None})
+        if metrics:
+            self.store.update(job.id, metrics=metrics)
+
+    # -- after a hub restart ---------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Jobs that were running when the hub stopped are stopped and marked failed: their
+        replicas' supervisor is gone, so nothing would restart or end them. Queued jobs go
+        on waiting in their place in the queue."""
+        queued = {w.server for w in self.ledger.queue()}
+        for job in self.store.active():
+            if job.state == "queued":
+                if job.waiter is not None and job.queue_key not in queued:
+                    self.store.update(job.id, waiter=None)
+                continue
+            for r in job.replicas:
+                started = self.runner.adopt(r.pid, r.pid_started)
+                if started is not None:
+                    await self.runner.stop(started, self.settings.jobs.stop_grace_seconds)
+                self.ledger.release(job.user, job.replica_key(r.name), "the hub restarted")
+            self.store.update(
+                job.id,
+                state="failed",
+                message="Failed: the hub restarted while the job ran; its replicas were stopped",
+            )
+            self._stop_replica_records(job, "stopped")
+            self.store.event(job.id, "Stopped: the hub restarted")
+
+
+def parse_metrics(output: bytes) -> dict[str, float]:
+    """``name=value`` pairs of every ``gpulab-metric:`` line; the last value of each wins."""
+    metrics: dict[str, float] = {}
+    for line in output.decode(errors="replace").splitlines():
+        line = line.strip()
+        if not line.startswith(METRIC_PREFIX):
+            continue
+        for pair in line[len(METRIC_PREFIX) :].replace(",", " ").split():
+            key, sep, value = pair.partition("=")
+            number = _number(value) if sep else None
+            if key and number is not None:
+                metrics[key] = number
+    return metrics
+
+
+def _number(value) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number else None  # not NaN
+
+
+def _names(deciding: tuple[str, list[int]]) -> str:
+    role, indexes = deciding
+    return ", ".join(replica_name(role, i) for i in indexes)
+
+
+def _gpu_env(ids: list[str]) -> dict[str, str]:
+    visible = ",".join(ids)  # "" for a CPU replica: it sees no GPU at all
+    return {
+        "CUDA_VISIBLE_DEVICES": visible,
+        "NVIDIA_VISIBLE_DEVICES": visible or "void",
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        "GPULAB_GPUS": visible,
+    }
+
+
+@functools.cache
+def job_manager() -> JobManager:
+    """The hub's one JobManager, over the ledger of ``context()`` and the local runner."""
+    from gpulab.spawner.local_runner import LocalRunner, python
+
+    ctx = context()
+    runner = LocalRunner(ctx.settings) if ctx.settings.backend == "local" else None
+    return JobManager(ctx.ledger, ctx.settings, runner, python())

@@ -1,0 +1,414 @@
+"""Training jobs on the local backend, through a real hub: real TensorFlow and PyTorch
+processes on loopback, run as the user's unix account, with GPUs from the ledger."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import textwrap
+import time
+
+import pytest
+import requests
+
+from hubfixture import wait_for
+
+TF_TRAIN = textwrap.dedent(
+    """
+    import json, os
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    config = json.loads(os.environ["TF_CONFIG"])
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    print("workers", strategy.num_replicas_in_sync, "task", config["task"], flush=True)
+
+    def data():
+        x = tf.random.stateless_uniform((256, 1), seed=(1, 2))
+        y = 2.0 * x + 1.0
+        return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(32)
+
+    with strategy.scope():
+        w = tf.Variable(0.0)
+        b = tf.Variable(0.0)
+
+    batches = iter(strategy.experimental_distribute_dataset(data()))
+
+    @tf.function
+    def step(x, y):
+        def replica(x, y):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean((w * x + b - y) ** 2)
+            gw, gb = tape.gradient(loss, [w, b])
+            return loss, gw, gb
+        loss, gw, gb = (
+            strategy.reduce("mean", v, axis=None) for v in strategy.run(replica, args=(x, y))
+        )
+        w.assign_sub(0.5 * gw)
+        b.assign_sub(0.5 * gb)
+        return loss
+
+    losses = [float(step(*next(batches))) for _ in range(40)]
+    print("loss first", losses[0], "last", losses[-1], flush=True)
+    print(f"gpulab-metric: loss={losses[-1]}")
+    """
+)
+
+TORCH_ALLREDUCE = textwrap.dedent(
+    """
+    import os
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    t = torch.tensor([float(rank + 1)])
+    dist.all_reduce(t)
+    print(f"rank {rank} of {dist.get_world_size()} local {os.environ['LOCAL_RANK']} sum {t.item()}")
+    dist.destroy_process_group()
+    """
+)
+
+
+def home_of(hub, name: str):
+    from gpulab.spawner.accounts import ensure_account
+
+    return ensure_account(hub.unix_prefix, name, hub.data_root)
+
+
+def put_file(hub, name: str, path: str, text: str) -> None:
+    """Write a file into the user's home, owned by them (as they would from JupyterLab)."""
+    account = home_of(hub, name)
+    target = account.home / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    os.chown(target, account.uid, account.gid)
+
+
+def submit(user, spec: dict, expect: int = 201) -> dict:
+    r = user.session.post(user.hub.api("/gpulab/jobs"), json=spec, timeout=30)
+    assert r.status_code == expect, r.text
+    return r.json()
+
+
+def job(user, name: str) -> dict:
+    r = user.session.get(user.hub.api(f"/gpulab/jobs/{name}"), timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def wait_job(user, name: str, states=("succeeded", "failed", "cancelled"), timeout=180) -> dict:
+    return wait_for(
+        lambda: (j := job(user, name))["state"] in states and j, timeout, f"job {name} in {states}"
+    )
+
+
+def logs(user, name: str, replica: str, follow: bool = False) -> str:
+    r = user.session.get(
+        user.hub.api(f"/gpulab/jobs/{name}/logs"),
+        params={"replica": replica, "follow": int(follow)},
+        timeout=180,
+    )
+    assert r.status_code == 200, r.text
+    return r.text
+
+
+def test_tensorflow_multiworker_job_trains(hub):
+    alice = hub.create_user("alice")
+    put_file(hub, "alice", "mnist/train.py", TF_TRAIN)
+    submitted = submit(
+        alice,
+        {
+            "name": "tf-mwms",
+            "framework": "tensorflow",
+            "script": "train.py",
+            "workdir": "mnist",
+            "replicas": {"worker": {"count": 2}},
+        },
+    )
+    assert submitted["state"] in ("queued", "starting", "running")
+    assert [r["name"] for r in submitted["replicas"]] == ["worker-0", "worker-1"]
+    # follow the chief's log while it runs: the stream ends when the job does
+    followed = logs(alice, "tf-mwms", "worker-0", follow=True)
+    done = wait_job(alice, "tf-mwms")
+    assert done["state"] == "succeeded", (done["message"], logs(alice, "tf-mwms", "worker-1"))
+    assert "workers 2" in followed
+    first, last = (float(v) for v in followed.split("loss first ")[1].split()[0:3:2])
+    assert last < first / 10, followed
+    assert done["metrics"]["loss"] == pytest.approx(last)
+    addresses = {r["address"] for r in done["replicas"]}
+    assert len(addresses) == 2 and all(a.startswith("127.0.0.1:") for a in addresses)
+    assert {r["state"] for r in done["replicas"]} == {"succeeded"}
+    # the logs stay on the home, the user's own
+    log_file = home_of(hub, "alice").home / f".gpulab/jobs/{done['id']}-tf-mwms/worker-1.log"
+    assert "workers 2" in log_file.read_text()
+    assert log_file.stat().st_uid == home_of(hub, "alice").uid
+
+
+def test_pytorch_job_all_reduces_and_holds_gpus_from_the_ledger(hub):
+    bob = hub.create_user("bob")
+    put_file(hub, "bob", "allreduce.py", TORCH_ALLREDUCE)
+    probe = (
+        "import os, pwd; print('user', pwd.getpwuid(os.getuid()).pw_name, "
+        "'gpus', repr(os.environ['CUDA_VISIBLE_DEVICES']))"
+    )
+    put_file(hub, "bob", "probe.py", probe + "\nexec(open('allreduce.py').read())\n")
+    submit(
+        bob,
+        {
+            "name": "ddp",
+            "framework": "pytorch",
+            "script": "probe.py",
+            "replicas": {"worker": {"count": 2, "gpus": 1}},
+        },
+    )
+    running = wait_for(
+        lambda: (j := job(bob, "ddp"))["state"] != "queued" and j, 60, "the job to be scheduled"
+    )
+    assert running["gpus"] == 2
+    done = wait_job(bob, "ddp")
+    assert done["state"] == "succeeded", done["message"]
+    out = [logs(bob, "ddp", f"worker-{i}") for i in range(2)]
+    account = home_of(hub, "bob").name
+    granted = []
+    for rank, text in enumerate(out):
+        assert f"rank {rank} of 2 local 0 sum 3.0" in text, text
+        assert f"user {account}" in text
+        gpus = [r for r in done["replicas"] if r["name"] == f"worker-{rank}"][0]["gpus"]
+        assert len(gpus) == 1 and f"gpus '{gpus[0]}'" in text
+        granted += gpus
+    assert len(set(granted)) == 2
+    # the GPUs went back when the job ended, and the ledger recorded who had them
+    assert hub.gpus()["free"] == 3
+    events = hub.admin.get(hub.api("/gpulab/events"), params={"user": "bob"}, timeout=10).json()
+    assert {e["action"] for e in events["events"]} == {"grant", "release"}
+
+
+def test_restart_policies_and_failure_reasons(hub):
+    carol = hub.create_user("carol")
+    # worker-1 is killed (137) on its first attempt, then succeeds: retried by ExitCode
+    put_file(
+        hub,
+        "carol",
+        "flaky.py",
+        textwrap.dedent(
+            """
+            import os, signal, time
+            marker = os.path.expanduser("~/flaky-" + os.environ["GPULAB_JOB"])
+            if os.environ["GPULAB_REPLICA"] == "worker-1" and not os.path.exists(marker):
+                open(marker, "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
+            print("done", os.environ["GPULAB_REPLICA"])
+            """
+        ),
+    )
+    worker = {"count": 2, "restart_policy": "ExitCode", "backoff_limit": 2}
+    submit(carol, {"name": "flaky", "script": "flaky.py", "replicas": {"worker": worker}})
+    done = wait_job(carol, "flaky")
+    assert done["state"] == "succeeded", done["message"]
+    w1 = [r for r in done["replicas"] if r["name"] == "worker-1"][0]
+    assert w1["restarts"] == 1 and w1["exit_code"] == 0
+    text = logs(carol, "flaky", "worker-1")
+    assert "attempt 1" in text and "attempt 2" in text and "done worker-1" in text
+    assert any("restart 1" in e["message"] for e in done["events"])
+
+    # exit 1 is the program's own failure: not retried, the job fails with the reason
+    spec = {
+        "name": "broken",
+        "command": ["python", "-c", "import sys; print('bad config: lr'); sys.exit(1)"],
+        "replicas": {"worker": worker},
+    }
+    submit(carol, spec)
+    failed = wait_job(carol, "broken")
+    assert failed["state"] == "failed"
+    assert (
+        "worker-0 exited with code 1" in failed["message"]
+        or "worker-1 exited with code 1" in failed["message"]
+    )
+    assert "bad config: lr" in failed["message"]
+    assert all(r["restarts"] == 0 for r in failed["replicas"])
+
+    # a command that does not exist: the shell's message, exit 127
+    submit(carol, {"name": "typo", "command": "trian.sh --fast"})
+    failed = wait_job(carol, "typo")
+    assert "exited with code 127" in failed["message"] and "not found" in failed["message"]
+
+    # OnFailure gives up after the backoff limit
+    spec = {
+        "name": "always",
+        "command": "false",
+        "replicas": {"worker": {"restart_policy": "OnFailure", "backoff_limit": 1}},
+    }
+    submit(carol, spec)
+    failed = wait_job(carol, "always")
+    assert failed["replicas"][0]["restarts"] == 1 and "backoff limit" in failed["message"]
+
+
+def test_cancel_stops_every_replica_and_frees_gpus_and_ports(hub):
+    dave = hub.create_user("dave")
+    spec = {
+        "name": "forever",
+        "framework": "tensorflow",
+        "command": ["python", "-c", "import time; print('up', flush=True); time.sleep(600)"],
+        "replicas": {"chief": 1, "worker": {"count": 1, "gpus": 1}, "ps": {"gpus": 1}},
+    }
+    submit(dave, spec)
+    running = wait_for(
+        lambda: (
+            (j := job(dave, "forever"))["state"] == "running"
+            and all(r["state"] == "running" for r in j["replicas"])
+            and j
+        ),
+        60,
+        "every replica to run",
+    )
+    assert [r["name"] for r in running["replicas"]] == ["chief-0", "worker-0", "ps-0"]
+    wait_for(lambda: "up" in logs(dave, "forever", "ps-0"), 30, "the ps to print")
+    assert len(hub.unix_pids("dave")) >= 3
+    assert hub.gpus()["free"] == 1
+    ports = [int(r["address"].rsplit(":", 1)[1]) for r in running["replicas"]]
+
+    r = dave.session.post(hub.api("/gpulab/jobs/forever/cancel"), timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["state"] == "cancelled"
+    wait_for(lambda: not hub.unix_pids("dave"), 20, "every replica process to end")
+    assert hub.gpus()["free"] == 3
+    assert {x["state"] for x in job(dave, "forever")["replicas"]} == {"stopped"}
+    import socket
+
+    for port in ports:  # nothing listens where the replicas did
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0
+    # cancelling again is a no-op; deleting forgets the job
+    assert (
+        dave.session.post(hub.api("/gpulab/jobs/forever/cancel"), timeout=30).json()["state"]
+        == "cancelled"
+    )
+    assert dave.session.delete(hub.api("/gpulab/jobs/forever"), timeout=30).status_code == 204
+    assert dave.session.get(hub.api("/gpulab/jobs/forever"), timeout=30).status_code == 404
+
+
+def test_a_job_that_does_not_fit_waits_in_the_queue(hub):
+    erin = hub.create_user("erin")
+    frank = hub.create_user("frank")
+    assert erin.spawn(profile="gpu-2").status_code in (201, 202)
+    assert hub.gpus()["free"] == 1
+    spec = {
+        "name": "big",
+        "command": "python -c 'print(42)'",
+        "replicas": {"worker": {"count": 2, "gpus": 1}},
+    }
+    queued = submit(frank, spec)
+    queued = wait_for(
+        lambda: (j := job(frank, "big"))["queue_position"] == 1 and j, 30, "a place in the queue"
+    )
+    assert queued["state"] == "queued" and "Waiting for 2 GPU(s)" in queued["message"]
+    # the one free GPU is kept for the queue, not handed to a later spawn
+    grace = hub.create_user("grace")
+    r = grace.spawn(profile="gpu-1", wait=False)
+    assert r.status_code >= 400 and "queue" in r.text
+    erin.stop()
+    done = wait_job(frank, "big")
+    assert done["state"] == "succeeded" and "42" in logs(frank, "big", "worker-1")
+
+
+def test_bad_jobs_are_refused_and_users_see_only_their_own(hub):
+    heidi = hub.create_user("heidi")
+    ivan = hub.create_user("ivan")
+    cases = [
+        ({"name": "x", "framework": "mxnet", "command": "true"}, 400, "framework"),
+        ({"name": "x", "command": "true", "replicas": {"worker": -1}}, 400, "count"),
+        ({"name": "x", "script": "../../etc/passwd"}, 400, "outside your home"),
+        ({"name": "x", "script": "/etc/passwd"}, 400, "outside your home"),
+        ({"name": "x", "command": "true", "workdir": "a/../../b"}, 400, "outside your home"),
+        (
+            {"name": "x", "command": "true", "replicas": {"worker": {"count": 3, "gpus": 1}}},
+            403,
+            "quota",
+        ),
+        ({"name": "Bad_Name", "command": "true"}, 400, "name"),
+        (
+            {"name": "x", "framework": "tensorflow", "command": "true", "replicas": {"master": 1}},
+            400,
+            "role",
+        ),
+        ({"name": "x", "command": "true", "env": {"TF_CONFIG": "{}"}}, 400, "TF_CONFIG"),
+        ({"name": "x"}, 400, "command"),
+        ({"name": "x", "command": "true", "colour": "red"}, 400, "unknown field"),
+    ]
+    for spec, status, words in cases:
+        r = heidi.session.post(hub.api("/gpulab/jobs"), json=spec, timeout=30)
+        assert r.status_code == status, (spec, r.text)
+        assert words in r.json()["message"], (spec, r.text)
+    r = heidi.session.post(hub.api("/gpulab/jobs"), data=b"{not json", timeout=30)
+    assert r.status_code == 400 and "JSON" in r.json()["message"]
+
+    submit(ivan, {"name": "secret", "command": ["sleep", "60"]})
+    submit(ivan, {"name": "secret", "command": "true"}, expect=409)
+    assert [
+        j["name"] for j in heidi.session.get(hub.api("/gpulab/jobs"), timeout=30).json()["jobs"]
+    ] == []
+    for method, path in (
+        ("get", "/gpulab/jobs/secret?user=ivan"),
+        ("post", "/gpulab/jobs/secret/cancel?user=ivan"),
+        ("delete", "/gpulab/jobs/secret?user=ivan"),
+        ("get", "/gpulab/jobs/secret/logs?user=ivan"),
+    ):
+        r = getattr(heidi.session, method)(hub.api(path), timeout=30)
+        assert r.status_code == 403, (method, path, r.text)
+    assert heidi.session.get(hub.api("/gpulab/jobs/secret"), timeout=30).status_code == 404
+    r = heidi.session.get(
+        hub.api("/gpulab/jobs/secret/logs"), params={"replica": "worker-9"}, timeout=30
+    )
+    assert r.status_code == 404
+    # an admin sees and stops it
+    listed = hub.admin.get(hub.api("/gpulab/jobs"), timeout=30).json()["jobs"]
+    assert "secret" in [j["name"] for j in listed]
+    r = hub.admin.post(hub.api("/gpulab/jobs/secret/cancel"), params={"user": "ivan"}, timeout=60)
+    assert r.status_code == 200 and r.json()["state"] == "cancelled"
+    wait_for(lambda: not hub.unix_pids("ivan"), 20, "ivan's replica to end")
+
+
+def test_log_links_in_the_home_are_not_followed(hub):
+    judy = hub.create_user("judy")
+    submit(judy, {"name": "quick", "command": ["echo", "hello"]})
+    done = wait_job(judy, "quick")
+    assert "hello" in logs(judy, "quick", "worker-0")
+    account = home_of(hub, "judy")
+    log_file = account.home / f".gpulab/jobs/{done['id']}-quick/worker-0.log"
+    log_file.unlink()
+    os.symlink("/etc/shadow", log_file)
+    os.lchown(log_file, account.uid, account.gid)
+    text = logs(judy, "quick", "worker-0")
+    assert "root:" not in text and text == ""
+    assert pwd.getpwnam(account.name).pw_uid == account.uid
+
+
+def test_deadline_fails_a_job_that_runs_too_long(hub):
+    kim = hub.create_user("kim")
+    submit(kim, {"name": "slow", "command": ["sleep", "120"], "active_deadline": "2s"})
+    start = time.monotonic()
+    failed = wait_job(kim, "slow")
+    assert failed["state"] == "failed" and "DeadlineExceeded" in failed["message"]
+    assert time.monotonic() - start < 30
+    wait_for(lambda: not hub.unix_pids("kim"), 20, "the replica to end")
+
+
+def test_hub_restart_stops_running_jobs_and_keeps_queued_ones(make_hub):
+    hub = make_hub({"gpus": {"ids": ["0"]}}).start()
+    lee = hub.create_user("lee")
+    submit(
+        lee, {"name": "running", "command": ["sleep", "300"], "replicas": {"worker": {"gpus": 1}}}
+    )
+    wait_for(lambda: job(lee, "running")["state"] == "running", 30, "the job to run")
+    submit(
+        lee, {"name": "waiting", "command": ["echo", "later"], "replicas": {"worker": {"gpus": 1}}}
+    )
+    wait_for(lambda: job(lee, "waiting")["queue_position"] == 1, 30, "the second job to queue")
+    hub.kill()
+    hub.start()
+    stopped = wait_job(lee, "running", timeout=60)
+    assert stopped["state"] == "failed" and "hub restarted" in stopped["message"]
+    done = wait_job(lee, "waiting", timeout=60)
+    assert done["state"] == "succeeded" and "later" in logs(lee, "waiting", "worker-0")
+    assert requests.get(hub.api("/"), timeout=10).status_code == 200
