@@ -43,7 +43,7 @@ def configure(c, settings: Settings | None = None) -> None:
     from gpulab.spawner.accounts import prepare_data_root, privileged
     from gpulab.spawner.local import reconcile_local_grants
 
-    from .api import gpu, gpus, jobs, storage
+    from .api import gpu, gpus, jobs, storage, sweeps
 
     # hub state (ledger, hub database, tokens) is for root's eyes only
     os.umask(0o077)
@@ -72,6 +72,7 @@ def configure(c, settings: Settings | None = None) -> None:
         *gpu.default_handlers,
         *storage.default_handlers,
         *jobs.default_handlers,
+        *sweeps.default_handlers,
     ]
 
     admins = set(s.hub.admin_users)

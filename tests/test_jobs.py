@@ -80,7 +80,11 @@ def put_file(hub, name: str, path: str, text: str) -> None:
     """Write a file into the user's home, owned by them (as they would from JupyterLab)."""
     account = home_of(hub, name)
     target = account.home / path
-    target.parent.mkdir(parents=True, exist_ok=True)
+    for parent in reversed(target.relative_to(account.home).parents[:-1]):
+        folder = account.home / parent
+        if not folder.exists():
+            folder.mkdir()
+            os.chown(folder, account.uid, account.gid)
     target.write_text(text)
     os.chown(target, account.uid, account.gid)
 
@@ -412,3 +416,103 @@ def test_hub_restart_stops_running_jobs_and_keeps_queued_ones(make_hub):
     done = wait_job(lee, "waiting", timeout=60)
     assert done["state"] == "succeeded" and "later" in logs(lee, "waiting", "worker-0")
     assert requests.get(hub.api("/"), timeout=10).status_code == 200
+
+
+TRIAL = textwrap.dedent(
+    """
+    import argparse, json, os, sys, time
+    p = argparse.ArgumentParser()
+    p.add_argument("--lr", type=float)
+    p.add_argument("--units", type=int)
+    args = p.parse_args()
+    assert float(os.environ["GPULAB_PARAM_LR"]) == args.lr
+    with open(os.path.expanduser(f"~/spans/{os.environ['GPULAB_JOB']}"), "w") as f:
+        f.write(f"{time.time()} ")
+        time.sleep(1.5)
+        f.write(f"{time.time()}")
+    if args.lr > 0.5:
+        sys.exit("diverged: loss is nan")
+    print(f"gpulab-metric: loss={(args.lr - 0.22) ** 2 + args.units / 1000:.6f}")
+    with open(os.environ["GPULAB_METRICS_FILE"], "w") as f:
+        json.dump({"accuracy": 1 - args.lr}, f)
+    """
+)
+
+
+def test_sweep_runs_trials_in_parallel_and_ranks_them(hub):
+    mia = hub.create_user("mia")
+    put_file(hub, "mia", "trial.py", TRIAL)
+    put_file(hub, "mia", "spans/.keep", "")
+    spec = {
+        "name": "lr",
+        "job": {"script": "trial.py"},
+        "parameters": {"lr": [0.1, 0.2, 0.3, 0.9], "units": {"values": [1]}},
+        "max_parallel": 2,
+        "objective": {"metric": "loss", "goal": "minimize"},
+    }
+    r = mia.session.post(hub.api("/gpulab/sweeps"), json=spec, timeout=30)
+    assert r.status_code == 201, r.text
+    assert r.json()["total_trials"] == 4
+    r = mia.session.post(hub.api("/gpulab/sweeps"), json=spec, timeout=30)
+    assert r.status_code == 409
+
+    def finished():
+        model = mia.session.get(hub.api("/gpulab/sweeps/lr"), timeout=30).json()
+        return model["state"] != "running" and model
+
+    done = wait_for(finished, 120, "the sweep to finish")
+    assert done["state"] == "succeeded", done["message"]
+    names = [t["name"] for t in done["trials"]]
+    assert names == ["lr-2", "lr-3", "lr-1", "lr-4"], done["trials"]
+    assert done["best"]["name"] == "lr-2" and done["best"]["params"] == {"lr": 0.2, "units": 1}
+    assert done["best"]["metric"] == pytest.approx((0.2 - 0.22) ** 2 + 0.001)
+    assert done["best"]["metrics"]["accuracy"] == pytest.approx(0.8)
+    failed = done["trials"][-1]
+    assert failed["state"] == "failed" and "diverged" in failed["message"]
+    assert failed["metric"] is None
+    assert "4 trials: 3 succeeded, 1 failed; best lr-2" in done["message"]
+    # never more than two trials at once, and the trials overlapped (they ran in parallel)
+    spans = []
+    for i in range(1, 5):
+        text = (home_of(hub, "mia").home / f"spans/lr-{i}").read_text().split()
+        spans.append((float(text[0]), float(text[1])))
+    most = max(sum(s <= t < e for s, e in spans) for t, _ in spans)
+    assert most == 2, spans
+    # the trials are jobs of their own, listed by sweep
+    jobs = mia.session.get(hub.api("/gpulab/jobs"), params={"sweep": "lr"}, timeout=30).json()
+    assert sorted(j["name"] for j in jobs["jobs"]) == ["lr-1", "lr-2", "lr-3", "lr-4"]
+    assert mia.session.delete(hub.api("/gpulab/sweeps/lr"), timeout=30).status_code == 204
+    assert mia.session.get(hub.api("/gpulab/jobs"), timeout=30).json()["jobs"] == []
+
+
+def test_bad_sweeps_are_refused(hub):
+    nia = hub.create_user("nia")
+    good = {
+        "name": "s",
+        "job": {"command": "true"},
+        "parameters": {"lr": [1]},
+        "objective": {"metric": "loss"},
+    }
+    cases = [
+        ({**good, "algorithm": "bayes"}, "algorithm"),
+        ({**good, "parameters": {}}, "parameters"),
+        (
+            {
+                **good,
+                "parameters": {"lr": {"min": 1, "max": 0}},
+                "algorithm": "random",
+                "trials": 2,
+            },
+            "min is above max",
+        ),
+        ({**good, "algorithm": "random", "trials": 0}, "trials"),
+        ({**good, "job": {"name": "x", "command": "true"}}, "job.name"),
+        ({**good, "job": {"command": "true", "framework": "caffe"}}, "framework"),
+        ({**good, "parameters": {"lr": list(range(300))}}, "at most 256"),
+        ({**good, "objective": {"metric": "loss", "goal": "lowest"}}, "goal"),
+    ]
+    for spec, words in cases:
+        r = nia.session.post(hub.api("/gpulab/sweeps"), json=spec, timeout=30)
+        assert r.status_code == 400, (spec, r.text)
+        assert words in r.json()["message"], (spec, r.text)
+    assert nia.session.get(hub.api("/gpulab/sweeps/nope"), timeout=30).status_code == 404

@@ -40,16 +40,24 @@ class JobsAPIHandler(GpulabAPIHandler):
         return data
 
     def job(self, name: str):
-        return _mapped(job_manager().get, self.owner(), name)
+        return mapped(job_manager().get, self.owner(), name)
 
     def groups_of(self, user: str) -> list[str]:
         found = self.find_user(user)
         return [g.name for g in found.groups] if found is not None else []
 
 
-def _mapped(fn, *args):
+def mapped(fn, *args):
+    """Call ``fn``; a JobError becomes the HTTP error it names."""
     try:
         return fn(*args)
+    except JobError as e:
+        raise web.HTTPError(e.status, str(e)) from None
+
+
+async def amapped(fn, *args):
+    try:
+        return await fn(*args)
     except JobError as e:
         raise web.HTTPError(e.status, str(e)) from None
 
@@ -65,8 +73,8 @@ class JobListHandler(JobsAPIHandler):
     async def post(self):
         user = self.owner()
         manager = job_manager()
-        spec = _mapped(manager.parse, self.body())
-        job = _mapped(manager.submit, user, self.groups_of(user), spec)
+        spec = mapped(manager.parse, self.body())
+        job = mapped(manager.submit, user, self.groups_of(user), spec)
         self.set_status(201)
         self.write_json(manager.model(job))
 
@@ -102,7 +110,7 @@ class JobLogsHandler(JobsAPIHandler):
             raise web.HTTPError(400, "offset must be a whole number") from None
         if offset < 0:
             raise web.HTTPError(400, "offset must be 0 or more")
-        chunk = await asyncio.to_thread(_mapped, manager.read_log, job, replica, offset)
+        chunk = await asyncio.to_thread(mapped, manager.read_log, job, replica, offset)
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.set_header("X-Accel-Buffering", "no")
         while True:

@@ -25,6 +25,7 @@ from . import spec as specs
 from .runner import Launch
 from .spec import JobSpec, ReplicaGroup, SpecError, replica_name, spec_from_json
 from .store import Job, JobStore
+from .sweeps import SweepManager
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class JobManager:
         self._changed = asyncio.Event()
         self._ports: set[int] = set()
         self._lock = asyncio.Lock()
+        self.sweeps = SweepManager(self)
 
     # -- requests --------------------------------------------------------------------
 
@@ -181,6 +183,7 @@ class JobManager:
         while True:
             try:
                 await self.schedule()
+                self.sweeps.advance()
             except Exception:  # noqa: BLE001 -- try again next round
                 log.exception("Scheduling jobs failed")
             self._changed.clear()
