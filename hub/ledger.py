@@ -602,6 +602,8 @@ def _sqlite_immediate_transactions(engine) -> None:
     def _connect(dbapi_connection, _record):
         dbapi_connection.isolation_level = None  # let SQLAlchemy's BEGIN below be the only one
         dbapi_connection.execute("PRAGMA journal_mode=WAL")
+        # durable across a crash of the hub; a power loss ends every holder anyway
+        dbapi_connection.execute("PRAGMA synchronous=NORMAL")
 
     @event.listens_for(engine, "begin")
     def _begin(conn):

@@ -3,7 +3,7 @@
 Each replica runs as its user's unix account (when the hub is root), in a session of its
 own so that stopping it ends everything it started, with a clean environment (nothing of
 the hub's), from a directory of the user's home. Its output goes to a log file on the
-home that the replica itself opens once it runs as the user, so a log path the user
+home that the replica's shell opens once it runs as the user, so a log path the user
 turned into a link cannot make the hub write elsewhere; the hub reads logs back through
 ``open_in_home``, which never follows a link.
 """
@@ -19,8 +19,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-from jupyterhub.spawner import set_user_setuid
 
 from gpulab.hub.workloads.runner import Launch
 
@@ -66,23 +64,44 @@ class LocalRunner:
         return self.account(user).home
 
     async def start(self, user: str, launch: Launch) -> Started:
-        """Start ``launch`` as ``user``; OSError when it cannot even begin."""
+        """Start ``launch`` as ``user``; OSError when it cannot even begin.
+
+        A shell, already the user, appends its output to the log, writes the header,
+        enters the working folder and execs the command: a missing command ends with
+        the shell's own message in the log and exit code 127, as in a terminal. No
+        Python runs between fork and exec, which keeps a start to a few milliseconds.
+        """
         account = self.account(user)
-        preexec = _preexec(account, launch)
-        # a shell execs the command, so one that is missing ends with the shell's own
-        # message in the log and exit code 127, as in a terminal
-        argv = ["/bin/sh", "-c", 'exec "$@"', "sh", *launch.argv]
+        log_dir = launch.log.rpartition("/")[0]
+        if log_dir:
+            try:
+                make_dirs_in_home(account, log_dir)
+            except OSError as e:
+                raise OSError(
+                    f"could not start: cannot make its log folder ~/{log_dir} ({e.strerror})"
+                ) from None
+        argv = ["/bin/sh", "-c", LAUNCH_SCRIPT, "sh", launch.log, launch.header, launch.workdir]
+        ids = {}
+        if privileged():
+            ids = dict(
+                user=account.uid,
+                group=account.gid,
+                extra_groups=os.getgrouplist(account.name, account.gid),
+            )
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
+                *launch.argv,
                 env=launch.env,
                 cwd=str(account.home),
                 stdin=asyncio.subprocess.DEVNULL,
-                preexec_fn=preexec,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
                 start_new_session=True,
                 close_fds=True,
+                **ids,
             )
-        except Exception as e:  # SubprocessError from the child's preparation
+        except OSError as e:
             raise OSError(f"could not start {launch.argv[0]}: {e}") from None
         return Started(process.pid, process_start_time(process.pid), process)
 
@@ -121,31 +140,39 @@ class LocalRunner:
             os.close(fd)
 
 
-def _preexec(account: Account, launch: Launch):
-    become = set_user_setuid(account.name) if privileged() else None
-    log_dir, _, _ = launch.log.rpartition("/")
-    header = launch.header.encode() + b"\n" if launch.header else b""
+# $1 log, $2 header, $3 working folder (relative to the home), then the command
+LAUNCH_SCRIPT = """exec >>"$1" 2>&1 || exit 2
+[ -z "$2" ] || printf '%s\\n' "$2"
+if [ -n "$3" ]; then cd -- "$3" || { echo "gpulab: cannot enter ~/$3"; exit 2; }; fi
+shift 3
+exec "$@"
+"""
 
-    def preexec():
-        if become is not None:
-            become()
-        os.chdir(account.home)
-        if log_dir:
-            os.makedirs(log_dir, mode=0o700, exist_ok=True)
-        fd = os.open(launch.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
-        if header:
-            os.write(1, header)
-        if launch.workdir:
+
+def make_dirs_in_home(account: Account, relative: str) -> None:
+    """Create the folders of ``relative`` under the home, owned by the user, 0700.
+
+    Walked one folder at a time without following links, so a user's link cannot make
+    the hub create or chown anything outside their home.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
+    fd = os.open(account.home, flags)
+    try:
+        for part in [p for p in relative.split("/") if p]:
+            if part in (".", ".."):
+                raise OSError(errno.EINVAL, f"not a plain path: {relative}")
             try:
-                os.chdir(launch.workdir)
-            except OSError as e:
-                os.write(2, f"gpulab: cannot enter ~/{launch.workdir}: {e.strerror}\n".encode())
-                os._exit(2)
-
-    return preexec
+                os.mkdir(part, 0o700, dir_fd=fd)
+                made = True
+            except FileExistsError:
+                made = False
+            nxt = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+            if made and privileged():
+                os.fchown(fd, account.uid, account.gid)
+    finally:
+        os.close(fd)
 
 
 def open_in_home(home: Path, relative: str) -> int:

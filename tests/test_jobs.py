@@ -4,9 +4,9 @@ processes on loopback, run as the user's unix account, with GPUs from the ledger
 from __future__ import annotations
 
 import os
-import pwd
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -385,7 +385,24 @@ def test_log_links_in_the_home_are_not_followed(hub):
     os.lchown(log_file, account.uid, account.gid)
     text = logs(judy, "quick", "worker-0")
     assert "root:" not in text and text == ""
-    assert pwd.getpwnam(account.name).pw_uid == account.uid
+    # nor to make the hub create folders outside the home
+    import shutil
+    import tempfile
+
+    outside = Path(tempfile.mkdtemp())
+    jobs = account.home / ".gpulab" / "jobs"
+    shutil.rmtree(jobs)
+    os.symlink(outside, jobs)
+    os.lchown(jobs, account.uid, account.gid)
+    submit(judy, {"name": "escape", "command": ["echo", "hi"]})
+    failed = wait_job(judy, "escape")
+    assert failed["state"] == "failed" and "could not start" in failed["message"]
+    assert list(outside.iterdir()) == []
+    jobs.unlink()
+    # a working folder that is not there: the reason says so
+    submit(judy, {"name": "nowhere", "command": ["echo", "hi"], "workdir": "no/such"})
+    failed = wait_job(judy, "nowhere")
+    assert "exited with code 2: gpulab: cannot enter ~/no/such" in failed["message"]
 
 
 def test_deadline_fails_a_job_that_runs_too_long(hub):

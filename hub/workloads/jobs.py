@@ -292,7 +292,7 @@ class JobManager:
         while True:
             timeout = None if ends is None else max(0.0, ends - loop.time())
             try:
-                name, code, final = await asyncio.wait_for(events.get(), timeout)
+                name, code, final, detail = await asyncio.wait_for(events.get(), timeout)
             except TimeoutError:
                 self.store.update(
                     job.id,
@@ -320,8 +320,11 @@ class JobManager:
                     self._collect_metrics(job, spec)
                     return
                 continue
-            tail = self._last_line(job, name)
-            why = f"{name} exited with code {code}" + (f": {tail}" if tail else "")
+            if detail:
+                why = f"{name} {detail}"
+            else:
+                tail = self._last_line(job, name)
+                why = f"{name} exited with code {code}" + (f": {tail}" if tail else "")
             if run.restarts >= run.group.backoff_limit and run.group.restart_policy != "Never":
                 why += f" (after {run.restarts} restart(s), backoff limit reached)"
             self.store.update(job.id, state="failed", message=f"Failed: {why}")
@@ -348,7 +351,7 @@ class JobManager:
                 self.store.update_replica(
                     job.id, run.name, state="failed", message=str(e), finished=utcnow()
                 )
-                await events.put((run.name, 127, True))
+                await events.put((run.name, 127, True, str(e)))
                 return
             # the grant names its holder, so a hub restart keeps it while the process runs
             self.ledger.attach(
@@ -372,7 +375,7 @@ class JobManager:
                     job.id, run.name, state="succeeded", exit_code=0, finished=utcnow()
                 )
                 self.store.event(job.id, "Exited with code 0", run.name)
-                await events.put((run.name, 0, True))
+                await events.put((run.name, 0, True, ""))
                 return
             if specs.should_restart(run.group, code, run.restarts):
                 run.restarts += 1
@@ -392,14 +395,14 @@ class JobManager:
                     f"Exited with code {code}; restart {run.restarts} in {delay:g}s",
                     run.name,
                 )
-                await events.put((run.name, code, False))
+                await events.put((run.name, code, False, ""))
                 await asyncio.sleep(delay)
                 continue
             self.store.update_replica(
                 job.id, run.name, state="failed", exit_code=code, finished=utcnow()
             )
             self.store.event(job.id, f"Exited with code {code}", run.name)
-            await events.put((run.name, code, True))
+            await events.put((run.name, code, True, ""))
             return
 
     async def _finish(self, job: Job, runs: dict[str, _ReplicaRun]) -> None:
