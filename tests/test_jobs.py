@@ -533,3 +533,31 @@ def test_bad_sweeps_are_refused(hub):
         assert r.status_code == 400, (spec, r.text)
         assert words in r.json()["message"], (spec, r.text)
     assert nia.session.get(hub.api("/gpulab/sweeps/nope"), timeout=30).status_code == 404
+
+
+def test_job_installs_its_package_first(hub):
+    from hubfixture import tiny_wheel
+
+    olga = hub.create_user("olga")
+    account = home_of(hub, "olga")
+    wheel = account.home / "dist" / "gpulabprobe-1.0-py3-none-any.whl"
+    put_file(hub, "olga", "dist/.keep", "")
+    wheel.write_bytes(tiny_wheel())
+    os.chown(wheel, account.uid, account.gid)
+    spec = {
+        "name": "pkg",
+        "package": "dist/gpulabprobe-1.0-py3-none-any.whl",
+        "command": ["python", "-c", "import gpulabprobe; print('value', gpulabprobe.VALUE)"],
+    }
+    submit(olga, spec)
+    done = wait_job(olga, "pkg")
+    assert done["state"] == "succeeded", (done["message"], logs(olga, "pkg", "install"))
+    assert "value 42" in logs(olga, "pkg", "worker-0")
+    assert "Successfully installed gpulabprobe" in logs(olga, "pkg", "install")
+    # the package is the job's, not installed for the user's notebooks
+    assert not list((account.home / ".local").glob("**/gpulabprobe"))
+
+    submit(olga, {**spec, "name": "nopkg", "package": "dist/missing.whl"})
+    failed = wait_job(olga, "nopkg")
+    assert failed["state"] == "failed" and "installing ~/dist/missing.whl" in failed["message"]
+    assert failed["replicas"][0]["state"] == "stopped"
