@@ -1,4 +1,5 @@
-"""The ``gpulab`` command: run the hub, see who holds which GPU, check the machine."""
+"""The ``gpulab`` command: run the hub, see who holds which GPU, check the machine, run
+training jobs and sweeps."""
 
 from __future__ import annotations
 
@@ -12,18 +13,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from .cli_jobs import SpecFileError, cmd_job, cmd_sweep, job_parsers, sweep_parsers
+from .cli_output import ago as _ago
+from .cli_output import console, err
 from .client import ClientError, GpulabClient
 from .settings import Settings, SettingsError, load_settings
 from .settings import format_size as human
-
-console = Console()
-err = Console(stderr=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("doctor", help="check this machine: proxy, GPUs, data root, Ceph, hub")
 
+    job_parsers(sub)
+    sweep_parsers(sub)
+
     # TensorBoard's own flags pass through untouched, so cmd_tensorboard parses its
     # arguments itself: this parser takes every word after the command as it is
     tensorboard = sub.add_parser(
@@ -112,10 +115,21 @@ def main(argv: list[str] | None = None) -> int:
             "storage": cmd_storage,
             "gpu": cmd_gpu,
             "doctor": cmd_doctor,
+            "job": cmd_job,
+            "sweep": cmd_sweep,
         }
         return commands[args.command](args, settings)
+    except SpecFileError as e:
+        err.print(
+            f"[red]gpulab {args.command}:[/red] {escape(str(e))}", highlight=False, soft_wrap=True
+        )
+        return 2
     except ClientError as e:
-        err.print(f"[red]gpulab:[/red] {e}")
+        err.print(f"[red]gpulab:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+        return 1
+    except BrokenPipeError:  # the reader went away (gpulab job logs NAME | head)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         return 1
     except KeyboardInterrupt:
         return 130
@@ -145,17 +159,6 @@ def cmd_up(args, settings: Settings) -> int:
 
 
 # -- status --------------------------------------------------------------------------
-
-
-def _ago(iso: str | None) -> str:
-    if not iso:
-        return ""
-    then = datetime.fromisoformat(iso.replace("Z", "+00:00"))
-    seconds = int((datetime.now(UTC) - then).total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return f"{max(seconds, 0)}s ago"
 
 
 def cmd_status(args, settings: Settings) -> int:

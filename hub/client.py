@@ -1,7 +1,16 @@
 """The Python client for the gpulab hub API, used by the CLI and from notebooks.
 
 >>> from gpulab.hub.client import GpulabClient
->>> GpulabClient.from_environment().gpus()["free"]
+>>> client = GpulabClient.from_environment()
+>>> client.gpus()["free"]
+
+Training jobs and sweeps (docs/jobs.md), e.g. from a notebook:
+
+>>> client.submit_job({"name": "mnist", "script": "train.py", "replicas": {"worker": {"gpus": 1}}})
+>>> for text in client.job_logs("mnist", follow=True):  # until the job ends
+...     print(text, end="")
+>>> client.wait_job("mnist")["state"]
+'succeeded'
 
 Inside a user server it finds the hub through ``JUPYTERHUB_API_URL`` and the
 server's token; elsewhere through ``GPULAB_URL`` / ``GPULAB_TOKEN``, or, as root on
@@ -10,8 +19,12 @@ the hub machine, the settings file and the gpulab CLI token in the data root.
 
 from __future__ import annotations
 
+import codecs
 import os
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import requests
 
@@ -24,6 +37,10 @@ class ClientError(Exception):
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
         self.status = status
+
+
+JOB_FINISHED = ("succeeded", "failed", "cancelled")
+"""The states a job (or a sweep) ends in."""
 
 
 class GpulabClient:
@@ -57,9 +74,15 @@ class GpulabClient:
         return cls(api_url, token)
 
     def request(self, method: str, path: str, **kwargs) -> dict | list:
+        r = self._send(method, path, **kwargs)
+        return r.json() if r.content else {}
+
+    def _send(self, method: str, path: str, **kwargs) -> requests.Response:
+        """The hub's answer to a request; an error answer raises ClientError."""
         url = self.api_url + path
+        kwargs.setdefault("timeout", self.timeout)
         try:
-            r = self.session.request(method, url, timeout=self.timeout, **kwargs)
+            r = self.session.request(method, url, **kwargs)
         except requests.ConnectionError:
             raise ClientError(f"cannot reach the hub at {self.api_url} (is it running?)") from None
         except requests.Timeout:
@@ -71,8 +94,9 @@ class GpulabClient:
                 message = r.text[:200] or r.reason
             if r.status_code == 403 and "credentials" in message.lower():
                 message += " Set GPULAB_TOKEN to an API token from the hub's Token page."
+            r.close()
             raise ClientError(f"{r.status_code}: {message}", status=r.status_code)
-        return r.json() if r.content else {}
+        return r
 
     def gpus(self, user: str | None = None) -> dict:
         return self.request("GET", "/gpulab/gpus", params={"user": user} if user else None)
@@ -144,3 +168,153 @@ class GpulabClient:
         if me.get("kind") == "service" or me.get("admin"):
             return self.request("GET", "/users", params={"state": "active"})
         return [self.request("GET", f"/users/{me['name']}")]
+
+    # -- training jobs ------------------------------------------------------------------
+
+    def jobs(self, user: str | None = None, sweep: str | None = None) -> list[dict]:
+        """One's jobs (admins: everyone's, or ``user``'s), oldest first; ``sweep``: its trials."""
+        params = _params(user=user, sweep=sweep)
+        return self.request("GET", "/gpulab/jobs", params=params)["jobs"]
+
+    def submit_job(self, spec: dict, user: str | None = None) -> dict:
+        """Submit a job spec (``name``, ``command`` / ``script`` / ``module``, ``replicas``,
+        ...); the queued job. A spec the hub refuses raises ClientError naming the field."""
+        return self.request("POST", "/gpulab/jobs", params=_params(user=user), json=spec)
+
+    def job(self, name: str, user: str | None = None) -> dict:
+        """The job: state, message, replicas, queue position, metrics, and its ``events``."""
+        return self.request("GET", _job_path(name), params=_params(user=user))
+
+    def job_logs(
+        self,
+        name: str,
+        replica: str | None = None,
+        user: str | None = None,
+        follow: bool = False,
+        offset: int = 0,
+    ) -> Iterator[str]:
+        """A replica's log (default: the job's first replica) as text, chunk by chunk.
+
+        ``follow``: go on while the job runs, ending when it does. ``offset`` is in bytes
+        of the log file, to resume where an earlier read stopped.
+        """
+        params = _params(replica=replica, user=user, follow=1 if follow else None, offset=offset)
+        # following waits for the job as long as it runs: no read timeout then
+        timeout = (self.timeout, None) if follow else self.timeout
+        r = self._send("GET", _job_path(name, "/logs"), params=params, stream=True, timeout=timeout)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        received = offset
+        try:
+            for data in r.iter_content(chunk_size=None):
+                received += len(data)
+                text = decoder.decode(data)
+                if text:
+                    yield text
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                yield tail
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
+            raise ClientError(
+                f"the hub stopped sending the log of {name} after {received} bytes "
+                f"(resume with offset={received})"
+            ) from None
+        except requests.Timeout:
+            raise ClientError(f"the hub at {self.api_url} did not answer in time") from None
+        finally:
+            r.close()
+
+    def cancel_job(self, name: str, user: str | None = None) -> dict:
+        """Stop every replica and free the job's GPUs; a job that ended stays as it is."""
+        return self.request("POST", _job_path(name, "/cancel"), params=_params(user=user))
+
+    def delete_job(self, name: str, user: str | None = None) -> None:
+        """Cancel the job if it runs, then forget it (its logs stay on the home)."""
+        self.request("DELETE", _job_path(name), params=_params(user=user))
+
+    def wait_job(
+        self,
+        name: str,
+        user: str | None = None,
+        timeout: float | None = None,
+        on_change: Callable[[dict], object] | None = None,
+        interval: float = 1.0,
+        states: tuple[str, ...] = JOB_FINISHED,
+    ) -> dict:
+        """Poll the job until it is in one of ``states`` (by default: until it ended).
+
+        ``on_change(job)`` is called with the job whenever its state, message or place
+        in the queue changed, e.g. ``on_change=lambda j: print(j["state"], j["message"])``.
+        More than ``timeout`` seconds raises TimeoutError; the job runs on.
+        """
+        return _wait(
+            lambda: self.job(name, user), f"job {name}", timeout, on_change, interval, states
+        )
+
+    # -- sweeps -------------------------------------------------------------------------
+
+    def sweeps(self, user: str | None = None) -> list[dict]:
+        return self.request("GET", "/gpulab/sweeps", params=_params(user=user))["sweeps"]
+
+    def submit_sweep(self, spec: dict, user: str | None = None) -> dict:
+        """Submit a sweep: ``name``, ``job`` (a job spec without its name), ``parameters``,
+        ``algorithm`` (grid / random), ``trials``, ``max_parallel``, ``objective``."""
+        return self.request("POST", "/gpulab/sweeps", params=_params(user=user), json=spec)
+
+    def sweep(self, name: str, user: str | None = None) -> dict:
+        """The sweep with its trials, best first by the objective, and its ``best`` trial."""
+        return self.request("GET", _sweep_path(name), params=_params(user=user))
+
+    def cancel_sweep(self, name: str, user: str | None = None) -> dict:
+        return self.request("POST", _sweep_path(name, "/cancel"), params=_params(user=user))
+
+    def delete_sweep(self, name: str, user: str | None = None) -> None:
+        self.request("DELETE", _sweep_path(name), params=_params(user=user))
+
+    def wait_sweep(
+        self,
+        name: str,
+        user: str | None = None,
+        timeout: float | None = None,
+        on_change: Callable[[dict], object] | None = None,
+        interval: float = 2.0,
+    ) -> dict:
+        """Poll the sweep until it ended; ``on_change(sweep)`` as for ``wait_job``."""
+        return _wait(lambda: self.sweep(name, user), f"sweep {name}", timeout, on_change, interval)
+
+
+def _params(**values) -> dict | None:
+    """Query parameters, leaving out those not given."""
+    given = {k: v for k, v in values.items() if v is not None and v != ""}
+    return given or None
+
+
+def _job_path(name: str, rest: str = "") -> str:
+    return f"/gpulab/jobs/{quote(name, safe='')}{rest}"
+
+
+def _sweep_path(name: str, rest: str = "") -> str:
+    return f"/gpulab/sweeps/{quote(name, safe='')}{rest}"
+
+
+def _wait(get, what, timeout, on_change, interval, states=JOB_FINISHED) -> dict:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    seen = None
+    while True:
+        model = get()
+        now = _progress(model)
+        if on_change is not None and now != seen:
+            on_change(model)
+        seen = now
+        if model["state"] in states:
+            return model
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError(f"{what} is still {model['state']} after {timeout:g}s")
+        wait = interval if deadline is None else min(interval, deadline - time.monotonic())
+        time.sleep(max(wait, 0.05))
+
+
+def _progress(model: dict) -> tuple:
+    """What ``on_change`` is told about: the state, the message, the queue, the trials."""
+    trials = tuple((t.get("name"), t.get("state")) for t in model.get("trials") or ())
+    replicas = tuple((r.get("name"), r.get("state")) for r in model.get("replicas") or ())
+    return model.get("state"), model.get("message"), model.get("queue_position"), trials, replicas
