@@ -304,7 +304,8 @@ def run_in_kernel(server_url: str, kernel_id: str, token: str, code: str, timeou
     """Run ``code`` in a kernel; its stdout. A kernel error raises RuntimeError."""
     out = []
     for msg in kernel_messages(server_url, kernel_id, token, code, timeout):
-        if msg["msg_type"] == "stream":
+        # stderr (library warnings: absl's, once TensorFlow is installed) is not stdout
+        if msg["msg_type"] == "stream" and msg["content"]["name"] == "stdout":
             out.append(msg["content"]["text"])
         elif msg["msg_type"] == "error":
             raise RuntimeError("kernel error: " + "\n".join(msg["content"]["traceback"]))

@@ -36,6 +36,16 @@ class GpulabAPIHandler(APIHandler):
             raise web.HTTPError(404, f"No such user: {wanted}")
         return wanted
 
+    def body(self) -> dict:
+        """The request's JSON object, or a 400 saying what is wrong with it."""
+        try:
+            data = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "The request body must be JSON") from None
+        if not isinstance(data, dict):
+            raise web.HTTPError(400, "The request body must be a JSON object")
+        return data
+
     def write_json(self, model) -> None:
         self.set_header("Content-Type", "application/json")
         self.write(json.dumps(model))

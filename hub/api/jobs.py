@@ -11,7 +11,6 @@ DELETE /hub/api/gpulab/jobs/NAME                cancel if running, then forget t
 from __future__ import annotations
 
 import asyncio
-import json
 
 from tornado import web
 from tornado.iostream import StreamClosedError
@@ -29,15 +28,6 @@ class JobsAPIHandler(GpulabAPIHandler):
         if user is None:
             raise web.HTTPError(400, "Name the user with ?user=NAME")
         return user
-
-    def body(self) -> dict:
-        try:
-            data = json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise web.HTTPError(400, "The request body must be JSON") from None
-        if not isinstance(data, dict):
-            raise web.HTTPError(400, "The request body must be a JSON object")
-        return data
 
     def job(self, name: str):
         return mapped(job_manager().get, self.owner(), name)

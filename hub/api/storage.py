@@ -13,7 +13,6 @@ POST   /hub/api/gpulab/storage/s3/rotate-keys                  new S3 keys; old 
 from __future__ import annotations
 
 import asyncio
-import json
 
 from tornado import web
 
@@ -55,15 +54,6 @@ class StorageAPIHandler(GpulabAPIHandler):
         """Run one operation on the user's home volume, off the event loop."""
         homes = await self.homes(user)
         return await self.run(getattr(homes, operation), user, *args)
-
-    def body(self) -> dict:
-        try:
-            data = json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise web.HTTPError(400, "The request body must be JSON") from None
-        if not isinstance(data, dict):
-            raise web.HTTPError(400, "The request body must be a JSON object")
-        return data
 
     async def run(self, fn, *args):
         """Storage calls block on Ceph: run them off the event loop, map their errors."""

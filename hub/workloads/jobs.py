@@ -87,7 +87,7 @@ class JobManager:
                 f"training jobs do not run on the {self.settings.backend} backend yet; "
                 "they run on the local backend",
             )
-        self.check_fits(user, spec)
+        self.check_fits(user, spec, groups)
         replicas = [(replica_name(g.role, i), g.role, i) for g, i in spec.replicas()]
         job = self.store.create(
             user, spec.name, spec.as_json(), replicas, groups, sweep=sweep, params=params
@@ -100,14 +100,22 @@ class JobManager:
         self.wake()
         return job
 
-    def check_fits(self, user: str, spec: JobSpec) -> None:
-        """Refuse a job that could never start: over the quota or bigger than the pool."""
+    def check_fits(self, user: str, spec: JobSpec, groups: list[str] = ()) -> None:
+        """Refuse a job that could never start: over a quota or bigger than the pool."""
         limit = self.ledger.user_limit(user)
         if limit is not None and spec.gpus > limit:
             raise JobError(
                 403,
                 f"GPU quota exceeded: {user} may hold {limit} GPU(s), the job asks for {spec.gpus}",
             )
+        for group in groups:
+            limit = self.ledger.quotas.groups.get(group)
+            if limit is not None and spec.gpus > limit:
+                raise JobError(
+                    403,
+                    f"GPU quota exceeded: group {group} may hold {limit} GPU(s), the job asks "
+                    f"for {spec.gpus}",
+                )
         total = len(self.ledger.inventory)
         if spec.gpus > total:
             raise JobError(400, f"the job asks for {spec.gpus} GPUs; this hub has {total}")
@@ -251,15 +259,17 @@ class JobManager:
             )
         events: asyncio.Queue = asyncio.Queue()
         watchers: list[asyncio.Task] = []
+        verdict = None
         try:
             env = await self._job_env(job, spec)
             if spec.package:
-                env = await self._install_package(job, spec, env)
-                if env is None:
+                env, verdict = await self._install_package(job, spec, env)
+                if verdict is not None:
                     return
             addresses = {(r.group.role, r.index): r.address for r in runs.values()}
-            for run in runs.values():
-                self.store.update_replica(job.id, run.name, address=run.address, gpus=run.gpus)
+            self.store.update_replicas(
+                job.id, {r.name: {"address": r.address, "gpus": r.gpus} for r in runs.values()}
+            )
             self.store.update(job.id, state="running", started=utcnow(), message="Running")
             for run in runs.values():
                 replica_env = {
@@ -271,19 +281,20 @@ class JobManager:
                 watchers.append(
                     asyncio.ensure_future(self._watch(job, spec, run, replica_env, events))
                 )
-            await self._until_done(job, spec, runs, events)
+            verdict = await self._until_done(job, spec, runs, events)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 -- recorded on the job, never lost in a task
             log.exception("Job %s/%s failed in the hub", job.user, job.name)
-            self.store.update(job.id, state="failed", message=f"Failed: {e}")
+            verdict = ("failed", f"Failed: {e}")
         finally:
             for w in watchers:
                 w.cancel()
             await asyncio.gather(*watchers, return_exceptions=True)
-            await asyncio.shield(self._finish(job, runs))
+            await asyncio.shield(self._finish(job, runs, verdict))
 
-    async def _until_done(self, job, spec, runs, events) -> None:
+    async def _until_done(self, job, spec, runs, events) -> tuple[str, str]:
+        """Wait for the job's verdict: (state, message)."""
         deciding = specs.success_roles(spec)
         deadline = spec.active_deadline
         loop = asyncio.get_running_loop()
@@ -294,13 +305,7 @@ class JobManager:
             try:
                 name, code, final, detail = await asyncio.wait_for(events.get(), timeout)
             except TimeoutError:
-                self.store.update(
-                    job.id,
-                    state="failed",
-                    message=f"Failed: DeadlineExceeded: ran longer than {deadline:g}s",
-                )
-                self.store.event(job.id, f"Active deadline of {deadline:g}s passed")
-                return
+                return "failed", f"Failed: DeadlineExceeded: ran longer than {deadline:g}s"
             if not final:
                 continue
             run = runs[name]
@@ -313,12 +318,8 @@ class JobManager:
                     done = all(replica_name(role, i) in succeeded for i in indexes)
                 if done:
                     who = "every replica" if deciding is None else _names(deciding)
-                    self.store.update(
-                        job.id, state="succeeded", message=f"Succeeded: {who} finished"
-                    )
-                    self.store.event(job.id, "Succeeded")
                     self._collect_metrics(job, spec)
-                    return
+                    return "succeeded", f"Succeeded: {who} finished"
                 continue
             if detail:
                 why = f"{name} {detail}"
@@ -327,10 +328,8 @@ class JobManager:
                 why = f"{name} exited with code {code}" + (f": {tail}" if tail else "")
             if run.restarts >= run.group.backoff_limit and run.group.restart_policy != "Never":
                 why += f" (after {run.restarts} restart(s), backoff limit reached)"
-            self.store.update(job.id, state="failed", message=f"Failed: {why}")
-            self.store.event(job.id, f"Failed: {why}")
             self._collect_metrics(job, spec)
-            return
+            return "failed", f"Failed: {why}"
 
     async def _watch(self, job, spec, run: _ReplicaRun, env, events) -> None:
         """Run one replica until it is done for good, restarting it as its policy says."""
@@ -366,15 +365,19 @@ class JobManager:
                 started=utcnow(),
                 exit_code=None,
                 message="",
+                event=f"Started (attempt {attempt})",
             )
-            self.store.event(job.id, f"Started (attempt {attempt})", run.name)
             returncode = await run.started.wait()
             code = specs.exit_code(returncode)
             if code == 0:
                 self.store.update_replica(
-                    job.id, run.name, state="succeeded", exit_code=0, finished=utcnow()
+                    job.id,
+                    run.name,
+                    state="succeeded",
+                    exit_code=0,
+                    finished=utcnow(),
+                    event="Exited with code 0",
                 )
-                self.store.event(job.id, "Exited with code 0", run.name)
                 await events.put((run.name, 0, True, ""))
                 return
             if specs.should_restart(run.group, code, run.restarts):
@@ -389,38 +392,42 @@ class JobManager:
                     exit_code=code,
                     restarts=run.restarts,
                     message=f"exited with code {code}; restarting in {delay:g}s",
-                )
-                self.store.event(
-                    job.id,
-                    f"Exited with code {code}; restart {run.restarts} in {delay:g}s",
-                    run.name,
+                    event=f"Exited with code {code}; restart {run.restarts} in {delay:g}s",
                 )
                 await events.put((run.name, code, False, ""))
                 await asyncio.sleep(delay)
                 continue
             self.store.update_replica(
-                job.id, run.name, state="failed", exit_code=code, finished=utcnow()
+                job.id,
+                run.name,
+                state="failed",
+                exit_code=code,
+                finished=utcnow(),
+                event=f"Exited with code {code}",
             )
-            self.store.event(job.id, f"Exited with code {code}", run.name)
             await events.put((run.name, code, True, ""))
             return
 
-    async def _finish(self, job: Job, runs: dict[str, _ReplicaRun]) -> None:
-        """Stop every replica still running, then give its GPUs and port back."""
+    async def _finish(self, job: Job, runs: dict[str, _ReplicaRun], verdict) -> None:
+        """Stop every replica still running, give its GPUs and port back, and only then
+        say how the job ended: a job shown as finished holds nothing any more."""
         grace = self.settings.jobs.stop_grace_seconds
         live = [r for r in runs.values() if r.started is not None]
+        if verdict is not None and live:
+            self.store.update(job.id, message=f"{verdict[1]}; stopping its replicas")
         await asyncio.gather(
             *(self.runner.stop(r.started, grace) for r in live), return_exceptions=True
         )
-        current = self.store.get_by_id(job.id)
-        if current is not None and current.active:  # ended without a verdict (hub error)
-            self.store.update(job.id, state="failed", message="Failed: stopped by the hub")
         for run in runs.values():
             self.ledger.release(job.user, job.replica_key(run.name), f"job {job.name} ended")
             port = int(run.address.rpartition(":")[2])
             self._ports.discard(port)
+        current = self.store.get_by_id(job.id)
         if current is not None:
             self._stop_replica_records(current, "stopped")
+            if current.active:  # not cancelled meanwhile
+                state, message = verdict or ("failed", "Failed: stopped by the hub")
+                self.store.update(job.id, state=state, message=message, event=message)
         self.wake()
 
     def _stop_replica_records(self, job: Job, state: str) -> None:
@@ -445,8 +452,11 @@ class JobManager:
         env.update(spec.env)
         return env
 
-    async def _install_package(self, job: Job, spec: JobSpec, env: dict) -> dict | None:
-        """pip-install the job's package into a folder of the job's; the env that sees it."""
+    async def _install_package(
+        self, job: Job, spec: JobSpec, env: dict
+    ) -> tuple[dict, tuple | None]:
+        """pip-install the job's package into a folder of the job's: (the env that sees it,
+        None), or (env, the job's verdict) when the install failed."""
         self.store.update(job.id, message=f"Installing {spec.package}")
         self.store.event(job.id, f"Installing ~/{spec.package}")
         target = f"{job.log_dir}/site-packages"
@@ -466,11 +476,9 @@ class JobManager:
         if code != 0:
             tail = self._last_line(job, "install")
             message = f"Failed: installing ~/{spec.package} exited with code {code}: {tail}"
-            self.store.update(job.id, state="failed", message=message)
-            self.store.event(job.id, message)
-            return None
+            return env, ("failed", message)
         site = f"{env['HOME']}/{target}"
-        return {**env, "PYTHONPATH": ":".join(p for p in (site, env.get("PYTHONPATH")) if p)}
+        return {**env, "PYTHONPATH": ":".join(p for p in (site, env.get("PYTHONPATH")) if p)}, None
 
     def _address(self) -> str:
         """A loopback port no other replica of this hub was given."""

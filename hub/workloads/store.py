@@ -262,7 +262,8 @@ class JobStore:
     def active(self) -> list[Job]:
         return self._jobs(jobs_table.c.state.in_(ACTIVE))
 
-    def update(self, job_id: int, **fields) -> None:
+    def update(self, job_id: int, event: str = "", **fields) -> None:
+        """Change the job's fields, and record ``event`` with them (one transaction)."""
         for key in ("metrics", "params"):
             if key in fields:
                 fields[key] = json.dumps(fields[key])
@@ -270,24 +271,36 @@ class JobStore:
             fields.setdefault("finished", utcnow())
         with self.engine.begin() as conn:
             conn.execute(update(jobs_table).where(jobs_table.c.id == job_id).values(**fields))
+            if event:
+                self._event(conn, job_id, event)
 
-    def update_replica(self, job_id: int, name: str, **fields) -> None:
-        if "gpus" in fields:
-            fields["gpus"] = json.dumps(fields["gpus"])
+    def update_replica(self, job_id: int, name: str, event: str = "", **fields) -> None:
+        self.update_replicas(job_id, {name: fields}, event)
+
+    def update_replicas(self, job_id: int, changes: dict[str, dict], event: str = "") -> None:
+        """Change several replicas' fields at once; ``event`` is recorded for each."""
         with self.engine.begin() as conn:
-            conn.execute(
-                update(replicas_table)
-                .where(replicas_table.c.job_id == job_id, replicas_table.c.name == name)
-                .values(**fields)
-            )
+            for name, fields in changes.items():
+                if "gpus" in fields:
+                    fields = {**fields, "gpus": json.dumps(fields["gpus"])}
+                conn.execute(
+                    update(replicas_table)
+                    .where(replicas_table.c.job_id == job_id, replicas_table.c.name == name)
+                    .values(**fields)
+                )
+                if event:
+                    self._event(conn, job_id, event, name)
 
     def event(self, job_id: int, message: str, replica: str = "") -> None:
         with self.engine.begin() as conn:
-            conn.execute(
-                insert(job_events_table).values(
-                    job_id=job_id, at=utcnow(), replica=replica, message=message
-                )
+            self._event(conn, job_id, message, replica)
+
+    def _event(self, conn, job_id: int, message: str, replica: str = "") -> None:
+        conn.execute(
+            insert(job_events_table).values(
+                job_id=job_id, at=utcnow(), replica=replica, message=message
             )
+        )
 
     def events(self, job_id: int) -> list[dict]:
         q = (

@@ -238,7 +238,7 @@ class SweepManager:
         from .jobs import JobError
 
         first = self.jobs.parse(trial_job(spec.job, f"{spec.name}-1", spec.trials[0]))
-        self.jobs.check_fits(user, first)
+        self.jobs.check_fits(user, first, groups)
         names = {f"{spec.name}-{i + 1}" for i in range(len(spec.trials))}
         taken = sorted(names & {j.name for j in self.jobs.store.list(user=user)})
         if taken:
