@@ -274,7 +274,12 @@ def cmd_job(args, settings: Settings) -> int:
         "cancel": _job_cancel,
         "delete": _job_delete,
     }
-    spec = load_spec(args.file, "job", args.name) if args.action == "submit" else None
+    return _dispatch("job", actions, args, settings)
+
+
+def _dispatch(kind: str, actions: dict, args, settings: Settings) -> int:
+    """Run ``gpulab KIND ACTION``: read the spec file for submit, then call the hub."""
+    spec = load_spec(args.file, kind, args.name) if args.action == "submit" else None
     client = GpulabClient.from_environment(args.url, args.token, settings)
     return actions[args.action](client, args, spec)
 
@@ -481,9 +486,7 @@ def cmd_sweep(args, settings: Settings) -> int:
         "cancel": _sweep_cancel,
         "delete": _sweep_delete,
     }
-    spec = load_spec(args.file, "sweep", args.name) if args.action == "submit" else None
-    client = GpulabClient.from_environment(args.url, args.token, settings)
-    return actions[args.action](client, args, spec)
+    return _dispatch("sweep", actions, args, settings)
 
 
 def _is_number(value) -> bool:
