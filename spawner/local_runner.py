@@ -17,6 +17,7 @@ import signal
 import stat
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,8 @@ class Started:
     pid: int
     pid_started: str | None
     process: asyncio.subprocess.Process | None
+    exit_code: Callable[[], int | None] | None = None
+    """For a process an earlier hub started: reads the code its shell wrote on exit."""
 
     async def wait(self) -> int:
         """The process's return code once it ends (negative: killed by that signal)."""
@@ -41,7 +44,8 @@ class Started:
             return await self.process.wait()
         while holder_alive(self.pid, self.pid_started):  # not our child: poll
             await asyncio.sleep(0.2)
-        return -signal.SIGKILL
+        code = self.exit_code() if self.exit_code is not None else None
+        return -signal.SIGKILL if code is None else code
 
 
 class LocalRunner:
@@ -67,9 +71,10 @@ class LocalRunner:
         """Start ``launch`` as ``user``; OSError when it cannot even begin.
 
         A shell, already the user, appends its output to the log, writes the header,
-        enters the working folder and execs the command: a missing command ends with
-        the shell's own message in the log and exit code 127, as in a terminal. No
-        Python runs between fork and exec, which keeps a start to a few milliseconds.
+        enters the working folder, runs the command and writes its exit code beside the
+        log: a missing command ends with the shell's own message in the log and exit
+        code 127, as in a terminal. No Python runs between fork and exec, which keeps a
+        start to a few milliseconds.
         """
         account = self.account(user)
         log_dir = launch.log.rpartition("/")[0]
@@ -80,7 +85,9 @@ class LocalRunner:
                 raise OSError(
                     f"could not start: cannot make its log folder ~/{log_dir} ({e.strerror})"
                 ) from None
+        status = str(account.home / exit_file(launch.log))
         argv = ["/bin/sh", "-c", LAUNCH_SCRIPT, "sh", launch.log, launch.header, launch.workdir]
+        argv.append(status)
         ids = {}
         if privileged():
             ids = dict(
@@ -105,11 +112,15 @@ class LocalRunner:
             raise OSError(f"could not start {launch.argv[0]}: {e}") from None
         return Started(process.pid, process_start_time(process.pid), process)
 
-    def adopt(self, pid: int | None, pid_started: str | None) -> Started | None:
-        """A replica started by an earlier hub process, if it still runs."""
-        if pid and holder_alive(pid, pid_started):
-            return Started(pid, pid_started, None)
-        return None
+    def adopt(self, user: str, log: str, pid: int | None, pid_started: str | None) -> Started:
+        """A replica an earlier hub process started (with ``log``), running or ended: its
+        ``wait`` gives the exit code its shell wrote, or SIGKILL's when it wrote none."""
+
+        def exit_code() -> int | None:
+            text = self.read_log(user, exit_file(log), 0, 64).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else None
+
+        return Started(pid or 0, pid_started, None, exit_code)
 
     async def stop(self, started: Started, grace: float) -> None:
         """TERM the replica's whole session, then KILL what is left after ``grace``."""
@@ -140,13 +151,24 @@ class LocalRunner:
             os.close(fd)
 
 
-# $1 log, $2 header, $3 working folder (relative to the home), then the command
+# $1 log, $2 header, $3 working folder (relative to the home), $4 where the exit code
+# goes (so a later hub learns how a replica it did not start ended), then the command
 LAUNCH_SCRIPT = """exec >>"$1" 2>&1 || exit 2
+: >"$4"
 [ -z "$2" ] || printf '%s\\n' "$2"
 if [ -n "$3" ]; then cd -- "$3" || { echo "gpulab: cannot enter ~/$3"; exit 2; }; fi
-shift 3
-exec "$@"
+status=$4
+shift 4
+"$@"
+code=$?
+printf '%s\\n' "$code" >"$status"
+exit "$code"
 """
+
+
+def exit_file(log: str) -> str:
+    """Where the shell of the process logging to ``log`` writes its exit code."""
+    return log.removesuffix(".log") + ".exit"
 
 
 def make_dirs_in_home(account: Account, relative: str) -> None:

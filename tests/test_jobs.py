@@ -422,24 +422,39 @@ def test_deadline_fails_a_job_that_runs_too_long(hub):
     wait_for(lambda: not hub.unix_pids("kim"), 20, "the replica to end")
 
 
-def test_hub_restart_stops_running_jobs_and_keeps_queued_ones(make_hub):
+def test_a_hub_restart_takes_over_running_jobs_and_keeps_queued_ones(make_hub):
     hub = make_hub({"gpus": {"ids": ["0"]}}).start()
     lee = hub.create_user("lee")
-    submit(
-        lee, {"name": "running", "command": ["sleep", "300"], "replicas": {"worker": {"gpus": 1}}}
-    )
-    wait_for(lambda: job(lee, "running")["state"] == "running", 30, "the job to run")
+    # ends while the hub is down: its exit code still decides it
+    quick = "import sys, time; time.sleep(3); print('finished'); sys.exit(3)"
+    submit(lee, {"name": "ends", "command": ["python", "-c", quick]})
+    submit(lee, {"name": "long", "command": ["sleep", "300"], "replicas": {"worker": {"gpus": 1}}})
+    wait_for(lambda: job(lee, "long")["state"] == "running", 30, "the GPU job to run")
     submit(
         lee, {"name": "waiting", "command": ["echo", "later"], "replicas": {"worker": {"gpus": 1}}}
     )
-    wait_for(lambda: job(lee, "waiting")["queue_position"] == 1, 30, "the second job to queue")
+    wait_for(lambda: job(lee, "waiting")["queue_position"] == 1, 30, "the third job to queue")
+    pids = set(hub.unix_pids("lee"))
     hub.kill()
+    time.sleep(4)
     hub.start()
-    stopped = wait_job(lee, "running", timeout=60)
-    assert stopped["state"] == "failed" and "hub restarted" in stopped["message"]
+    ended = wait_job(lee, "ends", timeout=60)
+    assert ended["state"] == "failed", ended
+    assert "worker-0 exited with code 3: finished" in ended["message"]
+    # the GPU job runs on, with its GPU, the same process, supervised again
+    long = job(lee, "long")
+    assert long["state"] == "running"
+    assert any("Taken over after a hub restart" in e["message"] for e in long["events"])
+    assert hub.holders() == {"0": "lee"}
+    assert job(lee, "waiting")["state"] == "queued"
+    assert set(hub.unix_pids("lee")) <= pids
+    r = lee.session.post(hub.api("/gpulab/jobs/long/cancel"), timeout=60)
+    assert r.json()["state"] == "cancelled"
+    # then the queued one gets the GPU
     done = wait_job(lee, "waiting", timeout=60)
     assert done["state"] == "succeeded" and "later" in logs(lee, "waiting", "worker-0")
     assert requests.get(hub.api("/"), timeout=10).status_code == 200
+    wait_for(lambda: hub.gpus()["free"] == 1, 30, "the GPU to be free")
 
 
 TRIAL = textwrap.dedent(

@@ -240,7 +240,13 @@ class JobManager:
         if gpus:
             held = ", ".join(f"{k.rsplit('/', 1)[1]}: {','.join(v)}" for k, v in gpus.items())
             self.store.event(job.id, f"Granted GPUs ({held})")
-        task = asyncio.ensure_future(self._run(job, spec, gpus))
+        runs = {}
+        for group, index in spec.replicas():
+            name = replica_name(group.role, index)
+            runs[name] = _ReplicaRun(
+                group, index, name, self._address(), gpus.get(job.replica_key(name), [])
+            )
+        task = asyncio.ensure_future(self._run(job, spec, runs))
         self._tasks[job.id] = task
         task.add_done_callback(lambda _t, jid=job.id: self._tasks.pop(jid, None))
 
@@ -250,28 +256,34 @@ class JobManager:
 
     # -- running one job -----------------------------------------------------------------
 
-    async def _run(self, job: Job, spec: JobSpec, gpus: dict[str, list[str]]) -> None:
-        runs: dict[str, _ReplicaRun] = {}
-        for group, index in spec.replicas():
-            name = replica_name(group.role, index)
-            runs[name] = _ReplicaRun(
-                group, index, name, self._address(), gpus.get(job.replica_key(name), [])
-            )
+    async def _run(
+        self, job: Job, spec: JobSpec, runs: dict[str, _ReplicaRun], resumed: dict | None = None
+    ) -> None:
+        """Run the job's replicas to a verdict. ``resumed``: per replica (state, exit
+        code, adopted process) when taking over a job an earlier hub process started."""
         events: asyncio.Queue = asyncio.Queue()
         watchers: list[asyncio.Task] = []
         verdict = None
         try:
             env = await self._job_env(job, spec)
-            if spec.package:
+            if spec.package and resumed is None:
                 env, verdict = await self._install_package(job, spec, env)
                 if verdict is not None:
                     return
+            elif spec.package:
+                env = self._package_env(job, env)
             addresses = {(r.group.role, r.index): r.address for r in runs.values()}
-            self.store.update_replicas(
-                job.id, {r.name: {"address": r.address, "gpus": r.gpus} for r in runs.values()}
-            )
-            self.store.update(job.id, state="running", started=utcnow(), message="Running")
+            if resumed is None:
+                self.store.update_replicas(
+                    job.id,
+                    {r.name: {"address": r.address, "gpus": r.gpus} for r in runs.values()},
+                )
+                self.store.update(job.id, state="running", started=utcnow(), message="Running")
             for run in runs.values():
+                state, code, adopted = (resumed or {}).get(run.name, ("pending", None, None))
+                if state in ("succeeded", "failed"):  # ended before the hub restarted
+                    await events.put((run.name, code or 0, True, ""))
+                    continue
                 replica_env = {
                     **env,
                     **specs.cluster_env(spec, addresses, run.group.role, run.index),
@@ -279,9 +291,10 @@ class JobManager:
                     "GPULAB_REPLICA": run.name,
                 }
                 watchers.append(
-                    asyncio.ensure_future(self._watch(job, spec, run, replica_env, events))
+                    asyncio.ensure_future(self._watch(job, spec, run, replica_env, events, adopted))
                 )
-            verdict = await self._until_done(job, spec, runs, events)
+            started = job.started if resumed is not None else None
+            verdict = await self._until_done(job, spec, runs, events, started)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 -- recorded on the job, never lost in a task
@@ -293,12 +306,14 @@ class JobManager:
             await asyncio.gather(*watchers, return_exceptions=True)
             await asyncio.shield(self._finish(job, runs, verdict))
 
-    async def _until_done(self, job, spec, runs, events) -> tuple[str, str]:
-        """Wait for the job's verdict: (state, message)."""
+    async def _until_done(self, job, spec, runs, events, started=None) -> tuple[str, str]:
+        """Wait for the job's verdict: (state, message). ``started``: when the job began,
+        if before now (the deadline counts from then)."""
         deciding = specs.success_roles(spec)
         deadline = spec.active_deadline
         loop = asyncio.get_running_loop()
-        ends = loop.time() + deadline if deadline else None
+        ran = (utcnow() - started).total_seconds() if started else 0.0
+        ends = loop.time() + deadline - ran if deadline else None
         succeeded: set[str] = set()
         while True:
             timeout = None if ends is None else max(0.0, ends - loop.time())
@@ -331,43 +346,18 @@ class JobManager:
             self._collect_metrics(job, spec)
             return "failed", f"Failed: {why}"
 
-    async def _watch(self, job, spec, run: _ReplicaRun, env, events) -> None:
-        """Run one replica until it is done for good, restarting it as its policy says."""
-        log_path = f"{job.log_dir}/{run.name}.log"
+    async def _watch(self, job, spec, run: _ReplicaRun, env, events, adopted=None) -> None:
+        """Run one replica until it is done for good, restarting it as its policy says;
+        ``adopted``: its process, already running, started by an earlier hub."""
+        log_path = self._log(job, run.name)
         while True:
-            attempt = run.restarts + 1
-            header = f"==> gpulab: {run.name} of job {job.name}, attempt {attempt}, {utcnow():%Y-%m-%d %H:%M:%S} UTC"
-            launch = Launch(
-                argv=spec.command_for(run.group),
-                env=env,
-                workdir=spec.workdir,
-                log=log_path,
-                header=header,
-            )
-            try:
-                run.started = await self.runner.start(job.user, launch)
-            except OSError as e:
-                self.store.update_replica(
-                    job.id, run.name, state="failed", message=str(e), finished=utcnow()
-                )
-                await events.put((run.name, 127, True, str(e)))
-                return
-            # the grant names its holder, so a hub restart keeps it while the process runs
-            self.ledger.attach(
-                job.user, job.replica_key(run.name), run.started.pid, run.started.pid_started
-            )
-            self.store.update_replica(
-                job.id,
-                run.name,
-                state="running",
-                pid=run.started.pid,
-                pid_started=run.started.pid_started,
-                started=utcnow(),
-                exit_code=None,
-                message="",
-                event=f"Started (attempt {attempt})",
-            )
-            returncode = await run.started.wait()
+            if adopted is not None:
+                run.started, adopted = adopted, None
+                returncode = await run.started.wait()
+            else:
+                returncode = await self._start_attempt(job, spec, run, env, log_path, events)
+                if returncode is None:
+                    return
             code = specs.exit_code(returncode)
             if code == 0:
                 self.store.update_replica(
@@ -407,6 +397,46 @@ class JobManager:
             )
             await events.put((run.name, code, True, ""))
             return
+
+    async def _start_attempt(self, job, spec, run: _ReplicaRun, env, log_path, events):
+        """Start the replica's next attempt and wait for it: its return code, or None when
+        it could not start (the job is told)."""
+        attempt = run.restarts + 1
+        header = (
+            f"==> gpulab: {run.name} of job {job.name}, attempt {attempt}, "
+            f"{utcnow():%Y-%m-%d %H:%M:%S} UTC"
+        )
+        launch = Launch(
+            argv=spec.command_for(run.group),
+            env=env,
+            workdir=spec.workdir,
+            log=log_path,
+            header=header,
+        )
+        try:
+            run.started = await self.runner.start(job.user, launch)
+        except OSError as e:
+            self.store.update_replica(
+                job.id, run.name, state="failed", message=str(e), finished=utcnow()
+            )
+            await events.put((run.name, 127, True, str(e)))
+            return None
+        # the grant names its holder, so a hub restart keeps it while the process runs
+        self.ledger.attach(
+            job.user, job.replica_key(run.name), run.started.pid, run.started.pid_started
+        )
+        self.store.update_replica(
+            job.id,
+            run.name,
+            state="running",
+            pid=run.started.pid,
+            pid_started=run.started.pid_started,
+            started=utcnow(),
+            exit_code=None,
+            message="",
+            event=f"Started (attempt {attempt})",
+        )
+        return await run.started.wait()
 
     async def _finish(self, job: Job, runs: dict[str, _ReplicaRun], verdict) -> None:
         """Stop every replica still running, give its GPUs and port back, and only then
@@ -459,7 +489,7 @@ class JobManager:
         None), or (env, the job's verdict) when the install failed."""
         self.store.update(job.id, message=f"Installing {spec.package}")
         self.store.event(job.id, f"Installing ~/{spec.package}")
-        target = f"{job.log_dir}/site-packages"
+        target = f"{job.log_dir}/site-packages"  # where _package_env looks
         launch = Launch(
             argv=[self.python, "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
                   "--target", target, spec.package],
@@ -477,8 +507,13 @@ class JobManager:
             tail = self._last_line(job, "install")
             message = f"Failed: installing ~/{spec.package} exited with code {code}: {tail}"
             return env, ("failed", message)
-        site = f"{env['HOME']}/{target}"
-        return {**env, "PYTHONPATH": ":".join(p for p in (site, env.get("PYTHONPATH")) if p)}, None
+        return self._package_env(job, env), None
+
+    @staticmethod
+    def _package_env(job: Job, env: dict) -> dict:
+        """``env`` with the job's installed package first on PYTHONPATH."""
+        site = f"{env['HOME']}/{job.log_dir}/site-packages"
+        return {**env, "PYTHONPATH": ":".join(p for p in (site, env.get("PYTHONPATH")) if p)}
 
     def _address(self) -> str:
         """A loopback port no other replica of this hub was given."""
@@ -518,27 +553,70 @@ class JobManager:
     # -- after a hub restart ---------------------------------------------------------------
 
     async def recover(self) -> None:
-        """Jobs that were running when the hub stopped are stopped and marked failed: their
-        replicas' supervisor is gone, so nothing would restart or end them. Queued jobs go
-        on waiting in their place in the queue."""
+        """Take over the jobs an earlier hub process ran.
+
+        A running job whose replicas all still hold their GPUs is supervised again: the
+        replicas that run are adopted (their shell writes its exit code beside the log,
+        so one that ends, even while no hub watched, is judged as if it had been seen),
+        those that had ended count as they ended. A job caught starting, or whose
+        replica lost its GPU (it was between restarts), is stopped and marked failed.
+        Queued jobs go on waiting in their place in the queue.
+        """
         queued = {w.server for w in self.ledger.queue()}
         for job in self.store.active():
             if job.state == "queued":
                 if job.waiter is not None and job.queue_key not in queued:
                     self.store.update(job.id, waiter=None)
                 continue
+            why = self._cannot_resume(job)
+            if why is None:
+                self._resume(job)
+                continue
             for r in job.replicas:
-                started = self.runner.adopt(r.pid, r.pid_started)
-                if started is not None:
-                    await self.runner.stop(started, self.settings.jobs.stop_grace_seconds)
+                if r.pid:
+                    adopted = self.runner.adopt(
+                        job.user, self._log(job, r.name), r.pid, r.pid_started
+                    )
+                    await self.runner.stop(adopted, self.settings.jobs.stop_grace_seconds)
                 self.ledger.release(job.user, job.replica_key(r.name), "the hub restarted")
-            self.store.update(
-                job.id,
-                state="failed",
-                message="Failed: the hub restarted while the job ran; its replicas were stopped",
-            )
+            message = f"Failed: the hub restarted while the job {why}; its replicas were stopped"
+            self.store.update(job.id, state="failed", message=message, event=message)
             self._stop_replica_records(job, "stopped")
-            self.store.event(job.id, "Stopped: the hub restarted")
+
+    def _cannot_resume(self, job: Job) -> str | None:
+        if job.state != "running" or any(r.state == "pending" for r in job.replicas):
+            return "was starting"
+        spec = spec_from_json(job.spec)
+        held = {g.server for g in self.ledger.grants(job.user)}
+        for r in job.replicas:
+            if r.state in ("running", "restarting") and spec.group(r.role).gpus:
+                if job.replica_key(r.name) not in held:
+                    return f"ran ({r.name} no longer held its GPU)"
+        return None
+
+    def _resume(self, job: Job) -> None:
+        spec = spec_from_json(job.spec)
+        runs = {}
+        for r in job.replicas:
+            runs[r.name] = _ReplicaRun(
+                spec.group(r.role), r.index, r.name, r.address, r.gpus, restarts=r.restarts
+            )
+            self._ports.add(int(r.address.rpartition(":")[2]))
+        resumed = {}
+        for r in job.replicas:
+            adopted = None
+            if r.state == "running":
+                adopted = self.runner.adopt(job.user, self._log(job, r.name), r.pid, r.pid_started)
+            resumed[r.name] = (r.state, r.exit_code, adopted)
+        self.store.event(job.id, "Taken over after a hub restart")
+        log.info("Job %s/%s: supervised again after a hub restart", job.user, job.name)
+        task = asyncio.ensure_future(self._run(job, spec, runs, resumed))
+        self._tasks[job.id] = task
+        task.add_done_callback(lambda _t, jid=job.id: self._tasks.pop(jid, None))
+
+    @staticmethod
+    def _log(job: Job, replica: str) -> str:
+        return f"{job.log_dir}/{replica}.log"
 
 
 def parse_metrics(output: bytes) -> dict[str, float]:

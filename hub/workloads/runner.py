@@ -40,8 +40,9 @@ class Runner(Protocol):
     async def start(self, user: str, launch: Launch) -> Started:
         """Start ``launch`` as ``user``; OSError when it cannot begin."""
 
-    def adopt(self, pid: int | None, pid_started: str | None) -> Started | None:
-        """A process an earlier hub started, if it still runs."""
+    def adopt(self, user: str, log: str, pid: int | None, pid_started: str | None) -> Started:
+        """A process an earlier hub started with ``log``, running or ended; ``wait`` gives
+        how it ended."""
 
     async def stop(self, started: Started, grace: float) -> None:
         """Stop the process and everything it started: TERM, then KILL after ``grace``."""
