@@ -5,7 +5,8 @@ Return GPU restores a kernel's device arrays to host memory; Get GPU checkpoints
 CPU kernel again. The arrays must still go back to their device then, or a model would
 stay on the CPU after Get GPU. (The PyTorch path is measured on a real GPU by
 benchmarks/return_gpu_device.py; this machine has neither a GPU nor CuPy, so the CuPy
-path is the one that can be followed here.)
+path is the one that can be followed here.) TensorFlow's variables, tensors and models
+are checked for real, on the CPU.
 """
 
 from __future__ import annotations
@@ -76,3 +77,51 @@ def test_a_checkpoint_replaces_the_data_file_of_the_one_before(namespace, tmp_pa
     user_ns.clear()
     namespace.load(path)
     assert np.array_equal(user_ns["a"], np.arange(4.0)) and user_ns["label"] == "run 3"
+
+
+def test_tensorflow_variables_tensors_and_models_come_back(namespace, tmp_path):
+    """Real TensorFlow (CPU): what a notebook holds is back, values, names and all."""
+    import tensorflow as tf
+
+    weights = tf.Variable([[1.0, 2.0], [3.0, 4.0]], name="weights")
+    step = tf.Variable(7, dtype=tf.int64, name="step", trainable=False)
+
+    class Scale(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = tf.Variable(2.0)
+
+        def __call__(self, x):
+            return self.w * x
+
+    scale = Scale()
+    scale.w.assign(5.0)
+    model = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(2)])
+    answer = model(tf.ones((1, 3))).numpy()
+    user_ns = {
+        "weights": weights,
+        "step": step,
+        "batch": tf.constant(np.arange(6, dtype=np.float32).reshape(2, 3)),
+        "scale": scale,
+        "model": model,
+    }
+    namespace._user_namespace = lambda: (user_ns, dict(user_ns))
+    path = str(tmp_path / "kernel.pkl")
+    report = namespace.save(path)
+    assert report["saved"] == sorted(user_ns) and not report["failed"]
+    assert report["device_arrays"] >= 3  # weights, step and batch went through the host
+
+    user_ns.clear()
+    namespace.load(path)
+    assert isinstance(user_ns["weights"], tf.Variable)
+    assert user_ns["weights"].name == "weights:0" and user_ns["weights"].trainable
+    assert np.array_equal(user_ns["weights"].numpy(), [[1.0, 2.0], [3.0, 4.0]])
+    assert user_ns["step"].dtype == tf.int64 and not user_ns["step"].trainable
+    assert int(user_ns["step"].numpy()) == 7
+    assert isinstance(user_ns["batch"], tf.Tensor)
+    assert np.array_equal(user_ns["batch"].numpy(), np.arange(6).reshape(2, 3))
+    assert float(user_ns["scale"](3.0)) == 15.0
+    assert np.allclose(user_ns["model"](tf.ones((1, 3))).numpy(), answer)
+    # the restored variables train on
+    user_ns["weights"].assign_add(tf.ones((2, 2)))
+    assert float(tf.reduce_sum(user_ns["weights"])) == 14.0

@@ -244,7 +244,9 @@ class _HostPickler(_Pickler):
         elif mod in ("tensorflow", "tf_keras", "keras") and "tensorflow" in sys.modules:
             import tensorflow as tf
 
-            if isinstance(obj, tf.Variable) and not hasattr(obj, "_distribute_strategy"):
+            # a plain variable (TensorFlow 2 gives every one a ``_distribute_strategy``,
+            # None outside a strategy); a strategy's own variables pickle their own way
+            if isinstance(obj, tf.Variable) and getattr(obj, "_distribute_strategy", None) is None:
                 self.moved += 1
                 return _tf_variable, (obj.numpy(), obj.dtype.name, obj.name, obj.trainable)
             if isinstance(obj, tf.Tensor) and hasattr(obj, "numpy"):
