@@ -115,3 +115,14 @@ def discover(configured_ids: list[str]) -> list[Gpu]:
     except NvmlUnavailable as e:
         log.warning("No GPUs: NVML is unavailable (%s) and gpus.ids is not set", e)
         return []
+
+
+def visible_devices_env(ids: list[str]) -> dict[str, str]:
+    """The variables that give a process exactly the GPUs ``ids``: none when empty."""
+    visible = ",".join(ids)
+    return {
+        "CUDA_VISIBLE_DEVICES": visible,
+        "NVIDIA_VISIBLE_DEVICES": visible,
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        "GPULAB_GPUS": visible,
+    }

@@ -12,6 +12,7 @@ from traitlets.config import LoggingConfigurable
 
 from gpulab.hub.app import Context, context
 from gpulab.hub.hubconfig import CLI_SERVICE
+from gpulab.hub.inventory import visible_devices_env
 from gpulab.hub.ledger import LedgerError
 from gpulab.hub.storage import StorageError
 
@@ -137,12 +138,8 @@ class GpuSpawnerMixin(LoggingConfigurable):
         self.gpu_ids = []
 
     def gpu_env(self) -> dict[str, str]:
-        visible = ",".join(self.gpu_ids)
         return {
-            "CUDA_VISIBLE_DEVICES": visible,
-            "NVIDIA_VISIBLE_DEVICES": visible,
-            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
-            "GPULAB_GPUS": visible,
+            **visible_devices_env(self.gpu_ids),
             "GPULAB_PROFILE": self.profile_slug,
             # whose token the server's gpulab extension takes orders from
             "GPULAB_HUB_SERVICE": CLI_SERVICE,

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import socket
-from collections import defaultdict
+from collections import Counter
 from dataclasses import dataclass
 
 from gpulab.hub.app import context
+from gpulab.hub.inventory import visible_devices_env
 from gpulab.hub.ledger import GpuLedger, LedgerError, NoGpuFree, QuotaExceeded, utcnow
 
 from . import spec as specs
@@ -119,10 +121,7 @@ class JobManager:
         total = len(self.ledger.inventory)
         if spec.gpus > total:
             raise JobError(400, f"the job asks for {spec.gpus} GPUs; this hub has {total}")
-        nodes: dict[str, int] = defaultdict(int)
-        for gpu in self.ledger.inventory:
-            nodes[gpu.node] += 1
-        biggest = max(nodes.values(), default=0)
+        biggest = max(Counter(gpu.node for gpu in self.ledger.inventory).values(), default=0)
         for group in spec.groups:
             if group.gpus > biggest:
                 raise JobError(
@@ -139,20 +138,26 @@ class JobManager:
 
     def model(self, job: Job) -> dict:
         """A job as the API shows it, with its place in the queue while it waits."""
-        model = job.as_json()
-        model["queue_position"] = None
-        if job.state == "queued" and job.waiter is not None:
-            ids = [w.id for w in self.ledger.queue()]
-            if job.waiter in ids:
-                model["queue_position"] = ids.index(job.waiter) + 1
-        return model
+        return self.models([job])[0]
+
+    def models(self, jobs: list[Job]) -> list[dict]:
+        """``model`` of each job, reading the queue once."""
+        waiting = any(j.state == "queued" and j.waiter is not None for j in jobs)
+        places = {w.id: n for n, w in enumerate(self.ledger.queue(), 1)} if waiting else {}
+        out = []
+        for job in jobs:
+            model = job.as_json()
+            model["queue_position"] = places.get(job.waiter) if job.state == "queued" else None
+            out.append(model)
+        return out
 
     async def cancel(self, job: Job, reason: str = "cancelled") -> Job:
         if not job.active:
             return job
         task = self._tasks.get(job.id)
-        self.store.update(job.id, state="cancelled", message=f"Cancelled: {reason}")
-        self.store.event(job.id, f"Cancelled ({reason})")
+        self.store.update(
+            job.id, state="cancelled", message=f"Cancelled: {reason}", event=f"Cancelled ({reason})"
+        )
         if task is not None and not task.done():
             task.cancel()
             try:
@@ -175,7 +180,7 @@ class JobManager:
         if replica not in {r.name for r in job.replicas} and replica != "install":
             known = ", ".join(r.name for r in job.replicas)
             raise JobError(404, f"job {job.name} has no replica {replica} (replicas: {known})")
-        return self.runner.read_log(job.user, f"{job.log_dir}/{replica}.log", offset, limit)
+        return self.runner.read_log(job.user, job.log_path(replica), offset, limit)
 
     # -- the scheduler -------------------------------------------------------------------
 
@@ -228,27 +233,32 @@ class JobManager:
         except NoGpuFree as e:
             if waiter is None:
                 waiter = self.ledger.enqueue(job.user, job.queue_key, spec.gpus)
-                self.store.update(job.id, waiter=waiter)
-                self.store.event(job.id, f"Queued for {spec.gpus} GPU(s): {e.message_for(False)}")
+                self.store.update(
+                    job.id,
+                    waiter=waiter,
+                    event=f"Queued for {spec.gpus} GPU(s): {e.message_for(False)}",
+                )
             self._waiting(job, f"Waiting for {spec.gpus} GPU(s): {e.message_for(False)}")
             return
         except LedgerError as e:
             self.store.update(job.id, state="failed", message=str(e))
             return
         gpus = {key: [g.id for g in granted.get(key, [])] for key, _ in wants}
-        self.store.update(job.id, state="starting", waiter=None, message="Starting replicas")
-        if gpus:
-            held = ", ".join(f"{k.rsplit('/', 1)[1]}: {','.join(v)}" for k, v in gpus.items())
-            self.store.event(job.id, f"Granted GPUs ({held})")
+        held = ", ".join(f"{k.rsplit('/', 1)[1]}: {','.join(v)}" for k, v in gpus.items())
+        self.store.update(
+            job.id,
+            state="starting",
+            waiter=None,
+            message="Starting replicas",
+            event=f"Granted GPUs ({held})" if gpus else "",
+        )
         runs = {}
         for group, index in spec.replicas():
             name = replica_name(group.role, index)
             runs[name] = _ReplicaRun(
                 group, index, name, self._address(), gpus.get(job.replica_key(name), [])
             )
-        task = asyncio.ensure_future(self._run(job, spec, runs))
-        self._tasks[job.id] = task
-        task.add_done_callback(lambda _t, jid=job.id: self._tasks.pop(jid, None))
+        self._supervise(job, spec, runs)
 
     def _waiting(self, job: Job, message: str) -> None:
         if job.message != message:
@@ -287,7 +297,7 @@ class JobManager:
                 replica_env = {
                     **env,
                     **specs.cluster_env(spec, addresses, run.group.role, run.index),
-                    **_gpu_env(run.gpus),
+                    **visible_devices_env(run.gpus),
                     "GPULAB_REPLICA": run.name,
                 }
                 watchers.append(
@@ -349,7 +359,7 @@ class JobManager:
     async def _watch(self, job, spec, run: _ReplicaRun, env, events, adopted=None) -> None:
         """Run one replica until it is done for good, restarting it as its policy says;
         ``adopted``: its process, already running, started by an earlier hub."""
-        log_path = self._log(job, run.name)
+        log_path = job.log_path(run.name)
         while True:
             if adopted is not None:
                 run.started, adopted = adopted, None
@@ -461,9 +471,13 @@ class JobManager:
         self.wake()
 
     def _stop_replica_records(self, job: Job, state: str) -> None:
-        for r in job.replicas:
-            if r.state in ("pending", "running", "restarting"):
-                self.store.update_replica(job.id, r.name, state=state, finished=utcnow())
+        now = utcnow()
+        unfinished = ("pending", "running", "restarting")
+        changes = {
+            r.name: {"state": state, "finished": now} for r in job.replicas if r.state in unfinished
+        }
+        if changes:
+            self.store.update_replicas(job.id, changes)
 
     async def _job_env(self, job: Job, spec: JobSpec) -> dict[str, str]:
         env = self.runner.base_env(job.user)
@@ -474,7 +488,7 @@ class JobManager:
         env.update(
             GPULAB_JOB=job.name,
             GPULAB_JOB_ID=str(job.id),
-            GPULAB_METRICS_FILE=f"{env['HOME']}/{job.log_dir}/metrics.json",
+            GPULAB_METRICS_FILE=f"{env['HOME']}/{job.metrics_path}",
             PYTHONUNBUFFERED="1",
         )
         for key, value in job.params.items():
@@ -487,15 +501,15 @@ class JobManager:
     ) -> tuple[dict, tuple | None]:
         """pip-install the job's package into a folder of the job's: (the env that sees it,
         None), or (env, the job's verdict) when the install failed."""
-        self.store.update(job.id, message=f"Installing {spec.package}")
-        self.store.event(job.id, f"Installing ~/{spec.package}")
-        target = f"{job.log_dir}/site-packages"  # where _package_env looks
+        self.store.update(
+            job.id, message=f"Installing {spec.package}", event=f"Installing ~/{spec.package}"
+        )
         launch = Launch(
             argv=[self.python, "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
-                  "--target", target, spec.package],
+                  "--target", job.site_dir, spec.package],
             env=env,
             workdir="",
-            log=f"{job.log_dir}/install.log",
+            log=job.log_path("install"),
             header=f"==> gpulab: installing ~/{spec.package} for job {job.name}",
         )  # fmt: skip
         started = await self.runner.start(job.user, launch)
@@ -512,7 +526,7 @@ class JobManager:
     @staticmethod
     def _package_env(job: Job, env: dict) -> dict:
         """``env`` with the job's installed package first on PYTHONPATH."""
-        site = f"{env['HOME']}/{job.log_dir}/site-packages"
+        site = f"{env['HOME']}/{job.site_dir}"
         return {**env, "PYTHONPATH": ":".join(p for p in (site, env.get("PYTHONPATH")) if p)}
 
     def _address(self) -> str:
@@ -526,7 +540,7 @@ class JobManager:
                 return f"127.0.0.1:{port}"
 
     def _last_line(self, job: Job, replica: str) -> str:
-        tail = self.runner.read_log(job.user, f"{job.log_dir}/{replica}.log", 0, 1 << 20)
+        tail = self.runner.read_log(job.user, job.log_path(replica))
         for line in reversed(tail.decode(errors="replace").splitlines()):
             if line.strip() and not line.startswith("==> gpulab:"):
                 return line.strip()[:300]
@@ -534,13 +548,12 @@ class JobManager:
 
     def _collect_metrics(self, job: Job, spec: JobSpec) -> None:
         """The metrics the deciding replica reported (the last value of each wins)."""
-        deciding = specs.success_roles(spec)
-        replica = replica_name(*((deciding[0], deciding[1][0]) if deciding else ("worker", 0)))
-        metrics = parse_metrics(self.runner.read_log(job.user, f"{job.log_dir}/{replica}.log"))
-        raw = self.runner.read_log(job.user, f"{job.log_dir}/metrics.json")
+        role, indexes = specs.success_roles(spec) or ("worker", [0])
+        metrics = parse_metrics(
+            self.runner.read_log(job.user, job.log_path(replica_name(role, indexes[0])))
+        )
+        raw = self.runner.read_log(job.user, job.metrics_path)
         if raw:
-            import json
-
             try:
                 data = json.loads(raw)
             except ValueError:
@@ -575,7 +588,7 @@ class JobManager:
             for r in job.replicas:
                 if r.pid:
                     adopted = self.runner.adopt(
-                        job.user, self._log(job, r.name), r.pid, r.pid_started
+                        job.user, job.log_path(r.name), r.pid, r.pid_started
                     )
                     await self.runner.stop(adopted, self.settings.jobs.stop_grace_seconds)
                 self.ledger.release(job.user, job.replica_key(r.name), "the hub restarted")
@@ -606,17 +619,17 @@ class JobManager:
         for r in job.replicas:
             adopted = None
             if r.state == "running":
-                adopted = self.runner.adopt(job.user, self._log(job, r.name), r.pid, r.pid_started)
+                adopted = self.runner.adopt(job.user, job.log_path(r.name), r.pid, r.pid_started)
             resumed[r.name] = (r.state, r.exit_code, adopted)
         self.store.event(job.id, "Taken over after a hub restart")
         log.info("Job %s/%s: supervised again after a hub restart", job.user, job.name)
+        self._supervise(job, spec, runs, resumed)
+
+    def _supervise(self, job: Job, spec: JobSpec, runs, resumed: dict | None = None) -> None:
+        """Run the job in a task of its own, known by the job's id while it runs."""
         task = asyncio.ensure_future(self._run(job, spec, runs, resumed))
         self._tasks[job.id] = task
         task.add_done_callback(lambda _t, jid=job.id: self._tasks.pop(jid, None))
-
-    @staticmethod
-    def _log(job: Job, replica: str) -> str:
-        return f"{job.log_dir}/{replica}.log"
 
 
 def parse_metrics(output: bytes) -> dict[str, float]:
@@ -647,16 +660,6 @@ def _number(value) -> float | None:
 def _names(deciding: tuple[str, list[int]]) -> str:
     role, indexes = deciding
     return ", ".join(replica_name(role, i) for i in indexes)
-
-
-def _gpu_env(ids: list[str]) -> dict[str, str]:
-    visible = ",".join(ids)  # "" for a CPU replica: it sees no GPU at all
-    return {
-        "CUDA_VISIBLE_DEVICES": visible,
-        "NVIDIA_VISIBLE_DEVICES": visible or "void",
-        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
-        "GPULAB_GPUS": visible,
-    }
 
 
 @functools.cache

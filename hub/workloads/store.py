@@ -171,6 +171,19 @@ class Job:
         """The job's logs, relative to its user's home."""
         return f".gpulab/jobs/{self.id}-{self.name}"
 
+    def log_path(self, replica: str) -> str:
+        """A replica's log (or ``install``'s), relative to the home."""
+        return f"{self.log_dir}/{replica}.log"
+
+    @property
+    def metrics_path(self) -> str:
+        return f"{self.log_dir}/metrics.json"
+
+    @property
+    def site_dir(self) -> str:
+        """Where the job's own package is installed, relative to the home."""
+        return f"{self.log_dir}/site-packages"
+
     def as_json(self) -> dict:
         return {
             "id": self.id,
