@@ -25,6 +25,15 @@ class GpulabAPIHandler(APIHandler):
         is_user = self.current_user.kind == "user" if hasattr(self.current_user, "kind") else True
         return (name if is_user else None), self.has_scope("admin:users")
 
+    def subject(self) -> str:
+        """The one user a request is about: oneself, or ?user=NAME for admins."""
+        me, admin = self.prepare_gpulab()
+        self.acting_as_admin = admin
+        user = self.target_user(me, admin)
+        if user is None:
+            raise web.HTTPError(400, "Name the user with ?user=NAME")
+        return user
+
     def target_user(self, me: str | None, admin: bool) -> str | None:
         """The ``?user=`` a request is about: anyone for admins, oneself for users."""
         wanted = self.get_argument("user", None)

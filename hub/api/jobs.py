@@ -21,16 +21,8 @@ from .gpus import GpulabAPIHandler
 
 
 class JobsAPIHandler(GpulabAPIHandler):
-    def owner(self) -> str:
-        """Whose job a request is about: oneself, or ?user= for admins."""
-        me, admin = self.prepare_gpulab()
-        user = self.target_user(me, admin)
-        if user is None:
-            raise web.HTTPError(400, "Name the user with ?user=NAME")
-        return user
-
     def job(self, name: str):
-        return mapped(job_manager().get, self.owner(), name)
+        return mapped(job_manager().get, self.subject(), name)
 
     def groups_of(self, user: str) -> list[str]:
         found = self.find_user(user)
@@ -58,10 +50,10 @@ class JobListHandler(JobsAPIHandler):
         only = self.target_user(me, admin)
         manager = job_manager()
         jobs = manager.store.list(user=only, sweep=self.get_argument("sweep", None))
-        self.write_json({"jobs": [manager.model(j) for j in jobs]})
+        self.write_json({"jobs": manager.models(jobs)})
 
     async def post(self):
-        user = self.owner()
+        user = self.subject()
         manager = job_manager()
         spec = mapped(manager.parse, self.body())
         job = mapped(manager.submit, user, self.groups_of(user), spec)

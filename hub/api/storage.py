@@ -26,15 +26,6 @@ from .gpus import GpulabAPIHandler
 
 
 class StorageAPIHandler(GpulabAPIHandler):
-    def subject(self) -> str:
-        """The one user a storage request is about: oneself, or ?user= for admins."""
-        me, admin = self.prepare_gpulab()
-        self.acting_as_admin = admin
-        user = self.target_user(me, admin)
-        if user is None:
-            raise web.HTTPError(400, "Name the user with ?user=NAME")
-        return user
-
     async def homes(self, user: str) -> LocalHomes | ClaimVolumes:
         ctx = context()
         found = self.find_user(user)

@@ -21,7 +21,7 @@ class SweepListHandler(JobsAPIHandler):
         self.write_json({"sweeps": job_manager().sweeps.list(user=only)})
 
     async def post(self):
-        user = self.owner()
+        user = self.subject()
         sweeps = job_manager().sweeps
         spec = mapped(sweeps.parse, self.body())
         model = mapped(sweeps.submit, user, self.groups_of(user), spec)
@@ -31,17 +31,17 @@ class SweepListHandler(JobsAPIHandler):
 
 class SweepHandler(JobsAPIHandler):
     async def get(self, name):
-        self.write_json(mapped(job_manager().sweeps.model, self.owner(), name))
+        self.write_json(mapped(job_manager().sweeps.model, self.subject(), name))
 
     async def delete(self, name):
-        user = self.owner()
+        user = self.subject()
         await amapped(job_manager().sweeps.delete, user, name)
         self.set_status(204)
 
 
 class SweepCancelHandler(JobsAPIHandler):
     async def post(self, name):
-        user = self.owner()
+        user = self.subject()
         self.write_json(await amapped(job_manager().sweeps.cancel, user, name))
 
 
