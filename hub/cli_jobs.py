@@ -72,11 +72,12 @@ def job_parsers(sub) -> None:
     logs.add_argument(
         "-f", "--follow", action="store_true", help="go on printing until the job ends"
     )
-    for action, text in (
-        ("cancel", "stop every replica and free the job's GPUs"),
-        ("delete", "cancel the job if it runs, then forget it (its logs stay on your home)"),
-    ):
-        actions.add_parser(action, parents=[flags], help=text).add_argument("name", metavar="NAME")
+    _named_actions(
+        actions,
+        flags,
+        cancel="stop every replica and free the job's GPUs",
+        delete="cancel the job if it runs, then forget it (its logs stay on your home)",
+    )
 
 
 def sweep_parsers(sub) -> None:
@@ -102,10 +103,17 @@ def sweep_parsers(sub) -> None:
     )
     status.add_argument("name", metavar="NAME")
     status.add_argument("--json", action="store_true", help="the sweep as JSON")
-    for action, text in (
-        ("cancel", "cancel every trial still queued or running"),
-        ("delete", "cancel the sweep if it runs, then forget it and its trials"),
-    ):
+    _named_actions(
+        actions,
+        flags,
+        cancel="cancel every trial still queued or running",
+        delete="cancel the sweep if it runs, then forget it and its trials",
+    )
+
+
+def _named_actions(actions, flags, **helps: str) -> None:
+    """Actions that take just the job's or sweep's NAME (cancel, delete)."""
+    for action, text in helps.items():
         actions.add_parser(action, parents=[flags], help=text).add_argument("name", metavar="NAME")
 
 

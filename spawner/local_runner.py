@@ -171,57 +171,61 @@ def exit_file(log: str) -> str:
     return log.removesuffix(".log") + ".exit"
 
 
-def make_dirs_in_home(account: Account, relative: str) -> None:
-    """Create the folders of ``relative`` under the home, owned by the user, 0700.
+_DIR = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 
-    Walked one folder at a time without following links, so a user's link cannot make
-    the hub create or chown anything outside their home.
-    """
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
-    fd = os.open(account.home, flags)
+
+def _walk(home: Path, folders: list[str], make: Account | None = None) -> int:
+    """A descriptor of the folder ``home/folders...``, reached one folder at a time with
+    O_NOFOLLOW, so a link a user put on the way cannot lead the hub out of their home.
+    ``make``: create missing folders (0700, owned by that account)."""
+    if any(part in ("", ".", "..") for part in folders):
+        raise OSError(errno.EINVAL, f"not a plain path: {'/'.join(folders)}")
+    fd = os.open(home, _DIR)
     try:
-        for part in [p for p in relative.split("/") if p]:
-            if part in (".", ".."):
-                raise OSError(errno.EINVAL, f"not a plain path: {relative}")
-            try:
-                os.mkdir(part, 0o700, dir_fd=fd)
-                made = True
-            except FileExistsError:
-                made = False
-            nxt = os.open(part, flags, dir_fd=fd)
+        for part in folders:
+            made = False
+            if make is not None:
+                try:
+                    os.mkdir(part, 0o700, dir_fd=fd)
+                    made = True
+                except FileExistsError:
+                    pass
+            nxt = os.open(part, _DIR, dir_fd=fd)
             os.close(fd)
             fd = nxt
             if made and privileged():
-                os.fchown(fd, account.uid, account.gid)
-    finally:
+                os.fchown(fd, make.uid, make.gid)
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
+
+
+def make_dirs_in_home(account: Account, relative: str) -> None:
+    """Create the folders of ``relative`` under the home, owned by the user, 0700,
+    never through a link."""
+    os.close(_walk(account.home, [p for p in relative.split("/") if p], make=account))
 
 
 def open_in_home(home: Path, relative: str) -> int:
-    """A read-only descriptor of a regular file under ``home``, never through a link.
-
-    Every directory on the way is opened with O_NOFOLLOW, so a user who replaces part of
-    the path with a link to a file of someone else's cannot make the hub read it.
-    """
+    """A read-only descriptor of a regular file under ``home``, never through a link, so
+    a user who replaces part of the path with a link to someone else's file cannot make
+    the hub read it."""
     parts = [p for p in relative.split("/") if p]
-    if not parts or any(p in (".", "..") for p in parts):
+    if not parts:
         raise FileNotFoundError(relative)
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(home, flags | os.O_DIRECTORY)
     try:
-        for part in parts[:-1]:
-            try:
-                nxt = os.open(part, flags | os.O_DIRECTORY, dir_fd=fd)
-            except OSError as e:
-                raise FileNotFoundError(relative) from e
-            os.close(fd)
-            fd = nxt
-        try:
-            out = os.open(parts[-1], flags | os.O_NONBLOCK, dir_fd=fd)
-        except OSError as e:
-            if e.errno in (errno.ELOOP, errno.ENOENT, errno.ENOTDIR, errno.EACCES):
-                raise FileNotFoundError(relative) from e
-            raise
+        fd = _walk(home, parts[:-1])
+    except OSError as e:
+        raise FileNotFoundError(relative) from e
+    try:
+        out = os.open(
+            parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd
+        )
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EINVAL):
+            raise FileNotFoundError(relative) from e
+        raise
     finally:
         os.close(fd)
     if not stat.S_ISREG(os.fstat(out).st_mode):
