@@ -43,7 +43,7 @@ def configure(c, settings: Settings | None = None) -> None:
     from gpulab.spawner.accounts import prepare_data_root, privileged
     from gpulab.spawner.local import reconcile_local_grants
 
-    from .api import gpu, gpus, jobs, storage, sweeps
+    from .api import gpu, gpus, jobs, models, storage, sweeps
 
     # hub state (ledger, hub database, tokens) is for root's eyes only
     os.umask(0o077)
@@ -73,6 +73,7 @@ def configure(c, settings: Settings | None = None) -> None:
         *storage.default_handlers,
         *jobs.default_handlers,
         *sweeps.default_handlers,
+        *models.default_handlers,
     ]
 
     admins = set(s.hub.admin_users)
@@ -114,6 +115,7 @@ def configure(c, settings: Settings | None = None) -> None:
     start_gpu_switch()
     if s.backend == "local":
         start_jobs()
+        start_models()
 
     if s.hub.extra_config:
         runpy.run_path(s.hub.extra_config, init_globals={"c": c, "settings": s})
@@ -163,6 +165,13 @@ def start_jobs() -> None:
     from .workloads.jobs import job_manager
 
     start_background(lambda app: job_manager().run_background())
+
+
+def start_models() -> None:
+    """Take over the model servers an earlier hub process started, in the hub."""
+    from .workloads.models import model_manager
+
+    start_background(lambda app: model_manager().run_background())
 
 
 def start_background(run) -> None:

@@ -227,6 +227,25 @@ class JobSettings:
 
 
 @dataclass
+class ServingSettings:
+    poll: str = "1s"
+    """How often a model server looks for new version folders (and config changes)."""
+    max_replicas: int = 8
+    """The most replicas one model may have."""
+    start_timeout: str = "5m"
+    """How long a model server may take to load its first version before it counts as
+    failed to start."""
+
+    @property
+    def poll_seconds(self) -> float:
+        return parse_duration(self.poll, "serving.poll")
+
+    @property
+    def start_timeout_seconds(self) -> float:
+        return parse_duration(self.start_timeout, "serving.start_timeout")
+
+
+@dataclass
 class KubernetesSettings:
     """Where and how the kubernetes backend runs user servers (docs/kubernetes.md)."""
 
@@ -271,6 +290,7 @@ class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
     jobs: JobSettings = field(default_factory=JobSettings)
+    serving: ServingSettings = field(default_factory=ServingSettings)
     profiles: list[Profile] = field(default_factory=_default_profiles)
 
     @property
@@ -444,6 +464,9 @@ def _validate(s: Settings) -> None:
             "storage: s3_endpoint needs s3_admin_access_key and s3_admin_secret_key"
         )
     s.jobs.restart_backoff_seconds, s.jobs.stop_grace_seconds  # noqa: B018
+    s.serving.poll_seconds, s.serving.start_timeout_seconds  # noqa: B018
+    if not 1 <= s.serving.max_replicas <= 64:
+        raise SettingsError("serving.max_replicas: from 1 to 64")
     if not s.hub.admin_users:
         raise SettingsError("hub.admin_users: at least one admin is needed")
 

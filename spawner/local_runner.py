@@ -138,6 +138,30 @@ class LocalRunner:
         _signal_group(started.pid, signal.SIGKILL)
         await _reap(started)
 
+    def write_file(self, user: str, path: str, data: bytes) -> None:
+        """Put ``data`` in a file of the user's home (replaced whole, never through a link),
+        owned by the user, readable only by them."""
+        write_in_home(self.account(user), path, data)
+
+    def list_dir(self, user: str, path: str) -> list[str]:
+        """The names in a folder of the user's home; FileNotFoundError if it is not one
+        (or lies behind a link)."""
+        try:
+            fd = _walk(self.home(user), [p for p in path.split("/") if p])
+        except OSError as e:
+            raise FileNotFoundError(path) from e
+        try:
+            return os.listdir(fd)
+        finally:
+            os.close(fd)
+
+    def is_file(self, user: str, path: str) -> bool:
+        try:
+            os.close(open_in_home(self.home(user), path))
+        except FileNotFoundError:
+            return False
+        return True
+
     def read_log(self, user: str, path: str, offset: int = 0, limit: int = 1 << 20) -> bytes:
         """Up to ``limit`` bytes of a log on the user's home from ``offset`` (b"" if none)."""
         try:
@@ -205,6 +229,30 @@ def make_dirs_in_home(account: Account, relative: str) -> None:
     """Create the folders of ``relative`` under the home, owned by the user, 0700,
     never through a link."""
     os.close(_walk(account.home, [p for p in relative.split("/") if p], make=account))
+
+
+def write_in_home(account: Account, relative: str, data: bytes) -> None:
+    """Write a file of the home as a whole: a new file beside it, renamed over it, so a
+    reader never sees half of it; no link on the way is followed."""
+    folder, _, name = relative.rpartition("/")
+    if name in ("", ".", ".."):
+        raise OSError(errno.EINVAL, f"not a file path: {relative}")
+    fd = _walk(account.home, [p for p in folder.split("/") if p], make=account)
+    temp = f".{name}.{os.getpid()}.tmp"
+    try:
+        out = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      0o600, dir_fd=fd)  # fmt: skip
+        try:
+            if privileged():
+                os.fchown(out, account.uid, account.gid)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(out, view) :]
+        finally:
+            os.close(out)
+        os.rename(temp, name, src_dir_fd=fd, dst_dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def open_in_home(home: Path, relative: str) -> int:

@@ -45,6 +45,11 @@ class GpulabAPIHandler(APIHandler):
             raise web.HTTPError(404, f"No such user: {wanted}")
         return wanted
 
+    def groups_of(self, user: str) -> list[str]:
+        """The hub groups ``user`` is in (for group quotas and sharing)."""
+        found = self.find_user(user)
+        return [g.name for g in found.groups] if found is not None else []
+
     def body(self) -> dict:
         """The request's JSON object, or a 400 saying what is wrong with it."""
         try:

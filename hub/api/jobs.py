@@ -15,7 +15,8 @@ import asyncio
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from gpulab.hub.workloads.jobs import JobError, job_manager
+from gpulab.hub.workloads.jobs import job_manager
+from gpulab.hub.workloads.runner import WorkloadError
 
 from .gpus import GpulabAPIHandler
 
@@ -24,23 +25,19 @@ class JobsAPIHandler(GpulabAPIHandler):
     def job(self, name: str):
         return mapped(job_manager().get, self.subject(), name)
 
-    def groups_of(self, user: str) -> list[str]:
-        found = self.find_user(user)
-        return [g.name for g in found.groups] if found is not None else []
-
 
 def mapped(fn, *args):
-    """Call ``fn``; a JobError becomes the HTTP error it names."""
+    """Call ``fn``; a WorkloadError becomes the HTTP error it names."""
     try:
         return fn(*args)
-    except JobError as e:
+    except WorkloadError as e:
         raise web.HTTPError(e.status, str(e)) from None
 
 
 async def amapped(fn, *args):
     try:
         return await fn(*args)
-    except JobError as e:
+    except WorkloadError as e:
         raise web.HTTPError(e.status, str(e)) from None
 
 

@@ -24,7 +24,7 @@ from gpulab.hub.inventory import visible_devices_env
 from gpulab.hub.ledger import GpuLedger, LedgerError, NoGpuFree, QuotaExceeded, utcnow
 
 from . import spec as specs
-from .runner import Launch
+from .runner import Launch, WorkloadError
 from .spec import JobSpec, ReplicaGroup, SpecError, replica_name, spec_from_json
 from .store import Job, JobStore
 from .sweeps import SweepManager
@@ -35,12 +35,8 @@ METRIC_PREFIX = "gpulab-metric:"
 """A line ``gpulab-metric: loss=0.25 accuracy=0.91`` in a replica's output reports metrics."""
 
 
-class JobError(Exception):
+class JobError(WorkloadError):
     """A job request that cannot be done; ``status`` is the HTTP status to answer."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass

@@ -1,14 +1,23 @@
 """The seam between workloads and a backend: what a runner is asked to do.
 
-Jobs (and sweeps, which are jobs) are written once above it; a backend supplies a runner
-that starts a replica's process, waits for it, stops it and reads its log back. The local
-backend's is ``gpulab.spawner.local_runner.LocalRunner``.
+Jobs (and sweeps, which are jobs) and model servers are written once above it; a
+backend supplies a runner that starts a replica's process, waits for it, stops it and
+reads and writes files of the user's home for it. The local backend's is
+``gpulab.spawner.local_runner.LocalRunner``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Protocol
+
+
+class WorkloadError(Exception):
+    """A request about a workload that cannot be done; ``status`` is the HTTP status."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,15 @@ class Runner(Protocol):
 
     async def stop(self, started: Started, grace: float) -> None:
         """Stop the process and everything it started: TERM, then KILL after ``grace``."""
+
+    def write_file(self, user: str, path: str, data: bytes) -> None:
+        """Replace a file on the user's home (relative path) with ``data``."""
+
+    def list_dir(self, user: str, path: str) -> list[str]:
+        """Names in a folder of the user's home; FileNotFoundError when there is none."""
+
+    def is_file(self, user: str, path: str) -> bool:
+        """Whether a regular file is at ``path`` on the user's home."""
 
     def read_log(self, user: str, path: str, offset: int = 0, limit: int = 1 << 20) -> bytes:
         """Bytes of a log on the user's home from ``offset``; b"" when there is none."""
