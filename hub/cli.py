@@ -1,5 +1,5 @@
 """The ``gpulab`` command: run the hub, see who holds which GPU, check the machine, run
-training jobs and sweeps."""
+training jobs and sweeps, deploy and call models."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .cli_jobs import SpecFileError, cmd_job, cmd_sweep, job_parsers, sweep_parsers
+from .cli_models import cmd_model, cmd_predict, model_parsers
 from .cli_output import ago as _ago
 from .cli_output import console, err
 from .client import ClientError, GpulabClient
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     job_parsers(sub)
     sweep_parsers(sub)
+    model_parsers(sub)
 
     # TensorBoard's own flags pass through untouched, so cmd_tensorboard parses its
     # arguments itself: this parser takes every word after the command as it is
@@ -117,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             "doctor": cmd_doctor,
             "job": cmd_job,
             "sweep": cmd_sweep,
+            "model": cmd_model,
+            "predict": cmd_predict,
         }
         return commands[args.command](args, settings)
     except SpecFileError as e:

@@ -12,6 +12,14 @@ Training jobs and sweeps (docs/jobs.md), e.g. from a notebook:
 >>> client.wait_job("mnist")["state"]
 'succeeded'
 
+Models (docs/serving.md):
+
+>>> client.deploy_model({"name": "line", "base_path": "models/line"})
+>>> client.wait_model("line")["state"]
+'available'
+>>> client.predict("line", {"instances": [1.0, 2.0]})
+{'predictions': [2.5, 3.0]}
+
 Inside a user server it finds the hub through ``JUPYTERHUB_API_URL`` and the
 server's token; elsewhere through ``GPULAB_URL`` / ``GPULAB_TOKEN``, or, as root on
 the hub machine, the settings file and the gpulab CLI token in the data root.
@@ -41,6 +49,8 @@ class ClientError(Exception):
 
 JOB_FINISHED = ("succeeded", "failed", "cancelled")
 """The states a job (or a sweep) ends in."""
+MODEL_SETTLED = ("available", "failed")
+"""The states a deploying model ends up in."""
 
 
 class GpulabClient:
@@ -89,7 +99,8 @@ class GpulabClient:
             raise ClientError(f"the hub at {self.api_url} did not answer in time") from None
         if r.status_code >= 400:
             try:
-                message = r.json().get("message") or r.reason
+                data = r.json()
+                message = data.get("message") or data.get("error") or r.reason
             except ValueError:
                 message = r.text[:200] or r.reason
             if r.status_code == 403 and "credentials" in message.lower():
@@ -281,6 +292,71 @@ class GpulabClient:
         """Poll the sweep until it ended; ``on_change(sweep)`` as for ``wait_job``."""
         return _wait(lambda: self.sweep(name, user), f"sweep {name}", timeout, on_change, interval)
 
+    # -- models ---------------------------------------------------------------------------
+
+    def models(self, user: str | None = None) -> list[dict]:
+        return self.request("GET", "/gpulab/models", params=_params(user=user))["models"]
+
+    def deploy_model(self, spec: dict, user: str | None = None) -> dict:
+        """Deploy: ``name``, ``base_path`` (numbered SavedModel version folders on the
+        home, or ``s3://bucket/prefix``), and optionally ``versions`` (latest / all / a
+        list), ``latest``, ``labels``, ``replicas``, ``gpus``, ``access``."""
+        return self.request("POST", "/gpulab/models", params=_params(user=user), json=spec)
+
+    def model(self, name: str, user: str | None = None) -> dict:
+        """State, versions, replicas, endpoints and (for its owner) the model's token."""
+        return self.request("GET", _model_path(name), params=_params(user=user))
+
+    def update_model(self, name: str, changes: dict, user: str | None = None) -> dict:
+        """Change ``versions``, ``latest``, ``labels``, ``replicas`` or ``access``."""
+        return self.request("PATCH", _model_path(name), params=_params(user=user), json=changes)
+
+    def undeploy_model(self, name: str, user: str | None = None) -> None:
+        self.request("DELETE", _model_path(name), params=_params(user=user))
+
+    def model_logs(self, name: str, replica: int = 0, user: str | None = None) -> str:
+        r = self._send(
+            "GET", _model_path(name, "/logs"), params=_params(replica=replica, user=user)
+        )
+        return r.content.decode(errors="replace")
+
+    def wait_model(
+        self,
+        name: str,
+        user: str | None = None,
+        timeout: float | None = None,
+        on_change: Callable[[dict], object] | None = None,
+        interval: float = 0.5,
+    ) -> dict:
+        """Poll until the model serves (or failed); ``on_change`` as for ``wait_job``."""
+        return _wait(
+            lambda: self.model(name, user),
+            f"model {name}",
+            timeout,
+            on_change,
+            interval,
+            MODEL_SETTLED,
+        )
+
+    def predict(
+        self,
+        name: str,
+        request: dict,
+        version: int | None = None,
+        label: str | None = None,
+        owner: str | None = None,
+    ) -> dict:
+        """TF Serving's predict: ``request`` is its JSON body (``instances`` or
+        ``inputs``); the answer is its JSON (``predictions`` or ``outputs``). ``owner``:
+        call another user's model shared with you."""
+        which = f"/versions/{version}" if version is not None else ""
+        which = f"/labels/{quote(label, safe='')}" if label else which
+        if owner:
+            path = f"/gpulab/serving/{quote(owner, safe='')}/v1/models/{quote(name, safe='')}"
+        else:
+            path = _model_path(name)
+        return self.request("POST", f"{path}{which}:predict", json=request)
+
 
 def _params(**values) -> dict | None:
     """Query parameters, leaving out those not given."""
@@ -290,6 +366,10 @@ def _params(**values) -> dict | None:
 
 def _job_path(name: str, rest: str = "") -> str:
     return f"/gpulab/jobs/{quote(name, safe='')}{rest}"
+
+
+def _model_path(name: str, rest: str = "") -> str:
+    return f"/gpulab/models/{quote(name, safe='')}{rest}"
 
 
 def _sweep_path(name: str, rest: str = "") -> str:
@@ -316,5 +396,9 @@ def _wait(get, what, timeout, on_change, interval, states=JOB_FINISHED) -> dict:
 def _progress(model: dict) -> tuple:
     """What ``on_change`` is told about: the state, the message, the queue, the trials."""
     trials = tuple((t.get("name"), t.get("state")) for t in model.get("trials") or ())
-    replicas = tuple((r.get("name"), r.get("state")) for r in model.get("replicas") or ())
+    listed = model.get("replica_status") or model.get("replicas")  # a model's, or a job's
+    replicas = tuple(
+        (r.get("name", r.get("index")), r.get("state"), r.get("message"))
+        for r in (listed if isinstance(listed, list) else ())
+    )
     return model.get("state"), model.get("message"), model.get("queue_position"), trials, replicas

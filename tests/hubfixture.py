@@ -326,3 +326,32 @@ def tiny_wheel() -> bytes:
         for name, text in files.items():
             z.writestr(name, text)
     return buf.getvalue()
+
+
+# -- the gpulab CLI, run as a user runs it -------------------------------------------
+
+
+def cli_env(hub, token: str) -> dict[str, str]:
+    # wide enough that rich never wraps a table cell in the middle of what is asserted
+    return {**hub.env, "GPULAB_URL": hub.url, "GPULAB_TOKEN": token, "COLUMNS": "250"}
+
+
+def gpulab(hub, token: str, *args: str, stdin: str | None = None, cwd=None, timeout=180):
+    return subprocess.run(
+        [str(BIN / "gpulab"), *args],
+        env=cli_env(hub, token),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
+
+
+def lines_with(text: str, word: str) -> list[str]:
+    return [line for line in text.splitlines() if word in line]
+
+
+def cells(line: str) -> list[str]:
+    """The cells of one row of a rich table."""
+    return [c.strip() for c in line.strip().strip("│┃").replace("┃", "│").split("│")]

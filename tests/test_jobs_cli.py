@@ -8,24 +8,7 @@ import subprocess
 import textwrap
 import threading
 
-from hubfixture import BIN, wait_for
-
-
-def cli_env(hub, token: str) -> dict[str, str]:
-    # wide enough that rich never wraps a table cell in the middle of what is asserted
-    return {**hub.env, "GPULAB_URL": hub.url, "GPULAB_TOKEN": token, "COLUMNS": "250"}
-
-
-def gpulab(hub, token: str, *args: str, stdin: str | None = None, cwd=None, timeout=180):
-    return subprocess.run(
-        [str(BIN / "gpulab"), *args],
-        env=cli_env(hub, token),
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-    )
+from hubfixture import BIN, cells, cli_env, gpulab, lines_with, wait_for
 
 
 def background(hub, token: str, *args: str, cwd=None) -> subprocess.Popen:
@@ -43,15 +26,6 @@ def api_job(user, name: str) -> dict:
     r = user.session.get(user.hub.api(f"/gpulab/jobs/{name}"), timeout=30)
     assert r.status_code == 200, r.text
     return r.json()
-
-
-def lines_with(text: str, word: str) -> list[str]:
-    return [line for line in text.splitlines() if word in line]
-
-
-def cells(line: str) -> list[str]:
-    """The cells of one row of a rich table."""
-    return [c.strip() for c in line.strip().strip("│┃").replace("┃", "│").split("│")]
 
 
 def test_submit_follow_streams_the_log_then_list_status_logs_cancel_delete(hub, tmp_path):

@@ -6,6 +6,7 @@ in-process."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,17 +17,16 @@ import grpc
 import numpy as np
 import pytest
 import requests
-
-from hubfixture import wait_for
-
-tf = pytest.importorskip("tensorflow")  # a test dependency: installed by scripts/install --test
-from tensorflow_serving.apis import (  # noqa: E402
+import tensorflow as tf
+from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
 )
+
+from hubfixture import wait_for
 
 EXPORT = textwrap.dedent(
     """
@@ -119,6 +119,29 @@ def grpc_predict(address: str, token: str | None, name: str, x, **spec):
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         metadata = [("authorization", f"Bearer {token}")] if token else None
         return stub.Predict(request, timeout=30, metadata=metadata)
+
+
+def model_servers(hub, user: str) -> dict[int, dict[str, str]]:
+    """The user's running model servers: REST port -> environment (and ``pid``)."""
+    from gpulab.spawner.accounts import unix_name
+
+    found = subprocess.run(
+        ["pgrep", "-u", unix_name(hub.unix_prefix, user), "-f", "gpulab.serving"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    servers = {}
+    for pid in found:
+        try:
+            argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            raw = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if b"--rest_api_port" not in argv or argv[0].endswith(b"sh"):
+            continue  # not a model server, or the shell that started one
+        env = dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+        servers[int(argv[argv.index(b"--rest_api_port") + 1])] = {**env, "pid": pid}
+    return servers
 
 
 X = [1.0, 2.0, 5.0]
@@ -262,3 +285,232 @@ def test_a_new_version_rolls_in_while_clients_call(hub):
 
     wait_for(lambda: serving() == [3], 30, "version 1 to be unloaded once 3 serves")
     assert alice.session.delete(hub.api("/gpulab/models/roll"), timeout=60).status_code == 204
+
+
+def test_bad_deployments_and_requests_get_clear_errors(hub):
+    alice = hub.create_user("sv-bad")
+    export(hub, alice.name, "models/ok/1", 0.5, 2.0)
+    from gpulab.spawner.accounts import ensure_account
+
+    account = ensure_account(hub.unix_prefix, alice.name, hub.data_root)
+    for folder in ("models/empty", "models/nopb", "models/nopb/1"):
+        (account.home / folder).mkdir()
+        os.chown(account.home / folder, account.uid, account.gid)
+
+    def refused(spec: dict, status: int, words: str) -> None:
+        r = alice.session.post(hub.api("/gpulab/models"), json=spec, timeout=30)
+        assert r.status_code == status, r.text
+        assert words in r.json()["message"], r.json()
+
+    refused({"name": "x", "base_path": "models/none"}, 400, "not a folder in your home")
+    refused({"name": "x", "base_path": "models/empty"}, 400, "no numbered version folder")
+    refused({"name": "x", "base_path": "models/nopb"}, 400, "~/models/nopb/1 is not a SavedModel")
+    refused({"name": "x", "base_path": "models/ok", "versions": [1, 5]}, 400, "has no version 5")
+    refused({"name": "x", "base_path": "../../etc"}, 400, "outside your home")
+    refused({"name": "x", "base_path": "/etc"}, 400, "outside your home")
+    refused({"name": "Bad Name", "base_path": "models/ok"}, 400, "name:")
+    refused({"name": "x", "base_path": "models/ok", "replicas": 0}, 400, "replicas:")
+    refused({"name": "x", "base_path": "models/ok", "gpus": -1}, 400, "gpus:")
+    refused({"name": "x", "base_path": "models/ok", "access": "world"}, 400, "access:")
+    refused({"name": "x", "base_path": "models/ok", "labels": {"stable": 4}}, 400, "labels.stable")
+    refused({"name": "x", "base_path": "models/ok", "colour": "red"}, 400, "unknown field")
+    refused({"name": "x", "base_path": "models/ok", "gpus": 3}, 403, "GPU quota exceeded")
+    refused({"name": "x", "base_path": "models/ok", "gpus": 1, "replicas": 3}, 403, "asks for 3")
+
+    deploy(alice, {"name": "ok", "base_path": "models/ok"})
+    refused({"name": "ok", "base_path": "models/ok"}, 409, "already has a model named ok")
+    wait_available(alice, "ok")
+
+    def error(path: str, body, status: int) -> str:
+        r = alice.session.post(
+            hub.api(f"/gpulab/models/ok{path}"),
+            data=body if isinstance(body, bytes) else None,
+            json=None if isinstance(body, bytes) else body,
+            timeout=30,
+        )
+        assert r.status_code == status, r.text
+        return r.json()["error"]
+
+    assert error(":predict", b'{"instances": [1.0', 400).startswith("JSON Parse error")
+    assert error(":predict", b"", 400) == "JSON Parse error: The document is empty"
+    assert "does not have named input: z" in error(":predict", {"instances": [{"z": 1.0}]}, 400)
+    assert "Missing named input: x" in error(":predict", {"inputs": {"z": [1.0]}}, 400)
+    assert "is not of expected type: float" in error(":predict", {"instances": ["a"]}, 400)
+    assert "Missing 'inputs' or 'instances' key" in error(":predict", {}, 400)
+    assert error("/versions/9:predict", {"instances": [1.0]}, 404) == (
+        "Servable not found for request: Specific(ok, 9)"
+    )
+    assert error("/labels/nope:predict", {"instances": [1.0]}, 400) == (
+        "Unrecognized servable version label: nope"
+    )
+    assert "Serving signature key" in error(
+        ":predict", {"signature_name": "other", "instances": [1.0]}, 400
+    )
+    assert ":classify" in error(":classify", {"examples": []}, 501)
+
+    # bob sees nothing of alice's private model and cannot call or undeploy it
+    bob = hub.create_user("sv-bob", groups=("svteam",))
+    assert bob.session.get(hub.api("/gpulab/models/ok?user=sv-bad"), timeout=30).status_code == 403
+    assert (
+        bob.session.delete(hub.api("/gpulab/models/ok?user=sv-bad"), timeout=30).status_code == 403
+    )
+    serving = hub.api(f"/gpulab/serving/{alice.name}/v1/models/ok:predict")
+    r = bob.session.post(serving, json={"instances": [1.0]}, timeout=30)
+    assert r.status_code == 404 and "that you may call" in r.json()["error"]
+    token = model(alice, "ok")["token"]
+    anonymous = {"Authorization": f"Bearer {token}"}
+    r = requests.post(serving, json={"instances": [1.0]}, headers=anonymous, timeout=30)
+    assert r.status_code == 404  # private: the token opens only the raw ports
+    assert "token" not in bob.session.get(hub.api("/gpulab/models"), timeout=30).text
+
+    # shared with bob's group, then public with its token
+    r = alice.session.patch(hub.api("/gpulab/models/ok"), json={"access": "group:svteam"})
+    assert r.status_code == 200, r.text
+    r = bob.session.post(serving, json={"instances": [1.0]}, timeout=30)
+    assert r.status_code == 200 and r.json() == {"predictions": [2.5]}
+    r = alice.session.patch(hub.api("/gpulab/models/ok"), json={"access": "public"})
+    assert r.status_code == 200, r.text
+    r = requests.post(serving, json={"instances": [1.0]}, headers=anonymous, timeout=30)
+    assert r.status_code == 200 and r.json() == {"predictions": [2.5]}
+    r = requests.post(serving, json={"instances": [1.0]}, timeout=30)
+    assert r.status_code == 403
+    r = requests.post(serving, json={"instances": [1.0]}, headers={"Authorization": "Bearer x"})
+    assert r.status_code == 404
+    r = alice.session.patch(hub.api("/gpulab/models/ok"), json={"gpus": 1})
+    assert r.status_code == 400 and "undeploy it and deploy again" in r.json()["message"]
+    assert alice.session.delete(hub.api("/gpulab/models/ok"), timeout=60).status_code == 204
+
+
+def test_gpu_replicas_hold_their_gpus_restart_when_they_die_and_free_them(hub):
+    carol = hub.create_user("sv-gpu")
+    export(hub, carol.name, "models/g/1", 0.5, 2.0)
+    created = deploy(carol, {"name": "g", "base_path": "models/g", "gpus": 1, "replicas": 2})
+    assert [len(r["gpus"]) for r in created["replica_status"]] == [1, 1]
+    assert list(hub.holders().values()) == [carol.name, carol.name]
+    m = wait_for(
+        lambda: (
+            (m := model(carol, "g"))["state"] == "available"
+            and all(r["state"] == "available" for r in m["replica_status"])
+            and m
+        ),
+        120,
+        "both replicas to serve",
+    )
+    # each replica sees only its own GPU
+    servers = model_servers(hub, carol.name)
+    assert len(servers) == 2
+    for replica in m["replica_status"]:
+        env = servers[int(replica["rest"].rsplit(":", 1)[1])]
+        assert env["CUDA_VISIBLE_DEVICES"] == replica["gpus"][0]
+    assert {r["gpus"][0] for r in m["replica_status"]} == set(hub.holders())
+
+    # calls take turns over the replicas, and keep working when one dies
+    for _ in range(4):
+        assert predict(carol, "g", {"instances": [2.0]}).json() == {"predictions": [3.0]}
+    first = int(m["replica_status"][0]["rest"].rsplit(":", 1)[1])
+    os.kill(int(servers[first]["pid"]), 9)
+    for _ in range(10):
+        assert predict(carol, "g", {"instances": [2.0]}).status_code == 200
+    wait_for(
+        lambda: model(carol, "g")["replica_status"][0]["restarts"] >= 1,
+        30,
+        "the dead replica to be restarted",
+    )
+    back = wait_for(
+        lambda: (m := model(carol, "g"))["replica_status"][0]["state"] == "available" and m,
+        120,
+        "the restarted replica to serve again",
+    )
+    assert back["replica_status"][0]["message"] == "serving version 1"
+    logs = carol.session.get(hub.api("/gpulab/models/g/logs?replica=0"), timeout=30).text
+    assert logs.count("==> gpulab: model g, replica 0") == 2
+    assert "Successfully loaded servable version {name: g version: 1}" in logs
+
+    assert carol.session.delete(hub.api("/gpulab/models/g"), timeout=60).status_code == 204
+    assert carol.name not in hub.holders().values()
+    wait_for(lambda: not model_servers(hub, carol.name), 30, "the model servers to end")
+
+
+def test_cli_deploys_lists_calls_updates_and_undeploys(hub, tmp_path):
+    from hubfixture import cells, gpulab, lines_with
+
+    dave = hub.create_user("sv-cli")
+    export(hub, dave.name, "models/cli/1", 0.5, 2.0)
+    export(hub, dave.name, "models/cli/2", 2.0, 0.0)
+
+    done = gpulab(hub, dave.token, "model", "deploy", "cli", "models/cli", "--versions", "all",
+                  "--label", "stable=1")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Model cli serves: serving version 2, 1" in done.stdout
+    assert "Model cli: deploying" in done.stderr  # progress while it loads
+    assert f"/hub/api/gpulab/serving/{dave.name}/v1/models/cli" in done.stdout
+
+    listing = gpulab(hub, dave.token, "model", "list")
+    row = cells(lines_with(listing.stdout, " cli ")[0])
+    assert row[:5] == ["cli", "available", "2, 1", "1/1", "0"], listing.stdout
+
+    request = tmp_path / "req.json"
+    request.write_text(json.dumps({"instances": [1.0, 3.0]}))
+    out = gpulab(hub, dave.token, "predict", "cli", "--json", str(request))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"predictions": [2.0, 6.0]}
+    out = gpulab(hub, dave.token, "predict", "cli", "--json", "-", "--label", "stable",
+                 stdin='{"inputs": [1.0]}')  # fmt: skip
+    assert json.loads(out.stdout) == {"outputs": [2.5]}
+    out = gpulab(hub, dave.token, "predict", "cli", "--json", "-", stdin='{"instances": ["a"]}')
+    assert out.returncode == 1 and "is not of expected type: float" in out.stderr
+    out = gpulab(hub, dave.token, "predict", "cli", "--json", "-", stdin="[1, 2")
+    assert out.returncode == 2 and "not valid JSON" in out.stderr
+    out = gpulab(hub, dave.token, "predict", "cli", "--json", str(tmp_path / "missing.json"))
+    assert out.returncode == 2 and "cannot read" in out.stderr
+
+    # labels move without a restart: stable now names version 2
+    out = gpulab(hub, dave.token, "model", "update", "cli", "--label", "stable=2")
+    assert out.returncode == 0, out.stderr
+
+    def stable_is_v2():
+        r = predict(dave, "cli", {"instances": [1.0]}, "/labels/stable:predict")
+        return r.status_code == 200 and r.json() == {"predictions": [2.0]}
+
+    wait_for(stable_is_v2, 30, "the label to move")
+    status = gpulab(hub, dave.token, "model", "status", "cli", "--show-token")
+    assert status.returncode == 0, status.stderr
+    assert "stable=2" in status.stdout and model(dave, "cli")["token"] in status.stdout
+    logs = gpulab(hub, dave.token, "model", "logs", "cli")
+    assert "Successfully loaded servable version {name: cli version: 2}" in logs.stdout
+    out = gpulab(hub, dave.token, "model", "update", "cli")
+    assert out.returncode == 2 and "nothing to change" in out.stderr
+    out = gpulab(hub, dave.token, "model", "status", "nope")
+    assert out.returncode == 1 and "has no model named nope" in out.stderr
+
+    out = gpulab(hub, dave.token, "model", "undeploy", "cli")
+    assert out.returncode == 0 and "Undeployed model cli" in out.stdout
+    assert gpulab(hub, dave.token, "model", "list").stdout.strip() == "No models"
+
+
+def test_model_servers_outlive_a_hub_restart_and_are_supervised_again(make_hub):
+    hub = make_hub({"gpus": {"ids": ["0"]}}).start()
+    erin = hub.create_user("sv-erin")
+    export(hub, erin.name, "models/keep/1", 0.5, 2.0)
+    deploy(erin, {"name": "keep", "base_path": "models/keep", "gpus": 1})
+    before = wait_available(erin, "keep")
+    token, rest = before["token"], before["replica_status"][0]["rest"]
+    servers = model_servers(hub, erin.name)
+    hub.kill()
+    # while no hub runs, the model server goes on answering on its own port
+    r = requests.post(
+        f"{rest}/v1/models/keep:predict",
+        json={"instances": [2.0]},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    assert r.json() == {"predictions": [3.0]}
+    hub.start()
+    assert predict(erin, "keep", {"instances": [4.0]}).json() == {"predictions": [4.0]}
+    after = model(erin, "keep")
+    assert after["state"] == "available" and after["replica_status"][0]["restarts"] == 0
+    assert model_servers(hub, erin.name).keys() == servers.keys()
+    assert hub.holders() == {"0": erin.name}
+    assert erin.session.delete(hub.api("/gpulab/models/keep"), timeout=60).status_code == 204
+    assert hub.gpus()["free"] == 1
+    wait_for(lambda: not model_servers(hub, erin.name), 30, "the model server to end")

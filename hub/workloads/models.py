@@ -48,6 +48,7 @@ from gpulab.hub.app import context
 from gpulab.hub.inventory import visible_devices_env
 from gpulab.hub.ledger import GpuLedger, LedgerError, NoGpuFree, QuotaExceeded, _utc, utcnow
 
+from .jobs import check_gpu_request
 from .runner import Launch, WorkloadError
 from .spec import NAME_RE, SpecError, home_path
 
@@ -472,6 +473,7 @@ class ModelManager:
             )
         if spec.gpus:
             try:
+                self._fits(user, groups, spec)
                 self._grant(model, replicas, groups)
             except ModelError:
                 self.store.delete(model.id)
@@ -488,12 +490,18 @@ class ModelManager:
         self._start(model)
         return model
 
+    def _fits(self, user: str, groups: list[str], spec: ModelSpec) -> None:
+        check_gpu_request(
+            self.ledger, user, groups, spec.gpus * spec.replicas, {"gpus": spec.gpus},
+            "the model", ModelError,
+        )  # fmt: skip
+
     def _grant(self, model: Deployment, replicas: list[dict], groups: list[str]) -> None:
         wants = [(model.replica_key(r["index"]), model.spec.gpus) for r in replicas]
         try:
             granted = self.ledger.reserve_many(model.user, wants, groups, f"model {model.name}")
         except QuotaExceeded as e:
-            raise ModelError(403, f"GPU quota exceeded: {e}") from None
+            raise ModelError(403, str(e)) from None
         except NoGpuFree as e:
             raise ModelError(409, f"no GPU free for the model: {e.message_for(False)}") from None
         except LedgerError as e:
@@ -556,6 +564,7 @@ class ModelManager:
         ]  # fmt: skip
         if added and spec.gpus:
             try:
+                self._fits(model.user, groups, spec)
                 self._grant(model, added, groups)
             except ModelError:
                 self._free_ports(added)
@@ -597,7 +606,9 @@ class ModelManager:
     def targets(self, model: Deployment) -> list[int]:
         """REST ports of the replicas to send a call to, in the order to try them: the
         ready ones taking turns, then the others (one may have become ready)."""
-        live = self._live.get(model.id, {})
+        live = self._live.get(model.id)
+        if live is None:  # not taken over yet after a hub restart: its servers run on
+            return [r["rest"] for r in model.replicas if r.get("pid")]
         ready = sorted(i for i, r in live.items() if r.ready)
         rest = sorted(i for i in live if i not in ready)
         if ready:
