@@ -40,9 +40,15 @@ log = logging.getLogger(__name__)
 metadata = MetaData()
 
 WORKLOAD_PREFIX = "job/"
-"""Grants and queue entries whose server starts with this belong to a workload's
-replicas (``job/<id>/<replica>``), not to a notebook server: JupyterHub server names
-never hold a ``/``."""
+"""Grants and queue entries whose server starts with this belong to a job's replicas
+(``job/<id>/<replica>``); a model's replicas hold ``model/<id>/replica-<n>``."""
+
+
+def is_workload(server: str) -> bool:
+    """Whether a grant's holder is a workload's replica, not a notebook server:
+    JupyterHub server names never hold a ``/``."""
+    return "/" in server
+
 
 grants_table = Table(
     "gpu_grants",

@@ -22,7 +22,7 @@ from traitlets import default
 
 from gpulab.hub.inventory import Gpu
 from gpulab.hub.kube import core_api, namespace
-from gpulab.hub.ledger import WORKLOAD_PREFIX
+from gpulab.hub.ledger import is_workload
 from gpulab.hub.settings import KubernetesSettings
 
 from . import objects
@@ -391,7 +391,7 @@ class PodGrantWatcher:
         live = {pod_owner(p) for p in pods if pod_owner(p) and pod_holds_gpus(p)}
         freed = []
         for grant in self.ledger.grants():
-            if grant.server.startswith(WORKLOAD_PREFIX):  # a job's, not a server's pod
+            if is_workload(grant.server):  # a workload's, not a server's pod
                 continue
             owner = (grant.user, grant.server)
             if owner not in live and not self.is_starting(*owner):

@@ -40,7 +40,7 @@ class GpulabAPIHandler(APIHandler):
         if wanted is None:
             return None if admin else me
         if not admin and wanted != me:
-            raise web.HTTPError(403, f"You may only look at your own GPUs, not {wanted}'s")
+            raise web.HTTPError(403, f"Only admins act for other users; you are not {wanted}")
         if self.find_user(wanted) is None:
             raise web.HTTPError(404, f"No such user: {wanted}")
         return wanted
