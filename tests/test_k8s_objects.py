@@ -276,3 +276,67 @@ def test_pod_watcher_frees_grants_of_pods_gone_and_only_theirs():
     assert ledger.events(limit=1)[0].reason == "its pod Failed (Evicted)"
     assert watcher.on_event("DELETED", evicted) == []
     assert watcher.on_event("MODIFIED", pod("cy", "n/2")) == []  # running: holds its GPU
+
+
+def test_model_serving_objects_are_valid_and_wire_tf_serving_together():
+    from gpulab.hub.workloads.models import ModelSpec, serving_config
+    from gpulab.serving.config import parse_text, to_text
+
+    spec = ModelSpec("line", "models/line", labels={"stable": 1}, gpus=1)
+    text = to_text([serving_config(spec, "/home/jovyan")])
+    assert parse_text(text)[0].base_path == "/home/jovyan/models/line"
+    owner = objects.owner_annotations("ada@lab", "")
+    config = valid(objects.model_config_map("model-ada-line", "gpulab", text, {}, owner))
+    assert config["data"] == {"models.config": text}
+
+    pod_labels = {"gpulab.io/model-id": "7", "gpulab.io/replica": "0"}
+    service = valid(
+        objects.model_service("model-ada-line", "gpulab", {"gpulab.io/model-id": "7"}, {}, owner)
+    )
+    assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+        ("grpc", 8500, "grpc"),
+        ("http", 8501, "http"),
+    ]
+    volumes, mounts = objects.model_home_volume("home-ada", "/home/jovyan")
+    deployment = valid(
+        objects.model_deployment(
+            "model-ada-line-0",
+            "gpulab",
+            image="tensorflow/serving:2.21.0-gpu",
+            pull_policy="IfNotPresent",
+            model_name="line",
+            config_map="model-ada-line",
+            config_hash="abc123",
+            labels={},
+            annotations=owner,
+            pod_labels=pod_labels,
+            gpus=1,
+            node_selector={"kubernetes.io/hostname": "node-2"},
+            volumes=volumes,
+            mounts=mounts,
+        )
+    )
+    spec_ = deployment["spec"]
+    assert spec_["replicas"] == 1 and spec_["selector"] == {"matchLabels": pod_labels}
+    assert spec_["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    template = spec_["template"]
+    assert template["metadata"]["annotations"]["gpulab.io/model-config-hash"] == "abc123"
+    assert template["metadata"]["labels"]["gpulab.io/model-id"] == "7"
+    (container,) = template["spec"]["containers"]
+    assert container["image"] == "tensorflow/serving:2.21.0-gpu"
+    assert container["command"][:2] == ["/bin/sh", "-c"]
+    assert container["args"][:2] == ["--port=8500", "--rest_api_port=8501"]
+    assert container["env"][0]["valueFrom"] == {
+        "configMapKeyRef": {"name": "model-ada-line", "key": "models.config"}
+    }
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v1/models/line", "port": "http"}
+    assert container["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
+    assert container["volumeMounts"] == [
+        {"name": "home", "mountPath": "/home/jovyan", "readOnly": True}
+    ]
+    assert template["spec"]["nodeSelector"] == {"kubernetes.io/hostname": "node-2"}
+    cpu = objects.model_deployment(
+        "m", "gpulab", image="tensorflow/serving:2.21.0", pull_policy="Always", model_name="m",
+        config_map="m", config_hash="h", labels={}, annotations={}, pod_labels={"a": "b"},
+    )  # fmt: skip
+    assert valid(cpu)["spec"]["template"]["spec"]["containers"][0]["resources"] == {}

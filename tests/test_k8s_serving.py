@@ -1,0 +1,117 @@
+"""The model-serving manifests run on the fake cluster: the Deployment's container
+command line, with the config it gets from the ConfigMap, starts a TF-Serving-compatible
+``tensorflow_model_server`` (gpulab's model server stands in for TF Serving's binary:
+it takes the same flags), the kubelet's probes find it ready, and it answers.
+
+The fake cluster runs commands from this host's filesystem, so ``tensorflow_model_server``
+is a two-line script on the image's PATH that runs ``python -m gpulab.serving``; volume
+mounts are not imitated, so the "mounted home" is a folder of this host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+
+import requests
+from kubernetes_asyncio import client
+from test_fakekube import apis, eventually
+from test_k8s_objects import valid
+from test_k8s_spawn import CEPH_RBD
+
+from fakekube import FakeKube
+from gpulab.hub.workloads.models import ModelSpec, serving_config
+from gpulab.serving.config import to_text
+from gpulab.spawner import objects
+from hubfixture import free_port
+
+EXPORT = textwrap.dedent(
+    """
+    import sys, tensorflow as tf
+    line = tf.Module()
+    line.a, line.b = tf.Variable(0.5), tf.Variable(2.0)
+    line.serve = tf.function(lambda x: {"y": line.a * x + line.b},
+                             input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+    tf.saved_model.save(line, sys.argv[1], signatures={"serving_default": line.serve})
+    """
+)
+
+
+async def test_the_built_deployment_serves_the_model_on_the_fake_cluster(tmp_path):
+    home = tmp_path / "home"
+    subprocess.run(
+        [sys.executable, "-c", EXPORT, str(home / "models" / "line" / "1")],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        timeout=120,
+    )
+    shim = tmp_path / "bin" / "tensorflow_model_server"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m gpulab.serving "$@"\n')
+    shim.chmod(0o755)
+    image_env = {k: v for k, v in os.environ.items() if k != "HOME"}
+    image_env["PATH"] = f"{shim.parent}:{image_env['PATH']}"
+
+    text = to_text([serving_config(ModelSpec("line", "models/line"), str(home))])
+    labels = {"app": "gpulab"}
+    pod_labels = {"gpulab.io/model-id": "1", "gpulab.io/replica": "0"}
+    grpc_port, rest_port = free_port(), free_port()
+    volumes, mounts = objects.model_home_volume("home-ada", str(home))
+    manifests = [
+        objects.model_config_map("model-line", "default", text, labels, {}),
+        objects.model_service("model-line", "default", {"gpulab.io/model-id": "1"}, labels, {}),
+        objects.model_deployment(
+            "model-line-0",
+            "default",
+            image="tensorflow/serving:2.21.0",
+            pull_policy="IfNotPresent",
+            model_name="line",
+            config_map="model-line",
+            config_hash=hashlib.sha256(text.encode()).hexdigest()[:16],
+            labels=labels,
+            annotations={},
+            pod_labels=pod_labels,
+            grpc_port=grpc_port,
+            rest_port=rest_port,
+            volumes=volumes,
+            mounts=mounts,
+        ),
+    ]
+    for m in manifests:
+        valid(m)
+    with FakeKube(nodes=[{"name": "node-1", "gpus": 0}], run_containers=True,
+                  image_env=image_env, storage_classes=[CEPH_RBD]) as kube:  # fmt: skip
+        async with apis(kube) as api:
+            v1, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+            # the owner's home claim, as their server's spawn left it
+            home_claim = objects.home_pvc("home-ada", "default", 2**30, "ceph-rbd", {}, {})
+            await v1.create_namespaced_persistent_volume_claim("default", home_claim)
+            config_map, service, deployment = manifests
+            await v1.create_namespaced_config_map("default", config_map)
+            await v1.create_namespaced_service("default", service)
+            await apps.create_namespaced_deployment("default", deployment)
+
+            async def available():
+                d = await apps.read_namespaced_deployment("model-line-0", "default")
+                return (d.status.available_replicas or 0) == 1
+
+            selector = "gpulab.io/model-id=1,gpulab.io/replica=0"
+            try:
+                await eventually(available, timeout=120, what="the model's Deployment available")
+            except AssertionError:
+                pods = (await v1.list_namespaced_pod("default", label_selector=selector)).items
+                raise AssertionError(f"not available: {[p.status for p in pods]}") from None
+            (pod,) = (await v1.list_namespaced_pod("default", label_selector=selector)).items
+            assert pod.status.container_statuses[0].ready
+            url = f"http://{pod.status.pod_ip}:{rest_port}/v1/models/line"
+            status = requests.get(url, timeout=10).json()
+            assert status["model_version_status"][0]["state"] == "AVAILABLE"
+            answer = requests.post(f"{url}:predict", json={"instances": [2.0]}, timeout=10)
+            assert answer.json() == {"predictions": [3.0]}
+            svc = await v1.read_namespaced_service("model-line", "default")
+            assert {p.name: p.port for p in svc.spec.ports} == {"grpc": 8500, "http": 8501}
+            await apps.delete_namespaced_deployment("model-line-0", "default")
