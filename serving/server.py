@@ -38,7 +38,7 @@ from tensorflow_serving.apis import (
     predict_pb2,
     prediction_service_pb2_grpc,
 )
-from tornado import httpserver, web
+from tornado import httpserver, httputil
 
 from . import tensors
 from .config import ConfigError, ModelConfig, parse_text
@@ -150,39 +150,23 @@ def _tf_error(e: Exception) -> ServingError:
 # -- REST ------------------------------------------------------------------------------------
 
 
-class RestHandler(web.RequestHandler):
+class RestApi:
     """Every ``/v1/...`` request, dispatched as TF Serving's HttpRestApiHandler does."""
 
-    def initialize(self, predictor: Predictor, token: str):
+    def __init__(self, predictor: Predictor, token: str):
         self.predictor = predictor
         self.token = token
 
-    def set_default_headers(self):
-        self.set_header("Content-Type", "application/json")
-
-    def check_etag_header(self) -> bool:
-        return False
-
-    def compute_etag(self):
-        return None
-
-    async def get(self, path):
-        self._answer("GET")
-
-    async def post(self, path):
-        self._answer("POST")
-
-    def _answer(self, method: str) -> None:
+    def answer(self, method: str, path: str, authorization: str | None, body: bytes):
+        """(HTTP status, JSON body) for one request."""
         try:
-            if self.token and not _token_ok(self.request.headers.get("Authorization"), self.token):
+            if self.token and not _token_ok(authorization, self.token):
                 raise ServingError(UNAUTHENTICATED, "a valid model token is needed")
-            body = self._dispatch(method, self.request.path)
+            return 200, self._dispatch(method, path, body)
         except ServingError as e:
-            self.set_status(e.http_status)
-            body = tensors.dumps({"error": e.message})
-        self.finish(body)
+            return e.http_status, tensors.dumps({"error": e.message})
 
-    def _dispatch(self, method: str, path: str) -> bytes:
+    def _dispatch(self, method: str, path: str, body: bytes) -> bytes:
         malformed = ServingError(INVALID_ARGUMENT, f"Malformed request: {method} {path}")
         pattern = _PREDICT if method == "POST" else _STATUS
         match = pattern.fullmatch(path)
@@ -207,7 +191,7 @@ class RestHandler(web.RequestHandler):
                     f":{verb} (tf.Example input) is not served here; use :predict",
                 )
             servable = registry.servable(name, number, label)
-            doc = tensors.parse_request(self.request.body)
+            doc = tensors.parse_request(body)
             _, sig = servable.signature(doc.get("signature_name", ""))
             inputs, fmt = tensors.request_tensors(doc, {k: v.dtype for k, v in sig.inputs.items()})
             outputs = self.predictor.predict(servable, doc.get("signature_name", ""), inputs)
@@ -401,6 +385,17 @@ class ModelServer:
 
     def run(self) -> None:
         a = self.args
+        if a.tensorflow_intra_op_parallelism or a.tensorflow_inter_op_parallelism:
+            import tensorflow as tf
+
+            if a.tensorflow_intra_op_parallelism:
+                tf.config.threading.set_intra_op_parallelism_threads(
+                    a.tensorflow_intra_op_parallelism
+                )
+            if a.tensorflow_inter_op_parallelism:
+                tf.config.threading.set_inter_op_parallelism_threads(
+                    a.tensorflow_inter_op_parallelism
+                )
         self.registry.poll()  # TF Serving opens its ports once the first versions loaded
         guard = _Guard(self.token)
         grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=a.grpc_threads))
@@ -419,13 +414,9 @@ class ModelServer:
 
     async def _serve_rest(self, grpc_server) -> None:
         a = self.args
-        app = web.Application(
-            [(r"(/v1/.*)", RestHandler, {"predictor": self.predictor, "token": self.token})],
-            default_handler_class=_NotFound,
-        )
         server = None
         if a.rest_api_port:
-            server = httpserver.HTTPServer(app, xheaders=False)
+            server = httpserver.HTTPServer(_RestServer(RestApi(self.predictor, self.token)))
             server.listen(a.rest_api_port, address=a.bind_address)
             log.info("Exporting HTTP/REST API at:%s:%d ...", a.bind_address, a.rest_api_port)
         done = asyncio.Event()
@@ -440,10 +431,49 @@ class ModelServer:
         grpc_server.stop(grace=1.0).wait()
 
 
-class _NotFound(web.RequestHandler):
-    def prepare(self):
-        self.set_status(404)
-        self.finish()
+class _RestServer(httputil.HTTPServerConnectionDelegate):
+    """HTTP/1.1 straight to the REST API: no web framework between the connection and
+    the model (a request costs a few tens of microseconds here, not hundreds); keep-alive
+    and chunked bodies are tornado's HTTP/1 connection's."""
+
+    def __init__(self, api: RestApi):
+        self.api = api
+
+    def start_request(self, server_conn, request_conn) -> httputil.HTTPMessageDelegate:
+        return _RestRequest(self.api, request_conn)
+
+
+class _RestRequest(httputil.HTTPMessageDelegate):
+    def __init__(self, api: RestApi, connection):
+        self.api, self.connection = api, connection
+        self.chunks: list[bytes] = []
+        self.start = None
+        self.headers = None
+
+    def headers_received(self, start_line, headers):
+        self.start, self.headers = start_line, headers
+
+    def data_received(self, chunk):
+        self.chunks.append(chunk)
+
+    def finish(self):
+        method = self.start.method
+        path = self.start.path.partition("?")[0]
+        if path.lower().startswith("/v1/") or path.lower() == "/v1":
+            status, body = self.api.answer(
+                method, path, self.headers.get("Authorization"), b"".join(self.chunks)
+            )
+        else:  # TF Serving answers only its API's paths
+            status, body = 404, b""
+        headers = httputil.HTTPHeaders(
+            {"Content-Type": "application/json", "Content-Length": str(len(body))}
+        )
+        start = httputil.ResponseStartLine("HTTP/1.1", status, httputil.responses.get(status, ""))
+        self.connection.write_headers(start, headers, body)
+        self.connection.finish()
+
+    def on_connection_close(self):
+        self.chunks.clear()
 
 
 def parse_args(argv: list[str] | None = None):
@@ -461,13 +491,20 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--bind_address", default="0.0.0.0")
     p.add_argument("--grpc_threads", type=int, default=4)
     p.add_argument("--cache_dir", default="", help="where S3 versions are copied to load")
+    p.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
+                   help="threads one op may use (0: TensorFlow's choice)")  # fmt: skip
+    p.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
+                   help="ops run at once (0: TensorFlow's choice)")  # fmt: skip
     # accepted for compatibility with tensorflow_model_server command lines
     p.add_argument("--rest_api_num_threads", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--rest_api_timeout_in_ms", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--enable_batching", default="false", help=argparse.SUPPRESS)
     p.add_argument("--allow_version_labels_for_unavailable_models", default="false",
                    help=argparse.SUPPRESS)  # fmt: skip
-    args = p.parse_args(argv)
+    args, unknown = p.parse_known_args(argv)
+    if unknown:
+        log.warning("Ignoring tensorflow_model_server flags not implemented here: %s",
+                    " ".join(unknown))  # fmt: skip
     if not args.model_config_file and not args.model_base_path:
         p.error("give --model_base_path (with --model_name) or --model_config_file")
     return args
