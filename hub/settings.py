@@ -235,6 +235,10 @@ class ServingSettings:
     start_timeout: str = "5m"
     """How long a model server may take to load its first version before it counts as
     failed to start."""
+    image: str = "tensorflow/serving:2.21.0"
+    """Kubernetes backend: the model server image of CPU replicas."""
+    gpu_image: str = "tensorflow/serving:2.21.0-gpu"
+    """Kubernetes backend: the model server image of GPU replicas."""
 
     @property
     def poll_seconds(self) -> float:

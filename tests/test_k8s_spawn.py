@@ -10,7 +10,9 @@ pods on one host network must.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +21,7 @@ import pytest
 import requests
 
 from fakekube import FakeKube
+from gpulab.spawner import objects
 from hubfixture import BIN, Hub, wait_for
 
 pytestmark = pytest.mark.timeout(240)
@@ -79,12 +82,21 @@ class CephCsi:
 
 
 @pytest.fixture(scope="module")
-def kube(ceph):
+def kube(ceph, tmp_path_factory):
+    # TF Serving's binary on the "image's" PATH: gpulab's model server takes its flags
+    shims = tmp_path_factory.mktemp("image-bin")
+    (shims / "tensorflow_model_server").write_text(
+        f'#!/bin/sh\nexec {sys.executable} -m gpulab.serving "$@"\n'
+    )
+    (shims / "tensorflow_model_server").chmod(0o755)
+    image_env = {k: v for k, v in os.environ.items() if k != "HOME"}
+    image_env["PATH"] = f"{shims}:{image_env['PATH']}"
     with FakeKube(
         nodes=[{"name": NODE, "gpus": 2, "labels": {"nvidia.com/gpu.product": "NVIDIA-H100"}}],
         run_containers=True,
         storage_classes=[CEPH_RBD],
         rbd_images=CephCsi(ceph.conf),
+        image_env=image_env,
     ) as kube:
         kube_post(kube, "/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})
         yield kube
@@ -385,3 +397,68 @@ def test_doctor_checks_the_cluster(hub):
     )
     assert out.returncode == 1 and "StorageClass fast-nvme does not exist" in out.stdout
     assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_a_model_serves_from_the_home_claim_as_a_tf_serving_deployment(hub, kube):
+    from test_k8s_serving import EXPORT
+
+    ada = hub.create_user("kmodel")
+    home = Path(hub.settings["kubernetes"]["home_mount"])
+    subprocess.run(
+        [sys.executable, "-c", EXPORT, str(home / "models" / "kline" / "1")],
+        check=True, capture_output=True, timeout=120,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )  # fmt: skip
+    r = ada.session.post(hub.api("/gpulab/models"), json={"name": "kline",
+                         "base_path": "models/kline", "gpus": 1}, timeout=60)  # fmt: skip
+    assert r.status_code == 400 and "has no home volume yet" in r.json()["message"], r.text
+    assert hub.gpus()["free"] == 2  # nothing held by the refused deploy
+    claim = objects.home_pvc(
+        "home-kmodel", NAMESPACE, 2**30, "ceph-rbd", {}, objects.owner_annotations(ada.name, "")
+    )
+    kube_post(kube, f"/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims", claim)
+    r = ada.session.post(
+        hub.api("/gpulab/models"),
+        json={"name": "kline", "base_path": "models/kline", "gpus": 1},
+        timeout=60,
+    )
+    assert r.status_code == 201, r.text
+    model_id = r.json()["id"]
+    m = wait_for(
+        lambda: (m := ada.session.get(hub.api("/gpulab/models/kline"), timeout=30).json())[
+            "state"] == "available" and m,
+        120,
+        "the model to serve",
+    )  # fmt: skip
+    assert m["model_versions"] == [{"version": 1, "state": "AVAILABLE", "error": ""}]
+    # the replica is a Deployment of TF Serving's image with the ledger's GPU, on its node
+    deployment = kube_get(kube, f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/"
+                          f"gpulab-model-{model_id}-0")  # fmt: skip
+    pod_spec = deployment["spec"]["template"]["spec"]
+    assert pod_spec["containers"][0]["image"] == "tensorflow/serving:2.21.0-gpu"
+    assert pod_spec["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    assert pod_spec["nodeSelector"] == {"kubernetes.io/hostname": NODE}
+    assert pod_spec["volumes"][0]["persistentVolumeClaim"] == {
+        "claimName": "home-kmodel", "readOnly": True
+    }  # fmt: skip
+    assert list(hub.holders().values()) == [ada.name]
+    service = kube_get(kube, f"/api/v1/namespaces/{NAMESPACE}/services/gpulab-model-{model_id}")
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"grpc": 8500, "http": 8501}
+
+    r = ada.session.post(hub.api("/gpulab/models/kline:predict"), json={"instances": [2.0]})
+    assert r.status_code == 200 and r.json() == {"predictions": [3.0]}, r.text
+    logs = ada.session.get(hub.api("/gpulab/models/kline/logs"), timeout=30).text
+    assert "Successfully loaded servable version {name: kline version: 1}" in logs
+    r = ada.session.post(
+        hub.api("/gpulab/models"), json={"name": "s3", "base_path": "s3://b/m"}, timeout=30
+    )
+    assert r.status_code == 400 and "not served on the kubernetes backend" in r.json()["message"]
+
+    assert ada.session.delete(hub.api("/gpulab/models/kline"), timeout=90).status_code == 204
+    assert hub.gpus()["free"] == 2
+    left = [p for p in pods(kube) if p["metadata"].get("labels", {}).get("gpulab.io/model-id")]
+    assert left == []
+    r = requests.get(
+        kube.url + f"/api/v1/namespaces/{NAMESPACE}/configmaps/gpulab-model-{model_id}"
+    )
+    assert r.status_code == 404

@@ -19,7 +19,6 @@ with (``access: group:NAME``); and with the model's token for a public one
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 from tornado import web
@@ -83,7 +82,7 @@ class ModelLogsHandler(ModelsAPIHandler):
             raise web.HTTPError(400, "replica and offset must be whole numbers") from None
         if offset < 0:
             raise web.HTTPError(400, "offset must be 0 or more")
-        data = await asyncio.to_thread(mapped, model_manager().read_log, model, replica, offset)
+        data = await amapped(model_manager().read_log, model, replica, offset)
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish(data)
 
@@ -131,9 +130,9 @@ class ModelCallHandler(GpulabAPIHandler):
         ModelCallHandler._client = client
         body = self.request.body if self.request.method == "POST" else None
         last = ""
-        for port in targets:
+        for host, port in targets:
             request = HTTPRequest(
-                f"http://127.0.0.1:{port}{path}",
+                f"http://{host}:{port}{path}",
                 method=self.request.method,
                 body=body,
                 headers={

@@ -401,24 +401,26 @@ class ModelStore:
 # -- the manager ---------------------------------------------------------------------------
 
 
-@dataclass
-class _Live:
-    """What the hub knows of one running replica, between status polls."""
-
-    rest: int
-    ready: bool = False
-    started: object = None
-    task: asyncio.Task | None = None
+def new_replicas(first: int, count: int, port) -> list[dict]:
+    """Records of replicas ``first``.. ``first + count - 1``, each with its ports."""
+    return [
+        {"index": i, "state": "starting", "rest": port(), "grpc": port(), "gpus": [],
+         "node": "", "pid": None, "pid_started": None, "restarts": 0, "message": "",
+         "started": None}
+        for i in range(first, first + count)
+    ]  # fmt: skip
 
 
 class ModelManager:
-    def __init__(self, ledger: GpuLedger, settings, runner, python: str = "python"):
+    """Deployments, their GPUs and who may call them, over a backend that runs the
+    replicas (``LocalModels`` here, ``gpulab.spawner.kube_models.KubeModels`` on
+    Kubernetes)."""
+
+    def __init__(self, ledger: GpuLedger, settings, backend=None):
         self.ledger = ledger
         self.settings = settings
-        self.runner = runner
-        self.python = python
         self.store = ModelStore(ledger.engine)
-        self._live: dict[int, dict[int, _Live]] = {}
+        self.backend = backend
         self._ports: set[int] = set()
         self._turn: dict[int, int] = {}
         self._http = AsyncHTTPClient()
@@ -451,20 +453,12 @@ class ModelManager:
         return False
 
     async def deploy(self, user: str, groups: list[str], spec: ModelSpec) -> Deployment:
-        if self.runner is None:
+        if self.backend is None:
             raise ModelError(
-                501,
-                f"model serving does not run on the {self.settings.backend} backend yet; it "
-                "runs on the local backend",
+                501, f"model serving does not run on the {self.settings.backend} backend"
             )
-        if not spec.on_s3:
-            await asyncio.to_thread(self._check_base_path, user, spec)
-        replicas = [
-            {"index": i, "state": "starting", "rest": self._port(), "grpc": self._port(),
-             "gpus": [], "pid": None, "pid_started": None, "restarts": 0, "message": "",
-             "started": None}
-            for i in range(spec.replicas)
-        ]  # fmt: skip
+        await self.backend.check(user, spec)
+        replicas = new_replicas(0, spec.replicas, self._port)
         model = self.store.create(user, spec, replicas)
         if model is None:
             self._free_ports(replicas)
@@ -480,15 +474,14 @@ class ModelManager:
                 self._free_ports(replicas)
                 raise
             self.store.update(model.id, replicas=replicas)
-        try:
-            await self._write_config(model, spec)
-        except OSError as e:
-            await self._forget(model)
-            raise ModelError(500, f"cannot write the model config on {user}'s home: {e}") from None
-        log.info("Model %s/%s deployed (%d replicas)", user, spec.name, spec.replicas)
         model = self.store.get_by_id(model.id)
-        self._start(model)
-        return model
+        try:
+            await self.backend.start(model)
+        except ModelError:
+            await self._forget(model)
+            raise
+        log.info("Model %s/%s deployed (%d replicas)", user, spec.name, spec.replicas)
+        return self.store.get_by_id(model.id)
 
     def _fits(self, user: str, groups: list[str], spec: ModelSpec) -> None:
         check_gpu_request(
@@ -507,7 +500,219 @@ class ModelManager:
         except LedgerError as e:
             raise ModelError(409, str(e)) from None
         for r in replicas:
-            r["gpus"] = [g.id for g in granted.get(model.replica_key(r["index"]), [])]
+            gpus = granted.get(model.replica_key(r["index"]), [])
+            r["gpus"] = [g.id for g in gpus]
+            r["node"] = gpus[0].node if gpus else ""
+
+    async def update(self, model: Deployment, body: object, groups: list[str]) -> Deployment:
+        """Change versions, labels, access or the replica count of a deployed model,
+        without a failed request: replicas are added or removed, and the others take the
+        new config."""
+        try:
+            spec = parse_changes(model.spec, body, self.settings.serving.max_replicas)
+        except SpecError as e:
+            raise ModelError(400, str(e)) from None
+        await self.backend.check(model.user, spec)
+        replicas = [dict(r) for r in model.replicas]
+        added = new_replicas(len(replicas), max(0, spec.replicas - len(replicas)), self._port)
+        if added and spec.gpus:
+            try:
+                self._fits(model.user, groups, spec)
+                self._grant(model, added, groups)
+            except ModelError:
+                self._free_ports(added)
+                raise
+        removed = replicas[spec.replicas :]
+        self.store.update(model.id, spec=spec, replicas=replicas[: spec.replicas] + added)
+        current = self.store.get_by_id(model.id)
+        await self.backend.apply(current, removed, added)
+        for r in removed:
+            self.ledger.release(model.user, model.replica_key(r["index"]), "replicas reduced")
+            self._free_ports([r])
+        return self.store.get_by_id(model.id)
+
+    async def undeploy(self, model: Deployment) -> None:
+        await self.backend.stop(model)
+        await self._forget(model)
+        log.info("Model %s/%s undeployed", model.user, model.name)
+
+    async def _forget(self, model: Deployment) -> None:
+        for r in model.replicas:
+            self.ledger.release(
+                model.user, model.replica_key(r["index"]), f"model {model.name} undeployed"
+            )
+        self._free_ports(model.replicas)
+        self._turn.pop(model.id, None)
+        self.store.delete(model.id)
+
+    async def read_log(self, model: Deployment, index: int, offset: int = 0) -> bytes:
+        if not any(r["index"] == index for r in model.replicas):
+            raise ModelError(404, f"model {model.name} has no replica {index}")
+        return await self.backend.read_log(model, index, offset)
+
+    def targets(self, model: Deployment) -> list[tuple[str, int]]:
+        """(host, REST port) of the replicas to send a call to, in the order to try
+        them: the ready ones taking turns, then the others (one may be ready by now)."""
+        ready, others = self.backend.endpoints(model)
+        if ready:
+            turn = self._turn.get(model.id, 0) % len(ready)
+            self._turn[model.id] = turn + 1
+            ready = ready[turn:] + ready[:turn]
+        return ready + others
+
+    # -- what backends share --------------------------------------------------------------
+
+    async def fetch_status(self, model: Deployment, host: str, port: int) -> list[dict] | None:
+        """A replica's versions of the model (TF Serving's status), or None when it does
+        not answer yet."""
+        request = HTTPRequest(
+            f"http://{host}:{port}/v1/models/{model.name}",
+            headers={TOKEN_HEADER: f"Bearer {model.token}"},
+            request_timeout=3,
+        )
+        try:
+            response = await self._http.fetch(request, raise_error=False)
+        except (OSError, HTTPClientError):
+            return None
+        if response.code == 404:
+            return []
+        if response.code != 200:
+            return None
+        try:
+            data = json.loads(response.body)
+        except ValueError:
+            return None
+        out = []
+        for item in data.get("model_version_status", []):
+            status = item.get("status", {})
+            failed = status.get("error_code", "OK") != "OK"
+            out.append(
+                {
+                    "version": int(item.get("version", 0)),
+                    "state": item.get("state", ""),
+                    "error": status.get("error_message", "") if failed else "",
+                }
+            )
+        return out
+
+    def note_versions(self, model: Deployment, index: int, versions: list[dict]) -> bool:
+        """Record what a replica reported; whether it serves."""
+        record = next((r for r in model.replicas if r["index"] == index), None)
+        ready = any(v["state"] == "AVAILABLE" for v in versions)
+        if record is None:
+            return ready
+        failed = [v for v in versions if v["error"]]
+        if ready:
+            serving = ", ".join(str(v["version"]) for v in versions if v["state"] == "AVAILABLE")
+            state, message = "available", f"serving version {serving}"
+        elif failed:
+            v = failed[0]
+            state, message = "failed", f"version {v['version']} did not load: {v['error']}"
+        else:
+            loading = [str(v["version"]) for v in versions if v["state"] in ("START", "LOADING")]
+            state = "loading"
+            message = f"loading version {', '.join(loading)}" if loading else "looking for versions"
+        if record["state"] != state or record["message"] != message:
+            self.set_replica(model.id, index, state=state, message=message)
+        if versions != model.versions and (ready or index == 0):
+            self.store.update(model.id, versions=versions)
+        return ready
+
+    def set_replica(self, model_id: int, index: int, **fields) -> None:
+        """Change a replica's record, and the model's state and message with it."""
+        model = self.store.get_by_id(model_id)
+        if model is None:
+            return
+        replicas = [dict(r) for r in model.replicas]
+        for r in replicas:
+            if r["index"] == index:
+                r.update(fields)
+        states = [r["state"] for r in replicas]
+        if "available" in states:
+            state = "available"
+            up = states.count("available")
+            message = (
+                f"{up} of {len(states)} replicas serving"
+                if up < len(states)
+                else next(r["message"] for r in replicas if r["state"] == "available")
+            )
+        elif all(s == "failed" for s in states):
+            state, message = "failed", replicas[0]["message"]
+        elif model.state in ("available", "unavailable"):
+            state, message = "unavailable", replicas[0]["message"]
+        else:
+            state, message = "deploying", replicas[0]["message"]
+        self.store.update(model_id, replicas=replicas, state=state, message=message)
+
+    def config_text(self, spec: ModelSpec, home: str) -> str:
+        """TF Serving's model config file for a deployment whose owner's home is ``home``."""
+        from gpulab.serving.config import to_text
+
+        return to_text([serving_config(spec, home)])
+
+    def _port(self) -> int:
+        while True:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if port not in self._ports:
+                self._ports.add(port)
+                return port
+
+    def _free_ports(self, replicas: list[dict]) -> None:
+        for r in replicas:
+            self._ports.discard(r["rest"])
+            self._ports.discard(r["grpc"])
+
+    # -- after a hub restart -------------------------------------------------------------
+
+    async def run_background(self) -> None:
+        """At hub start: take over the model servers an earlier hub process started."""
+        if self.backend is None:
+            return
+        try:
+            held = {(g.user, g.server) for g in self.ledger.grants()}
+            for model in self.store.list():
+                for r in model.replicas:
+                    self._ports.update((r["rest"], r["grpc"]))
+                    if r["gpus"] and (model.user, model.replica_key(r["index"])) not in held:
+                        try:
+                            self._grant(model, [r], [])
+                        except ModelError as e:
+                            self.set_replica(model.id, r["index"], state="failed", message=str(e))
+                            continue
+                        self.set_replica(model.id, r["index"], gpus=r["gpus"], node=r["node"])
+                await self.backend.resume(self.store.get_by_id(model.id))
+                log.info("Model %s/%s: supervised again after a hub restart", model.user,
+                         model.name)  # fmt: skip
+        except Exception:  # noqa: BLE001 -- the hub must run on
+            log.exception("Taking over model servers after a restart failed")
+
+
+@dataclass
+class _Live:
+    """What the hub knows of one running replica, between status polls."""
+
+    rest: int
+    ready: bool = False
+    started: object = None
+    task: asyncio.Task | None = None
+
+
+class LocalModels:
+    """Replicas as model server processes through the workload runner: as the owner's
+    account, on loopback ports, restarted when they exit; the config on the home."""
+
+    def __init__(self, manager: ModelManager, runner, python: str = "python"):
+        self.manager = manager
+        self.runner = runner
+        self.python = python
+        self.settings = manager.settings
+        self._live: dict[int, dict[int, _Live]] = {}
+
+    async def check(self, user: str, spec: ModelSpec) -> None:
+        if not spec.on_s3:
+            await asyncio.to_thread(self._check_base_path, user, spec)
 
     def _check_base_path(self, user: str, spec: ModelSpec) -> None:
         """Refuse a base path that holds no SavedModel version the policy would serve."""
@@ -546,82 +751,52 @@ class ModelManager:
                     f"({', '.join(map(str, served))})",
                 )
 
-    async def update(self, model: Deployment, body: object, groups: list[str]) -> Deployment:
-        """Change versions, labels, access or the replica count of a deployed model: the
-        servers re-read the config without a restart; replicas are added or removed."""
+    async def start(self, model: Deployment) -> None:
         try:
-            spec = parse_changes(model.spec, body, self.settings.serving.max_replicas)
-        except SpecError as e:
-            raise ModelError(400, str(e)) from None
-        if not spec.on_s3:
-            await asyncio.to_thread(self._check_base_path, model.user, spec)
-        replicas = [dict(r) for r in model.replicas]
-        added = [
-            {"index": i, "state": "starting", "rest": self._port(), "grpc": self._port(),
-             "gpus": [], "pid": None, "pid_started": None, "restarts": 0, "message": "",
-             "started": None}
-            for i in range(len(replicas), spec.replicas)
-        ]  # fmt: skip
-        if added and spec.gpus:
-            try:
-                self._fits(model.user, groups, spec)
-                self._grant(model, added, groups)
-            except ModelError:
-                self._free_ports(added)
-                raise
-        removed = replicas[spec.replicas :]
-        replicas = replicas[: spec.replicas] + added
-        self.store.update(model.id, spec=spec, replicas=replicas)
-        await self._write_config(model, spec)
-        for r in removed:
-            await self._stop_replica(model, r["index"])
-            self.ledger.release(model.user, model.replica_key(r["index"]), "replicas reduced")
-            self._free_ports([r])
-        current = self.store.get_by_id(model.id)
-        for r in added:
-            self._start_replica(current, r["index"])
-        return current
-
-    async def undeploy(self, model: Deployment) -> None:
-        for index in list(self._live.get(model.id, {})):
-            await self._stop_replica(model, index)
-        await self._forget(model)
-        log.info("Model %s/%s undeployed", model.user, model.name)
-
-    async def _forget(self, model: Deployment) -> None:
-        for r in model.replicas:
-            self.ledger.release(
-                model.user, model.replica_key(r["index"]), f"model {model.name} undeployed"
-            )
-        self._free_ports(model.replicas)
-        self._live.pop(model.id, None)
-        self._turn.pop(model.id, None)
-        self.store.delete(model.id)
-
-    def read_log(self, model: Deployment, index: int, offset: int = 0) -> bytes:
-        if not any(r["index"] == index for r in model.replicas):
-            raise ModelError(404, f"model {model.name} has no replica {index}")
-        return self.runner.read_log(model.user, model.log_path(index), offset)
-
-    def targets(self, model: Deployment) -> list[int]:
-        """REST ports of the replicas to send a call to, in the order to try them: the
-        ready ones taking turns, then the others (one may have become ready)."""
-        live = self._live.get(model.id)
-        if live is None:  # not taken over yet after a hub restart: its servers run on
-            return [r["rest"] for r in model.replicas if r.get("pid")]
-        ready = sorted(i for i, r in live.items() if r.ready)
-        rest = sorted(i for i in live if i not in ready)
-        if ready:
-            turn = self._turn.get(model.id, 0) % len(ready)
-            self._turn[model.id] = turn + 1
-            ready = ready[turn:] + ready[:turn]
-        return [live[i].rest for i in ready + rest]
-
-    # -- running -------------------------------------------------------------------------
-
-    def _start(self, model: Deployment) -> None:
+            await self._write_config(model, model.spec)
+        except OSError as e:
+            raise ModelError(
+                500, f"cannot write the model config on {model.user}'s home: {e}"
+            ) from None
         for r in model.replicas:
             self._start_replica(model, r["index"])
+
+    async def apply(self, model: Deployment, removed: list[dict], added: list[dict]) -> None:
+        """The servers re-read the new config within ``serving.poll``."""
+        await self._write_config(model, model.spec)
+        for r in removed:
+            await self._stop_replica(model, r["index"])
+        for r in added:
+            self._start_replica(model, r["index"])
+
+    async def stop(self, model: Deployment) -> None:
+        for index in list(self._live.get(model.id, {})):
+            await self._stop_replica(model, index)
+        self._live.pop(model.id, None)
+
+    async def resume(self, model: Deployment) -> None:
+        for r in model.replicas:
+            adopted = None
+            if r.get("pid"):  # still running, or its end is seen at once and it restarts
+                adopted = self.runner.adopt(
+                    model.user, model.log_path(r["index"]), r["pid"], r.get("pid_started")
+                )
+            self._start_replica(model, r["index"], adopted)
+
+    def endpoints(self, model: Deployment) -> tuple[list, list]:
+        live = self._live.get(model.id)
+        if live is None:  # not taken over yet after a hub restart: its servers run on
+            return [("127.0.0.1", r["rest"]) for r in model.replicas if r.get("pid")], []
+        ready = [("127.0.0.1", live[i].rest) for i in sorted(live) if live[i].ready]
+        others = [("127.0.0.1", live[i].rest) for i in sorted(live) if not live[i].ready]
+        return ready, others
+
+    async def read_log(self, model: Deployment, index: int, offset: int) -> bytes:
+        return await asyncio.to_thread(
+            self.runner.read_log, model.user, model.log_path(index), offset
+        )
+
+    # -- one replica -------------------------------------------------------------------
 
     def _start_replica(self, model: Deployment, index: int, adopted=None) -> None:
         record = next(r for r in model.replicas if r["index"] == index)
@@ -642,9 +817,10 @@ class ModelManager:
     async def _keep_running(self, model_id: int, index: int, live: _Live, adopted) -> None:
         """Run one replica for as long as the model is deployed: start it, follow its
         status, and start it again when it exits."""
+        manager = self.manager
         restarts = 0
         while True:
-            model = self.store.get_by_id(model_id)
+            model = manager.store.get_by_id(model_id)
             if model is None:
                 return
             record = next((r for r in model.replicas if r["index"] == index), None)
@@ -656,7 +832,7 @@ class ModelManager:
                 try:
                     live.started = await self._launch(model, record, restarts)
                 except OSError as e:
-                    self._set_replica(model_id, index, state="failed", message=str(e))
+                    manager.set_replica(model_id, index, state="failed", message=str(e))
                     return
             began = time.monotonic()
             waiter = asyncio.ensure_future(live.started.wait())
@@ -673,7 +849,7 @@ class ModelManager:
             delay = min(self.settings.jobs.restart_backoff_seconds * 2 ** (restarts - 1), 60.0)
             code = 128 - returncode if returncode < 0 else returncode
             tail = self._last_line(model, index)
-            self._set_replica(
+            manager.set_replica(
                 model_id,
                 index,
                 state="restarting",
@@ -685,8 +861,8 @@ class ModelManager:
             await asyncio.sleep(delay)
 
     async def _launch(self, model: Deployment, record: dict, restarts: int):
-        home = self.runner.base_env(model.user)["HOME"]
         env = self.runner.base_env(model.user)
+        home = env["HOME"]
         s3 = context().s3
         if s3 is not None:
             account = await asyncio.to_thread(s3.ensure, model.user)
@@ -717,10 +893,10 @@ class ModelManager:
         )  # fmt: skip
         started = await self.runner.start(model.user, launch)
         if record["gpus"]:
-            self.ledger.attach(
+            self.manager.ledger.attach(
                 model.user, model.replica_key(record["index"]), started.pid, started.pid_started
             )
-        self._set_replica(
+        self.manager.set_replica(
             model.id,
             record["index"],
             state="loading",
@@ -734,109 +910,27 @@ class ModelManager:
     async def _follow(self, model_id: int, index: int, live: _Live, waiter, began: float) -> None:
         """Ask the replica for its model's status until its process ends: often while it
         loads, every few seconds once it serves."""
+        manager = self.manager
         timeout = self.settings.serving.start_timeout_seconds
         while not waiter.done():
-            model = self.store.get_by_id(model_id)
+            model = manager.store.get_by_id(model_id)
             if model is None:
                 return
-            status = await self._status(model, live.rest)
-            versions = status or []
-            ready = any(v["state"] == "AVAILABLE" for v in versions)
-            live.ready = ready
+            status = await manager.fetch_status(model, "127.0.0.1", live.rest)
             if status is not None:
-                self._note_versions(model, index, versions, ready)
-            elif not ready and time.monotonic() - began > timeout:
-                self._set_replica(
+                live.ready = manager.note_versions(model, index, status)
+            elif time.monotonic() - began > timeout:
+                manager.set_replica(
                     model_id, index, message=f"did not answer within {timeout:g}s of starting"
                 )
                 await self.runner.stop(live.started, self.settings.jobs.stop_grace_seconds)
-            await asyncio.wait([waiter], timeout=2.0 if ready else 0.25)
-
-    async def _status(self, model: Deployment, port: int) -> list[dict] | None:
-        """The replica's versions of the model, or None when it does not answer yet."""
-        request = HTTPRequest(
-            f"http://127.0.0.1:{port}/v1/models/{model.name}",
-            headers={TOKEN_HEADER: f"Bearer {model.token}"},
-            request_timeout=3,
-        )
-        try:
-            response = await self._http.fetch(request, raise_error=False)
-        except (OSError, HTTPClientError):
-            return None
-        if response.code == 404:
-            return []
-        if response.code != 200:
-            return None
-        try:
-            data = json.loads(response.body)
-        except ValueError:
-            return None
-        out = []
-        for item in data.get("model_version_status", []):
-            status = item.get("status", {})
-            out.append(
-                {
-                    "version": int(item.get("version", 0)),
-                    "state": item.get("state", ""),
-                    "error": status.get("error_message", "")
-                    if status.get("error_code", "OK") != "OK"
-                    else "",
-                }
-            )
-        return out
-
-    def _note_versions(
-        self, model: Deployment, index: int, versions: list[dict], ready: bool
-    ) -> None:
-        record = next((r for r in model.replicas if r["index"] == index), None)
-        if record is None:
-            return
-        failed = [v for v in versions if v["error"]]
-        if ready:
-            serving = ", ".join(str(v["version"]) for v in versions if v["state"] == "AVAILABLE")
-            state, message = "available", f"serving version {serving}"
-        elif failed:
-            v = failed[0]
-            state, message = "failed", f"version {v['version']} did not load: {v['error']}"
-        else:
-            loading = [str(v["version"]) for v in versions if v["state"] in ("START", "LOADING")]
-            state = "loading"
-            message = f"loading version {', '.join(loading)}" if loading else "looking for versions"
-        if record["state"] != state or record["message"] != message:
-            self._set_replica(model.id, index, state=state, message=message)
-        if versions != model.versions and (ready or index == 0):
-            self.store.update(model.id, versions=versions)
-
-    def _set_replica(self, model_id: int, index: int, **fields) -> None:
-        model = self.store.get_by_id(model_id)
-        if model is None:
-            return
-        replicas = [dict(r) for r in model.replicas]
-        for r in replicas:
-            if r["index"] == index:
-                r.update(fields)
-        states = [r["state"] for r in replicas]
-        if "available" in states:
-            state = "available"
-            up = states.count("available")
-            message = (
-                f"{up} of {len(states)} replicas serving"
-                if up < len(states)
-                else next(r["message"] for r in replicas if r["state"] == "available")
-            )
-        elif all(s == "failed" for s in states):
-            state, message = "failed", replicas[0]["message"]
-        elif model.state in ("available", "unavailable"):
-            state, message = "unavailable", replicas[0]["message"]
-        else:
-            state, message = "deploying", replicas[0]["message"]
-        self.store.update(model_id, replicas=replicas, state=state, message=message)
+            else:
+                live.ready = False
+            await asyncio.wait([waiter], timeout=2.0 if live.ready else 0.25)
 
     async def _write_config(self, model: Deployment, spec: ModelSpec) -> None:
-        from gpulab.serving.config import to_text
-
         home = self.runner.base_env(model.user)["HOME"]
-        text = to_text([serving_config(spec, home)])
+        text = self.manager.config_text(spec, home)
         await asyncio.to_thread(
             self.runner.write_file, model.user, model.config_path, text.encode()
         )
@@ -848,57 +942,19 @@ class ModelManager:
                 return line.strip()[:300]
         return ""
 
-    def _port(self) -> int:
-        while True:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            if port not in self._ports:
-                self._ports.add(port)
-                return port
-
-    def _free_ports(self, replicas: list[dict]) -> None:
-        for r in replicas:
-            self._ports.discard(r["rest"])
-            self._ports.discard(r["grpc"])
-
-    # -- after a hub restart -------------------------------------------------------------
-
-    async def run_background(self) -> None:
-        """At hub start: take over the model servers an earlier hub process started."""
-        try:
-            self.recover()
-        except Exception:  # noqa: BLE001 -- the hub must run on
-            log.exception("Taking over model servers after a restart failed")
-
-    def recover(self) -> None:
-        if self.runner is None:
-            return
-        held = {(g.user, g.server) for g in self.ledger.grants()}
-        for model in self.store.list():
-            for r in model.replicas:
-                self._ports.update((r["rest"], r["grpc"]))
-                if r["gpus"] and (model.user, model.replica_key(r["index"])) not in held:
-                    try:
-                        self._grant(model, [r], [])
-                    except ModelError as e:
-                        self._set_replica(model.id, r["index"], state="failed", message=str(e))
-                        continue
-                    self._set_replica(model.id, r["index"], gpus=r["gpus"])
-                adopted = None
-                if r.get("pid"):  # still running, or its end is seen at once and it restarts
-                    adopted = self.runner.adopt(
-                        model.user, model.log_path(r["index"]), r["pid"], r.get("pid_started")
-                    )
-                self._start_replica(self.store.get_by_id(model.id), r["index"], adopted)
-            log.info("Model %s/%s: supervised again after a hub restart", model.user, model.name)
-
 
 @functools.cache
 def model_manager() -> ModelManager:
-    """The hub's one ModelManager, over the ledger of ``context()`` and the local runner."""
-    from gpulab.spawner.local_runner import LocalRunner, python
-
+    """The hub's one ModelManager, over the ledger of ``context()``, with the backend's
+    way of running replicas."""
     ctx = context()
-    runner = LocalRunner(ctx.settings) if ctx.settings.backend == "local" else None
-    return ModelManager(ctx.ledger, ctx.settings, runner, python())
+    manager = ModelManager(ctx.ledger, ctx.settings)
+    if ctx.settings.backend == "local":
+        from gpulab.spawner.local_runner import LocalRunner, python
+
+        manager.backend = LocalModels(manager, LocalRunner(ctx.settings), python())
+    else:
+        from gpulab.spawner.kube_models import KubeModels
+
+        manager.backend = KubeModels(manager)
+    return manager

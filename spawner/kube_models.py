@@ -1,0 +1,307 @@
+"""Model serving on the kubernetes backend: each replica a Deployment of the official
+``tensorflow/serving`` image, behind one Service per model.
+
+The manifests come from ``gpulab.spawner.objects``. A replica's Deployment is pinned to
+the node of its GPUs (the ledger grants them per node) and mounts the owner's home
+claim read-only, where the model's version folders are; TF Serving's model config,
+written by the hub, arrives through a ConfigMap, and a changed config (labels, version
+policy) rolls the pod with a surge, so the replica serves throughout. New version
+folders need no rollout: TF Serving looks for them every ``serving.poll``.
+
+The hub follows each model's pods: a ready pod is asked for its model's status (on
+its REST port, at its pod IP), and calls through the hub go to the ready ones. The raw
+ports are the pods' and the Service's in the cluster; TF Serving itself asks for no
+token there (keep them private with a NetworkPolicy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+
+from gpulab.hub.kube import core_api, namespace
+from gpulab.hub.workloads.models import Deployment, ModelError, ModelManager, ModelSpec
+
+from . import objects
+
+log = logging.getLogger(__name__)
+
+LABEL_MODEL = "gpulab.io/model-id"
+LABEL_REPLICA = "gpulab.io/replica"
+ANNOTATION_MODEL = "gpulab.io/model"
+
+
+class KubeModels:
+    def __init__(self, manager: ModelManager):
+        self.manager = manager
+        self.settings = manager.settings
+        self.k8s = manager.settings.kubernetes
+        self.namespace = namespace(self.k8s)
+        self._tasks: dict[int, asyncio.Task] = {}
+        self._endpoints: dict[int, tuple[list, list]] = {}
+
+    # -- clients and names ---------------------------------------------------------------
+
+    def _apis(self):
+        from kubespawner.clients import shared_client
+
+        return core_api(), shared_client("AppsV1Api")
+
+    @staticmethod
+    def _name(model: Deployment, index: int | None = None) -> str:
+        base = f"gpulab-model-{model.id}"
+        return base if index is None else f"{base}-{index}"
+
+    def _annotations(self, model: Deployment) -> dict[str, str]:
+        return {**objects.owner_annotations(model.user, ""), ANNOTATION_MODEL: model.name}
+
+    async def _call(self, what: str, call, *args, missing_ok: bool = False, **kwargs):
+        from kubernetes_asyncio.client.rest import ApiException
+
+        try:
+            return await call(*args, _request_timeout=30, **kwargs)
+        except ApiException as e:
+            if e.status == 404 and missing_ok:
+                return None
+            raise ModelError(503, f"Kubernetes refused to {what}: {e.status} {e.reason}") from None
+        except (OSError, TimeoutError) as e:
+            raise ModelError(503, f"Kubernetes did not answer to {what}: {e}") from None
+
+    # -- the backend's part ----------------------------------------------------------------
+
+    async def check(self, user: str, spec: ModelSpec) -> None:
+        if spec.on_s3:
+            raise ModelError(
+                400,
+                "base_path: models in S3 are not served on the kubernetes backend yet "
+                "(TF Serving 2.7 and later read no s3:// paths): copy it to your home",
+            )
+
+    async def start(self, model: Deployment) -> None:
+        core, apps = self._apis()
+        claim = await self._home_claim(model.user)
+        text = self.manager.config_text(model.spec, self.k8s.home_mount)
+        name, ns = self._name(model), self.namespace
+        config_map = objects.model_config_map(name, ns, text, {}, self._annotations(model))
+        await self._call("create the model's ConfigMap", core.create_namespaced_config_map,
+                         ns, config_map)  # fmt: skip
+        service = objects.model_service(
+            name, ns, {LABEL_MODEL: str(model.id)}, {}, self._annotations(model)
+        )
+        await self._call("create the model's Service", core.create_namespaced_service, ns,
+                         service)  # fmt: skip
+        for record in model.replicas:
+            await self._create_replica(apps, model, record, claim, text)
+        self._follow(model)
+
+    async def apply(self, model: Deployment, removed: list[dict], added: list[dict]) -> None:
+        core, apps = self._apis()
+        text = self.manager.config_text(model.spec, self.k8s.home_mount)
+        name, ns = self._name(model), self.namespace
+        await self._call(
+            "update the model's ConfigMap",
+            core.patch_namespaced_config_map,
+            name,
+            ns,
+            {"data": {objects.MODEL_CONFIG_KEY: text}},
+        )
+        patch = {
+            "spec": {"template": {"metadata": {"annotations": {
+                objects.ANNOTATION_CONFIG_HASH: _hash(text)}}}}
+        }  # fmt: skip
+        gone = {r["index"] for r in removed}
+        for record in model.replicas:
+            if record["index"] in gone or record in added:
+                continue
+            await self._call("roll the model's pods", apps.patch_namespaced_deployment,
+                             self._name(model, record["index"]), ns, patch)  # fmt: skip
+        for record in removed:
+            await self._delete_replica(apps, model, record["index"])
+        if added:
+            claim = await self._home_claim(model.user)
+            for record in added:
+                await self._create_replica(apps, model, record, claim, text)
+
+    async def stop(self, model: Deployment) -> None:
+        """Delete the model's objects and wait for its pods to be gone, so its GPUs go
+        back to the ledger only once nothing uses them."""
+        task = self._tasks.pop(model.id, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        core, apps = self._apis()
+        ns, name = self.namespace, self._name(model)
+        for record in model.replicas:
+            await self._delete_replica(apps, model, record["index"])
+        await self._call("delete the model's Service", core.delete_namespaced_service, name,
+                         ns, missing_ok=True)  # fmt: skip
+        await self._call("delete the model's ConfigMap", core.delete_namespaced_config_map,
+                         name, ns, missing_ok=True)  # fmt: skip
+        for _ in range(120):
+            pods = await self._pods(core, model, terminating=True)
+            if not pods:
+                break
+            await asyncio.sleep(0.5)
+        self._endpoints.pop(model.id, None)
+
+    async def resume(self, model: Deployment) -> None:
+        self._follow(model)
+
+    def endpoints(self, model: Deployment) -> tuple[list, list]:
+        return self._endpoints.get(model.id, ([], []))
+
+    async def read_log(self, model: Deployment, index: int, offset: int) -> bytes:
+        core, _ = self._apis()
+        pods = [p for p in await self._pods(core, model) if _replica(p) == index]
+        if not pods:
+            return b""
+        pod = max(pods, key=lambda p: p.metadata.creation_timestamp or 0)
+        text = await self._call("read the model server's log", core.read_namespaced_pod_log,
+                                pod.metadata.name, self.namespace)  # fmt: skip
+        return (text or "").encode()[offset:]
+
+    # -- replicas ---------------------------------------------------------------------------
+
+    async def _create_replica(self, apps, model: Deployment, record: dict, claim: str,
+                              text: str) -> None:  # fmt: skip
+        spec = model.spec
+        volumes, mounts = objects.model_home_volume(claim, self.k8s.home_mount)
+        serving = self.settings.serving
+        node = {objects.HOSTNAME_LABEL: record["node"]} if record.get("node") else None
+        body = objects.model_deployment(
+            self._name(model, record["index"]),
+            self.namespace,
+            image=serving.gpu_image if spec.gpus else serving.image,
+            pull_policy=self.k8s.image_pull_policy,
+            model_name=model.name,
+            config_map=self._name(model),
+            config_hash=_hash(text),
+            labels={},
+            annotations={
+                **self._annotations(model),
+                objects.ANNOTATION_GPUS: ",".join(record["gpus"]),
+            },
+            pod_labels={LABEL_MODEL: str(model.id), LABEL_REPLICA: str(record["index"])},
+            poll_seconds=serving.poll_seconds,
+            start_seconds=int(serving.start_timeout_seconds),
+            grpc_port=record["grpc"],
+            rest_port=record["rest"],
+            gpus=spec.gpus,
+            gpu_resource=self.k8s.gpu_resource,
+            node_selector=node,
+            volumes=volumes,
+            mounts=mounts,
+        )
+        await self._call("create the model's Deployment", apps.create_namespaced_deployment,
+                         self.namespace, body)  # fmt: skip
+
+    async def _delete_replica(self, apps, model: Deployment, index: int) -> None:
+        await self._call(
+            "delete the model's Deployment",
+            apps.delete_namespaced_deployment,
+            self._name(model, index),
+            self.namespace,
+            body={"propagationPolicy": "Background", "gracePeriodSeconds": 5},
+            missing_ok=True,
+        )
+
+    async def _home_claim(self, user: str) -> str:
+        core, _ = self._apis()
+        claims = await self._call("list home claims",
+                                  core.list_namespaced_persistent_volume_claim, self.namespace)  # fmt: skip
+        for c in claims.items:
+            notes = c.metadata.annotations or {}
+            if notes.get(objects.ANNOTATION_USER) == user and not notes.get(
+                objects.ANNOTATION_SERVER
+            ):
+                return c.metadata.name
+        raise ModelError(
+            400,
+            f"{user} has no home volume yet (it is made at the first start of their server); "
+            "start it once, then deploy from it",
+        )
+
+    async def _pods(self, core, model: Deployment, terminating: bool = False) -> list:
+        """The model's pods; ``terminating``: also those being deleted."""
+        found = await self._call("list the model's pods", core.list_namespaced_pod,
+                                 self.namespace, label_selector=f"{LABEL_MODEL}={model.id}")  # fmt: skip
+        return [p for p in found.items if terminating or p.metadata.deletion_timestamp is None]
+
+    # -- following the pods ------------------------------------------------------------------
+
+    def _follow(self, model: Deployment) -> None:
+        old = self._tasks.pop(model.id, None)
+        if old is not None:
+            old.cancel()
+        self._tasks[model.id] = asyncio.ensure_future(self._watch(model.id))
+
+    async def _watch(self, model_id: int) -> None:
+        """Every second (a quarter while none serves): which replicas' pods are ready,
+        what their servers report, and why the others are not."""
+        manager = self.manager
+        core, _ = self._apis()
+        while True:
+            model = manager.store.get_by_id(model_id)
+            if model is None:
+                return
+            try:
+                pods = await self._pods(core, model)
+            except ModelError as e:
+                log.warning("Model %s/%s: %s", model.user, model.name, e)
+                await asyncio.sleep(2)
+                continue
+            ready, others = [], []
+            for record in model.replicas:
+                index = record["index"]
+                mine = [p for p in pods if _replica(p) == index]
+                serving = [p for p in mine if _ready(p) and p.status.pod_ip]
+                if serving:
+                    pod = serving[0]
+                    status = await manager.fetch_status(model, pod.status.pod_ip, record["rest"])
+                    if status is not None and manager.note_versions(model, index, status):
+                        ready.append((pod.status.pod_ip, record["rest"]))
+                        continue
+                for pod in mine:
+                    if pod.status.pod_ip:
+                        others.append((pod.status.pod_ip, record["rest"]))
+                state, message, restarts = _waiting(mine)
+                if (state, message) != (record["state"], record["message"]) or (
+                    restarts != record["restarts"]
+                ):
+                    manager.set_replica(
+                        model_id, index, state=state, message=message, restarts=restarts
+                    )
+            self._endpoints[model_id] = (ready, others)
+            await asyncio.sleep(1.0 if ready else 0.25)
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _replica(pod) -> int | None:
+    value = (pod.metadata.labels or {}).get(LABEL_REPLICA)
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def _ready(pod) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
+
+
+def _waiting(pods: list) -> tuple[str, str, int]:
+    """(replica state, why it is not serving, container restarts) from its pods."""
+    if not pods:
+        return "starting", "creating its pod", 0
+    pod = pods[-1]
+    statuses = pod.status.container_statuses or []
+    restarts = sum(s.restart_count or 0 for s in statuses)
+    for condition in pod.status.conditions or []:
+        if condition.type == "PodScheduled" and condition.status == "False":
+            return "starting", f"not scheduled: {condition.message or condition.reason}", restarts
+    for s in statuses:
+        waiting = s.state.waiting if s.state else None
+        if waiting is not None and waiting.reason not in (None, "ContainerCreating"):
+            state = "restarting" if waiting.reason == "CrashLoopBackOff" else "starting"
+            return state, f"{waiting.reason}: {waiting.message or ''}".strip(": "), restarts
+    return "loading", "loading the model", restarts
