@@ -15,7 +15,6 @@ import asyncio
 import functools
 import json
 import logging
-import socket
 from collections import Counter
 from dataclasses import dataclass
 
@@ -24,7 +23,7 @@ from gpulab.hub.inventory import visible_devices_env
 from gpulab.hub.ledger import GpuLedger, LedgerError, NoGpuFree, QuotaExceeded, utcnow
 
 from . import spec as specs
-from .runner import Launch, WorkloadError
+from .runner import Launch, PortPool, WorkloadError, last_line
 from .spec import JobSpec, ReplicaGroup, SpecError, replica_name, spec_from_json
 from .store import Job, JobStore
 from .sweeps import SweepManager
@@ -59,7 +58,7 @@ class JobManager:
         self.store = JobStore(ledger.engine)
         self._tasks: dict[int, asyncio.Task] = {}
         self._changed = asyncio.Event()
-        self._ports: set[int] = set()
+        self._ports = PortPool()
         self._lock = asyncio.Lock()
         self.sweeps = SweepManager(self)
 
@@ -434,7 +433,7 @@ class JobManager:
         for run in runs.values():
             self.ledger.release(job.user, job.replica_key(run.name), f"job {job.name} ended")
             port = int(run.address.rpartition(":")[2])
-            self._ports.discard(port)
+            self._ports.release(port)
         current = self.store.get_by_id(job.id)
         if current is not None:
             self._stop_replica_records(current, "stopped")
@@ -504,20 +503,10 @@ class JobManager:
 
     def _address(self) -> str:
         """A loopback port no other replica of this hub was given."""
-        while True:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            if port not in self._ports:
-                self._ports.add(port)
-                return f"127.0.0.1:{port}"
+        return f"127.0.0.1:{self._ports.take()}"
 
     def _last_line(self, job: Job, replica: str) -> str:
-        tail = self.runner.read_log(job.user, job.log_path(replica))
-        for line in reversed(tail.decode(errors="replace").splitlines()):
-            if line.strip() and not line.startswith("==> gpulab:"):
-                return line.strip()[:300]
-        return ""
+        return last_line(self.runner, job.user, job.log_path(replica))
 
     def _collect_metrics(self, job: Job, spec: JobSpec) -> None:
         """The metrics the deciding replica reported (the last value of each wins)."""
@@ -587,7 +576,7 @@ class JobManager:
             runs[r.name] = _ReplicaRun(
                 spec.group(r.role), r.index, r.name, r.address, r.gpus, restarts=r.restarts
             )
-            self._ports.add(int(r.address.rpartition(":")[2]))
+            self._ports.hold(int(r.address.rpartition(":")[2]))
         resumed = {}
         for r in job.replicas:
             adopted = None

@@ -23,9 +23,8 @@ import json
 import logging
 import re
 import secrets
-import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import (
@@ -47,9 +46,10 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from gpulab.hub.app import context
 from gpulab.hub.inventory import visible_devices_env
 from gpulab.hub.ledger import GpuLedger, LedgerError, NoGpuFree, QuotaExceeded, _utc, utcnow
+from gpulab.serving.config import ModelConfig
 
 from .jobs import check_gpu_request
-from .runner import Launch, WorkloadError
+from .runner import Launch, PortPool, WorkloadError, last_line
 from .spec import NAME_RE, SpecError, home_path
 
 log = logging.getLogger(__name__)
@@ -69,14 +69,10 @@ class ModelError(WorkloadError):
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    base_path: str
-    """Relative to the owner's home, or ``s3://bucket/prefix``."""
-    policy: str = "latest"
-    latest: int = 1
-    versions: tuple[int, ...] = ()
-    labels: dict[str, int] = field(default_factory=dict)
+class ModelSpec(ModelConfig):
+    """A deployment: TF Serving's config of the model (``base_path`` relative to the
+    owner's home, or ``s3://bucket/prefix``), and how it is served."""
+
     replicas: int = 1
     gpus: int = 0
     """GPUs per replica."""
@@ -229,10 +225,8 @@ def _whole(value: object, where: str, low: int, high: int) -> int:
     return value
 
 
-def serving_config(spec: ModelSpec, home: str):
+def serving_config(spec: ModelSpec, home: str) -> ModelConfig:
     """The TF Serving model config of a deployment, with its base path made absolute."""
-    from gpulab.serving.config import ModelConfig
-
     base = spec.base_path if spec.on_s3 else f"{home.rstrip('/')}/{spec.base_path}"
     return ModelConfig(spec.name, base, spec.policy, spec.latest, spec.versions, spec.labels)
 
@@ -421,7 +415,7 @@ class ModelManager:
         self.settings = settings
         self.store = ModelStore(ledger.engine)
         self.backend = backend
-        self._ports: set[int] = set()
+        self._ports = PortPool()
         self._turn: dict[int, int] = {}
         self._http = AsyncHTTPClient()
 
@@ -458,7 +452,7 @@ class ModelManager:
                 501, f"model serving does not run on the {self.settings.backend} backend"
             )
         await self.backend.check(user, spec)
-        replicas = new_replicas(0, spec.replicas, self._port)
+        replicas = new_replicas(0, spec.replicas, self._ports.take)
         model = self.store.create(user, spec, replicas)
         if model is None:
             self._free_ports(replicas)
@@ -514,7 +508,7 @@ class ModelManager:
             raise ModelError(400, str(e)) from None
         await self.backend.check(model.user, spec)
         replicas = [dict(r) for r in model.replicas]
-        added = new_replicas(len(replicas), max(0, spec.replicas - len(replicas)), self._port)
+        added = new_replicas(len(replicas), max(0, spec.replicas - len(replicas)), self._ports.take)
         if added and spec.gpus:
             try:
                 self._fits(model.user, groups, spec)
@@ -650,19 +644,9 @@ class ModelManager:
 
         return to_text([serving_config(spec, home)])
 
-    def _port(self) -> int:
-        while True:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            if port not in self._ports:
-                self._ports.add(port)
-                return port
-
     def _free_ports(self, replicas: list[dict]) -> None:
         for r in replicas:
-            self._ports.discard(r["rest"])
-            self._ports.discard(r["grpc"])
+            self._ports.release(r["rest"], r["grpc"])
 
     # -- after a hub restart -------------------------------------------------------------
 
@@ -674,7 +658,7 @@ class ModelManager:
             held = {(g.user, g.server) for g in self.ledger.grants()}
             for model in self.store.list():
                 for r in model.replicas:
-                    self._ports.update((r["rest"], r["grpc"]))
+                    self._ports.hold(r["rest"], r["grpc"])
                     if r["gpus"] and (model.user, model.replica_key(r["index"])) not in held:
                         try:
                             self._grant(model, [r], [])
@@ -728,7 +712,7 @@ class LocalModels:
                 f"base_path: {shown} holds no numbered version folder (TF Serving's layout: "
                 f"{shown}/1/saved_model.pb)",
             )
-        served = serving_config(spec, "/").aspired(numbers)
+        served = spec.aspired(numbers)
         if spec.policy == "specific":
             missing = sorted(set(spec.versions) - set(numbers))
             if missing:
@@ -848,7 +832,7 @@ class LocalModels:
             restarts += 1
             delay = min(self.settings.jobs.restart_backoff_seconds * 2 ** (restarts - 1), 60.0)
             code = 128 - returncode if returncode < 0 else returncode
-            tail = self._last_line(model, index)
+            tail = last_line(self.runner, model.user, model.log_path(index))
             manager.set_replica(
                 model_id,
                 index,
@@ -934,13 +918,6 @@ class LocalModels:
         await asyncio.to_thread(
             self.runner.write_file, model.user, model.config_path, text.encode()
         )
-
-    def _last_line(self, model: Deployment, index: int) -> str:
-        tail = self.runner.read_log(model.user, model.log_path(index), 0)[-4096:]
-        for line in reversed(tail.decode(errors="replace").splitlines()):
-            if line.strip() and not line.startswith("==> gpulab:"):
-                return line.strip()[:300]
-        return ""
 
 
 @functools.cache

@@ -8,6 +8,7 @@ reads and writes files of the user's home for it. The local backend's is
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -67,3 +68,37 @@ class Runner(Protocol):
 
     def read_log(self, user: str, path: str, offset: int = 0, limit: int = 1 << 20) -> bytes:
         """Bytes of a log on the user's home from ``offset``; b"" when there is none."""
+
+
+class PortPool:
+    """Loopback ports for replicas: free on this machine when given out, and never
+    given to two replicas while one holds it."""
+
+    def __init__(self):
+        self._held: set[int] = set()
+
+    def take(self) -> int:
+        while True:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if port not in self._held:
+                self._held.add(port)
+                return port
+
+    def hold(self, *ports: int) -> None:
+        """Ports a replica already has (one an earlier hub process started)."""
+        self._held.update(ports)
+
+    def release(self, *ports: int) -> None:
+        self._held.difference_update(ports)
+
+
+def last_line(runner: Runner, user: str, log: str) -> str:
+    """The last line a process wrote to its log (not gpulab's own headers), for a
+    reason to show."""
+    tail = runner.read_log(user, log, 0)[-8192:]
+    for line in reversed(tail.decode(errors="replace").splitlines()):
+        if line.strip() and not line.startswith("==> gpulab:"):
+            return line.strip()[:300]
+    return ""
