@@ -239,6 +239,9 @@ class ServingSettings:
     """Kubernetes backend: the model server image of CPU replicas."""
     gpu_image: str = "tensorflow/serving:2.21.0-gpu"
     """Kubernetes backend: the model server image of GPU replicas."""
+    sync_folder: str = "/models"
+    """Kubernetes backend: where a model from S3 is copied in its pod (TF Serving reads
+    no s3:// paths); the S3 sidecar runs the notebook image (``kubernetes.image``)."""
 
     @property
     def poll_seconds(self) -> float:

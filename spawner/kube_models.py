@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from dataclasses import replace
 
+from gpulab.hub.app import context
 from gpulab.hub.kube import core_api, namespace
 from gpulab.hub.workloads.models import Deployment, ModelError, ModelManager, ModelSpec
 
@@ -71,17 +73,37 @@ class KubeModels:
     # -- the backend's part ----------------------------------------------------------------
 
     async def check(self, user: str, spec: ModelSpec) -> None:
+        if spec.on_s3 and context().s3 is None:
+            raise ModelError(400, "base_path: this hub has no S3 storage configured")
+
+    def _config_text(self, model: Deployment) -> str:
+        """TF Serving's config as the pod sees it: the home claim's mount, or the folder
+        the S3 sidecar fills."""
+        spec = model.spec
         if spec.on_s3:
-            raise ModelError(
-                400,
-                "base_path: models in S3 are not served on the kubernetes backend yet "
-                "(TF Serving 2.7 and later read no s3:// paths): copy it to your home",
-            )
+            folder = f"{self.settings.serving.sync_folder.rstrip('/')}/{model.name}"
+            return self.manager.config_text(replace(spec, base_path=folder), "/")
+        return self.manager.config_text(spec, self.k8s.home_mount)
+
+    async def _sources(self, model: Deployment) -> tuple[list, list, list]:
+        """(volumes, TF Serving's mounts, sidecars) of the model's pods."""
+        if not model.spec.on_s3:
+            claim = await self._home_claim(model.user)
+            volumes, mounts = objects.model_home_volume(claim, self.k8s.home_mount)
+            return volumes, mounts, []
+        secret = await self._owned(model.user, "secrets", "S3 keys")
+        folder = self.settings.serving.sync_folder.rstrip("/")
+        volumes, mounts = objects.model_sync_volume(folder)
+        sync = objects.model_sync_container(
+            self.k8s.image, self.k8s.image_pull_policy, model.spec.base_path, folder,
+            model.name, self.settings.serving.poll_seconds, secret,
+        )  # fmt: skip
+        return volumes, mounts, [sync]
 
     async def start(self, model: Deployment) -> None:
         core, apps = self._apis()
-        claim = await self._home_claim(model.user)
-        text = self.manager.config_text(model.spec, self.k8s.home_mount)
+        sources = await self._sources(model)
+        text = self._config_text(model)
         name, ns = self._name(model), self.namespace
         config_map = objects.model_config_map(name, ns, text, {}, self._annotations(model))
         await self._call("create the model's ConfigMap", core.create_namespaced_config_map,
@@ -92,12 +114,12 @@ class KubeModels:
         await self._call("create the model's Service", core.create_namespaced_service, ns,
                          service)  # fmt: skip
         for record in model.replicas:
-            await self._create_replica(apps, model, record, claim, text)
+            await self._create_replica(apps, model, record, sources, text)
         self._follow(model)
 
     async def apply(self, model: Deployment, removed: list[dict], added: list[dict]) -> None:
         core, apps = self._apis()
-        text = self.manager.config_text(model.spec, self.k8s.home_mount)
+        text = self._config_text(model)
         name, ns = self._name(model), self.namespace
         await self._call(
             "update the model's ConfigMap",
@@ -119,9 +141,9 @@ class KubeModels:
         for record in removed:
             await self._delete_replica(apps, model, record["index"])
         if added:
-            claim = await self._home_claim(model.user)
+            sources = await self._sources(model)
             for record in added:
-                await self._create_replica(apps, model, record, claim, text)
+                await self._create_replica(apps, model, record, sources, text)
 
     async def stop(self, model: Deployment) -> None:
         """Delete the model's objects and wait for its pods to be gone, so its GPUs go
@@ -163,10 +185,10 @@ class KubeModels:
 
     # -- replicas ---------------------------------------------------------------------------
 
-    async def _create_replica(self, apps, model: Deployment, record: dict, claim: str,
+    async def _create_replica(self, apps, model: Deployment, record: dict, sources: tuple,
                               text: str) -> None:  # fmt: skip
         spec = model.spec
-        volumes, mounts = objects.model_home_volume(claim, self.k8s.home_mount)
+        volumes, mounts, sidecars = sources
         serving = self.settings.serving
         node = {objects.HOSTNAME_LABEL: record["node"]} if record.get("node") else None
         body = objects.model_deployment(
@@ -192,6 +214,7 @@ class KubeModels:
             node_selector=node,
             volumes=volumes,
             mounts=mounts,
+            sidecars=sidecars,
         )
         await self._call("create the model's Deployment", apps.create_namespaced_deployment,
                          self.namespace, body)  # fmt: skip
@@ -207,19 +230,27 @@ class KubeModels:
         )
 
     async def _home_claim(self, user: str) -> str:
+        return await self._owned(user, "persistentvolumeclaims", "home volume")
+
+    async def _owned(self, user: str, kind: str, what: str) -> str:
+        """The name of the user's own object of ``kind`` (their home claim, their S3
+        Secret), made by the first start of their server."""
         core, _ = self._apis()
-        claims = await self._call("list home claims",
-                                  core.list_namespaced_persistent_volume_claim, self.namespace)  # fmt: skip
-        for c in claims.items:
-            notes = c.metadata.annotations or {}
+        lister = {
+            "persistentvolumeclaims": core.list_namespaced_persistent_volume_claim,
+            "secrets": core.list_namespaced_secret,
+        }[kind]
+        found = await self._call(f"list {kind}", lister, self.namespace)
+        for item in found.items:
+            notes = item.metadata.annotations or {}
             if notes.get(objects.ANNOTATION_USER) == user and not notes.get(
                 objects.ANNOTATION_SERVER
             ):
-                return c.metadata.name
+                return item.metadata.name
         raise ModelError(
             400,
-            f"{user} has no home volume yet (it is made at the first start of their server); "
-            "start it once, then deploy from it",
+            f"{user} has no {what} in the cluster yet (it is made at the first start of "
+            "their server); start it once, then deploy",
         )
 
     async def _pods(self, core, model: Deployment, terminating: bool = False) -> list:

@@ -238,6 +238,7 @@ def model_deployment(
     volumes: list[dict] | None = None,
     mounts: list[dict] | None = None,
     env_from: list[dict] | None = None,
+    sidecars: list[dict] | None = None,
 ) -> dict:
     """One replica of a model: a Deployment of the ``tensorflow/serving`` image (its GPU
     variant for a GPU replica) reading the ConfigMap's model config.
@@ -288,7 +289,7 @@ def model_deployment(
     if mounts:
         container["volumeMounts"] = list(mounts)
     pod_spec: dict = {
-        "containers": [container],
+        "containers": [container, *(sidecars or [])],
         "restartPolicy": "Always",
         "terminationGracePeriodSeconds": 10,
         "enableServiceLinks": False,
@@ -332,3 +333,34 @@ def model_home_volume(claim: str, mount_path: str) -> tuple[list[dict], list[dic
     volumes = [{"name": "home", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}]
     mounts = [{"name": "home", "mountPath": mount_path, "readOnly": True}]
     return volumes, mounts
+
+
+def model_sync_container(
+    image: str,
+    pull_policy: str,
+    source: str,
+    mount_path: str,
+    model_name: str,
+    poll_seconds: float,
+    secret: str,
+) -> dict:
+    """A sidecar copying a model's versions from S3 to ``mount_path/model_name`` (a
+    scratch volume shared with TF Serving, which reads no s3:// paths), with the
+    owner's S3 keys."""
+    return {
+        "name": "s3-sync",
+        "image": image,
+        "imagePullPolicy": pull_policy,
+        "command": ["python", "-m", "gpulab.serving.sync", source,
+                    f"{mount_path}/{model_name}", "--interval", f"{poll_seconds:g}"],
+        "envFrom": env_from_secret(secret),
+        "volumeMounts": [{"name": "models", "mountPath": mount_path}],
+        "resources": {},
+    }  # fmt: skip
+
+
+def model_sync_volume(mount_path: str) -> tuple[list[dict], list[dict]]:
+    """The scratch folder the S3 sidecar fills and TF Serving reads."""
+    return [{"name": "models", "emptyDir": {}}], [
+        {"name": "models", "mountPath": mount_path, "readOnly": True}
+    ]

@@ -340,3 +340,36 @@ def test_model_serving_objects_are_valid_and_wire_tf_serving_together():
         config_map="m", config_hash="h", labels={}, annotations={}, pod_labels={"a": "b"},
     )  # fmt: skip
     assert valid(cpu)["spec"]["template"]["spec"]["containers"][0]["resources"] == {}
+
+
+def test_a_model_from_s3_gets_a_sync_sidecar_beside_tf_serving():
+    volumes, mounts = objects.model_sync_volume("/models")
+    sync = objects.model_sync_container(
+        "registry.example/gpulab/notebook:1", "IfNotPresent", "s3://gpulab-ada/models/line",
+        "/models", "line", 1.0, "gpulab-s3-ada",
+    )  # fmt: skip
+    deployment = valid(
+        objects.model_deployment(
+            "gpulab-model-3-0",
+            "gpulab",
+            image="tensorflow/serving:2.21.0",
+            pull_policy="IfNotPresent",
+            model_name="line",
+            config_map="gpulab-model-3",
+            config_hash="h",
+            labels={},
+            annotations={},
+            pod_labels={"gpulab.io/model-id": "3"},
+            volumes=volumes,
+            mounts=mounts,
+            sidecars=[sync],
+        )  # fmt: skip
+    )
+    serving, sidecar = deployment["spec"]["template"]["spec"]["containers"]
+    assert sidecar["command"] == [
+        "python", "-m", "gpulab.serving.sync", "s3://gpulab-ada/models/line", "/models/line",
+        "--interval", "1",
+    ]  # fmt: skip
+    assert sidecar["volumeMounts"] == [{"name": "models", "mountPath": "/models"}]
+    assert serving["volumeMounts"] == [{"name": "models", "mountPath": "/models", "readOnly": True}]
+    assert sidecar["envFrom"] == [{"secretRef": {"name": "gpulab-s3-ada"}}]

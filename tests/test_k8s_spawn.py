@@ -89,6 +89,8 @@ def kube(ceph, tmp_path_factory):
         f'#!/bin/sh\nexec {sys.executable} -m gpulab.serving "$@"\n'
     )
     (shims / "tensorflow_model_server").chmod(0o755)
+    (shims / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    (shims / "python").chmod(0o755)
     image_env = {k: v for k, v in os.environ.items() if k != "HOME"}
     image_env["PATH"] = f"{shims}:{image_env['PATH']}"
     with FakeKube(
@@ -100,6 +102,18 @@ def kube(ceph, tmp_path_factory):
     ) as kube:
         kube_post(kube, "/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})
         yield kube
+
+
+S3_PREFIX = "glk-"
+
+
+def s3_settings(ceph) -> dict:
+    return {
+        "s3_endpoint": ceph.s3_endpoint,
+        "s3_admin_access_key": ceph.s3_admin_access_key,
+        "s3_admin_secret_key": ceph.s3_admin_secret_key,
+        "s3_prefix": S3_PREFIX,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +134,12 @@ def k8s_hub(kube, ceph):
                 "kubeconfig": kube.kubeconfig,
                 "unschedulable_timeout": 3,
             },
-            "storage": {"home_size": "2GiB", "ceph_conf": ceph.conf},
+            "storage": {
+                "home_size": "2GiB",
+                "ceph_conf": ceph.conf,
+                **s3_settings(ceph),
+            },
+            "serving": {"sync_folder": str(home / "models-from-s3")},
             "profiles": [
                 {"slug": "cpu", "default": True},
                 {"slug": "gpu-1", "gpus": 1, "gpu_type": "NVIDIA-H100"},
@@ -411,7 +430,7 @@ def test_a_model_serves_from_the_home_claim_as_a_tf_serving_deployment(hub, kube
     )  # fmt: skip
     r = ada.session.post(hub.api("/gpulab/models"), json={"name": "kline",
                          "base_path": "models/kline", "gpus": 1}, timeout=60)  # fmt: skip
-    assert r.status_code == 400 and "has no home volume yet" in r.json()["message"], r.text
+    assert r.status_code == 400 and "has no home volume in the cluster" in r.json()["message"]
     assert hub.gpus()["free"] == 2  # nothing held by the refused deploy
     claim = objects.home_pvc(
         "home-kmodel", NAMESPACE, 2**30, "ceph-rbd", {}, objects.owner_annotations(ada.name, "")
@@ -449,10 +468,6 @@ def test_a_model_serves_from_the_home_claim_as_a_tf_serving_deployment(hub, kube
     assert r.status_code == 200 and r.json() == {"predictions": [3.0]}, r.text
     logs = ada.session.get(hub.api("/gpulab/models/kline/logs"), timeout=30).text
     assert "Successfully loaded servable version {name: kline version: 1}" in logs
-    r = ada.session.post(
-        hub.api("/gpulab/models"), json={"name": "s3", "base_path": "s3://b/m"}, timeout=30
-    )
-    assert r.status_code == 400 and "not served on the kubernetes backend" in r.json()["message"]
 
     assert ada.session.delete(hub.api("/gpulab/models/kline"), timeout=90).status_code == 204
     assert hub.gpus()["free"] == 2
@@ -462,3 +477,58 @@ def test_a_model_serves_from_the_home_claim_as_a_tf_serving_deployment(hub, kube
         kube.url + f"/api/v1/namespaces/{NAMESPACE}/configmaps/gpulab-model-{model_id}"
     )
     assert r.status_code == 404
+
+
+def test_a_model_in_the_users_bucket_is_copied_beside_tf_serving_by_a_sidecar(hub, kube, ceph):
+    import boto3
+    from test_k8s_serving import EXPORT
+
+    from gpulab.hub.storage.s3 import RgwAccounts
+
+    bea = hub.create_user("ks3")
+    bucket_of = RgwAccounts(
+        ceph.s3_endpoint, ceph.s3_admin_access_key, ceph.s3_admin_secret_key,
+        bucket_prefix=S3_PREFIX, uid_prefix=S3_PREFIX,
+    ).ensure(bea.name)  # fmt: skip
+    r = bea.session.post(hub.api("/gpulab/models"), json={"name": "kbucket",
+                         "base_path": f"s3://{bucket_of.bucket}/models/kb"}, timeout=60)  # fmt: skip
+    assert r.status_code == 400 and "has no S3 keys in the cluster" in r.json()["message"]
+    # what the first start of bea's server leaves: her S3 keys as a Secret
+    secret = objects.env_secret(
+        "gpulab-s3-ks3", NAMESPACE, bucket_of.env(), {}, objects.owner_annotations(bea.name, "")
+    )
+    kube_post(kube, f"/api/v1/namespaces/{NAMESPACE}/secrets", secret)
+    exported = Path(tempfile.mkdtemp(prefix="gpulab-k8s-model-")) / "1"
+    subprocess.run(
+        [sys.executable, "-c", EXPORT, str(exported)], check=True, capture_output=True,
+        timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )  # fmt: skip
+    s3 = boto3.client(
+        "s3", endpoint_url=bucket_of.endpoint, aws_access_key_id=bucket_of.access_key,
+        aws_secret_access_key=bucket_of.secret_key, region_name="us-east-1",
+    )  # fmt: skip
+    for path in sorted(p for p in exported.rglob("*") if p.is_file()):
+        s3.upload_file(str(path), bucket_of.bucket, f"models/kb/1/{path.relative_to(exported)}")
+
+    r = bea.session.post(hub.api("/gpulab/models"), json={"name": "kbucket",
+                         "base_path": f"s3://{bucket_of.bucket}/models/kb"}, timeout=60)  # fmt: skip
+    assert r.status_code == 201, r.text
+    model_id = r.json()["id"]
+    wait_for(
+        lambda: (
+            bea.session.get(hub.api("/gpulab/models/kbucket"), timeout=30).json()["state"]
+            == "available"
+        ),
+        120,
+        "the model from the bucket to serve",
+    )
+    pod_spec = kube_get(kube, f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/"
+                        f"gpulab-model-{model_id}-0")["spec"]["template"]["spec"]  # fmt: skip
+    sync = pod_spec["containers"][1]
+    assert sync["name"] == "s3-sync" and sync["envFrom"] == [
+        {"secretRef": {"name": "gpulab-s3-ks3"}}
+    ]
+    assert pod_spec["volumes"] == [{"name": "models", "emptyDir": {}}]
+    r = bea.session.post(hub.api("/gpulab/models/kbucket:predict"), json={"instances": [4.0]})
+    assert r.status_code == 200 and r.json() == {"predictions": [4.0]}, r.text
+    assert bea.session.delete(hub.api("/gpulab/models/kbucket"), timeout=90).status_code == 204
