@@ -281,7 +281,7 @@ def model_deployment(
             "periodSeconds": 2,
             "failureThreshold": 2,
         },
-        "livenessProbe": {"tcpSocket": {"port": "grpc"}, "periodSeconds": 10},
+        "livenessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 10},
         "resources": {"limits": gpu_limits(gpu_resource, gpus)} if gpus else {},
     }
     if env_from:

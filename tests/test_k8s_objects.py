@@ -330,6 +330,7 @@ def test_model_serving_objects_are_valid_and_wire_tf_serving_together():
         "configMapKeyRef": {"name": "model-ada-line", "key": "models.config"}
     }
     assert container["readinessProbe"]["httpGet"] == {"path": "/v1/models/line", "port": "http"}
+    assert container["livenessProbe"]["tcpSocket"] == {"port": "http"}
     assert container["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
     assert container["volumeMounts"] == [
         {"name": "home", "mountPath": "/home/jovyan", "readOnly": True}
