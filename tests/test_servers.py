@@ -207,7 +207,7 @@ def test_bad_input_gets_clear_4xx(hub):
     assert r.status_code == 404 and r.json()["message"] == "No such user: nobody-here"
     hub.create_user("bob")
     r = alice.session.get(hub.api("/gpulab/gpus?user=bob"), timeout=10)
-    assert r.status_code == 403 and "own GPUs" in r.json()["message"]
+    assert r.status_code == 403 and "Only admins act for other users" in r.json()["message"]
     r = requests.get(hub.api("/gpulab/gpus"), timeout=10)
     assert r.status_code == 403 and r.json()["status"] == 403
     r = alice.session.get(hub.api("/gpulab/events?limit=lots"), timeout=10)
