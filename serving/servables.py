@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import threading
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,19 +72,20 @@ class Model:
         return sorted(v for v, s in self.versions.items() if s.state == AVAILABLE)
 
 
-class VersionSource:
+class VersionSource(ABC):
     """Where a model's version folders are: a folder, or an S3 prefix."""
 
+    @abstractmethod
     def versions(self) -> dict[int, float]:
         """Version number -> a stamp that changes when the version's files change."""
-        raise NotImplementedError
 
+    @abstractmethod
     def local_path(self, version: int) -> str:
         """A folder on this machine holding the version's SavedModel."""
-        raise NotImplementedError
 
-    def forget(self, version: int) -> None:
+    def forget(self, version: int) -> None:  # noqa: B027 -- most sources keep no copy
         """The version was unloaded: drop any local copy."""
+        return None
 
 
 class FolderSource(VersionSource):

@@ -503,7 +503,7 @@ def parse_args(argv: list[str] | None = None):
                    help=argparse.SUPPRESS)  # fmt: skip
     args, unknown = p.parse_known_args(argv)
     if unknown:
-        log.warning("Ignoring tensorflow_model_server flags not implemented here: %s",
+        log.warning("Ignoring tensorflow_model_server flags this server does not take: %s",
                     " ".join(unknown))  # fmt: skip
     if not args.model_config_file and not args.model_base_path:
         p.error("give --model_base_path (with --model_name) or --model_config_file")
