@@ -82,7 +82,7 @@ class KubeModels:
         spec = model.spec
         if spec.on_s3:
             folder = f"{self.settings.serving.sync_folder.rstrip('/')}/{model.name}"
-            return self.manager.config_text(replace(spec, base_path=folder), "/")
+            return self.manager.config_text(replace(spec, base_path=folder), "")
         return self.manager.config_text(spec, self.k8s.home_mount)
 
     async def _sources(self, model: Deployment) -> tuple[list, list, list]:

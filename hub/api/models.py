@@ -90,8 +90,6 @@ class ModelLogsHandler(ModelsAPIHandler):
 class ModelCallHandler(GpulabAPIHandler):
     """A TF Serving REST call, checked here and passed to a replica of the model."""
 
-    _client: AsyncHTTPClient | None = None
-
     def write_error(self, status_code, **kwargs):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         message = getattr(exc, "log_message", None) or self._reason
@@ -126,8 +124,7 @@ class ModelCallHandler(GpulabAPIHandler):
         if not targets:
             raise web.HTTPError(503, f"model {model.name} has no running server: {model.message}")
         path = f"/v1/models/{model.name}{rest}"
-        client = ModelCallHandler._client or AsyncHTTPClient()
-        ModelCallHandler._client = client
+        client = AsyncHTTPClient()  # one per event loop, kept by tornado
         body = self.request.body if self.request.method == "POST" else None
         last = ""
         for host, port in targets:

@@ -226,8 +226,10 @@ def _whole(value: object, where: str, low: int, high: int) -> int:
 
 
 def serving_config(spec: ModelSpec, home: str) -> ModelConfig:
-    """The TF Serving model config of a deployment, with its base path made absolute."""
-    base = spec.base_path if spec.on_s3 else f"{home.rstrip('/')}/{spec.base_path}"
+    """The TF Serving model config of a deployment, its base path made absolute (one on
+    the home is relative to ``home``; an S3 or absolute one stays as it is)."""
+    absolute = spec.on_s3 or spec.base_path.startswith("/")
+    base = spec.base_path if absolute else f"{home.rstrip('/')}/{spec.base_path}"
     return ModelConfig(spec.name, base, spec.policy, spec.latest, spec.versions, spec.labels)
 
 
