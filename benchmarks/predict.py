@@ -49,21 +49,14 @@ import requests  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from hubfixture import export_line  # noqa: E402
+
 MODEL = "line"
 X = [1.0, 2.0, 5.0]
 TOKEN = "bench-" + os.urandom(8).hex()
 PATH = f"/v1/models/{MODEL}:predict"
 BLOCK = 100  # requests per block; the three paths take turns block by block
-
-
-class Line(tf.Module):
-    def __init__(self, a, b):
-        self.a = tf.Variable(a)
-        self.b = tf.Variable(b)
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
-    def serve(self, x):
-        return {"y": self.a * x + self.b}
 
 
 def free_port() -> int:
@@ -243,8 +236,7 @@ def main() -> int:
     channel = None
     try:
         base = tmp / "model"
-        line = Line(0.5, 2.0)
-        tf.saved_model.save(line, str(base / "1"), signatures={"serving_default": line.serve})
+        export_line(base / "1", 0.5, 2.0)
         grpc_port, rest_port = free_port(), free_port()
         log_path = tmp / "server.log"
         t0 = time.perf_counter()

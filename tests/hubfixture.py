@@ -355,3 +355,36 @@ def lines_with(text: str, word: str) -> list[str]:
 def cells(line: str) -> list[str]:
     """The cells of one row of a rich table."""
     return [c.strip() for c in line.strip().strip("│┃").replace("┃", "│").split("│")]
+
+
+# -- a small SavedModel ---------------------------------------------------------------
+
+LINE_MODEL = """
+import os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tensorflow as tf
+
+class Line(tf.Module):
+    def __init__(self, a, b):
+        self.a = tf.Variable(a)
+        self.b = tf.Variable(b)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+    def serve(self, x):
+        return {"y": self.a * x + self.b}
+
+path, a, b = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+line = Line(a, b)
+tf.saved_model.save(line, path, signatures={"serving_default": line.serve})
+"""
+"""``python -c LINE_MODEL PATH A B``: y = A*x + B saved at PATH, a SavedModel with a
+``serving_default`` signature (input ``x``, output ``y``, float32 vectors)."""
+
+
+def export_line(path, a: float = 0.5, b: float = 2.0, **run) -> None:
+    """Export y = a*x + b to ``path`` with TensorFlow, in a process of its own."""
+    run.setdefault("env", {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    subprocess.run(
+        [sys.executable, "-c", LINE_MODEL, str(path), str(a), str(b)],
+        check=True, capture_output=True, timeout=120, **run,
+    )  # fmt: skip

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import sys
-import textwrap
 
 import requests
 from kubernetes_asyncio import client
@@ -26,29 +24,12 @@ from fakekube import FakeKube
 from gpulab.hub.workloads.models import ModelSpec, serving_config
 from gpulab.serving.config import to_text
 from gpulab.spawner import objects
-from hubfixture import free_port
-
-EXPORT = textwrap.dedent(
-    """
-    import sys, tensorflow as tf
-    line = tf.Module()
-    line.a, line.b = tf.Variable(0.5), tf.Variable(2.0)
-    line.serve = tf.function(lambda x: {"y": line.a * x + line.b},
-                             input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
-    tf.saved_model.save(line, sys.argv[1], signatures={"serving_default": line.serve})
-    """
-)
+from hubfixture import export_line, free_port
 
 
 async def test_the_built_deployment_serves_the_model_on_the_fake_cluster(tmp_path):
     home = tmp_path / "home"
-    subprocess.run(
-        [sys.executable, "-c", EXPORT, str(home / "models" / "line" / "1")],
-        check=True,
-        capture_output=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        timeout=120,
-    )
+    export_line(home / "models" / "line" / "1")
     shim = tmp_path / "bin" / "tensorflow_model_server"
     shim.parent.mkdir()
     shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m gpulab.serving "$@"\n')

@@ -22,7 +22,7 @@ import requests
 
 from fakekube import FakeKube
 from gpulab.spawner import objects
-from hubfixture import BIN, Hub, wait_for
+from hubfixture import BIN, Hub, export_line, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -419,15 +419,9 @@ def test_doctor_checks_the_cluster(hub):
 
 
 def test_a_model_serves_from_the_home_claim_as_a_tf_serving_deployment(hub, kube):
-    from test_k8s_serving import EXPORT
-
     ada = hub.create_user("kmodel")
     home = Path(hub.settings["kubernetes"]["home_mount"])
-    subprocess.run(
-        [sys.executable, "-c", EXPORT, str(home / "models" / "kline" / "1")],
-        check=True, capture_output=True, timeout=120,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )  # fmt: skip
+    export_line(home / "models" / "kline" / "1")
     r = ada.session.post(hub.api("/gpulab/models"), json={"name": "kline",
                          "base_path": "models/kline", "gpus": 1}, timeout=60)  # fmt: skip
     assert r.status_code == 400 and "has no home volume in the cluster" in r.json()["message"]
@@ -481,7 +475,6 @@ def test_a_model_serves_from_the_home_claim_as_a_tf_serving_deployment(hub, kube
 
 def test_a_model_in_the_users_bucket_is_copied_beside_tf_serving_by_a_sidecar(hub, kube, ceph):
     import boto3
-    from test_k8s_serving import EXPORT
 
     from gpulab.hub.storage.s3 import RgwAccounts
 
@@ -499,10 +492,7 @@ def test_a_model_in_the_users_bucket_is_copied_beside_tf_serving_by_a_sidecar(hu
     )
     kube_post(kube, f"/api/v1/namespaces/{NAMESPACE}/secrets", secret)
     exported = Path(tempfile.mkdtemp(prefix="gpulab-k8s-model-")) / "1"
-    subprocess.run(
-        [sys.executable, "-c", EXPORT, str(exported)], check=True, capture_output=True,
-        timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )  # fmt: skip
+    export_line(exported)
     s3 = boto3.client(
         "s3", endpoint_url=bucket_of.endpoint, aws_access_key_id=bucket_of.access_key,
         aws_secret_access_key=bucket_of.secret_key, region_name="us-east-1",

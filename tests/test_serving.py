@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import textwrap
 import threading
 
 import grpc
@@ -26,28 +24,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from hubfixture import wait_for
-
-EXPORT = textwrap.dedent(
-    """
-    import os, sys
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
-    class Line(tf.Module):
-        def __init__(self, a, b):
-            self.a = tf.Variable(a)
-            self.b = tf.Variable(b)
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
-        def serve(self, x):
-            return {"y": self.a * x + self.b}
-
-    path, a, b = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-    line = Line(a, b)
-    tf.saved_model.save(line, path, signatures={"serving_default": line.serve})
-    """
-)
+from hubfixture import export_line, wait_for
 
 
 def export(hub, user: str, path: str, a: float, b: float) -> str:
@@ -58,21 +35,11 @@ def export(hub, user: str, path: str, a: float, b: float) -> str:
     account = ensure_account(hub.unix_prefix, user, hub.data_root)
     target = account.home / path
     staging = target.parent / f".{target.name}.partial"
-    code = (
-        f"import os; os.makedirs({str(target.parent)!r}, exist_ok=True)\n"
-        + EXPORT
-        + f"\nos.rename({str(staging)!r}, {str(target)!r})\n"
-    )
-    subprocess.run(
-        [sys.executable, "-c", code, str(staging), str(a), str(b)],
-        check=True,
-        user=account.uid,
-        group=account.gid,
-        env={"PATH": os.environ["PATH"], "HOME": str(account.home)},
-        cwd=str(account.home),
-        capture_output=True,
-        timeout=120,
-    )
+    as_user = dict(user=account.uid, group=account.gid, cwd=str(account.home))
+    home_env = {"PATH": os.environ["PATH"], "HOME": str(account.home)}
+    subprocess.run(["mkdir", "-p", str(target.parent)], check=True, env=home_env, **as_user)
+    export_line(staging, a, b, env=home_env, **as_user)
+    os.rename(staging, target)
     return str(target)
 
 
@@ -552,13 +519,7 @@ def test_a_model_in_the_users_bucket_is_served_and_new_versions_found(ceph, make
     def upload(version: int, a: float, b: float) -> None:
         """Export locally, then upload the version with its saved_model.pb last."""
         folder = tmp_path / str(version)
-        line = tf.Module()
-        line.a, line.b = tf.Variable(a), tf.Variable(b)
-        line.serve = tf.function(
-            lambda x: {"y": line.a * x + line.b},
-            input_signature=[tf.TensorSpec([None], tf.float32, name="x")],
-        )
-        tf.saved_model.save(line, str(folder), signatures={"serving_default": line.serve})
+        export_line(folder, a, b)
         files = sorted(p for p in folder.rglob("*") if p.is_file())
         files.sort(key=lambda p: p.name == "saved_model.pb")
         for path in files:
