@@ -23,6 +23,7 @@ from kubernetes_asyncio.client.rest import ApiException
 from kubernetes_asyncio.config import kube_config
 
 from fakekube import FakeKube
+from fakekube.dns import HEADER
 from hubfixture import free_port
 
 MERGE = "application/merge-patch+json"
@@ -955,6 +956,295 @@ async def test_running_a_real_process_that_serves_http() -> None:
     assert time.monotonic() - stopping < 2
     with pytest.raises(ProcessLookupError):
         os.kill(stubborn_pid, 0)
+
+
+def _command_pod(name: str, command: list[str], **spec: Any) -> dict[str, Any]:
+    body = pod(name, restartPolicy="Never", **spec)
+    body["spec"]["containers"][0]["command"] = command
+    return body
+
+
+async def test_following_a_log_streams_until_the_container_exits(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with FakeKube(run_containers=True) as kube:
+        go = os.path.join(kube.workdir, "go")
+        talker = _command_pod(
+            "talker",
+            [
+                sys.executable,
+                "-c",
+                "import os, time\n"
+                "print('first', flush=True)\n"
+                f"while not os.path.exists({go!r}): time.sleep(0.02)\n"
+                "print('second', flush=True)",
+            ],
+        )
+        async with core(kube) as v1:
+            await v1.create_namespaced_pod("default", talker)
+            await eventually(lambda: _phase_is(v1, "talker", "Running"), what="talker running")
+            resp = await v1.read_namespaced_pod_log(
+                "talker", "default", follow=True, _preload_content=False
+            )
+            assert resp.headers["Content-Type"].startswith("text/plain")
+            assert resp.headers.get("Transfer-Encoding") == "chunked"
+            # what was logged before the request, then what is written after it
+            assert await asyncio.wait_for(resp.content.readline(), 10) == b"first\n"
+            open(go, "w").close()
+            assert await asyncio.wait_for(resp.content.read(), 10) == b"second\n"  # then EOF
+            resp.release()
+            await eventually(lambda: _phase_is(v1, "talker", "Succeeded"), what="talker done")
+            # a terminated container: its whole log, and the stream ends
+            done = await v1.read_namespaced_pod_log(
+                "talker", "default", follow=True, _preload_content=False
+            )
+            assert await asyncio.wait_for(done.read(), 5) == b"first\nsecond\n"
+
+            # before streaming, the same errors as without follow
+            missing = pod("unmounted")
+            missing["spec"]["volumes"] = [{"name": "v", "secret": {"secretName": "nope"}}]
+            await v1.create_namespaced_pod("default", missing)
+            with pytest.raises(ApiException) as e:
+                await v1.read_namespaced_pod_log("unmounted", "default", follow=True)
+            assert e.value.status == 400 and "is waiting to start: ContainerCreating" in str(
+                e.value.body
+            )
+            unset = pod("unset")
+            unset["spec"]["containers"][0]["env"] = [
+                {"name": "T", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k"}}}
+            ]
+            await v1.create_namespaced_pod("default", unset)
+
+            async def config_error() -> bool:
+                try:
+                    await v1.read_namespaced_pod_log("unset", "default", follow=True)
+                except ApiException as e:
+                    return "CreateContainerConfigError" in str(e.body) and e.status == 400
+                return False
+
+            await eventually(config_error, what="the kubelet's waiting reason")
+            with pytest.raises(ApiException) as e:
+                await v1.read_namespaced_pod_log("absent", "default", follow=True)
+            assert e.value.status == 404
+            with pytest.raises(ApiException) as e:
+                await v1.read_namespaced_pod_log("talker", "default", follow="yes")
+            assert e.value.status == 400
+
+            # a client that leaves mid-stream: the server side ends without errors
+            chatty = _command_pod("chatty", ["sh", "-c", "while :; do echo tick; sleep 0.05; done"])
+            await v1.create_namespaced_pod("default", chatty)
+            await eventually(lambda: _phase_is(v1, "chatty", "Running"), what="chatty running")
+            caplog.set_level("WARNING")
+            async with aiohttp.ClientSession() as session:
+                async with session.get(
+                    f"{kube.url}/api/v1/namespaces/default/pods/chatty/log?follow=1"
+                ) as left:
+                    assert await asyncio.wait_for(left.content.readline(), 5) == b"tick\n"
+            await asyncio.sleep(0.5)
+            assert [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")] == []
+            # and a deleted pod ends the stream of a container that would run on
+            still = await v1.read_namespaced_pod_log(
+                "chatty", "default", follow=True, _preload_content=False
+            )
+            await v1.delete_namespaced_pod("chatty", "default", grace_period_seconds=1)
+            assert (await asyncio.wait_for(still.read(), 10)).startswith(b"tick\n")
+
+
+async def test_a_command_that_cannot_run_is_a_start_error() -> None:
+    with FakeKube(run_containers=True) as kube:
+        async with core(kube) as v1:
+            await v1.create_namespaced_pod("default", _command_pod("lost", ["no-such-tool"]))
+            await v1.create_namespaced_pod(
+                "default",
+                _command_pod("relative", ["./missing.sh"], securityContext={"runAsUser": 65534}),
+            )
+            for name, detail in (
+                ("lost", 'exec: "no-such-tool": executable file not found in $PATH'),
+                ("relative", 'exec: "./missing.sh": stat ./missing.sh: no such file or directory'),
+            ):
+                await eventually(lambda n=name: _phase_is(v1, n, "Failed"), what=f"{name} failed")
+                status = (await v1.read_namespaced_pod(name, "default")).status
+                terminated = status.container_statuses[0].state.terminated
+                assert (terminated.exit_code, terminated.reason) == (128, "StartError")
+                assert terminated.message == (
+                    "failed to create containerd task: failed to create shim task: OCI runtime "
+                    "create failed: runc create failed: unable to start container process: "
+                    f"{detail}: unknown"
+                )
+
+
+# -- cluster DNS ---------------------------------------------------------------------------
+
+
+def _dns_pod(name: str, subdomain: str, labels: dict[str, str], **spec: Any) -> dict[str, Any]:
+    body = pod(name, hostname=name, subdomain=subdomain, **spec)
+    body["metadata"]["labels"] = labels
+    return body
+
+
+def _records(kube: FakeKube) -> set[str]:
+    """The full names in the hosts file; blank lines are a rewrite's padding."""
+    with open(kube.hosts_file) as f:
+        records = f.read().split(HEADER + "\n", 1)[1]
+    return {line.split("\t")[1].split()[0] for line in records.splitlines() if line}
+
+
+async def test_cluster_dns_records_of_headless_services() -> None:
+    with FakeKube() as kube:  # simulated containers: Ready once started, podIP 127.0.0.1
+        with open("/etc/hosts") as f:
+            host_hosts = f.read()
+        inode = os.stat(kube.hosts_file).st_ino
+        train = {"job": "train"}
+        async with core(kube) as v1:
+            await v1.create_namespace({"metadata": {"name": "team-b"}})
+            for ns, name, spec in (
+                ("default", "trainers", {"clusterIP": "None", "selector": train}),
+                (
+                    "default",
+                    "lenient",
+                    {"clusterIP": "None", "selector": train, "publishNotReadyAddresses": True},
+                ),
+                ("default", "plain", {"selector": train, "ports": [{"port": 80}]}),
+                ("default", "manual", {"clusterIP": "None"}),  # no selector
+                ("team-b", "trainers", {"clusterIP": "None", "selector": {"job": "b"}}),
+            ):
+                await v1.create_namespaced_service(ns, {"metadata": {"name": name}, "spec": spec})
+            unready = {
+                "env": [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]
+            }
+            for ns, body in (
+                ("default", _dns_pod("w-0", "trainers", train)),
+                ("default", _dns_pod("w-1", "trainers", train)),
+                ("default", _dns_pod("other", "trainers", {"job": "other"})),  # not selected
+                ("default", _dns_pod("p-0", "plain", train)),  # not headless
+                ("default", _dns_pod("m-0", "manual", train)),
+                ("default", _dns_pod("gone", "nosvc", train)),
+                ("team-b", _dns_pod("w-0", "trainers", train)),  # that one selects job=b
+                ("team-b", _dns_pod("b-0", "trainers", {"job": "b"})),
+            ):
+                await v1.create_namespaced_pod(ns, body)
+            nohost = pod("nohost", subdomain="trainers")
+            nohost["metadata"]["labels"] = train
+            await v1.create_namespaced_pod("default", nohost)
+            # no Secret: the container waits (CreateContainerConfigError), the pod has an
+            # IP but is not Ready; only publishNotReadyAddresses publishes it
+            for name, subdomain in (("u-0", "trainers"), ("l-0", "lenient")):
+                body = _dns_pod(name, subdomain, train)
+                body["spec"]["containers"][0].update(unready)
+                await v1.create_namespaced_pod("default", body)
+
+            async def records_are(expected: set[str]) -> bool:
+                return _records(kube) == expected
+
+            full = "svc.cluster.local"
+            await eventually(
+                lambda: records_are(
+                    {
+                        f"w-0.trainers.default.{full}",
+                        f"w-1.trainers.default.{full}",
+                        f"l-0.lenient.default.{full}",
+                        f"b-0.trainers.team-b.{full}",
+                    }
+                ),
+                what="the records",
+            )
+            with open(kube.hosts_file) as f:
+                text = f.read()
+            assert text.startswith(host_hosts)
+            assert (
+                "127.0.0.1\tw-1.trainers.default.svc.cluster.local w-1.trainers.default.svc"
+                " w-1.trainers.default w-1.trainers\n" in text
+            )
+            # a deleted (terminating) pod's record goes at once; the file is the same one
+            await v1.delete_namespaced_pod("w-1", "default")
+            await eventually(
+                lambda: _true(f"w-1.trainers.default.{full}" not in _records(kube)),
+                what="w-1's record to go",
+            )
+            assert f"w-0.trainers.default.{full}" in _records(kube)
+            await v1.delete_namespaced_service("trainers", "default")
+            await eventually(
+                lambda: records_are({f"l-0.lenient.default.{full}", f"b-0.trainers.team-b.{full}"}),
+                what="the Service's records to go",
+            )
+            assert os.stat(kube.hosts_file).st_ino == inode
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0, reason="pods see cluster DNS only when FakeKube runs as root"
+)
+async def test_pods_resolve_each_other_by_hostname_and_subdomain() -> None:
+    with FakeKube(run_containers=True) as kube:
+        if not kube.pod_dns:
+            pytest.skip("no mount namespaces here (util-linux unshare/setpriv/mount)")
+        train = {"job": "train"}
+        fqdn = "trainers.default.svc.cluster.local"
+        w0 = _dns_pod("w-0", "trainers", train)
+        w0["spec"]["containers"][0]["command"] = [
+            "sh",
+            "-c",
+            f"until getent hosts w-0.{fqdn} w-1.{fqdn} >/dev/null; do sleep 0.05; done\n"
+            "for name in w-1.trainers.default.svc.cluster.local w-1.trainers.default.svc"
+            " w-1.trainers.default w-1.trainers; do\n"
+            '  echo "$name $(getent hosts $name | cut -d" " -f1)"\n'
+            "done\n"
+            'getent hosts solo.nosvc.default.svc.cluster.local; echo "solo: $?"\n'
+            f'getent hosts solo.{fqdn}; echo "solo.trainers: $?"\n'
+            "exec sleep 30",
+        ]
+        w1 = _dns_pod("w-1", "trainers", train, securityContext={"runAsUser": 65534})
+        w1["spec"]["containers"][0]["command"] = [
+            sys.executable,
+            "-c",
+            "import os, socket, time\n"
+            "while True:\n"
+            "    try:\n"
+            f"        ip = socket.gethostbyname('w-0.{fqdn}')\n"
+            "        break\n"
+            "    except OSError:\n"
+            "        time.sleep(0.05)\n"
+            "print(os.getuid(), ip, flush=True)\n"
+            "time.sleep(30)",
+        ]
+        async with core(kube) as v1:
+            await v1.create_namespaced_service(
+                "default",
+                {
+                    "metadata": {"name": "trainers"},
+                    "spec": {"clusterIP": "None", "selector": train},
+                },
+            )
+            # selected by the Service, but its subdomain names none: no record
+            await v1.create_namespaced_pod("default", _dns_pod("solo", "nosvc", train))
+            await v1.create_namespaced_pod("default", w0)
+            await v1.create_namespaced_pod("default", w1)
+
+            async def log_of(name: str, lines: int) -> str:
+                try:
+                    text = await v1.read_namespaced_pod_log(name, "default")
+                except ApiException:  # not started yet
+                    return ""
+                return text if text.count("\n") >= lines else ""
+
+            assert await eventually(lambda: log_of("w-0", 6), what="w-0's lookups") == (
+                "w-1.trainers.default.svc.cluster.local 127.0.0.1\n"
+                "w-1.trainers.default.svc 127.0.0.1\n"
+                "w-1.trainers.default 127.0.0.1\n"
+                "w-1.trainers 127.0.0.1\n"
+                "solo: 2\n"
+                "solo.trainers: 2\n"
+            )
+            # as runAsUser 65534 (the mount is made as root, then privileges drop)
+            assert await eventually(lambda: log_of("w-1", 1), what="w-1's lookup") == (
+                "65534 127.0.0.1\n"
+            )
+            with open("/etc/hosts") as f:
+                assert "trainers" not in f.read()  # this host's own is untouched
+            await v1.delete_namespaced_pod("w-1", "default", grace_period_seconds=1)
+            await eventually(
+                lambda: _true(f"w-1.{fqdn}" not in _records(kube)), what="w-1's record to go"
+            )
+            assert _records(kube) == {f"w-0.{fqdn}"}
 
 
 # -- storage ------------------------------------------------------------------------------

@@ -24,9 +24,10 @@ discovery and ``/version``. Module map:
 - ``store``: objects, the cluster-wide resourceVersion, change history, watchers;
 - ``registry`` + ``defaults`` + ``validation`` + ``admission`` + ``patch`` +
   ``selectors``: the apiserver's request semantics;
-- ``api``: HTTP routing, watch streaming, logs; ``faults``: injected failures;
+- ``api``: HTTP routing, watch streaming, logs (also followed); ``faults``: injected
+  failures;
 - ``scheduler``, ``kubelet`` (+ ``containers``, ``probes``), ``storage``,
-  ``workloads``, ``gc``: the simulated components, on ``controller``'s loop;
+  ``workloads``, ``gc``, ``dns``: the simulated components, on ``controller``'s loop;
 - ``cluster``: wiring and the kubeadm-like initial state; ``server``: ``FakeKube``.
 
 Ports with ``run_containers=True``: every pod's ``podIP`` is 127.0.0.1 and its
@@ -35,12 +36,19 @@ would on a real cluster. A test must give each pod that listens a port of its ow
 pick a free one (``hubfixture.free_port()``) and put it both in the command line
 (``--port=N``; for KubeSpawner set ``c.KubeSpawner.port = N`` per spawn, e.g. from a
 ``pre_spawn_hook``) and in the container's ``ports[].containerPort``; probes and
-clients then reach ``127.0.0.1:N``. Service cluster IPs (10.96.0.0/12) and cluster
-DNS names are allocated and reported but do not route here.
+clients then reach ``127.0.0.1:N``. Service cluster IPs (10.96.0.0/12) are allocated
+and reported but do not route here, and Service DNS names do not resolve. Pod hostname
+records of headless Services (``<hostname>.<subdomain>.<ns>.svc.cluster.local`` for a
+pod with ``spec.hostname`` and ``spec.subdomain``, as a distributed job's replicas find
+each other) do resolve inside pods, to 127.0.0.1, when FakeKube runs as root: see
+``dns`` (the records, ``kube.hosts_file``) and ``containers`` (each container process
+sees them as its ``/etc/hosts``); not as root, no cluster name resolves.
 
 Not imitated (a real cluster would; tests must not rely on these): container images
 (commands run from the host's filesystem), volume mounts, resource limits
-enforcement, network policy, Endpoints/EndpointSlices, authentication and
+enforcement, network policy, Endpoints/EndpointSlices (``dns`` computes the
+endpoints it needs itself), cluster DNS beyond pod hostname records (Service names,
+SRV records, ``resolv.conf``), authentication and
 authorization, server-side apply (415), ``dryRun``, ``fieldValidation``, ``/scale``,
 static PV binding, preemption (no PriorityClasses are served), service account
 tokens, Job ``podFailurePolicy``/``successPolicy``/``suspend``, paused Deployments and

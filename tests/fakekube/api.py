@@ -11,13 +11,24 @@ strategic merge, JSON patch), DELETE (delete, deletecollection), with the query
 parameters clients send: ``labelSelector``, ``fieldSelector``, ``resourceVersion``,
 ``resourceVersionMatch``, ``limit``, ``continue``, ``timeoutSeconds``,
 ``allowWatchBookmarks``, ``gracePeriodSeconds``, ``propagationPolicy``,
-``orphanDependents``, ``container`` (logs). Booleans parse as Go's ``strconv.ParseBool``.
-Errors are ``Status`` bodies (see ``errors``). Watches stream newline-delimited
-``WatchEvent`` JSON over chunked HTTP until ``timeoutSeconds`` (default 1800 s), the
-client leaves or a test drops them (``FakeKube.drop_watches``: the connection is cut
-mid-stream). Not served: authentication and authorization (any token passes),
-``dryRun`` (400), ``sendInitialEvents`` (422), server-side apply (415), ``/scale``,
-``/binding``, ``/finalize``, log options other than ``container``.
+``orphanDependents``, ``container`` and ``follow`` (logs). Booleans parse as Go's
+``strconv.ParseBool``. Errors are ``Status`` bodies (see ``errors``). Watches stream
+newline-delimited ``WatchEvent`` JSON over chunked HTTP until ``timeoutSeconds``
+(default 1800 s), the client leaves or a test drops them (``FakeKube.drop_watches``:
+the connection is cut mid-stream).
+
+Logs (``pods/<name>/log``, text/plain) are those of the container's running or
+terminated instance, else of its last terminated one, as the kubelet chooses (else
+400 ``container "c" in pod "p" is waiting to start: <reason>``). With ``follow=true``
+they come as a chunked stream: what the instance logged so far, then what it writes
+(looked at every 50 ms), ending after its last output once it terminates (or
+restarts) or its pod is gone; an instance not running sends its whole log and ends.
+
+Not served: authentication and authorization (any token passes), ``dryRun`` (400),
+``sendInitialEvents`` (422), server-side apply (415), ``/scale``, ``/binding``,
+``/finalize``; the log options ``previous``, ``tailLines``, ``sinceSeconds``,
+``sinceTime``, ``timestamps``, ``limitBytes`` are ignored (the whole log is sent,
+without timestamps).
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -39,10 +51,12 @@ from .store import Filter, Watcher
 
 if TYPE_CHECKING:
     from .cluster import Cluster
+    from .kubelet import ContainerState, PodWorker
 
 log = logging.getLogger("fakekube")
 Obj = dict[str, Any]
 VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch"}
+LOG_POLL = 0.05  # seconds between looks at a followed container log
 
 
 def parse_bool(value: str | None) -> bool:
@@ -302,7 +316,10 @@ class Api:
             return _json(listed)
         if t.verb == "get":
             if t.sub == "log":
-                return web.Response(text=self.logs(ns, t.name, q.get("container")))
+                worker, state, path = self.log_source(ns, t.name, q.get("container"))
+                if parse_bool(q.get("follow")):
+                    return await self.follow_log(request, worker, state, path)
+                return web.Response(text=path.read_text(errors="replace"))
             return _json(self.registry.get(t.rt, ns, t.name))
         if t.verb == "create":
             return _json(self.registry.create(t.rt, ns, await self._body(request)), 201)
@@ -348,7 +365,11 @@ class Api:
                     options[key] = body[key]
         return options
 
-    def logs(self, ns: str, name: str, container: str | None) -> str:
+    def log_source(
+        self, ns: str, name: str, container: str | None
+    ) -> tuple[PodWorker, ContainerState, Path]:
+        """The kubelet's worker, the container's state and the log file ``pods/log``
+        serves, or the apiserver's / kubelet's error for why there is none."""
         pod = self.registry.get(POD, ns, name)
         names = [c["name"] for c in pod["spec"]["containers"]]
         inits = [c["name"] for c in pod["spec"].get("initContainers") or []]
@@ -365,11 +386,51 @@ class Api:
         if worker is None and not pod["spec"].get("nodeName"):
             raise errors.bad_request(f"pod {name} does not have a host assigned")
         state = worker.find(container) if worker is not None else None
-        if state is None or state.log is None:
+        # the kubelet's validateContainerLogStatus: the running or terminated instance,
+        # else the last terminated one, else why there is none
+        path = None
+        if state is not None:
+            if state.running or state.terminated:
+                path = state.log
+            elif state.last_state.get("terminated"):
+                path = state.last_log
+        if worker is None or state is None or path is None:
+            reason = "ContainerCreating"
+            if state is not None:
+                reason = state.state.get("waiting", {}).get("reason") or reason
             raise errors.bad_request(
-                f'container "{container}" in pod "{name}" is waiting to start: ContainerCreating'
+                f'container "{container}" in pod "{name}" is waiting to start: {reason}'
             )
-        return state.log.read_text(errors="replace")
+        return worker, state, path
+
+    async def follow_log(
+        self, request: web.Request, worker: PodWorker, c: ContainerState, path: Path
+    ) -> web.StreamResponse:
+        """``follow=true``: what the container instance logged so far to ``path``,
+        then what it writes, until it terminates (or restarts: a new instance has a log
+        of its own) or its pod's worker is gone; an instance not running: its whole
+        log."""
+        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        resp.enable_chunked_encoding()
+        try:
+            await resp.prepare(request)
+            with path.open("rb") as f:
+                while True:
+                    # read after looking: output comes before the exit is recorded
+                    live = c.running and c.log == path and not worker.task.done()
+                    chunk = f.read(1 << 16)
+                    if chunk:
+                        await resp.write(chunk)
+                        continue
+                    if not live:
+                        break
+                    if request.transport is None or request.transport.is_closing():
+                        return resp  # the client left
+                    await asyncio.sleep(LOG_POLL)
+            await resp.write_eof()
+        except (ConnectionResetError, RuntimeError):
+            pass  # the client left mid-write
+        return resp
 
     # -- watch -----------------------------------------------------------------------
 

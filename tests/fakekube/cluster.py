@@ -4,7 +4,8 @@ recorder, the node inventory and the simulated control plane and kubelets.
 A fresh cluster looks like one made by kubeadm: namespaces ``default``,
 ``kube-system``, ``kube-public``, ``kube-node-lease`` (each with its ``default``
 ServiceAccount and ``kube-root-ca.crt`` ConfigMap), the ``kubernetes`` Service in
-``default`` (10.96.0.1:443), and one Ready Node per inventory entry.
+``default`` (10.96.0.1:443), and one Ready Node per inventory entry. Besides the
+kubeadm pieces, ``dns`` stands in for CoreDNS (pod hostname records only).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .controller import Controller
+from .dns import ClusterDns
 from .events import EventRecorder
 from .gc import GarbageCollector, NamespaceController
 from .kubelet import Kubelet
@@ -73,10 +75,12 @@ class Cluster:
         self.gpu_resource = gpu_resource
         self.storage_classes = storage_classes
         self.rbd_images = rbd_images
+        self.dns = ClusterDns(self, root / "hosts")
         self.kubelet = Kubelet(self, root, run_containers, restart_backoff, image_env)
         self.controllers: list[Controller] = [
             Scheduler(self),
             self.kubelet,
+            self.dns,
             StorageController(self),
             ReplicaSetController(self),
             DeploymentController(self),

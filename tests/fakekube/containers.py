@@ -9,7 +9,8 @@ What is imitated:
   ConfigMap or key is a ``CreateContainerConfigError`` with the kubelet's message;
   ``HOME``, when neither the image nor the pod sets it, is the home directory of the
   user the process runs as in this host's passwd ("/" if there is none), as runc
-  takes it from the image's;
+  takes it from the image's; ``PATH``, when the image environment has none,
+  containerd's default (``/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin``);
 - ``command`` + ``args`` with ``$(VAR)`` expansion (``args`` alone run as the command
   line, as under an entrypoint such as ``tini --`` that runs its arguments, e.g.
   KubeSpawner's, which sets only ``args``); ``workingDir`` (created if missing,
@@ -18,16 +19,31 @@ What is imitated:
   ``supplementalGroups`` / ``fsGroup`` (a ``runAsUser`` other than FakeKube's own
   needs FakeKube to run as root);
 - exit codes: a process killed by signal N exits 128+N (143 for SIGTERM, 137 for
-  SIGKILL); a command that cannot be executed is a ``StartError`` with exit code 128;
+  SIGKILL); a command that cannot be executed is a ``StartError`` with exit code 128
+  and runc's message (``exec: "x": executable file not found in $PATH``: the command
+  is looked up on the container's PATH, or relative to its working directory when
+  it has a slash, before it starts);
+- cluster DNS (see ``dns``): when FakeKube runs as root and util-linux's ``unshare``,
+  ``setpriv`` and ``mount`` work here (``hosts_wrapper()``), every container process
+  gets a private mount namespace in which the cluster's hosts file is bind-mounted on
+  ``/etc/hosts``: ``unshare --mount --propagation private -- /bin/sh -c 'mount --bind
+  "$0" /etc/hosts && exec "$@"' HOSTS [setpriv --reuid=U --regid=G --groups=...|
+  --clear-groups --] COMMAND...``, the mount done as root, then the drop to the
+  container's user; each step execs, so the container's pid is the command's.
+  Otherwise (not root, no util-linux, no mount namespaces) processes see this host's
+  ``/etc/hosts`` and no cluster name resolves;
 - stopping: SIGTERM to the process group, SIGKILL after the grace period, and SIGKILL
   to what is left of the group once the main process is gone;
 - stdout and stderr as the container's log (``pods/log``).
 
 What is not: images (the command runs from the host's filesystem, ``image`` is only
 reported back; a container with neither ``command`` nor ``args`` is simulated, see
-``kubelet``), volume mounts (paths are the host's), ``resourceFieldRef`` and Service environment variables
-(``enableServiceLinks``), network namespaces (every pod shares 127.0.0.1, see the
-package docstring on ports), resource limits.
+``kubelet``), volume mounts (paths are the host's, except ``/etc/hosts`` as above),
+``resourceFieldRef`` and Service environment variables (``enableServiceLinks``),
+network namespaces (every pod shares 127.0.0.1, see the package docstring on ports),
+the kubelet's own ``/etc/hosts`` entries (the pod's own name, ``hostAliases``),
+``resolv.conf``, resource limits. ``runAsGroup``, ``supplementalGroups`` and
+``fsGroup`` apply only together with a ``runAsUser`` other than FakeKube's own.
 """
 
 from __future__ import annotations
@@ -35,10 +51,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
+import logging
 import os
 import pwd
 import re
+import shlex
+import shutil
 import signal
+import stat
+import subprocess
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -47,7 +69,10 @@ from typing import Any
 from .resources import CONFIGMAP, SECRET
 from .store import Store
 
+logger = logging.getLogger("fakekube")
 Obj = dict[str, Any]
+# what containerd gives a container whose image sets no PATH
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _REF = re.compile(r"\$\$|\$\(([-._a-zA-Z][-._a-zA-Z0-9]*)\)")
 
 
@@ -145,6 +170,56 @@ def run_as(pod: Obj, container: Obj) -> tuple[int | None, int | None, list[int]]
     )
 
 
+class ExecError(OSError):
+    """The command line names nothing this host can execute; the message is runc's
+    (Go's ``exec.LookPath``)."""
+
+
+def find_executable(name: str, path: str, cwd: Path) -> None:
+    """Check that ``name`` can be executed as runc looks it up: a name with a slash
+    relative to the working directory, any other on ``path`` (the container's PATH);
+    ExecError with runc's message when it cannot."""
+    if "/" in name:
+        file = Path(cwd, name)
+        try:
+            st = file.stat()
+        except OSError as e:
+            raise ExecError(f'exec: "{name}": stat {name}: {(e.strerror or "").lower()}') from None
+        if stat.S_ISDIR(st.st_mode) or not os.access(file, os.X_OK):
+            raise ExecError(f'exec: "{name}": permission denied')
+        return
+    for folder in path.split(":"):
+        file = Path(cwd, folder or ".", name)
+        try:
+            if stat.S_ISREG(file.stat().st_mode) and os.access(file, os.X_OK):
+                return
+        except OSError:  # missing, or a folder this user cannot search: the next one
+            continue
+    raise ExecError(f'exec: "{name}": executable file not found in $PATH')
+
+
+@functools.cache
+def hosts_wrapper() -> tuple[str, str, str] | None:
+    """(unshare, setpriv, mount) when container processes can get a mount namespace
+    of their own with the cluster's hosts file as ``/etc/hosts``: FakeKube runs as
+    root, util-linux is installed and a trial mount works; None otherwise."""
+    if os.geteuid() != 0 or not os.path.exists("/bin/sh"):
+        return None
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin:/usr/bin:/sbin:/bin"])
+    tools = [shutil.which(tool, path=search) for tool in ("unshare", "setpriv", "mount")]
+    unshare, setpriv, mount = tools
+    if unshare is None or setpriv is None or mount is None:
+        return None
+    trial = [unshare, "--mount", "--propagation", "private", "--"]
+    trial += [mount, "--bind", "/etc/hosts", "/etc/hosts"]
+    try:
+        subprocess.run(trial, capture_output=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError) as e:
+        logger.warning("fakekube: no mount namespaces for containers, so no cluster DNS: %s", e)
+        return None
+    return unshare, setpriv, mount
+
+
 class Process:
     """A started container process; ``wait()`` gives the container exit code."""
 
@@ -155,17 +230,25 @@ class Process:
 
     @classmethod
     async def start(
-        cls, container: Obj, pod: Obj, env: Mapping[str, str], cwd: Path, log: Path
+        cls,
+        container: Obj,
+        pod: Obj,
+        env: Mapping[str, str],
+        cwd: Path,
+        log: Path,
+        hosts: Path | None = None,
     ) -> Process:
-        """Run ``container``'s command; OSError / ValueError when it cannot start."""
+        """Run ``container``'s command, with ``hosts`` as its ``/etc/hosts`` where
+        ``hosts_wrapper()`` allows; ExecError / OSError / ValueError when it cannot
+        start."""
         uid, gid, groups = run_as(pod, container)
-        kwargs: dict[str, Any] = {}
-        if uid is not None and uid != os.geteuid():
+        switch = uid is not None and uid != os.geteuid()
+        if switch:
             if os.geteuid() != 0:
                 raise PermissionError(f"runAsUser {uid} needs FakeKube to run as root")
             gid = uid if gid is None else gid
-            kwargs = {"user": uid, "group": gid, "extra_groups": groups}
         env = dict(env)
+        env.setdefault("PATH", DEFAULT_PATH)
         if "HOME" not in env:
             try:
                 env["HOME"] = pwd.getpwuid(os.geteuid() if uid is None else uid).pw_dir
@@ -173,10 +256,30 @@ class Process:
                 env["HOME"] = "/"
         if not cwd.exists():
             cwd.mkdir(parents=True)
-            if kwargs:
+            if switch:
                 os.chown(cwd, uid, gid)
+        argv = command = command_line(container, env)
+        find_executable(command[0], env["PATH"], cwd)
+        kwargs: dict[str, Any] = {}
+        wrapper = hosts_wrapper() if hosts is not None else None
+        if wrapper is not None:
+            # mount as root in a private mount namespace, then drop to the container's
+            # user; every step execs, so the pid stays the container's
+            unshare, setpriv, mount = wrapper
+            drop = []
+            if switch:
+                drop = [setpriv, f"--reuid={uid}", f"--regid={gid}"]
+                drop.append(
+                    f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups"
+                )
+                drop.append("--")
+            script = f'{shlex.quote(mount)} --bind "$0" /etc/hosts && exec "$@"'
+            argv = [unshare, "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script]
+            argv += [str(hosts), *drop, *command]
+        elif switch:
+            kwargs = {"user": uid, "group": gid, "extra_groups": groups}
         proc = await asyncio.create_subprocess_exec(
-            *command_line(container, env),
+            *argv,
             env=env,
             cwd=cwd,
             stdin=asyncio.subprocess.DEVNULL,

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import clock, probes
-from .containers import ConfigError, Process, container_env
+from .containers import ConfigError, ExecError, Process, container_env
 from .controller import Controller
 from .errors import ApiError
 from .resources import CONFIGMAP, NODE, POD, PVC, SECRET
@@ -82,7 +82,8 @@ class ContainerState:
         self.container_id: str | None = None
         self.process: Process | None = None
         self.simulated: asyncio.Future[int] | None = None
-        self.log: Path | None = None
+        self.log: Path | None = None  # the current (or last) instance's
+        self.last_log: Path | None = None  # the last terminated instance's
         self.tasks: list[asyncio.Future] = []
 
     @property
@@ -113,6 +114,7 @@ class ContainerState:
         if self.container_id:
             term["containerID"] = self.container_id
         self.state = {"terminated": term}
+        self.last_log = self.log
         self.ready = self.started = False
         for task in self.tasks:
             task.cancel()
@@ -317,11 +319,15 @@ class PodWorker:
         cwd = Path(c.spec.get("workingDir") or self.sandbox / "workdir" / c.name)
         if real:
             try:
-                c.process = await Process.start(c.spec, pod, env, cwd, c.log)
+                c.process = await Process.start(
+                    c.spec, pod, env, cwd, c.log, self.cluster.dns.hosts_file
+                )
             except (OSError, ValueError) as e:
                 argv0 = argv[0]
                 detail = (
-                    f'exec: "{argv0}": executable file not found in $PATH'
+                    str(e)
+                    if isinstance(e, ExecError)
+                    else f'exec: "{argv0}": executable file not found in $PATH'
                     if isinstance(e, FileNotFoundError)
                     else str(e)
                 )

@@ -3,7 +3,9 @@
 container's environment), with ``initialDelaySeconds``, ``periodSeconds`` (default
 10), ``timeoutSeconds`` (default 1), ``successThreshold`` and ``failureThreshold``
 (default 3), and ``grpc`` (the gRPC health checking protocol, ``grpc.health.v1.Health/
-Check``, answered SERVING).
+Check``, answered SERVING). An ``exec`` probe runs as FakeKube's user in this host's
+mount namespace, not in the container's (so not as ``runAsUser``, and without the
+cluster DNS ``/etc/hosts`` of ``containers``).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 The API server, control plane and kubelets share one asyncio event loop on a
 background thread, so tests (sync or async) talk to it over HTTP exactly as
 KubeSpawner or kubectl would. ``kube.faults`` and ``kube.drop_watches()`` inject
-faults (see ``faults``); stopping kills every process the kubelet started.
+faults (see ``faults``); ``kube.hosts_file`` holds the cluster DNS records (see
+``dns``); stopping kills every process the kubelet started.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from aiohttp import web
 
 from .api import Api
 from .cluster import Cluster, NodeSpec
+from .containers import hosts_wrapper
 from .faults import Faults
 from .resources import POD
 
@@ -103,6 +105,19 @@ class FakeKube:
         """A kubeconfig file pointing at this server (for ``KUBECONFIG``)."""
         assert self.workdir is not None, "FakeKube is not started"
         return str(self.workdir / "kubeconfig")
+
+    @property
+    def hosts_file(self) -> Path:
+        """The cluster DNS records as a hosts file (see ``fakekube.dns``): this host's
+        ``/etc/hosts`` followed by the pod hostname records of headless Services."""
+        assert self.workdir is not None, "FakeKube is not started"
+        return self.workdir / "hosts"
+
+    @property
+    def pod_dns(self) -> bool:
+        """Whether container processes see ``hosts_file`` as their ``/etc/hosts`` (FakeKube
+        runs as root and can give them mount namespaces; see ``fakekube.containers``)."""
+        return hosts_wrapper() is not None
 
     def start(self) -> FakeKube:
         self.workdir = Path(tempfile.mkdtemp(prefix="fakekube-"))
