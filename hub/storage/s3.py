@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import threading
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
@@ -100,6 +101,14 @@ class RgwAccounts:
         self.quota_bytes = quota_bytes
         self.timeout = timeout
         self.http = requests.Session()
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def _lock(self, user: str) -> threading.Lock:
+        """One user's account changes one at a time (two jobs of theirs starting at once
+        would otherwise both create the bucket, and one fail with TooManyBuckets)."""
+        with self._locks_guard:
+            return self._locks.setdefault(user, threading.Lock())
 
     # -- admin ops -----------------------------------------------------------------
 
@@ -133,6 +142,10 @@ class RgwAccounts:
 
     def ensure(self, user: str) -> S3Account:
         """The user's RGW account and bucket, created (or finished) when missing."""
+        with self._lock(user):
+            return self._ensure(user)
+
+    def _ensure(self, user: str) -> S3Account:
         uid = self._uid(user)
         info = self._user_info(user)
         if info is None:
@@ -169,6 +182,10 @@ class RgwAccounts:
 
     def rotate_keys(self, user: str) -> S3Account:
         """A new key pair for the user; the old ones stop working at once."""
+        with self._lock(user):
+            return self._rotate_keys(user)
+
+    def _rotate_keys(self, user: str) -> S3Account:
         uid = self._uid(user)
         info = self._user_info(user)
         if info is None:
