@@ -113,9 +113,8 @@ def configure(c, settings: Settings | None = None) -> None:
         )
 
     start_gpu_switch()
-    if s.backend == "local":
-        start_jobs()
-        start_models()
+    start_jobs()
+    start_models()  # also follows a kubernetes backend's model pods again after a restart
 
     if s.hub.extra_config:
         runpy.run_path(s.hub.extra_config, init_globals={"c": c, "settings": s})

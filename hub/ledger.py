@@ -59,7 +59,7 @@ grants_table = Table(
     Column("groups", Text, nullable=False, default="[]"),
     Column("granted_at", DateTime(timezone=True), nullable=False),
     Column("pid", Integer, nullable=True),
-    Column("pid_started", String(32), nullable=True),
+    Column("pid_started", String(253), nullable=True),
 )
 
 events_table = Table(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,6 +280,13 @@ class KubernetesSettings:
     """Seconds a stopping server's pod gets to exit before it is killed."""
     hub_connect_ip: str = "hub"
     """Address pods reach the hub's API at (the hub's Service name in the cluster)."""
+    uid: int | None = 1000
+    """The account user servers and job pods run as (``runAsUser``): the image's user,
+    ``jovyan`` (1000) in the Jupyter images; null: the image's own."""
+    gid: int | None = 100
+    """Their group (``runAsGroup``, and ``fsGroup``, so the home claim is writable)."""
+    cluster_domain: str = "cluster.local"
+    """The cluster's DNS domain, in the names job replicas reach each other at."""
     kubeconfig: str = ""
     """Path of a kubeconfig; empty: the in-cluster service account, else ``$KUBECONFIG``
     or ``~/.kube/config``."""
@@ -375,6 +383,12 @@ def _build(cls, raw, where: str):
 
 def _coerce(tp, value, where: str):
     origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        if value is None or str(value).lower() in ("", "null", "none"):
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, where)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, where + ".")
     if origin is list:

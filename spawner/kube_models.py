@@ -22,7 +22,7 @@ import logging
 from dataclasses import replace
 
 from gpulab.hub.app import context
-from gpulab.hub.kube import core_api, namespace
+from gpulab.hub.kube import api_call, core_api, namespace, owned_object
 from gpulab.hub.workloads.models import Deployment, ModelError, ModelManager, ModelSpec
 
 from . import objects
@@ -59,16 +59,7 @@ class KubeModels:
         return {**objects.owner_annotations(model.user, ""), ANNOTATION_MODEL: model.name}
 
     async def _call(self, what: str, call, *args, missing_ok: bool = False, **kwargs):
-        from kubernetes_asyncio.client.rest import ApiException
-
-        try:
-            return await call(*args, _request_timeout=30, **kwargs)
-        except ApiException as e:
-            if e.status == 404 and missing_ok:
-                return None
-            raise ModelError(503, f"Kubernetes refused to {what}: {e.status} {e.reason}") from None
-        except (OSError, TimeoutError) as e:
-            raise ModelError(503, f"Kubernetes did not answer to {what}: {e}") from None
+        return await api_call(what, call, *args, error=ModelError, missing_ok=missing_ok, **kwargs)
 
     # -- the backend's part ----------------------------------------------------------------
 
@@ -91,7 +82,7 @@ class KubeModels:
             claim = await self._home_claim(model.user)
             volumes, mounts = objects.model_home_volume(claim, self.k8s.home_mount)
             return volumes, mounts, []
-        secret = await self._owned(model.user, "secrets", "S3 keys")
+        secret = await self._owned(model.user, "secrets", "s3-credentials", "S3 keys")
         folder = self.settings.serving.sync_folder.rstrip("/")
         volumes, mounts = objects.model_sync_volume(folder)
         sync = objects.model_sync_container(
@@ -230,28 +221,20 @@ class KubeModels:
         )
 
     async def _home_claim(self, user: str) -> str:
-        return await self._owned(user, "persistentvolumeclaims", "home volume")
+        return await self._owned(user, "persistentvolumeclaims", "home", "home volume")
 
-    async def _owned(self, user: str, kind: str, what: str) -> str:
-        """The name of the user's own object of ``kind`` (their home claim, their S3
-        Secret), made by the first start of their server."""
+    async def _owned(self, user: str, kind: str, component: str, what: str) -> str:
+        """The name of the user's own home claim or S3 Secret, made by the first start of
+        their server."""
         core, _ = self._apis()
-        lister = {
-            "persistentvolumeclaims": core.list_namespaced_persistent_volume_claim,
-            "secrets": core.list_namespaced_secret,
-        }[kind]
-        found = await self._call(f"list {kind}", lister, self.namespace)
-        for item in found.items:
-            notes = item.metadata.annotations or {}
-            if notes.get(objects.ANNOTATION_USER) == user and not notes.get(
-                objects.ANNOTATION_SERVER
-            ):
-                return item.metadata.name
-        raise ModelError(
-            400,
-            f"{user} has no {what} in the cluster yet (it is made at the first start of "
-            "their server); start it once, then deploy",
-        )
+        name = await owned_object(core, self.namespace, user, kind, component, error=ModelError)
+        if name is None:
+            raise ModelError(
+                400,
+                f"{user} has no {what} in the cluster yet (it is made at the first start of "
+                "their server); start it once, then deploy",
+            )
+        return name
 
     async def _pods(self, core, model: Deployment, terminating: bool = False) -> list:
         """The model's pods; ``terminating``: also those being deleted."""

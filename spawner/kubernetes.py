@@ -10,8 +10,6 @@ Every manifest gpulab adds is built in ``objects``.
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
 import logging
 import time
 
@@ -21,7 +19,7 @@ from tornado import web
 from traitlets import default
 
 from gpulab.hub.inventory import Gpu
-from gpulab.hub.kube import core_api, namespace
+from gpulab.hub.kube import api_reason, core_api, follow_pods, namespace
 from gpulab.hub.ledger import is_workload
 from gpulab.hub.settings import KubernetesSettings
 
@@ -66,6 +64,18 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
     @default("delete_grace_period")
     def _delete_grace_period_default(self):
         return self.k8s.delete_grace_period
+
+    @default("uid")
+    def _uid_default(self):
+        return self.k8s.uid  # job pods run as the same account
+
+    @default("gid")
+    def _gid_default(self):
+        return self.k8s.gid
+
+    @default("fs_gid")
+    def _fs_gid_default(self):
+        return self.k8s.gid
 
     @default("working_dir")
     def _working_dir_default(self):
@@ -153,9 +163,9 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
                 retry = status is None or status == 429 or status >= 500
                 if not retry or time.monotonic() + delay > deadline:
                     raise web.HTTPError(
-                        503, f"Kubernetes refused to {what}: {_reason(e)}"
+                        503, f"Kubernetes refused to {what}: {api_reason(e)}"
                     ) from None
-                self.log.warning("Retrying to %s after %s", what, _reason(e))
+                self.log.warning("Retrying to %s after %s", what, api_reason(e))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5)
 
@@ -257,7 +267,7 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
             try:
                 return await self._until_scheduled(super()._start())
             except ApiException as e:
-                raise self._refused(_reason(e)) from None
+                raise self._refused(api_reason(e)) from None
             except TimeoutError:
                 if self._create_refused:  # KubeSpawner gave up retrying the API server
                     raise self._refused(self._create_refused) from None
@@ -273,8 +283,8 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
             created = await super()._make_create_pod_request(pod, request_timeout)
         except ApiException as e:
             if e.status == 429 or e.status >= 500:
-                self._create_refused = _reason(e)
-                self.log.warning("Retrying to create pod %s after %s", self.pod_name, _reason(e))
+                self._create_refused = api_reason(e)
+                self.log.warning("Retrying to create pod %s after %s", self.pod_name, api_reason(e))
                 return False
             raise
         self._create_refused = ""
@@ -338,17 +348,6 @@ def unschedulable_reason(pod: dict | None) -> str | None:
         ):
             return condition.get("message") or "no node fits"
     return None
-
-
-def _reason(e: BaseException) -> str:
-    if isinstance(e, ApiException):
-        try:
-            return json.loads(e.body)["message"]
-        except (TypeError, ValueError, KeyError):
-            return f"HTTP {e.status} {e.reason}"
-    if isinstance(e, TimeoutError):
-        return "the API server did not answer in time"
-    return str(e)
 
 
 # -- the ledger follows the pods ------------------------------------------------------
@@ -416,47 +415,11 @@ class PodGrantWatcher:
         return self.ledger.release(owner[0], owner[1], why)
 
     async def run(self, core) -> None:
-        """Forever: list and resync, then watch from that list's resourceVersion. A
-        watch that ends or breaks resumes from the last version it saw, so no event is
-        missed; only a version the server no longer has (410 Gone) means a new list."""
-        from kubernetes_asyncio import watch
+        """Forever: list and resync, then follow the watch (``kube.follow_pods``)."""
 
-        version = None
-        while True:
-            try:
-                # raw JSON (_preload_content=False): no client models built per event
-                pods_of = functools.partial(core.list_namespaced_pod, _preload_content=False)
-                if version is None:
-                    response = await pods_of(
-                        self.namespace, label_selector=self.selector, _request_timeout=30
-                    )
-                    listed = json.loads(await response.read())
-                    for gpu in self.resync(listed["items"]):
-                        log.warning("Freed GPU %s: no pod holds it", gpu)
-                    version = listed["metadata"]["resourceVersion"]
-                stream = watch.Watch().stream(
-                    pods_of,
-                    self.namespace,
-                    label_selector=self.selector,
-                    resource_version=version,
-                    allow_watch_bookmarks=True,
-                    timeout_seconds=300,
-                    _request_timeout=330,
-                )
-                async with stream as events:
-                    async for event in events:
-                        pod = event["raw_object"]
-                        version = pod["metadata"].get("resourceVersion") or version
-                        if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
-                            self.on_event(event["type"], pod)
-            except asyncio.CancelledError:
-                raise
-            except ApiException as e:
-                if e.status == 410:  # too old to resume: list again
-                    version = None
-                    continue
-                log.warning("Watching pods for GPU grants: %s; retrying", _reason(e))
-                await asyncio.sleep(2)
-            except Exception as e:  # noqa: BLE001 -- the API may be away; keep watching
-                log.warning("Watching pods for GPU grants: %s; retrying", _reason(e))
-                await asyncio.sleep(2)
+        def resynced(pods: list[dict]) -> None:
+            for gpu in self.resync(pods):
+                log.warning("Freed GPU %s: no pod holds it", gpu)
+
+        await follow_pods(core, self.namespace, self.selector, resynced, self.on_event,
+                          "GPU grants")  # fmt: skip

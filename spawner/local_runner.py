@@ -67,6 +67,15 @@ class LocalRunner:
     def home(self, user: str) -> Path:
         return self.account(user).home
 
+    def host(self, group: str, name: str) -> str:
+        return "127.0.0.1"  # every process listens on a loopback port of its own
+
+    async def open_group(self, user: str, group: str, env: dict[str, str]) -> None:
+        """Nothing to share: the processes are on this machine."""
+
+    async def close_group(self, user: str, group: str) -> None:
+        """Nothing was made for the group."""
+
     async def start(self, user: str, launch: Launch) -> Started:
         """Start ``launch`` as ``user``; OSError when it cannot even begin.
 

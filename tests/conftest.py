@@ -5,6 +5,8 @@
   group ``team`` limited to 1 GPU. Shared by a module; every server is stopped and
   every GPU free again after each test (``clean_hub``).
 - ``make_hub``: a factory for hubs with other settings; each is cleaned up after the test.
+- ``kube``, ``k8s_hub``, ``k8s``: the fake cluster and a hub on the kubernetes backend
+  (``k8sfixture``).
 - ``ceph``: a real single-node Ceph (mon, memstore OSD, mgr, radosgw) started once per
   test session by ``scripts/ceph`` on free ports: ``.conf`` (ceph.conf path),
   ``.s3_endpoint``, ``.s3_admin_access_key``, ``.s3_admin_secret_key``.
@@ -20,6 +22,8 @@ from dataclasses import dataclass
 import pytest
 
 from hubfixture import REPO, Hub, free_port
+
+pytest_plugins = ["k8sfixture"]  # the kubernetes backend's test cluster and hub
 
 SHARED_SETTINGS = {
     "gpus": {"ids": ["0", "1", "2"], "per_user": 2, "groups": {"team": 1}},

@@ -374,3 +374,117 @@ def test_a_model_from_s3_gets_a_sync_sidecar_beside_tf_serving():
     assert sidecar["volumeMounts"] == [{"name": "models", "mountPath": "/models"}]
     assert serving["volumeMounts"] == [{"name": "models", "mountPath": "/models", "readOnly": True}]
     assert sidecar["envFrom"] == [{"secretRef": {"name": "gpulab-s3-ada"}}]
+
+
+def workload_pod(**changes) -> dict:
+    kwargs = dict(
+        group="job-5", process="worker-1", subdomain="gpulab-job-5",
+        image="registry.example/notebook:1", pull_policy="IfNotPresent",
+        argv=["python", "train.py", "--lr=$(LR)"], log=".gpulab/jobs/5-mnist/worker-1.log",
+        header="==> gpulab: worker-1", workdir="mnist", outputs=(".gpulab/jobs/5-mnist/m.json",),
+        env={"RANK": "1", "MASTER_ADDR": "worker-0.gpulab-job-5.gpulab.svc.cluster.local"},
+        env_secret="gpulab-job-5", home_claim="home-ada", home_mount="/home/jovyan",
+        uid=1000, gid=100, gpus=2, node="node-2", ports=(23456,), grace_seconds=5,
+        labels={}, annotations={"gpulab.io/user": "ada@lab"},
+        owner=objects.owner_reference("v1", "Service", "gpulab-job-5", "uid-1"),
+    )  # fmt: skip
+    return objects.workload_pod("gpulab-job-5-worker-1-", "gpulab", **{**kwargs, **changes})
+
+
+def test_a_job_is_a_headless_service_and_a_pod_per_replica():
+    service = valid(objects.workload_service("gpulab-job-5", "gpulab", "job-5", {}, {}))
+    assert service["spec"] == {
+        "clusterIP": "None",
+        "selector": {"gpulab.io/group": "job-5"},
+        "publishNotReadyAddresses": True,
+    }
+    pod = valid(workload_pod())
+    meta, spec = pod["metadata"], pod["spec"]
+    assert meta["generateName"] == "gpulab-job-5-worker-1-" and "name" not in meta
+    assert meta["labels"] == {
+        "gpulab.io/component": "workload",
+        "gpulab.io/group": "job-5",
+        "gpulab.io/process": "worker-1",
+    }
+    assert meta["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Service", "name": "gpulab-job-5", "uid": "uid-1"}
+    ]
+    assert (spec["hostname"], spec["subdomain"]) == ("worker-1", "gpulab-job-5")
+    assert spec["restartPolicy"] == "Never" and spec["terminationGracePeriodSeconds"] == 5
+    assert spec["securityContext"] == {"runAsUser": 1000, "runAsGroup": 100, "fsGroup": 100}
+    assert spec["nodeSelector"] == {"kubernetes.io/hostname": "node-2"}
+    (container,) = spec["containers"]
+    assert container["resources"] == {"limits": {"nvidia.com/gpu": "2"}}
+    assert container["ports"] == [{"containerPort": 23456, "protocol": "TCP"}]
+    assert container["envFrom"] == [{"secretRef": {"name": "gpulab-job-5"}}]
+    # nothing the user wrote is expanded by the kubelet: $ is escaped
+    assert container["args"][-3:] == ["python", "train.py", "--lr=$$(LR)"]
+    assert container["args"][:4] == [
+        ".gpulab/jobs/5-mnist/worker-1.log", "==> gpulab: worker-1", "mnist",
+        ".gpulab/jobs/5-mnist/m.json",
+    ]  # fmt: skip
+    assert {"name": "RANK", "value": "1"} in container["env"]
+    cpu = valid(workload_pod(gpus=0, node="", ports=(), env_secret="", uid=None, gid=None,
+                             owner=None))  # fmt: skip
+    assert cpu["spec"]["containers"][0]["resources"] == {}
+    assert "nodeSelector" not in cpu["spec"] and "securityContext" not in cpu["spec"]
+    assert "envFrom" not in cpu["spec"]["containers"][0]
+    secret = valid(objects.env_secret("gpulab-job-5", "gpulab", {"A": "1"}, {}, {},
+                                      component="workload-env", owner=meta["ownerReferences"][0]))  # fmt: skip
+    assert secret["metadata"]["ownerReferences"][0]["name"] == "gpulab-job-5"
+    assert secret["metadata"]["labels"] == {"gpulab.io/component": "workload-env"}
+
+
+def run_workload_shell(tmp_path, *command: str, outputs: str = "", workdir: str = ""):
+    """The pod's shell, run here as the kubelet would (``$$`` unescaped): (exit code,
+    container log, log on the home)."""
+    import subprocess
+
+    pod = workload_pod(argv=list(command), outputs=tuple(outputs.split()), workdir=workdir)
+    container = pod["spec"]["containers"][0]
+    argv = [a.replace("$$", "$") for a in container["command"] + container["args"]]
+    out = subprocess.run(argv, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+                         capture_output=True, timeout=30, cwd=tmp_path)  # fmt: skip
+    log = tmp_path / ".gpulab/jobs/5-mnist/worker-1.log"
+    return out.returncode, out.stdout.decode(), log.read_text() if log.exists() else None
+
+
+def test_the_workload_pods_shell_logs_twice_keeps_the_exit_code_and_hands_files_back(tmp_path):
+    (tmp_path / "mnist").mkdir()
+    code, container_log, home_log = run_workload_shell(
+        tmp_path, "sh", "-c", 'pwd; echo oops >&2; printf "{\\"loss\\": 1}" >../m.json; exit 3',
+        outputs="m.json", workdir="mnist",
+    )  # fmt: skip
+    assert code == 3
+    assert home_log == f"==> gpulab: worker-1\n{tmp_path}/mnist\noops\n"
+    lines = container_log.splitlines()
+    assert lines[:3] == home_log.splitlines()
+    assert lines[3] == "==> gpulab: file m.json eyJsb3NzIjogMX0="  # base64 of {"loss": 1}
+    # a second attempt appends; a missing command is the shell's 127
+    code, _, home_log = run_workload_shell(tmp_path, "no-such-command")
+    assert code == 127 and home_log.count("==> gpulab: worker-1") == 2
+    code, container_log, _ = run_workload_shell(tmp_path, "true", workdir="missing")
+    assert code == 2 and "gpulab: cannot enter ~/missing" in container_log
+
+
+def test_the_workload_pods_shell_passes_term_on_and_reports_the_commands_code(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    pod = workload_pod(argv=["sh", "-c", "trap 'echo got term; exit 7' TERM; echo up; "
+                                         "while :; do sleep 0.05; done"], outputs=(), workdir="")  # fmt: skip
+    container = pod["spec"]["containers"][0]
+    argv = [a.replace("$$", "$") for a in container["command"] + container["args"]]
+    # the runtime signals only the container's first process, the shell
+    proc = subprocess.Popen(argv, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+                            stdout=subprocess.PIPE, cwd=tmp_path)  # fmt: skip
+    log = tmp_path / ".gpulab/jobs/5-mnist/worker-1.log"
+    deadline = time.monotonic() + 10
+    while not (log.exists() and "up" in log.read_text()):
+        assert time.monotonic() < deadline, "the command did not start"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 7
+    assert "got term" in proc.stdout.read().decode()
+    assert log.read_text().endswith("got term\n")

@@ -18,13 +18,13 @@ import requests
 from kubernetes_asyncio import client
 from test_fakekube import apis, eventually
 from test_k8s_objects import valid
-from test_k8s_spawn import CEPH_RBD
 
 from fakekube import FakeKube
 from gpulab.hub.workloads.models import ModelSpec, serving_config
 from gpulab.serving.config import to_text
 from gpulab.spawner import objects
 from hubfixture import export_line, free_port
+from k8sfixture import CEPH_RBD
 
 
 async def test_the_built_deployment_serves_the_model_on_the_fake_cluster(tmp_path):

@@ -48,6 +48,10 @@ class _ReplicaRun:
     started: object = None
     restarts: int = 0
 
+    @property
+    def port(self) -> int:
+        return int(self.address.rpartition(":")[2])
+
 
 class JobManager:
     def __init__(self, ledger: GpuLedger, settings, runner, python: str = "python"):
@@ -78,12 +82,6 @@ class JobManager:
         sweep: str = "",
         params: dict | None = None,
     ) -> Job:
-        if self.runner is None:
-            raise JobError(
-                501,
-                f"training jobs do not run on the {self.settings.backend} backend yet; "
-                "they run on the local backend",
-            )
         self.check_fits(user, spec, groups)
         replicas = [(replica_name(g.role, i), g.role, i) for g, i in spec.replicas()]
         job = self.store.create(
@@ -228,7 +226,7 @@ class JobManager:
         for group, index in spec.replicas():
             name = replica_name(group.role, index)
             runs[name] = _ReplicaRun(
-                group, index, name, self._address(), gpus.get(job.replica_key(name), [])
+                group, index, name, self._address(job, name), gpus.get(job.replica_key(name), [])
             )
         self._supervise(job, spec, runs)
 
@@ -248,6 +246,7 @@ class JobManager:
         verdict = None
         try:
             env = await self._job_env(job, spec)
+            await self.runner.open_group(job.user, job.group, env)
             if spec.package and resumed is None:
                 env, verdict = await self._install_package(job, spec, env)
                 if verdict is not None:
@@ -394,6 +393,13 @@ class JobManager:
             workdir=spec.workdir,
             log=log_path,
             header=header,
+            name=run.name,
+            group=job.group,
+            gpus=tuple(run.gpus),
+            node=self._node_of(run.gpus),
+            ports=(run.port,),
+            image=spec.image,
+            outputs=(job.metrics_path,),
         )
         try:
             run.started = await self.runner.start(job.user, launch)
@@ -418,7 +424,14 @@ class JobManager:
             message="",
             event=f"Started (attempt {attempt})",
         )
-        return await run.started.wait()
+        try:
+            return await run.started.wait()
+        except OSError as e:  # its pod could not start (not scheduled, no image)
+            self.store.update_replica(
+                job.id, run.name, state="failed", message=str(e), finished=utcnow()
+            )
+            await events.put((run.name, 128, True, str(e)))
+            return None
 
     async def _finish(self, job: Job, runs: dict[str, _ReplicaRun], verdict) -> None:
         """Stop every replica still running, give its GPUs and port back, and only then
@@ -430,10 +443,13 @@ class JobManager:
         await asyncio.gather(
             *(self.runner.stop(r.started, grace) for r in live), return_exceptions=True
         )
+        try:
+            await self.runner.close_group(job.user, job.group)
+        except Exception:  # noqa: BLE001 -- its processes are stopped; what is left is logged
+            log.exception("Job %s/%s: removing what its replicas shared failed", job.user, job.name)
         for run in runs.values():
             self.ledger.release(job.user, job.replica_key(run.name), f"job {job.name} ended")
-            port = int(run.address.rpartition(":")[2])
-            self._ports.release(port)
+            self._ports.release(run.port)
         current = self.store.get_by_id(job.id)
         if current is not None:
             self._stop_replica_records(current, "stopped")
@@ -483,6 +499,9 @@ class JobManager:
             workdir="",
             log=job.log_path("install"),
             header=f"==> gpulab: installing ~/{spec.package} for job {job.name}",
+            name="install",
+            group=job.group,
+            image=spec.image,
         )  # fmt: skip
         started = await self.runner.start(job.user, launch)
         try:
@@ -501,9 +520,15 @@ class JobManager:
         site = f"{env['HOME']}/{job.site_dir}"
         return {**env, "PYTHONPATH": ":".join(p for p in (site, env.get("PYTHONPATH")) if p)}
 
-    def _address(self) -> str:
-        """A loopback port no other replica of this hub was given."""
-        return f"127.0.0.1:{self._ports.take()}"
+    def _address(self, job: Job, replica: str) -> str:
+        """Where the job's other replicas reach ``replica``: its host name from the
+        runner, on a port no other replica of this hub was given."""
+        return f"{self.runner.host(job.group, replica)}:{self._ports.take()}"
+
+    def _node_of(self, gpu_ids: list[str]) -> str:
+        """The node a replica's GPUs are on (the ledger grants a replica's on one)."""
+        nodes = {g.node for g in self.ledger.inventory if g.id in gpu_ids}
+        return nodes.pop() if len(nodes) == 1 else ""
 
     def _last_line(self, job: Job, replica: str) -> str:
         return last_line(self.runner, job.user, job.log_path(replica))
@@ -554,6 +579,7 @@ class JobManager:
                     )
                     await self.runner.stop(adopted, self.settings.jobs.stop_grace_seconds)
                 self.ledger.release(job.user, job.replica_key(r.name), "the hub restarted")
+            await self.runner.close_group(job.user, job.group)
             message = f"Failed: the hub restarted while the job {why}; its replicas were stopped"
             self.store.update(job.id, state="failed", message=message, event=message)
             self._stop_replica_records(job, "stopped")
@@ -576,7 +602,7 @@ class JobManager:
             runs[r.name] = _ReplicaRun(
                 spec.group(r.role), r.index, r.name, r.address, r.gpus, restarts=r.restarts
             )
-            self._ports.hold(int(r.address.rpartition(":")[2]))
+            self._ports.hold(runs[r.name].port)
         resumed = {}
         for r in job.replicas:
             adopted = None
@@ -661,9 +687,13 @@ def _names(deciding: tuple[str, list[int]]) -> str:
 
 @functools.cache
 def job_manager() -> JobManager:
-    """The hub's one JobManager, over the ledger of ``context()`` and the local runner."""
+    """The hub's one JobManager, over the ledger of ``context()`` and the backend's
+    runner: processes on this machine, or pods (which run the image's ``python``)."""
+    ctx = context()
+    if ctx.settings.backend == "kubernetes":
+        from gpulab.spawner.kube_runner import KubeRunner
+
+        return JobManager(ctx.ledger, ctx.settings, KubeRunner(ctx.settings), "python")
     from gpulab.spawner.local_runner import LocalRunner, python
 
-    ctx = context()
-    runner = LocalRunner(ctx.settings) if ctx.settings.backend == "local" else None
-    return JobManager(ctx.ledger, ctx.settings, runner, python())
+    return JobManager(ctx.ledger, ctx.settings, LocalRunner(ctx.settings), python())

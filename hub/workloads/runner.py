@@ -2,8 +2,10 @@
 
 Jobs (and sweeps, which are jobs) and model servers are written once above it; a
 backend supplies a runner that starts a replica's process, waits for it, stops it and
-reads and writes files of the user's home for it. The local backend's is
-``gpulab.spawner.local_runner.LocalRunner``.
+reads its logs. The local backend's is ``gpulab.spawner.local_runner.LocalRunner``
+(processes on loopback, which also reads and writes files of the user's home for local
+model servers); the kubernetes backend's is ``gpulab.spawner.kube_runner.KubeRunner``
+(each process a pod, each group a headless Service).
 """
 
 from __future__ import annotations
@@ -33,11 +35,30 @@ class Launch:
     """The log file, relative to the home; appended to."""
     header: str = ""
     """A line written at the top of this start's output."""
+    name: str = ""
+    """Which process of its group this is (``worker-0``, ``install``): a DNS label (a
+    pod's hostname on Kubernetes)."""
+    group: str = ""
+    """The workload it belongs to (``job-5``), opened with ``Runner.open_group``."""
+    gpus: tuple[str, ...] = ()
+    """The ledger's GPU ids it was granted (``env`` already names them for a local
+    process; a pod asks for as many)."""
+    node: str = ""
+    """The node those GPUs are on."""
+    ports: tuple[int, ...] = ()
+    """Ports it listens on (declared on a pod)."""
+    image: str = ""
+    """Its container image on Kubernetes; empty: the notebook image."""
+    outputs: tuple[str, ...] = ()
+    """Files it writes (relative to the home) that the hub reads back with ``read_log``
+    once it ended (a job's metrics file)."""
 
 
 class Started(Protocol):
     pid: int
     pid_started: str | None
+    """With ``pid``, what identifies the process to ``Runner.adopt`` after a hub restart
+    (a local process: its start time; a pod: pid 0 and the pod's name)."""
 
     async def wait(self) -> int:
         """The process's return code once it ends (negative: killed by that signal)."""
@@ -46,6 +67,16 @@ class Started(Protocol):
 class Runner(Protocol):
     def base_env(self, user: str) -> dict[str, str]:
         """The environment every process of ``user`` starts from."""
+
+    def host(self, group: str, name: str) -> str:
+        """The host name the other processes of ``group`` reach process ``name`` at."""
+
+    async def open_group(self, user: str, group: str, env: dict[str, str]) -> None:
+        """Before a group's processes start (again, after a hub restart): what they
+        share; ``env``: the environment common to them."""
+
+    async def close_group(self, user: str, group: str) -> None:
+        """After the group's last process stopped: remove what ``open_group`` made."""
 
     async def start(self, user: str, launch: Launch) -> Started:
         """Start ``launch`` as ``user``; OSError when it cannot begin."""
@@ -57,6 +88,14 @@ class Runner(Protocol):
     async def stop(self, started: Started, grace: float) -> None:
         """Stop the process and everything it started: TERM, then KILL after ``grace``."""
 
+    def read_log(self, user: str, path: str, offset: int = 0, limit: int = 1 << 20) -> bytes:
+        """Bytes of a log on the user's home from ``offset``; b"" when there is none."""
+
+
+class HomeRunner(Runner, Protocol):
+    """A runner that also reads and writes the user's home from the hub (local model
+    servers' configs)."""
+
     def write_file(self, user: str, path: str, data: bytes) -> None:
         """Replace a file on the user's home (relative path) with ``data``."""
 
@@ -65,9 +104,6 @@ class Runner(Protocol):
 
     def is_file(self, user: str, path: str) -> bool:
         """Whether a regular file is at ``path`` on the user's home."""
-
-    def read_log(self, user: str, path: str, offset: int = 0, limit: int = 1 << 20) -> bytes:
-        """Bytes of a log on the user's home from ``offset``; b"" when there is none."""
 
 
 class PortPool:

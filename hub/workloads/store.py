@@ -63,7 +63,7 @@ replicas_table = Table(
     Column("address", String(64), nullable=False, default=""),
     Column("gpus", Text, nullable=False, default="[]"),
     Column("pid", Integer, nullable=True),
-    Column("pid_started", String(32), nullable=True),
+    Column("pid_started", String(253), nullable=True),
     Column("message", Text, nullable=False, default=""),
     Column("started", DateTime(timezone=True), nullable=True),
     Column("finished", DateTime(timezone=True), nullable=True),
@@ -161,6 +161,12 @@ class Job:
     def queue_key(self) -> str:
         """The job's entry in the ledger's queue while it waits for GPUs."""
         return f"{WORKLOAD_PREFIX}{self.id}"
+
+    @property
+    def group(self) -> str:
+        """The job's name for its runner: what its replicas share (a headless Service
+        on Kubernetes)."""
+        return f"job-{self.id}"
 
     def replica_key(self, replica: str) -> str:
         """Whose grant the ledger records for one replica's GPUs."""

@@ -1,0 +1,185 @@
+"""Training jobs on the kubernetes backend: each replica a pod, each job a headless Service.
+
+On the fake cluster (``k8sfixture``) the pods run as local processes; replicas find each
+other by the DNS names of the job's Service, which the fake's cluster DNS resolves
+inside the pods (to 127.0.0.1, where every pod listens, each on a port of its own).
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import requests
+from test_jobs import TORCH_ALLREDUCE, job, logs, submit, wait_job
+
+from gpulab.spawner import objects
+from hubfixture import wait_for
+from k8sfixture import NAMESPACE, NODE, kube_get, kube_post, pods
+
+pytestmark = pytest.mark.timeout(240)
+
+GATED = textwrap.dedent(
+    """
+    import os, socket, sys, time
+    print("master", os.environ.get("MASTER_ADDR"), "resolves to",
+          socket.gethostbyname(os.environ["MASTER_ADDR"]), flush=True)
+    while not os.path.exists("gate"):  # the test looks at the cluster meanwhile
+        time.sleep(0.1)
+    exec(open("allreduce.py").read())
+    print("gpulab-metric: loss=0.25")
+    with open(os.environ["GPULAB_METRICS_FILE"], "w") as f:
+        f.write('{"accuracy": 0.75}')
+    """
+)
+
+
+@pytest.fixture
+def hub(k8s):
+    return k8s
+
+
+def home(hub) -> Path:
+    return Path(hub.settings["kubernetes"]["home_mount"])
+
+
+def with_home_claim(hub, kube, name: str):
+    """A user with the home claim the first start of their server would have made."""
+    user = hub.create_user(name)
+    claim = objects.home_pvc(
+        f"home-{name}", NAMESPACE, 2**30, "ceph-rbd", {}, objects.owner_annotations(name, "")
+    )
+    kube_post(kube, f"/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims", claim)
+    return user
+
+
+def job_pods(kube, job_id: int) -> list[dict]:
+    group = f"job-{job_id}"
+    return [p for p in pods(kube) if p["metadata"]["labels"].get(objects.LABEL_GROUP) == group]
+
+
+def exists(kube, path: str) -> bool:
+    return requests.get(kube.url + path, timeout=10).status_code == 200
+
+
+def test_a_pytorch_job_runs_as_pods_that_find_each_other_by_name(hub, kube):
+    kai = with_home_claim(hub, kube, "kai")
+    work = home(hub) / "kai-ddp"
+    work.mkdir()
+    (work / "allreduce.py").write_text(TORCH_ALLREDUCE)
+    (work / "gated.py").write_text(GATED)
+    work.chmod(0o777)
+    submitted = submit(kai, {"name": "kddp", "framework": "pytorch", "script": "gated.py",
+                             "workdir": "kai-ddp", "replicas": {"worker": {"count": 2, "gpus": 1}}})  # fmt: skip
+    job_id = submitted["id"]
+    service = f"gpulab-job-{job_id}"
+    master = f"worker-0.{service}.{NAMESPACE}.svc.cluster.local"
+    try:
+        running = wait_for(
+            lambda: (
+                all("resolves to" in logs(kai, "kddp", f"worker-{i}") for i in range(2))
+                and job(kai, "kddp")
+            ),
+            90,
+            "both replicas to run",
+        )
+    except TimeoutError:
+        seen = job(kai, "kddp")
+        raise AssertionError(
+            f"{seen['state']}: {seen['message']}; logs: "
+            f"{[logs(kai, 'kddp', f'worker-{i}') for i in (0, 1)]}"
+        ) from None
+    assert running["state"] == "running"
+    assert {r["address"].rpartition(":")[0] for r in running["replicas"]} == {
+        f"worker-{i}.{service}.{NAMESPACE}.svc.cluster.local" for i in range(2)
+    }
+    assert f"master {master} resolves to 127.0.0.1" in logs(kai, "kddp", "worker-1")
+    # while it runs: a pod per replica with its GPU on the ledger's node, in the Service
+    svc = kube_get(kube, f"/api/v1/namespaces/{NAMESPACE}/services/{service}")
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"]
+    live = job_pods(kube, job_id)
+    assert sorted(p["spec"]["hostname"] for p in live) == ["worker-0", "worker-1"]
+    for pod in live:
+        assert pod["spec"]["subdomain"] == service
+        (container,) = pod["spec"]["containers"]
+        assert container["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+        assert pod["spec"]["nodeSelector"] == {"kubernetes.io/hostname": NODE}
+        assert container["envFrom"] == [{"secretRef": {"name": service}}]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env["MASTER_ADDR"] == master and "CUDA_VISIBLE_DEVICES" not in env
+        assert "AWS_SECRET_ACCESS_KEY" not in env  # the S3 keys are in the job's Secret
+        assert pod["spec"]["volumes"][0]["persistentVolumeClaim"] == {"claimName": "home-kai"}
+    secret = kube_get(kube, f"/api/v1/namespaces/{NAMESPACE}/secrets/{service}")
+    assert "AWS_SECRET_ACCESS_KEY" in secret["data"] and "MASTER_ADDR" not in secret["data"]
+    assert secret["metadata"]["ownerReferences"][0]["name"] == service
+    assert hub.gpus()["free"] == 0
+
+    (work / "gate").write_text("")
+    done = wait_job(kai, "kddp")
+    assert done["state"] == "succeeded", done["message"]
+    for rank in range(2):
+        assert f"rank {rank} of 2 local 0 sum 3.0" in logs(kai, "kddp", f"worker-{rank}")
+    # metrics from the log line and from the metrics file the pod handed back
+    assert done["metrics"] == {"loss": 0.25, "accuracy": 0.75}
+    # the log is also on the home; the handed-back file's line is not in either
+    on_home = (home(hub) / f".gpulab/jobs/{job_id}-kddp/worker-0.log").read_text()
+    assert "rank 0 of 2" in on_home and "==> gpulab: file" not in on_home
+    assert "==> gpulab: file" not in logs(kai, "kddp", "worker-0")
+    # finished: no pod, Service or Secret left, every GPU free
+    assert job_pods(kube, job_id) == []
+    assert not exists(kube, f"/api/v1/namespaces/{NAMESPACE}/services/{service}")
+    assert not exists(kube, f"/api/v1/namespaces/{NAMESPACE}/secrets/{service}")
+    assert hub.gpus()["free"] == 2
+
+
+def test_restarts_are_new_pods_failures_say_why_and_cancel_deletes_every_pod(hub, kube):
+    lee = with_home_claim(hub, kube, "lee")
+    flaky = (
+        'if [ -e flaky-once ]; then echo second try; else touch flaky-once; echo "killed"; '
+        "exit 137; fi"
+    )
+    folder = home(hub) / "lee-work"
+    folder.mkdir()
+    folder.chmod(0o777)
+    submit(lee, {"name": "kflaky", "command": ["sh", "-c", flaky], "workdir": "lee-work",
+                 "replicas": {"worker": {"count": 1, "gpus": 1,
+                                         "restart_policy": "ExitCode"}}})  # fmt: skip
+    submit(lee, {"name": "kfail", "command": ["sh", "-c", "echo 'bad config: lr' >&2; exit 1"],
+                 "replicas": {"worker": {"count": 1, "restart_policy": "ExitCode"}}})  # fmt: skip
+    flaky_done = wait_job(lee, "kflaky")
+    assert flaky_done["state"] == "succeeded", flaky_done["message"]
+    assert flaky_done["replicas"][0]["restarts"] == 1
+    text = logs(lee, "kflaky", "worker-0")
+    assert text.count("==> gpulab: worker-0 of job kflaky, attempt") == 2
+    assert "killed" in text and "second try" in text
+    failed = wait_job(lee, "kfail")
+    assert failed["state"] == "failed"
+    assert failed["message"] == "Failed: worker-0 exited with code 1: bad config: lr"
+
+    long = submit(lee, {"name": "klong", "command": ["sleep", "600"],
+                        "replicas": {"worker": {"count": 2, "gpus": 1}}})  # fmt: skip
+    wait_for(
+        lambda: sum(
+            p["status"].get("phase") == "Running" for p in job_pods(kube, long["id"])
+        ) == 2,
+        60,
+        "both pods of klong to run",
+    )  # fmt: skip
+    assert hub.gpus()["free"] == 0
+    r = lee.session.post(hub.api("/gpulab/jobs/klong/cancel"), timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["state"] == "cancelled"
+    # cancel returns once the pods are gone: the GPUs are free, nothing is left
+    assert job_pods(kube, long["id"]) == []
+    assert hub.gpus()["free"] == 2
+    assert not exists(kube, f"/api/v1/namespaces/{NAMESPACE}/services/gpulab-job-{long['id']}")
+
+
+def test_a_job_of_a_user_without_a_home_claim_fails_saying_so(hub, kube):
+    mo = hub.create_user("kmo")
+    submit(mo, {"name": "knohome", "command": ["true"], "replicas": {"worker": {"count": 1}}})
+    done = wait_job(mo, "knohome")
+    assert done["state"] == "failed"
+    assert "kmo has no home volume in the cluster yet" in done["message"]
+    assert hub.gpus()["free"] == 2
