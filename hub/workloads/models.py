@@ -49,7 +49,7 @@ from gpulab.hub.ledger import GpuLedger, LedgerError, NoGpuFree, QuotaExceeded, 
 from gpulab.serving.config import ModelConfig
 
 from .jobs import check_gpu_request
-from .runner import Launch, PortPool, WorkloadError, last_line
+from .runner import HomeRunner, Launch, PortPool, WorkloadError, last_line
 from .spec import NAME_RE, SpecError, home_path
 
 log = logging.getLogger(__name__)
@@ -689,7 +689,7 @@ class LocalModels:
     """Replicas as model server processes through the workload runner: as the owner's
     account, on loopback ports, restarted when they exit; the config on the home."""
 
-    def __init__(self, manager: ModelManager, runner, python: str = "python"):
+    def __init__(self, manager: ModelManager, runner: HomeRunner, python: str = "python"):
         self.manager = manager
         self.runner = runner
         self.python = python
