@@ -8,6 +8,7 @@ inside the pods (to 127.0.0.1, where every pod listens, each on a port of its ow
 from __future__ import annotations
 
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,29 @@ def test_a_job_of_a_user_without_a_home_claim_fails_saying_so(hub, kube):
     assert done["state"] == "failed"
     assert "kmo has no home volume in the cluster yet" in done["message"]
     assert hub.gpus()["free"] == 2
+
+
+def test_a_hub_restart_takes_the_jobs_pods_over(hub, kube):
+    ned = with_home_claim(hub, kube, "kned")
+    quick = "sleep 3; echo finished; exit 3"  # ends while the hub is down
+    submit(ned, {"name": "kends", "command": ["sh", "-c", quick]})
+    long = submit(ned, {"name": "klong", "command": ["sh", "-c", "echo started; sleep 300"],
+                        "replicas": {"worker": {"gpus": 1}}})  # fmt: skip
+    wait_for(lambda: "started" in logs(ned, "klong", "worker-0"), 60, "klong to run")
+    (before,) = [p["metadata"]["name"] for p in job_pods(kube, long["id"])]
+    hub.kill()
+    time.sleep(4)
+    hub.start()
+    ended = wait_job(ned, "kends", timeout=60)
+    assert ended["state"] == "failed", ended
+    assert ended["message"] == "Failed: worker-0 exited with code 3: finished"
+    assert logs(ned, "kends", "worker-0").count("finished") == 1  # copied again, once
+    taken = job(ned, "klong")
+    assert taken["state"] == "running"
+    assert any("Taken over after a hub restart" in e["message"] for e in taken["events"])
+    assert [p["metadata"]["name"] for p in job_pods(kube, long["id"])] == [before]
+    assert list(hub.holders().values()) == ["kned"]
+    assert logs(ned, "klong", "worker-0").count("started") == 1
+    r = ned.session.post(hub.api("/gpulab/jobs/klong/cancel"), timeout=60)
+    assert r.json()["state"] == "cancelled"
+    assert job_pods(kube, long["id"]) == [] and hub.gpus()["free"] == 2
