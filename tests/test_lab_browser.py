@@ -221,3 +221,74 @@ def test_get_gpu_waits_in_the_queue_and_can_be_cancelled(hub, page):
     expect(status).to_contain_text("Got GPU")
     assert held_by(hub, "omar") == [freed]
     shot(page, "queue-2-granted")
+
+
+def test_workloads_panel_follows_a_job_shows_its_log_and_cancels_it(hub, page):
+    user = hub.create_user("pia")
+    steps = "for i in $(seq 1 900); do echo step $i; sleep 0.2; done"
+    spec = {"name": "lab-job", "command": ["sh", "-c", steps],
+            "replicas": {"worker": {"count": 2, "gpus": 1}}}  # fmt: skip
+    r = user.session.post(hub.api("/gpulab/jobs"), json=spec, timeout=30)
+    assert r.status_code == 201, r.text
+    done = {"name": "lab-done", "command": ["sh", "-c", "echo 'gpulab-metric: loss=0.5'"]}
+    assert user.session.post(hub.api("/gpulab/jobs"), json=done, timeout=30).status_code == 201
+    assert user.spawn(profile="cpu").status_code in (201, 202)
+
+    log_in(page, hub, "pia")
+    page.goto(user.server_url + "/lab")
+    expect(page.locator("#jupyterlab-splash")).to_have_count(0, timeout=60_000)
+    page.locator('.jp-SideBar [data-id="gpulab-workloads"]').click()
+    panel = page.locator("#gpulab-workloads")
+    job = panel.locator('.gpulab-wl-job[data-name="lab-job"]')
+    finished = panel.locator('.gpulab-wl-job[data-name="lab-done"]')
+    expect(job).to_have_attribute("data-state", "running")
+    expect(job.locator(".gpulab-wl-summary")).to_contain_text("2 replicas · 2 GPUs")
+    expect(finished).to_have_attribute("data-state", "succeeded")
+    expect(finished.locator(".gpulab-wl-summary")).to_contain_text("loss=0.5")
+    expect(panel.locator('[data-kind="models"] .gpulab-wl-empty')).to_have_text(
+        "No models deployed"
+    )
+    expect(panel.locator(".gpulab-wl-status")).to_contain_text("Updated")
+
+    # its details: the replicas, and the log of the one chosen, followed as it grows
+    job.locator(".gpulab-wl-line").click()
+    replicas = job.locator(".gpulab-wl-replica")
+    expect(replicas).to_have_count(2)
+    expect(replicas.first).to_contain_text("running")
+    log = job.locator(".gpulab-wl-log")
+    expect(log).to_contain_text("==> gpulab: worker-0 of job lab-job")
+    expect(log).to_contain_text("step 3")
+    job.locator(".gpulab-wl-replica-select").select_option("worker-1")
+    expect(log).to_contain_text("==> gpulab: worker-1 of job lab-job")
+    seen = int(re.findall(r"step (\d+)", log.inner_text())[-1])
+    expect(log).to_contain_text(f"step {seen + 5}")
+    shot(page, "workloads-1-job-log")
+
+    # Cancel asks first; then every replica stops and the GPUs go back
+    job.locator(".gpulab-wl-cancel").click()
+    dialog = page.locator(".jp-Dialog")
+    expect(dialog).to_contain_text("Cancel job lab-job?")
+    dialog.get_by_role("button", name="Keep running").click()
+    expect(job).to_have_attribute("data-state", "running")
+    assert hub.gpus()["free"] == 1
+    job.locator(".gpulab-wl-cancel").click()
+    page.locator(".jp-Dialog").get_by_role("button", name="Cancel job").click()
+    expect(job).to_have_attribute("data-state", "cancelled")
+    expect(job.locator(".gpulab-wl-cancel")).to_have_count(0)
+    assert hub.gpus()["free"] == 3
+    shot(page, "workloads-2-cancelled")
+
+
+def test_the_server_relays_only_the_users_own_workload_reads_and_cancels(hub):
+    user = hub.create_user("quin")
+    assert user.spawn(profile="cpu").status_code in (201, 202)
+    base = user.server_url + "/gpulab/hub"
+    r = user.session.get(base + "/jobs", timeout=30)
+    assert r.status_code == 200 and r.json() == {"jobs": []}
+    r = user.session.get(base + "/jobs/nosuch", timeout=30)
+    assert r.status_code == 404 and r.json()["message"] == "quin has no job named nosuch"
+    # nothing but reads and cancel: no submit, no model changes, no other hub API
+    assert user.session.post(base + "/jobs", json={}, timeout=30).status_code == 404
+    assert user.session.post(base + "/models/m/cancel", json={}, timeout=30).status_code == 404
+    assert user.session.get(user.server_url + "/gpulab/hub/users", timeout=30).status_code == 404
+    assert user.session.get(base + "/jobs/../users", timeout=30).status_code == 404

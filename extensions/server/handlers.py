@@ -8,7 +8,16 @@ For the browser (the JupyterLab frontend), authenticated as the server's user:
 - ``POST gpulab/gpu/acquire`` ``{"gpus": 1, "timeout": 600}``; ``DELETE`` cancels it.
 
 These forward to the hub's ``/hub/api/gpulab/gpu`` API with the server's own token: the
-hub keeps the ledger and decides. For the hub only (its gpulab service's token):
+hub keeps the ledger and decides. The lab's workloads panel reads the user's own jobs,
+sweeps and models the same way:
+
+- ``GET  gpulab/hub/jobs``, ``gpulab/hub/jobs/NAME``, ``gpulab/hub/jobs/NAME/logs``
+  (``?replica=&offset=``, no follow), the same for ``sweeps`` and ``models`` (and a
+  model's ``logs``);
+- ``POST gpulab/hub/jobs/NAME/cancel``, ``gpulab/hub/sweeps/NAME/cancel``.
+
+Nothing else of the hub's API is reachable through it. For the hub only (its gpulab
+service's token):
 
 - ``POST gpulab/internal/switch`` ``{"visible": "1", "interrupt": false, "force": false,
   "wait_restore": true}``: checkpoint, re-target and restore the kernels;
@@ -50,38 +59,48 @@ class _Base(APIHandler):
         self.finish(json.dumps({"message": message, **detail}))
 
 
+async def hub_request(
+    method: str, path: str, query: dict[str, str] | None = None, body: dict | None = None
+) -> tuple[int, bytes, str]:
+    """Call the hub's gpulab API (``/hub/api/gpulab`` + ``path``) with this server's own
+    token: (status, body, content type); 502 when the hub does not answer."""
+    api = os.environ.get("JUPYTERHUB_API_URL")
+    token = os.environ.get("JUPYTERHUB_API_TOKEN")
+    if not api or not token:
+        raise web.HTTPError(503, "this server was not started by a gpulab hub")
+    url = f"{api.rstrip('/')}/gpulab{path}"
+    if query:
+        url += "?" + urlencode(query)
+    request = HTTPRequest(
+        url,
+        method=method,
+        headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
+        body=None if body is None else json.dumps(body),
+        request_timeout=60,
+        allow_nonstandard_methods=True,
+    )
+    try:
+        response = await AsyncHTTPClient().fetch(request)
+    except HTTPClientError as e:
+        if e.response is None:
+            raise web.HTTPError(502, f"the hub did not answer: {e}") from None
+        response = e.response
+    except OSError as e:
+        raise web.HTTPError(502, f"the hub did not answer: {e}") from None
+    return response.code, response.body or b"", response.headers.get("Content-Type", "")
+
+
 class GpuHandler(_Base):
     """The browser's view; every change goes through the hub."""
 
     async def hub(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-        api = os.environ.get("JUPYTERHUB_API_URL")
-        token = os.environ.get("JUPYTERHUB_API_TOKEN")
-        if not api or not token:
-            raise web.HTTPError(503, "this server was not started by a gpulab hub")
-        query = urlencode(
-            {
-                "user": os.environ.get("JUPYTERHUB_USER", ""),
-                "server": os.environ.get("JUPYTERHUB_SERVER_NAME", ""),
-            }
-        )
-        request = HTTPRequest(
-            f"{api.rstrip('/')}/gpulab/gpu{path}?{query}",
-            method=method,
-            headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
-            body=None if body is None else json.dumps(body),
-            request_timeout=60,
-            allow_nonstandard_methods=True,
-        )
+        query = {
+            "user": os.environ.get("JUPYTERHUB_USER", ""),
+            "server": os.environ.get("JUPYTERHUB_SERVER_NAME", ""),
+        }
+        status, raw, _ = await hub_request(method, f"/gpu{path}", query, body)
         try:
-            response = await AsyncHTTPClient().fetch(request)
-        except HTTPClientError as e:
-            if e.response is None:
-                raise web.HTTPError(502, f"the hub did not answer: {e}") from None
-            response = e.response
-        except OSError as e:
-            raise web.HTTPError(502, f"the hub did not answer: {e}") from None
-        try:
-            return response.code, json.loads(response.body or b"{}")
+            return status, json.loads(raw or b"{}")
         except ValueError:
             raise web.HTTPError(502, "the hub's answer is not JSON") from None
 
@@ -114,6 +133,31 @@ class GpuHandler(_Base):
         if action != "/acquire":
             raise web.HTTPError(404, "DELETE gpulab/gpu/acquire cancels a waiting Get GPU")
         self.relay(*await self.hub("DELETE", action))
+
+
+class WorkloadsHandler(_Base):
+    """The user's own jobs, sweeps and models, read from the hub (and cancel)."""
+
+    @web.authenticated
+    async def get(self, kind: str, rest: str = ""):
+        query = {"user": os.environ.get("JUPYTERHUB_USER", "")} if not rest else {}
+        for name in ("replica", "offset"):
+            value = self.get_argument(name, None)
+            if value is not None:
+                query[name] = value
+        self.relay(*await hub_request("GET", f"/{kind}{rest}", query))
+
+    @web.authenticated
+    async def post(self, kind: str, rest: str = ""):
+        if kind == "models" or not rest.endswith("/cancel") or rest.count("/") != 2:
+            raise web.HTTPError(404, "POST gpulab/hub/jobs/NAME/cancel or sweeps/NAME/cancel")
+        self.relay(*await hub_request("POST", f"/{kind}{rest}", body={}))
+
+    def relay(self, status: int, body: bytes, content_type: str) -> None:
+        self.set_status(status)
+        if content_type:
+            self.set_header("Content-Type", content_type)
+        self.finish(body)
 
 
 class _HubOnly(_Base):
@@ -174,6 +218,11 @@ def handlers(base_url: str) -> list:
 
     return [
         (url(r"gpu(/return|/acquire)?"), GpuHandler),
+        # a name: the hub's own rule (lower-case letters, digits and '-'); then its parts
+        (
+            url(r"hub/(jobs|sweeps|models)((?:/[a-z][a-z0-9-]*(?:/logs|/cancel)?)?)"),
+            WorkloadsHandler,
+        ),
         (url("internal/switch"), SwitchHandler),
         (url("internal/activity"), ActivityHandler),
     ]

@@ -134,41 +134,70 @@ export class GpuApi {
     return this.request<IAcquireResult>('DELETE', 'acquire');
   }
 
-  private async request<T>(method: string, path: string, body?: object): Promise<T> {
-    const url = URLExt.join(this.settings.baseUrl, 'gpulab/gpu', path);
-    const init: RequestInit = { method };
-    if (body !== undefined) {
-      init.body = JSON.stringify(body);
-      init.headers = { 'Content-Type': 'application/json' };
-    }
-    let response: Response;
-    try {
-      response = await ServerConnection.makeRequest(url, init, this.settings);
-    } catch (error) {
-      throw new GpuApiError(`cannot reach the server: ${String(error)}`, 0);
-    }
-    const text = await response.text();
-    let data: { [key: string]: unknown } = {};
-    try {
-      const parsed: unknown = text ? JSON.parse(text) : {};
-      if (parsed && typeof parsed === 'object' && !Array.isArray(parsed)) {
-        data = parsed as { [key: string]: unknown };
-      }
-    } catch {
-      if (response.ok) {
-        throw new GpuApiError(
-          'the server answered with something other than JSON',
-          response.status
-        );
-      }
-    }
-    if (!response.ok) {
-      const message =
-        typeof data['message'] === 'string' && data['message']
-          ? data['message']
-          : `the server answered ${response.status} ${response.statusText}`.trim();
-      throw new GpuApiError(message, response.status, data);
-    }
-    return data as unknown as T;
+  private request<T>(method: string, path: string, body?: object): Promise<T> {
+    return requestJson<T>(this.settings, method, URLExt.join('gpulab/gpu', path), body);
   }
+}
+
+/** The server's answer to `method` on `path` (under the server's base URL), as text. */
+export async function requestText(
+  settings: ServerConnection.ISettings,
+  method: string,
+  path: string,
+  body?: object
+): Promise<string> {
+  const url = URLExt.join(settings.baseUrl, path);
+  const init: RequestInit = { method };
+  if (body !== undefined) {
+    init.body = JSON.stringify(body);
+    init.headers = { 'Content-Type': 'application/json' };
+  }
+  let response: Response;
+  try {
+    response = await ServerConnection.makeRequest(url, init, settings);
+  } catch (error) {
+    throw new GpuApiError(`cannot reach the server: ${String(error)}`, 0);
+  }
+  const text = await response.text();
+  if (!response.ok) {
+    const data = parseObject(text);
+    const message =
+      typeof data['message'] === 'string' && data['message']
+        ? data['message']
+        : `the server answered ${response.status} ${response.statusText}`.trim();
+    throw new GpuApiError(message, response.status, data);
+  }
+  return text;
+}
+
+/** The server's JSON answer to `method` on `path`; GpuApiError on any other. */
+export async function requestJson<T>(
+  settings: ServerConnection.ISettings,
+  method: string,
+  path: string,
+  body?: object
+): Promise<T> {
+  const text = await requestText(settings, method, path, body);
+  let parsed: unknown;
+  try {
+    parsed = text ? JSON.parse(text) : {};
+  } catch {
+    throw new GpuApiError('the server answered with something other than JSON', 200);
+  }
+  if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) {
+    throw new GpuApiError('the server answered with something other than a JSON object', 200);
+  }
+  return parsed as T;
+}
+
+function parseObject(text: string): { [key: string]: unknown } {
+  try {
+    const parsed: unknown = text ? JSON.parse(text) : {};
+    if (parsed && typeof parsed === 'object' && !Array.isArray(parsed)) {
+      return parsed as { [key: string]: unknown };
+    }
+  } catch {
+    // not JSON: the status line says it
+  }
+  return {};
 }

@@ -1,16 +1,20 @@
 /**
  * @gpulab/lab: the server's GPU in JupyterLab's top bar, with Return GPU and Get GPU,
- * and the same two actions as commands in the palette.
+ * and the same two actions as commands in the palette; the user's jobs, sweeps and
+ * models in a panel of the left sidebar.
  */
 import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { ICommandPalette } from '@jupyterlab/apputils';
 
 import { GpuApi } from './api';
+import { WorkloadsPanel } from './panel';
 import { GpuWidget, gpuIcon } from './widget';
+import { WorkloadsApi } from './workloads';
 
 namespace CommandIDs {
   export const returnGpu = 'gpulab:return-gpu';
   export const getGpu = 'gpulab:get-gpu';
+  export const showWorkloads = 'gpulab:show-workloads';
 }
 
 const plugin: JupyterFrontEndPlugin<void> = {
@@ -21,6 +25,13 @@ const plugin: JupyterFrontEndPlugin<void> = {
   activate: (app: JupyterFrontEnd, palette: ICommandPalette | null) => {
     const widget = new GpuWidget(new GpuApi(app.serviceManager.serverSettings));
     app.shell.add(widget, 'top', { rank: 1000 });
+    const panel = new WorkloadsPanel(new WorkloadsApi(app.serviceManager.serverSettings));
+    app.shell.add(panel, 'left', { rank: 700 });
+    app.commands.addCommand(CommandIDs.showWorkloads, {
+      label: 'Show Jobs, Sweeps and Models',
+      caption: 'Your training jobs, sweeps and deployed models, with their logs',
+      execute: () => app.shell.activateById(panel.id)
+    });
 
     app.commands.addCommand(CommandIDs.returnGpu, {
       label: 'Return GPU',
@@ -44,6 +55,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       const category = 'GPU';
       palette.addItem({ command: CommandIDs.returnGpu, category });
       palette.addItem({ command: CommandIDs.getGpu, category });
+      palette.addItem({ command: CommandIDs.showWorkloads, category });
     }
   }
 };

@@ -1,0 +1,360 @@
+/**
+ * The workloads panel in the left sidebar: the user's training jobs (state, place in
+ * the queue, replicas, metrics, the log of any replica, Cancel), sweeps (trials done,
+ * the best so far, Cancel) and deployed models (versions, replicas serving), kept up to
+ * date while the panel shows, with a status line.
+ */
+import { Dialog, showDialog } from '@jupyterlab/apputils';
+import { LabIcon } from '@jupyterlab/ui-components';
+import { Message } from '@lumino/messaging';
+import { Widget } from '@lumino/widgets';
+
+import { ACTIVE, IJob, IModel, ISweep, WorkloadsApi } from './workloads';
+
+const JOBS_SVG = `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 24 24">
+  <g class="jp-icon3" fill="#616161">
+    <path d="M3 4h18v4H3zM3 10h18v4H3zM3 16h18v4H3z" opacity=".35"/>
+    <path d="M3 4h8v4H3zM3 10h13v4H3zM3 16h5v4H3z"/>
+  </g>
+</svg>`;
+
+export const jobsIcon = new LabIcon({ name: 'gpulab:jobs', svgstr: JOBS_SVG });
+
+const POLL_ACTIVE_MS = 2000;
+const POLL_IDLE_MS = 10000;
+const LOG_KEEP = 200_000;
+
+interface ILogView {
+  job: string;
+  replica: string;
+  text: string;
+  offset: number;
+}
+
+function el<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  cls: string,
+  text = '',
+  parent?: HTMLElement
+): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  node.className = cls;
+  if (text) {
+    node.textContent = text;
+  }
+  parent?.appendChild(node);
+  return node;
+}
+
+/** "42s", "3m 5s", "2h 4m" from two ISO times (the second: now when null). */
+export function duration(from: string | null, to: string | null): string {
+  if (!from) {
+    return '';
+  }
+  const seconds = Math.max(0, Math.round((Date.parse(to ?? '') || Date.now()) - Date.parse(from)) / 1000);
+  const s = Math.round(seconds);
+  if (s < 60) {
+    return `${s}s`;
+  }
+  if (s < 3600) {
+    return `${Math.floor(s / 60)}m ${s % 60}s`;
+  }
+  return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
+}
+
+function metrics(values: { [name: string]: number }): string {
+  return Object.entries(values)
+    .map(([k, v]) => `${k}=${Number.isInteger(v) ? v : Number(v.toPrecision(4))}`)
+    .join(' ');
+}
+
+/** What a job's row says after its state: the queue, GPUs, how long, its metrics. */
+export function jobSummary(job: IJob): string {
+  const parts: string[] = [];
+  if (job.state === 'queued' && job.queue_position) {
+    parts.push(`#${job.queue_position} in the queue`);
+  }
+  parts.push(`${job.replicas.length} replica${job.replicas.length === 1 ? '' : 's'}`);
+  if (job.gpus) {
+    parts.push(`${job.gpus} GPU${job.gpus === 1 ? '' : 's'}`);
+  }
+  const took = duration(job.started, job.finished);
+  if (took) {
+    parts.push(took);
+  }
+  const m = metrics(job.metrics || {});
+  if (m) {
+    parts.push(m);
+  }
+  return parts.join(' · ');
+}
+
+export function sweepSummary(sweep: ISweep): string {
+  const done = sweep.trials.filter(t => !ACTIVE.has(t.state)).length;
+  const parts = [`${done}/${sweep.total_trials} trials`];
+  if (sweep.best && sweep.best.metric !== null) {
+    parts.push(`best ${sweep.best.name}: ${sweep.objective.metric}=${sweep.best.metric}`);
+  }
+  return parts.join(' · ');
+}
+
+export function modelSummary(model: IModel): string {
+  const serving = model.replica_status.filter(r => r.state === 'available').length;
+  const versions = model.model_versions
+    .map(v => `v${v.version} ${v.state.toLowerCase()}`)
+    .join(', ');
+  return [`${serving}/${model.replicas} serving`, versions].filter(Boolean).join(' · ');
+}
+
+export class WorkloadsPanel extends Widget {
+  constructor(private readonly api: WorkloadsApi) {
+    super();
+    this.id = 'gpulab-workloads';
+    this.addClass('gpulab-WorkloadsPanel');
+    this.title.icon = jobsIcon;
+    this.title.caption = 'Jobs, sweeps and models';
+    const header = el('div', 'gpulab-wl-header', '', this.node);
+    el('h2', 'gpulab-wl-title', 'Workloads', header);
+    const refresh = el('button', 'gpulab-wl-refresh', 'Refresh', header);
+    refresh.addEventListener('click', () => void this.refresh());
+    this._body = el('div', 'gpulab-wl-body', '', this.node);
+    this._status = el('div', 'gpulab-wl-status', 'Loading…', this.node);
+  }
+
+  /** Read everything now, show it, and schedule the next read. */
+  async refresh(): Promise<void> {
+    this._clearTimer();
+    const seq = ++this._seq;
+    try {
+      const [jobs, sweeps, models] = await Promise.all([
+        this.api.jobs(),
+        this.api.sweeps(),
+        this.api.models()
+      ]);
+      if (seq !== this._seq || this.isDisposed) {
+        return;
+      }
+      this._jobs = jobs.filter(j => !j.sweep);
+      this._sweeps = sweeps;
+      this._models = models;
+      await this._readLog();
+      this._error = null;
+      this._updated = new Date();
+    } catch (error) {
+      if (seq !== this._seq || this.isDisposed) {
+        return;
+      }
+      this._error = error instanceof Error ? error.message : String(error);
+    }
+    this._render();
+    this._schedule();
+  }
+
+  /** Open a job's details with the log of one of its replicas (its first by default). */
+  showJob(name: string, replica?: string): void {
+    const job = this._jobs.find(j => j.name === name);
+    const chosen = replica ?? job?.replicas[0]?.name ?? 'worker-0';
+    if (this._log?.job !== name || this._log.replica !== chosen) {
+      this._log = { job: name, replica: chosen, text: '', offset: 0 };
+    }
+    void this.refresh();
+  }
+
+  protected onAfterShow(msg: Message): void {
+    super.onAfterShow(msg);
+    void this.refresh();
+  }
+
+  protected onBeforeHide(msg: Message): void {
+    super.onBeforeHide(msg);
+    this._clearTimer();
+  }
+
+  dispose(): void {
+    this._clearTimer();
+    super.dispose();
+  }
+
+  private async _readLog(): Promise<void> {
+    const log = this._log;
+    if (!log) {
+      return;
+    }
+    if (!this._jobs.some(j => j.name === log.job)) {
+      this._log = null;
+      return;
+    }
+    const more = await this.api.jobLog(log.job, log.replica, log.offset);
+    log.offset += new TextEncoder().encode(more).length;
+    log.text = (log.text + more).slice(-LOG_KEEP);
+  }
+
+  private async _cancel(kind: 'job' | 'sweep', name: string): Promise<void> {
+    const result = await showDialog({
+      title: `Cancel ${kind} ${name}?`,
+      body:
+        kind === 'job'
+          ? 'Every replica is stopped and its GPUs go back. Its logs stay on your home.'
+          : 'Its running trials are stopped; finished trials and their results stay.',
+      buttons: [Dialog.cancelButton({ label: 'Keep running' }), Dialog.warnButton({ label: `Cancel ${kind}` })]
+    });
+    if (!result.button.accept) {
+      return;
+    }
+    this._notice = `Cancelling ${kind} ${name}…`;
+    this._render();
+    try {
+      await (kind === 'job' ? this.api.cancelJob(name) : this.api.cancelSweep(name));
+      this._notice = null;
+    } catch (error) {
+      this._notice = `Could not cancel ${name}: ${error instanceof Error ? error.message : String(error)}`;
+    }
+    await this.refresh();
+  }
+
+  private _render(): void {
+    const body = this._body;
+    const scroll = body.querySelector('.gpulab-wl-log')?.scrollTop;
+    const atEnd = (() => {
+      const pre = body.querySelector('.gpulab-wl-log');
+      return !pre || pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+    })();
+    body.replaceChildren();
+    this._section('Jobs', this._jobs, 'No jobs yet: gpulab job submit job.yaml', job =>
+      this._jobRow(job)
+    );
+    this._section('Sweeps', this._sweeps, 'No sweeps', sweep => this._sweepRow(sweep));
+    this._section('Models', this._models, 'No models deployed', model => this._modelRow(model));
+    const pre = body.querySelector('.gpulab-wl-log');
+    if (pre) {
+      pre.scrollTop = atEnd || scroll === undefined ? pre.scrollHeight : scroll;
+    }
+    const status = this._notice ?? this._error ?? (this._updated ? `Updated ${this._updated.toLocaleTimeString()}` : 'Loading…');
+    this._status.textContent = status;
+    this._status.dataset.level = this._error ? 'error' : 'info';
+  }
+
+  private _section<T>(title: string, items: T[], empty: string, row: (item: T) => HTMLElement): void {
+    const section = el('section', 'gpulab-wl-section', '', this._body);
+    section.dataset.kind = title.toLowerCase();
+    el('h3', 'gpulab-wl-heading', `${title} (${items.length})`, section);
+    if (!items.length) {
+      el('div', 'gpulab-wl-empty', empty, section);
+      return;
+    }
+    const list = el('ul', 'gpulab-wl-list', '', section);
+    for (const item of items) {
+      list.appendChild(row(item));
+    }
+  }
+
+  private _row(name: string, state: string, summary: string): HTMLLIElement {
+    const li = el('li', 'gpulab-wl-row');
+    li.dataset.name = name;
+    li.dataset.state = state;
+    const line = el('div', 'gpulab-wl-line', '', li);
+    el('span', 'gpulab-wl-name', name, line);
+    el('span', 'gpulab-wl-state', state, line);
+    el('span', 'gpulab-wl-summary', summary, line);
+    return li;
+  }
+
+  private _cancelButton(li: HTMLElement, kind: 'job' | 'sweep', name: string): void {
+    const button = el('button', 'gpulab-wl-cancel', 'Cancel', li.firstElementChild as HTMLElement);
+    button.title = `Cancel ${kind} ${name}`;
+    button.addEventListener('click', event => {
+      event.stopPropagation();
+      void this._cancel(kind, name);
+    });
+  }
+
+  private _jobRow(job: IJob): HTMLElement {
+    const li = this._row(job.name, job.state, jobSummary(job));
+    li.classList.add('gpulab-wl-job');
+    const line = li.firstElementChild as HTMLElement;
+    line.title = job.message;
+    line.addEventListener('click', () => {
+      if (this._log?.job === job.name) {
+        this._log = null;
+        this._render();
+      } else {
+        this.showJob(job.name);
+      }
+    });
+    if (ACTIVE.has(job.state)) {
+      this._cancelButton(li, 'job', job.name);
+    }
+    if (this._log?.job !== job.name) {
+      return li;
+    }
+    const details = el('div', 'gpulab-wl-details', '', li);
+    el('div', 'gpulab-wl-message', job.message, details);
+    const table = el('table', 'gpulab-wl-replicas', '', details);
+    for (const r of job.replicas) {
+      const tr = el('tr', 'gpulab-wl-replica', '', table);
+      tr.dataset.replica = r.name;
+      el('td', '', r.name, tr);
+      el('td', '', r.state, tr);
+      el('td', '', r.restarts ? `${r.restarts} restart${r.restarts === 1 ? '' : 's'}` : '', tr);
+      el('td', '', r.exit_code === null ? '' : `exit ${r.exit_code}`, tr);
+      el('td', '', r.gpus.length ? `GPU ${r.gpus.join(', ')}` : '', tr);
+    }
+    const bar = el('div', 'gpulab-wl-logbar', '', details);
+    el('span', '', 'Log of', bar);
+    const select = el('select', 'gpulab-wl-replica-select', '', bar);
+    for (const r of job.replicas) {
+      const option = el('option', '', r.name, select);
+      option.value = r.name;
+    }
+    select.value = this._log.replica;
+    select.addEventListener('change', () => this.showJob(job.name, select.value));
+    el('span', 'gpulab-wl-logpath', `${job.logs}/${this._log.replica}.log`, bar);
+    el('pre', 'gpulab-wl-log', this._log.text || '(nothing logged yet)', details);
+    return li;
+  }
+
+  private _sweepRow(sweep: ISweep): HTMLElement {
+    const li = this._row(sweep.name, sweep.state, sweepSummary(sweep));
+    (li.firstElementChild as HTMLElement).title = sweep.message;
+    if (sweep.state === 'running') {
+      this._cancelButton(li, 'sweep', sweep.name);
+    }
+    return li;
+  }
+
+  private _modelRow(model: IModel): HTMLElement {
+    const li = this._row(model.name, model.state, modelSummary(model));
+    (li.firstElementChild as HTMLElement).title = `${model.message}\n${model.endpoints.predict}`.trim();
+    return li;
+  }
+
+  private _schedule(): void {
+    if (!this.isVisible || this.isDisposed) {
+      return;
+    }
+    const busy =
+      this._jobs.some(j => ACTIVE.has(j.state)) ||
+      this._sweeps.some(s => s.state === 'running') ||
+      this._models.some(m => m.state !== 'available' && m.state !== 'failed');
+    this._timer = window.setTimeout(() => void this.refresh(), busy ? POLL_ACTIVE_MS : POLL_IDLE_MS);
+  }
+
+  private _clearTimer(): void {
+    if (this._timer !== null) {
+      window.clearTimeout(this._timer);
+      this._timer = null;
+    }
+  }
+
+  private _body: HTMLDivElement;
+  private _status: HTMLDivElement;
+  private _jobs: IJob[] = [];
+  private _sweeps: ISweep[] = [];
+  private _models: IModel[] = [];
+  private _log: ILogView | null = null;
+  private _error: string | null = null;
+  private _notice: string | null = null;
+  private _updated: Date | null = null;
+  private _timer: number | null = null;
+  private _seq = 0;
+}

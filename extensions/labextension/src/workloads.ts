@@ -1,0 +1,148 @@
+/**
+ * The user's training jobs, sweeps and models, as the hub's API shows them (through the
+ * server extension's `gpulab/hub/...`, with the server's own token), typed.
+ */
+import { URLExt } from '@jupyterlab/coreutils';
+import { ServerConnection } from '@jupyterlab/services';
+
+import { requestJson, requestText } from './api';
+
+export interface IReplica {
+  name: string;
+  role: string;
+  index: number;
+  state: string;
+  restarts: number;
+  exit_code: number | null;
+  address: string;
+  gpus: string[];
+  message: string;
+  started: string | null;
+  finished: string | null;
+}
+
+export interface IJobEvent {
+  at: string;
+  replica: string | null;
+  message: string;
+}
+
+export interface IJob {
+  id: number;
+  name: string;
+  user: string;
+  sweep: string | null;
+  framework: string;
+  state: string;
+  message: string;
+  gpus: number;
+  metrics: { [name: string]: number };
+  created: string;
+  started: string | null;
+  finished: string | null;
+  logs: string;
+  replicas: IReplica[];
+  queue_position: number | null;
+  events?: IJobEvent[];
+}
+
+export interface ITrial {
+  name: string;
+  params: { [name: string]: unknown };
+  state: string;
+  metric: number | null;
+  message: string;
+}
+
+export interface ISweep {
+  name: string;
+  state: string;
+  message: string;
+  objective: { metric: string; goal: string };
+  total_trials: number;
+  trials: ITrial[];
+  best: ITrial | null;
+  created: string;
+  finished: string | null;
+}
+
+export interface IModelVersion {
+  version: number;
+  state: string;
+  error: string;
+}
+
+export interface IModelReplica {
+  index: number;
+  state: string;
+  restarts: number;
+  message: string;
+}
+
+export interface IModel {
+  name: string;
+  state: string;
+  message: string;
+  base_path: string;
+  gpus: number;
+  replicas: number;
+  access: string;
+  model_versions: IModelVersion[];
+  replica_status: IModelReplica[];
+  endpoints: { predict: string; tf_serving: string };
+}
+
+/** States in which a job or sweep still runs (and may be cancelled). */
+export const ACTIVE = new Set(['queued', 'starting', 'running']);
+
+export class WorkloadsApi {
+  constructor(private readonly settings: ServerConnection.ISettings) {}
+
+  async jobs(): Promise<IJob[]> {
+    const answer = await this.get<{ jobs: IJob[] }>('jobs');
+    return Array.isArray(answer.jobs) ? answer.jobs : [];
+  }
+
+  job(name: string): Promise<IJob> {
+    return this.get<IJob>(URLExt.join('jobs', encodeURIComponent(name)));
+  }
+
+  /** The replica's log from byte `offset` on. */
+  jobLog(name: string, replica: string, offset = 0): Promise<string> {
+    const query = URLExt.objectToQueryString({ replica, offset: String(offset) });
+    const path = URLExt.join('gpulab/hub/jobs', encodeURIComponent(name), 'logs') + query;
+    return requestText(this.settings, 'GET', path);
+  }
+
+  cancelJob(name: string): Promise<IJob> {
+    return requestJson<IJob>(
+      this.settings,
+      'POST',
+      URLExt.join('gpulab/hub/jobs', encodeURIComponent(name), 'cancel'),
+      {}
+    );
+  }
+
+  async sweeps(): Promise<ISweep[]> {
+    const answer = await this.get<{ sweeps: ISweep[] }>('sweeps');
+    return Array.isArray(answer.sweeps) ? answer.sweeps : [];
+  }
+
+  cancelSweep(name: string): Promise<ISweep> {
+    return requestJson<ISweep>(
+      this.settings,
+      'POST',
+      URLExt.join('gpulab/hub/sweeps', encodeURIComponent(name), 'cancel'),
+      {}
+    );
+  }
+
+  async models(): Promise<IModel[]> {
+    const answer = await this.get<{ models: IModel[] }>('models');
+    return Array.isArray(answer.models) ? answer.models : [];
+  }
+
+  private get<T>(path: string): Promise<T> {
+    return requestJson<T>(this.settings, 'GET', URLExt.join('gpulab/hub', path));
+  }
+}
