@@ -287,6 +287,10 @@ class KubernetesSettings:
     """Their group (``runAsGroup``, and ``fsGroup``, so the home claim is writable)."""
     cluster_domain: str = "cluster.local"
     """The cluster's DNS domain, in the names job replicas reach each other at."""
+    gpu_tolerations: list[dict] = field(default_factory=list)
+    """Tolerations of job and model replica pods that ask for GPUs (servers take their
+    profile's), e.g. ``[{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]``
+    for tainted GPU nodes."""
     kubeconfig: str = ""
     """Path of a kubeconfig; empty: the in-cluster service account, else ``$KUBECONFIG``
     or ``~/.kube/config``."""
@@ -468,7 +472,8 @@ def _validate(s: Settings) -> None:
         raise SettingsError("gpus.ids: the same device id is listed twice")
     for p in s.profiles:
         p.idle_return_seconds  # noqa: B018 -- raises SettingsError when malformed
-        _validate_tolerations(p)
+        _validate_tolerations(p.tolerations, f"profiles.{p.slug}.tolerations")
+    _validate_tolerations(s.kubernetes.gpu_tolerations, "kubernetes.gpu_tolerations")
     for name in ("acquire_timeout", "reclaim_interval"):
         if getattr(s.gpus, name) < 1:
             raise SettingsError(f"gpus.{name}: must be 1 second or more")
@@ -495,9 +500,9 @@ def _validate(s: Settings) -> None:
 _TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
 
 
-def _validate_tolerations(p: Profile) -> None:
-    for i, t in enumerate(p.tolerations):
-        where = f"profiles.{p.slug}.tolerations[{i}]"
+def _validate_tolerations(tolerations: list, field_name: str) -> None:
+    for i, t in enumerate(tolerations):
+        where = f"{field_name}[{i}]"
         if not isinstance(t, dict):
             raise SettingsError(f"{where}: expected a mapping, got {t!r}")
         unknown = set(t) - _TOLERATION_KEYS

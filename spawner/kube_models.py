@@ -203,6 +203,7 @@ class KubeModels:
             gpus=spec.gpus,
             gpu_resource=self.k8s.gpu_resource,
             node_selector=node,
+            tolerations=objects.tolerations(self.k8s.gpu_tolerations) if spec.gpus else None,
             volumes=volumes,
             mounts=mounts,
             sidecars=sidecars,

@@ -197,6 +197,7 @@ class KubeRunner:
             gpu_resource=k8s.gpu_resource,
             node=launch.node if launch.gpus else "",
             ports=launch.ports,
+            tolerations=objects.tolerations(k8s.gpu_tolerations) if launch.gpus else None,
             grace_seconds=math.ceil(self.settings.jobs.stop_grace_seconds),
             labels={},
             annotations={

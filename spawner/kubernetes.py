@@ -114,7 +114,7 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
         self.node_selector = objects.node_selector(
             profile, k8s.gpu_type_label, nodes.pop() if len(nodes) == 1 else ""
         )
-        self.tolerations = objects.tolerations(profile)
+        self.tolerations = objects.tolerations(profile.tolerations)
         self.volumes, self.volume_mounts = objects.home_volume(self.pvc_name, k8s.home_mount)
         self.extra_annotations = {
             **objects.owner_annotations(self.user.name, self.name),

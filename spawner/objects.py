@@ -60,10 +60,11 @@ def node_selector(profile: Profile, gpu_type_label: str, node: str = "") -> dict
     return selector
 
 
-def tolerations(profile: Profile) -> list[dict]:
-    """The profile's tolerations, with the API's defaults spelled out."""
+def tolerations(wanted: list[dict]) -> list[dict]:
+    """Tolerations (a profile's, ``kubernetes.gpu_tolerations``) with the API's defaults
+    spelled out."""
     out = []
-    for t in profile.tolerations:
+    for t in wanted:
         item = {"operator": t.get("operator", "Equal"), **t}
         if item["operator"] == "Exists":
             item.pop("value", None)
@@ -480,6 +481,7 @@ def workload_pod(
     gpu_resource: str = "nvidia.com/gpu",
     node: str = "",
     ports: tuple[int, ...] = (),
+    tolerations: list[dict] | None = None,
     grace_seconds: int = 5,
     labels: Mapping[str, str],
     annotations: Mapping[str, str],
@@ -527,6 +529,8 @@ def workload_pod(
         pod_spec["securityContext"] = security
     if node:
         pod_spec["nodeSelector"] = {HOSTNAME_LABEL: node}
+    if tolerations:
+        pod_spec["tolerations"] = list(tolerations)
     metadata: dict = {
         "generateName": generate_name,
         "namespace": namespace,

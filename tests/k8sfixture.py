@@ -105,6 +105,7 @@ def kube(ceph):
 
 
 S3_PREFIX = "glk-"
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
 def s3_settings(ceph) -> dict:
@@ -135,6 +136,7 @@ def k8s_hub(kube, ceph):
                 "unschedulable_timeout": 3,
                 "uid": 65534,
                 "gid": 65534,
+                "gpu_tolerations": [GPU_TOLERATION],
             },
             "storage": {
                 "home_size": "2GiB",

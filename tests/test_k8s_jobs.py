@@ -17,7 +17,7 @@ from test_jobs import TORCH_ALLREDUCE, job, logs, submit, wait_job
 
 from gpulab.spawner import objects
 from hubfixture import wait_for
-from k8sfixture import NAMESPACE, NODE, kube_get, kube_post, pods
+from k8sfixture import GPU_TOLERATION, NAMESPACE, NODE, kube_get, kube_post, pods
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -106,6 +106,7 @@ def test_a_pytorch_job_runs_as_pods_that_find_each_other_by_name(hub, kube):
         (container,) = pod["spec"]["containers"]
         assert container["resources"]["limits"] == {"nvidia.com/gpu": "1"}
         assert pod["spec"]["nodeSelector"] == {"kubernetes.io/hostname": NODE}
+        assert GPU_TOLERATION in pod["spec"]["tolerations"]
         assert container["envFrom"] == [{"secretRef": {"name": service}}]
         env = {e["name"]: e["value"] for e in container["env"]}
         assert env["MASTER_ADDR"] == master and "CUDA_VISIBLE_DEVICES" not in env
@@ -210,3 +211,24 @@ def test_a_hub_restart_takes_the_jobs_pods_over(hub, kube):
     r = ned.session.post(hub.api("/gpulab/jobs/klong/cancel"), timeout=60)
     assert r.json()["state"] == "cancelled"
     assert job_pods(kube, long["id"]) == [] and hub.gpus()["free"] == 2
+
+
+def test_a_jobs_package_is_installed_by_a_pod_of_its_own_first(hub, kube):
+    from hubfixture import tiny_wheel
+
+    pat = with_home_claim(hub, kube, "kpat")
+    dist = home(hub) / "kpat-dist"
+    dist.mkdir()
+    (dist / "gpulabprobe-1.0-py3-none-any.whl").write_bytes(tiny_wheel())
+    spec = {
+        "name": "kpkg",
+        "package": "kpat-dist/gpulabprobe-1.0-py3-none-any.whl",
+        "command": ["python", "-c", "import gpulabprobe; print('value', gpulabprobe.VALUE)"],
+    }
+    done = wait_job(pat, submit(pat, spec)["name"])
+    assert done["state"] == "succeeded", (done["message"], logs(pat, "kpkg", "install"))
+    assert "Successfully installed gpulabprobe" in logs(pat, "kpkg", "install")
+    assert "value 42" in logs(pat, "kpkg", "worker-0")
+    site = home(hub) / f".gpulab/jobs/{done['id']}-kpkg/site-packages/gpulabprobe"
+    assert (site / "__init__.py").exists()
+    assert job_pods(kube, done["id"]) == []

@@ -94,7 +94,7 @@ def test_scheduling_of_a_profile():
         "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB",
         "kubernetes.io/hostname": "node-3",
     }
-    assert objects.tolerations(profile) == [
+    assert objects.tolerations(profile.tolerations) == [
         {"operator": "Exists", "key": "nvidia.com/gpu", "effect": "NoSchedule"},
         {
             "operator": "Equal",
@@ -114,6 +114,9 @@ def test_bad_tolerations_are_refused_by_name(tmp_path):
         "profiles:\n- slug: g\n  gpus: 1\n  tolerations:\n  - {key: x, operator: Maybe}\n"
     )
     with pytest.raises(SettingsError, match=r"profiles.g.tolerations\[0\].operator"):
+        load_settings(config, environ={})
+    config.write_text("kubernetes:\n  gpu_tolerations:\n  - {key: x, effect: Sometimes}\n")
+    with pytest.raises(SettingsError, match=r"kubernetes.gpu_tolerations\[0\].effect"):
         load_settings(config, environ={})
     config.write_text("backend: kubernetes\n")
     with pytest.raises(SettingsError, match="kubernetes.image"):
@@ -385,6 +388,7 @@ def workload_pod(**changes) -> dict:
         env={"RANK": "1", "MASTER_ADDR": "worker-0.gpulab-job-5.gpulab.svc.cluster.local"},
         env_secret="gpulab-job-5", home_claim="home-ada", home_mount="/home/jovyan",
         uid=1000, gid=100, gpus=2, node="node-2", ports=(23456,), grace_seconds=5,
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         labels={}, annotations={"gpulab.io/user": "ada@lab"},
         owner=objects.owner_reference("v1", "Service", "gpulab-job-5", "uid-1"),
     )  # fmt: skip
@@ -413,6 +417,9 @@ def test_a_job_is_a_headless_service_and_a_pod_per_replica():
     assert spec["restartPolicy"] == "Never" and spec["terminationGracePeriodSeconds"] == 5
     assert spec["securityContext"] == {"runAsUser": 1000, "runAsGroup": 100, "fsGroup": 100}
     assert spec["nodeSelector"] == {"kubernetes.io/hostname": "node-2"}
+    assert spec["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
     (container,) = spec["containers"]
     assert container["resources"] == {"limits": {"nvidia.com/gpu": "2"}}
     assert container["ports"] == [{"containerPort": 23456, "protocol": "TCP"}]
@@ -425,9 +432,9 @@ def test_a_job_is_a_headless_service_and_a_pod_per_replica():
     ]  # fmt: skip
     assert {"name": "RANK", "value": "1"} in container["env"]
     cpu = valid(workload_pod(gpus=0, node="", ports=(), env_secret="", uid=None, gid=None,
-                             owner=None))  # fmt: skip
+                             owner=None, tolerations=None))  # fmt: skip
     assert cpu["spec"]["containers"][0]["resources"] == {}
-    assert "nodeSelector" not in cpu["spec"] and "securityContext" not in cpu["spec"]
+    assert not {"nodeSelector", "securityContext", "tolerations"} & set(cpu["spec"])
     assert "envFrom" not in cpu["spec"]["containers"][0]
     secret = valid(objects.env_secret("gpulab-job-5", "gpulab", {"A": "1"}, {}, {},
                                       component="workload-env", owner=meta["ownerReferences"][0]))  # fmt: skip
