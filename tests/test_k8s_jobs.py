@@ -57,7 +57,9 @@ def with_home_claim(hub, kube, name: str):
 
 def job_pods(kube, job_id: int) -> list[dict]:
     group = f"job-{job_id}"
-    return [p for p in pods(kube) if p["metadata"]["labels"].get(objects.LABEL_GROUP) == group]
+    return [
+        p for p in pods(kube) if p["metadata"].get("labels", {}).get(objects.LABEL_GROUP) == group
+    ]
 
 
 def exists(kube, path: str) -> bool:
@@ -232,3 +234,27 @@ def test_a_jobs_package_is_installed_by_a_pod_of_its_own_first(hub, kube):
     site = home(hub) / f".gpulab/jobs/{done['id']}-kpkg/site-packages/gpulabprobe"
     assert (site / "__init__.py").exists()
     assert job_pods(kube, done["id"]) == []
+
+
+def test_a_replica_whose_pod_cannot_be_scheduled_fails_the_job_with_the_reason(hub, kube):
+    # something outside gpulab holds both GPUs of the node; the ledger does not know
+    outside = {"metadata": {"name": "outside-trainer"}, "spec": {"containers": [
+        {"name": "train", "image": "trainer:1", "resources": {"limits": {"nvidia.com/gpu": "2"}}}
+    ]}}  # fmt: skip
+    kube_post(kube, f"/api/v1/namespaces/{NAMESPACE}/pods", outside)
+    wait_for(
+        lambda: kube_get(kube, f"/api/v1/namespaces/{NAMESPACE}/pods/outside-trainer")["spec"].get(
+            "nodeName"
+        ),
+        30,
+        "the outside pod to be scheduled",
+    )
+    rae = with_home_claim(hub, kube, "krae")
+    submitted = submit(rae, {"name": "kstuck", "command": ["true"],
+                             "replicas": {"worker": {"gpus": 1}}})  # fmt: skip
+    done = wait_job(rae, "kstuck", timeout=60)
+    assert done["state"] == "failed"
+    assert done["message"].startswith("Failed: worker-0 could not start: not scheduled: ")
+    assert "Insufficient nvidia.com/gpu" in done["message"]
+    # nothing left behind
+    assert job_pods(kube, submitted["id"]) == [] and hub.gpus()["free"] == 2
