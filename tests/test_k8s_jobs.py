@@ -120,6 +120,8 @@ def test_a_pytorch_job_runs_as_pods_that_find_each_other_by_name(hub, kube):
     assert hub.gpus()["free"] == 0
 
     (work / "gate").write_text("")
+    followed = logs(kai, "kddp", "worker-1", follow=True)  # until the job ends
+    assert "rank 1 of 2 local 0 sum 3.0" in followed, followed
     done = wait_job(kai, "kddp")
     assert done["state"] == "succeeded", done["message"]
     for rank in range(2):
