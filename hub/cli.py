@@ -169,7 +169,7 @@ def cmd_status(args, settings: Settings) -> int:
     client = GpulabClient.from_environment(args.url, args.token, settings)
     pool = client.gpus()
     gpus = Table(title=f"GPUs: {pool['free']} of {pool['total']} free", title_justify="left")
-    for col in ("#", "id", "model", "state", "user", "server", "since"):
+    for col in ("#", "id", "model", "state", "user", "held by", "since"):
         gpus.add_column(col)
     for g in pool["gpus"]:
         state = "[green]free[/green]" if g["state"] == "free" else "[yellow]held[/yellow]"
@@ -180,7 +180,7 @@ def cmd_status(args, settings: Settings) -> int:
             g["model"] or "-",
             state,
             g.get("user", ""),
-            g.get("server", ""),
+            g.get("holder", g.get("server", "")) or ("(default server)" if g.get("user") else ""),
             f"{since[:19].replace('T', ' ')} ({_ago(since)})" if since else "",
         )
     console.print(gpus)

@@ -115,7 +115,7 @@ def test_cli_status_shows_holders_and_doctor_checks(hub):
     assert out.returncode == 0, out.stderr
     assert "GPUs: 2 of 3 free" in out.stdout
     gpu_row = next(line for line in out.stdout.splitlines() if "alice" in line and "held" in line)
-    assert "ago" in gpu_row
+    assert "ago" in gpu_row and "(default server)" in gpu_row
     assert any("alice" in line and "gpu-1" in line for line in out.stdout.splitlines())
 
     out = subprocess.run(

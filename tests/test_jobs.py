@@ -272,6 +272,8 @@ def test_cancel_stops_every_replica_and_frees_gpus_and_ports(hub):
     wait_for(lambda: "up" in logs(dave, "forever", "ps-0"), 30, "the ps to print")
     assert len(hub.unix_pids("dave")) >= 3
     assert hub.gpus()["free"] == 1
+    holders = sorted(g["holder"] for g in hub.gpus()["gpus"] if g["state"] == "held")
+    assert holders == ["job forever (ps-0)", "job forever (worker-0)"]
     ports = [int(r["address"].rsplit(":", 1)[1]) for r in running["replicas"]]
 
     r = dave.session.post(hub.api("/gpulab/jobs/forever/cancel"), timeout=60)

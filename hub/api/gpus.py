@@ -12,6 +12,7 @@ from jupyterhub.apihandlers.base import APIHandler
 from tornado import web
 
 from gpulab.hub.app import context
+from gpulab.hub.ledger import is_workload
 
 
 class GpulabAPIHandler(APIHandler):
@@ -75,7 +76,10 @@ class GpusHandler(GpulabAPIHandler):
             model = {**gpu.as_json(), "state": "free" if grant is None else "held"}
             if grant is not None and (admin or grant.user == me):
                 model.update(
-                    user=grant.user, server=grant.server, since=grant.granted_at.isoformat()
+                    user=grant.user,
+                    server=grant.server,
+                    holder=holder_label(grant.server),
+                    since=grant.granted_at.isoformat(),
                 )
             gpus.append(model)
         model = {
@@ -90,6 +94,27 @@ class GpusHandler(GpulabAPIHandler):
                 "limit": ledger.user_limit(only),
             }
         self.write_json(model)
+
+
+def holder_label(server: str) -> str:
+    """Who holds a grant, in words: ``job mnist (worker-0)``, ``model line (replica 0)``,
+    else the server's name (``""`` for a user's default server)."""
+    if not is_workload(server):
+        return server
+    kind, _, rest = server.partition("/")
+    ident, _, part = rest.partition("/")
+    record = None
+    if ident.isdigit() and kind == "job":
+        from gpulab.hub.workloads.jobs import job_manager
+
+        record = job_manager().store.get_by_id(int(ident))
+    elif ident.isdigit() and kind == "model":
+        from gpulab.hub.workloads.models import model_manager
+
+        record = model_manager().store.get_by_id(int(ident))
+        part = part.replace("replica-", "replica ")
+    name = record.name if record is not None else f"#{ident}"
+    return f"{kind} {name} ({part})"
 
 
 class EventsHandler(GpulabAPIHandler):
