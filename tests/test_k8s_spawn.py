@@ -307,6 +307,17 @@ def test_a_model_serves_from_the_home_claim_as_a_tf_serving_deployment(hub, kube
 
     r = ada.session.post(hub.api("/gpulab/models/kline:predict"), json={"instances": [2.0]})
     assert r.status_code == 200 and r.json() == {"predictions": [3.0]}, r.text
+    # a hub restart: the model's pods are followed again, and calls go through
+    hub.kill()
+    hub.start()
+    wait_for(
+        lambda: ada.session.post(hub.api("/gpulab/models/kline:predict"),
+                                 json={"instances": [4.0]}, timeout=30).json()
+        == {"predictions": [4.0]},
+        60,
+        "the model to answer after a hub restart",
+    )  # fmt: skip
+    assert list(hub.holders().values()) == [ada.name]
     logs = ada.session.get(hub.api("/gpulab/models/kline/logs"), timeout=30).text
     assert "Successfully loaded servable version {name: kline version: 1}" in logs
 
