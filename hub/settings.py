@@ -217,6 +217,9 @@ class JobSettings:
     (at most a minute)."""
     stop_grace: str = "5s"
     """How long a replica being stopped has after SIGTERM before it is killed."""
+    log_copy_limit: str = "64MiB"
+    """Kubernetes backend: the most of each replica's log the hub keeps in its data root
+    (older output is dropped from the copy; the whole log stays on the user's home)."""
 
     @property
     def restart_backoff_seconds(self) -> float:
@@ -225,6 +228,10 @@ class JobSettings:
     @property
     def stop_grace_seconds(self) -> float:
         return parse_duration(self.stop_grace, "jobs.stop_grace")
+
+    @property
+    def log_copy_limit_bytes(self) -> int:
+        return parse_size(self.log_copy_limit, "jobs.log_copy_limit")
 
 
 @dataclass
@@ -490,6 +497,8 @@ def _validate(s: Settings) -> None:
             "storage: s3_endpoint needs s3_admin_access_key and s3_admin_secret_key"
         )
     s.jobs.restart_backoff_seconds, s.jobs.stop_grace_seconds  # noqa: B018
+    if s.jobs.log_copy_limit_bytes < 2**20:
+        raise SettingsError("jobs.log_copy_limit: at least 1MiB")
     s.serving.poll_seconds, s.serving.start_timeout_seconds  # noqa: B018
     if not 1 <= s.serving.max_replicas <= 64:
         raise SettingsError("serving.max_replicas: from 1 to 64")

@@ -20,7 +20,8 @@ unchanged above the seam (``gpulab.hub.workloads.runner``):
   back to the ledger only once no container holds it.
 - logs: the hub follows each pod's container log into a copy under its data root
   (``workload-logs/<user>/<path on the home>``) that ``read_log`` reads, so a job's logs
-  stay readable through the API after its pods are gone. Files a process hands back (a
+  stay readable through the API after its pods are gone; a copy keeps at most
+  ``jobs.log_copy_limit`` (the newer output). Files a process hands back (a
   job's metrics) arrive on its log's last lines, base64, and are kept beside it.
 """
 
@@ -56,6 +57,8 @@ STUCK = {
 }
 """Waiting reasons of a container that will not start by itself."""
 CONTAINER = "main"
+MAX_LINE = 1 << 20
+"""The longest line the hub waits for the end of; a longer one is copied as it comes."""
 
 
 @dataclass
@@ -350,8 +353,12 @@ class KubeRunner:
 
     def _append(self, user: str, target: Path, data: bytes) -> bytes:
         """Write the whole lines of ``data`` to the copy (a handed-back file's line to
-        that file's copy instead); the incomplete last line is returned."""
+        that file's copy instead); the incomplete last line is returned, unless it is
+        longer than a line may be (then it is written as it is)."""
         *lines, rest = data.split(b"\n")
+        if len(rest) > MAX_LINE:
+            lines.append(rest)
+            rest = b""
         kept = []
         marker = objects.HANDED_BACK.encode()
         for line in lines:
@@ -362,7 +369,31 @@ class KubeRunner:
         if kept:
             with target.open("ab") as f:
                 f.write(b"".join(kept))
+                size = f.tell()
+            if size > self.settings.jobs.log_copy_limit_bytes:
+                self._drop_oldest(target, size)
         return rest
+
+    def _drop_oldest(self, target: Path, size: int) -> None:
+        """Keep the newer half of a copy that outgrew ``jobs.log_copy_limit`` (the hub's
+        disk is shared; the whole log stays on the user's home)."""
+        with target.open("rb") as f:
+            f.seek(size // 2)
+            newer = f.read()
+        start = newer.find(b"\n") + 1  # from a line's start, if one begins there
+        if 0 < start < len(newer):
+            newer = newer[start:]
+        note = (
+            b"==> gpulab: earlier output dropped from the hub's copy "
+            b"(jobs.log_copy_limit); the whole log is on the home\n"
+        )
+        target.write_bytes(note + newer)
+        index_path = target.with_name(target.name + ".pods")
+        try:
+            index = json.loads(index_path.read_text())
+        except (OSError, ValueError):
+            return
+        index_path.write_text(json.dumps({pod: 0 for pod in index}))
 
     def _handed_back(self, user: str, line: bytes) -> None:
         path, _, encoded = line.decode(errors="replace").partition(" ")

@@ -386,7 +386,7 @@ LABEL_PROCESS = "gpulab.io/process"
 # follows), through a pipe beside the log (/tmp may not be writable); tee ignores the
 # stop's TERM so the last lines are kept. TERM is passed on to the command (the runtime
 # signals only the container's first process). After the command, the files to hand
-# back are printed base64 on the container log alone.
+# back (64 KiB at most each) are printed base64 on the container log alone.
 WORKLOAD_SCRIPT = """log=$HOME/$1 header=$2 workdir=$3 outputs=$4
 shift 4
 mkdir -p -- "${log%/*}" || exit 2
@@ -411,7 +411,8 @@ fi
 exec >&3 2>&3 3>&-
 wait "$tee_pid"
 for f in $outputs; do
-  [ -f "$HOME/$f" ] && printf '%s %s %s\\n' "==> gpulab: file" "$f" "$(base64 <"$HOME/$f" | tr -d '\\n')"
+  [ -f "$HOME/$f" ] && [ "$(wc -c <"$HOME/$f")" -le 65536 ] &&
+    printf '%s %s %s\\n' "==> gpulab: file" "$f" "$(base64 <"$HOME/$f" | tr -d '\\n')"
 done
 exit "$code"
 """

@@ -495,3 +495,35 @@ def test_the_workload_pods_shell_passes_term_on_and_reports_the_commands_code(tm
     assert proc.wait(10) == 7
     assert "got term" in proc.stdout.read().decode()
     assert log.read_text().endswith("got term\n")
+
+
+def test_the_hubs_copy_of_a_pod_log_keeps_lines_files_and_its_limit(tmp_path):
+    import base64
+
+    from gpulab.spawner.kube_runner import KubeRunner
+
+    settings = Settings(data_root=str(tmp_path))
+    settings.kubernetes.namespace = "gpulab"
+    settings.jobs.log_copy_limit = "1MiB"
+    runner = KubeRunner(settings)
+    log = ".gpulab/jobs/1-a/worker-0.log"
+    target = runner._copy_path("ada@lab", log)
+    target.parent.mkdir(parents=True)
+    # whole lines are copied, a partial one waits; a handed-back file goes beside
+    metrics = base64.b64encode(b'{"loss": 1}').decode()
+    rest = runner._append("ada@lab", target, b"one\ntwo\n==> gpulab: file .gpulab/jobs/1-a/m.json "
+                          + metrics.encode() + b"\nthr")  # fmt: skip
+    assert rest == b"thr" and target.read_bytes() == b"one\ntwo\n"
+    assert runner.read_log("ada@lab", ".gpulab/jobs/1-a/m.json") == b'{"loss": 1}'
+    assert runner.read_log("ada@lab", "../../etc/passwd") == b""
+    # past the limit, the older half goes, with a line saying so
+    line = b"x" * 99 + b"\n"
+    for _ in range(30):
+        runner._append("ada@lab", target, line * 1000)
+    kept = target.read_bytes()
+    assert len(kept) <= 2**20 and kept.endswith(line)
+    assert kept.startswith(b"==> gpulab: earlier output dropped from the hub's copy")
+    assert b"one\n" not in kept
+    # a line longer than a line may be is copied without waiting for its end
+    assert runner._append("ada@lab", target, b"y" * (2**20 + 1)) == b""
+    assert target.read_bytes().endswith(b"y\n")
