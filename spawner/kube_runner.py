@@ -250,10 +250,7 @@ class KubeRunner:
             elif loop.time() - stuck_since > self.k8s.unschedulable_timeout:
                 await self._delete(process.pod, 0)
                 raise OSError(f"could not start: {stuck}")
-            try:
-                await asyncio.wait_for(changed.wait(), 1.0)
-            except TimeoutError:
-                pass
+            await _next(changed)
 
     async def stop(self, process: PodProcess, grace: float) -> None:
         """Delete the pod (TERM, KILL after ``grace``) and wait until it is gone."""
@@ -265,13 +262,7 @@ class KubeRunner:
         loop = asyncio.get_running_loop()
         ends = loop.time() + grace + 60
         while process.pod in self._pods and loop.time() < ends:
-            changed = self._changed
-            if process.pod not in self._pods:
-                break
-            try:
-                await asyncio.wait_for(changed.wait(), 1.0)
-            except TimeoutError:
-                pass
+            await _next(self._changed)
         await self._copied(process.pod)
 
     # -- logs -------------------------------------------------------------------------------
@@ -433,10 +424,7 @@ class KubeRunner:
                     return True
                 if found["status"].get("phase") in ("Succeeded", "Failed"):
                     return False
-            try:
-                await asyncio.wait_for(changed.wait(), 1.0)
-            except TimeoutError:
-                pass
+            await _next(changed)
 
     def _ended(self, pod: str) -> bool:
         found = self._pods.get(pod)
@@ -492,6 +480,14 @@ class KubeRunner:
     async def _api(what: str, call, *args, missing_ok: bool = False, **kwargs):
         return await api_call(what, call, *args, error=WorkloadError, missing_ok=missing_ok,
                               **kwargs)  # fmt: skip
+
+
+async def _next(changed: asyncio.Event, timeout: float = 1.0) -> None:
+    """Until the watch brings a change (``changed``, taken before looking), or a while."""
+    try:
+        await asyncio.wait_for(changed.wait(), timeout)
+    except TimeoutError:
+        pass
 
 
 def _container_state(pod: dict) -> dict:
