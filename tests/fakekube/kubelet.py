@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import clock, probes
-from .containers import ConfigError, ExecError, Process, container_env
+from .containers import ConfigError, Process, container_env
 from .controller import Controller
 from .errors import ApiError
 from .resources import CONFIGMAP, NODE, POD, PVC, SECRET
@@ -324,10 +324,8 @@ class PodWorker:
                 )
             except (OSError, ValueError) as e:
                 argv0 = argv[0]
-                detail = (
-                    str(e)
-                    if isinstance(e, ExecError)
-                    else f'exec: "{argv0}": executable file not found in $PATH'
+                detail = (  # runc's words: ExecError has them already
+                    f'exec: "{argv0}": executable file not found in $PATH'
                     if isinstance(e, FileNotFoundError)
                     else str(e)
                 )

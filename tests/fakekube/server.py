@@ -110,8 +110,8 @@ class FakeKube:
     def hosts_file(self) -> Path:
         """The cluster DNS records as a hosts file (see ``fakekube.dns``): this host's
         ``/etc/hosts`` followed by the pod hostname records of headless Services."""
-        assert self.workdir is not None, "FakeKube is not started"
-        return self.workdir / "hosts"
+        assert self._cluster is not None, "FakeKube is not started"
+        return self._cluster.dns.hosts_file
 
     @property
     def pod_dns(self) -> bool:
