@@ -404,11 +404,7 @@ class JobManager:
         try:
             run.started = await self.runner.start(job.user, launch)
         except OSError as e:
-            self.store.update_replica(
-                job.id, run.name, state="failed", message=str(e), finished=utcnow()
-            )
-            await events.put((run.name, 127, True, str(e)))
-            return None
+            return await self._not_started(job, run, events, e, 127)
         # the grant names its holder, so a hub restart keeps it while the process runs
         self.ledger.attach(
             job.user, job.replica_key(run.name), run.started.pid, run.started.pid_started
@@ -427,11 +423,15 @@ class JobManager:
         try:
             return await run.started.wait()
         except OSError as e:  # its pod could not start (not scheduled, no image)
-            self.store.update_replica(
-                job.id, run.name, state="failed", message=str(e), finished=utcnow()
-            )
-            await events.put((run.name, 128, True, str(e)))
-            return None
+            return await self._not_started(job, run, events, e, 128)
+
+    async def _not_started(self, job, run: _ReplicaRun, events, error: OSError, code: int):
+        """A replica that could not start fails for good with the reason; None."""
+        self.store.update_replica(
+            job.id, run.name, state="failed", message=str(error), finished=utcnow()
+        )
+        await events.put((run.name, code, True, str(error)))
+        return None
 
     async def _finish(self, job: Job, runs: dict[str, _ReplicaRun], verdict) -> None:
         """Stop every replica still running, give its GPUs and port back, and only then

@@ -60,7 +60,7 @@ replicas_table = Table(
     Column("state", String(16), nullable=False),
     Column("restarts", Integer, nullable=False, default=0),
     Column("exit_code", Integer, nullable=True),
-    Column("address", String(64), nullable=False, default=""),
+    Column("address", String(260), nullable=False, default=""),  # a DNS name and a port
     Column("gpus", Text, nullable=False, default="[]"),
     Column("pid", Integer, nullable=True),
     Column("pid_started", String(253), nullable=True),
