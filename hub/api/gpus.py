@@ -72,13 +72,14 @@ class GpusHandler(GpulabAPIHandler):
         only = self.target_user(me, admin)
         ledger = context().ledger
         gpus = []
+        names: dict[str, str] = {}  # a workload's name, looked up once per request
         for gpu, grant in ledger.pool():
             model = {**gpu.as_json(), "state": "free" if grant is None else "held"}
             if grant is not None and (admin or grant.user == me):
                 model.update(
                     user=grant.user,
                     server=grant.server,
-                    holder=holder_label(grant.server),
+                    holder=holder_label(grant.server, names),
                     since=grant.granted_at.isoformat(),
                 )
             gpus.append(model)
@@ -96,13 +97,21 @@ class GpusHandler(GpulabAPIHandler):
         self.write_json(model)
 
 
-def holder_label(server: str) -> str:
+def holder_label(server: str, names: dict[str, str]) -> str:
     """Who holds a grant, in words: ``job mnist (worker-0)``, ``model line (replica 0)``,
-    else the server's name (``""`` for a user's default server)."""
+    else the server's name (``""`` for a user's default server). ``names``: workloads'
+    names already looked up."""
     if not is_workload(server):
         return server
     kind, _, rest = server.partition("/")
     ident, _, part = rest.partition("/")
+    key = f"{kind}/{ident}"
+    if key not in names:
+        names[key] = _workload_name(kind, ident)
+    return f"{kind} {names[key]} ({part.replace('replica-', 'replica ')})"
+
+
+def _workload_name(kind: str, ident: str) -> str:
     record = None
     if ident.isdigit() and kind == "job":
         from gpulab.hub.workloads.jobs import job_manager
@@ -112,9 +121,7 @@ def holder_label(server: str) -> str:
         from gpulab.hub.workloads.models import model_manager
 
         record = model_manager().store.get_by_id(int(ident))
-        part = part.replace("replica-", "replica ")
-    name = record.name if record is not None else f"#{ident}"
-    return f"{kind} {name} ({part})"
+    return record.name if record is not None else f"#{ident}"
 
 
 class EventsHandler(GpulabAPIHandler):
