@@ -320,10 +320,10 @@ class KubeRunner:
                 skip = taken
                 try:
                     async for chunk in response.content.iter_any():
-                        taken += len(chunk)
-                        if skip:
+                        if skip:  # a stream again from the start: what was copied
                             dropped = min(skip, len(chunk))
                             chunk, skip = chunk[dropped:], skip - dropped
+                        taken += len(chunk)
                         partial = self._append(user, target, partial + chunk)
                 finally:
                     response.release()
@@ -354,7 +354,7 @@ class KubeRunner:
         marker = objects.HANDED_BACK.encode()
         for line in lines:
             if line.startswith(marker):
-                self._handed_back(user, line[len(marker) :])
+                self._handed_back(user, target, line[len(marker) :])
             else:
                 kept.append(line + b"\n")
         if kept:
@@ -386,15 +386,27 @@ class KubeRunner:
             return
         index_path.write_text(json.dumps({pod: 0 for pod in index}))
 
-    def _handed_back(self, user: str, line: bytes) -> None:
+    def _handed_back(self, user: str, log_copy: Path, line: bytes) -> None:
+        """Keep a file a pod handed back, if it is one it may hand back: beside its log
+        (a job's metrics file), never a log or an index (a process can print such a
+        line itself)."""
         path, _, encoded = line.decode(errors="replace").partition(" ")
         try:
             data = base64.b64decode(encoded.strip(), validate=True)
             target = self._copy_path(user, path)
         except (binascii.Error, ValueError):
-            log.warning("A workload of %s handed back an unreadable file line", user)
+            target = None
+        if (
+            target is None
+            or target.parent != log_copy.parent
+            or target.suffix
+            in (
+                ".log",
+                ".pods",
+            )
+        ):
+            log.warning("A workload of %s handed back a file it may not: %.200s", user, path)
             return
-        target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
 
     async def _copied(self, pod: str) -> None:

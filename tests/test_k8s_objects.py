@@ -516,6 +516,10 @@ def test_the_hubs_copy_of_a_pod_log_keeps_lines_files_and_its_limit(tmp_path):
     assert rest == b"thr" and target.read_bytes() == b"one\ntwo\n"
     assert runner.read_log("ada@lab", ".gpulab/jobs/1-a/m.json") == b'{"loss": 1}'
     assert runner.read_log("ada@lab", "../../etc/passwd") == b""
+    # a process cannot hand back a log, or a file outside its log's folder
+    for path in (".gpulab/jobs/1-a/worker-1.log", ".gpulab/jobs/2-b/m.json", "../x"):
+        runner._append("ada@lab", target, f"==> gpulab: file {path} eHg=\n".encode())
+        assert runner.read_log("ada@lab", path) == b""
     # past the limit, the older half goes, with a line saying so
     line = b"x" * 99 + b"\n"
     for _ in range(30):
