@@ -51,8 +51,8 @@ export function duration(from: string | null, to: string | null): string {
   if (!from) {
     return '';
   }
-  const seconds = Math.max(0, Math.round((Date.parse(to ?? '') || Date.now()) - Date.parse(from)) / 1000);
-  const s = Math.round(seconds);
+  const end = Date.parse(to ?? '') || Date.now();
+  const s = Math.max(0, Math.round((end - Date.parse(from)) / 1000));
   if (s < 60) {
     return `${s}s`;
   }

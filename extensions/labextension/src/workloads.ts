@@ -21,12 +21,6 @@ export interface IReplica {
   finished: string | null;
 }
 
-export interface IJobEvent {
-  at: string;
-  replica: string | null;
-  message: string;
-}
-
 export interface IJob {
   id: number;
   name: string;
@@ -43,7 +37,6 @@ export interface IJob {
   logs: string;
   replicas: IReplica[];
   queue_position: number | null;
-  events?: IJobEvent[];
 }
 
 export interface ITrial {
@@ -101,10 +94,6 @@ export class WorkloadsApi {
   async jobs(): Promise<IJob[]> {
     const answer = await this.get<{ jobs: IJob[] }>('jobs');
     return Array.isArray(answer.jobs) ? answer.jobs : [];
-  }
-
-  job(name: string): Promise<IJob> {
-    return this.get<IJob>(URLExt.join('jobs', encodeURIComponent(name)));
   }
 
   /** The replica's log from byte `offset` on. */
