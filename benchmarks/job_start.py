@@ -90,6 +90,33 @@ def report(label: str, ours: list[float], theirs: list[float], reference: str) -
     return a / b
 
 
+def timed_rounds(label: str, rounds: int, user, home: Path, uid: int, gid: int, by_hand):
+    """Each round: gpulab submits the job, then ``by_hand(markers, n)`` starts the same
+    four commands (it returns how to end them); both timed until the four markers are
+    there. Round 0 warms both up. The per-round seconds, (gpulab, by hand)."""
+    ours, theirs = [], []
+    for n in range(rounds + 1):
+        markers = fresh(home / f"g{n}", uid, gid)
+        t0 = time.monotonic()
+        r = user.session.post(user.hub.api("/gpulab/jobs"), json=job_spec(f"bench-{n}", markers),
+                              timeout=30)  # fmt: skip
+        r.raise_for_status()
+        took = wait_markers(markers, t0)
+        user.session.post(user.hub.api(f"/gpulab/jobs/bench-{n}/cancel"), timeout=120)
+        markers_hand = fresh(home / f"h{n}", uid, gid)
+        t0 = time.monotonic()
+        end = by_hand(markers_hand, n)
+        took_hand = wait_markers(markers_hand, t0)
+        end()
+        if n == 0:
+            continue
+        ours.append(took)
+        theirs.append(took_hand)
+        print(f"{label} round {n}: gpulab {took * 1000:7.1f} ms   "
+              f"by hand {took_hand * 1000:7.1f} ms", flush=True)  # fmt: skip
+    return ours, theirs
+
+
 def cluster_half(rounds: int) -> tuple[list[float], list[float]]:
     scratch = Path(tempfile.mkdtemp(prefix="gpulab-bench-jobs-"))
     home = scratch / "home"
@@ -131,18 +158,8 @@ def cluster_half(rounds: int) -> tuple[list[float], list[float]]:
             }
         ).start()
         try:
-            user = hub.create_user("bench")
-            ours, theirs = [], []
-            for n in range(rounds + 1):  # round 0 warms both up
-                markers = fresh(home / f"g{n}", NOBODY, NOBODY)
-                t0 = time.monotonic()
-                r = user.session.post(hub.api("/gpulab/jobs"), json=job_spec(f"bench-{n}", markers),
-                                      timeout=30)  # fmt: skip
-                r.raise_for_status()
-                took = wait_markers(markers, t0)
-                user.session.post(hub.api(f"/gpulab/jobs/bench-{n}/cancel"), timeout=120)
-                markers_hand = fresh(home / f"h{n}", NOBODY, NOBODY)
-                t0 = time.monotonic()
+
+            def by_hand(markers: Path, n: int):
                 for i in range(REPLICAS):
                     pod = {
                         "metadata": {"name": f"hand-{n}-{i}"},
@@ -151,30 +168,29 @@ def cluster_half(rounds: int) -> tuple[list[float], list[float]]:
                             "securityContext": {"runAsUser": NOBODY, "runAsGroup": NOBODY},
                             "containers": [{
                                 "name": "main", "image": "registry.example/gpulab/notebook:bench",
-                                "command": ["python", "start.py", str(markers_hand), f"r{i}"],
+                                "command": ["python", "start.py", str(markers), f"r{i}"],
                                 "workingDir": str(home), "env": [{"name": "HOME", "value": str(home)}],
                                 "resources": {"limits": {"nvidia.com/gpu": "1"}} if i < 2 else {},
                             }],
                         },
                     }  # fmt: skip
                     requests.post(pods, json=pod, timeout=10).raise_for_status()
-                took_hand = wait_markers(markers_hand, t0)
-                for i in range(REPLICAS):
-                    requests.delete(
-                        f"{pods}/hand-{n}-{i}", json={"gracePeriodSeconds": 0}, timeout=10
+
+                def end() -> None:
+                    for i in range(REPLICAS):
+                        requests.delete(
+                            f"{pods}/hand-{n}-{i}", json={"gracePeriodSeconds": 0}, timeout=10
+                        )
+                    wait_for(
+                        lambda: not requests.get(pods, timeout=10).json()["items"], 60, "pods gone"
                     )
-                wait_for(
-                    lambda: not requests.get(pods, timeout=10).json()["items"], 60, "pods gone"
-                )
-                if n == 0:
-                    continue
-                ours.append(took)
-                theirs.append(took_hand)
-                print(f"fake cluster round {n}: gpulab {took * 1000:7.1f} ms   "
-                      f"by hand {took_hand * 1000:7.1f} ms", flush=True)  # fmt: skip
+
+                return end
+
+            user = hub.create_user("bench")
+            return timed_rounds("fake cluster", rounds, user, home, NOBODY, NOBODY, by_hand)
         finally:
             hub.cleanup()
-    return ours, theirs
 
 
 def local_half(rounds: int) -> tuple[list[float], list[float]]:
@@ -188,27 +204,16 @@ def local_half(rounds: int) -> tuple[list[float], list[float]]:
         script = account.home / "start.py"
         script.write_text(CODE)
         os.chown(script, account.uid, account.gid)
-        ours, theirs = [], []
-        for n in range(rounds + 1):  # round 0 warms both up
-            # gpulab
-            markers = fresh(account.home / f"g{n}", account.uid, account.gid)
-            t0 = time.monotonic()
-            r = user.session.post(hub.api("/gpulab/jobs"), json=job_spec(f"bench-{n}", markers),
-                                  timeout=30)  # fmt: skip
-            r.raise_for_status()
-            took = wait_markers(markers, t0)
-            user.session.post(hub.api(f"/gpulab/jobs/bench-{n}/cancel"), timeout=60)
-            # by hand
-            markers_hand = fresh(account.home / f"h{n}", account.uid, account.gid)
-            env = {
-                "HOME": str(account.home),
-                "USER": account.name,
-                "PATH": f"{Path(sys.prefix) / 'bin'}:/usr/bin:/bin",
-            }
-            t0 = time.monotonic()
+        env = {
+            "HOME": str(account.home),
+            "USER": account.name,
+            "PATH": f"{Path(sys.prefix) / 'bin'}:/usr/bin:/bin",
+        }
+
+        def by_hand(markers: Path, n: int):
             procs = [
                 subprocess.Popen(
-                    [python(), str(script), str(markers_hand), f"worker-{i}"],
+                    [python(), str(script), str(markers), f"worker-{i}"],
                     cwd=account.home,
                     env=env,
                     user=account.uid,
@@ -220,21 +225,18 @@ def local_half(rounds: int) -> tuple[list[float], list[float]]:
                 )
                 for i in range(REPLICAS)
             ]
-            took_hand = wait_markers(markers_hand, t0)
-            for p in procs:
-                p.kill()
-                p.wait()
-            wait_for(lambda: hub.gpus()["free"] == 2, 30, "the job's GPUs to be free")
-            if n == 0:
-                continue
-            ours.append(took)
-            theirs.append(took_hand)
-            print(
-                f"local round {n}: gpulab {took * 1000:7.1f} ms   by hand {took_hand * 1000:7.1f} ms"
-            )
+
+            def end() -> None:
+                for p in procs:
+                    p.kill()
+                    p.wait()
+                wait_for(lambda: hub.gpus()["free"] == 2, 30, "the job's GPUs to be free")
+
+            return end
+
+        return timed_rounds("local", rounds, user, account.home, account.uid, account.gid, by_hand)
     finally:
         hub.cleanup()
-    return ours, theirs
 
 
 def main() -> None:
