@@ -80,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         "--force", action="store_true", help="return: end other processes using the GPU"
     )
     gpu.add_argument("--timeout", type=float, help="get: seconds to wait in the queue")
-    gpu.add_argument("--no-wait", action="store_true", help="get: queue and return at once")
+    gpu.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="get: queue and return at once; return: do not follow a move to a new pod",
+    )
     gpu.add_argument("--url", help="hub URL (default: $GPULAB_URL or this machine's hub)")
     gpu.add_argument("--token", help="API token (default: $GPULAB_TOKEN)")
 
@@ -513,6 +517,20 @@ def _kernel_lines(detail: dict) -> list[str]:
     return lines
 
 
+ACTIVE_STATES = ("queued", "checkpointing", "restoring")
+
+
+def _follow_operation(client, who: dict, first: str) -> dict:
+    """Show the server's Return/Get GPU operation as it goes; the operation once ended."""
+    with console.status(first) as spinner:
+        while True:
+            op = client.gpu_status(**who)["operation"]
+            if op["state"] not in ACTIVE_STATES:
+                return op
+            spinner.update(op["message"])
+            time.sleep(0.5)
+
+
 def cmd_gpu(args, settings: Settings) -> int:
     client = GpulabClient.from_environment(args.url, args.token, settings)
     who = {"user": args.user, "server": args.server}
@@ -527,7 +545,12 @@ def cmd_gpu(args, settings: Settings) -> int:
         if answer["released"]:
             for line in _kernel_lines(op.get("detail") or {}):
                 console.print(line, highlight=False, markup=False)
-            console.print("Variables are being restored into the kernels, on the CPU.")
+            if op.get("state") not in ACTIVE_STATES:
+                console.print("Variables are being restored into the kernels, on the CPU.")
+            elif not args.no_wait:  # the server moves to a new pod (kubernetes)
+                op = _follow_operation(client, who, "Starting your server without a GPU...")
+                console.print(op["message"], highlight=False)
+                return 0 if op["state"] == "done" else 1
         return 0
     if args.action == "get":
         status = client.gpu_status(**who)
@@ -540,13 +563,7 @@ def cmd_gpu(args, settings: Settings) -> int:
             console.print(f"{op['state']}: {op['message']}", highlight=False)
             return 0
         try:
-            with console.status("Asking for a GPU...") as spinner:
-                while True:
-                    op = client.gpu_status(**who)["operation"]
-                    if op["state"] not in ("queued", "restoring", "checkpointing"):
-                        break
-                    spinner.update(op["message"])
-                    time.sleep(0.5)
+            op = _follow_operation(client, who, "Asking for a GPU...")
         except KeyboardInterrupt:
             client.cancel_get_gpu(**who)
             err.print("Get GPU cancelled")

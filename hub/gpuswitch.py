@@ -13,6 +13,12 @@ Getting a GPU queues the request (first come, first served; spawns may not take 
 queue is waiting for), reserves in the ledger, then asks the server to move its kernels
 onto the granted devices and restore their variables. If the server cannot, its kernels
 are moved back and the grant released, so nothing is held that is not used.
+
+Where the spawner replaces the server instead (``gpu_switch_mode = "pod"``, the kubernetes
+backend), the server checkpoints its kernels for its successor and shuts them down, the
+spawner deletes its pod and waits until the watch has seen it gone (only then is a
+returned GPU free), and starts a new pod on the same home with the new GPUs, or none;
+that server starts the notebooks again and restores their variables.
 """
 
 from __future__ import annotations
@@ -79,6 +85,7 @@ class GpuSwitch:
             "queue": len(self.ledger.queue()),
             "operation": self._op_json(op),
             "switch_unavailable": unavailable(spawner) or None,
+            "switch_mode": switch_mode(spawner),
         }
 
     def _op_json(self, op: Operation | None) -> dict | None:
@@ -106,15 +113,30 @@ class GpuSwitch:
     # -- Return GPU --------------------------------------------------------------------
 
     async def give_back(
-        self, spawner, reason: str, interrupt: bool = False, force: bool = False
+        self,
+        spawner,
+        reason: str,
+        interrupt: bool = False,
+        force: bool = False,
+        wait: bool = True,
     ) -> dict:
-        """Return every GPU of a running server, keeping its kernels' state."""
+        """Return every GPU of a running server, keeping its kernels' state.
+
+        Answers once the GPUs are free; for a server whose pod is replaced, the new pod
+        starts after that, followed in the operation (at once with ``wait=False``: the
+        caller may be talking through the pod that goes away)."""
         user, server = spawner.user.name, spawner.name
         key = (user, server)
         async with self._locks[key]:
             held = [g.gpu_id for g in self.ledger.grants(user) if g.server == server]
             waiting = self._waits.get(key)
             if waiting is not None and not waiting.done():
+                if self.ledger.operation(user, server).kind == "return":
+                    return {
+                        "released": [],
+                        "message": f"{label(user, server)} is already returning its GPU",
+                        "operation": self._op_json(self.ledger.operation(user, server)),
+                    }
                 raise SwitchError(
                     409, f"{label(user, server)} is still getting a GPU; cancel that first"
                 )
@@ -136,22 +158,157 @@ class GpuSwitch:
                 message="Checkpointing kernels…",
                 detail={"gpu_ids": held},
             )
-            try:
-                result = await self._switch(spawner, "", interrupt=interrupt, force=force)
-            except SwitchError as e:
-                self.ledger.update_operation(user, server, state="failed", message=e.message)
-                raise
-            released = self.ledger.release(user, server, reason)
-            seconds = round(time.monotonic() - t0, 3)
+            if switch_mode(spawner) == "pod":
+                # refusals (busy notebooks, other GPU processes) are answered here
+                checkpoint = await self._checkpoint_for_move(spawner, interrupt, force)
+                freed = asyncio.get_running_loop().create_future()
+                task = asyncio.ensure_future(
+                    self._return_by_pod(spawner, reason, checkpoint, t0, freed)
+                )
+                task.add_done_callback(_retrieved)  # its failure is in the operation
+                self._waits[key] = task
+            else:
+                return await self._return_in_place(spawner, reason, interrupt, force, t0)
+        if not wait:
+            return {
+                "released": [],
+                "message": "Returning the GPU: your server moves to a new pod",
+                "operation": self._op_json(self.ledger.operation(user, server)),
+            }
+        await asyncio.wait([freed, task], return_when=asyncio.FIRST_COMPLETED)
+        if not freed.done():
+            task.result()  # the SwitchError that stopped it
+            raise SwitchError(500, "the return ended without freeing the GPU")
+        released = freed.result()
+        return {
+            "released": released,
+            "message": f"Returned GPU {', '.join(released)}; your server is moving to a "
+            "new pod without a GPU",
+            "operation": self._op_json(self.ledger.operation(user, server)),
+        }
+
+    async def _return_in_place(self, spawner, reason, interrupt, force, t0) -> dict:
+        """The server moves its kernels off the GPU itself; it keeps running."""
+        user, server = spawner.user.name, spawner.name
+        try:
+            result = await self._switch(spawner, "", interrupt=interrupt, force=force)
+        except SwitchError as e:
+            self.ledger.update_operation(user, server, state="failed", message=e.message)
+            raise
+        released = self.ledger.release(user, server, reason)
+        seconds = round(time.monotonic() - t0, 3)
+        spawner.gpus_changed([])
+        self._wake()
+        message = f"Returned GPU {', '.join(released)}; your kernels now run on the CPU"
+        result.update(gpu_ids=released, seconds=seconds)
+        op = self.ledger.update_operation(
+            user, server, state="done", message=message, detail=result
+        )
+        log.info("%s returned GPU(s) %s in %.3fs (%s)", (user, server), released, seconds, reason)
+        return {"released": released, "message": message, "operation": self._op_json(op)}
+
+    async def _return_by_pod(self, spawner, reason, checkpoint, t0, freed) -> None:
+        """Delete the checkpointed GPU pod, free its GPUs, start a CPU pod on the same home."""
+        user, server = spawner.user.name, spawner.name
+        released: list[str] = []
+        free_seconds = 0.0
+
+        def gone() -> None:
+            nonlocal free_seconds
+            free_seconds = round(time.monotonic() - t0, 3)
+            released.extend(self.ledger.release(user, server, reason))
             spawner.gpus_changed([])
             self._wake()
-            message = f"Returned GPU {', '.join(released)}; your kernels now run on the CPU"
-            result.update(gpu_ids=released, seconds=seconds)
-            op = self.ledger.update_operation(
-                user, server, state="done", message=message, detail=result
+            freed.set_result(released)
+            self.ledger.update_operation(
+                user,
+                server,
+                state="restoring",
+                message=f"GPU {', '.join(released)} is free; starting your server without a GPU",
             )
-            log.info("%s returned GPU(s) %s in %.3fs (%s)", key, released, seconds, reason)
-            return {"released": released, "message": message, "operation": self._op_json(op)}
+
+        try:
+            result = await self._replace_pod(spawner, [], checkpoint, gone)
+        except Exception as e:
+            if not isinstance(e, SwitchError):
+                log.exception("Return GPU of %s failed", label(user, server))
+                e = SwitchError(500, f"the return failed: {_reason(e)}")
+            if not released:  # nothing changed: the server runs on with its GPU
+                self.ledger.update_operation(user, server, state="failed", message=e.message)
+                raise e from None
+            await self._stop_server(spawner, f"Returned GPU {', '.join(released)}, but {e.message}")
+            return
+        seconds = round(time.monotonic() - t0, 3)
+        result.update(gpu_ids=released, seconds=seconds, free_seconds=free_seconds)
+        message = (
+            f"Returned GPU {', '.join(released)}; your server now runs without a GPU. "
+            "Reload the page: your notebooks are restored"
+        )
+        self.ledger.update_operation(user, server, state="done", message=message, detail=result)
+        where = label(user, server)
+        log.info(
+            "%s returned GPU(s) %s by a new pod in %.3fs (%s)", where, released, seconds, reason
+        )
+
+    async def _checkpoint_for_move(self, spawner, interrupt: bool, force: bool) -> dict:
+        """The server checkpoints its kernels for its successor and shuts them down."""
+        user, server = spawner.user.name, spawner.name
+        body = {"interrupt": interrupt, "force": force}
+        try:
+            checkpoint = await self._call(spawner, "POST", "checkpoint", body)
+        except SwitchError as e:
+            self.ledger.update_operation(user, server, state="failed", message=e.message)
+            raise
+        self.ledger.update_operation(
+            user,
+            server,
+            message="Kernels checkpointed; stopping the server's pod",
+            detail={**self.ledger.operation(user, server).detail, **checkpoint},
+        )
+        return checkpoint
+
+    async def _replace_pod(self, spawner, ids: list[str], checkpoint: dict, gone) -> dict:
+        """Move the checkpointed server to a new pod with GPUs ``ids``: delete its pod
+        (``gone()`` once the watch saw it go), start the new one. A SwitchError before
+        ``gone()``: the old server runs on as it was, its notebooks started again."""
+        result = {**self.ledger.operation(spawner.user.name, spawner.name).detail, **checkpoint}
+        try:
+            await spawner.remove_pod()
+        except Exception as e:  # noqa: BLE001 -- the pod is still there: carry on in it
+            await self._resume_in_place(spawner)
+            raise SwitchError(503, f"could not stop the server's pod: {_reason(e)}") from None
+        gone()
+        try:
+            await spawner.recreate_pod(ids)
+        except Exception as e:  # noqa: BLE001 -- the caller decides what comes next
+            raise SwitchError(503, f"the new pod did not start: {_reason(e)}") from None
+        result["new_pod"] = True
+        return result
+
+    async def _resume_in_place(self, spawner) -> None:
+        """The move is off: the old server starts its checkpointed notebooks again."""
+        try:
+            await self._call(spawner, "POST", "resume", {}, timeout=30)
+        except SwitchError as e:
+            where = label(spawner.user.name, spawner.name)
+            log.warning("%s could not start its notebooks again: %s", where, e.message)
+
+    async def _stop_server(self, spawner, message: str) -> None:
+        """No pod could be started: stop the server for the hub, so it can be started
+        again (its notebooks' variables come back then, from the checkpoint)."""
+        user, server = spawner.user.name, spawner.name
+        log.error("Stopping %s: %s", label(user, server), message)
+        try:
+            await spawner.user.stop(server)
+        except Exception:  # noqa: BLE001 -- recorded below either way
+            log.exception("Stopping %s failed", label(user, server))
+        self.ledger.update_operation(
+            user,
+            server,
+            state="failed",
+            message=f"{message}. Start your server again: your notebooks and their "
+            "variables come back when it starts",
+        )
 
     # -- Get GPU -----------------------------------------------------------------------
 
@@ -171,6 +328,8 @@ class GpuSwitch:
         async with self._locks[key]:
             waiting = self._waits.get(key)
             if waiting is not None and not waiting.done():
+                if self.ledger.operation(user, server).kind == "return":
+                    raise SwitchError(409, f"{label(user, server)} is still returning its GPU")
                 return {"operation": self._op_json(self.ledger.operation(user, server))}
             held = [g.gpu_id for g in self.ledger.grants(user) if g.server == server]
             if held:
@@ -272,17 +431,57 @@ class GpuSwitch:
             state="restoring",
             message=f"Granted GPU {', '.join(ids)}; restoring your kernels on it",
         )
-        try:
-            result = await self._switch(spawner, ",".join(ids), interrupt=True)
-        except SwitchError as e:
-            message = f"Could not move your kernels to GPU {', '.join(ids)}: {e.message}"
-            await self._undo_grant(spawner, message)
-            return
+        if switch_mode(spawner) == "pod":
+            result = await self._onto_new_pod(spawner, ids)
+            if result is None:
+                return
+        else:
+            try:
+                result = await self._switch(spawner, ",".join(ids), interrupt=True)
+            except SwitchError as e:
+                message = f"Could not move your kernels to GPU {', '.join(ids)}: {e.message}"
+                await self._undo_grant(spawner, message)
+                return
         restore = result.get("restore") or {}
         message = f"Got GPU {', '.join(ids)}. {restore.get('message', '')}".strip()
         result["gpu_ids"] = ids
         self.ledger.update_operation(user, server, state="done", message=message, detail=result)
         log.info("%s got GPU(s) %s", label(user, server), ids)
+
+    async def _onto_new_pod(self, spawner, ids: list[str]) -> dict | None:
+        """Get GPU by a new pod; None when it could not be done (recorded, grant freed)."""
+        user, server = spawner.user.name, spawner.name
+        removed = False
+
+        def gone() -> None:
+            nonlocal removed
+            removed = True
+            self.ledger.update_operation(
+                user, server, message=f"Starting your server on GPU {', '.join(ids)}"
+            )
+
+        try:
+            checkpoint = await self._checkpoint_for_move(spawner, True, False)
+            result = await self._replace_pod(spawner, ids, checkpoint, gone)
+        except SwitchError as e:
+            message = f"Could not move your server to GPU {', '.join(ids)}: {e.message}"
+            self.ledger.release(user, server, "Get GPU rolled back")
+            spawner.gpus_changed([])
+            self._wake()
+            if not removed:  # the old server runs on, without a GPU
+                self.ledger.update_operation(user, server, state="failed", message=message)
+                return None
+            try:
+                await spawner.recreate_pod([])
+            except Exception as again:  # noqa: BLE001
+                await self._stop_server(spawner, f"{message}; nor without one: {_reason(again)}")
+                return None
+            self.ledger.update_operation(
+                user, server, state="failed", message=f"{message}. It runs without a GPU again"
+            )
+            return None
+        result["restore"] = {"message": "Reload the page: your notebooks are restored"}
+        return result
 
     async def _undo_grant(self, spawner, message: str) -> None:
         """Give back a grant whose server could not use it, once no kernel has it."""
@@ -367,6 +566,9 @@ class GpuSwitch:
                 )
                 continue
             held = [g.gpu_id for g in self.ledger.grants(op.user) if g.server == op.server]
+            if switch_mode(spawner) == "pod":
+                await self._settle_pod(spawner, op, sorted(held))
+                continue
             try:
                 visible = await self._settled_devices(spawner)
             except SwitchError as e:
@@ -395,6 +597,49 @@ class GpuSwitch:
                     message="Interrupted by a hub restart; the server kept its GPU",
                 )
             log.info("Settled %s's interrupted %s after a restart", where, op.kind)
+
+    async def _settle_pod(self, spawner, op: Operation, held: list[str]) -> None:
+        """A pod replacement the hub did not see through: the pod there now decides.
+
+        The old pod still there (not being deleted): the server carries on in it, its
+        notebooks started again. The new one: the hub follows it. None: the server is
+        stopped for the hub, its GPUs freed; its notebooks come back when it starts.
+        """
+        user, server = op.user, op.server
+        try:
+            on_pod = await spawner.pod_gpus()
+        except Exception as e:  # noqa: BLE001 -- the server's next poll settles it
+            log.warning("Cannot settle %s's %s: %s", label(user, server), op.kind, e)
+            self.ledger.update_operation(user, server, state="failed", message="Interrupted")
+            return
+        old = held if op.kind == "return" else []
+        if on_pod is None:
+            self.ledger.release(user, server, "its pod is gone")
+            await self._stop_server(spawner, "Interrupted by a hub restart while moving")
+            return
+        if on_pod == old:  # the move did not get as far as deleting the pod
+            if op.kind == "acquire":
+                self.ledger.release(user, server, "Get GPU rolled back")
+                spawner.gpus_changed([])
+            await self._resume_in_place(spawner)
+            message = "Interrupted by a hub restart; " + (
+                "the server kept its GPU" if op.kind == "return" else "try again"
+            )
+            self.ledger.update_operation(user, server, state="failed", message=message)
+            return
+        released = self.ledger.release(user, server, op.reason) if op.kind == "return" else []
+        spawner.gpus_changed(on_pod)
+        try:
+            await spawner.adopt_pod(timeout=spawner.start_timeout)
+        except Exception as e:  # noqa: BLE001
+            await self._stop_server(spawner, f"Interrupted by a hub restart: {_reason(e)}")
+            return
+        message = (
+            f"Returned GPU {', '.join(released)} (finished after a hub restart)"
+            if op.kind == "return"
+            else "Got the GPU (after a hub restart)"
+        )
+        self.ledger.update_operation(user, server, state="done", message=message)
 
     async def _settled_devices(self, spawner, patience: float = 330) -> str:
         """The server's devices once a switch it may still be doing has finished."""
@@ -473,6 +718,22 @@ class GpuSwitch:
 def unavailable(spawner) -> str:
     """Why this server's spawner cannot move it off and onto GPUs ("" if it can)."""
     return getattr(spawner, "gpu_switch_unavailable", "")
+
+
+def _retrieved(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def switch_mode(spawner) -> str:
+    """How this server's GPUs change while it runs: its kernels move ("kernels"), or the
+    spawner replaces its pod ("pod")."""
+    return getattr(spawner, "gpu_switch_mode", "kernels")
+
+
+def _reason(e: BaseException) -> str:
+    """What went wrong, in words (a tornado HTTPError's message, not its repr)."""
+    return getattr(e, "log_message", None) or str(e) or type(e).__name__
 
 
 def _require_switchable(spawner) -> None:

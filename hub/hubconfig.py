@@ -139,7 +139,8 @@ async def watch_pods(app) -> None:
             spawner = app.users[user].spawners.get(server)
         except KeyError:
             return False
-        return spawner is not None and spawner.pending == "spawn"
+        # spawning, or having its pod replaced (Return GPU / Get GPU)
+        return spawner is not None and (spawner.pending == "spawn" or spawner.swapping)
 
     ctx = context()
     watcher = PodGrantWatcher(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from urllib.parse import urlparse
 
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
@@ -28,6 +29,10 @@ from .base import GpuSpawnerMixin
 
 log = logging.getLogger(__name__)
 
+SWAP_GRACE_SECONDS = 1
+"""The grace period of a pod replaced by Return GPU / Get GPU: its kernels were
+checkpointed and shut down already, so only the Jupyter server is left to end."""
+
 
 class Unschedulable(web.HTTPError):
     """No node can run the pod; the message is the scheduler's."""
@@ -39,11 +44,12 @@ class Unschedulable(web.HTTPError):
 class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
     """Spawn each user's JupyterLab as a pod with the GPUs the ledger grants."""
 
-    gpu_switch_unavailable = (
-        "Return GPU / Get GPU is not available on the Kubernetes backend yet: a server's "
-        "pod keeps its GPUs until the server stops. Stop the server and start it with "
-        "another profile to change its GPUs."
-    )
+    gpu_switch_mode = "pod"
+    """Return GPU / Get GPU replace the server's pod (see ``remove_pod``/``recreate_pod``)."""
+
+    swapping = False
+    """The pod is being replaced: no pod, or a new one starting, is not a server that
+    stopped (``poll``), and the grant watcher leaves its GPUs alone."""
 
     @property
     def k8s(self) -> KubernetesSettings:
@@ -112,9 +118,11 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
         self.extra_resource_guarantees = dict(limits)
         nodes = {g.node for g in gpus if g.node}
         self.node_selector = objects.node_selector(
-            profile, k8s.gpu_type_label, nodes.pop() if len(nodes) == 1 else ""
+            profile, k8s.gpu_type_label, nodes.pop() if len(nodes) == 1 else "", bool(gpus)
         )
-        self.tolerations = objects.tolerations(profile.tolerations)
+        self.tolerations = objects.tolerations(
+            profile.tolerations + (k8s.gpu_tolerations if gpus else [])
+        )
         self.volumes, self.volume_mounts = objects.home_volume(self.pvc_name, k8s.home_mount)
         self.extra_annotations = {
             **objects.owner_annotations(self.user.name, self.name),
@@ -314,6 +322,80 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
             await asyncio.wait([task], timeout=0.5)
         return task.result()
 
+    # -- Return GPU / Get GPU: a new pod on the same home --------------------------
+
+    async def remove_pod(self) -> None:
+        """Delete the server's pod with a short grace period; answer once the watch has
+        seen it gone (its GPUs are then free). The server stays "running" for the hub."""
+        self.swapping = True
+        grace = self.delete_grace_period
+        self.delete_grace_period = min(grace, SWAP_GRACE_SECONDS)
+        try:
+            await KubeSpawner.stop(self, now=False)
+        except BaseException:
+            self.swapping = False  # the pod may well still serve
+            raise
+        finally:
+            self.delete_grace_period = grace
+
+    async def pod_gpus(self) -> list[str] | None:
+        """The GPUs the server's pod was made with (None: no pod, or one being deleted),
+        from the watch."""
+        await self._start_watching_pods()
+        pod = self.pod_reflector.pods.get(f"{self.namespace}/{self.pod_name}")
+        if pod is None or pod["metadata"].get("deletionTimestamp"):
+            return None
+        annotations = pod["metadata"].get("annotations") or {}
+        return sorted(filter(None, annotations.get(objects.ANNOTATION_GPUS, "").split(",")))
+
+    async def recreate_pod(self, gpu_ids: list[str]) -> None:
+        """Start the server again as a pod with ``gpu_ids`` (none: a CPU pod), on the same
+        home claim, and point the proxy at it once it is ready."""
+        self.swapping = True
+        try:
+            self.gpu_ids = list(gpu_ids)
+            granted = {g.id: g for g in self.gpulab.inventory}
+            s3_env = await self.storage_env()
+            if s3_env:
+                await self.ensure_s3_secret(s3_env)
+            self._configure_pod([granted[i] for i in self.gpu_ids if i in granted], s3_env)
+            if self.server is None or self._stop_pending:
+                raise web.HTTPError(409, "the server was stopped meanwhile")
+            try:
+                await self._serve_at(await self._until_scheduled(KubeSpawner._start(self)))
+            except BaseException:
+                await KubeSpawner.stop(self, now=True)  # nothing half-started is left
+                raise
+        finally:
+            self.swapping = False
+
+    async def adopt_pod(self, timeout: float = 120) -> None:
+        """After a hub restart in the middle of a replacement: once the new pod runs,
+        the hub's record and the proxy lead to it."""
+        await self._start_watching_pods()
+        key = f"{self.namespace}/{self.pod_name}"
+        deadline = time.monotonic() + timeout
+        while not self.is_pod_running(self.pod_reflector.pods.get(key)):
+            if time.monotonic() > deadline or key not in self.pod_reflector.pods:
+                raise TimeoutError(f"pod {key} is not running")
+            await asyncio.sleep(0.2)
+        await self._serve_at(self._get_pod_url(self.pod_reflector.pods[key]))
+
+    async def _serve_at(self, url: str) -> None:
+        """Once the Jupyter server at ``url`` answers, the hub's record of the server and
+        the proxy's route lead to it (as after a spawn)."""
+        from jupyterhub.app import JupyterHub
+
+        parsed = urlparse(url)
+        if self.server is None:  # stopped while the pod started
+            raise web.HTTPError(409, "the server was stopped meanwhile")
+        self.server.ip = parsed.hostname
+        self.server.port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        await self.server.wait_up(http=True, timeout=self.http_timeout, extra_path="api")
+        self.orm_spawner.state = self.get_state()
+        self.db.commit()
+        await JupyterHub.instance().proxy.add_user(self.user, self.name)
+
     async def progress(self):
         """gpulab's own steps, then the pod's events as KubeSpawner reports them."""
         async for event in GpuSpawnerMixin.progress(self):
@@ -330,6 +412,8 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
         self.release_gpus("stopped")
 
     async def poll(self):
+        if self.swapping:
+            return None  # its pod is being replaced; the server itself keeps running
         status = await super().poll()
         if status is not None and not (self._spawn_pending or self._stop_pending):
             self.release_gpus("server exited")

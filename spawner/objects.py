@@ -49,11 +49,13 @@ def gpu_limits(resource: str, count: int) -> dict[str, str]:
     return {resource: str(count)} if count else {}
 
 
-def node_selector(profile: Profile, gpu_type_label: str, node: str = "") -> dict[str, str]:
-    """Labels the server's node must have: the profile's, its GPU type, and the node the
-    ledger granted the GPUs on."""
+def node_selector(
+    profile: Profile, gpu_type_label: str, node: str = "", gpus: bool = True
+) -> dict[str, str]:
+    """Labels the server's node must have: the profile's, its GPU type (unless it runs
+    without its GPUs, after Return GPU), and the node the ledger granted the GPUs on."""
     selector = dict(profile.node_selector)
-    if profile.gpu_type:
+    if profile.gpu_type and gpus:
         selector[gpu_type_label] = profile.gpu_type
     if node:
         selector[HOSTNAME_LABEL] = node

@@ -312,6 +312,22 @@ def run_in_kernel(server_url: str, kernel_id: str, token: str, code: str, timeou
     return "".join(out)
 
 
+def open_notebook(user, path: str) -> str:
+    """A kernel session for a notebook, as JupyterLab makes one; the kernel id."""
+    r = user.session.post(
+        user.server_url + "/api/sessions",
+        json={"path": path, "type": "notebook", "name": path, "kernel": {"name": "python3"}},
+        timeout=60,
+    )
+    assert r.status_code == 201, r.text
+    return r.json()["kernel"]["id"]
+
+
+def run(user, kernel: str, code: str, timeout: float = 60) -> str:
+    """Run ``code`` in the user's kernel ``kernel``; its stdout."""
+    return run_in_kernel(user.server_url, kernel, user.token, code, timeout)
+
+
 def tiny_wheel() -> bytes:
     """A real, minimal wheel: package ``gpulabprobe`` with ``VALUE = 42``."""
     files = {

@@ -19,6 +19,7 @@ import requests
 from gpulab.spawner import objects
 from hubfixture import BIN, export_line, wait_for
 from k8sfixture import (
+    GPU_TOLERATION,
     NAMESPACE,
     NODE,
     S3_PREFIX,
@@ -67,11 +68,8 @@ def test_gpu_server_runs_as_a_pod_and_keeps_its_home_claim(hub, kube):
     assert r.status_code == 200, r.text
     assert ada.run("import os; print(os.environ['GPULAB_GPUS'])").strip() == f"{NODE}/0"
     assert hub.holders() == {f"{NODE}/0": "ada"}
-    # the pod keeps its GPU until it stops: Return GPU says so and changes nothing
-    r = ada.session.post(hub.api("/gpulab/gpu/return"), json={}, timeout=30)
-    assert r.status_code == 409 and "not available on the Kubernetes backend" in r.json()["message"]
     state = ada.session.get(hub.api("/gpulab/gpu"), timeout=10).json()
-    assert state["switch_unavailable"] and [g["id"] for g in state["gpus"]] == [f"{NODE}/0"]
+    assert state["switch_mode"] == "pod" and [g["id"] for g in state["gpus"]] == [f"{NODE}/0"]
 
     pod = user_pod(kube, "ada")
     (container,) = pod["spec"]["containers"]
@@ -81,6 +79,8 @@ def test_gpu_server_runs_as_a_pod_and_keeps_its_home_claim(hub, kube):
         "kubernetes.io/hostname": NODE,
     }
     assert pod["spec"]["nodeName"] == NODE
+    # kubernetes.gpu_tolerations on a pod that asks for GPUs
+    assert {**GPU_TOLERATION, "operator": "Exists"} in pod["spec"]["tolerations"]
     claim = kube_get(kube, f"/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims/home-ada")
     assert claim["status"]["phase"] == "Bound"
     assert claim["spec"]["storageClassName"] == "ceph-rbd"
@@ -135,6 +135,7 @@ def test_unschedulable_gpu_spawn_fails_with_the_reason_then_cpu_has_no_gpu(hub, 
     resources = container.get("resources") or {}
     assert "nvidia.com/gpu" not in (resources.get("limits") or {})
     assert "nvidia.com/gpu" not in (resources.get("requests") or {})
+    assert GPU_TOLERATION not in (user_pod(kube, "bo")["spec"].get("tolerations") or [])
     assert bo.server_get("/api/status").status_code == 200
     kube_delete(kube, f"/api/v1/namespaces/{NAMESPACE}/pods/outside-job")
 

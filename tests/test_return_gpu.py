@@ -6,7 +6,7 @@ import subprocess
 import threading
 import time
 
-from hubfixture import BIN, run_in_kernel, tiny_wheel, wait_for
+from hubfixture import BIN, open_notebook, run, tiny_wheel, wait_for
 
 STATE = """
 import numpy as np
@@ -36,21 +36,6 @@ print(json.dumps({
     "has_gen": "gen" in globals(),
 }))
 """
-
-
-def open_notebook(user, path: str) -> str:
-    """A kernel session for a notebook, as JupyterLab makes one; the kernel id."""
-    r = user.session.post(
-        user.server_url + "/api/sessions",
-        json={"path": path, "type": "notebook", "name": path, "kernel": {"name": "python3"}},
-        timeout=60,
-    )
-    assert r.status_code == 201, r.text
-    return r.json()["kernel"]["id"]
-
-
-def run(user, kernel: str, code: str, timeout: float = 60) -> str:
-    return run_in_kernel(user.server_url, kernel, user.token, code, timeout)
 
 
 def check(user, kernel: str) -> dict:

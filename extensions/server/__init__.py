@@ -16,7 +16,11 @@ def _load_jupyter_server_extension(serverapp):
     from .kernels import KernelSwitch
 
     web_app = serverapp.web_app
-    web_app.settings["gpulab_switch"] = KernelSwitch(serverapp)
+    switch = KernelSwitch(serverapp)
+    web_app.settings["gpulab_switch"] = switch
+    # a server that replaces a moved one (Return GPU on kubernetes) starts its notebooks
+    # again, with their variables
+    serverapp.io_loop.add_callback(switch.start_resume)
     web_app.add_handlers(".*$", handlers(web_app.settings["base_url"]))
     serverapp.log.info(
         "gpulab: GPU return/get endpoints at %sgpulab/", web_app.settings["base_url"]

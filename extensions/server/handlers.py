@@ -21,6 +21,10 @@ service's token):
 
 - ``POST gpulab/internal/switch`` ``{"visible": "1", "interrupt": false, "force": false,
   "wait_restore": true}``: checkpoint, re-target and restore the kernels;
+- ``POST gpulab/internal/checkpoint`` ``{"interrupt": false, "force": false}``: before the
+  hub replaces this server (kubernetes backend): checkpoint the kernels for the next
+  server and shut them down;
+- ``POST gpulab/internal/resume``: start those notebooks again here (a move called off);
 - ``GET  gpulab/internal/activity``: busy kernels, last activity, GPU utilisation.
 """
 
@@ -190,6 +194,26 @@ class SwitchHandler(_HubOnly):
         self.finish(json.dumps(result))
 
 
+class CheckpointHandler(_HubOnly):
+    @web.authenticated
+    async def post(self):
+        body = self.body()
+        try:
+            result = await self.switch.checkpoint_for_move(
+                interrupt=bool(body.get("interrupt")), force=bool(body.get("force"))
+            )
+        except SwitchError as e:
+            return self.fail(e.status, e.message, **e.detail)
+        self.finish(json.dumps(result))
+
+
+class ResumeHandler(_HubOnly):
+    @web.authenticated
+    async def post(self):
+        started = self.switch.start_resume()
+        self.finish(json.dumps({"resuming": started}))
+
+
 class ActivityHandler(_HubOnly):
     @web.authenticated
     async def get(self):
@@ -224,5 +248,7 @@ def handlers(base_url: str) -> list:
             WorkloadsHandler,
         ),
         (url("internal/switch"), SwitchHandler),
+        (url("internal/checkpoint"), CheckpointHandler),
+        (url("internal/resume"), ResumeHandler),
         (url("internal/activity"), ActivityHandler),
     ]

@@ -13,6 +13,13 @@
    processes are gone, which is when their GPU memory is free;
 4. restore each kernel's variables into its new process, in the background when the
    caller only waits for the GPU to be free.
+
+Where the hub moves the whole server instead (the kubernetes backend replaces its pod),
+``checkpoint_for_move`` does steps 1 and 2, writes what a new server needs to carry on
+(``~/.gpulab/checkpoints/resume.json``: each notebook's path, kernel and checkpoint) and
+shuts the kernels down; ``resume`` (run by the next server of the same name as it
+starts, or by this one if the move is called off) starts a kernel for each notebook again
+and restores its variables.
 """
 
 from __future__ import annotations
@@ -23,12 +30,15 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from . import gpuinfo
 
 SOURCE = (Path(__file__).with_name("namespace.py")).read_text()
 GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "GPULAB_GPUS")
+RESUME = "resume.json"
+"""The notebooks a moved server's successor starts again (in the checkpoint folder)."""
 
 
 class SwitchError(Exception):
@@ -47,6 +57,8 @@ class KernelReport:
     failed: dict[str, str] = field(default_factory=dict)
     restored: list[str] = field(default_factory=list)
     note: str = ""
+    loaded: bool = False
+    """Its checkpoint was loaded into the kernel."""
 
     def as_json(self) -> dict:
         return {
@@ -160,19 +172,8 @@ class KernelSwitch:
                 return {"changed": False, "visible": visible, "kernels": []}
             t0 = time.monotonic()
             kernels = list(self.km.list_kernel_ids())
-            paths = await self._notebook_paths()
-            await self._quiesce(kernels, paths, interrupt)
-            pids = {k: self._pid(k) for k in kernels}
-            others = gpu_processes(before, {p for p in pids.values() if p})
-            if others and not force:
-                listing = "; ".join(f"{p['pid']} {p['command']}" for p in others)
-                raise SwitchError(
-                    409,
-                    f"processes outside your notebooks still use the GPU: {listing}. Stop "
-                    "them (or return with force, which ends them).",
-                    processes=others,
-                )
-            reports = await asyncio.gather(*(self._save(k, paths.get(k, "")) for k in kernels))
+            paths = {k: s["path"] for k, s in (await self._sessions()).items()}
+            pids, others, reports = await self._checkpoint(kernels, paths, interrupt, force)
             checkpointed = time.monotonic()
             self._set_visible(visible)
             restarts = {}
@@ -198,11 +199,139 @@ class KernelSwitch:
                 "restore": self.restore if wait_restore else None,
             }
 
+    async def checkpoint_for_move(self, interrupt: bool = False, force: bool = False) -> dict:
+        """Checkpoint every kernel for a new server on the same home, then shut them down.
+
+        Once this answers, no process of this server uses its GPUs (the kernels and, with
+        ``force``, the other GPU processes have exited) and ``resume.json`` names what the
+        next server starts again.
+        """
+        async with self._lock:
+            if self._restoring is not None:
+                await self._restoring
+            t0 = time.monotonic()
+            sessions = await self._sessions()
+            kernels = list(self.km.list_kernel_ids())
+            paths = {k: s["path"] for k, s in sessions.items()}
+            pids, others, reports = await self._checkpoint(kernels, paths, interrupt, force)
+            notebooks = []
+            for report in reports:
+                session = sessions.get(report.kernel_id)
+                if session is None:  # a kernel no notebook or console uses: not started again
+                    continue
+                notebooks.append(
+                    {
+                        **session,
+                        "kernel_name": self.km.get_kernel(report.kernel_id).kernel_name,
+                        "checkpoint": str(self._file(report.kernel_id)) if report.saved else "",
+                        "saved": report.saved,
+                        "failed": report.failed,
+                    }
+                )
+            manifest = {
+                **_whose(),
+                "written": datetime.now(UTC).isoformat(),
+                "visible": visible_devices(),
+                "notebooks": notebooks,
+            }
+            _write_json(self.dir / RESUME, manifest)
+            checkpointed = time.monotonic()
+            for session in sessions.values():
+                await self.app.session_manager.delete_session(session["id"])
+            for k in self.km.list_kernel_ids():
+                await self.km.shutdown_kernel(k, now=True)
+            for p in others:
+                _terminate(p["pid"])
+            await self._wait_gone([p for p in pids.values() if p] + [p["pid"] for p in others])
+            return {
+                "path": "namespace",
+                "kernels": [r.as_json() for r in reports],
+                "notebooks": len(notebooks),
+                "checkpoint_seconds": round(checkpointed - t0, 3),
+                "release_seconds": round(time.monotonic() - t0, 3),
+            }
+
+    def pending_resume(self) -> dict | None:
+        """The manifest a server of this name left for its successor, if any."""
+        try:
+            manifest = json.loads((self.dir / RESUME).read_text())
+        except (OSError, ValueError):
+            return None
+        if {k: manifest.get(k, "") for k in ("user", "server")} != _whose():
+            return None  # another server's (named servers share the home)
+        return manifest
+
+    def start_resume(self) -> bool:
+        """Start the notebooks of a pending ``resume.json`` again, in the background."""
+        if self.pending_resume() is None:
+            return False
+        self.restore = {"state": "restoring", "message": "Restoring variables…", "kernels": []}
+        self._restoring = asyncio.ensure_future(self.resume())
+        return True
+
+    async def resume(self) -> dict:
+        """Start a kernel for each notebook of ``resume.json`` and restore its variables.
+
+        The manifest is renamed once read, so a later server does not restore the same
+        variables again; the checkpoint files stay until the next checkpoint.
+        """
+        manifest = self.pending_resume()
+        if manifest is None:  # taken meanwhile
+            self.restore = {"state": "idle", "message": "", "kernels": []}
+            self._restoring = None
+            return self.restore
+        (self.dir / RESUME).replace(self.dir / (RESUME + ".done"))
+        reports, starts, files = [], {}, {}
+        for nb in manifest.get("notebooks", []):
+            report = KernelReport("", nb.get("path", ""), nb.get("saved", []), nb.get("failed", {}))
+            reports.append(report)
+            starts[id(report)] = asyncio.ensure_future(self._start_session(nb, report))
+            files[id(report)] = nb.get("checkpoint", "")
+        await self._restore_all(reports, starts, files)
+        for report in reports:
+            if report.loaded:  # its checkpoint's files are spent
+                _remove_checkpoint(Path(files[id(report)]))
+        return self.restore
+
+    async def _start_session(self, nb: dict, report: KernelReport) -> None:
+        model = await self.app.session_manager.create_session(
+            path=nb.get("path"), name=nb.get("name"), type=nb.get("type"),
+            kernel_name=nb.get("kernel_name"),
+        )  # fmt: skip
+        report.kernel_id = model["kernel"]["id"]
+
     # -- steps -------------------------------------------------------------------------
 
-    async def _notebook_paths(self) -> dict[str, str]:
-        sessions = await self.app.session_manager.list_sessions()
-        return {s["kernel"]["id"]: s.get("path", "") for s in sessions if s.get("kernel")}
+    async def _sessions(self) -> dict[str, dict]:
+        """The open notebooks' (and consoles') sessions by kernel id."""
+        out = {}
+        for s in await self.app.session_manager.list_sessions():
+            if s.get("kernel"):
+                out[s["kernel"]["id"]] = {
+                    "id": s["id"],
+                    "path": s.get("path", ""),
+                    "name": s.get("name", ""),
+                    "type": s.get("type", "notebook"),
+                }
+        return out
+
+    async def _checkpoint(self, kernels, paths, interrupt, force):
+        """Quiesce and checkpoint ``kernels``: their pids, the other GPU processes of this
+        account (only with ``force``; else a 409 names them) and each kernel's report."""
+        before = visible_devices()
+        await self._quiesce(kernels, paths, interrupt)
+        pids = {k: self._pid(k) for k in kernels}
+        others = gpu_processes(before, {p for p in pids.values() if p})
+        if others and not force:
+            listing = "; ".join(f"{p['pid']} {p['command']}" for p in others)
+            raise SwitchError(
+                409,
+                f"processes outside your notebooks still use the GPU: {listing}. Stop "
+                "them (or return with force, which ends them).",
+                processes=others,
+            )
+        reports = await asyncio.gather(*(self._save(k, paths.get(k, "")) for k in kernels))
+        return pids, others, list(reports)
 
     def _state(self, kernel_id: str) -> str:
         return getattr(self.km.get_kernel(kernel_id), "execution_state", "unknown")
@@ -297,25 +426,32 @@ class KernelSwitch:
                 raise SwitchError(500, f"kernel process(es) {left} did not exit")
             await asyncio.sleep(0.01)
 
-    async def _restore_all(self, reports: list[KernelReport], restarts: dict) -> None:
+    async def _restore_all(
+        self, reports: list[KernelReport], starts: dict, files: dict | None = None
+    ) -> None:
+        """Once each report's kernel has (re)started (``starts``: by kernel id, or by
+        ``id(report)`` with ``files`` naming each report's checkpoint), load its variables."""
         problems = []
         for report in reports:
-            k = report.kernel_id
+            key = report.kernel_id if files is None else id(report)
             try:
-                await restarts[k]
+                await starts[key]
             except Exception as e:  # noqa: BLE001 -- reported to the user below
-                report.note = f"the kernel did not restart: {e}"
+                report.note = f"the kernel did not start: {e}"
                 problems.append(report.note)
                 continue
-            if not report.saved:
+            k = report.kernel_id
+            file = self._file(k) if files is None else Path(files[key] or "")
+            if not report.saved or not file.name:
                 continue
             try:
-                await self._run(k, "load", str(self._file(k)), f"restoring {report.path}")
-                loaded = json.loads(Path(str(self._file(k)) + ".restored.json").read_text())
+                await self._run(k, "load", str(file), f"restoring {report.path}")
+                loaded = json.loads(Path(str(file) + ".restored.json").read_text())
                 report.restored = loaded["restored"]
                 report.note = loaded.get("note", "")
+                report.loaded = True
             except (SwitchError, OSError, ValueError) as e:
-                report.note = f"variables not restored ({e}); they are kept in {self._file(k)}"
+                report.note = f"variables not restored ({e}); they are kept in {file}"
                 problems.append(report.note)
         self.restore = {
             "state": "failed" if problems else "done",
@@ -336,6 +472,28 @@ def _summary(reports: list[KernelReport]) -> str:
         parts.append("not saved: " + ", ".join(failed))
     notes = [r.note for r in reports if r.note]
     return "; ".join(parts + notes)
+
+
+def _remove_checkpoint(path: Path) -> None:
+    """A checkpoint's pickle, reports and tensor data files (tensors mapped from a data
+    file stay readable after it is unlinked)."""
+    for file in path.parent.glob(path.name + "*"):
+        file.unlink(missing_ok=True)
+
+
+def _whose() -> dict[str, str]:
+    return {
+        "user": os.environ.get("JUPYTERHUB_USER", ""),
+        "server": os.environ.get("JUPYTERHUB_SERVER_NAME", ""),
+    }
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write ``path`` whole or not at all (a new server may read it at any moment)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
 
 
 def _b64(text: str) -> str:

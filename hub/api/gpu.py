@@ -2,7 +2,9 @@
 
 - ``GET    /hub/api/gpulab/gpu?user=&server=``: what the server holds, the pool, and
   its last operation (with the queue position while waiting);
-- ``POST   /hub/api/gpulab/gpu/return`` ``{"interrupt": false, "force": false}``;
+- ``POST   /hub/api/gpulab/gpu/return`` ``{"interrupt": false, "force": false,
+  "wait": true}``: answers once the GPUs are free (202 while a new pod still starts, on
+  the kubernetes backend; ``"wait": false`` answers at once);
 - ``POST   /hub/api/gpulab/gpu/acquire`` ``{"gpus": 1, "timeout": 600}`` (202: follow
   it with GET);
 - ``DELETE /hub/api/gpulab/gpu/acquire``: cancel a waiting Get GPU.
@@ -18,6 +20,7 @@ import json
 from tornado import web
 
 from gpulab.hub.gpuswitch import SwitchError, gpu_switch
+from gpulab.hub.ledger import Operation
 
 from .gpus import GpulabAPIHandler
 
@@ -73,16 +76,16 @@ class GpuHandler(GpulabAPIHandler):
                     f"returned by {by}",
                     interrupt=bool(body.get("interrupt", False)),
                     force=bool(body.get("force", False)),
+                    wait=bool(body.get("wait", True)),
                 )
-                return self.answer(result)
+                op = result.get("operation") or {}
+                return self.answer(result, 202 if op.get("state") in Operation.ACTIVE else 200)
             if action == "/acquire":
                 result = await gpu_switch().acquire(
                     spawner, body.get("gpus", 1), body.get("timeout"), f"Get GPU by {by}"
                 )
                 op = result.get("operation") or {}
-                return self.answer(
-                    result, 202 if op.get("state") in ("queued", "restoring") else 200
-                )
+                return self.answer(result, 202 if op.get("state") in Operation.ACTIVE else 200)
         except SwitchError as e:
             self.set_status(e.status)
             return self.write_json({"status": e.status, "message": e.message, **e.detail})
