@@ -16,7 +16,8 @@ import uuid
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from hubfixture import REPO, run_in_kernel, wait_for
+from hubfixture import REPO, open_notebook, run_in_kernel, wait_for
+from k8sfixture import user_pod
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -92,17 +93,6 @@ def open_palette(page):
 def held_by(hub, name: str) -> list[int]:
     """Inventory indices (what the top bar calls "GPU n") of the GPUs ``name`` holds."""
     return [g["index"] for g in hub.gpus()["gpus"] if g.get("user") == name]
-
-
-def open_notebook(user, path: str) -> str:
-    """A kernel session for a notebook, as JupyterLab makes one; the kernel id."""
-    r = user.session.post(
-        user.server_url + "/api/sessions",
-        json={"path": path, "type": "notebook", "name": path, "kernel": {"name": "python3"}},
-        timeout=60,
-    )
-    assert r.status_code == 201, r.text
-    return r.json()["kernel"]["id"]
 
 
 def test_top_bar_returns_the_gpu_and_gets_it_back(hub, page):
@@ -292,3 +282,81 @@ def test_the_server_relays_only_the_users_own_workload_reads_and_cancels(hub):
     assert user.session.post(base + "/models/m/cancel", json={}, timeout=30).status_code == 404
     assert user.session.get(user.server_url + "/gpulab/hub/users", timeout=30).status_code == 404
     assert user.session.get(base + "/jobs/../users", timeout=30).status_code == 404
+
+
+def test_on_kubernetes_return_gpu_reloads_the_page_from_the_new_pod(k8s, kube, page):
+    hub = k8s
+    user = hub.create_user("ken")
+    assert user.spawn(profile="gpu-1").status_code in (201, 202)
+    notebook = "ken-probe.ipynb"
+    r = user.session.put(
+        f"{user.server_url}/api/contents/{notebook}",
+        json={"type": "notebook", "format": "json", "content": EMPTY_NOTEBOOK},
+        timeout=30,
+    )
+    assert r.status_code in (200, 201), r.text
+
+    log_in(page, hub, "ken")
+    page.goto(f"{user.server_url}/lab/tree/{notebook}")
+    widget = page.locator("#gpulab-gpu")
+    label = widget.locator(".gpulab-gpu-label")
+    button = widget.locator(".gpulab-gpu-button")
+    expect(widget).to_have_attribute("data-gpulab-state", "gpu", timeout=60_000)
+    cell = run_cell(page, "kept = 41\nprint('set')")
+    expect(cell.locator(".jp-OutputArea-output")).to_contain_text("set", timeout=60_000)
+    page.evaluate("window.gpulabBeforeMove = true")
+
+    # Return GPU: the server moves to a CPU pod, and the page loads again from it
+    button.click()
+    page.wait_for_function("() => window.gpulabBeforeMove === undefined", timeout=90_000)
+    expect(widget).to_have_attribute("data-gpulab-state", "nogpu", timeout=60_000)
+    expect(label).to_have_text("No GPU · 2 of 2 free")
+    assert hub.gpus()["free"] == 2
+    (container,) = user_pod(kube, "ken")["spec"]["containers"]
+    assert "nvidia.com/gpu" not in ((container.get("resources") or {}).get("limits") or {})
+    # the file browser lists the home of the new server: the same files
+    expect(page.locator(".jp-DirListing-item", has_text=notebook)).to_be_visible()
+    shot(page, "k8s-1-moved-to-cpu")
+
+    # the reopened notebook runs in the restored kernel: its variable is there
+    cell = run_cell(page, "print(kept + 1)")
+    expect(cell.locator(".jp-OutputArea-output")).to_contain_text("42", timeout=60_000)
+    shot(page, "k8s-2-variable-kept")
+
+    # Get GPU: back onto a GPU pod, the page again from it
+    page.evaluate("window.gpulabBeforeMove = true")
+    button.click()
+    page.wait_for_function("() => window.gpulabBeforeMove === undefined", timeout=90_000)
+    expect(widget).to_have_attribute("data-gpulab-state", "gpu", timeout=60_000)
+    assert [g["user"] for g in hub.gpus()["gpus"] if g.get("user")] == ["ken"]
+    cell = run_cell(page, "print(kept * 2)")
+    expect(cell.locator(".jp-OutputArea-output")).to_contain_text("82", timeout=60_000)
+    shot(page, "k8s-3-back-on-gpu")
+
+
+EMPTY_NOTEBOOK = {
+    "cells": [],
+    "metadata": {
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+    },
+    "nbformat": 4,
+    "nbformat_minor": 5,
+}
+
+
+def run_cell(page, code: str):
+    """Type ``code`` into a new last cell of the open notebook and run it; that cell."""
+    expect(page.locator(".jp-NotebookPanel .jp-Notebook")).to_be_visible(timeout=60_000)
+    # the notebook's kernel is connected (a cell run before that is not run at all)
+    expect(page.get_by_text(re.compile(r"\| Idle$"))).to_be_visible(timeout=60_000)
+    cells = page.locator(".jp-NotebookPanel .jp-Cell")
+    page.locator(".jp-NotebookPanel .jp-Notebook").click()
+    page.keyboard.press("Escape")
+    before = cells.count()
+    page.keyboard.press("b")  # a new cell below
+    expect(cells).to_have_count(before + 1)
+    cell = cells.nth(before)
+    cell.locator(".cm-content").click()
+    page.keyboard.type(code)
+    page.keyboard.press("Shift+Enter")
+    return cell

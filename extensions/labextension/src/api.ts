@@ -27,6 +27,8 @@ export interface IOperation {
   started: string;
   finished: string | null;
   path: string | null;
+  /** What the operation did; `new_pod`: the server now runs in a new pod. */
+  detail?: { new_pod?: boolean; [key: string]: unknown };
 }
 
 export interface IKernelRestore {
@@ -55,6 +57,11 @@ export interface IGpuState {
   switch_unavailable?: string | null;
   /** The server is re-targeting its kernels (set by the server extension). */
   switching?: boolean;
+  /**
+   * How the GPUs change: the kernels move inside this server ('kernels'), or the server
+   * moves to a new pod ('pod', kubernetes), which this page cannot follow without a reload.
+   */
+  switch_mode?: 'kernels' | 'pod';
 }
 
 export interface IReturnResult {
@@ -68,6 +75,8 @@ export interface IReturnOptions {
   interrupt?: boolean;
   /** End processes outside the notebooks that use the GPU (409 with `processes`). */
   force?: boolean;
+  /** Answer once the GPU is free (the default), or at once (the server is moving). */
+  wait?: boolean;
 }
 
 export interface IGpuProcess {
@@ -122,8 +131,8 @@ export class GpuApi {
   }
 
   returnGpu(options: IReturnOptions = {}): Promise<IReturnResult> {
-    const { interrupt = false, force = false } = options;
-    return this.request<IReturnResult>('POST', 'return', { interrupt, force });
+    const { interrupt = false, force = false, wait = true } = options;
+    return this.request<IReturnResult>('POST', 'return', { interrupt, force, wait });
   }
 
   acquire(gpus: number, timeout = 600): Promise<IAcquireResult> {

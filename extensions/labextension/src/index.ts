@@ -23,7 +23,15 @@ const plugin: JupyterFrontEndPlugin<void> = {
   autoStart: true,
   optional: [ICommandPalette],
   activate: (app: JupyterFrontEnd, palette: ICommandPalette | null) => {
-    const widget = new GpuWidget(new GpuApi(app.serviceManager.serverSettings));
+    const widget = new GpuWidget(new GpuApi(app.serviceManager.serverSettings), {
+      // the server moves to a new pod (kubernetes): nothing unsaved may stay behind
+      beforeMove: async () => {
+        if (app.commands.hasCommand('docmanager:save-all')) {
+          await app.commands.execute('docmanager:save-all');
+        }
+      },
+      reload: () => window.location.reload()
+    });
     app.shell.add(widget, 'top', { rank: 1000 });
     const panel = new WorkloadsPanel(new WorkloadsApi(app.serviceManager.serverSettings));
     app.shell.add(panel, 'left', { rank: 700 });

@@ -31,12 +31,28 @@ interface INotice {
   level: 'info' | 'warn' | 'error';
 }
 
+/** What the page does around a move of the server to a new pod (kubernetes). */
+export interface IMoveHooks {
+  /** Before the server goes away: save the open documents. */
+  beforeMove(): Promise<void>;
+  /** Once the new server answers: load the page from it. */
+  reload(): void;
+}
+
+const MOVING_TEXT = 'Your server is moving to a new pod; this page reloads when it is back…';
+
 function errorText(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
 export class GpuWidget extends Widget {
-  constructor(private readonly api: GpuApi) {
+  constructor(
+    private readonly api: GpuApi,
+    private readonly hooks: IMoveHooks = {
+      beforeMove: async () => undefined,
+      reload: () => window.location.reload()
+    }
+  ) {
     super();
     this.id = 'gpulab-gpu';
     this.addClass('gpulab-GpuWidget');
@@ -76,7 +92,7 @@ export class GpuWidget extends Widget {
   }
 
   get state(): WidgetState {
-    if (this._pending || this._active) {
+    if (this._pending || this._active || this._moving) {
       return 'busy';
     }
     if (this._error) {
@@ -108,11 +124,19 @@ export class GpuWidget extends Widget {
       this._state = state;
       this._error = null;
       this._follow(state);
+      if (this._moved(state)) {
+        this.hooks.reload();
+        return;
+      }
     } catch (error) {
       if (seq !== this._seq || this.isDisposed) {
         return;
       }
-      this._error = errorText(error);
+      if (this._moving) {
+        this._lost = true; // the old server is gone; the new one is not up yet
+      } else {
+        this._error = errorText(error);
+      }
     }
     this._render();
     this._schedule();
@@ -126,9 +150,18 @@ export class GpuWidget extends Widget {
     if (!options.interrupt && !options.force && !this.canReturn) {
       return;
     }
+    const move = this._state?.switch_mode === 'pod';
+    if (move && !(await this._prepareMove('Return GPU'))) {
+      return;
+    }
     const refused = await this._act('Returning the GPU…', async () => {
       try {
-        const result = await this.api.returnGpu(options);
+        const result = await this.api.returnGpu({ ...options, wait: !move });
+        if (move && result.operation && ACTIVE_STATES.has(result.operation.state)) {
+          this._moving = true;
+          this._followed = result.operation.started;
+          return null;
+        }
         if (result.released.length && result.operation) {
           this._followed = result.operation.started;
         } else {
@@ -161,6 +194,9 @@ export class GpuWidget extends Widget {
       return;
     }
     const count = Math.max(1, this._state.profile_gpus || 0);
+    if (this._state.switch_mode === 'pod' && !(await this._prepareMove('Get GPU'))) {
+      return;
+    }
     await this._act('Asking for a GPU…', async () => {
       try {
         const result = await this.api.acquire(count);
@@ -224,6 +260,34 @@ export class GpuWidget extends Widget {
     return result;
   }
 
+  /** Save the open documents before the server moves; false (and say why) if they were not. */
+  private async _prepareMove(action: string): Promise<boolean> {
+    try {
+      await this.hooks.beforeMove();
+      return true;
+    } catch (error) {
+      this._notify(
+        `${action} not started: your documents could not be saved (${errorText(error)})`,
+        'error'
+      );
+      this._render();
+      return false;
+    }
+  }
+
+  /**
+   * The server this page was loaded from has been replaced by a new pod, which now
+   * answers: the page must be loaded again (its kernels and documents are the new one's).
+   */
+  private _moved(state: IGpuState): boolean {
+    const op = state.operation;
+    if (!this._moving || !op || ACTIVE_STATES.has(op.state)) {
+      return false;
+    }
+    this._moving = false;
+    return this._lost || !!op.detail?.new_pod;
+  }
+
   /** Keep following the operation this page started or saw running; report how it ended. */
   private _follow(state: IGpuState): void {
     const op = state.operation;
@@ -233,6 +297,8 @@ export class GpuWidget extends Widget {
     if (ACTIVE_STATES.has(op.state)) {
       this._followed = op.started;
       this._notice = null;
+      // a Get GPU that leaves the queue moves the server too
+      this._moving = this._moving || state.switch_mode === 'pod';
     } else if (op.started === this._followed && state.restore?.state !== 'restoring') {
       this._followed = null;
       this._notice = {
@@ -287,7 +353,7 @@ export class GpuWidget extends Widget {
       return;
     }
     const delay =
-      this._pending || this._active
+      this._pending || this._active || this._moving
         ? POLL_ACTIVE_MS
         : document.hidden
           ? POLL_HIDDEN_MS
@@ -307,7 +373,10 @@ export class GpuWidget extends Widget {
     const s = this._state;
     this.node.dataset.gpulabState = state;
 
-    if (this._error) {
+    if (this._lost) {
+      this._label.textContent = 'GPU…';
+      this.node.title = MOVING_TEXT;
+    } else if (this._error) {
       this._label.textContent = 'GPU state unavailable';
       this.node.title = this._error;
     } else if (s) {
@@ -331,7 +400,9 @@ export class GpuWidget extends Widget {
     let text = '';
     let title = '';
     let level: INotice['level'] = 'info';
-    if (this._active && s) {
+    if (this._lost) {
+      text = MOVING_TEXT;
+    } else if (this._active && s) {
       text = format.progress(s.operation, s.restore);
     } else if (this._pending) {
       text = this._pending;
@@ -365,6 +436,10 @@ export class GpuWidget extends Widget {
   private _pending: string | null = null;
   private _notice: INotice | null = null;
   private _followed: string | null = null;
+  /** An operation that replaces the server's pod is under way. */
+  private _moving = false;
+  /** ... and the old server stopped answering meanwhile. */
+  private _lost = false;
   private _timer: number | null = null;
   private _seq = 0;
   private _changed = new Signal<this, void>(this);
