@@ -40,15 +40,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from fakekube import FakeKube  # noqa: E402
 from hubfixture import Hub, wait_for  # noqa: E402
-
-NAMESPACE = "gpulab"
-NOBODY = 65534
-CEPH_RBD = {
-    "metadata": {"name": "ceph-rbd"},
-    "provisioner": "rbd.csi.ceph.com",
-    "parameters": {"clusterID": "bench", "pool": "rbd"},
-    "allowVolumeExpansion": True,
-}
+from k8sfixture import CEPH_RBD, NAMESPACE, NOBODY, kubernetes_settings  # noqa: E402
 
 REPLICAS = 4
 CODE = (
@@ -146,15 +138,9 @@ def cluster_half(rounds: int) -> tuple[list[float], list[float]]:
         hub = Hub(
             {
                 "backend": "kubernetes",
-                "kubernetes": {
-                    "image": "registry.example/gpulab/notebook:bench",
-                    "namespace": NAMESPACE,
-                    "home_mount": str(home),
-                    "hub_connect_ip": "127.0.0.1",
-                    "kubeconfig": kube.kubeconfig,
-                    "uid": NOBODY,
-                    "gid": NOBODY,
-                },
+                "kubernetes": kubernetes_settings(
+                    kube, home, "registry.example/gpulab/notebook:bench"
+                ),
             }
         ).start()
         try:

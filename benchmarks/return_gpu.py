@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the tests' hub harness and fake clust
 
 from fakekube import FakeKube  # noqa: E402
 from hubfixture import BIN, Hub, run_in_kernel, wait_for  # noqa: E402
-from k8sfixture import CEPH_RBD, EXTRA_CONFIG, NAMESPACE  # noqa: E402
+from k8sfixture import CEPH_RBD, EXTRA_CONFIG, NAMESPACE, kubernetes_settings  # noqa: E402
 
 NODE = "gpu-node-1"
 PROFILES = [{"slug": "cpu", "default": True}, {"slug": "gpu-1", "gpus": 1}]
@@ -102,15 +102,9 @@ def cluster_hub():
                 {
                     "backend": "kubernetes",
                     "hub": {"extra_config": str(extra)},
-                    "kubernetes": {
-                        "image": "registry.example/gpulab/notebook:bench",
-                        "namespace": NAMESPACE,
-                        "home_mount": str(home),
-                        "hub_connect_ip": "127.0.0.1",
-                        "kubeconfig": kube.kubeconfig,
-                        "uid": 65534,
-                        "gid": 65534,
-                    },
+                    "kubernetes": kubernetes_settings(
+                        kube, home, "registry.example/gpulab/notebook:bench"
+                    ),
                     "profiles": PROFILES,
                 }
             ).start()

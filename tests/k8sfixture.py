@@ -104,6 +104,24 @@ def kube(ceph):
     shutil.rmtree(shims, ignore_errors=True)
 
 
+NOBODY = 65534
+"""The account pods run as (``kubernetes.uid``/``gid``)."""
+
+
+def kubernetes_settings(kube, home: Path, image: str, **more) -> dict:
+    """The ``kubernetes`` settings of a hub against the fake cluster ``kube``."""
+    return {
+        "image": image,
+        "namespace": NAMESPACE,
+        "home_mount": str(home),
+        "hub_connect_ip": "127.0.0.1",
+        "kubeconfig": kube.kubeconfig,
+        "uid": NOBODY,
+        "gid": NOBODY,
+        **more,
+    }
+
+
 S3_PREFIX = "glk-"
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
@@ -127,17 +145,13 @@ def k8s_hub(kube, ceph):
         {
             "backend": "kubernetes",
             "hub": {"extra_config": str(extra)},
-            "kubernetes": {
-                "image": "registry.example/gpulab/notebook:test",
-                "namespace": NAMESPACE,
-                "home_mount": str(home),
-                "hub_connect_ip": "127.0.0.1",
-                "kubeconfig": kube.kubeconfig,
-                "unschedulable_timeout": 3,
-                "uid": 65534,
-                "gid": 65534,
-                "gpu_tolerations": [GPU_TOLERATION],
-            },
+            "kubernetes": kubernetes_settings(
+                kube,
+                home,
+                "registry.example/gpulab/notebook:test",
+                unschedulable_timeout=3,
+                gpu_tolerations=[GPU_TOLERATION],
+            ),
             "storage": {
                 "home_size": "2GiB",
                 "ceph_conf": ceph.conf,
