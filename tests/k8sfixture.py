@@ -158,9 +158,11 @@ def k8s_hub(kube, ceph):
                 **s3_settings(ceph),
             },
             "serving": {"sync_folder": str(home / "models-from-s3")},
+            "gpus": {"reclaim_interval": 1},
             "profiles": [
                 {"slug": "cpu", "default": True},
                 {"slug": "gpu-1", "gpus": 1, "gpu_type": "NVIDIA-H100"},
+                {"slug": "gpu-idle", "gpus": 1, "idle_return": "6s"},
             ],
         }
     ).start()

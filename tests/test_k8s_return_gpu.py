@@ -226,3 +226,19 @@ def test_a_hub_restart_in_the_middle_of_a_move_loses_nothing(k8s, kube):
     assert restored(gil)["state"] == "done"
     kernel = notebook_kernel(gil, "gil.ipynb")
     assert run(gil, kernel, "print(kept)").strip() == "safe"
+
+
+def test_an_idle_gpu_is_reclaimed_by_a_move_to_a_cpu_pod(k8s, kube):
+    hub = k8s
+    ida = hub.create_user("ida")
+    assert ida.spawn(profile="gpu-idle").status_code in (201, 202)
+    kernel = open_notebook(ida, "idle.ipynb")
+    assert run(ida, kernel, "answer = 42; print('ok')").strip() == "ok"
+    wait_for(lambda: "ida" not in hub.holders().values(), 60, "ida's idle GPU to be reclaimed")
+    events = hub.admin.get(hub.api("/gpulab/events?user=ida"), timeout=10).json()["events"]
+    assert events[0]["action"] == "release"
+    assert events[0]["reason"].startswith("reclaimed: GPU idle for"), events[0]
+    assert wait_op_ended(ida)["state"] == "done"
+    assert gpu_limit(user_pod(kube, "ida")) is None
+    assert restored(ida)["state"] == "done"
+    assert run(ida, notebook_kernel(ida, "idle.ipynb"), "print(answer)").strip() == "42"
