@@ -244,6 +244,7 @@ def cmd_storage(args, settings: Settings) -> int:
         volume = client.resize_volume(args.value, args.user)
         console.print(
             f"Home is now {human(volume['size_bytes'])} ({human(volume['used_bytes'])} used)"
+            + (f"; {volume['note']}" if volume.get("note") else "")
         )
         return 0
     if args.action == "snapshots":

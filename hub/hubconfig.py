@@ -44,6 +44,7 @@ def configure(c, settings: Settings | None = None) -> None:
     from gpulab.spawner.local import reconcile_local_grants
 
     from .api import gpu, gpus, jobs, models, storage, sweeps
+    from .settings import SettingsError
 
     # hub state (ledger, hub database, tokens) is for root's eyes only
     os.umask(0o077)
@@ -51,6 +52,11 @@ def configure(c, settings: Settings | None = None) -> None:
     s = settings or ctx.settings
     data = s.data_path
     prepare_data_root(data)
+    if s.backend == "local" and s.storage.home_quota and not privileged():
+        raise SettingsError(
+            "storage.home_quota needs the hub to run as root: it makes and mounts a "
+            "filesystem for each user's home"
+        )
 
     c.JupyterHub.bind_url = f"http://{s.hub.ip}:{s.hub.port}"
     c.JupyterHub.hub_ip = "127.0.0.1"

@@ -128,6 +128,9 @@ class StorageSettings:
     """Size of a new home volume (and the quota of a directory home): bytes or 10GiB/500MiB."""
     home_max_size: str = "100GiB"
     """Largest size users may grow their own home to; admins may go beyond."""
+    home_quota: bool = False
+    """Local backend: enforce each home's size with an ext4 filesystem in a file per home,
+    loop-mounted on it (the hub must run as root). Off: the size is only reported."""
     s3_endpoint: str = ""
     """Ceph RGW (or any S3 with RGW's admin API) URL; empty: no per-user S3."""
     s3_admin_access_key: str = ""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpulab.hub.names import safe_name
+from gpulab.hub.storage import StorageError
 
 MAX_UNIX_NAME = 32
 
@@ -59,8 +60,11 @@ def prepare_data_root(data_root: Path) -> None:
         os.chmod(data_root / "logs", 0o700)
 
 
-def ensure_account(prefix: str, hub_name: str, data_root: Path) -> Account:
-    """The account a user's server runs as, with its home; created when missing."""
+def ensure_account(prefix: str, hub_name: str, data_root: Path, prepare_home=None) -> Account:
+    """The account a user's server runs as, with its home; created when missing.
+
+    ``prepare_home(hub_name, uid, gid)``, when given, makes the home's place before it
+    is used (``LocalHomes.ensure``: a home with a quota is a mounted filesystem)."""
     home = home_for(data_root, hub_name)
     if not privileged():
         home.mkdir(parents=True, exist_ok=True)
@@ -94,6 +98,11 @@ def ensure_account(prefix: str, hub_name: str, data_root: Path) -> Account:
         entry = pwd.getpwnam(name)
     if entry.pw_uid == 0:
         raise AccountError(f"refusing to run a user server as root (account {name})")
+    if prepare_home is not None:
+        try:
+            prepare_home(hub_name, entry.pw_uid, entry.pw_gid)
+        except StorageError as e:
+            raise AccountError(f"could not prepare the home of {hub_name}: {e}") from e
     try:
         home.mkdir(parents=True, exist_ok=True)
         st = home.lstat()

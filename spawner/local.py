@@ -19,6 +19,8 @@ from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
 from tornado import web
 from traitlets import default
 
+from gpulab.hub.storage.local import local_homes
+
 from .accounts import Account, AccountError, account_env, ensure_account, prepare_data_root
 from .base import GpuSpawnerMixin
 
@@ -54,7 +56,12 @@ class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner):
         if getattr(self, "_account", None) is None:
             s = self.gpulab.settings
             prepare_data_root(s.data_path)
-            self._account = ensure_account(s.servers.unix_user_prefix, self.user.name, s.data_path)
+            self._account = ensure_account(
+                s.servers.unix_user_prefix,
+                self.user.name,
+                s.data_path,
+                prepare_home=local_homes(s).ensure,
+            )
         return self._account
 
     def make_preexec_fn(self, name):
@@ -96,8 +103,9 @@ class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner):
         self.reserve_gpus()
         try:
             self._storage_env = await self.storage_env()
-            try:
-                account = self.account
+            self._account = None  # made again: the home may need mounting (storage.home_quota)
+            try:  # off the event loop: it may make and mount the home's filesystem
+                account = await asyncio.to_thread(lambda: self.account)
             except AccountError as e:
                 raise web.HTTPError(
                     500, f"Cannot prepare {self.user.name}'s account: {e}"
@@ -137,6 +145,7 @@ class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner):
         await super().stop(now=now)
         await self._end_leftover_processes()
         self.release_gpus("stopped")
+        await asyncio.to_thread(local_homes(self.gpulab.settings).release, self.user.name)
 
     async def _end_leftover_processes(self) -> None:
         """A stopped server leaves nothing running that could hold its GPUs.

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpulab.hub.storage.local import local_homes
 from gpulab.hub.workloads.runner import Launch
 
 from .accounts import Account, account_env, ensure_account, prepare_data_root, privileged
@@ -57,7 +58,9 @@ class LocalRunner:
     def account(self, user: str) -> Account:
         s = self.settings
         prepare_data_root(s.data_path)
-        return ensure_account(s.servers.unix_user_prefix, user, s.data_path)
+        return ensure_account(
+            s.servers.unix_user_prefix, user, s.data_path, prepare_home=local_homes(s).ensure
+        )
 
     def base_env(self, user: str) -> dict[str, str]:
         env = {k: os.environ[k] for k in KEEP_ENV if k in os.environ}

@@ -145,6 +145,8 @@ class Hub:
             if entry.pw_name.startswith(self.unix_prefix):
                 subprocess.run(["pkill", "-KILL", "-u", entry.pw_name], check=False)
                 subprocess.run(["userdel", entry.pw_name], check=False, capture_output=True)
+        for mount in mounts_under(self.data_root):  # homes with a quota
+            subprocess.run(["umount", "--lazy", mount], check=False, capture_output=True)
         shutil.rmtree(self.data_root, ignore_errors=True)
 
     def log_tail(self, n: int = 60) -> str:
@@ -194,6 +196,14 @@ class Hub:
             ["pgrep", "-u", unix_name(self.unix_prefix, hub_name)], capture_output=True, text=True
         )
         return [int(p) for p in out.stdout.split()]
+
+
+def mounts_under(root: Path) -> list[str]:
+    """Mount points at or below ``root``, deepest first."""
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1] for line in f]
+    inside = [p for p in points if p == str(root) or p.startswith(f"{root}/")]
+    return sorted(inside, key=len, reverse=True)
 
 
 class User:

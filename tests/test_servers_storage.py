@@ -1,6 +1,7 @@
 """User servers get their own S3 bucket and keys on real Ceph RGW, and never the admin's."""
 
 import json
+import os
 import subprocess
 import uuid
 
@@ -237,3 +238,81 @@ def test_only_admins_delete_homes_with_confirmation(hub):
     assert hub.admin.delete(api + "?user=carol&confirm=carol", timeout=30).status_code == 204
     assert not (hub.data_root / "homes" / "carol").exists()
     assert hub.admin.get(hub.api("/gpulab/storage?user=carol"), timeout=30).json()["volume"] is None
+
+
+FILL = """
+import errno, os
+written = 0
+try:
+    with open("filler.bin", "wb") as f:
+        for _ in range({mib}):
+            f.write(b"x" * 2**20)
+            f.flush()
+            os.fsync(f.fileno())
+            written += 1
+    print("wrote", written)
+except OSError as e:
+    print("refused", written, errno.errorcode[e.errno])
+"""
+
+
+def test_home_quota_is_enforced_grown_online_and_rolled_back(make_hub):
+    hub = make_hub({"gpus": {"ids": ["0"]}, "storage": {"home_quota": True, "home_size": "64MiB"}})
+    # a directory home an earlier gpulab left: moved into the home's filesystem
+    old_home = hub.data_root / "homes" / "dana"
+    old_home.mkdir(parents=True)
+    (old_home / "notes.txt").write_text("from before the quota")
+    hub.start()
+    dana = hub.create_user("dana")
+    assert dana.spawn(profile="cpu").status_code in (201, 202)
+    assert dana.run("print(open('notes.txt').read())").strip() == "from before the quota"
+    assert os.path.ismount(old_home)
+
+    # writing past the home's size fails for this user, with "no space left"
+    out = dana.run(FILL.format(mib=100)).split()
+    assert out[0] == "refused" and out[2] == "ENOSPC", out
+    assert 40 <= int(out[1]) < 64, out
+    api = hub.api("/gpulab/storage")
+    volume = dana.session.get(api, timeout=30).json()["volume"]
+    assert volume["size_bytes"] == 64 * 2**20
+    assert volume["used_bytes"] >= int(out[1]) * 2**20
+
+    # grown while the server runs: at once where the kernel lets a filesystem grow in
+    # use, else (this machine: no CAP_SYS_RESOURCE) at the next start, and it says so
+    r = dana.session.post(api + "/volume/resize", json={"size": "256MiB"}, timeout=60)
+    assert r.status_code == 200 and r.json()["size_bytes"] == 256 * 2**20, r.text
+    if r.json().get("note"):
+        assert "applies when your server next starts" in r.json()["note"]
+        dana.stop()  # the home is unmounted, and grown when it is next mounted
+        assert dana.session.get(api, timeout=30).json()["volume"]["size_bytes"] == 256 * 2**20
+        assert dana.spawn(profile="cpu").status_code in (201, 202)
+    assert "note" not in dana.session.get(api, timeout=30).json()["volume"]
+    dana.run("import os; os.remove('filler.bin')")
+    assert dana.run(FILL.format(mib=100)).split() == ["wrote", "100"]
+    total = int(dana.run("import shutil; print(shutil.disk_usage('.').total)").strip())
+    assert 200 * 2**20 < total <= 256 * 2**20
+
+    # snapshot and rollback on the mounted home
+    dana.run("import os; os.remove('filler.bin')")
+    dana.run("open('work.txt', 'w').write('v1')")
+    r = dana.session.post(api + "/volume/snapshots", json={"name": "v1"}, timeout=60)
+    assert r.status_code == 201, r.text
+    dana.run("open('work.txt', 'w').write('v2'); open('later.txt', 'w').write('x')")
+    dana.stop()
+    r = dana.session.post(api + "/volume/snapshots/v1/rollback", timeout=60)
+    assert r.status_code == 200, r.text
+    assert dana.spawn(profile="cpu").status_code in (201, 202)
+    out = dana.run(
+        "import os; print(open('work.txt').read(), os.path.exists('later.txt'), "
+        "open('notes.txt').read())"
+    )
+    assert out.split() == ["v1", "False", "from", "before", "the", "quota"]
+
+    # deleting the home unmounts its filesystem and removes it
+    dana.stop()
+    for snap in dana.session.get(api + "/volume/snapshots", timeout=30).json()["snapshots"]:
+        dana.session.delete(api + f"/volume/snapshots/{snap['name']}", timeout=30)
+    r = hub.admin.delete(api + "/volume?user=dana&confirm=dana", timeout=60)
+    assert r.status_code == 204, r.text
+    assert not os.path.ismount(old_home) and not old_home.exists()
+    assert not (hub.data_root / "volumes" / "dana.img").exists()

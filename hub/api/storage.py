@@ -20,7 +20,7 @@ from gpulab.hub.app import context
 from gpulab.hub.settings import SettingsError, format_size, parse_size
 from gpulab.hub.storage import StorageError
 from gpulab.hub.storage.claims import ClaimVolumes, claim_volumes
-from gpulab.hub.storage.local import LocalHomes
+from gpulab.hub.storage.local import LocalHomes, local_homes
 
 from .gpus import GpulabAPIHandler
 
@@ -35,11 +35,7 @@ class StorageAPIHandler(GpulabAPIHandler):
                 return await claim_volumes(ctx.settings, user, running)
             except StorageError as e:
                 raise web.HTTPError(e.status, str(e)) from None
-        return LocalHomes(
-            ctx.settings.data_path,
-            ctx.settings.storage.home_size_bytes,
-            in_use=lambda _user: running,
-        )
+        return local_homes(ctx.settings, in_use=lambda _user: running)
 
     async def volume(self, user: str, operation: str, *args):
         """Run one operation on the user's home volume, off the event loop."""

@@ -45,15 +45,20 @@ class Volume:
     """Provisioned size (the quota for directory homes)."""
     used_bytes: int
     snapshots: list[Snapshot] = field(default_factory=list)
+    note: str = ""
+    """Something the user should know (a size that applies at the next start)."""
 
     def as_json(self) -> dict:
-        return {
+        model = {
             "backend": self.backend,
             "name": self.name,
             "size_bytes": self.size_bytes,
             "used_bytes": self.used_bytes,
             "snapshots": [s.as_json() for s in self.snapshots],
         }
+        if self.note:
+            model["note"] = self.note
+        return model
 
 
 SNAPSHOT_NAME_RULE = "1-64 characters: letters, digits, '.', '_' and '-', not starting with '.'"

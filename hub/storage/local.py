@@ -1,6 +1,9 @@
 """Directory homes (the local backend) in the same shape as RBD volumes.
 
 A home is ``data_root/homes/<name>``; its size is ``storage.home_size`` until grown.
+With ``storage.home_quota`` the size is enforced: the home is the mount point of an ext4
+filesystem in ``data_root/volumes/<name>.img`` (``images``); a directory home from
+before is moved into it on its next use. Without it the size is only reported.
 Snapshots are copies under ``data_root/snapshots/<name>/<snapshot>`` (root-only, 0700),
 made with ``cp -a --reflink=auto`` so copy-on-write filesystems share the blocks.
 Changes to one user's home serialise on a lock file, across threads and processes.
@@ -11,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -22,7 +26,9 @@ from pathlib import Path
 from gpulab.hub.names import safe_name
 from gpulab.hub.settings import format_size
 
-from . import Snapshot, StorageError, Volume, check_snapshot_name
+from . import Snapshot, StorageError, Volume, check_snapshot_name, images
+
+log = logging.getLogger(__name__)
 
 
 def directory_usage(path: Path) -> int:
@@ -41,14 +47,75 @@ class LocalHomes:
     """Users' homes as directories: size, use, grow, snapshots and rollback."""
 
     def __init__(
-        self, data_root: Path, size_bytes: int, in_use: Callable[[str], bool] = lambda user: False
+        self,
+        data_root: Path,
+        size_bytes: int,
+        in_use: Callable[[str], bool] = lambda user: False,
+        quota: bool = False,
     ):
         self.data_root, self.default_size = Path(data_root), size_bytes
         self.in_use = in_use
+        self.quota = quota
+        """Enforce each home's size (an ext4 image per home; the hub must be root)."""
         self._threads = threading.Lock()
 
     def home(self, user: str) -> Path:
         return self.data_root / "homes" / safe_name(user)
+
+    def _image(self, user: str) -> Path:
+        return self.data_root / "volumes" / f"{safe_name(user)}.img"
+
+    def ensure(self, user: str, uid: int, gid: int) -> None:
+        """Before anything of the user's runs: with a quota, the home's filesystem is
+        made (at the home's size) and mounted; a directory home is moved into it."""
+        if not self.quota:
+            return
+        home, image = self.home(user), self._image(user)
+        with self._locked(user) as meta:
+            if images.mounted(home):
+                return
+            if not image.exists():
+                images.create(image, meta["size_bytes"], uid, gid)
+            if home.is_dir() and any(home.iterdir()):
+                self._move_into_image(home, image)
+            else:
+                self._mount(image, home, meta)
+
+    @staticmethod
+    def _mount(image: Path, home: Path, meta: dict) -> None:
+        # first what it was grown to while mounted, where online growing is not allowed
+        images.grow_offline(image, meta["size_bytes"])
+        meta.pop("grow_pending", None)
+        images.mount(image, home)
+
+    def _move_into_image(self, home: Path, image: Path) -> None:
+        """A directory home from before the quota: copied into the image, then replaced
+        by it. The directory is removed only once the image is mounted in its place."""
+        staging = home.with_name(f".{home.name}.moving")
+        images.mount(image, staging)
+        try:
+            images.empty(staging)  # what an interrupted earlier attempt left
+            images.fill_from(staging, home)
+        finally:
+            images.unmount(staging)
+            staging.rmdir()
+        old = home.with_name(f".{home.name}.before-quota")
+        os.rename(home, old)
+        try:
+            images.mount(image, home)
+        except StorageError:
+            home.rmdir()
+            os.rename(old, home)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _mount_existing(self, user: str) -> None:
+        """A quota home whose filesystem is not mounted (after a reboot): mount it."""
+        home, image = self.home(user), self._image(user)
+        if self.quota and image.exists() and not images.mounted(home):
+            with self._locked(user) as meta:
+                if not images.mounted(home):
+                    self._mount(image, home, meta)
 
     def _meta_path(self, user: str) -> Path:
         return self.data_root / "volumes" / f"{safe_name(user)}.json"
@@ -78,6 +145,7 @@ class LocalHomes:
             return {"size_bytes": self.default_size}
 
     def _require_home(self, user: str) -> Path:
+        self._mount_existing(user)
         home = self.home(user)
         if not home.is_dir():
             raise StorageError(
@@ -94,9 +162,15 @@ class LocalHomes:
             backend="local",
             name=str(home),
             size_bytes=self._meta(user)["size_bytes"],
-            used_bytes=directory_usage(home),
+            used_bytes=images.used_bytes(home) if images.mounted(home) else directory_usage(home),
+            note=self._pending_note(user),
             snapshots=self.snapshots(user),
         )
+
+    def _pending_note(self, user: str) -> str:
+        if not self._meta(user).get("grow_pending"):
+            return ""
+        return "the new size applies when your server next starts"
 
     def snapshots(self, user: str) -> list[Snapshot]:
         self._require_home(user)
@@ -119,7 +193,25 @@ class LocalHomes:
                     f"to {format_size(size_bytes)}"
                 )
             meta["size_bytes"] = size_bytes
+            if images.mounted(self.home(user)):
+                try:
+                    images.grow_online(self._image(user), self.home(user), size_bytes)
+                except StorageError as e:  # e.g. no CAP_SYS_RESOURCE: at the next mount
+                    log.warning("%s's home grows at its next mount: %s", user, e)
+                    meta["grow_pending"] = True
         return self.info(user)
+
+    def release(self, user: str) -> None:
+        """After the user's server stopped: unmount a quota home if nothing uses it, so
+        a size it was given meanwhile applies at the next start."""
+        home = self.home(user)
+        if not (self.quota and images.mounted(home)):
+            return
+        with self._locked(user):
+            try:
+                images.unmount(home, attempts=10)
+            except StorageError as e:  # a job or model of the user's still runs there
+                log.info("%s's home stays mounted: %s", user, e)
 
     def create_snapshot(self, user: str, name: str) -> Snapshot:
         check_snapshot_name(name)
@@ -164,6 +256,10 @@ class LocalHomes:
         with self._locked(user):
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
             self._snapshot(user, home, f"before-rollback-{stamp}")
+            if images.mounted(home):  # a mount point stays: its contents are replaced
+                images.empty(home)
+                images.fill_from(home, source)
+                return self.info(user)
             restored = home.with_name(f".{home.name}.restoring")
             shutil.rmtree(restored, ignore_errors=True)
             r = subprocess.run(
@@ -207,7 +303,19 @@ class LocalHomes:
                 f"{user}'s home has snapshots ({', '.join(snaps)}); delete them first", status=409
             )
         with self._locked(user):
+            if images.mounted(home):
+                images.unmount(home)
+                home.rmdir()
+                self._image(user).unlink()
+                self._meta_path(user).unlink(missing_ok=True)
+                return
             doomed = home.with_name(f".{home.name}.deleting")
             os.rename(home, doomed)  # gone from its place at once, even if removal is slow
             shutil.rmtree(doomed)
             self._meta_path(user).unlink(missing_ok=True)
+
+
+def local_homes(settings, in_use: Callable[[str], bool] = lambda user: False) -> LocalHomes:
+    """The local backend's homes, as the settings make them."""
+    st = settings.storage
+    return LocalHomes(settings.data_path, st.home_size_bytes, in_use=in_use, quota=st.home_quota)

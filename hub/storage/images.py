@@ -1,0 +1,143 @@
+"""Directory homes with an enforced size: an ext4 filesystem in a file, loop-mounted.
+
+With ``storage.home_quota`` (local backend, hub as root) a user's home
+``data_root/homes/<name>`` is the mount point of ``data_root/volumes/<name>.img``, a
+sparse file holding an ext4 filesystem of the home's size. Writes past it fail with
+"No space left on device" for that user alone; growing the home grows the file and the
+mounted filesystem online. The file takes disk space only for what is written.
+
+Only the hub (root) runs these commands: ``mkfs.ext4``, ``mount``, ``losetup``,
+``resize2fs``, ``umount`` (e2fsprogs, mount; part of every Debian system).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from . import StorageError
+
+
+def _run(*cmd: str, what: str) -> str:
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    except FileNotFoundError:
+        raise StorageError(f"cannot {what}: {cmd[0]} is not installed", status=500) from None
+    if r.returncode != 0:
+        detail = (r.stderr or r.stdout).strip().splitlines()
+        raise StorageError(f"cannot {what}: {detail[-1] if detail else cmd[0]}", status=500)
+    return r.stdout
+
+
+def create(image: Path, size_bytes: int, uid: int, gid: int) -> None:
+    """A sparse file of ``size_bytes`` with an empty ext4 filesystem owned by uid:gid."""
+    partial = image.with_name(image.name + ".partial")
+    partial.unlink(missing_ok=True)
+    with open(partial, "wb") as f:
+        f.truncate(size_bytes)
+    os.chmod(partial, 0o600)
+    # no blocks reserved for root; the root directory is the user's
+    _run("mkfs.ext4", "-q", "-F", "-m", "0", "-E", f"root_owner={uid}:{gid}", str(partial),
+         what=f"make the filesystem of {image.name}")  # fmt: skip
+    os.replace(partial, image)
+
+
+def mounted(home: Path) -> bool:
+    return os.path.ismount(home)
+
+
+def mount(image: Path, home: Path) -> None:
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _run("mount", "-o", "loop,nosuid,nodev", str(image), str(home), what=f"mount {home}")
+
+
+def unmount(home: Path, attempts: int = 1) -> None:
+    """Unmount the home; refused (409) while a process still has files open in it
+    (``attempts``: tries, 0.2 s apart, for processes that are ending)."""
+    for attempt in range(attempts):
+        try:
+            _run("umount", str(home), what=f"unmount {home}")
+            return
+        except StorageError as e:
+            if attempt == attempts - 1:
+                raise StorageError(f"{e}: is a process of the user still running?",
+                                   status=409) from None  # fmt: skip
+            time.sleep(0.2)
+
+
+def _extend(image: Path, size_bytes: int) -> bool:
+    """Make the file ``size_bytes`` long if it is shorter; whether it was."""
+    with open(image, "r+b") as f:
+        if os.fstat(f.fileno()).st_size >= size_bytes:
+            return False
+        f.truncate(size_bytes)
+    return True
+
+
+def filesystem_bytes(image: Path) -> int:
+    """The size of the filesystem in the file (which may be longer, until it is grown)."""
+    out = _run("dumpe2fs", "-h", str(image), what=f"read the filesystem of {image.name}")
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    return int(fields["Block count"]) * int(fields["Block size"])
+
+
+def grow_online(image: Path, home: Path, size_bytes: int) -> None:
+    """Grow the file and the mounted filesystem to ``size_bytes`` while it is in use.
+
+    Needs CAP_SYS_RESOURCE (a container may not grant it: then a StorageError, and
+    ``grow_offline`` does it at the next mount)."""
+    _extend(image, size_bytes)
+    device = loop_device(image)
+    _run("losetup", "--set-capacity", device, what=f"grow {device}")
+    _run("resize2fs", device, what=f"grow the filesystem of {home}")
+
+
+def grow_offline(image: Path, size_bytes: int) -> None:
+    """Grow the unmounted filesystem to fill ``size_bytes`` (checked first, as resize2fs
+    requires)."""
+    _extend(image, size_bytes)
+    if filesystem_bytes(image) >= size_bytes - 2**20:
+        return
+    r = subprocess.run(["e2fsck", "-f", "-p", str(image)], capture_output=True, text=True)
+    if r.returncode > 1:  # 1: errors corrected
+        raise StorageError(f"the filesystem of {image.name} needs repair: {r.stdout.strip()}")
+    _run("resize2fs", str(image), what=f"grow the filesystem of {image.name}")
+
+
+def loop_device(image: Path) -> str:
+    out = _run("losetup", "--noheadings", "--output", "NAME", "-j", str(image),
+               what=f"find the loop device of {image.name}")  # fmt: skip
+    devices = out.split()
+    if not devices:
+        raise StorageError(f"{image.name} is not mounted", status=500)
+    return devices[0]
+
+
+def used_bytes(home: Path) -> int:
+    """Bytes in use in the mounted filesystem (as ``df`` counts them)."""
+    st = os.statvfs(home)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+def fill_from(home: Path, source: Path) -> None:
+    """Copy ``source``'s contents into the (empty) mounted ``home``, keeping owners and
+    modes. The source is left as it is."""
+    r = subprocess.run(
+        ["cp", "-a", "--reflink=auto", f"{source}/.", str(home)], capture_output=True, text=True
+    )
+    if r.returncode != 0:
+        raise StorageError(f"copying into {home} failed: {r.stderr.strip()}", status=500)
+
+
+def empty(home: Path) -> None:
+    """Remove everything in the mounted ``home`` but the filesystem's lost+found."""
+    for entry in home.iterdir():
+        if entry.name == "lost+found":
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
