@@ -241,8 +241,8 @@ class GpuSwitch:
         seconds = round(time.monotonic() - t0, 3)
         result.update(gpu_ids=released, seconds=seconds, free_seconds=free_seconds)
         message = (
-            f"Returned GPU {', '.join(released)}; your server now runs without a GPU. "
-            "Reload the page: your notebooks are restored"
+            f"Returned GPU {', '.join(released)}; your server moved to a new pod without a "
+            "GPU, and your notebooks with it"
         )
         self.ledger.update_operation(user, server, state="done", message=message, detail=result)
         where = label(user, server)
@@ -480,7 +480,7 @@ class GpuSwitch:
                 user, server, state="failed", message=f"{message}. It runs without a GPU again"
             )
             return None
-        result["restore"] = {"message": "Reload the page: your notebooks are restored"}
+        result["restore"] = {"message": "Your server moved to a new pod with it."}
         return result
 
     async def _undo_grant(self, spawner, message: str) -> None:

@@ -112,7 +112,7 @@ def test_return_gpu_moves_the_server_to_a_cpu_pod_and_get_gpu_moves_it_back(k8s,
     # a CPU pod on the same home claim takes over; the notebook's variables are back
     op = wait_op_ended(eve)
     assert op["state"] == "done", op
-    assert op["detail"]["new_pod"] and "Reload the page" in op["message"]
+    assert op["detail"]["new_pod"] and "moved to a new pod without a GPU" in op["message"]
     cpu_pod = user_pod(kube, "eve")
     assert gpu_limit(cpu_pod) is None and claim(cpu_pod) == "home-eve"
     assert "nvidia.com/gpu.product" not in (cpu_pod["spec"].get("nodeSelector") or {})
@@ -158,7 +158,7 @@ def test_get_gpu_that_cannot_be_scheduled_goes_back_to_a_cpu_pod(k8s, kube):
     out = gpulab(hub, fay.token, "gpu", "return")
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"Returned GPU {NODE}/0" in out.stdout
-    assert "your server now runs without a GPU" in " ".join(out.stdout.split())
+    assert "your server moved to a new pod without a GPU" in " ".join(out.stdout.split())
     assert gpu_op(fay)["operation"]["state"] == "done"
 
     # something outside gpulab takes both GPUs of the node: the ledger cannot know

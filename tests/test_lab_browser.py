@@ -311,6 +311,10 @@ def test_on_kubernetes_return_gpu_reloads_the_page_from_the_new_pod(k8s, kube, p
     page.wait_for_function("() => window.gpulabBeforeMove === undefined", timeout=90_000)
     expect(widget).to_have_attribute("data-gpulab-state", "nogpu", timeout=60_000)
     expect(label).to_have_text("No GPU · 2 of 2 free")
+    # the reloaded page says how the move went, and what was restored
+    status = widget.locator(".gpulab-gpu-status")
+    expect(status).to_contain_text("moved to a new pod without a GPU")
+    expect(status).to_contain_text(re.compile(r"Restored \d+ variables? in 1 notebook"))
     assert hub.gpus()["free"] == 2
     (container,) = user_pod(kube, "ken")["spec"]["containers"]
     assert "nvidia.com/gpu" not in ((container.get("resources") or {}).get("limits") or {})

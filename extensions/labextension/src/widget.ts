@@ -39,6 +39,9 @@ export interface IMoveHooks {
   reload(): void;
 }
 
+/** How long after a move to a new pod the reloaded page still reports how it went. */
+const MOVE_NOTICE_MS = 120_000;
+
 const MOVING_TEXT = 'Your server is moving to a new pod; this page reloads when it is back…';
 
 function errorText(error: unknown): string {
@@ -291,8 +294,17 @@ export class GpuWidget extends Widget {
   /** Keep following the operation this page started or saw running; report how it ended. */
   private _follow(state: IGpuState): void {
     const op = state.operation;
+    const first = !this._loaded;
+    this._loaded = true;
     if (!op) {
       return;
+    }
+    if (first && op.detail?.new_pod && !ACTIVE_STATES.has(op.state) && op.finished) {
+      // this page was loaded from the new pod a move just made: say how it went
+      const age = Date.now() - Date.parse(op.finished);
+      if (age >= 0 && age < MOVE_NOTICE_MS) {
+        this._followed = op.started;
+      }
     }
     if (ACTIVE_STATES.has(op.state)) {
       this._followed = op.started;
@@ -436,6 +448,8 @@ export class GpuWidget extends Widget {
   private _pending: string | null = null;
   private _notice: INotice | null = null;
   private _followed: string | null = null;
+  /** A state has been shown since the page loaded. */
+  private _loaded = false;
   /** An operation that replaces the server's pod is under way. */
   private _moving = false;
   /** ... and the old server stopped answering meanwhile. */
