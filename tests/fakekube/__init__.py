@@ -13,19 +13,24 @@ Use from tests (``tests/`` is on ``sys.path``)::
     with FakeKube(nodes=[{"name": "gpu-node-1", "gpus": 2}], run_containers=True) as kube:
         kube.url          # http://127.0.0.1:<free port>
         kube.kubeconfig   # a kubeconfig file for KUBECONFIG (KubeSpawner needs one)
+        token = kube.service_account_token("gpulab", "gpulab-hub")  # see ``rbac``
+        kube.kubeconfig_for(token)  # a kubeconfig acting as that ServiceAccount
         kube.faults.fail("create", "pods", status=500, times=2)  # see ``faults``
         kube.drop_watches()
 
 Served: core/v1 namespaces, pods (+status, log), services, secrets, configmaps,
 serviceaccounts, events, nodes, persistentvolumeclaims, persistentvolumes; apps/v1
 deployments and replicasets; batch/v1 jobs; storage.k8s.io/v1 storageclasses;
-discovery and ``/version``. Module map:
+rbac.authorization.k8s.io/v1 roles, rolebindings, clusterroles, clusterrolebindings;
+discovery and ``/version``. Requests are authenticated (the admin's token, or none, or
+a ServiceAccount's from ``service_account_token``) and a ServiceAccount's authorized by
+RBAC, as the apiserver does (``rbac``). Module map:
 
 - ``store``: objects, the cluster-wide resourceVersion, change history, watchers;
 - ``registry`` + ``defaults`` + ``validation`` + ``admission`` + ``patch`` +
   ``selectors``: the apiserver's request semantics;
-- ``api``: HTTP routing, watch streaming, logs (also followed); ``faults``: injected
-  failures;
+- ``api``: HTTP routing, watch streaming, logs (also followed); ``rbac``:
+  authentication and RBAC authorization; ``faults``: injected failures;
 - ``scheduler``, ``kubelet`` (+ ``containers``, ``probes``), ``storage``,
   ``workloads``, ``gc``, ``dns``: the simulated components, on ``controller``'s loop;
 - ``cluster``: wiring and the kubeadm-like initial state; ``server``: ``FakeKube``.
@@ -48,12 +53,13 @@ Not imitated (a real cluster would; tests must not rely on these): container ima
 (commands run from the host's filesystem), volume mounts, resource limits
 enforcement, network policy, Endpoints/EndpointSlices (``dns`` computes the
 endpoints it needs itself), cluster DNS beyond pod hostname records (Service names,
-SRV records, ``resolv.conf``), authentication and
-authorization, server-side apply (415), ``dryRun``, ``fieldValidation``, ``/scale``,
-static PV binding, preemption (no PriorityClasses are served), service account
-tokens, Job ``podFailurePolicy``/``successPolicy``/``suspend``, paused Deployments and
-``WaitForFirstConsumer`` storage classes (these are refused with 422 so a test cannot
-silently rely on them).
+SRV records, ``resolv.conf``), anonymous requests (a request without a token is the
+admin), RBAC's escalation checks and aggregated ClusterRoles (see ``rbac``),
+server-side apply (415), ``dryRun``, ``fieldValidation``, ``/scale``, static PV
+binding, preemption (no PriorityClasses are served), service account tokens mounted
+into pods, Job ``podFailurePolicy``/``successPolicy``/``suspend``, paused Deployments
+and ``WaitForFirstConsumer`` storage classes (these are refused with 422 so a test
+cannot silently rely on them).
 """
 
 from .cluster import NodeSpec

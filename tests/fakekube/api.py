@@ -24,11 +24,14 @@ they come as a chunked stream: what the instance logged so far, then what it wri
 (looked at every 50 ms), ending after its last output once it terminates (or
 restarts) or its pod is gone; an instance not running sends its whole log and ends.
 
-Not served: authentication and authorization (any token passes), ``dryRun`` (400),
-``sendInitialEvents`` (422), server-side apply (415), ``/scale``, ``/binding``,
-``/finalize``; the log options ``previous``, ``tailLines``, ``sinceSeconds``,
-``sinceTime``, ``timestamps``, ``limitBytes`` are ignored (the whole log is sent,
-without timestamps).
+Before anything else (routing, faults, handlers), every request is authenticated and
+authorized as the apiserver's filters do it (see ``rbac``): 401 for an unknown bearer
+token, 403 for what a service account's RBAC bindings do not allow.
+
+Not served: ``dryRun`` (400), ``sendInitialEvents`` (422), server-side apply (415),
+``/scale``, ``/binding``, ``/finalize``, the ``/watch/`` path form; the log options
+``previous``, ``tailLines``, ``sinceSeconds``, ``sinceTime``, ``timestamps``,
+``limitBytes`` are ignored (the whole log is sent, without timestamps).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from . import errors
+from . import errors, rbac
 from .cluster import KUBERNETES_VERSION
 from .faults import Fault, Faults
 from .resources import POD, ResourceType, groups, lookup
@@ -140,12 +143,19 @@ class Target:
 
 class Api:
     def __init__(
-        self, cluster: Cluster, faults: Faults, *, bookmark_interval: float, watch_timeout: int
+        self,
+        cluster: Cluster,
+        faults: Faults,
+        tokens: rbac.Tokens,
+        *,
+        bookmark_interval: float,
+        watch_timeout: int,
     ):
         self.cluster = cluster
         self.store = cluster.store
         self.registry = cluster.registry
         self.faults = faults
+        self.tokens = tokens
         self.bookmark_interval = bookmark_interval
         self.watch_timeout = watch_timeout
         self.streams: set[Watcher] = set()
@@ -165,6 +175,7 @@ class Api:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         try:
+            self.admit(request)
             target = self.route(request)
             if isinstance(target, web.StreamResponse):
                 return target
@@ -179,6 +190,14 @@ class Api:
         except Exception as e:
             log.exception("fakekube: %s %s failed", request.method, request.path)
             return _json(errors.internal(str(e)).status(), 500)
+
+    def admit(self, request: web.Request) -> rbac.Attributes:
+        """Authentication (401) and authorization (403), as the apiserver's filters do
+        them ahead of every handler; the RBAC objects are read as they are now."""
+        user = rbac.authenticate(request.headers.get("Authorization"), self.tokens, self.store)
+        attrs = rbac.attributes(user, request.method, request.path, request.query)
+        rbac.authorize(self.store, attrs)
+        return attrs
 
     # -- routing -------------------------------------------------------------------
 

@@ -4,8 +4,9 @@ recorder, the node inventory and the simulated control plane and kubelets.
 A fresh cluster looks like one made by kubeadm: namespaces ``default``,
 ``kube-system``, ``kube-public``, ``kube-node-lease`` (each with its ``default``
 ServiceAccount and ``kube-root-ca.crt`` ConfigMap), the ``kubernetes`` Service in
-``default`` (10.96.0.1:443), and one Ready Node per inventory entry. Besides the
-kubeadm pieces, ``dns`` stands in for CoreDNS (pod hostname records only).
+``default`` (10.96.0.1:443), the bootstrap RBAC policy (see ``rbac``), and one Ready
+Node per inventory entry. Besides the kubeadm pieces, ``dns`` stands in for CoreDNS
+(pod hostname records only).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .dns import ClusterDns
 from .events import EventRecorder
 from .gc import GarbageCollector, NamespaceController
 from .kubelet import Kubelet
+from .rbac import bootstrap as rbac_bootstrap
 from .registry import Registry
 from .resources import NAMESPACE, NODE, SERVICE, STORAGECLASS
 from .scheduler import Scheduler
@@ -197,6 +199,7 @@ class Cluster:
                 },
             },
         )
+        rbac_bootstrap(self.registry)
         for spec in self.nodes:
             self._node(spec)
         for sc in self.storage_classes:

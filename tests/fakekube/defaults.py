@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .quantity import parse_quantity
+from .resources import RBAC_GROUP
 
 Obj = dict[str, Any]
 
@@ -213,6 +214,21 @@ def event(obj: Obj, creating: bool) -> None:
     obj.setdefault("type", "Normal")
 
 
+def role_binding(obj: Obj, creating: bool) -> None:
+    """rbac/v1 ``SetDefaults_RoleBinding`` / ``_ClusterRoleBinding`` / ``_Subject``: the
+    roleRef's apiGroup, and a User or Group subject's, default to the RBAC group."""
+    ref = obj.setdefault("roleRef", {})
+    if isinstance(ref, dict) and not ref.get("apiGroup"):
+        ref["apiGroup"] = RBAC_GROUP
+    for subject in obj.get("subjects") or []:
+        if (
+            isinstance(subject, dict)
+            and not subject.get("apiGroup")
+            and subject.get("kind") in ("User", "Group")
+        ):
+            subject["apiGroup"] = RBAC_GROUP
+
+
 DEFAULTERS: dict[str, Callable[[Obj, bool], None]] = {
     "Pod": pod,
     "Service": service,
@@ -225,6 +241,8 @@ DEFAULTERS: dict[str, Callable[[Obj, bool], None]] = {
     "Job": job,
     "StorageClass": storageclass,
     "Event": event,
+    "RoleBinding": role_binding,
+    "ClusterRoleBinding": role_binding,
 }
 
 

@@ -3,9 +3,9 @@
 Every failure leaves the fake as a ``Status`` object with the same ``reason``,
 ``code``, ``message`` wording and ``details`` the apiserver's ``k8s.io/apimachinery``
 ``errors`` package builds (``NewNotFound``, ``NewAlreadyExists``, ``NewConflict``,
-``NewInvalid``, ``NewForbidden``, ``NewBadRequest``, ``NewResourceExpired``, ...), so
-clients (kubernetes_asyncio's ``ApiException``, kubectl) see what they would see
-against a real cluster.
+``NewInvalid``, ``NewForbidden``, ``NewUnauthorized``, ``NewBadRequest``,
+``NewResourceExpired``, ...), so clients (kubernetes_asyncio's ``ApiException``,
+kubectl) see what they would see against a real cluster.
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ class ApiError(Exception):
     reason: str
     message: str
     details: dict[str, Any] = field(default_factory=dict)
+    # send ``details`` even when empty, as ``NewForbidden`` does (``"details":{}``)
+    always_details: bool = False
 
     def __str__(self) -> str:
         return f"{self.code} {self.reason}: {self.message}"
@@ -69,10 +71,10 @@ class ApiError(Exception):
             "status": "Failure",
             "message": self.message,
             "reason": self.reason,
-            "code": self.code,
         }
-        if self.details:
+        if self.details or self.always_details:
             body["details"] = self.details
+        body["code"] = self.code  # after details, in metav1.Status's field order
         return body
 
 
@@ -138,12 +140,28 @@ def invalid(kind: str, name: str, errors: list[FieldError], group: str = "") -> 
 
 
 def forbidden(resource: str, name: str, why: str, group: str = "") -> ApiError:
+    """403 as ``errors.NewForbidden``: ``<resource> "<name>" is forbidden: <why>``;
+    without a name (a collection) ``<resource> is forbidden: <why>``; without a resource
+    (a non-resource path such as ``/metrics``) ``forbidden: <why>`` and empty details."""
+    if not resource:
+        return ApiError(403, "Forbidden", f"forbidden: {why}", {}, always_details=True)
+    qualified = _qualified(resource, group)
+    details: dict[str, Any] = {"name": name, "kind": resource} if name else {"kind": resource}
+    if group:
+        details["group"] = group
     return ApiError(
         403,
         "Forbidden",
-        f'{_qualified(resource, group)} "{name}" is forbidden: {why}',
-        _details(resource, name, group),
+        f'{qualified} "{name}" is forbidden: {why}' if name else f"{qualified} is forbidden: {why}",
+        details,
+        always_details=True,
     )
+
+
+def unauthorized() -> ApiError:
+    """401 as the authentication filter answers a credential no authenticator accepts
+    (``errors.NewUnauthorized("Unauthorized")``: no details)."""
+    return ApiError(401, "Unauthorized", "Unauthorized")
 
 
 def invalid_list_options(option: str, detail: str) -> ApiError:

@@ -16,6 +16,9 @@ only its own namespace if given one. Failures answer as a real apiserver does: 5
 priority-and-fairness filter ("Too many requests, please try again later.") with a
 ``Retry-After`` header. Rules apply in the order they were added (every matching delay,
 then the first matching failure); ``hits`` counts the requests a rule acted on.
+Authentication and authorization come first (see ``rbac``), as the apiserver's filters
+run before its handlers: a request refused with 401 or 403 meets no rule and spends
+none.
 """
 
 from __future__ import annotations

@@ -98,8 +98,19 @@ STORAGECLASS = ResourceType(
     return_deleted_object=False,
 )
 
+RBAC_GROUP = "rbac.authorization.k8s.io"
+# policy objects: no status, DELETE answers a Success Status (see ``rbac``)
+POLICY = {"status_subresource": False, "return_deleted_object": False}
+ROLE = ResourceType(RBAC_GROUP, "roles", "Role", True, **POLICY)
+ROLEBINDING = ResourceType(RBAC_GROUP, "rolebindings", "RoleBinding", True, **POLICY)
+CLUSTERROLE = ResourceType(RBAC_GROUP, "clusterroles", "ClusterRole", False, **POLICY)
+CLUSTERROLEBINDING = ResourceType(
+    RBAC_GROUP, "clusterrolebindings", "ClusterRoleBinding", False, **POLICY
+)
+
 ALL = (POD, SERVICE, NAMESPACE, SECRET, CONFIGMAP, SERVICEACCOUNT, EVENT, NODE, PVC, PV)
 ALL += (DEPLOYMENT, REPLICASET, JOB, STORAGECLASS)
+ALL += (ROLE, ROLEBINDING, CLUSTERROLE, CLUSTERROLEBINDING)
 BY_KEY = {rt.key: rt for rt in ALL}
 
 

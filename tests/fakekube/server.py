@@ -2,15 +2,19 @@
 
 The API server, control plane and kubelets share one asyncio event loop on a
 background thread, so tests (sync or async) talk to it over HTTP exactly as
-KubeSpawner or kubectl would. ``kube.faults`` and ``kube.drop_watches()`` inject
-faults (see ``faults``); ``kube.hosts_file`` holds the cluster DNS records (see
-``dns``); stopping kills every process the kubelet started.
+KubeSpawner or kubectl would. ``kube.kubeconfig`` is the cluster admin's;
+``kube.service_account_token(ns, name)`` and ``kube.kubeconfig_for(token)`` give a
+client a ServiceAccount's identity, which RBAC then restricts (see ``rbac``).
+``kube.faults`` and ``kube.drop_watches()`` inject faults (see ``faults``);
+``kube.hosts_file`` holds the cluster DNS records (see ``dns``); stopping kills every
+process the kubelet started.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
 import json
 import logging
 import os
@@ -27,6 +31,7 @@ from .api import Api
 from .cluster import Cluster, NodeSpec
 from .containers import hosts_wrapper
 from .faults import Faults
+from .rbac import ADMIN_TOKEN, Tokens
 from .resources import POD
 
 log = logging.getLogger("fakekube")
@@ -93,6 +98,7 @@ class FakeKube:
         self._runner: web.AppRunner | None = None
         self._api: Api | None = None
         self.faults = Faults()
+        self._tokens = Tokens()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -142,21 +148,24 @@ class FakeKube:
         self._thread = threading.Thread(target=run, name="fakekube", daemon=True)
         self._thread.start()
         ready.result(timeout=30)
+        self._write_kubeconfig(Path(self.kubeconfig), "fakekube", ADMIN_TOKEN, "default")
+        return self
+
+    def _write_kubeconfig(self, path: Path, user: str, token: str, namespace: str) -> None:
         config = {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "fakekube", "cluster": {"server": self.url}}],
-            "users": [{"name": "fakekube", "user": {"token": "fakekube"}}],
+            "users": [{"name": user, "user": {"token": token}}],
             "contexts": [
                 {
                     "name": "fakekube",
-                    "context": {"cluster": "fakekube", "user": "fakekube", "namespace": "default"},
+                    "context": {"cluster": "fakekube", "user": user, "namespace": namespace},
                 }
             ],
             "current-context": "fakekube",
         }
-        Path(self.kubeconfig).write_text(json.dumps(config, indent=2))
-        return self
+        path.write_text(json.dumps(config, indent=2))
 
     async def _start(self) -> None:
         assert self.workdir is not None
@@ -175,6 +184,7 @@ class FakeKube:
         self._api = Api(
             self._cluster,
             self.faults,
+            self._tokens,
             bookmark_interval=self.bookmark_interval,
             watch_timeout=self.watch_timeout,
         )
@@ -206,6 +216,30 @@ class FakeKube:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    # -- identities ------------------------------------------------------------------
+
+    def service_account_token(self, namespace: str, name: str) -> str:
+        """A bearer token for ServiceAccount ``namespace/name``, as the TokenRequest API
+        (``kubectl create token``) gives one: requests carrying it are
+        ``system:serviceaccount:<namespace>:<name>`` and may do what RBAC bindings
+        allow that account (see ``fakekube.rbac``). The same token every time for one
+        account; it is accepted only while the ServiceAccount exists (401 otherwise).
+        May be called before ``start``."""
+        return self._tokens.issue(namespace, name)
+
+    def kubeconfig_for(self, token: str, path: str | Path | None = None) -> str:
+        """Write a kubeconfig like ``kubeconfig`` (same server) whose user carries
+        ``token``, its context's namespace that of the token's ServiceAccount
+        (``default`` for a token this fake did not issue); returns its path (by default
+        a file in the fake's working directory)."""
+        assert self.workdir is not None, "FakeKube is not started"
+        account = self._tokens.account(token)
+        namespace = account[0] if account else "default"
+        user = "-".join(account) if account else hashlib.sha256(token.encode()).hexdigest()[:12]
+        target = Path(path) if path is not None else self.workdir / f"kubeconfig-{user}"
+        self._write_kubeconfig(target, user, token, namespace)
+        return str(target)
 
     # -- helpers for tests -----------------------------------------------------------
 

@@ -1,9 +1,11 @@
 """Validation, as ``pkg/apis/*/validation`` does it, for the mistakes a client is likely
 to make: names, required fields, enum values, quantities (extended resources such as
-GPUs must be whole and have request == limit), and what an update may change. Each
-check returns ``FieldError``s with the apiserver's field paths and wording; the
-registry turns them into a 422 ``Invalid`` Status. Far from every rule of the real
-validation is here: an object this accepts may still be refused by a cluster.
+GPUs must be whole and have request == limit), RBAC rules, roleRefs and subjects, and
+what an update may change. Each check returns ``FieldError``s with the apiserver's field
+paths and wording; the registry turns them into a 422 ``Invalid`` Status. Far from every
+rule of the real validation is here: an object this accepts may still be refused by a
+cluster. (Checks are written per kind, as the apiserver's are; no OpenAPI schema is
+consulted.)
 """
 
 from __future__ import annotations
@@ -43,11 +45,24 @@ DNS1035_MSG = (
     "'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')"
 )
 NATIVE_PREFIXES = ("cpu", "memory", "ephemeral-storage", "hugepages-", "storage")
-NAME_STYLE = {"Namespace": "label", "Service": "dns1035"}
+# RBAC objects are named by ``ValidateRBACName`` (a path segment: "system:discovery")
+NAME_STYLE = {
+    "Namespace": "label",
+    "Service": "dns1035",
+    "Role": "path",
+    "ClusterRole": "path",
+    "RoleBinding": "path",
+    "ClusterRoleBinding": "path",
+}
 
 
 def name_problem(name: str, style: str) -> str | None:
     """Why ``name`` is not a valid object name of the given style, or None."""
+    if style == "path":  # path.IsValidPathSegmentName
+        if name in (".", ".."):
+            return f"may not be '{name}'"
+        bad = [c for c in ("/", "%") if c in name]
+        return f"may not contain '{bad[0]}'" if bad else None
     if style == "subdomain":
         if len(name) > 253:
             return "must be no more than 253 characters"
@@ -381,6 +396,128 @@ def validate_event(obj: Obj) -> Errors:
     )
 
 
+# -- rbac.authorization.k8s.io (pkg/apis/rbac/validation) -------------------------------
+
+RBAC_GROUP = "rbac.authorization.k8s.io"
+
+
+def _go_strings(values: list[Any]) -> str:
+    """A []string as field errors print it (``%#v``): ``[]string{"/a", "/b"}``."""
+    return "[]string{" + ", ".join(f'"{v}"' for v in values) + "}"
+
+
+def _policy_rules(obj: Obj, namespaced: bool) -> Errors:
+    """``ValidatePolicyRule`` for every rule: verbs; either non-resource URLs (cluster
+    roles only, and nothing else) or apiGroups and resources."""
+    errs: Errors = []
+    for i, rule in enumerate(obj.get("rules") or []):
+        path = f"rules[{i}]"
+        rule = rule if isinstance(rule, dict) else {}
+        if not rule.get("verbs"):
+            errs.append(required(f"{path}.verbs", "verbs must contain at least one value"))
+        urls = rule.get("nonResourceURLs") or []
+        if urls:
+            shown = f"Invalid value: {_go_strings(urls)}"
+            if namespaced:
+                errs.append(
+                    FieldError(
+                        f"{path}.nonResourceURLs",
+                        "FieldValueInvalid",
+                        f"{shown}: namespaced rules cannot apply to non-resource URLs",
+                    )
+                )
+            if rule.get("apiGroups") or rule.get("resources") or rule.get("resourceNames"):
+                errs.append(
+                    FieldError(
+                        f"{path}.nonResourceURLs",
+                        "FieldValueInvalid",
+                        f"{shown}: rules cannot apply to both regular resources and non-resource URLs",
+                    )
+                )
+            continue
+        if not rule.get("apiGroups"):
+            errs.append(
+                required(f"{path}.apiGroups", "resource rules must supply at least one api group")
+            )
+        if not rule.get("resources"):
+            errs.append(
+                required(f"{path}.resources", "resource rules must supply at least one resource")
+            )
+    return errs
+
+
+def validate_role(obj: Obj) -> Errors:
+    return _policy_rules(obj, True)
+
+
+def validate_cluster_role(obj: Obj) -> Errors:
+    errs = _policy_rules(obj, False)
+    if obj.get("aggregationRule") is not None:
+        errs.append(
+            forbidden_field(
+                "aggregationRule", "fakekube does not implement aggregated ClusterRoles"
+            )
+        )
+    return errs
+
+
+def _subject(subject: Any, namespaced: bool, path: str) -> Errors:
+    """``ValidateRoleBindingSubject``."""
+    errs: Errors = []
+    subject = subject if isinstance(subject, dict) else {}
+    name, kind, group = subject.get("name") or "", subject.get("kind"), subject.get("apiGroup")
+    if not name:
+        errs.append(required(f"{path}.name"))
+    if kind == "ServiceAccount":
+        if name and (problem := name_problem(name, "subdomain")):
+            errs.append(invalid_value(f"{path}.name", name, problem))
+        if group:
+            errs.append(unsupported_value(f"{path}.apiGroup", group, [""]))
+        if not namespaced and not subject.get("namespace"):
+            errs.append(required(f"{path}.namespace"))
+    elif kind in ("User", "Group"):
+        if group != RBAC_GROUP:
+            errs.append(unsupported_value(f"{path}.apiGroup", group or "", [RBAC_GROUP]))
+    else:
+        errs.append(
+            unsupported_value(f"{path}.kind", kind or "", ["ServiceAccount", "User", "Group"])
+        )
+    return errs
+
+
+def _binding(obj: Obj, namespaced: bool) -> Errors:
+    """``ValidateRoleBinding`` / ``ValidateClusterRoleBinding``: a roleRef to a Role
+    (RoleBindings only) or a ClusterRole of the RBAC group, and valid subjects."""
+    errs: Errors = []
+    ref = obj.get("roleRef") if isinstance(obj.get("roleRef"), dict) else {}
+    if ref.get("apiGroup") != RBAC_GROUP:
+        errs.append(unsupported_value("roleRef.apiGroup", ref.get("apiGroup") or "", [RBAC_GROUP]))
+    kinds = ["Role", "ClusterRole"] if namespaced else ["ClusterRole"]
+    if ref.get("kind") not in kinds:
+        errs.append(unsupported_value("roleRef.kind", ref.get("kind") or "", kinds))
+    if not ref.get("name"):
+        errs.append(required("roleRef.name"))
+    elif problem := name_problem(ref["name"], "path"):
+        errs.append(invalid_value("roleRef.name", ref["name"], problem))
+    for i, subject in enumerate(obj.get("subjects") or []):
+        errs += _subject(subject, namespaced, f"subjects[{i}]")
+    return errs
+
+
+def _role_ref_unchanged(old: Obj, new: Obj) -> Errors:
+    """A binding's roleRef cannot change (delete and recreate the binding instead)."""
+    ref = new.get("roleRef") if isinstance(new.get("roleRef"), dict) else {}
+    if ref == old.get("roleRef"):
+        return []
+    shown = (
+        f'rbac.RoleRef{{APIGroup:"{ref.get("apiGroup", "")}", Kind:"{ref.get("kind", "")}", '
+        f'Name:"{ref.get("name", "")}"}}'
+    )
+    return [
+        FieldError("roleRef", "FieldValueInvalid", f"Invalid value: {shown}: cannot change roleRef")
+    ]
+
+
 CREATE: dict[str, Callable[[Obj], Errors]] = {
     "Pod": lambda obj: pod_spec("spec", obj.get("spec")),
     "Service": validate_service,
@@ -392,6 +529,10 @@ CREATE: dict[str, Callable[[Obj], Errors]] = {
     "Job": validate_job,
     "StorageClass": validate_storageclass,
     "Event": validate_event,
+    "Role": validate_role,
+    "ClusterRole": validate_cluster_role,
+    "RoleBinding": lambda obj: _binding(obj, True),
+    "ClusterRoleBinding": lambda obj: _binding(obj, False),
 }
 
 
@@ -490,4 +631,6 @@ UPDATE: dict[str, Callable[[Obj, Obj], Errors]] = {
         _immutable(old, new, "selector", "template", "completions", "completionMode")
         + validate_job(new)
     ),
+    "RoleBinding": lambda old, new: _binding(new, True) + _role_ref_unchanged(old, new),
+    "ClusterRoleBinding": lambda old, new: _binding(new, False) + _role_ref_unchanged(old, new),
 }
