@@ -4,7 +4,8 @@
 StorageClass backed by the suite's real Ceph, and a ``gpulab`` namespace; its pods run
 their commands as local processes, with ``python`` and ``tensorflow_model_server`` (gpulab's
 model server, which takes TF Serving's flags) on the "image's" PATH. ``k8s_hub``: a real
-hub on the kubernetes backend against it. Both are made once per session;
+hub on the kubernetes backend against it, as the ServiceAccount of
+``deploy/kubernetes/rbac.yaml`` with exactly its rights. Both are made once per session;
 ``k8s`` is the hub for one test, with every server stopped, every GPU free and every
 pod gone after it. Pods run as ``nobody`` with ``HOME`` in a shared scratch directory
 (the fake mounts no volumes); each server listens on a port of its own, as pods on one
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from fakekube import FakeKube
 from hubfixture import BIN, Hub, wait_for
@@ -135,12 +137,34 @@ def s3_settings(ceph) -> dict:
     }
 
 
+RBAC = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes" / "rbac.yaml"
+PLURALS = {
+    "ServiceAccount": "serviceaccounts",
+    "Role": "roles",
+    "RoleBinding": "rolebindings",
+    "ClusterRole": "clusterroles",
+    "ClusterRoleBinding": "clusterrolebindings",
+}
+
+
+def apply_rbac(kube) -> str:
+    """What ``kubectl apply -f deploy/kubernetes/rbac.yaml`` does on the fake cluster;
+    a kubeconfig with the hub's ServiceAccount token, which gets only those rights."""
+    for doc in yaml.safe_load_all(RBAC.read_text()):
+        group = "/api/v1" if doc["apiVersion"] == "v1" else f"/apis/{doc['apiVersion']}"
+        ns = doc["metadata"].get("namespace")
+        where = f"/namespaces/{ns}" if ns else ""
+        kube_post(kube, f"{group}{where}/{PLURALS[doc['kind']]}", doc)
+    return kube.kubeconfig_for(kube.service_account_token(NAMESPACE, "gpulab-hub"))
+
+
 @pytest.fixture(scope="session")
 def k8s_hub(kube, ceph):
     home = Path(tempfile.mkdtemp(prefix="gpulab-k8s-home-"))
     home.chmod(0o1777)
     extra = home.parent / f"{home.name}-config.py"
     extra.write_text(EXTRA_CONFIG.format(singleuser=str(BIN / "jupyterhub-singleuser")))
+    kubeconfig = apply_rbac(kube)  # the hub has the shipped RBAC rights, no more
     hub = Hub(
         {
             "backend": "kubernetes",
@@ -149,6 +173,7 @@ def k8s_hub(kube, ceph):
                 kube,
                 home,
                 "registry.example/gpulab/notebook:test",
+                kubeconfig=kubeconfig,
                 unschedulable_timeout=3,
                 gpu_tolerations=[GPU_TOLERATION],
             ),

@@ -7,10 +7,12 @@ the whole pod KubeSpawner builds for a gpulab server.
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import kubernetes_validate
 import pytest
+import yaml
 from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.config import kube_config
 from kubespawner.clients import load_config
@@ -531,3 +533,14 @@ def test_the_hubs_copy_of_a_pod_log_keeps_lines_files_and_its_limit(tmp_path):
     # a line longer than a line may be is copied without waiting for its end
     assert runner._append("ada@lab", target, b"y" * (2**20 + 1)) == b""
     assert target.read_bytes().endswith(b"y\n")
+
+
+RBAC = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes" / "rbac.yaml"
+
+
+def test_the_shipped_rbac_manifests_are_valid_objects():
+    docs = list(yaml.safe_load_all(RBAC.read_text()))
+    kinds = [d["kind"] for d in docs]
+    assert kinds == ["ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"]
+    for doc in docs:
+        valid(doc)
