@@ -81,6 +81,15 @@ def claim(pod: dict) -> str:
     )
 
 
+def gpu_server_with(user, profile: str, notebook: str, code: str) -> str:
+    """Spawn ``profile`` for ``user``, open ``notebook`` and run ``code`` (which prints
+    "ok") in its kernel; the kernel's id."""
+    assert user.spawn(profile=profile).status_code in (201, 202)
+    kernel = open_notebook(user, notebook)
+    assert run(user, kernel, code).strip() == "ok"
+    return kernel
+
+
 def test_return_gpu_moves_the_server_to_a_cpu_pod_and_get_gpu_moves_it_back(k8s, kube):
     hub = k8s
     eve = hub.create_user("eve")
@@ -151,9 +160,7 @@ def test_return_gpu_moves_the_server_to_a_cpu_pod_and_get_gpu_moves_it_back(k8s,
 def test_get_gpu_that_cannot_be_scheduled_goes_back_to_a_cpu_pod(k8s, kube):
     hub = k8s
     fay = hub.create_user("fay")
-    assert fay.spawn(profile="gpu-1").status_code in (201, 202)
-    kernel = open_notebook(fay, "keep.ipynb")
-    assert run(fay, kernel, "kept = [1, 2, 3]; print('ok')").strip() == "ok"
+    gpu_server_with(fay, "gpu-1", "keep.ipynb", "kept = [1, 2, 3]; print('ok')")
     # `gpulab gpu return` follows the move until the new pod serves
     out = gpulab(hub, fay.token, "gpu", "return")
     assert out.returncode == 0, out.stdout + out.stderr
@@ -194,9 +201,7 @@ def test_get_gpu_that_cannot_be_scheduled_goes_back_to_a_cpu_pod(k8s, kube):
 def test_a_hub_restart_in_the_middle_of_a_move_loses_nothing(k8s, kube):
     hub = k8s
     gil = hub.create_user("gil")
-    assert gil.spawn(profile="gpu-1").status_code in (201, 202)
-    kernel = open_notebook(gil, "gil.ipynb")
-    assert run(gil, kernel, "kept = 'safe'; print('ok')").strip() == "ok"
+    gpu_server_with(gil, "gpu-1", "gil.ipynb", "kept = 'safe'; print('ok')")
     # as the lab's button asks: answered once the kernels are checkpointed
     r = gil.session.post(hub.api("/gpulab/gpu/return"), json={"wait": False}, timeout=120)
     assert r.status_code == 202, r.text
@@ -231,9 +236,7 @@ def test_a_hub_restart_in_the_middle_of_a_move_loses_nothing(k8s, kube):
 def test_an_idle_gpu_is_reclaimed_by_a_move_to_a_cpu_pod(k8s, kube):
     hub = k8s
     ida = hub.create_user("ida")
-    assert ida.spawn(profile="gpu-idle").status_code in (201, 202)
-    kernel = open_notebook(ida, "idle.ipynb")
-    assert run(ida, kernel, "answer = 42; print('ok')").strip() == "ok"
+    gpu_server_with(ida, "gpu-idle", "idle.ipynb", "answer = 42; print('ok')")
     wait_for(lambda: "ida" not in hub.holders().values(), 60, "ida's idle GPU to be reclaimed")
     events = hub.admin.get(hub.api("/gpulab/events?user=ida"), timeout=10).json()["events"]
     assert events[0]["action"] == "release"
