@@ -17,7 +17,7 @@
 Where the hub moves the whole server instead (the kubernetes backend replaces its pod),
 ``checkpoint_for_move`` does steps 1 and 2, writes what a new server needs to carry on
 (``~/.gpulab/checkpoints/resume.json``: each notebook's path, kernel and checkpoint) and
-shuts the kernels down; ``resume`` (run by the next server of the same name as it
+shuts the kernels down; ``start_resume`` (run by the next server of the same name as it
 starts, or by this one if the move is called off) starts a kernel for each notebook again
 and restores its variables.
 """
@@ -185,7 +185,9 @@ class KernelSwitch:
             await self._wait_gone([p for p in pids.values() if p] + [p["pid"] for p in others])
             released = time.monotonic()
             self.restore = {"state": "restoring", "message": "Restoring variables…", "kernels": []}
-            self._restoring = asyncio.ensure_future(self._restore_all(reports, restarts))
+            starts = [restarts[r.kernel_id] for r in reports]
+            files = [self._file(r.kernel_id) for r in reports]
+            self._restoring = asyncio.ensure_future(self._restore_all(reports, starts, files))
             if wait_restore:
                 await self._restoring
             return {
@@ -262,36 +264,34 @@ class KernelSwitch:
         return manifest
 
     def start_resume(self) -> bool:
-        """Start the notebooks of a pending ``resume.json`` again, in the background."""
-        if self.pending_resume() is None:
-            return False
-        self.restore = {"state": "restoring", "message": "Restoring variables…", "kernels": []}
-        self._restoring = asyncio.ensure_future(self.resume())
-        return True
-
-    async def resume(self) -> dict:
-        """Start a kernel for each notebook of ``resume.json`` and restore its variables.
+        """Start the notebooks of a pending ``resume.json`` again, in the background.
 
         The manifest is renamed once read, so a later server does not restore the same
-        variables again; the checkpoint files stay until the next checkpoint.
+        variables again; the checkpoint files stay until they are restored.
         """
         manifest = self.pending_resume()
-        if manifest is None:  # taken meanwhile
-            self.restore = {"state": "idle", "message": "", "kernels": []}
-            self._restoring = None
-            return self.restore
-        (self.dir / RESUME).replace(self.dir / (RESUME + ".done"))
-        reports, starts, files = [], {}, {}
+        if manifest is None:
+            return False
+        try:
+            (self.dir / RESUME).replace(self.dir / (RESUME + ".done"))
+        except FileNotFoundError:  # taken meanwhile
+            return False
+        self.restore = {"state": "restoring", "message": "Restoring variables…", "kernels": []}
+        self._restoring = asyncio.ensure_future(self._resume(manifest))
+        return True
+
+    async def _resume(self, manifest: dict) -> None:
+        """Start a kernel for each notebook of the manifest and restore its variables."""
+        reports, starts, files = [], [], []
         for nb in manifest.get("notebooks", []):
             report = KernelReport("", nb.get("path", ""), nb.get("saved", []), nb.get("failed", {}))
             reports.append(report)
-            starts[id(report)] = asyncio.ensure_future(self._start_session(nb, report))
-            files[id(report)] = nb.get("checkpoint", "")
+            starts.append(asyncio.ensure_future(self._start_session(nb, report)))
+            files.append(Path(nb["checkpoint"]) if nb.get("checkpoint") else None)
         await self._restore_all(reports, starts, files)
-        for report in reports:
+        for report, file in zip(reports, files, strict=True):
             if report.loaded:  # its checkpoint's files are spent
-                _remove_checkpoint(Path(files[id(report)]))
-        return self.restore
+                _remove_checkpoint(file)
 
     async def _start_session(self, nb: dict, report: KernelReport) -> None:
         model = await self.app.session_manager.create_session(
@@ -427,22 +427,20 @@ class KernelSwitch:
             await asyncio.sleep(0.01)
 
     async def _restore_all(
-        self, reports: list[KernelReport], starts: dict, files: dict | None = None
+        self, reports: list[KernelReport], starts: list, files: list[Path | None]
     ) -> None:
-        """Once each report's kernel has (re)started (``starts``: by kernel id, or by
-        ``id(report)`` with ``files`` naming each report's checkpoint), load its variables."""
+        """Once each report's kernel has (re)started (``starts[i]``, a future, for
+        ``reports[i]``), load its variables from its checkpoint ``files[i]``."""
         problems = []
-        for report in reports:
-            key = report.kernel_id if files is None else id(report)
+        for report, start, file in zip(reports, starts, files, strict=True):
             try:
-                await starts[key]
+                await start
             except Exception as e:  # noqa: BLE001 -- reported to the user below
                 report.note = f"the kernel did not start: {e}"
                 problems.append(report.note)
                 continue
             k = report.kernel_id
-            file = self._file(k) if files is None else Path(files[key] or "")
-            if not report.saved or not file.name:
+            if not report.saved or file is None:
                 continue
             try:
                 await self._run(k, "load", str(file), f"restoring {report.path}")
