@@ -122,14 +122,14 @@ def used_bytes(home: Path) -> int:
     return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
-def fill_from(home: Path, source: Path) -> None:
-    """Copy ``source``'s contents into the (empty) mounted ``home``, keeping owners and
-    modes. The source is left as it is."""
+def copy_tree(source: str | Path, target: str | Path, what: str) -> None:
+    """``cp -a --reflink=auto source target``: owners, modes and times kept, blocks shared
+    where the filesystem can (a ``source`` ending in ``/.`` copies its contents)."""
     r = subprocess.run(
-        ["cp", "-a", "--reflink=auto", f"{source}/.", str(home)], capture_output=True, text=True
+        ["cp", "-a", "--reflink=auto", str(source), str(target)], capture_output=True, text=True
     )
     if r.returncode != 0:
-        raise StorageError(f"copying into {home} failed: {r.stderr.strip()}", status=500)
+        raise StorageError(f"{what} failed: {r.stderr.strip()}", status=500)
 
 
 def empty(home: Path) -> None:

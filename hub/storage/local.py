@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -95,7 +94,7 @@ class LocalHomes:
         images.mount(image, staging)
         try:
             images.empty(staging)  # what an interrupted earlier attempt left
-            images.fill_from(staging, home)
+            images.copy_tree(f"{home}/.", staging, f"moving {home} into its filesystem")
         finally:
             images.unmount(staging)
             staging.rmdir()
@@ -157,20 +156,18 @@ class LocalHomes:
 
     def info(self, user: str) -> Volume:
         home = self._require_home(user)
+        meta = self._meta(user)
         return Volume(
             user=user,
             backend="local",
             name=str(home),
-            size_bytes=self._meta(user)["size_bytes"],
+            size_bytes=meta["size_bytes"],
             used_bytes=images.used_bytes(home) if images.mounted(home) else directory_usage(home),
-            note=self._pending_note(user),
+            note="the new size applies when your server next starts"
+            if meta.get("grow_pending")
+            else "",
             snapshots=self.snapshots(user),
         )
-
-    def _pending_note(self, user: str) -> str:
-        if not self._meta(user).get("grow_pending"):
-            return ""
-        return "the new size applies when your server next starts"
 
     def snapshots(self, user: str) -> list[Snapshot]:
         self._require_home(user)
@@ -227,12 +224,11 @@ class LocalHomes:
             raise StorageError(f"{user} already has a snapshot named {name!r}", status=409)
         partial = root / f".{name}.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        r = subprocess.run(
-            ["cp", "-a", "--reflink=auto", str(home), str(partial)], capture_output=True, text=True
-        )
-        if r.returncode != 0:
+        try:
+            images.copy_tree(home, partial, f"snapshot of {user}'s home")
+        except StorageError:
             shutil.rmtree(partial, ignore_errors=True)
-            raise StorageError(f"snapshot of {user}'s home failed: {r.stderr.strip()}", status=500)
+            raise
         os.rename(partial, target)
         snap = Snapshot(name, datetime.now(UTC).isoformat(), directory_usage(target))
         (root / f"{name}.json").write_text(
@@ -258,20 +254,15 @@ class LocalHomes:
             self._snapshot(user, home, f"before-rollback-{stamp}")
             if images.mounted(home):  # a mount point stays: its contents are replaced
                 images.empty(home)
-                images.fill_from(home, source)
+                images.copy_tree(f"{source}/.", home, f"rollback of {user}'s home")
                 return self.info(user)
             restored = home.with_name(f".{home.name}.restoring")
             shutil.rmtree(restored, ignore_errors=True)
-            r = subprocess.run(
-                ["cp", "-a", "--reflink=auto", str(source), str(restored)],
-                capture_output=True,
-                text=True,
-            )
-            if r.returncode != 0:
+            try:
+                images.copy_tree(source, restored, f"rollback of {user}'s home")
+            except StorageError:
                 shutil.rmtree(restored, ignore_errors=True)
-                raise StorageError(
-                    f"rollback of {user}'s home failed: {r.stderr.strip()}", status=500
-                )
+                raise
             old = home.with_name(f".{home.name}.old")
             os.rename(home, old)
             os.rename(restored, home)
