@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # the tests' hub harness and fake cluster
 
 from fakekube import FakeKube  # noqa: E402
-from hubfixture import BIN, Hub, run_in_kernel, wait_for  # noqa: E402
+from hubfixture import BIN, Hub, open_notebook, run_in_kernel, wait_for  # noqa: E402
 from k8sfixture import CEPH_RBD, EXTRA_CONFIG, NAMESPACE, kubernetes_settings  # noqa: E402
 
 NODE = "gpu-node-1"
@@ -49,16 +49,6 @@ PROFILES = [{"slug": "cpu", "default": True}, {"slug": "gpu-1", "gpus": 1}]
 
 STATE = "import numpy as np\nstate = np.random.default_rng({seed}).random(50 * 2**20 // 8)\n"
 CHECK = "print(round(float(state.sum()), 3))"
-
-
-def notebook(user, path: str) -> str:
-    r = user.session.post(
-        user.server_url + "/api/sessions",
-        json={"path": path, "type": "notebook", "name": path, "kernel": {"name": "python3"}},
-        timeout=60,
-    )
-    r.raise_for_status()
-    return r.json()["kernel"]["id"]
 
 
 def gpu(user) -> dict:
@@ -128,12 +118,11 @@ def main() -> int:
         free, restored, acquired, stops = [], [], [], []
         for i in range(args.rounds + 1):  # round 0 warms caches up and is not counted
             user.spawn(profile="gpu-1")
-            kernels = [notebook(user, f"nb{k}.ipynb") for k in range(2)]
+            paths = [f"nb{k}.ipynb" for k in range(2)]
+            kernels = [open_notebook(user, path) for path in paths]
             for seed, k in enumerate(kernels):
                 run_in_kernel(user.server_url, k, user.token, STATE.format(seed=seed), 120)
             sums = [run_in_kernel(user.server_url, k, user.token, CHECK, 60) for k in kernels]
-
-            paths = [f"nb{k}.ipynb" for k in range(2)]
 
             def state_back(what: str) -> float:
                 """Once the operation has ended and the variables are loaded: when."""

@@ -287,8 +287,9 @@ export class GpuWidget extends Widget {
     if (!this._moving || !op || ACTIVE_STATES.has(op.state)) {
       return false;
     }
-    this._moving = false;
-    return this._lost || !!op.detail?.new_pod;
+    const moved = this._lost || !!op.detail?.new_pod;
+    this._moving = this._lost = false;
+    return moved;
   }
 
   /** Keep following the operation this page started or saw running; report how it ended. */
