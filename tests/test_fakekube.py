@@ -1090,7 +1090,7 @@ def _records(kube: FakeKube) -> set[str]:
     return {line.split("\t")[1].split()[0] for line in records.splitlines() if line}
 
 
-async def test_cluster_dns_records_of_headless_services() -> None:
+async def test_cluster_dns_records_of_services_and_headless_pods() -> None:
     with FakeKube() as kube:  # simulated containers: Ready once started, podIP 127.0.0.1
         with open("/etc/hosts") as f:
             host_hosts = f.read()
@@ -1138,9 +1138,12 @@ async def test_cluster_dns_records_of_headless_services() -> None:
                 return _records(kube) == expected
 
             full = "svc.cluster.local"
+            # every Service with a cluster IP has its own name too (127.0.0.1 here)
+            services = {f"kubernetes.default.{full}", f"plain.default.{full}"}
             await eventually(
                 lambda: records_are(
-                    {
+                    services
+                    | {
                         f"w-0.trainers.default.{full}",
                         f"w-1.trainers.default.{full}",
                         f"l-0.lenient.default.{full}",
@@ -1156,6 +1159,10 @@ async def test_cluster_dns_records_of_headless_services() -> None:
                 "127.0.0.1\tw-1.trainers.default.svc.cluster.local w-1.trainers.default.svc"
                 " w-1.trainers.default w-1.trainers\n" in text
             )
+            assert (
+                "127.0.0.1\tplain.default.svc.cluster.local plain.default.svc plain.default\n"
+                in text
+            )
             # a deleted (terminating) pod's record goes at once; the file is the same one
             await v1.delete_namespaced_pod("w-1", "default")
             await eventually(
@@ -1165,7 +1172,9 @@ async def test_cluster_dns_records_of_headless_services() -> None:
             assert f"w-0.trainers.default.{full}" in _records(kube)
             await v1.delete_namespaced_service("trainers", "default")
             await eventually(
-                lambda: records_are({f"l-0.lenient.default.{full}", f"b-0.trainers.team-b.{full}"}),
+                lambda: records_are(
+                    services | {f"l-0.lenient.default.{full}", f"b-0.trainers.team-b.{full}"}
+                ),
                 what="the Service's records to go",
             )
             assert os.stat(kube.hosts_file).st_ino == inode
@@ -1242,7 +1251,7 @@ async def test_pods_resolve_each_other_by_hostname_and_subdomain() -> None:
             await eventually(
                 lambda: _true(f"w-1.{fqdn}" not in _records(kube)), what="w-1's record to go"
             )
-            assert _records(kube) == {f"w-0.{fqdn}"}
+            assert _records(kube) == {f"w-0.{fqdn}", "kubernetes.default.svc.cluster.local"}
 
 
 # -- storage ------------------------------------------------------------------------------
@@ -2116,3 +2125,167 @@ async def test_rbac_objects_are_served_validated_and_bootstrapped() -> None:
             )
             gone = await rbac.delete_namespaced_role_binding("reader", "default")
             assert gone.status == "Success" and gone.details.group == "rbac.authorization.k8s.io"
+
+
+IN_CLUSTER_CLIENT = """
+import asyncio, os, pathlib
+from kubernetes_asyncio import client, config
+
+async def main():
+    config.load_incluster_config()  # KUBERNETES_SERVICE_HOST/PORT, the mounted token and CA
+    async with client.ApiClient() as api:
+        v1 = client.CoreV1Api(api)
+        names = [p.metadata.name for p in (await v1.list_namespaced_pod("apps")).items]
+        print("pods:", names)
+        try:
+            await v1.list_namespaced_secret("apps")
+        except client.ApiException as e:
+            print("secrets:", e.status)
+
+sa = pathlib.Path("/var/run/secrets/kubernetes.io/serviceaccount")
+print("namespace:", (sa / "namespace").read_text())
+print("config:", pathlib.Path("/etc/app/settings.yaml").read_text().strip())
+print("key:", pathlib.Path("/etc/app-secret/key").read_text())
+scratch = pathlib.Path("/scratch/made-here")
+scratch.write_text("x")
+print("scratch:", scratch.read_text(), os.getuid())
+try:
+    pathlib.Path("/etc/app/new").write_text("x")
+except OSError as e:
+    print("read-only:", e.errno)
+asyncio.run(main())
+"""
+
+
+async def test_pods_see_their_volumes_and_reach_the_api_as_their_service_account() -> None:
+    """A container sees its ConfigMap, Secret and emptyDir volumes and the service
+    account token at their mount paths, and an in-cluster client (HTTPS, the mounted CA
+    and token) acts as the pod's service account: RBAC allows pods, not secrets."""
+    with FakeKube(run_containers=True) as kube:
+        assert kube.pod_dns, "FakeKube cannot make mount namespaces (util-linux unshare/setpriv)"
+        async with core(kube) as v1:
+            await v1.create_namespace({"metadata": {"name": "apps"}})
+            await v1.create_namespaced_service_account("apps", {"metadata": {"name": "reader"}})
+            await v1.create_namespaced_config_map(
+                "apps", {"metadata": {"name": "settings"}, "data": {"settings.yaml": "a: 1\n"}}
+            )
+            await v1.create_namespaced_secret(
+                "apps", {"metadata": {"name": "keys"}, "stringData": {"key": "s3cr3t"}}
+            )
+            rbac = client.RbacAuthorizationV1Api(v1.api_client)
+            await rbac.create_namespaced_role(
+                "apps",
+                {
+                    "metadata": {"name": "pod-reader"},
+                    "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}],
+                },
+            )
+            await rbac.create_namespaced_role_binding(
+                "apps",
+                {
+                    "metadata": {"name": "reader"},
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "Role",
+                        "name": "pod-reader",
+                    },
+                    "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": "apps"}],
+                },
+            )
+            body = pod(
+                "client",
+                serviceAccountName="reader",
+                securityContext={"runAsUser": 65534},
+                volumes=[
+                    {"name": "settings", "configMap": {"name": "settings"}},
+                    {"name": "keys", "secret": {"secretName": "keys"}},
+                    {"name": "scratch", "emptyDir": {}},
+                ],
+            )
+            body["spec"]["containers"][0].update(
+                command=[sys.executable, "-c", IN_CLUSTER_CLIENT],
+                volumeMounts=[
+                    {"name": "settings", "mountPath": "/etc/app"},
+                    {"name": "keys", "mountPath": "/etc/app-secret"},
+                    {"name": "scratch", "mountPath": "/scratch"},
+                ],
+            )
+            created = await v1.create_namespaced_pod("apps", body)
+            # the ServiceAccount admission plugin added the token's projected volume
+            mounts = {m.mount_path: m.name for m in created.spec.containers[0].volume_mounts}
+            token = mounts["/var/run/secrets/kubernetes.io/serviceaccount"]
+            assert token.startswith("kube-api-access-")
+
+            async def log() -> str:
+                try:
+                    text = await v1.read_namespaced_pod_log("client", "apps")
+                except ApiException:
+                    return ""
+                return text if "secrets:" in text or "Traceback" in text else ""
+
+            assert await eventually(log, timeout=30, what="the pod's output") == (
+                "namespace: apps\n"
+                "config: a: 1\n"
+                "key: s3cr3t\n"
+                "scratch: x 65534\n"
+                "read-only: 30\n"
+                "pods: ['client']\n"
+                "secrets: 403\n"
+            )
+        for path in ("/etc/app/settings.yaml", "/scratch/made-here"):
+            assert not os.path.exists(path)  # this host's own paths are untouched
+
+
+def _varint(n: int) -> bytes:
+    out = b""
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out += bytes([byte | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
+def _pb(number: int, value: int | bytes | str) -> bytes:
+    """One protobuf field: a varint, or length-delimited bytes / string / message."""
+    if isinstance(value, int):
+        return _varint(number << 3) + _varint(value)
+    data = value.encode() if isinstance(value, str) else value
+    return _varint(number << 3 | 2) + _varint(len(data)) + data
+
+
+def _k8s_protobuf(api_version: str, kind: str, raw: bytes) -> bytes:
+    return b"k8s\x00" + _pb(1, _pb(1, api_version) + _pb(2, kind)) + _pb(2, raw)
+
+
+def test_protobuf_bodies_of_secrets_and_deletes_are_decoded() -> None:
+    """What helm's release storage sends (client-go in protobuf): a Secret created and
+    deleted with protobuf bodies; a kind not decoded here is 415, a broken body 400."""
+    pb = {"Content-Type": "application/vnd.kubernetes.protobuf"}
+    meta = _pb(1, "sh.helm.release.v1.lab.v1") + _pb(11, _pb(1, "owner") + _pb(2, "helm"))
+    meta += _pb(8, b"")  # the zero creationTimestamp client-go always sends
+    secret = _pb(1, meta) + _pb(2, _pb(1, "release") + _pb(2, b"\x00\xffH4sI"))
+    secret += _pb(3, "helm.sh/release.v1")
+    with FakeKube(nodes=[]) as kube:
+        secrets = f"{kube.url}/api/v1/namespaces/default/secrets"
+        r = requests.post(secrets, data=_k8s_protobuf("v1", "Secret", secret), headers=pb)
+        assert r.status_code == 201, r.text
+        got = requests.get(f"{secrets}/sh.helm.release.v1.lab.v1").json()
+        assert got["type"] == "helm.sh/release.v1"
+        assert got["metadata"]["labels"] == {"owner": "helm"}
+        assert got["data"] == {"release": "AP9INHNJ"}  # base64 of the bytes sent
+        assert got["metadata"]["creationTimestamp"]  # the server's, not the zero one
+
+        pod_body = _k8s_protobuf("v1", "Pod", _pb(1, _pb(1, "p")))
+        r = requests.post(f"{kube.url}/api/v1/namespaces/default/pods", data=pod_body, headers=pb)
+        assert r.status_code == 415 and r.json()["reason"] == "UnsupportedMediaType"
+        r = requests.post(secrets, data=b"k8s\x00\x0a\xff", headers=pb)
+        assert r.status_code == 400 and "could not be decoded as protobuf" in r.json()["message"]
+
+        options = _pb(1, 0) + _pb(4, "Background")  # gracePeriodSeconds 0
+        r = requests.delete(
+            f"{secrets}/sh.helm.release.v1.lab.v1",
+            data=_k8s_protobuf("v1", "DeleteOptions", options),
+            headers=pb,
+        )
+        assert r.status_code == 200, r.text
+        assert requests.get(f"{secrets}/sh.helm.release.v1.lab.v1").status_code == 404

@@ -2,8 +2,11 @@
 
 - NamespaceLifecycle: objects go into namespaces that exist (404 otherwise) and are
   not terminating (403).
-- ServiceAccount: a pod's service account must exist (403). (Its token is not
-  mounted: no ``kube-api-access-*`` volume is added to the pod.)
+- ServiceAccount: a pod's service account must exist (403); unless the pod or the
+  account sets ``automountServiceAccountToken: false``, the pod gets the projected
+  ``kube-api-access-<suffix>`` volume (token, ``kube-root-ca.crt``'s ``ca.crt``, the
+  namespace), mounted read-only at ``/var/run/secrets/kubernetes.io/serviceaccount`` in
+  every container.
 - Priority: a ``priorityClassName`` must name a PriorityClass (this fake serves none,
   so any name other than the built-in ``system-*`` ones is refused, 403).
 - DefaultStorageClass: a claim with no ``storageClassName`` gets the default class.
@@ -58,13 +61,63 @@ def namespace_lifecycle(store: Store, rt: ResourceType, obj: Obj) -> None:
         raise err
 
 
+TOKEN_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
 def service_account(store: Store, pod: Obj) -> None:
     ns, account = pod["metadata"]["namespace"], pod["spec"]["serviceAccountName"]
-    if store.peek(SERVICEACCOUNT, ns, account) is None:
+    sa = store.peek(SERVICEACCOUNT, ns, account)
+    if sa is None:
         raise errors.forbidden(
             "pods",
             pod["metadata"]["name"],
             f'error looking up service account {ns}/{account}: serviceaccount "{account}" not found',
+        )
+    spec = pod["spec"]
+    automount = spec.get("automountServiceAccountToken")
+    if automount is None:
+        automount = sa.get("automountServiceAccountToken")
+    if automount is False:
+        return
+    containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
+    if any(
+        vm.get("mountPath") == TOKEN_MOUNT for c in containers for vm in c.get("volumeMounts") or []
+    ):
+        return  # the pod mounts a token of its own there
+    name = f"kube-api-access-{random_suffix()}"
+    spec.setdefault("volumes", []).append(
+        {
+            "name": name,
+            "projected": {
+                "defaultMode": 420,
+                "sources": [
+                    {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                    {
+                        "configMap": {
+                            "name": "kube-root-ca.crt",
+                            "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                        }
+                    },
+                    {
+                        "downwardAPI": {
+                            "items": [
+                                {
+                                    "path": "namespace",
+                                    "fieldRef": {
+                                        "apiVersion": "v1",
+                                        "fieldPath": "metadata.namespace",
+                                    },
+                                }
+                            ]
+                        }
+                    },
+                ],
+            },
+        }
+    )
+    for c in containers:
+        c.setdefault("volumeMounts", []).append(
+            {"name": name, "readOnly": True, "mountPath": TOKEN_MOUNT}
         )
 
 

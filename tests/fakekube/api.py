@@ -1,7 +1,9 @@
 """The HTTP face of the fake: kube-apiserver's REST paths, verbs and wire formats.
 
 Paths: discovery (``/api``, ``/api/v1``, ``/apis``, ``/apis/<group>``,
-``/apis/<group>/<version>``, ``/version``, ``/healthz``); collections and objects under
+``/apis/<group>/<version>``, ``/version``, ``/healthz``); ``/openapi/v2``, a document
+with no definitions (so clients' schema validation finds nothing to check; no
+``/openapi/v3``); collections and objects under
 ``/api/v1`` and ``/apis/<group>/<version>``, namespaced
 (``.../namespaces/<ns>/<resource>[/<name>[/<subresource>]]``) or across namespaces
 (``.../<resource>``, for list and watch); subresources ``status`` and ``log`` (Pods).
@@ -28,6 +30,9 @@ Before anything else (routing, faults, handlers), every request is authenticated
 authorized as the apiserver's filters do it (see ``rbac``): 401 for an unknown bearer
 token, 403 for what a service account's RBAC bindings do not allow.
 
+Bodies are JSON, or protobuf for the kinds ``protobuf`` decodes (helm's release
+Secrets come so); answers are JSON.
+
 Not served: ``dryRun`` (400), ``sendInitialEvents`` (422), server-side apply (415),
 ``/scale``, ``/binding``, ``/finalize``, the ``/watch/`` path form; the log options
 ``previous``, ``tailLines``, ``sinceSeconds``, ``sinceTime``, ``timestamps``,
@@ -45,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from . import errors, rbac
+from . import errors, protobuf, rbac
 from .cluster import KUBERNETES_VERSION
 from .faults import Fault, Faults
 from .resources import POD, ResourceType, groups, lookup
@@ -208,6 +213,8 @@ class Api:
             return web.Response(text="ok")
         if parts == ["version"]:
             return _json(self.version())
+        if parts == ["openapi", "v2"]:
+            return self.openapi(request)
         if parts == ["api"]:
             return _json({"kind": "APIVersions", "versions": ["v1"]})
         if parts == ["apis"]:
@@ -271,6 +278,19 @@ class Api:
         gv = {"groupVersion": f"{group}/v1", "version": "v1"}
         return {"name": group, "versions": [gv], "preferredVersion": gv}
 
+    def openapi(self, request: web.Request) -> web.Response:
+        """An OpenAPI v2 document without definitions, in protobuf when asked (as
+        client-go's discovery asks), else JSON: a client that validates manifests
+        against it (kubectl, helm) finds no schema for any kind and skips validation."""
+        info = {"title": "Kubernetes", "version": f"v{KUBERNETES_VERSION}"}
+        if protobuf.OPENAPI_V2 in request.headers.get("Accept", ""):
+            return web.Response(
+                body=protobuf.openapi_v2_document(info["title"], info["version"]),
+                # what kube-openapi answers ("@" is not allowed in a media type)
+                content_type="application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+            )
+        return _json({"swagger": "2.0", "info": info, "paths": {}, "definitions": {}})
+
     def version(self) -> Obj:
         major, minor, _ = KUBERNETES_VERSION.lstrip("v").split(".")
         return {
@@ -291,6 +311,8 @@ class Api:
         raw = await request.read()
         if not raw:
             return None
+        if request.headers.get("Content-Type", "").split(";")[0].strip() == protobuf.CONTENT_TYPE:
+            return protobuf.decode(raw)
         try:
             return json.loads(raw)
         except ValueError as e:

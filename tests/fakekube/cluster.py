@@ -20,6 +20,7 @@ from .dns import ClusterDns
 from .events import EventRecorder
 from .gc import GarbageCollector, NamespaceController
 from .kubelet import Kubelet
+from .rbac import Tokens
 from .rbac import bootstrap as rbac_bootstrap
 from .registry import Registry
 from .resources import NAMESPACE, NODE, SERVICE, STORAGECLASS
@@ -69,9 +70,14 @@ class Cluster:
         image_env: dict[str, str],
         storage_classes: list[dict[str, Any]],
         rbd_images: Any = None,
+        ca_pem: str = "",
+        tokens: Tokens | None = None,
     ):
         self.store = Store(history_size)
-        self.registry = Registry(self.store)
+        self.registry = Registry(self.store, ca_pem)
+        self.tokens = tokens
+        # (host, port) of the HTTPS API, for in-cluster clients in pods; set once served
+        self.apiserver: tuple[str, int] | None = None
         self.recorder = EventRecorder(self.registry)
         self.nodes = nodes
         self.gpu_resource = gpu_resource

@@ -36,9 +36,17 @@ What is imitated:
   to what is left of the group once the main process is gone;
 - stdout and stderr as the container's log (``pods/log``).
 
+- volumes (see ``volumes``): ConfigMaps, Secrets, emptyDirs and projected volumes (the
+  service account token) are bind-mounted on their ``mountPath`` in the same mount
+  namespace, mount points made on this host as runc makes them in a rootfs, before
+  the drop to the container's user; ``KUBERNETES_SERVICE_HOST`` /
+  ``KUBERNETES_SERVICE_PORT`` point at the fake's HTTPS port on 127.0.0.1 (not the
+  ``kubernetes`` Service's cluster IP, which does not route here), so a pod's
+  in-cluster client reaches the API as its service account.
+
 What is not: images (the command runs from the host's filesystem, ``image`` is only
 reported back; a container with neither ``command`` nor ``args`` is simulated, see
-``kubelet``), volume mounts (paths are the host's, except ``/etc/hosts`` as above),
+``kubelet``), claims and host paths (their paths are the host's, see ``volumes``),
 ``resourceFieldRef`` and Service environment variables (``enableServiceLinks``),
 network namespaces (every pod shares 127.0.0.1, see the package docstring on ports),
 the kubelet's own ``/etc/hosts`` entries (the pod's own name, ``hostAliases``),
@@ -62,7 +70,7 @@ import signal
 import stat
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +178,47 @@ def run_as(pod: Obj, container: Obj) -> tuple[int | None, int | None, list[int]]
     )
 
 
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (``path`` itself, or
+    one above it), or None when it exists."""
+    if os.path.lexists(path):
+        return None
+    while not os.path.lexists(path.parent):
+        path = path.parent
+    return path
+
+
+def remove_mount_points(made: Sequence[tuple[Path, Path]]) -> None:
+    """Remove the mount points a container's start made on this host, up to the
+    outermost folder made for each, as far as they are empty."""
+    for point, top in made:
+        with contextlib.suppress(OSError):
+            if point.is_file() and not point.stat().st_size:
+                point.unlink()
+                point = point.parent
+            while top == point or top in point.parents:
+                point.rmdir()
+                point = point.parent
+
+
+def mount_steps(mount: str, mounts: Sequence[Any]) -> list[str]:
+    """Shell steps that make each mount point (a file for a file) and bind the volume on
+    it, outer paths first; then the read-only ones are remounted read-only."""
+    steps = []
+    ordered = sorted(mounts, key=lambda m: len(Path(m.target).parts))
+    for m in ordered:
+        target, source = shlex.quote(m.target), shlex.quote(str(m.source))
+        if m.source.is_dir():
+            steps.append(f"mkdir -p {target}")
+        else:
+            steps.append(f'mkdir -p "$(dirname {target})" && touch {target}')
+        steps.append(f"{shlex.quote(mount)} --bind {source} {target}")
+    for m in ordered:
+        if m.read_only:
+            steps.append(f"{shlex.quote(mount)} -o remount,bind,ro {shlex.quote(m.target)}")
+    return steps
+
+
 class ExecError(OSError):
     """The command line names nothing this host can execute; the message is runc's
     (Go's ``exec.LookPath``)."""
@@ -223,9 +272,15 @@ def hosts_wrapper() -> tuple[str, str, str] | None:
 class Process:
     """A started container process; ``wait()`` gives the container exit code."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, log: Path):
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        log: Path,
+        made: Sequence[tuple[Path, Path]] = (),
+    ):
         self.proc = proc
         self.log = log
+        self.made = list(made)  # mount points made on this host, removed at exit
         self._pumps = [asyncio.ensure_future(self._pump(s)) for s in (proc.stdout, proc.stderr)]
 
     @classmethod
@@ -237,10 +292,11 @@ class Process:
         cwd: Path,
         log: Path,
         hosts: Path | None = None,
+        mounts: Sequence[Any] = (),
     ) -> Process:
-        """Run ``container``'s command, with ``hosts`` as its ``/etc/hosts`` where
-        ``hosts_wrapper()`` allows; ExecError / OSError / ValueError when it cannot
-        start."""
+        """Run ``container``'s command, with ``hosts`` as its ``/etc/hosts`` and
+        ``mounts`` (``volumes.Mount``) bind-mounted where ``hosts_wrapper()`` allows;
+        ExecError / OSError / ValueError when it cannot start."""
         uid, gid, groups = run_as(pod, container)
         switch = uid is not None and uid != os.geteuid()
         if switch:
@@ -262,6 +318,7 @@ class Process:
         find_executable(command[0], env["PATH"], cwd)
         kwargs: dict[str, Any] = {}
         wrapper = hosts_wrapper() if hosts is not None else None
+        made = [(Path(m.target), top) for m in mounts if (top := _first_missing(Path(m.target)))]
         if wrapper is not None:
             # mount as root in a private mount namespace, then drop to the container's
             # user; every step execs, so the pid stays the container's
@@ -273,11 +330,20 @@ class Process:
                     f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups"
                 )
                 drop.append("--")
-            script = f'{shlex.quote(mount)} --bind "$0" /etc/hosts && exec "$@"'
+            script = " && ".join(
+                [f'{shlex.quote(mount)} --bind "$0" /etc/hosts', *mount_steps(mount, mounts)]
+            )
+            script += ' && exec "$@"'
             argv = [unshare, "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script]
             argv += [str(hosts), *drop, *command]
-        elif switch:
-            kwargs = {"user": uid, "group": gid, "extra_groups": groups}
+        else:
+            if mounts:
+                logger.warning(
+                    "fakekube: no mount namespaces, so container %s sees no volumes",
+                    container.get("name"),
+                )
+            if switch:
+                kwargs = {"user": uid, "group": gid, "extra_groups": groups}
         proc = await asyncio.create_subprocess_exec(
             *argv,
             env=env,
@@ -288,7 +354,7 @@ class Process:
             start_new_session=True,
             **kwargs,
         )
-        return cls(proc, log)
+        return cls(proc, log, made if wrapper is not None else ())
 
     async def _pump(self, reader: asyncio.StreamReader | None) -> None:
         assert reader is not None
@@ -300,6 +366,8 @@ class Process:
     async def wait(self) -> int:
         code = await self.proc.wait()
         await asyncio.gather(*self._pumps, return_exceptions=True)
+        remove_mount_points(self.made)
+        self.made = []
         return code if code >= 0 else 128 - code
 
     def signal(self, sig: int) -> None:

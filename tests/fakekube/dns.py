@@ -1,4 +1,4 @@
-"""Cluster DNS for pod hostnames: the records CoreDNS serves for headless Services.
+"""Cluster DNS: the records CoreDNS serves for Services and for pod hostnames of headless Services.
 
 A pod with ``spec.hostname`` and ``spec.subdomain``, in a namespace that has a
 headless Service (``clusterIP: None``) named like the subdomain whose
@@ -24,9 +24,11 @@ Not imitated: a real pod resolves through its resolv.conf search list
 the file also lists the shorter names a pod reaches that way
 (``<hostname>.<subdomain>.<ns>.svc``, ``<hostname>.<subdomain>.<ns>``,
 ``<hostname>.<subdomain>``), and since there is one file for all pods, the last one
-resolves from every namespace here, not only from the pod's own. Also not: Service
-names and cluster IPs (``<service>.<ns>.svc.cluster.local`` does not resolve, cluster
-IPs do not route), SRV records, the names CoreDNS also answers for the endpoints of
+resolves from every namespace here, not only from the pod's own. Also not: cluster
+IPs (they do not route here, so a Service's names resolve to 127.0.0.1 instead:
+``<service>.<ns>.svc.cluster.local``, ``<service>.<ns>.svc``, ``<service>.<ns>``, not the
+bare ``<service>``; with no kube-proxy, a connection reaches the Service's pod only
+when the pod listens on the Service's port number itself), SRV records, the names CoreDNS also answers for the endpoints of
 non-headless Services and for endpoints without a hostname (``1-2-3-4.<service>...``,
 from the IP), the kubelet's own entries in each pod's
 ``/etc/hosts`` (its own ``<hostname>.<subdomain>...`` name and ``hostAliases``), and
@@ -70,6 +72,16 @@ def pod_names(hostname: str, subdomain: str, namespace: str) -> list[str]:
     ]
 
 
+def service_names(name: str, namespace: str) -> list[str]:
+    """A Service's names, without the bare ``<service>`` (one file serves every
+    namespace here; see the module docstring)."""
+    return [
+        f"{name}.{namespace}.svc.{CLUSTER_DOMAIN}",
+        f"{name}.{namespace}.svc",
+        f"{name}.{namespace}",
+    ]
+
+
 class ClusterDns(Controller):
     name = "cluster-dns"
     watches = ("pods", "services")
@@ -92,6 +104,11 @@ class ClusterDns(Controller):
         for svc in self.store.iter(SERVICE):
             spec = svc.get("spec") or {}
             selector = spec.get("selector") or {}
+            if spec.get("type") != "ExternalName" and spec.get("clusterIP") not in (None, "None"):
+                ns, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
+                # a Service's name: 127.0.0.1, where its pods listen (no kube-proxy here)
+                out.append(("127.0.0.1", service_names(name, ns)))
+                continue
             if spec.get("clusterIP") != "None" or not selector:
                 continue
             ns, name = svc["metadata"]["namespace"], svc["metadata"]["name"]

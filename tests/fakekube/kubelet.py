@@ -45,6 +45,7 @@ from .containers import ConfigError, Process, container_env
 from .controller import Controller
 from .errors import ApiError
 from .resources import CONFIGMAP, NODE, POD, PVC, SECRET
+from .volumes import VolumeManager
 
 if TYPE_CHECKING:
     from .cluster import Cluster
@@ -289,7 +290,10 @@ class PodWorker:
         if pod is None:
             return
         try:
-            env = container_env(self.cluster.store, pod, c.spec, self.kubelet.image_env)
+            env = container_env(self.cluster.store, pod, c.spec, self.kubelet.base_env())
+            mounts = []
+            if self.kubelet.run_containers and (c.spec.get("command") or c.spec.get("args")):
+                mounts = self.kubelet.volumes.mounts(pod, c.spec, self.sandbox)
         except ConfigError as e:
             if c.state.get("waiting", {}).get("reason") != "CreateContainerConfigError":
                 self.event("Failed", f"Error: {e}", type="Warning", container=c)
@@ -320,7 +324,7 @@ class PodWorker:
         if real:
             try:
                 c.process = await Process.start(
-                    c.spec, pod, env, cwd, c.log, self.cluster.dns.hosts_file
+                    c.spec, pod, env, cwd, c.log, self.cluster.dns.hosts_file, mounts
                 )
             except (OSError, ValueError) as e:
                 argv0 = argv[0]
@@ -652,7 +656,21 @@ class Kubelet(Controller):
         self.run_containers = run_containers
         self.restart_backoff = restart_backoff
         self.image_env = image_env
+        self.volumes = VolumeManager(cluster.store, cluster.tokens)
         self.workers: dict[str, PodWorker] = {}
+
+    def base_env(self) -> dict[str, str]:
+        """The image's environment and the ``kubernetes`` Service's variables, which the
+        kubelet gives every container (they point at the fake's HTTPS port here)."""
+        env = dict(self.image_env)
+        if self.cluster.apiserver is not None:
+            host, port = self.cluster.apiserver
+            env.update(
+                KUBERNETES_SERVICE_HOST=host,
+                KUBERNETES_SERVICE_PORT=str(port),
+                KUBERNETES_SERVICE_PORT_HTTPS=str(port),
+            )
+        return env
 
     def sync(self) -> None:
         nodes = {n["metadata"]["name"] for n in self.store.iter(NODE)}

@@ -81,8 +81,9 @@ def _parse_continue(token: str) -> tuple[int, str]:
 
 
 class Registry:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, ca_pem: str = ""):
         self.store = store
+        self.ca_pem = ca_pem or "-----BEGIN CERTIFICATE-----\nfakekube\n-----END CERTIFICATE-----\n"
 
     # -- decoding --------------------------------------------------------------
 
@@ -279,9 +280,7 @@ class Registry:
                             "kubernetes.io/description": "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters."
                         },
                     },
-                    "data": {
-                        "ca.crt": "-----BEGIN CERTIFICATE-----\nfakekube\n-----END CERTIFICATE-----\n"
-                    },
+                    "data": {"ca.crt": self.ca_pem},
                 },
             )
 

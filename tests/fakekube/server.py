@@ -33,6 +33,7 @@ from .containers import hosts_wrapper
 from .faults import Faults
 from .rbac import ADMIN_TOKEN, Tokens
 from .resources import POD
+from .tls import ClusterCA
 
 log = logging.getLogger("fakekube")
 
@@ -91,6 +92,7 @@ class FakeKube:
         self.image_env = dict(image_env)
         self.rbd_images = rbd_images
         self.port = 0
+        self.https_port = 0
         self.workdir: Path | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -169,6 +171,7 @@ class FakeKube:
 
     async def _start(self) -> None:
         assert self.workdir is not None
+        self._ca = ClusterCA(self.workdir / "pki")
         self._cluster = Cluster(
             self.nodes,
             gpu_resource=self.gpu_resource,
@@ -179,6 +182,8 @@ class FakeKube:
             image_env=self.image_env,
             storage_classes=self.storage_classes,
             rbd_images=self.rbd_images,
+            ca_pem=self._ca.ca_pem,
+            tokens=self._tokens,
         )
         self._cluster.start()
         self._api = Api(
@@ -193,6 +198,11 @@ class FakeKube:
         site = web.TCPSite(self._runner, "127.0.0.1", self.requested_port)
         await site.start()
         self.port = self._runner.addresses[0][1]
+        # what in-cluster clients in pods use (see ``tls``)
+        secure = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._ca.server_context())
+        await secure.start()
+        self.https_port = self._runner.addresses[1][1]
+        self._cluster.apiserver = ("127.0.0.1", self.https_port)
 
     async def _shutdown(self) -> None:
         assert self._cluster is not None and self._runner is not None

@@ -1,0 +1,160 @@
+"""The kubelet's volume manager, for the volumes a container process can see here.
+
+Imitated: ``configMap``, ``secret`` (``items``, ``optional``, ``defaultMode`` / item
+``mode``), ``emptyDir``, and ``projected`` with ``serviceAccountToken`` (the token of the
+pod's service account, as the fake's authenticator knows it), ``configMap``, ``secret``
+and ``downwardAPI`` (``fieldRef``) sources: the kube-api-access volume the
+ServiceAccount admission plugin adds (see ``admission``). Each is a directory of the
+pod's sandbox (``volumes/<name>``), its files written when a container starts, and
+bind-mounted on each of the container's ``volumeMounts`` (with ``subPath``,
+``readOnly``; ``configMap``, ``secret`` and ``projected`` always read-only) in the
+container's mount namespace (see ``containers``; as root only).
+
+Not imitated: ``persistentVolumeClaim`` (a claim's files are not this host's to mount:
+the path stays the host's own, so tests point a claim's ``mountPath`` at a folder of
+theirs), ``hostPath`` and the other volume types (likewise the host's own path), live
+updates of a mounted ConfigMap or Secret (files are written at container start), the
+``..data`` symlink layout, token expiry and rotation.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .containers import ConfigError, field_ref
+from .resources import CONFIGMAP, SECRET
+
+if TYPE_CHECKING:
+    from .rbac import Tokens
+    from .store import Store
+
+Obj = dict[str, Any]
+READ_ONLY = ("configMap", "secret", "projected")
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: Path
+    target: str
+    read_only: bool
+
+
+def _values(store: Store, kind: str, ns: str, ref: Obj, name_key: str) -> dict[str, bytes] | None:
+    name = ref.get(name_key, "")
+    obj = store.peek(SECRET if kind == "secret" else CONFIGMAP, ns, name)
+    if obj is None:
+        if ref.get("optional"):
+            return None
+        raise ConfigError(f'{kind.lower()} "{name}" not found')
+    if kind == "secret":
+        return {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
+    values = {k: v.encode() for k, v in (obj.get("data") or {}).items()}
+    values.update({k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()})
+    return values
+
+
+def _write(folder: Path, path: str, data: bytes, mode: int) -> None:
+    file = folder / path
+    if ".." in Path(path).parts or Path(path).is_absolute():
+        raise ConfigError(f"invalid path {path!r} in a volume")
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_bytes(data)
+    file.chmod(mode)
+
+
+def _project(folder: Path, values: dict[str, bytes], ref: Obj, mode: int, what: str) -> None:
+    items = ref.get("items")
+    if items is None:
+        for key, data in values.items():
+            _write(folder, key, data, mode)
+        return
+    for item in items:
+        if item["key"] not in values:
+            if ref.get("optional"):
+                continue
+            raise ConfigError(f"couldn't find key {item['key']} in {what}")
+        _write(folder, item["path"], values[item["key"]], item.get("mode", mode))
+
+
+class VolumeManager:
+    def __init__(self, store: Store, tokens: Tokens | None):
+        self.store = store
+        self.tokens = tokens
+
+    def mounts(self, pod: Obj, container: Obj, sandbox: Path) -> list[Mount]:
+        """Write the volumes ``container`` mounts and say where they go; ConfigError
+        when one cannot be made (a missing ConfigMap, Secret or key)."""
+        volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+        made: dict[str, Path | None] = {}
+        out: list[Mount] = []
+        for vm in container.get("volumeMounts") or []:
+            volume = volumes.get(vm["name"])
+            if volume is None:
+                raise ConfigError(f'volume "{vm["name"]}" not found in the pod')
+            if vm["name"] not in made:
+                made[vm["name"]] = self._make(pod, volume, sandbox / "volumes" / vm["name"])
+            source = made[vm["name"]]
+            if source is None:
+                continue  # not imitated: the host's own path
+            if vm.get("subPath"):
+                source = source / vm["subPath"]
+                if not source.exists():
+                    source.mkdir(parents=True)
+            read_only = bool(vm.get("readOnly")) or any(k in volume for k in READ_ONLY)
+            out.append(Mount(source, vm["mountPath"], read_only))
+        return out
+
+    def _make(self, pod: Obj, volume: Obj, folder: Path) -> Path | None:
+        ns = pod["metadata"]["namespace"]
+        if "emptyDir" in volume:
+            if not folder.exists():
+                folder.mkdir(parents=True)
+                folder.chmod(0o777)  # as the kubelet makes it
+            return folder
+        if not any(k in volume for k in READ_ONLY):
+            return None
+        fresh = folder.with_name(folder.name + ".new")
+        shutil.rmtree(fresh, ignore_errors=True)
+        fresh.mkdir(parents=True)
+        for kind in ("configMap", "secret"):
+            if kind in volume:
+                ref = volume[kind]
+                name_key = "secretName" if kind == "secret" else "name"
+                values = _values(self.store, kind, ns, ref, name_key)
+                mode = ref.get("defaultMode", 0o644)
+                what = f"{kind} {ns}/{ref.get(name_key)}"
+                if values is not None:
+                    _project(fresh, values, ref, mode, what)
+        if "projected" in volume:
+            mode = volume["projected"].get("defaultMode", 0o644)
+            for source in volume["projected"].get("sources") or []:
+                self._project_source(pod, source, fresh, mode)
+        fresh.chmod(0o755)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(fresh, folder)
+        return folder
+
+    def _project_source(self, pod: Obj, source: Obj, folder: Path, mode: int) -> None:
+        ns = pod["metadata"]["namespace"]
+        if "serviceAccountToken" in source:
+            if self.tokens is None:
+                raise ConfigError("this cluster issues no service account tokens")
+            account = pod["spec"].get("serviceAccountName") or "default"
+            token = self.tokens.issue(ns, account)
+            _write(folder, source["serviceAccountToken"]["path"], token.encode(), mode)
+        for kind, name_key in (("configMap", "name"), ("secret", "name")):
+            if kind in source:
+                ref = source[kind]
+                values = _values(self.store, kind, ns, ref, name_key)
+                if values is not None:
+                    _project(folder, values, ref, mode, f"{kind} {ns}/{ref.get(name_key)}")
+        for item in (source.get("downwardAPI") or {}).get("items") or []:
+            if "fieldRef" not in item:
+                raise ConfigError("only fieldRef is supported in a downwardAPI volume here")
+            value = field_ref(pod, item["fieldRef"]["fieldPath"])
+            _write(folder, item["path"], value.encode(), item.get("mode", mode))
