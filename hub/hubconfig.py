@@ -100,7 +100,7 @@ def configure(c, settings: Settings | None = None) -> None:
     ]
     c.JupyterHub.load_roles = [{"name": "admin", "services": [CLI_SERVICE]}]
 
-    if not privileged():
+    if s.backend == "local" and not privileged():
         log.warning(
             "\n%s\ngpulab: the hub is NOT running as root. This is single-user/dev mode:\n"
             "every server runs as %s, with no isolation between hub users.\n"

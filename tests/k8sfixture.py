@@ -2,13 +2,14 @@
 
 ``kube``: the fake cluster (tests/fakekube) with one node of two GPUs, a ceph-csi RBD
 StorageClass backed by the suite's real Ceph, and a ``gpulab`` namespace; its pods run
-their commands as local processes, with ``python`` and ``tensorflow_model_server`` (gpulab's
-model server, which takes TF Serving's flags) on the "image's" PATH. ``k8s_hub``: a real
+their commands as local processes, with ``python``, ``gpulab`` and
+``tensorflow_model_server`` (gpulab's model server, which takes TF Serving's flags) on
+the "image's" PATH. ``k8s_hub``: a real
 hub on the kubernetes backend against it, as the ServiceAccount of
 ``deploy/kubernetes/rbac.yaml`` with exactly its rights. Both are made once per session;
 ``k8s`` is the hub for one test, with every server stopped, every GPU free and every
 pod gone after it. Pods run as ``nobody`` with ``HOME`` in a shared scratch directory
-(the fake mounts no volumes); each server listens on a port of its own, as pods on one
+(the fake does not mount claims); each server listens on a port of its own, as pods on one
 host network must.
 """
 
@@ -90,8 +91,12 @@ def kube(ceph):
         f'#!/bin/sh\nexec {sys.executable} -m gpulab.serving "$@"\n'
     )
     (shims / "tensorflow_model_server").chmod(0o755)
-    (shims / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
-    (shims / "python").chmod(0o755)
+    for python in ("python", "python3"):
+        (shims / python).write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+        (shims / python).chmod(0o755)
+    # the hub image's command (the Helm chart's hub pod runs `gpulab up`)
+    (shims / "gpulab").write_text(f'#!/bin/sh\nexec {BIN / "gpulab"} "$@"\n')
+    (shims / "gpulab").chmod(0o755)
     image_env = {k: v for k, v in os.environ.items() if k != "HOME"}
     image_env["PATH"] = f"{shims}:{image_env['PATH']}"
     with FakeKube(
