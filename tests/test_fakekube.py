@@ -2289,3 +2289,47 @@ def test_protobuf_bodies_of_secrets_and_deletes_are_decoded() -> None:
         )
         assert r.status_code == 200, r.text
         assert requests.get(f"{secrets}/sh.helm.release.v1.lab.v1").status_code == 404
+
+
+async def test_a_claim_of_the_csi_hostpath_driver_keeps_its_files_across_pods() -> None:
+    hostpath = {"metadata": {"name": "csi-hostpath"}, "provisioner": "hostpath.csi.k8s.io"}
+    with FakeKube(run_containers=True, storage_classes=[hostpath]) as kube:
+        async with core(kube) as v1:
+            await v1.create_namespaced_persistent_volume_claim(
+                "default",
+                {
+                    "metadata": {"name": "data"},
+                    "spec": {
+                        "accessModes": ["ReadWriteOnce"],
+                        "storageClassName": "csi-hostpath",
+                        "resources": {"requests": {"storage": "1Gi"}},
+                    },
+                },
+            )
+            script = (
+                "import os, pathlib\n"
+                "f = pathlib.Path('/data/notes.txt')\n"
+                "print('found:', f.read_text() if f.exists() else None, flush=True)\n"
+                "f.write_text(os.environ['HOSTNAME'])\n"
+            )
+            for name in ("first", "second"):
+                body = pod(
+                    name,
+                    restartPolicy="Never",
+                    securityContext={"runAsUser": 65534, "fsGroup": 65534},
+                    volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
+                )
+                body["spec"]["containers"][0].update(
+                    command=[sys.executable, "-c", script],
+                    volumeMounts=[{"name": "data", "mountPath": "/data"}],
+                )
+                await v1.create_namespaced_pod("default", body)
+
+                async def done(name: str = name) -> bool:
+                    return await phase_of(v1, name) in ("Succeeded", "Failed")
+
+                await eventually(done, timeout=30, what=f"{name} to end")
+                assert await phase_of(v1, name) == "Succeeded"
+            assert await v1.read_namespaced_pod_log("first", "default") == "found: None\n"
+            assert await v1.read_namespaced_pod_log("second", "default") == "found: first\n"
+        assert not os.path.exists("/data/notes.txt")

@@ -55,12 +55,13 @@ each other) do resolve inside pods, to 127.0.0.1, when FakeKube runs as root: se
 ``dns`` (the records, ``kube.hosts_file``) and ``containers`` (each container process
 sees them as its ``/etc/hosts``); not as root, no cluster name resolves.
 
-Volumes (as root, see ``volumes``): ConfigMaps, Secrets, emptyDirs and the projected
-service account token are mounted at their paths in a container's own mount
-namespace; claims are not (a claim's ``mountPath`` is the host's own folder).
+Volumes (as root, see ``volumes``): ConfigMaps, Secrets, emptyDirs, the projected
+service account token and claims of the CSI hostpath driver (``hostpath.csi.k8s.io``)
+are mounted at their paths in a container's own mount namespace; claims of other
+drivers (ceph-csi's RBD) are not: their ``mountPath`` is the host's own folder.
 
 Not imitated (a real cluster would; tests must not rely on these): container images
-(commands run from the host's filesystem), claims' volumes, resource limits
+(commands run from the host's filesystem), RBD claims' volumes, resource limits
 enforcement, network policy, Endpoints/EndpointSlices (``dns`` computes the
 endpoints it needs itself), cluster DNS beyond Service names and pod hostname records
 (SRV records, ``resolv.conf``), anonymous requests (a request without a token is the

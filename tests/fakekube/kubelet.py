@@ -656,7 +656,7 @@ class Kubelet(Controller):
         self.run_containers = run_containers
         self.restart_backoff = restart_backoff
         self.image_env = image_env
-        self.volumes = VolumeManager(cluster.store, cluster.tokens)
+        self.volumes = VolumeManager(cluster.store, cluster.tokens, root)
         self.workers: dict[str, PodWorker] = {}
 
     def base_env(self) -> dict[str, str]:

@@ -10,9 +10,18 @@ bind-mounted on each of the container's ``volumeMounts`` (with ``subPath``,
 ``readOnly``; ``configMap``, ``secret`` and ``projected`` always read-only) in the
 container's mount namespace (see ``containers``; as root only).
 
-Not imitated: ``persistentVolumeClaim`` (a claim's files are not this host's to mount:
-the path stays the host's own, so tests point a claim's ``mountPath`` at a folder of
-theirs), ``hostPath`` and the other volume types (likewise the host's own path), live
+Claims (``persistentVolumeClaim``) bound to a volume of the CSI hostpath driver
+(``hostpath.csi.k8s.io``, Kubernetes' own test driver, which keeps each volume as a
+folder on the node) are mounted from ``csi-hostpath/<volumeHandle>`` under the kubelet's
+root, so their files outlive the pod and the next pod on the claim sees them; made
+owned by root, 0755, or with the pod's ``fsGroup`` as its group, 2775, as the
+kubelet's volume ownership does.
+
+Not imitated: claims of other drivers (ceph-csi's RBD images are not this host's to
+mount: the path stays the host's own, so tests point such a claim's ``mountPath`` at a
+folder of theirs), ``hostPath`` and the other volume types (likewise the host's own
+path), the hostpath driver's capacity and deletion of its folders (they go with the
+fake), live
 updates of a mounted ConfigMap or Secret (files are written at container start), the
 ``..data`` symlink layout, token expiry and rotation.
 """
@@ -27,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .containers import ConfigError, field_ref
-from .resources import CONFIGMAP, SECRET
+from .resources import CONFIGMAP, PV, PVC, SECRET
 
 if TYPE_CHECKING:
     from .rbac import Tokens
@@ -81,10 +90,14 @@ def _project(folder: Path, values: dict[str, bytes], ref: Obj, mode: int, what: 
         _write(folder, item["path"], values[item["key"]], item.get("mode", mode))
 
 
+CSI_HOSTPATH = "hostpath.csi.k8s.io"
+
+
 class VolumeManager:
-    def __init__(self, store: Store, tokens: Tokens | None):
+    def __init__(self, store: Store, tokens: Tokens | None, root: Path):
         self.store = store
         self.tokens = tokens
+        self.root = root
 
     def mounts(self, pod: Obj, container: Obj, sandbox: Path) -> list[Mount]:
         """Write the volumes ``container`` mounts and say where they go; ConfigError
@@ -106,11 +119,14 @@ class VolumeManager:
                 if not source.exists():
                     source.mkdir(parents=True)
             read_only = bool(vm.get("readOnly")) or any(k in volume for k in READ_ONLY)
+            read_only |= bool((volume.get("persistentVolumeClaim") or {}).get("readOnly"))
             out.append(Mount(source, vm["mountPath"], read_only))
         return out
 
     def _make(self, pod: Obj, volume: Obj, folder: Path) -> Path | None:
         ns = pod["metadata"]["namespace"]
+        if "persistentVolumeClaim" in volume:
+            return self._claim(pod, volume["persistentVolumeClaim"]["claimName"])
         if "emptyDir" in volume:
             if not folder.exists():
                 folder.mkdir(parents=True)
@@ -137,6 +153,23 @@ class VolumeManager:
         fresh.chmod(0o755)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(fresh, folder)
+        return folder
+
+    def _claim(self, pod: Obj, name: str) -> Path | None:
+        claim = self.store.peek(PVC, pod["metadata"]["namespace"], name)
+        volume_name = ((claim or {}).get("spec") or {}).get("volumeName")
+        pv = self.store.peek(PV, "", volume_name) if volume_name else None
+        csi = ((pv or {}).get("spec") or {}).get("csi") or {}
+        if csi.get("driver") != CSI_HOSTPATH:
+            return None  # not imitated (the kubelet already refused an unbound claim)
+        folder = self.root / "csi-hostpath" / csi["volumeHandle"]
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            folder.chmod(0o755)
+        group = (pod["spec"].get("securityContext") or {}).get("fsGroup")
+        if group is not None:
+            os.chown(folder, -1, group)
+            folder.chmod(0o2775)
         return folder
 
     def _project_source(self, pod: Obj, source: Obj, folder: Path, mode: int) -> None:
