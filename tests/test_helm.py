@@ -154,6 +154,12 @@ def test_the_chart_renders_its_options() -> None:
             "proxy": {"service": {"type": "NodePort", "nodePort": 30080}},
             "serviceAccount": {"create": False, "name": "platform-hub"},
             "rbac": {"clusterRole": False},
+            "ingress": {
+                "enabled": True,
+                "className": "nginx",
+                "hosts": ["gpu.example.org"],
+                "tls": [{"secretName": "gpu-tls", "hosts": ["gpu.example.org"]}],
+            },
         },
         release="lab",
         namespace="platform",
@@ -162,7 +168,7 @@ def test_the_chart_renders_its_options() -> None:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
     kinds = {kind for kind, _ in docs}
     # no claim, no Secret of the chart's, no ServiceAccount, no cluster-wide role
-    assert kinds == {"ConfigMap", "Role", "RoleBinding", "Service", "Deployment", "Pod"}
+    assert kinds == {"ConfigMap", "Role", "RoleBinding", "Service", "Deployment", "Pod", "Ingress"}
     s = settings_of(docs, "lab-gpulab-hub")
     assert s.kubernetes.namespace == "users"
     assert s.kubernetes.hub_connect_ip == "lab-gpulab-hub.platform.svc.cluster.local"
@@ -189,6 +195,13 @@ def test_the_chart_renders_its_options() -> None:
     assert ref == {"name": "my-keys", "key": "adminPassword", "optional": True}
     public = docs[("Service", "lab-gpulab-public")]["spec"]
     assert public["type"] == "NodePort" and public["ports"][0]["nodePort"] == 30080
+    ingress = docs[("Ingress", "lab-gpulab")]["spec"]
+    assert ingress["ingressClassName"] == "nginx"
+    assert ingress["tls"] == [{"secretName": "gpu-tls", "hosts": ["gpu.example.org"]}]
+    (rule,) = ingress["rules"]
+    assert rule["host"] == "gpu.example.org"
+    backend = rule["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": "lab-gpulab-public", "port": {"name": "http"}}
 
 
 def test_the_chart_grants_the_rbac_the_hub_is_tested_with() -> None:
@@ -208,6 +221,7 @@ def test_the_chart_grants_the_rbac_the_hub_is_tested_with() -> None:
         ("proxy.service.type=Public", "proxy.service.type must be one of the following"),
         ("hub.ports.api=0", "hub.ports.api: Must be greater than or equal to 1"),
         ("config.kubernetes.image=", "config.kubernetes.image: String length must be greater"),
+        ("ingress.enabled=true", "ingress.hosts: the host names users open"),
         (
             "serviceAccount.create=false",
             "serviceAccount.name: the account the hub runs as, when serviceAccount.create is false",
@@ -317,6 +331,38 @@ def test_a_hub_that_cannot_start_fails_the_install_with_a_timeout() -> None:
 CHART_NAMESPACE = "gpulab-chart"
 
 
+HOSTPATH = {
+    "apiVersion": "storage.k8s.io/v1",
+    "kind": "StorageClass",
+    "metadata": {"name": "csi-hostpath"},
+    "provisioner": "hostpath.csi.k8s.io",  # the fake mounts its volumes (fakekube.volumes)
+}
+
+
+def namespace_pods(kube) -> list[dict]:
+    return kube_get(kube, f"/api/v1/namespaces/{CHART_NAMESPACE}/pods")["items"]
+
+
+def hub_pod_name(kube) -> str:
+    (name,) = [
+        p["metadata"]["name"]
+        for p in namespace_pods(kube)
+        if p["metadata"]["name"].startswith("lab-gpulab-hub-")
+        and not p["metadata"].get("deletionTimestamp")
+        and p["metadata"]["name"] != "lab-gpulab-hub-test"
+    ]
+    return name
+
+
+def user_server_pod(kube) -> dict:
+    (pod,) = [
+        p
+        for p in namespace_pods(kube)
+        if p["metadata"].get("labels", {}).get("component") == "singleuser-server"
+    ]
+    return pod
+
+
 def pod_logs(kube) -> str:
     """The end of the logs of the chart's namespace's pods, for a failure's message."""
     ns = f"/api/v1/namespaces/{CHART_NAMESPACE}/pods"
@@ -329,11 +375,18 @@ def pod_logs(kube) -> str:
     return "\n".join(out) or "no pods"
 
 
-def test_the_installed_hub_serves_a_user_from_its_pod(kube) -> None:
+def test_the_installed_hub_serves_a_user_and_an_upgrade_keeps_their_server(kube) -> None:
     """The chart's hub really runs on the fake cluster: its pod gets the ConfigMap,
-    Secret and service account token, reaches the API in-cluster as its account with
-    the chart's RBAC, and spawns a user's server that reaches it back at its Service."""
+    Secret, service account token and data claim, reaches the API in-cluster as its
+    account with the chart's RBAC, and spawns a user's server that reaches it back at
+    its Service. An upgrade with new settings replaces the hub's pod; the new hub has
+    the settings, the old one's database (the token still works) and the user's
+    server, still running in the same pod."""
     kube_post(kube, "/api/v1/namespaces", {"metadata": {"name": CHART_NAMESPACE}})
+    r = requests.post(
+        f"{kube.url}/apis/storage.k8s.io/v1/storageclasses", json=HOSTPATH, timeout=10
+    )
+    assert r.status_code in (201, 409), r.text
     home = Path(tempfile.mkdtemp(prefix="gpulab-chart-home-"))  # where pods (nobody) reach
     home.chmod(0o1777)
     k8s = kubernetes_settings(kube, home, NOTEBOOK_IMAGE)
@@ -352,7 +405,7 @@ def test_the_installed_hub_serves_a_user_from_its_pod(kube) -> None:
         "secrets": {"adminPassword": password},
         "hub": {
             "ports": ports,
-            "persistence": {"enabled": False},
+            "persistence": {"storageClassName": HOSTPATH["metadata"]["name"], "size": "1Gi"},
             "securityContext": {"runAsUser": NOBODY, "runAsGroup": NOBODY, "fsGroup": NOBODY},
         },
         # a Service reaches its pod here only at the pod's own port (no kube-proxy)
@@ -387,18 +440,28 @@ def test_the_installed_hub_serves_a_user_from_its_pod(kube) -> None:
             wait_for(ready, 60, "the user's server to be ready")
         except TimeoutError as e:
             raise AssertionError(f"{e}\n{pod_logs(kube)}") from None
-        (pod,) = [
-            p
-            for p in kube_get(kube, f"/api/v1/namespaces/{CHART_NAMESPACE}/pods")["items"]
-            if p["metadata"].get("labels", {}).get("component") == "singleuser-server"
-        ]
-        env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+        server = user_server_pod(kube)
+        env = {e["name"]: e.get("value") for e in server["spec"]["containers"][0]["env"]}
         hub_api = f"lab-gpulab-hub.{CHART_NAMESPACE}.svc.cluster.local:{ports['api']}"
         assert env["JUPYTERHUB_API_URL"] == f"http://{hub_api}/hub/api"
         # through the hub pod's proxy to the user's pod, which checks the token with the hub
         r = s.get(f"{url}/user/admin/api/status", timeout=30)
         assert r.status_code == 200, f"{r.text}\n{pod_logs(kube)}"
         assert "kernels" in r.json()
+        limit = s.get(f"{url}/hub/api/gpulab/gpus?user=admin", timeout=10).json()["user"]
+        assert limit["limit"] != 1
+
+        old_hub = hub_pod_name(kube)
+        helm("upgrade", "lab", *args, "--set", "config.gpus.per_user=1", kubeconfig=kube.kubeconfig)
+        assert hub_pod_name(kube) != old_hub
+        wait_for(
+            lambda: s.get(f"{url}/user/admin/api/status", timeout=10).status_code == 200,
+            60,
+            "the user's server to answer through the new hub",
+        )
+        assert user_server_pod(kube)["metadata"]["uid"] == server["metadata"]["uid"]
+        limit = s.get(f"{url}/hub/api/gpulab/gpus?user=admin", timeout=10).json()["user"]
+        assert limit["limit"] == 1
         r = s.delete(f"{url}/hub/api/users/admin/server", timeout=60)
         assert r.status_code in (202, 204), r.text
     finally:
