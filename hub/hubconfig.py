@@ -131,7 +131,11 @@ def configure_kubernetes(c, s: Settings) -> None:
     follows the pods (a pod deleted or evicted by hand frees its GPUs)."""
     c.JupyterHub.spawner_class = "gpulab-kubernetes"
     c.JupyterHub.hub_ip = "0.0.0.0"
-    c.JupyterHub.hub_connect_ip = s.kubernetes.hub_connect_ip
+    # The proxy runs beside the hub (in its pod) and reaches it on loopback, not through
+    # the hub's Service, which would need the cluster network to hairpin a pod's
+    # connection back to itself; user pods reach the hub at the Service.
+    c.JupyterHub.hub_connect_ip = "127.0.0.1"
+    c.Spawner.hub_connect_url = f"http://{s.kubernetes.hub_connect_ip}:{s.hub.hub_port}"
     start_background(watch_pods)
 
 
