@@ -25,6 +25,7 @@ from kubernetes_asyncio.config import kube_config
 
 from fakekube import FakeKube
 from fakekube.dns import HEADER
+from fakekube.protobuf import field as pb
 from hubfixture import free_port
 
 MERGE = "application/merge-patch+json"
@@ -2236,38 +2237,21 @@ async def test_pods_see_their_volumes_and_reach_the_api_as_their_service_account
             assert not os.path.exists(path)  # this host's own paths are untouched
 
 
-def _varint(n: int) -> bytes:
-    out = b""
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out += bytes([byte | (0x80 if n else 0)])
-        if not n:
-            return out
-
-
-def _pb(number: int, value: int | bytes | str) -> bytes:
-    """One protobuf field: a varint, or length-delimited bytes / string / message."""
-    if isinstance(value, int):
-        return _varint(number << 3) + _varint(value)
-    data = value.encode() if isinstance(value, str) else value
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
-
-
 def _k8s_protobuf(api_version: str, kind: str, raw: bytes) -> bytes:
-    return b"k8s\x00" + _pb(1, _pb(1, api_version) + _pb(2, kind)) + _pb(2, raw)
+    return b"k8s\x00" + pb(1, pb(1, api_version) + pb(2, kind)) + pb(2, raw)
 
 
 def test_protobuf_bodies_of_secrets_and_deletes_are_decoded() -> None:
     """What helm's release storage sends (client-go in protobuf): a Secret created and
     deleted with protobuf bodies; a kind not decoded here is 415, a broken body 400."""
-    pb = {"Content-Type": "application/vnd.kubernetes.protobuf"}
-    meta = _pb(1, "sh.helm.release.v1.lab.v1") + _pb(11, _pb(1, "owner") + _pb(2, "helm"))
-    meta += _pb(8, b"")  # the zero creationTimestamp client-go always sends
-    secret = _pb(1, meta) + _pb(2, _pb(1, "release") + _pb(2, b"\x00\xffH4sI"))
-    secret += _pb(3, "helm.sh/release.v1")
+    as_protobuf = {"Content-Type": "application/vnd.kubernetes.protobuf"}
+    meta = pb(1, "sh.helm.release.v1.lab.v1") + pb(11, pb(1, "owner") + pb(2, "helm"))
+    meta += pb(8, b"")  # the zero creationTimestamp client-go always sends
+    secret = pb(1, meta) + pb(2, pb(1, "release") + pb(2, b"\x00\xffH4sI"))
+    secret += pb(3, "helm.sh/release.v1")
     with FakeKube(nodes=[]) as kube:
         secrets = f"{kube.url}/api/v1/namespaces/default/secrets"
-        r = requests.post(secrets, data=_k8s_protobuf("v1", "Secret", secret), headers=pb)
+        r = requests.post(secrets, data=_k8s_protobuf("v1", "Secret", secret), headers=as_protobuf)
         assert r.status_code == 201, r.text
         got = requests.get(f"{secrets}/sh.helm.release.v1.lab.v1").json()
         assert got["type"] == "helm.sh/release.v1"
@@ -2275,17 +2259,19 @@ def test_protobuf_bodies_of_secrets_and_deletes_are_decoded() -> None:
         assert got["data"] == {"release": "AP9INHNJ"}  # base64 of the bytes sent
         assert got["metadata"]["creationTimestamp"]  # the server's, not the zero one
 
-        pod_body = _k8s_protobuf("v1", "Pod", _pb(1, _pb(1, "p")))
-        r = requests.post(f"{kube.url}/api/v1/namespaces/default/pods", data=pod_body, headers=pb)
+        pod_body = _k8s_protobuf("v1", "Pod", pb(1, pb(1, "p")))
+        r = requests.post(
+            f"{kube.url}/api/v1/namespaces/default/pods", data=pod_body, headers=as_protobuf
+        )
         assert r.status_code == 415 and r.json()["reason"] == "UnsupportedMediaType"
-        r = requests.post(secrets, data=b"k8s\x00\x0a\xff", headers=pb)
+        r = requests.post(secrets, data=b"k8s\x00\x0a\xff", headers=as_protobuf)
         assert r.status_code == 400 and "could not be decoded as protobuf" in r.json()["message"]
 
-        options = _pb(1, 0) + _pb(4, "Background")  # gracePeriodSeconds 0
+        options = pb(1, 0) + pb(4, "Background")  # gracePeriodSeconds 0
         r = requests.delete(
             f"{secrets}/sh.helm.release.v1.lab.v1",
             data=_k8s_protobuf("v1", "DeleteOptions", options),
-            headers=pb,
+            headers=as_protobuf,
         )
         assert r.status_code == 200, r.text
         assert requests.get(f"{secrets}/sh.helm.release.v1.lab.v1").status_code == 404

@@ -69,9 +69,9 @@ class Cluster:
         root: Path,
         image_env: dict[str, str],
         storage_classes: list[dict[str, Any]],
+        ca_pem: str,
+        tokens: Tokens,
         rbd_images: Any = None,
-        ca_pem: str = "",
-        tokens: Tokens | None = None,
     ):
         self.store = Store(history_size)
         self.registry = Registry(self.store, ca_pem)

@@ -34,8 +34,7 @@ What is imitated:
   ``/etc/hosts`` and no cluster name resolves;
 - stopping: SIGTERM to the process group, SIGKILL after the grace period, and SIGKILL
   to what is left of the group once the main process is gone;
-- stdout and stderr as the container's log (``pods/log``).
-
+- stdout and stderr as the container's log (``pods/log``);
 - volumes (see ``volumes``): ConfigMaps, Secrets, emptyDirs and projected volumes (the
   service account token) are bind-mounted on their ``mountPath`` in the same mount
   namespace, mount points made on this host as runc makes them in a rootfs, before
@@ -94,12 +93,19 @@ def expand(text: str, env: Mapping[str, str]) -> str:
     return _REF.sub(lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), text)
 
 
-def _lookup(store: Store, kind: str, ns: str, name: str, key: str | None, optional: bool) -> Any:
+def config_object(store: Store, kind: str, ns: str, name: str, optional: bool) -> Obj | None:
+    """The Secret or ConfigMap (``kind``) a container refers to: None when it is missing
+    and optional, else ConfigError with the kubelet's words."""
     obj = store.peek(SECRET if kind == "Secret" else CONFIGMAP, ns, name)
-    if obj is None:
-        if optional:
-            return None
+    if obj is None and not optional:
         raise ConfigError(f'{kind.lower()} "{name}" not found')
+    return obj
+
+
+def _lookup(store: Store, kind: str, ns: str, name: str, key: str | None, optional: bool) -> Any:
+    obj = config_object(store, kind, ns, name, optional)
+    if obj is None:
+        return None
     values = dict(obj.get("data") or {})
     if kind == "Secret":
         values = {k: base64.b64decode(v).decode(errors="replace") for k, v in values.items()}
@@ -318,11 +324,12 @@ class Process:
         find_executable(command[0], env["PATH"], cwd)
         kwargs: dict[str, Any] = {}
         wrapper = hosts_wrapper() if hosts is not None else None
-        made = [(Path(m.target), top) for m in mounts if (top := _first_missing(Path(m.target)))]
+        made: list[tuple[Path, Path]] = []
         if wrapper is not None:
             # mount as root in a private mount namespace, then drop to the container's
             # user; every step execs, so the pid stays the container's
             unshare, setpriv, mount = wrapper
+            made = [(Path(m.target), t) for m in mounts if (t := _first_missing(Path(m.target)))]
             drop = []
             if switch:
                 drop = [setpriv, f"--reuid={uid}", f"--regid={gid}"]
@@ -354,7 +361,7 @@ class Process:
             start_new_session=True,
             **kwargs,
         )
-        return cls(proc, log, made if wrapper is not None else ())
+        return cls(proc, log, made)
 
     async def _pump(self, reader: asyncio.StreamReader | None) -> None:
         assert reader is not None

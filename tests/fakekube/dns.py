@@ -1,4 +1,5 @@
-"""Cluster DNS: the records CoreDNS serves for Services and for pod hostnames of headless Services.
+"""Cluster DNS: the records CoreDNS serves for Services, and for pod hostnames of
+headless Services.
 
 A pod with ``spec.hostname`` and ``spec.subdomain``, in a namespace that has a
 headless Service (``clusterIP: None``) named like the subdomain whose
@@ -26,10 +27,10 @@ the file also lists the shorter names a pod reaches that way
 ``<hostname>.<subdomain>``), and since there is one file for all pods, the last one
 resolves from every namespace here, not only from the pod's own. Also not: cluster
 IPs (they do not route here, so a Service's names resolve to 127.0.0.1 instead:
-``<service>.<ns>.svc.cluster.local``, ``<service>.<ns>.svc``, ``<service>.<ns>``, not the
-bare ``<service>``; with no kube-proxy, a connection reaches the Service's pod only
-when the pod listens on the Service's port number itself), SRV records, the names CoreDNS also answers for the endpoints of
-non-headless Services and for endpoints without a hostname (``1-2-3-4.<service>...``,
+``<service>.<ns>.svc.cluster.local``, ``<service>.<ns>.svc``, ``<service>.<ns>``, not
+the bare ``<service>``; with no kube-proxy, a connection reaches the Service's pod only
+when the pod listens on the Service's port number itself), SRV records, the names
+CoreDNS also answers for the endpoints of non-headless Services and for endpoints without a hostname (``1-2-3-4.<service>...``,
 from the IP), the kubelet's own entries in each pod's
 ``/etc/hosts`` (its own ``<hostname>.<subdomain>...`` name and ``hostAliases``), and
 the few seconds of delay CoreDNS's cache adds: a record changes as soon as its pod or

@@ -289,11 +289,11 @@ class PodWorker:
         pod = self.current()
         if pod is None:
             return
+        argv = (c.spec.get("command") or []) + (c.spec.get("args") or [])
+        real = self.kubelet.run_containers and bool(argv)
         try:
             env = container_env(self.cluster.store, pod, c.spec, self.kubelet.base_env())
-            mounts = []
-            if self.kubelet.run_containers and (c.spec.get("command") or c.spec.get("args")):
-                mounts = self.kubelet.volumes.mounts(pod, c.spec, self.sandbox)
+            mounts = self.kubelet.volumes.mounts(pod, c.spec, self.sandbox) if real else []
         except ConfigError as e:
             if c.state.get("waiting", {}).get("reason") != "CreateContainerConfigError":
                 self.event("Failed", f"Error: {e}", type="Warning", container=c)
@@ -317,8 +317,6 @@ class PodWorker:
         c.log.parent.mkdir(parents=True, exist_ok=True)
         c.log.touch()
         started_at = clock.rfc3339()
-        argv = (c.spec.get("command") or []) + (c.spec.get("args") or [])
-        real = self.kubelet.run_containers and bool(argv)
         c.process = c.simulated = None
         cwd = Path(c.spec.get("workingDir") or self.sandbox / "workdir" / c.name)
         if real:

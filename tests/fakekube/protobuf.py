@@ -184,12 +184,9 @@ def decode(raw: bytes) -> dict:
         unknown = dict(fields(raw[len(MAGIC) :]))
         type_meta = dict(fields(unknown.get(1, b"")))
         api_version, kind = _str(type_meta.get(1, b"")), _str(type_meta.get(2, b""))
-        version = api_version.rsplit("/", 1)[-1]
-        spec = (
-            KINDS.get((version, kind))
-            if kind == "DeleteOptions"
-            else KINDS.get((api_version, kind))
-        )
+        if kind == "DeleteOptions":  # meta/v1's, sent under any group's version
+            api_version = api_version.rsplit("/", 1)[-1]
+        spec = KINDS.get((api_version, kind))
         if spec is None:
             known = ", ".join(f"{v} {k}" for v, k in KINDS)
             raise ApiError(
@@ -210,18 +207,24 @@ def decode(raw: bytes) -> dict:
         ) from None
 
 
-def _field(number: int, data: bytes) -> bytes:
-    """A length-delimited field (string or message)."""
-    size, out = len(data), bytearray()
+def _encode_varint(n: int) -> bytes:
+    out = bytearray()
     while True:
-        byte, size = size & 0x7F, size >> 7
-        out.append(byte | (0x80 if size else 0))
-        if not size:
-            break
-    return bytes([number << 3 | 2]) + bytes(out) + data
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def field(number: int, value: int | bytes | str) -> bytes:
+    """One encoded field: an int as a varint, bytes or a string length-delimited (a
+    string, bytes or an encoded message)."""
+    if isinstance(value, int):
+        return _encode_varint(number << 3) + _encode_varint(value)
+    data = value.encode() if isinstance(value, str) else value
+    return _encode_varint(number << 3 | 2) + _encode_varint(len(data)) + data
 
 
 def openapi_v2_document(title: str, version: str) -> bytes:
     """gnostic's ``openapi_v2.Document`` with ``swagger``, ``info`` and empty ``paths``."""
-    info = _field(1, title.encode()) + _field(2, version.encode())
-    return _field(1, b"2.0") + _field(2, info) + _field(8, b"")
+    return field(1, "2.0") + field(2, field(1, title) + field(2, version)) + field(8, b"")

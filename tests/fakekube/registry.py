@@ -81,9 +81,9 @@ def _parse_continue(token: str) -> tuple[int, str]:
 
 
 class Registry:
-    def __init__(self, store: Store, ca_pem: str = ""):
+    def __init__(self, store: Store, ca_pem: str):
         self.store = store
-        self.ca_pem = ca_pem or "-----BEGIN CERTIFICATE-----\nfakekube\n-----END CERTIFICATE-----\n"
+        self.ca_pem = ca_pem  # the cluster CA, published in every namespace
 
     # -- decoding --------------------------------------------------------------
 

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .containers import ConfigError, field_ref
-from .resources import CONFIGMAP, PV, PVC, SECRET
+from .containers import ConfigError, config_object, field_ref
+from .resources import PV, PVC
 
 if TYPE_CHECKING:
     from .rbac import Tokens
@@ -53,14 +53,11 @@ class Mount:
     read_only: bool
 
 
-def _values(store: Store, kind: str, ns: str, ref: Obj, name_key: str) -> dict[str, bytes] | None:
-    name = ref.get(name_key, "")
-    obj = store.peek(SECRET if kind == "secret" else CONFIGMAP, ns, name)
+def _values(store: Store, kind: str, ns: str, name: str, optional: bool) -> dict[str, bytes] | None:
+    obj = config_object(store, kind, ns, name, optional)
     if obj is None:
-        if ref.get("optional"):
-            return None
-        raise ConfigError(f'{kind.lower()} "{name}" not found')
-    if kind == "secret":
+        return None
+    if kind == "Secret":
         return {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
     values = {k: v.encode() for k, v in (obj.get("data") or {}).items()}
     values.update({k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()})
@@ -76,7 +73,13 @@ def _write(folder: Path, path: str, data: bytes, mode: int) -> None:
     file.chmod(mode)
 
 
-def _project(folder: Path, values: dict[str, bytes], ref: Obj, mode: int, what: str) -> None:
+def _project(
+    store: Store, folder: Path, ns: str, kind: str, ref: Obj, name: str, mode: int
+) -> None:
+    """The keys of Secret or ConfigMap ``name`` (``kind``) as files, all or ``items``."""
+    values = _values(store, kind, ns, name, bool(ref.get("optional")))
+    if values is None:
+        return
     items = ref.get("items")
     if items is None:
         for key, data in values.items():
@@ -86,7 +89,7 @@ def _project(folder: Path, values: dict[str, bytes], ref: Obj, mode: int, what: 
         if item["key"] not in values:
             if ref.get("optional"):
                 continue
-            raise ConfigError(f"couldn't find key {item['key']} in {what}")
+            raise ConfigError(f"couldn't find key {item['key']} in {kind} {ns}/{name}")
         _write(folder, item["path"], values[item["key"]], item.get("mode", mode))
 
 
@@ -94,7 +97,7 @@ CSI_HOSTPATH = "hostpath.csi.k8s.io"
 
 
 class VolumeManager:
-    def __init__(self, store: Store, tokens: Tokens | None, root: Path):
+    def __init__(self, store: Store, tokens: Tokens, root: Path):
         self.store = store
         self.tokens = tokens
         self.root = root
@@ -137,15 +140,14 @@ class VolumeManager:
         fresh = folder.with_name(folder.name + ".new")
         shutil.rmtree(fresh, ignore_errors=True)
         fresh.mkdir(parents=True)
-        for kind in ("configMap", "secret"):
-            if kind in volume:
-                ref = volume[kind]
-                name_key = "secretName" if kind == "secret" else "name"
-                values = _values(self.store, kind, ns, ref, name_key)
-                mode = ref.get("defaultMode", 0o644)
-                what = f"{kind} {ns}/{ref.get(name_key)}"
-                if values is not None:
-                    _project(fresh, values, ref, mode, what)
+        if "configMap" in volume:
+            ref = volume["configMap"]
+            mode = ref.get("defaultMode", 0o644)
+            _project(self.store, fresh, ns, "ConfigMap", ref, ref.get("name", ""), mode)
+        if "secret" in volume:
+            ref = volume["secret"]
+            mode = ref.get("defaultMode", 0o644)
+            _project(self.store, fresh, ns, "Secret", ref, ref.get("secretName", ""), mode)
         if "projected" in volume:
             mode = volume["projected"].get("defaultMode", 0o644)
             for source in volume["projected"].get("sources") or []:
@@ -175,17 +177,13 @@ class VolumeManager:
     def _project_source(self, pod: Obj, source: Obj, folder: Path, mode: int) -> None:
         ns = pod["metadata"]["namespace"]
         if "serviceAccountToken" in source:
-            if self.tokens is None:
-                raise ConfigError("this cluster issues no service account tokens")
             account = pod["spec"].get("serviceAccountName") or "default"
             token = self.tokens.issue(ns, account)
             _write(folder, source["serviceAccountToken"]["path"], token.encode(), mode)
-        for kind, name_key in (("configMap", "name"), ("secret", "name")):
-            if kind in source:
-                ref = source[kind]
-                values = _values(self.store, kind, ns, ref, name_key)
-                if values is not None:
-                    _project(folder, values, ref, mode, f"{kind} {ns}/{ref.get(name_key)}")
+        for field, kind in (("configMap", "ConfigMap"), ("secret", "Secret")):
+            if field in source:
+                ref = source[field]
+                _project(self.store, folder, ns, kind, ref, ref.get("name", ""), mode)
         for item in (source.get("downwardAPI") or {}).get("items") or []:
             if "fieldRef" not in item:
                 raise ConfigError("only fieldRef is supported in a downwardAPI volume here")
