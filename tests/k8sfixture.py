@@ -87,16 +87,15 @@ def kube(ceph):
     # where pods running as nobody can run them
     shims = Path(tempfile.mkdtemp(prefix="gpulab-image-bin-"))
     shims.chmod(0o755)
-    (shims / "tensorflow_model_server").write_text(
-        f'#!/bin/sh\nexec {sys.executable} -m gpulab.serving "$@"\n'
-    )
-    (shims / "tensorflow_model_server").chmod(0o755)
-    for python in ("python", "python3"):
-        (shims / python).write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
-        (shims / python).chmod(0o755)
-    # the hub image's command (the Helm chart's hub pod runs `gpulab up`)
-    (shims / "gpulab").write_text(f'#!/bin/sh\nexec {BIN / "gpulab"} "$@"\n')
-    (shims / "gpulab").chmod(0o755)
+
+    def shim(name: str, command: str) -> None:
+        (shims / name).write_text(f'#!/bin/sh\nexec {command} "$@"\n')
+        (shims / name).chmod(0o755)
+
+    shim("tensorflow_model_server", f"{sys.executable} -m gpulab.serving")
+    shim("python", sys.executable)
+    shim("python3", sys.executable)
+    shim("gpulab", str(BIN / "gpulab"))  # the Helm chart's hub pod runs `gpulab up`
     image_env = {k: v for k, v in os.environ.items() if k != "HOME"}
     image_env["PATH"] = f"{shims}:{image_env['PATH']}"
     with FakeKube(
@@ -229,8 +228,8 @@ def kube_delete(kube, path: str) -> None:
     assert r.status_code in (200, 202, 404), r.text
 
 
-def pods(kube) -> list[dict]:
-    return kube_get(kube, f"/api/v1/namespaces/{NAMESPACE}/pods")["items"]
+def pods(kube, namespace: str = NAMESPACE) -> list[dict]:
+    return kube_get(kube, f"/api/v1/namespaces/{namespace}/pods")["items"]
 
 
 def user_pod(kube, name: str) -> dict | None:

@@ -32,6 +32,7 @@ from k8sfixture import (
     kube_get,
     kube_post,
     kubernetes_settings,
+    pods,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -235,10 +236,6 @@ def test_bad_values_are_refused_with_the_reason(setting: str, message: str) -> N
     assert "panic" not in r.stderr and "goroutine" not in r.stderr
 
 
-def deployment_pods(kube, namespace: str) -> list[dict]:
-    return kube_get(kube, f"/api/v1/namespaces/{namespace}/pods")["items"]
-
-
 def test_install_upgrade_and_uninstall_keep_the_hubs_data() -> None:
     """On a cluster (simulated containers): install waits for the hub to be available,
     an upgrade that changes the settings restarts the hub with them, and an uninstall
@@ -262,7 +259,7 @@ def test_install_upgrade_and_uninstall_keep_the_hubs_data() -> None:
         assert claim["status"]["phase"] == "Bound"
         deployment = kube_get(kube, "/apis/apps/v1/namespaces/gpulab/deployments/gpulab-hub")
         assert deployment["status"]["availableReplicas"] == 1
-        (first,) = deployment_pods(kube, "gpulab")
+        (first,) = pods(kube)
         assert first["spec"]["serviceAccountName"] == "gpulab-hub"
 
         helm(
@@ -275,7 +272,7 @@ def test_install_upgrade_and_uninstall_keep_the_hubs_data() -> None:
         )
         config = kube_get(kube, f"{ns}/configmaps/gpulab-hub")["data"]["gpulab.yaml"]
         assert "home_size: 30GiB" in config
-        (second,) = deployment_pods(kube, "gpulab")  # Recreate: the old hub is gone
+        (second,) = pods(kube)  # Recreate: the old hub is gone
         assert second["metadata"]["name"] != first["metadata"]["name"]
         history = helm("history", "gpulab", "-n", "gpulab", kubeconfig=kube.kubeconfig).stdout
         assert "superseded" in history and "deployed" in history
@@ -291,14 +288,14 @@ def test_install_upgrade_and_uninstall_keep_the_hubs_data() -> None:
         ):
             r = requests.get(kube.url + path, timeout=10)
             assert r.status_code == 404, path
-        wait_for(lambda: not deployment_pods(kube, "gpulab"), 30, "the hub's pod to go")
+        wait_for(lambda: not pods(kube), 30, "the hub's pod to go")
         kept = kube_get(kube, f"{ns}/persistentvolumeclaims/gpulab-hub-data")
         assert kept["metadata"]["uid"] == claim["metadata"]["uid"]
 
         helm("install", "gpulab", *install, kubeconfig=kube.kubeconfig)
         again = kube_get(kube, f"{ns}/persistentvolumeclaims/gpulab-hub-data")
         assert again["metadata"]["uid"] == claim["metadata"]["uid"]
-        (third,) = deployment_pods(kube, "gpulab")
+        (third,) = pods(kube)
         volumes = {v["name"]: v for v in third["spec"]["volumes"]}
         assert volumes["data"]["persistentVolumeClaim"]["claimName"] == "gpulab-hub-data"
 
@@ -324,7 +321,7 @@ def test_a_hub_that_cannot_start_fails_the_install_with_a_timeout() -> None:
         )
         assert r.returncode != 0
         assert "context deadline exceeded" in r.stderr, r.stderr
-        (pod,) = deployment_pods(kube, "gpulab")
+        (pod,) = pods(kube)
         assert pod["status"]["phase"] == "Pending"
 
 
@@ -339,14 +336,10 @@ HOSTPATH = {
 }
 
 
-def namespace_pods(kube) -> list[dict]:
-    return kube_get(kube, f"/api/v1/namespaces/{CHART_NAMESPACE}/pods")["items"]
-
-
 def hub_pod_name(kube) -> str:
     (name,) = [
         p["metadata"]["name"]
-        for p in namespace_pods(kube)
+        for p in pods(kube, CHART_NAMESPACE)
         if p["metadata"]["name"].startswith("lab-gpulab-hub-")
         and not p["metadata"].get("deletionTimestamp")
         and p["metadata"]["name"] != "lab-gpulab-hub-test"
@@ -357,7 +350,7 @@ def hub_pod_name(kube) -> str:
 def user_server_pod(kube) -> dict:
     (pod,) = [
         p
-        for p in namespace_pods(kube)
+        for p in pods(kube, CHART_NAMESPACE)
         if p["metadata"].get("labels", {}).get("component") == "singleuser-server"
     ]
     return pod
@@ -367,7 +360,7 @@ def pod_logs(kube) -> str:
     """The end of the logs of the chart's namespace's pods, for a failure's message."""
     ns = f"/api/v1/namespaces/{CHART_NAMESPACE}/pods"
     out = []
-    for pod in kube_get(kube, ns)["items"]:
+    for pod in pods(kube, CHART_NAMESPACE):
         name = pod["metadata"]["name"]
         r = requests.get(f"{kube.url}{ns}/{name}/log", timeout=10)
         lines = [line for line in r.text.splitlines() if "log:192] 200 GET" not in line]
@@ -474,6 +467,6 @@ def test_the_installed_hub_serves_a_user_and_an_upgrade_keeps_their_server(kube)
             kubeconfig=kube.kubeconfig,
             check=False,
         )
-        for p in kube_get(kube, f"/api/v1/namespaces/{CHART_NAMESPACE}/pods")["items"]:
+        for p in pods(kube, CHART_NAMESPACE):
             kube_delete(kube, f"/api/v1/namespaces/{CHART_NAMESPACE}/pods/{p['metadata']['name']}")
         shutil.rmtree(home, ignore_errors=True)
