@@ -25,6 +25,12 @@
 {{- default .Release.Namespace $k.namespace -}}
 {{- end -}}
 
+{{/* Where the release's Services' names live: <namespace>.svc.<cluster domain>. */}}
+{{- define "gpulab.serviceDomain" -}}
+{{- $k := .Values.config.kubernetes | default dict -}}
+{{- printf "%s.svc.%s" .Release.Namespace ($k.cluster_domain | default "cluster.local") -}}
+{{- end -}}
+
 {{- define "gpulab.selectorLabels" -}}
 app.kubernetes.io/name: {{ .Chart.Name }}
 app.kubernetes.io/instance: {{ .Release.Name }}
@@ -54,8 +60,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 {{- $k := deepCopy ($s.kubernetes | default dict) -}}
 {{- $_ := set $k "namespace" (include "gpulab.userNamespace" .) -}}
-{{- $domain := $k.cluster_domain | default "cluster.local" -}}
-{{- $_ := set $k "hub_connect_ip" (printf "%s.%s.svc.%s" (include "gpulab.hubName" .) .Release.Namespace $domain) -}}
+{{- $_ := set $k "hub_connect_ip" (printf "%s.%s" (include "gpulab.hubName" .) (include "gpulab.serviceDomain" .)) -}}
 {{- $_ := set $s "hub" $hub -}}
 {{- $_ := set $s "kubernetes" $k -}}
 {{- $_ := set $s "backend" "kubernetes" -}}
