@@ -63,6 +63,10 @@ class GpuSwitch:
         self._waits: dict[tuple[str, str], asyncio.Task] = {}
         self._changed = asyncio.Event()
         self._last_busy: dict[tuple[str, str], float] = {}
+        self.settled = asyncio.Event()
+        """Set once the operations a hub restart interrupted are finished or undone (at
+        once on a fresh hub). New ones wait for it: settling clears the queue of GPU
+        requests, and would cancel one made before."""
 
     # -- what a server holds -----------------------------------------------------------
 
@@ -127,6 +131,7 @@ class GpuSwitch:
         caller may be talking through the pod that goes away)."""
         user, server = spawner.user.name, spawner.name
         key = (user, server)
+        await self.settled.wait()
         async with self._locks[key]:
             held = [g.gpu_id for g in self.ledger.grants(user) if g.server == server]
             waiting = self._waits.get(key)
@@ -325,6 +330,7 @@ class GpuSwitch:
             raise SwitchError(400, f"timeout must be a number of seconds, got {timeout!r}")
         timeout = min(float(timeout), float(limit))
         _require_switchable(spawner)
+        await self.settled.wait()
         async with self._locks[key]:
             waiting = self._waits.get(key)
             if waiting is not None and not waiting.done():
@@ -707,6 +713,8 @@ class GpuSwitch:
             await self.recover(find_spawner)
         except Exception:  # noqa: BLE001 -- the hub must run on
             log.exception("Settling interrupted GPU operations failed")
+        finally:
+            self.settled.set()
         while True:
             await asyncio.sleep(self.settings.gpus.reclaim_interval)
             try:

@@ -107,7 +107,7 @@ class Hub:
                 raise RuntimeError(f"hub exited with {self.proc.returncode}:\n{self.log_tail()}")
             return requests.get(self.url + "/hub/api/", timeout=2).status_code == 200
 
-        wait_for(up, 60, "the hub to answer")
+        wait_for(up, 60, "the hub to answer", interval=0.05)  # at once: tests race it
         return self
 
     def kill(self) -> None:

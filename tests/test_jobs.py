@@ -4,6 +4,7 @@ processes on loopback, run as the user's unix account, with GPUs from the ledger
 from __future__ import annotations
 
 import os
+import subprocess
 import textwrap
 import time
 from pathlib import Path
@@ -431,7 +432,9 @@ def test_a_hub_restart_takes_over_running_jobs_and_keeps_queued_ones(make_hub):
     quick = "import sys, time; time.sleep(3); print('finished'); sys.exit(3)"
     submit(lee, {"name": "ends", "command": ["python", "-c", quick]})
     submit(lee, {"name": "long", "command": ["sleep", "300"], "replicas": {"worker": {"gpus": 1}}})
+    submit(lee, {"name": "early", "command": ["sleep", "301"]})
     wait_for(lambda: job(lee, "long")["state"] == "running", 30, "the GPU job to run")
+    wait_for(lambda: job(lee, "early")["state"] == "running", 30, "the other job to run")
     submit(
         lee, {"name": "waiting", "command": ["echo", "later"], "replicas": {"worker": {"gpus": 1}}}
     )
@@ -440,6 +443,17 @@ def test_a_hub_restart_takes_over_running_jobs_and_keeps_queued_ones(make_hub):
     hub.kill()
     time.sleep(4)
     hub.start()
+    # cancelled the moment the hub answers, before it has taken the job over: the
+    # request waits for that, and the replica ends
+    r = lee.session.post(hub.api("/gpulab/jobs/early/cancel"), timeout=60)
+    assert r.status_code == 200 and r.json()["state"] == "cancelled", r.text
+
+    def sleeping(seconds: str) -> bool:
+        found = subprocess.run(["pgrep", "-f", f"^sleep {seconds}$"], capture_output=True)
+        return bool(set(map(int, found.stdout.split())) & set(hub.unix_pids("lee")))
+
+    wait_for(lambda: not sleeping("301"), 30, "the cancelled job's replica to end")
+    assert sleeping("300")
     ended = wait_job(lee, "ends", timeout=60)
     assert ended["state"] == "failed", ended
     assert "worker-0 exited with code 3: finished" in ended["message"]

@@ -460,9 +460,16 @@ def test_model_servers_outlive_a_hub_restart_and_are_supervised_again(make_hub):
     erin = hub.create_user("sv-erin")
     export(hub, erin.name, "models/keep/1", 0.5, 2.0)
     deploy(erin, {"name": "keep", "base_path": "models/keep", "gpus": 1})
+    deploy(erin, {"name": "gone", "base_path": "models/keep"})
     before = wait_available(erin, "keep")
+    wait_available(erin, "gone")
     token, rest = before["token"], before["replica_status"][0]["rest"]
-    servers = model_servers(hub, erin.name)
+
+    def served() -> dict[str, int]:
+        return {env["GPULAB_MODEL"]: port for port, env in model_servers(hub, erin.name).items()}
+
+    servers = served()
+    assert servers.keys() == {"keep", "gone"}
     hub.kill()
     # while no hub runs, the model server goes on answering on its own port
     r = requests.post(
@@ -473,10 +480,15 @@ def test_model_servers_outlive_a_hub_restart_and_are_supervised_again(make_hub):
     )
     assert r.json() == {"predictions": [3.0]}
     hub.start()
+    # undeployed the moment the hub answers, before it has taken the servers over: the
+    # request waits for that, and the server ends
+    r = erin.session.delete(hub.api("/gpulab/models/gone"), timeout=60)
+    assert r.status_code == 204, r.text
+    wait_for(lambda: served().keys() == {"keep"}, 30, "the undeployed model's server to end")
     assert predict(erin, "keep", {"instances": [4.0]}).json() == {"predictions": [4.0]}
     after = model(erin, "keep")
     assert after["state"] == "available" and after["replica_status"][0]["restarts"] == 0
-    assert model_servers(hub, erin.name).keys() == servers.keys()
+    assert served() == {"keep": servers["keep"]}
     assert hub.holders() == {"0": erin.name}
     assert erin.session.delete(hub.api("/gpulab/models/keep"), timeout=60).status_code == 204
     assert hub.gpus()["free"] == 1

@@ -65,6 +65,10 @@ class JobManager:
         self._ports = PortPool()
         self._lock = asyncio.Lock()
         self.sweeps = SweepManager(self)
+        self.taken_over = asyncio.Event()
+        """Set once the jobs an earlier hub process ran are settled or supervised again
+        (at once on a fresh hub). A cancel waits for it: before, the job's replicas run
+        with no one to stop them."""
 
     # -- requests --------------------------------------------------------------------
 
@@ -122,6 +126,11 @@ class JobManager:
         return out
 
     async def cancel(self, job: Job, reason: str = "cancelled") -> Job:
+        await self.taken_over.wait()
+        current = self.store.get_by_id(job.id)
+        if current is None:
+            raise JobError(404, f"{job.user} has no job named {job.name}")
+        job = current
         if not job.active:
             return job
         task = self._tasks.get(job.id)
@@ -163,6 +172,8 @@ class JobManager:
             await self.recover()
         except Exception:  # noqa: BLE001 -- the hub must run on
             log.exception("Settling jobs after a restart failed")
+        finally:
+            self.taken_over.set()
         while True:
             try:
                 await self.schedule()

@@ -420,6 +420,10 @@ class ModelManager:
         self._ports = PortPool()
         self._turn: dict[int, int] = {}
         self._http = AsyncHTTPClient()
+        self.taken_over = asyncio.Event()
+        """Set once the servers an earlier hub process started are supervised again (at
+        once on a fresh hub). Changes wait for it: a model undeployed before would keep
+        a server no one stops, and a new one could be given a port still in use."""
 
     # -- requests ------------------------------------------------------------------------
 
@@ -453,6 +457,7 @@ class ModelManager:
             raise ModelError(
                 501, f"model serving does not run on the {self.settings.backend} backend"
             )
+        await self.taken_over.wait()
         await self.backend.check(user, spec)
         replicas = new_replicas(0, spec.replicas, self._ports.take)
         model = self.store.create(user, spec, replicas)
@@ -504,6 +509,7 @@ class ModelManager:
         """Change versions, labels, access or the replica count of a deployed model,
         without a failed request: replicas are added or removed, and the others take the
         new config."""
+        model = await self._current(model)
         try:
             spec = parse_changes(model.spec, body, self.settings.serving.max_replicas)
         except SpecError as e:
@@ -528,9 +534,18 @@ class ModelManager:
         return self.store.get_by_id(model.id)
 
     async def undeploy(self, model: Deployment) -> None:
+        model = await self._current(model)
         await self.backend.stop(model)
         await self._forget(model)
         log.info("Model %s/%s undeployed", model.user, model.name)
+
+    async def _current(self, model: Deployment) -> Deployment:
+        """``model`` as it stands once the hub supervises its servers."""
+        await self.taken_over.wait()
+        current = self.store.get_by_id(model.id)
+        if current is None:
+            raise ModelError(404, f"{model.user} has no model named {model.name}")
+        return current
 
     async def _forget(self, model: Deployment) -> None:
         for r in model.replicas:
@@ -655,6 +670,7 @@ class ModelManager:
     async def run_background(self) -> None:
         """At hub start: take over the model servers an earlier hub process started."""
         if self.backend is None:
+            self.taken_over.set()
             return
         try:
             held = {(g.user, g.server) for g in self.ledger.grants()}
@@ -673,6 +689,8 @@ class ModelManager:
                          model.name)  # fmt: skip
         except Exception:  # noqa: BLE001 -- the hub must run on
             log.exception("Taking over model servers after a restart failed")
+        finally:
+            self.taken_over.set()
 
 
 @dataclass
