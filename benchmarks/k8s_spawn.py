@@ -8,12 +8,15 @@ the pod's port). Two phases, in one run:
 1. ``--spawns`` spawns of a 1-GPU profile, all requested at once, timed from the spawn
    request to the hub calling the server ready (the POST returns then): gpulab's
    GpuKubeSpawner, and as the reference plain KubeSpawner asking for the same GPU,
-   each on its own hub against the same cluster. Every spawn must succeed.
+   each on its own hub against the same cluster. Every spawn must succeed. Before that,
+   on each hub, ``--single`` spawns one after another: a spawn's time with nothing
+   else going on, the nearest figure to the hub's own overhead.
 2. On gpulab's hub, with ``--users`` users and ``--servers`` servers running: latency
    of the hub API a lab page and the CLI use (``/gpulab/gpus``, ``/gpulab/gpu``,
    ``/gpulab/events``, ``/users/<name>``), sequentially, p50/p99.
 
-    .venv/bin/python benchmarks/k8s_spawn.py [--spawns 100] [--users 1000] [--servers 200]
+    .venv/bin/python benchmarks/k8s_spawn.py [--spawns 100] [--single 20] [--users 1000]
+        [--servers 200]
 
 Goals (issue 5): p50 <= 200 ms, no failed spawn, API p99 <= 100 ms. Last line:
 ``k8s_spawn_overhead_p50_ms: <gpulab p50 in ms>``.
@@ -101,31 +104,51 @@ def spawn_all(hub: Hub, names: list[str]) -> tuple[list[float], list[str], float
     the latencies include its work; the hub's CPU time does not)."""
     hub_process = psutil.Process(hub.proc.pid)
     cpu_before = sum(hub_process.cpu_times()[:2])
-    token = hub.admin.headers["Authorization"]
-
-    def spawn(name: str):
-        with requests.Session() as s:
-            s.headers["Authorization"] = token
-            t0 = time.perf_counter()
-            r = s.post(hub.api(f"/users/{name}/server"), json={}, timeout=600)
-            seconds = time.perf_counter() - t0
-        return name, seconds, r.status_code, r.text[:200]
-
-    times, failures = [], []
     with ThreadPoolExecutor(len(names)) as pool:
-        for name, seconds, status, text in pool.map(spawn, names):
-            if status == 201:
-                times.append(seconds)
-            else:
-                failures.append(f"{name}: {status} {text}")
+        times, failures = tally(pool.map(lambda name: spawn(hub, name), names))
     return times, failures, (sum(hub_process.cpu_times()[:2]) - cpu_before) / len(names)
 
 
+def spawn(hub: Hub, name: str) -> tuple[str, float, int, str]:
+    """Spawn ``name``'s server: the seconds until the hub calls it ready, and the answer."""
+    with requests.Session() as s:
+        s.headers["Authorization"] = hub.admin.headers["Authorization"]
+        t0 = time.perf_counter()
+        r = s.post(hub.api(f"/users/{name}/server"), json={}, timeout=600)
+        seconds = time.perf_counter() - t0
+    return name, seconds, r.status_code, r.text[:200]
+
+
+def tally(results) -> tuple[list[float], list[str]]:
+    times, failures = [], []
+    for name, seconds, status, text in results:
+        if status == 201:
+            times.append(seconds)
+        else:
+            failures.append(f"{name}: {status} {text}")
+    return times, failures
+
+
+def spawn_one_by_one(hub: Hub, names: list[str]) -> tuple[list[float], list[str]]:
+    """Spawn each in turn, with nothing else going on, then stop them all: each spawn's
+    seconds until ready, and the failures."""
+    results = [spawn(hub, name) for name in names]
+    stop_all(hub, names)
+    return tally(results)
+
+
 def stop_all(hub: Hub, names: list[str]) -> None:
+    """Stop the servers of ``names`` and wait until the hub has them stopped."""
     with ThreadPoolExecutor(20) as pool:
         list(
             pool.map(lambda n: hub.admin.delete(hub.api(f"/users/{n}/server"), timeout=120), names)
         )
+
+    def stopped() -> bool:
+        r = hub.admin.get(hub.api("/users?state=active"), timeout=30)
+        return not {u["name"] for u in r.json()} & set(names)
+
+    wait_for(stopped, 120, "the servers to stop")
 
 
 def api_latency(hub: Hub, users: list[str], running: list[str], requests_n: int) -> list[float]:
@@ -164,6 +187,7 @@ def report(label: str, times: list[float]) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--spawns", type=int, default=100)
+    ap.add_argument("--single", type=int, default=20)
     ap.add_argument("--users", type=int, default=1000)
     ap.add_argument("--servers", type=int, default=200)
     ap.add_argument("--requests", type=int, default=1000)
@@ -193,13 +217,17 @@ def main() -> int:
             wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/", timeout=1), 10, "responder")
             base = CONFIG.format(port=port)
             batch = [f"user{i:04d}" for i in range(args.spawns)]
+            single = [f"solo{i:03d}" for i in range(args.single)]
 
-            print(f"plain KubeSpawner: {args.spawns} spawns at once", flush=True)
             plain = start_hub(
                 kube, scratch, "plain", base + PLAIN.format(image=IMAGE, namespace=NAMESPACE)
             )
             hubs.append(plain)
-            add_users(plain, batch)
+            add_users(plain, single + batch)
+            print(f"plain KubeSpawner: {args.single} spawns one by one", flush=True)
+            plain_single, plain_single_failed = spawn_one_by_one(plain, single)
+            report("plain KubeSpawner spawn alone", plain_single)
+            print(f"plain KubeSpawner: {args.spawns} spawns at once", flush=True)
             plain_times, plain_failed, plain_cpu = spawn_all(plain, batch)
             report("plain KubeSpawner spawn", plain_times)
             print(f"  hub CPU per spawn: {plain_cpu * 1000:.0f} ms", flush=True)
@@ -216,11 +244,14 @@ def main() -> int:
                 "the reference's pods to go",
             )
 
-            print(f"gpulab GpuKubeSpawner: {args.spawns} spawns at once", flush=True)
             hub = start_hub(kube, scratch, "gpulab", base)
             hubs.append(hub)
             names = [f"user{i:04d}" for i in range(args.users)]
-            add_users(hub, names)
+            add_users(hub, single + names)
+            print(f"gpulab GpuKubeSpawner: {args.single} spawns one by one", flush=True)
+            alone, alone_failed = spawn_one_by_one(hub, single)
+            report("gpulab GpuKubeSpawner spawn alone", alone)
+            print(f"gpulab GpuKubeSpawner: {args.spawns} spawns at once", flush=True)
             times, failed, cpu = spawn_all(hub, batch)
             if failed:
                 print(errors(hub), flush=True)
@@ -239,17 +270,22 @@ def main() -> int:
         responder.terminate()
         responder.wait()
 
-    for failure in (plain_failed + failed + more_failed)[:10]:
+    ours = alone_failed + failed + more_failed
+    for failure in (plain_single_failed + plain_failed + ours)[:10]:
         print(f"failed: {failure}")
     p50 = percentile(times, 50) * 1000
     plain_p50 = percentile(plain_times, 50) * 1000
+    alone_p50 = percentile(alone, 50) * 1000
+    plain_alone_p50 = percentile(plain_single, 50) * 1000
     api_p99 = percentile(api, 99) * 1000
-    print(f"spawn_failures: {len(failed) + len(more_failed)} (goal 0)")
+    print(f"spawn_failures: {len(ours)} (goal 0)")
     print(f"k8s_api_p99_ms: {api_p99:.1f} (goal <= 100)")
     print(f"k8s_hub_cpu_per_spawn_ratio_vs_kubespawner: {cpu / plain_cpu:.2f}")
+    print(f"k8s_spawn_alone_p50_ms: {alone_p50:.0f}")
+    print(f"k8s_spawn_alone_p50_ratio_vs_kubespawner: {alone_p50 / plain_alone_p50:.2f}")
     print(f"k8s_spawn_p50_ratio_vs_kubespawner: {p50 / plain_p50:.2f}")
     print(f"k8s_spawn_overhead_p50_ms: {p50:.0f}")
-    return 0 if not (failed or more_failed or plain_failed) else 1
+    return 0 if not (ours or plain_failed or plain_single_failed) else 1
 
 
 if __name__ == "__main__":
