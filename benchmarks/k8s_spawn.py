@@ -8,7 +8,8 @@ the pod's port). Two phases, in one run:
 1. ``--spawns`` spawns of a 1-GPU profile, all requested at once, timed from the spawn
    request to the hub calling the server ready (the POST returns then): gpulab's
    GpuKubeSpawner, and as the reference plain KubeSpawner asking for the same GPU,
-   each on its own hub against the same cluster. Every spawn must succeed. Before that,
+   each on its own hub against the same cluster, both hubs holding the same ``--users``
+   users (a hub's work per spawn grows with them). Every spawn must succeed. Before that,
    on each hub, ``--single`` spawns one after another: a spawn's time with nothing
    else going on, the nearest figure to the hub's own overhead.
 2. On gpulab's hub, with ``--users`` users and ``--servers`` servers running: latency
@@ -192,8 +193,11 @@ def main() -> int:
     ap.add_argument("--servers", type=int, default=200)
     ap.add_argument("--requests", type=int, default=1000)
     args = ap.parse_args()
-    if args.servers > NODES * GPUS_PER_NODE or args.spawns > args.servers:
-        ap.error(f"need spawns <= servers <= {NODES * GPUS_PER_NODE} (the cluster's GPUs)")
+    if args.servers > NODES * GPUS_PER_NODE or not args.spawns <= args.servers <= args.users:
+        ap.error(
+            f"need spawns <= servers <= users, and servers <= {NODES * GPUS_PER_NODE} "
+            "(the cluster's GPUs)"
+        )
 
     scratch = Path(tempfile.mkdtemp(prefix="gpulab-bench-k8s-"))
     port = free_port()
@@ -216,14 +220,16 @@ def main() -> int:
             assert r.status_code == 201, r.text
             wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/", timeout=1), 10, "responder")
             base = CONFIG.format(port=port)
-            batch = [f"user{i:04d}" for i in range(args.spawns)]
+            # both hubs hold the same users: the hub's work per spawn grows with them
+            names = [f"user{i:04d}" for i in range(args.users)]
+            batch = names[: args.spawns]
             single = [f"solo{i:03d}" for i in range(args.single)]
 
             plain = start_hub(
                 kube, scratch, "plain", base + PLAIN.format(image=IMAGE, namespace=NAMESPACE)
             )
             hubs.append(plain)
-            add_users(plain, single + batch)
+            add_users(plain, single + names)
             print(f"plain KubeSpawner: {args.single} spawns one by one", flush=True)
             plain_single, plain_single_failed = spawn_one_by_one(plain, single)
             report("plain KubeSpawner spawn alone", plain_single)
@@ -246,7 +252,6 @@ def main() -> int:
 
             hub = start_hub(kube, scratch, "gpulab", base)
             hubs.append(hub)
-            names = [f"user{i:04d}" for i in range(args.users)]
             add_users(hub, single + names)
             print(f"gpulab GpuKubeSpawner: {args.single} spawns one by one", flush=True)
             alone, alone_failed = spawn_one_by_one(hub, single)
