@@ -16,8 +16,9 @@ from urllib.parse import urlparse
 
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
+from kubespawner.spawner import PodReflector
 from tornado import web
-from traitlets import default
+from traitlets import default, validate
 
 from gpulab.hub.inventory import Gpu
 from gpulab.hub.kube import api_reason, core_api, follow_pods, namespace
@@ -39,6 +40,61 @@ class Unschedulable(web.HTTPError):
 
     def __init__(self, message: str):
         super().__init__(503, message)
+
+
+class _Notifying(dict):
+    """A reflector's resources, calling ``changed(key)`` after each change the watch
+    makes (it sets and pops keys)."""
+
+    def __init__(self, items, changed):
+        super().__init__(items)
+        self._changed = changed
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self._changed(key)
+
+    def pop(self, key, *default):
+        value = super().pop(key, *default)
+        self._changed(key)
+        return value
+
+
+class WakingPodReflector(PodReflector):
+    """KubeSpawner's pod reflector, which also wakes whoever waits on a pod
+    (``changed``) as soon as the watch brings news of it: KubeSpawner itself polls its
+    reflector with a growing backoff (up to seconds between looks)."""
+
+    def __init__(self, *args, **kwargs):
+        self._waiters: dict[str, list[asyncio.Future]] = {}
+        super().__init__(*args, **kwargs)
+
+    @validate("resources")
+    def _notifying(self, proposal):
+        waiting = getattr(self, "_waiters", {})
+        for key in list(waiting):  # a new list: anything may have changed
+            self._changed(key)
+        return _Notifying(proposal["value"], self._changed)
+
+    def _changed(self, key: str) -> None:
+        for future in self._waiters.pop(key, ()):
+            if not future.done():
+                future.set_result(None)
+
+    def changed(self, key: str) -> asyncio.Future:
+        """A future done at the next change of the pod ``key`` (namespace/name)."""
+        future = asyncio.get_running_loop().create_future()
+        waiting = self._waiters.setdefault(key, [])
+        waiting.append(future)
+
+        def forget(done: asyncio.Future) -> None:  # cancelled by a waiter that gave up
+            if done in self._waiters.get(key, ()):
+                self._waiters[key].remove(done)
+                if not self._waiters[key]:
+                    del self._waiters[key]
+
+        future.add_done_callback(forget)
+        return future
 
 
 class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
@@ -284,6 +340,16 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
             self.release_gpus("spawn failed")
             raise
 
+    async def _start_watching_pods(self, replace=False):
+        """KubeSpawner's pod reflector (same labels), as a ``WakingPodReflector``."""
+        return await self._start_reflector(
+            kind="pods",
+            reflector_class=WakingPodReflector,
+            labels={"component": self.component_label},
+            omit_namespace=self.enable_user_namespaces,
+            replace=replace,
+        )
+
     async def _make_create_pod_request(self, pod, request_timeout):
         """KubeSpawner's, but an API server that is busy (429) or failing (5xx) is
         retried like one that timed out, instead of failing the spawn at once."""
@@ -296,20 +362,27 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
                 return False
             raise
         self._create_refused = ""
+        self._pod_created = bool(created)
         return created
 
     def _refused(self, reason: str) -> web.HTTPError:
         return web.HTTPError(503, f"Kubernetes refused to create pod {self.pod_name}: {reason}")
 
+    def _only_waits_for_running(self) -> bool:
+        """Is all KubeSpawner's start has left to do, once its pod is created, to wait
+        until it runs? (Not with the extras it makes once the pod exists.)"""
+        extras = self.internal_ssl or self.services_enabled or self.after_pod_created_hook
+        return self._pod_created and not extras
+
     async def _until_scheduled(self, start):
         """Run KubeSpawner's start, but fail it once the pod has been unschedulable
-        for ``kubernetes.unschedulable_timeout`` seconds, with the scheduler's reason."""
-        task = asyncio.ensure_future(start)
+        for ``kubernetes.unschedulable_timeout`` seconds, with the scheduler's reason.
+        Answer as soon as the watch reports the pod running (see ``_sooner``)."""
+        self._pod_created = False
         since = None
-        while not task.done():
-            # KubeSpawner starts its pod reflector inside start(): none on the first turns
-            reflector = self.pod_reflector
-            pod = reflector.pods.get(f"{self.namespace}/{self.pod_name}") if reflector else None
+
+        def placed(pod: dict | None) -> None:
+            nonlocal since
             reason = unschedulable_reason(pod)
             if reason is None:
                 since = None
@@ -317,10 +390,63 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
                 since = time.monotonic()
                 self.report(45, f"Waiting for a node: {reason}")
             elif time.monotonic() - since >= self.k8s.unschedulable_timeout:
-                task.cancel()
                 raise Unschedulable(f"No node can run this server: {reason}")
-            await asyncio.wait([task], timeout=0.5)
-        return task.result()
+
+        task = asyncio.ensure_future(start)
+        pod = await self._sooner(
+            task, lambda pod: self.is_pod_running(pod) and self._only_waits_for_running(), placed
+        )
+        if pod is None:
+            return task.result()
+        self.pod_id = pod["metadata"]["uid"]  # what KubeSpawner's start ends with
+        return self._get_pod_url(pod)
+
+    async def _make_delete_pod_request(self, *args, **kwargs):
+        deleted = await super()._make_delete_pod_request(*args, **kwargs)
+        self._pod_deleted = bool(deleted)
+        return deleted
+
+    async def _delete_pod(self, now: bool) -> None:
+        """KubeSpawner's stop: delete the pod, answer once the watch has it gone (as
+        soon as it does, see ``_sooner``)."""
+        self._pod_deleted = False
+        task = asyncio.ensure_future(KubeSpawner.stop(self, now=now))
+        await self._sooner(task, lambda pod: pod is None and self._pod_deleted)
+        if not task.cancelled():  # it ended on its own: with its error, if any
+            task.result()
+
+    async def _sooner(self, task: asyncio.Future, over, each=None) -> dict | None:
+        """Await ``task``, a KubeSpawner start or stop, which ends by polling its pod
+        reflector until the server's pod runs or is gone, with a growing backoff (up to
+        seconds between looks). Here the watch's news of the pod wake the wait: once
+        ``over(pod)`` holds, ``task``, which then only waits, is cancelled. Gives the pod
+        (None if gone) that ended the wait, or None when ``task`` ended on its own.
+        ``each(pod)`` is called at each look; what it raises ends ``task`` too."""
+        key = f"{self.namespace}/{self.pod_name}"
+        while not task.done():
+            # KubeSpawner starts its pod reflector inside start(): none at first
+            reflector = self.pod_reflector
+            pod = reflector.pods.get(key) if reflector else None
+            if over(pod):
+                task.cancel()
+                try:
+                    await task  # unless it ended on its own meanwhile
+                except asyncio.CancelledError:
+                    if not task.cancelled():  # the caller is cancelled, not task
+                        raise
+                    return pod
+                return None
+            if each is not None:
+                try:
+                    each(pod)
+                except BaseException:
+                    task.cancel()
+                    raise
+            news = [reflector.changed(key)] if isinstance(reflector, WakingPodReflector) else []
+            await asyncio.wait([task, *news], timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+            for future in news:
+                future.cancel()
+        return None
 
     # -- Return GPU / Get GPU: a new pod on the same home --------------------------
 
@@ -331,7 +457,7 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
         grace = self.delete_grace_period
         self.delete_grace_period = min(grace, SWAP_GRACE_SECONDS)
         try:
-            await KubeSpawner.stop(self, now=False)
+            await self._delete_pod(now=False)
         except BaseException:
             self.swapping = False  # the pod may well still serve
             raise
@@ -364,7 +490,7 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
             try:
                 await self._serve_at(await self._until_scheduled(KubeSpawner._start(self)))
             except BaseException:
-                await KubeSpawner.stop(self, now=True)  # nothing half-started is left
+                await self._delete_pod(now=True)  # nothing half-started is left
                 raise
         finally:
             self.swapping = False
@@ -408,7 +534,7 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
 
     async def stop(self, now=False):
         self._pod_requested = False
-        await super().stop(now=now)
+        await self._delete_pod(now=now)
         self.release_gpus("stopped")
 
     async def poll(self):
