@@ -71,10 +71,13 @@ class WakingPodReflector(PodReflector):
 
     @validate("resources")
     def _notifying(self, proposal):
-        waiting = getattr(self, "_waiters", {})
-        for key in list(waiting):  # a new list: anything may have changed
-            self._changed(key)
-        return _Notifying(proposal["value"], self._changed)
+        """A new list (at the start, and when a watch cannot resume): it wakes the
+        waiters of the pods it changed."""
+        new, old = proposal["value"], self.resources
+        for key in list(getattr(self, "_waiters", {})):
+            if new.get(key) != old.get(key):
+                self._changed(key)
+        return _Notifying(new, self._changed)
 
     def _changed(self, key: str) -> None:
         for future in self._waiters.pop(key, ()):

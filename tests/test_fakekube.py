@@ -13,7 +13,7 @@ import pwd
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import aiohttp
@@ -1506,18 +1506,29 @@ async def test_deployments_and_indexed_jobs_run_pods() -> None:
             assert logs == ["worker 0\n", "worker 1\n"]
 
 
-async def test_kubespawner_reflectors_follow_the_fake(monkeypatch: pytest.MonkeyPatch) -> None:
+@contextmanager
+def kubespawner_configured(kube: FakeKube, monkeypatch: pytest.MonkeyPatch):
+    """KubeSpawner's client configuration, as it configures itself, on ``kube``: a
+    kubeconfig file, not in a cluster (kubernetes_asyncio reads KUBECONFIG once, when
+    it is imported)."""
     from kubespawner.clients import load_config
+
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", kube.kubeconfig)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    saved = client.Configuration.get_default_copy()
+    load_config.cache_clear()
+    load_config()
+    try:
+        yield
+    finally:
+        client.Configuration.set_default(saved)
+        load_config.cache_clear()
+
+
+async def test_kubespawner_reflectors_follow_the_fake(monkeypatch: pytest.MonkeyPatch) -> None:
     from kubespawner.spawner import EventReflector, PodReflector
 
-    with FakeKube() as kube:
-        # as KubeSpawner configures itself: a kubeconfig file, not in a cluster
-        # (kubernetes_asyncio reads KUBECONFIG once, when it is imported)
-        monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", kube.kubeconfig)
-        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-        saved = client.Configuration.get_default_copy()
-        load_config.cache_clear()
-        load_config()
+    with FakeKube() as kube, kubespawner_configured(kube, monkeypatch):
         pods = PodReflector(
             namespace="default", labels={"component": "singleuser-server"}, timeout_seconds=1
         )
@@ -1563,8 +1574,46 @@ async def test_kubespawner_reflectors_follow_the_fake(monkeypatch: pytest.Monkey
         finally:
             await pods.stop()
             await events.stop()
-            client.Configuration.set_default(saved)
-            load_config.cache_clear()
+
+
+async def test_the_spawners_pod_reflector_wakes_waiters_at_each_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What lets a spawn or stop end as soon as the watch reports its pod running or
+    gone, rather than at KubeSpawner's next look (gpulab's ``WakingPodReflector``)."""
+    from gpulab.spawner.kubernetes import WakingPodReflector
+
+    key = "default/jupyter-ada"
+    with FakeKube() as kube, kubespawner_configured(kube, monkeypatch):
+        pods = WakingPodReflector(
+            namespace="default", labels={"component": "singleuser-server"}, timeout_seconds=1
+        )
+        try:
+            await pods.start()
+            async with client.ApiClient() as api:
+                v1 = client.CoreV1Api(api)
+                body = pod("jupyter-ada")
+                body["metadata"]["labels"] = {"component": "singleuser-server"}
+                news = pods.changed(key)
+                await v1.create_namespaced_pod("default", body)
+                await asyncio.wait_for(news, 10)
+                assert key in pods.pods
+                while pods.pods[key]["status"].get("phase") != "Running":
+                    await asyncio.wait_for(pods.changed(key), 10)  # each news, no polling
+
+                # a waiter that gives up is forgotten; the others still hear
+                gave_up, news = pods.changed(key), pods.changed(key)
+                gave_up.cancel()
+                # across a dropped stream (a new list, then a new watch) too
+                assert kube.drop_watches() >= 1
+                await v1.delete_namespaced_pod("jupyter-ada", "default", grace_period_seconds=0)
+                await asyncio.wait_for(news, 10)
+                while key in pods.pods:
+                    await asyncio.wait_for(pods.changed(key), 10)
+                other = pods.changed("default/jupyter-bob")
+                assert not other.done()  # news of one pod wake only its own waiters
+        finally:
+            await pods.stop()
 
 
 async def _true(value: bool) -> bool:
