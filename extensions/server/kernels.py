@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from queue import Empty
 
 from . import gpuinfo
 
@@ -392,9 +393,7 @@ class KernelSwitch:
         client = self.km.get_kernel(kernel_id).client()
         client.start_channels()
         try:
-            # a kernel that just restarted: until its IOPub is connected, the "idle" that
-            # ends the call could be missed, and the call would wait out its timeout
-            await client.wait_for_ready(timeout=60)
+            await _connected(client, timeout=60)
             reply = await client.execute_interactive(
                 code,
                 silent=True,
@@ -457,6 +456,31 @@ class KernelSwitch:
             "kernels": [r.as_json() for r in reports],
         }
         self._restoring = None
+
+
+async def _connected(client, timeout: float) -> None:
+    """Until the kernel answers ``client`` and its IOPub messages reach it: before that,
+    the "idle" that ends a call could be missed, and the call would wait out its timeout.
+
+    A new IOPub subscription takes a moment to connect, and what the kernel publishes
+    before is lost to it, so ``kernel_info`` requests are sent until one's status
+    message arrives: 10 ms apart at first (jupyter_client's ``wait_for_ready`` waits
+    0.2 s for it, the time a Return GPU has in all). Their replies are left on the shell
+    channel, where calls skip what answers other requests."""
+    deadline = time.monotonic() + timeout
+    wait = 0.01
+    while True:
+        client.kernel_info()
+        try:
+            await client.iopub_channel.get_msg(timeout=wait)
+            return
+        except Empty:
+            pass
+        if not await client.is_alive():
+            raise RuntimeError("the kernel died")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the kernel did not answer in {timeout:.0f} s")
+        wait = min(wait * 2, 0.5)
 
 
 def _summary(reports: list[KernelReport]) -> str:
