@@ -74,7 +74,7 @@ class WakingPodReflector(PodReflector):
         """A new list (at the start, and when a watch cannot resume): it wakes the
         waiters of the pods it changed."""
         new, old = proposal["value"], self.resources
-        for key in list(getattr(self, "_waiters", {})):
+        for key in list(self._waiters):
             if new.get(key) != old.get(key):
                 self._changed(key)
         return _Notifying(new, self._changed)
@@ -87,8 +87,7 @@ class WakingPodReflector(PodReflector):
     def changed(self, key: str) -> asyncio.Future:
         """A future done at the next change of the pod ``key`` (namespace/name)."""
         future = asyncio.get_running_loop().create_future()
-        waiting = self._waiters.setdefault(key, [])
-        waiting.append(future)
+        self._waiters.setdefault(key, []).append(future)
 
         def forget(done: asyncio.Future) -> None:  # cancelled by a waiter that gave up
             if done in self._waiters.get(key, ()):
@@ -98,6 +97,13 @@ class WakingPodReflector(PodReflector):
 
         future.add_done_callback(forget)
         return future
+
+    async def next_change(self, key: str, timeout: float) -> None:
+        """Until the pod ``key`` changes, for ``timeout`` seconds at most."""
+        try:
+            await asyncio.wait_for(self.changed(key), timeout)
+        except TimeoutError:
+            pass
 
 
 class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
@@ -507,7 +513,7 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
         while not self.is_pod_running(self.pod_reflector.pods.get(key)):
             if time.monotonic() > deadline or key not in self.pod_reflector.pods:
                 raise TimeoutError(f"pod {key} is not running")
-            await asyncio.sleep(0.2)
+            await self.pod_reflector.next_change(key, 0.5)
         await self._serve_at(self._get_pod_url(self.pod_reflector.pods[key]))
 
     async def _serve_at(self, url: str) -> None:
