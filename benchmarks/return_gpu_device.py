@@ -14,9 +14,11 @@ Figures, with NVML reading the GPU's memory every millisecond:
   the GPU, checked against the tensor's checksum;
 - reference: the same kernel shut down (what stopping the server does to it) -> memory
   free, in the same run;
-- the CUDA driver's process checkpoint API (``cuCheckpointProcess*``, r570+), tried on
-  the kernel: lock + checkpoint -> memory free, then restore + unlock with the tensor
-  intact, so a return could keep the kernel running.
+- Return GPU's driver path (``gpus.kernel_checkpoint: driver``; ``auto`` takes it for a
+  kernel holding what cannot be pickled): the same kernel parked by the CUDA driver's
+  process checkpoint API (``cuCheckpointProcess*``, r570+) -> memory free, the same
+  process still running CPU code (a generator goes on), then Get GPU -> the tensor
+  intact on the GPU, in the same process.
 
     python3 benchmarks/return_gpu_device.py [--gib 4]
 
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import json
 import os
 import sys
@@ -79,44 +80,6 @@ class Nvml:
                 raise TimeoutError(f"GPU memory still {self.used() / 2**30:.2f} GiB")
             await asyncio.sleep(0.001)
         return time.perf_counter() - since
-
-
-# -- the CUDA driver's process checkpoint API ------------------------------------------
-
-
-class CudaCheckpoint:
-    """``cuCheckpointProcess{Lock,Checkpoint,Restore,Unlock}`` on another process."""
-
-    NAMES = ("Lock", "Checkpoint", "Restore", "Unlock", "GetState")
-
-    def __init__(self):
-        self.cuda = ctypes.CDLL("libcuda.so.1")
-        version = ctypes.c_int()
-        self.cuda.cuDriverGetVersion(ctypes.byref(version))
-        self.version = f"{version.value // 1000}.{version.value % 1000 // 10}"
-        self.missing = [n for n in self.NAMES if not hasattr(self.cuda, f"cuCheckpointProcess{n}")]
-        if not self.missing:
-            self._check("cuInit", self.cuda.cuInit(0))
-
-    def _check(self, what: str, code: int) -> None:
-        if code != 0:
-            text = ctypes.c_char_p()
-            self.cuda.cuGetErrorString(code, ctypes.byref(text))
-            raise RuntimeError(f"{what}: CUDA error {code} ({(text.value or b'?').decode()})")
-
-    def call(self, name: str, pid: int) -> None:
-        """One step with its arguments struct zeroed (no timeout, no GPU remapping)."""
-        fn = getattr(self.cuda, f"cuCheckpointProcess{name}")
-        args = ctypes.create_string_buffer(256)
-        self._check(f"cuCheckpointProcess{name}", fn(ctypes.c_int(pid), args))
-
-    def state(self, pid: int) -> int:
-        state = ctypes.c_int()
-        self._check(
-            "cuCheckpointProcessGetState",
-            self.cuda.cuCheckpointProcessGetState(ctypes.c_int(pid), ctypes.byref(state)),
-        )
-        return state.value  # 0 running, 1 locked, 2 checkpointed, 3 failed
 
 
 # -- one Jupyter server with gpulab's extension, in this process ----------------------
@@ -173,6 +136,7 @@ async def measure(app, gib: float, nvml: Nvml) -> int:
 
     # Return GPU: what the hub asks the server to do, timed until the memory is free
     visible = os.environ["CUDA_VISIBLE_DEVICES"]
+    os.environ["GPULAB_KERNEL_CHECKPOINT"] = "namespace"
     t0 = time.perf_counter()
     result = await switch.switch("", wait_restore=False)
     answered = time.perf_counter() - t0
@@ -201,34 +165,7 @@ async def measure(app, gib: float, nvml: Nvml) -> int:
         f"{'intact' if gpu_ok else 'WRONG'} (x on {device}, model on {where}, trains: {trains})"
     )
 
-    # the CUDA driver's checkpoint API on the running kernel
-    pid = switch._pid(kernel)
-    await asyncio.sleep(1)
-    held = nvml.used()
-    try:
-        cuda = CudaCheckpoint()
-        if cuda.missing:
-            print(f"CUDA {cuda.version}: no cuCheckpointProcess{'/'.join(cuda.missing)}")
-        else:
-            t0 = time.perf_counter()
-            cuda.call("Lock", pid)
-            cuda.call("Checkpoint", pid)
-            checkpointed = time.perf_counter() - t0
-            gone = await nvml.until_below(idle + (held - idle) * 0.05, t0, timeout=30)
-            state = cuda.state(pid)
-            t1 = time.perf_counter()
-            cuda.call("Restore", pid)
-            cuda.call("Unlock", pid)
-            restored_at = time.perf_counter() - t1
-            device, value, _, _ = json.loads(await run_code(km, kernel, CHECK))
-            print(
-                f"CUDA {cuda.version} checkpoint API: lock+checkpoint {checkpointed:.3f} s, "
-                f"memory free after {gone:.3f} s (state {state}); restore+unlock "
-                f"{restored_at:.3f} s; tensor {'intact' if intact(checksum, value) else 'WRONG'}"
-                f" on {device}, same kernel process"
-            )
-    except Exception as e:  # noqa: BLE001 -- a finding to report, not a failure of gpulab's path
-        print(f"CUDA checkpoint API did not work here: {e}")
+    driver_ok = await measure_driver_path(km, switch, kernel, visible, checksum, nvml, idle)
 
     # reference: shutting the kernel down, as stopping the server does
     held = nvml.used()
@@ -238,7 +175,46 @@ async def measure(app, gib: float, nvml: Nvml) -> int:
     print(f"reference: kernel shut down, memory free after {stopped:.3f} s")
     print(f"return_gpu_seconds: {returned:.3f}")
     print(f"return_vs_kernel_stop_ratio: {returned / stopped:.3f}")
-    return 0 if cpu_ok and gpu_ok else 1
+    return 0 if cpu_ok and gpu_ok and driver_ok else 1
+
+
+async def measure_driver_path(km, switch, kernel, visible, checksum, nvml, idle) -> bool:
+    """Return GPU and Get GPU with the driver parking the kernel; False if it went wrong
+    (not when this driver cannot park: then the namespace path is taken, and said)."""
+    os.environ["GPULAB_KERNEL_CHECKPOINT"] = "driver"
+    await run_code(km, kernel, "batches = (i * i for i in range(10)); next(batches)")
+    pid = switch._pid(kernel)
+    await asyncio.sleep(1)
+    held = nvml.used()
+    t0 = time.perf_counter()
+    result = await switch.switch("", wait_restore=False)
+    answered = time.perf_counter() - t0
+    freed = await nvml.until_below(idle + (held - idle) * 0.05, t0, timeout=60)
+    if switch._restoring is not None:
+        await switch._restoring
+    note = "; ".join(k["note"] for k in result["kernels"] if k["note"])
+    if result["path"] != "driver":
+        print(f"driver path not taken ({result['path']}): {note}")
+        await switch.switch(visible, wait_restore=True)
+        return True
+    t1 = time.perf_counter()
+    going_on = await run_code(km, kernel, "print(next(batches), sum(range(10)))", timeout=30)
+    cpu_code = time.perf_counter() - t1
+    same = switch._pid(kernel) == pid
+    t0 = time.perf_counter()
+    back = await switch.switch(visible, wait_restore=True)
+    got_back = time.perf_counter() - t0
+    device, value, where, trains = json.loads(await run_code(km, kernel, CHECK))
+    ok = same and going_on == "1 45" and back["path"] == "driver" and device.startswith("cuda")
+    ok = ok and where.startswith("cuda") and trains and intact(checksum, value)
+    print(
+        f"Return GPU, driver path: answered after {answered:.3f} s, memory free after "
+        f"{freed:.3f} s; same process: {same}, CPU code ran in {cpu_code:.3f} s "
+        f"({going_on!r}); Get GPU: back after {got_back:.3f} s, "
+        f"{'intact' if ok else 'WRONG'} (x on {device}, model on {where}, trains: {trains}); "
+        f"{note}"
+    )
+    return ok
 
 
 def main() -> int:

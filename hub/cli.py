@@ -511,6 +511,9 @@ def _kernel_lines(detail: dict) -> list[str]:
     lines = []
     for k in detail.get("kernels") or []:
         name = k.get("path") or k.get("kernel")
+        if k.get("kept_by") == "driver":
+            lines.append(f"  {name}: kept running, its GPU memory parked by the CUDA driver")
+            continue
         line = f"  {name}: kept {len(k.get('saved') or [])} variable(s)"
         if k.get("failed"):
             line += "; not saved: " + ", ".join(f"{n} ({why})" for n, why in k["failed"].items())

@@ -204,7 +204,7 @@ class GpuSwitch:
         seconds = round(time.monotonic() - t0, 3)
         spawner.gpus_changed([])
         self._wake()
-        message = f"Returned GPU {', '.join(released)}; your kernels now run on the CPU"
+        message = f"Returned GPU {', '.join(released)}; " + _where_kernels_run(result)
         result.update(gpu_ids=released, seconds=seconds)
         op = self.ledger.update_operation(
             user, server, state="done", message=message, detail=result
@@ -737,6 +737,21 @@ def switch_mode(spawner) -> str:
     """How this server's GPUs change while it runs: its kernels move ("kernels"), or the
     spawner replaces its pod ("pod")."""
     return getattr(spawner, "gpu_switch_mode", "kernels")
+
+
+def _where_kernels_run(result: dict) -> str:
+    """After a return: the kernels on the CPU, and those the CUDA driver parked."""
+    parked = [k.get("path") or "a kernel" for k in result.get("kernels", [])
+              if k.get("kept_by") == "driver"]  # fmt: skip
+    if not parked:
+        return "your kernels now run on the CPU"
+    which = ", ".join(parked)
+    if result.get("path") == "driver":
+        return f"your kernels keep running ({which}): their GPU memory waits in host memory for Get GPU"
+    return (
+        f"your kernels now run on the CPU, but for {which}: kept running, its GPU memory waits in "
+        "host memory for Get GPU"
+    )
 
 
 def _reason(e: BaseException) -> str:

@@ -85,6 +85,10 @@ class GpuSettings:
     """Seconds between checks for idle GPUs (profiles' ``idle_return``)."""
     idle_utilization: int = 5
     """A GPU busier than this (percent, from NVML) is not idle."""
+    kernel_checkpoint: str = "auto"
+    """How Return GPU keeps a kernel on the local backend: ``auto`` parks with the CUDA
+    driver (r570+) the kernels whose variables cannot all be saved, ``driver`` every
+    kernel on the GPU, ``namespace`` none (each restarts on the CPU with its variables)."""
 
 
 @dataclass
@@ -489,6 +493,10 @@ def _validate(s: Settings) -> None:
             raise SettingsError(f"gpus.{name}: must be 1 second or more")
     if not 0 <= s.gpus.idle_utilization <= 100:
         raise SettingsError("gpus.idle_utilization: a percentage, 0 to 100")
+    if s.gpus.kernel_checkpoint not in ("auto", "driver", "namespace"):
+        raise SettingsError(
+            f"gpus.kernel_checkpoint: auto, driver or namespace, not {s.gpus.kernel_checkpoint!r}"
+        )
     for name, n in {**s.gpus.users, **s.gpus.groups}.items():
         if n < 0:
             raise SettingsError(f"gpus: the limit for {name!r} must be 0 or more, got {n}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import sys
 import time
@@ -30,28 +29,25 @@ def nvml_used(uuid: str) -> int:
 
 
 def checkpoint_api() -> str:
-    """Does the driver export cuCheckpointProcess* (r570+)?"""
+    """Can the driver park processes (cuCheckpointProcess*, r570+)?"""
+    from gpulab.extensions.server import cudackpt
+
     try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-    except OSError as e:
-        return f"no libcuda ({e})"
-    version = ctypes.c_int()
-    cuda.cuDriverGetVersion(ctypes.byref(version))
-    names = [
-        "cuCheckpointProcessLock",
-        "cuCheckpointProcessCheckpoint",
-        "cuCheckpointProcessRestore",
-        "cuCheckpointProcessUnlock",
-    ]
-    missing = [n for n in names if not hasattr(cuda, n)]
-    v = version.value
-    found = "present" if not missing else f"missing {', '.join(missing)}"
-    return f"CUDA driver API {v // 1000}.{v % 1000 // 10}: checkpoint API {found}"
+        driver = cudackpt.Driver()
+    except cudackpt.Unavailable as e:
+        return f"CUDA process checkpoint API: not here ({e})"
+    return f"CUDA driver API {driver.version}: process checkpoint API present"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="Return GPU on a real GPU, measured")
     parser.add_argument("--gib", type=float, default=4.0, help="GiB to fill on the GPU")
+    parser.add_argument(
+        "--kernel-checkpoint",
+        choices=("auto", "driver", "namespace"),
+        default="auto",
+        help="the hub's gpus.kernel_checkpoint: driver parks the kernel with the CUDA driver",
+    )
     args = parser.parse_args()
     try:
         import pynvml
@@ -64,7 +60,12 @@ def main() -> int:
         return 2
     print(checkpoint_api())
 
-    hub = Hub({"profiles": [{"slug": "gpu-1", "gpus": 1, "default": True}]}).start()
+    hub = Hub(
+        {
+            "profiles": [{"slug": "gpu-1", "gpus": 1, "default": True}],
+            "gpus": {"kernel_checkpoint": args.kernel_checkpoint},
+        }
+    ).start()
     try:
         user = hub.create_user("gpucheck")
         r = user.spawn(profile="gpu-1")
@@ -93,6 +94,8 @@ def main() -> int:
         print(f"ledger shows the GPU free after {t_ledger:.3f} s")
         print(f"nvidia-smi shows the memory freed after {t_memory:.3f} s")
         print(f"path: {op['path']}")
+        for k in op["detail"].get("kernels", []):
+            print(f"  {k['path']}: kept by {k['kept_by']}. {k['note']}")
 
         r = user.session.post(hub.api("/gpulab/gpu/acquire"), json={"gpus": 1}, timeout=60)
         t0 = time.perf_counter()

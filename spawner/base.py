@@ -141,6 +141,7 @@ class GpuSpawnerMixin(LoggingConfigurable):
         return {
             **visible_devices_env(self.gpu_ids),
             "GPULAB_PROFILE": self.profile_slug,
+            "GPULAB_KERNEL_CHECKPOINT": self.gpulab.settings.gpus.kernel_checkpoint,
             # whose token the server's gpulab extension takes orders from
             "GPULAB_HUB_SERVICE": CLI_SERVICE,
         }

@@ -91,6 +91,9 @@ print(r.returncode)
     assert answer["operation"]["path"] == "namespace"
     report = answer["operation"]["detail"]["kernels"]
     assert [k["path"] for k in report] == ["work/train.ipynb"]
+    # no CUDA driver here to park the kernel (gpus.kernel_checkpoint: auto): it restarts
+    assert report[0]["kept_by"] == "namespace"
+    assert answer["message"] == "Returned GPU 0; your kernels now run on the CPU"
     assert "gen" in report[0]["failed"] and "pickle" in report[0]["failed"]["gen"]
     assert {"weights", "big", "config", "scale", "double", "alias"} <= set(report[0]["saved"])
     # the ledger freed it at once, with the reason, and another user can take it

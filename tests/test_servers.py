@@ -13,7 +13,7 @@ ENV_PROBE = """
 import json, os
 print(json.dumps({k: os.environ.get(k) for k in (
     "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "HOME", "PYTHONUSERBASE", "USER",
-    "GPULAB_PROFILE")} | {"uid": os.getuid(), "cwd": os.getcwd()}))
+    "GPULAB_PROFILE", "GPULAB_KERNEL_CHECKPOINT")} | {"uid": os.getuid(), "cwd": os.getcwd()}))
 """
 
 
@@ -31,6 +31,7 @@ def test_gpu_server_sees_exactly_its_granted_gpu(hub):
     assert env["CUDA_VISIBLE_DEVICES"] == granted[0]["id"]
     assert env["NVIDIA_VISIBLE_DEVICES"] == granted[0]["id"]
     assert env["GPULAB_PROFILE"] == "gpu-1"
+    assert env["GPULAB_KERNEL_CHECKPOINT"] == "auto"  # how Return GPU keeps its kernels
     home = str(hub.data_root / "homes" / "alice")
     assert env["HOME"] == home and env["cwd"] == home
     assert env["PYTHONUSERBASE"] == home + "/.local"

@@ -53,6 +53,7 @@ profiles:
         ("profiles: []", {}, "at least one profile"),
         ("gpus: {ids: ['0', '0']}", {}, "listed twice"),
         ("gpus: {groups: {students: -2}}", {}, "must be 0 or more"),
+        ("gpus: {kernel_checkpoint: cuda}", {}, "auto, driver or namespace, not 'cuda'"),
         ("backend: cloud", {}, "unknown backend 'cloud'"),
         ("- just\n- a list", {}, "must hold a mapping"),
         ("hub: [", {}, "not valid YAML"),

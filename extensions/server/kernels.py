@@ -14,6 +14,13 @@
 4. restore each kernel's variables into its new process, in the background when the
    caller only waits for the GPU to be free.
 
+On a return, a kernel on the GPU can instead be *parked* with the CUDA driver's process
+checkpoint API (``cudackpt.py``): its process keeps running with everything in it, its
+GPU memory moved to host memory, and Get GPU puts that memory back on a GPU. Which
+kernels are parked is ``GPULAB_KERNEL_CHECKPOINT``'s choice (see ``to_park``); the
+namespace checkpoint of step 2 is taken for them too, and used when the driver cannot
+park or bring back a kernel.
+
 Where the hub moves the whole server instead (the kubernetes backend replaces its pod),
 ``checkpoint_for_move`` does steps 1 and 2, writes what a new server needs to carry on
 (``~/.gpulab/checkpoints/resume.json``: each notebook's path, kernel and checkpoint) and
@@ -34,12 +41,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from queue import Empty
 
-from . import gpuinfo
+from . import cudackpt, gpuinfo
 
 SOURCE = (Path(__file__).with_name("namespace.py")).read_text()
 GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "GPULAB_GPUS")
 RESUME = "resume.json"
 """The notebooks a moved server's successor starts again (in the checkpoint folder)."""
+CHECKPOINT_MODES = ("auto", "driver", "namespace")
+"""``GPULAB_KERNEL_CHECKPOINT``: how a return keeps a kernel on the GPU (``to_park``)."""
+PARK_TIMEOUT_MS = 10_000
+"""How long the driver may wait for a kernel's GPU work to end before parking it."""
 
 
 class SwitchError(Exception):
@@ -60,16 +71,53 @@ class KernelReport:
     note: str = ""
     loaded: bool = False
     """Its checkpoint was loaded into the kernel."""
+    kept_by: str = "namespace"
+    """``namespace``: its variables went through a checkpoint file and a new process;
+    ``driver``: its process kept running, parked by the CUDA driver."""
 
     def as_json(self) -> dict:
         return {
             "kernel": self.kernel_id,
             "path": self.path,
+            "kept_by": self.kept_by,
             "saved": self.saved,
             "restored": self.restored,
             "failed": self.failed,
             "note": self.note,
         }
+
+
+@dataclass
+class Parked:
+    """A kernel process whose GPU state the driver holds in host memory."""
+
+    pid: int
+    gpus: list[str]
+    """The UUIDs of the GPUs it was on."""
+    path: str
+    saved: list[str]
+    """What its namespace checkpoint holds (for a fallback) and what it left out."""
+    failed: dict[str, str]
+    since: float = field(default_factory=time.time)
+
+
+def checkpoint_mode() -> str:
+    mode = os.environ.get("GPULAB_KERNEL_CHECKPOINT", "auto")
+    return mode if mode in CHECKPOINT_MODES else "auto"
+
+
+def to_park(mode: str, reports: list[KernelReport], on_gpu: set[str]) -> list[KernelReport]:
+    """The kernels a return asks the driver to park, of those using the GPU (``on_gpu``).
+
+    - ``namespace``: none; every kernel restarts on the CPU with its variables;
+    - ``auto`` (the default): those whose namespace checkpoint left something out (an
+      open file, a generator, a kernel of another language), so that nothing is lost;
+      the others restart on the CPU, where their tensors keep working;
+    - ``driver``: all of them.
+    """
+    if mode == "namespace":
+        return []
+    return [r for r in reports if r.kernel_id in on_gpu and (mode == "driver" or r.failed)]
 
 
 def visible_devices() -> str:
@@ -87,30 +135,15 @@ def _gone(pid: int) -> bool:
 
 def gpu_processes(visible: str, exclude: set[int]) -> list[dict]:
     """This account's processes computing on the given GPUs (NVML), except ``exclude``."""
-    if not visible:
-        return []
-    try:
-        import pynvml
+    return [
+        {"pid": pid, "gpu": ident, "command": _cmdline(pid)}
+        for pid, ident in gpuinfo.compute_processes(_ids(visible))
+        if pid not in exclude and _mine(pid)
+    ]
 
-        pynvml.nvmlInit()
-    except Exception:  # noqa: BLE001 -- no NVIDIA driver: nothing can hold a GPU
-        return []
-    found = []
-    try:
-        for ident in visible.split(","):
-            try:
-                handle = gpuinfo.device(pynvml, ident)
-                procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
-            except (pynvml.NVMLError, ValueError):
-                continue
-            for p in procs:
-                if p.pid in exclude or not _mine(p.pid):
-                    continue
-                cmd = _cmdline(p.pid)
-                found.append({"pid": p.pid, "gpu": ident, "command": cmd})
-    finally:
-        pynvml.nvmlShutdown()
-    return found
+
+def _ids(visible: str) -> list[str]:
+    return [i for i in visible.split(",") if i]
 
 
 def _mine(pid: int) -> bool:
@@ -138,6 +171,9 @@ class KernelSwitch:
         self.restore: dict = {"state": "idle", "message": "", "kernels": []}
         self._lock = asyncio.Lock()
         self._restoring: asyncio.Task | None = None
+        self._parked: dict[str, Parked] = {}
+        self._no_driver = ""
+        """Why the driver cannot park kernels here, once it said so."""
         self.started = time.time()
 
     @property
@@ -172,30 +208,43 @@ class KernelSwitch:
             if visible == before:
                 return {"changed": False, "visible": visible, "kernels": []}
             t0 = time.monotonic()
-            kernels = list(self.km.list_kernel_ids())
+            parked = [k for k in self.km.list_kernel_ids() if self._still_parked(k)]
+            kernels = [k for k in self.km.list_kernel_ids() if k not in parked]
             paths = {k: s["path"] for k, s in (await self._sessions()).items()}
             pids, others, reports = await self._checkpoint(kernels, paths, interrupt, force)
             checkpointed = time.monotonic()
             self._set_visible(visible)
-            restarts = {}
-            for k in kernels:
+            for k in self.km.list_kernel_ids():  # what a kernel (re)started from now on gets
                 self.km.update_env(kernel_id=k, env={v: visible for v in GPU_VARIABLES})
-                restarts[k] = asyncio.ensure_future(self.km.restart_kernel(k, now=True))
+            candidates, on_gpu = ([], {}) if visible else self._candidates(reports, pids, before)
+            chosen = {r.kernel_id for r in candidates}
+            restarts = {
+                r.kernel_id: self._restart(r.kernel_id)
+                for r in reports
+                if r.kernel_id not in chosen
+            }
             for p in others:
                 _terminate(p["pid"])
-            await self._wait_gone([p for p in pids.values() if p] + [p["pid"] for p in others])
+            for r in await self._park(candidates, pids, on_gpu):  # those it could not park
+                restarts[r.kernel_id] = self._restart(r.kernel_id)
+            back = await self._unpark(parked, visible, restarts)
+            await self._wait_gone(
+                [pids[k] for k in restarts if pids.get(k)] + [p["pid"] for p in others]
+            )
             released = time.monotonic()
             self.restore = {"state": "restoring", "message": "Restoring variables…", "kernels": []}
-            starts = [restarts[r.kernel_id] for r in reports]
-            files = [self._file(r.kernel_id) for r in reports]
+            reports += back
+            starts = [restarts.get(r.kernel_id) or _done() for r in reports]
+            files = [self._file(r.kernel_id) if r.kernel_id in restarts else None for r in reports]
             self._restoring = asyncio.ensure_future(self._restore_all(reports, starts, files))
             if wait_restore:
                 await self._restoring
+            ways = {r.kept_by for r in reports}
             return {
                 "changed": True,
                 "visible": visible,
                 "previous": before,
-                "path": "namespace",
+                "path": ways.pop() if len(ways) == 1 else "mixed" if ways else "namespace",
                 "kernels": [r.as_json() for r in reports],
                 "checkpoint_seconds": round(checkpointed - t0, 3),
                 "release_seconds": round(released - t0, 3),
@@ -302,6 +351,93 @@ class KernelSwitch:
         report.kernel_id = model["kernel"]["id"]
 
     # -- steps -------------------------------------------------------------------------
+
+    def _restart(self, kernel_id: str) -> asyncio.Future:
+        return asyncio.ensure_future(self.km.restart_kernel(kernel_id, now=True))
+
+    def _still_parked(self, kernel_id: str) -> bool:
+        """Is the kernel's process the one the driver parked (not since restarted)?"""
+        parked = self._parked.get(kernel_id)
+        if parked is not None and (self._pid(kernel_id) != parked.pid or _gone(parked.pid)):
+            del self._parked[kernel_id]
+            return False
+        return parked is not None
+
+    def _candidates(self, reports, pids, before: str):
+        """The kernels to park, and the GPUs each process of the server is on."""
+        mode = checkpoint_mode()
+        if mode == "namespace" or self._no_driver:
+            return [], {}
+        on_gpu: dict[int, list[str]] = {}
+        for pid, ident in gpuinfo.compute_processes(_ids(before)):
+            on_gpu.setdefault(pid, []).append(ident)
+        kernels = {k for k, pid in pids.items() if pid in on_gpu}
+        return to_park(mode, reports, kernels), on_gpu
+
+    async def _park(self, candidates, pids, on_gpu: dict[int, list[str]]) -> list[KernelReport]:
+        """Park each candidate kernel with the driver; the reports of those it could not
+        park (they restart on the CPU: their namespace checkpoint is taken)."""
+        if not candidates:
+            return []
+        answers = await asyncio.gather(
+            *(cudackpt.run("park", str(pids[r.kernel_id]), f"--timeout-ms={PARK_TIMEOUT_MS}")
+              for r in candidates)
+        )  # fmt: skip
+        failed = []
+        for report, answer in zip(candidates, answers, strict=True):
+            pid = pids[report.kernel_id]
+            if answer.get("ok"):  # the driver released the GPU memory before it answered
+                gpus = gpuinfo.uuids(on_gpu[pid]) or []
+                self._parked[report.kernel_id] = Parked(
+                    pid, gpus, report.path, report.saved, report.failed
+                )
+                report.kept_by = "driver"
+                report.restored, report.failed = _all_names(report.saved, report.failed), {}
+                report.note = (
+                    f"{report.path or 'a kernel'} kept running with everything in it: its GPU "
+                    "memory is parked in host memory, and its next GPU call waits for Get GPU"
+                )
+                continue
+            if answer.get("unavailable"):
+                self._no_driver = answer.get("error", "")
+            why = answer.get("error", "")
+            report.note = f"{report.path or 'a kernel'} could not be kept running ({why})"
+            failed.append(report)
+        return failed
+
+    async def _unpark(self, kernels: list[str], visible: str, restarts: dict) -> list:
+        """Put each parked kernel's GPU state on the GPUs ``visible`` (Get GPU); one the
+        driver cannot bring back restarts with its variables from its return's checkpoint
+        (``restarts`` gets it). Their reports."""
+        reports = []
+        new = gpuinfo.uuids(_ids(visible)) if visible else None
+        for k in kernels:
+            parked = self._parked.pop(k)
+            report = KernelReport(k, parked.path, kept_by="driver")
+            reports.append(report)
+            if parked.gpus and new is not None and len(new) >= len(parked.gpus):
+                # other GPUs than before: the driver wants a pair for each GPU it had
+                pairs = list(zip(parked.gpus, new[: len(parked.gpus)], strict=True))
+                moved = (
+                    [f"--map={o}={n}" for o, n in pairs] if any(o != n for o, n in pairs) else []
+                )
+                answer = await cudackpt.run("unpark", str(parked.pid), *moved)
+                if answer.get("ok"):
+                    report.restored = _all_names(parked.saved, parked.failed)
+                    report.note = f"{report.path or 'a kernel'}: its GPU memory is back on the GPU"
+                    continue
+                why = answer.get("error", "")
+            else:
+                why = f"it was on {len(parked.gpus)} GPU(s), and {visible or 'no GPU'} is given"
+            report.kept_by = "namespace"
+            report.saved, report.failed = parked.saved, parked.failed
+            report.note = (
+                f"{report.path or 'a kernel'}: its GPU state could not be brought back ({why}); "
+                "it restarted with its variables as they were at Return GPU, "
+                f"{datetime.fromtimestamp(parked.since).strftime('%H:%M:%S')}"
+            )
+            restarts[k] = self._restart(k)
+        return reports
 
     async def _sessions(self) -> dict[str, dict]:
         """The open notebooks' (and consoles') sessions by kernel id."""
@@ -481,6 +617,18 @@ async def _connected(client, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"the kernel did not answer in {timeout:.0f} s")
         wait = min(wait * 2, 0.5)
+
+
+def _all_names(saved: list[str], failed: dict[str, str]) -> list[str]:
+    """A parked kernel's variables: all still there, pickled or not ("*": a kernel of
+    another language, whose names are not known)."""
+    return saved + [name for name in failed if name != "*"]
+
+
+def _done() -> asyncio.Future:
+    done = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    return done
 
 
 def _summary(reports: list[KernelReport]) -> str:
