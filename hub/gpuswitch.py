@@ -349,9 +349,12 @@ class GpuSwitch:
                 )
             self._require_running(spawner)
             groups = [g.name for g in spawner.user.groups]
+            before = self._returned_gpus(user, server)
             waiter = self.ledger.enqueue(user, server, count)
             try:
-                gpus = self.ledger.reserve(user, server, count, groups, reason, waiter=waiter)
+                gpus = self.ledger.reserve(
+                    user, server, count, groups, reason, waiter=waiter, prefer=before
+                )
             except NoGpuFree:
                 gpus = None
             except LedgerError as e:
@@ -368,7 +371,9 @@ class GpuSwitch:
                 message="Waiting for a GPU" if gpus is None else "Moving your kernels to the GPU",
                 deadline=deadline,
             )
-            task = asyncio.ensure_future(self._acquire(spawner, count, groups, waiter, gpus))
+            task = asyncio.ensure_future(
+                self._acquire(spawner, count, groups, waiter, gpus, before)
+            )
             self._waits[key] = task
             return {"operation": self._op_json(self.ledger.operation(user, server))}
 
@@ -388,7 +393,15 @@ class GpuSwitch:
         )
         return {"message": "Get GPU cancelled", "operation": self._op_json(op)}
 
-    async def _acquire(self, spawner, count, groups, waiter, gpus) -> None:
+    def _returned_gpus(self, user: str, server: str) -> list[str]:
+        """The GPUs the server's last Return GPU released: Get GPU takes them again when
+        they are free (a kernel the CUDA driver parked goes back without remapping)."""
+        op = self.ledger.operation(user, server)
+        if op is None or op.kind != "return" or op.state != "done":
+            return []
+        return list(op.detail.get("gpu_ids") or [])
+
+    async def _acquire(self, spawner, count, groups, waiter, gpus, before=()) -> None:
         user, server = spawner.user.name, spawner.name
         try:
             while gpus is None:
@@ -411,7 +424,7 @@ class GpuSwitch:
                     return
                 try:
                     gpus = self.ledger.reserve(
-                        user, server, count, groups, op.reason, waiter=waiter
+                        user, server, count, groups, op.reason, waiter=waiter, prefer=before
                     )
                 except NoGpuFree:
                     await self._wait_change(0.5)

@@ -318,15 +318,17 @@ class GpuLedger:
         groups: Iterable[str] = (),
         reason: str = "spawn",
         waiter: int | None = None,
+        prefer: Iterable[str] = (),
     ) -> list[Gpu]:
         """Grant ``count`` GPUs to ``user``'s ``server``, atomically, or raise LedgerError.
 
         A server holds one set of GPUs: grants it already had are replaced. Requests
         waiting in the queue come first: ``waiter`` (the id ``enqueue`` gave) may only
         take GPUs at the head of the queue, and anyone else only GPUs the queue does not
-        need.
+        need. Of the free GPUs, those in ``prefer`` (the ones a server had before Return
+        GPU) are taken first.
         """
-        return self.reserve_many(user, [(server, count)], groups, reason, waiter)[server]
+        return self.reserve_many(user, [(server, count)], groups, reason, waiter, prefer)[server]
 
     def reserve_many(
         self,
@@ -335,6 +337,7 @@ class GpuLedger:
         groups: Iterable[str] = (),
         reason: str = "spawn",
         waiter: int | None = None,
+        prefer: Iterable[str] = (),
     ) -> dict[str, list[Gpu]]:
         """Grant each ``(server, count)`` of ``wants`` at once, or none of them.
 
@@ -357,7 +360,9 @@ class GpuLedger:
             held = [Grant.from_row(r) for r in conn.execute(select(grants_table))]
             self._check_quotas(user, groups, total, held)
             taken = {g.gpu_id for g in held}
+            prefer = set(prefer)
             free = [gpu for gpu in self.inventory if gpu.id not in taken]
+            free.sort(key=lambda gpu: gpu.id not in prefer)  # stable: inventory order after
             queue = [w for w in self._queue(conn) if w.id != waiter]
             ahead = [w for w in queue if waiter is None or w.id < waiter]
             promised = sum(w.count for w in ahead) if waiter is None else 0

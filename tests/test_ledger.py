@@ -33,6 +33,22 @@ def test_reserve_and_release_roundtrip(tmp_path):
     ]
 
 
+def test_a_server_gets_its_returned_gpus_back_when_they_are_free(tmp_path):
+    ledger = make_ledger(tmp_path, n=4)
+    ledger.reserve("bob", "", 1)  # gpu0
+    assert [g.id for g in ledger.reserve("alice", "", 2, prefer=["gpu3", "gpu1"])] == [
+        "gpu1",
+        "gpu3",
+    ]
+    ledger.release("alice", "")
+    # one preferred GPU is taken meanwhile: the other, then the next free one
+    ledger.reserve("carol", "", 1, prefer=["gpu3"])
+    assert [g.id for g in ledger.reserve("alice", "", 2, prefer=["gpu3", "gpu1"])] == [
+        "gpu1",
+        "gpu2",
+    ]
+
+
 def test_two_users_never_share_a_gpu(tmp_path):
     ledger = make_ledger(tmp_path, n=2)
     a = ledger.reserve("alice", "", 1)

@@ -142,6 +142,17 @@ print(r.returncode)
     events = hub.admin.get(hub.api("/gpulab/events?user=alice"), timeout=10).json()["events"]
     assert events[0]["action"] == "grant" and events[0]["reason"] == "Get GPU by user"
 
+    # with both GPUs free, Get GPU takes the one the server returned last, not the first
+    assert bob.stop().status_code in (202, 204)
+    wait_for(lambda: hub.holders() == {"1": "alice"}, 30, "bob's GPU free")
+    r = alice.session.post(alice.server_url + "/gpulab/gpu/return", json={}, timeout=60)
+    assert r.status_code == 200 and r.json()["released"] == ["1"], r.text
+    wait_restored(alice)
+    r = alice.session.post(alice.server_url + "/gpulab/gpu/acquire", json={"gpus": 1}, timeout=60)
+    assert r.status_code in (200, 202), r.text
+    assert wait_op(alice)["state"] == "done"
+    assert hub.holders() == {"1": "alice"} and check(alice, kernel)["gpus"] == "1"
+
 
 def test_return_and_get_are_idempotent_and_authorised(hub):
     alice, bob = hub.create_user("alice"), hub.create_user("bob")
