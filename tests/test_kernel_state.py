@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import os
 import pickle
+import subprocess
 import sys
 
 import numpy as np
@@ -125,3 +127,16 @@ def test_tensorflow_variables_tensors_and_models_come_back(namespace, tmp_path):
     # the restored variables train on
     user_ns["weights"].assign_add(tf.ones((2, 2)))
     assert float(tf.reduce_sum(user_ns["weights"])) == 14.0
+
+
+def test_a_kept_kernel_hands_its_new_gpus_to_what_it_starts(namespace, monkeypatch):
+    # a kernel parked by the CUDA driver keeps its process, so its own environment is
+    # changed in place: a script it starts after Return GPU gets no GPU
+    for name in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "GPULAB_GPUS"):
+        monkeypatch.setenv(name, "0")
+    namespace.set_gpus("")
+    child = "import os; print([os.environ[n] for n in ('CUDA_VISIBLE_DEVICES', 'GPULAB_GPUS')])"
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['', '']"
+    namespace.set_gpus("1")
+    assert os.environ["NVIDIA_VISIBLE_DEVICES"] == "1"

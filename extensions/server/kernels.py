@@ -92,6 +92,8 @@ class Parked:
     """A kernel process whose GPU state the driver holds in host memory."""
 
     pid: int
+    visible: str
+    """Its ``CUDA_VISIBLE_DEVICES`` when it was parked."""
     gpus: list[str]
     """The UUIDs of the GPUs it was on."""
     path: str
@@ -172,6 +174,7 @@ class KernelSwitch:
         self._lock = asyncio.Lock()
         self._restoring: asyncio.Task | None = None
         self._parked: dict[str, Parked] = {}
+        self._background: set[asyncio.Task] = set()
         self._no_driver = ""
         """Why the driver cannot park kernels here, once it said so."""
         self.started = time.time()
@@ -225,7 +228,7 @@ class KernelSwitch:
             }
             for p in others:
                 _terminate(p["pid"])
-            for r in await self._park(candidates, pids, on_gpu):  # those it could not park
+            for r in await self._park(candidates, pids, on_gpu, before):  # those not parked
                 restarts[r.kernel_id] = self._restart(r.kernel_id)
             back = await self._unpark(parked, visible, restarts)
             await self._wait_gone(
@@ -352,6 +355,18 @@ class KernelSwitch:
 
     # -- steps -------------------------------------------------------------------------
 
+    def _later(self, call) -> None:
+        """Run ``call`` in the background; a failure is logged."""
+
+        def done(task: asyncio.Task) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                self.log.warning("gpulab: %s", task.exception())
+
+        task = asyncio.ensure_future(call)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(done)
+
     def _restart(self, kernel_id: str) -> asyncio.Future:
         return asyncio.ensure_future(self.km.restart_kernel(kernel_id, now=True))
 
@@ -374,7 +389,7 @@ class KernelSwitch:
         kernels = {k for k, pid in pids.items() if pid in on_gpu}
         return to_park(mode, reports, kernels), on_gpu
 
-    async def _park(self, candidates, pids, on_gpu: dict[int, list[str]]) -> list[KernelReport]:
+    async def _park(self, candidates, pids, on_gpu, before: str) -> list[KernelReport]:
         """Park each candidate kernel with the driver; the reports of those it could not
         park (they restart on the CPU: their namespace checkpoint is taken)."""
         if not candidates:
@@ -389,10 +404,14 @@ class KernelSwitch:
             if answer.get("ok"):  # the driver released the GPU memory before it answered
                 gpus = gpuinfo.uuids(on_gpu[pid]) or []
                 self._parked[report.kernel_id] = Parked(
-                    pid, gpus, report.path, report.saved, report.failed
+                    pid, before, gpus, report.path, report.saved, report.failed
                 )
                 report.kept_by = "driver"
                 report.restored, report.failed = _all_names(report.saved, report.failed), {}
+                try:  # what it starts from now on gets no GPU (it is idle: this is at once)
+                    await self._run(report.kernel_id, "set_gpus", "", "hiding its GPU", 30)
+                except SwitchError as e:
+                    self.log.warning("gpulab: %s", e)
                 report.note = (
                     f"{report.path or 'a kernel'} kept running with everything in it: its GPU "
                     "memory is parked in host memory, and its next GPU call waits for Get GPU"
@@ -424,6 +443,8 @@ class KernelSwitch:
                 answer = await cudackpt.run("unpark", str(parked.pid), *moved)
                 if answer.get("ok"):
                     report.restored = _all_names(parked.saved, parked.failed)
+                    if visible != parked.visible:  # after a cell that waited for the GPU
+                        self._later(self._run(k, "set_gpus", visible, "showing its GPU", None))
                     report.note = f"{report.path or 'a kernel'}: its GPU memory is back on the GPU"
                     continue
                 why = answer.get("error", "")

@@ -11,6 +11,8 @@ whose device memory it moves (PyTorch, TensorFlow, CuPy).
   reason. It writes ``path`` and ``path + ".json"`` (the report).
 - ``load`` reads ``path`` back into the namespace, moving device arrays back to a GPU
   when the kernel has one (else they stay on the CPU, and the report says so).
+- ``set_gpus`` sets the GPU variables of a kernel that keeps its process across a
+  return (parked by the CUDA driver).
 """
 
 import glob
@@ -351,6 +353,13 @@ def load(path):
         report["note"] = f"{len(on_host)} device array(s) stayed in host memory (no GPU here)"
     _write_report(path, report, suffix=".restored.json")
     return report
+
+
+def set_gpus(visible):
+    """For a kernel the CUDA driver parked or brought back, which keeps its process: the
+    GPUs what it starts from now on (a script, ``!nvidia-smi``) gets."""
+    for name in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "GPULAB_GPUS"):
+        os.environ[name] = visible
 
 
 def _write_report(path, report, suffix=".json"):
