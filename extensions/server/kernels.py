@@ -409,7 +409,8 @@ class KernelSwitch:
                 report.kept_by = "driver"
                 report.restored, report.failed = _all_names(report.saved, report.failed), {}
                 try:  # what it starts from now on gets no GPU (it is idle: this is at once)
-                    await self._run(report.kernel_id, "set_gpus", "", "hiding its GPU", 30)
+                    if self._is_python(report.kernel_id):
+                        await self._run(report.kernel_id, "set_gpus", "", "hiding its GPU", 30)
                 except SwitchError as e:
                     self.log.warning("gpulab: %s", e)
                 report.note = (
@@ -443,7 +444,7 @@ class KernelSwitch:
                 answer = await cudackpt.run("unpark", str(parked.pid), *moved)
                 if answer.get("ok"):
                     report.restored = _all_names(parked.saved, parked.failed)
-                    if visible != parked.visible:  # after a cell that waited for the GPU
+                    if visible != parked.visible and self._is_python(k):  # once it is idle
                         self._later(self._run(k, "set_gpus", visible, "showing its GPU", None))
                     report.note = f"{report.path or 'a kernel'}: its GPU memory is back on the GPU"
                     continue
