@@ -116,6 +116,7 @@ print(r.returncode)
     assert after["alias_is_config"] is True
     state = gpu_state(alice)
     assert state["gpus"] == [] and state["visible"] == ""
+    assert state["parked"] == []  # the kernel restarted: nothing waits for the GPU
     # new kernels and terminals get no GPU either
     assert (
         json.loads(

@@ -124,6 +124,7 @@ class GpuHandler(_Base):
             model["visible"] = visible_devices()
             model["switching"] = self.switch.switching
             model["restore"] = self.switch.restore
+            model["parked"] = self.switch.parked()
         self.relay(status, model)
 
     @web.authenticated

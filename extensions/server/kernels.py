@@ -190,6 +190,18 @@ class KernelSwitch:
         """A switch or its restore is under way."""
         return self._lock.locked() or self._restoring is not None
 
+    def parked(self) -> list[dict]:
+        """The kernels the CUDA driver parked that still run (their notebooks, since when)."""
+        out = []
+        for k, p in list(self._parked.items()):
+            if k not in self.km:  # shut down since
+                del self._parked[k]
+            elif self._still_parked(k):
+                out.append(
+                    {"path": p.path, "since": datetime.fromtimestamp(p.since, UTC).isoformat()}
+                )
+        return out
+
     def kernels_busy(self) -> list[str]:
         return [k for k in self.km.list_kernel_ids() if self._state(k) == "busy"]
 

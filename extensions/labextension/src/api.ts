@@ -57,6 +57,8 @@ export interface IGpuState {
   switch_unavailable?: string | null;
   /** The server is re-targeting its kernels (set by the server extension). */
   switching?: boolean;
+  /** Kernels that kept running while the CUDA driver holds their GPU memory (no GPU). */
+  parked?: { path: string; since: string }[];
   /**
    * How the GPUs change: the kernels move inside this server ('kernels'), or the server
    * moves to a new pod ('pod', kubernetes), which this page cannot follow without a reload.

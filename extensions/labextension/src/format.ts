@@ -32,11 +32,17 @@ export function memory(gpus: IGpu[]): string {
   return `${gib(inUse, false)}/${gib(total, true)} GiB`;
 }
 
-/** "GPU 0 · NVIDIA H100 80GB HBM3 · 3.1/80 GiB", "GPU 0, 1 · 2 × …", or "No GPU · 2 of 3 free". */
+/**
+ * "GPU 0 · NVIDIA H100 80GB HBM3 · 3.1/80 GiB", "GPU 0, 1 · 2 × …", "No GPU · 2 of 3 free",
+ * or "No GPU · 1 notebook waiting for it · 2 of 3 free" (a kernel the CUDA driver parked).
+ */
 export function label(state: IGpuState): string {
   const gpus = state.gpus;
   if (gpus.length === 0) {
-    return `No GPU · ${state.free} of ${state.total} free`;
+    const parked = state.parked?.length
+      ? ` · ${plural(state.parked.length, 'notebook')} waiting for it`
+      : '';
+    return `No GPU${parked} · ${state.free} of ${state.total} free`;
   }
   const parts = [`GPU ${gpus.map(g => g.index).join(', ')}`];
   const models = [...new Set(gpus.map(g => g.model).filter(Boolean))];
@@ -64,6 +70,12 @@ export function details(state: IGpuState): string {
     }
     return parts.join(' · ');
   });
+  if (state.parked?.length) {
+    const names = state.parked.map(p => p.path || 'a kernel without a notebook');
+    lines.push(
+      `Kept running, GPU memory parked until Get GPU (GPU calls wait): ${names.join(', ')}`
+    );
+  }
   lines.push(`Pool: ${state.free} of ${state.total} GPUs free`);
   if (state.limit !== null && state.limit !== undefined) {
     lines.push(`Your limit: ${plural(state.limit, 'GPU')}`);
