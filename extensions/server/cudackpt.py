@@ -27,8 +27,7 @@ import os
 import sys
 import time
 
-STEPS = ("Lock", "Checkpoint", "Restore", "Unlock", "GetState")
-STATES = {0: "running", 1: "locked", 2: "checkpointed", 3: "failed"}
+STEPS = ("Lock", "Checkpoint", "Restore", "Unlock")
 GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")
 
 
@@ -102,11 +101,6 @@ class Driver:
         code = getattr(self.cuda, f"cuCheckpointProcess{step}")(ctypes.c_int(pid), args)
         if code != 0:
             raise DriverError(f"cuCheckpointProcess{step}: {self._error(code)}")
-
-    def state(self, pid: int) -> str:
-        state = ctypes.c_int()
-        self._call("GetState", pid, ctypes.byref(state))
-        return STATES.get(state.value, str(state.value))
 
     def park(self, pid: int, timeout_ms: int) -> None:
         """Lock the process (its CUDA work done) and move its GPU state to host memory;

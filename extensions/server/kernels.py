@@ -135,12 +135,21 @@ def _gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
-def gpu_processes(visible: str, exclude: set[int]) -> list[dict]:
-    """This account's processes computing on the given GPUs (NVML), except ``exclude``."""
+def on_gpus(visible: str) -> dict[int, list[str]]:
+    """The processes computing on the given GPUs (NVML), each with the GPUs it is on."""
+    found: dict[int, list[str]] = {}
+    for pid, ident in gpuinfo.compute_processes(_ids(visible)):
+        found.setdefault(pid, []).append(ident)
+    return found
+
+
+def gpu_processes(on_gpu: dict[int, list[str]], exclude: set[int]) -> list[dict]:
+    """This account's processes of ``on_gpu`` (``on_gpus``), except ``exclude``."""
     return [
         {"pid": pid, "gpu": ident, "command": _cmdline(pid)}
-        for pid, ident in gpuinfo.compute_processes(_ids(visible))
+        for pid, idents in on_gpu.items()
         if pid not in exclude and _mine(pid)
+        for ident in idents
     ]
 
 
@@ -175,8 +184,8 @@ class KernelSwitch:
         self._restoring: asyncio.Task | None = None
         self._parked: dict[str, Parked] = {}
         self._background: set[asyncio.Task] = set()
-        self._no_driver = ""
-        """Why the driver cannot park kernels here, once it said so."""
+        self._no_driver = False
+        """The driver said it cannot park kernels here (no driver, or an older one)."""
         self.started = time.time()
 
     @property
@@ -223,15 +232,16 @@ class KernelSwitch:
             if visible == before:
                 return {"changed": False, "visible": visible, "kernels": []}
             t0 = time.monotonic()
-            parked = [k for k in self.km.list_kernel_ids() if self._still_parked(k)]
-            kernels = [k for k in self.km.list_kernel_ids() if k not in parked]
+            ids = list(self.km.list_kernel_ids())
+            parked = [k for k in ids if self._still_parked(k)]
+            kernels = [k for k in ids if k not in parked]
             paths = {k: s["path"] for k, s in (await self._sessions()).items()}
-            pids, others, reports = await self._checkpoint(kernels, paths, interrupt, force)
+            pids, others, reports, on_gpu = await self._checkpoint(kernels, paths, interrupt, force)
             checkpointed = time.monotonic()
             self._set_visible(visible)
-            for k in self.km.list_kernel_ids():  # what a kernel (re)started from now on gets
+            for k in ids:  # what a kernel (re)started from now on gets
                 self.km.update_env(kernel_id=k, env={v: visible for v in GPU_VARIABLES})
-            candidates, on_gpu = ([], {}) if visible else self._candidates(reports, pids, before)
+            candidates = [] if visible else self._candidates(reports, pids, on_gpu)
             chosen = {r.kernel_id for r in candidates}
             restarts = {
                 r.kernel_id: self._restart(r.kernel_id)
@@ -280,7 +290,7 @@ class KernelSwitch:
             sessions = await self._sessions()
             kernels = list(self.km.list_kernel_ids())
             paths = {k: s["path"] for k, s in sessions.items()}
-            pids, others, reports = await self._checkpoint(kernels, paths, interrupt, force)
+            pids, others, reports, _ = await self._checkpoint(kernels, paths, interrupt, force)
             notebooks = []
             for report in reports:
                 session = sessions.get(report.kernel_id)
@@ -390,16 +400,12 @@ class KernelSwitch:
             return False
         return parked is not None
 
-    def _candidates(self, reports, pids, before: str):
-        """The kernels to park, and the GPUs each process of the server is on."""
-        mode = checkpoint_mode()
-        if mode == "namespace" or self._no_driver:
-            return [], {}
-        on_gpu: dict[int, list[str]] = {}
-        for pid, ident in gpuinfo.compute_processes(_ids(before)):
-            on_gpu.setdefault(pid, []).append(ident)
+    def _candidates(self, reports, pids, on_gpu) -> list[KernelReport]:
+        """The kernels a return parks: of ``reports``, as ``to_park`` chooses."""
+        if self._no_driver:
+            return []
         kernels = {k for k, pid in pids.items() if pid in on_gpu}
-        return to_park(mode, reports, kernels), on_gpu
+        return to_park(checkpoint_mode(), reports, kernels)
 
     async def _park(self, candidates, pids, on_gpu, before: str) -> list[KernelReport]:
         """Park each candidate kernel with the driver; the reports of those it could not
@@ -430,8 +436,7 @@ class KernelSwitch:
                     "memory is parked in host memory, and its next GPU call waits for Get GPU"
                 )
                 continue
-            if answer.get("unavailable"):
-                self._no_driver = answer.get("error", "")
+            self._no_driver = self._no_driver or bool(answer.get("unavailable"))
             why = answer.get("error", "")
             report.note = f"{report.path or 'a kernel'} could not be kept running ({why})"
             failed.append(report)
@@ -441,6 +446,8 @@ class KernelSwitch:
         """Put each parked kernel's GPU state on the GPUs ``visible`` (Get GPU); one the
         driver cannot bring back restarts with its variables from its return's checkpoint
         (``restarts`` gets it). Their reports."""
+        if not kernels:
+            return []
         reports = []
         new = gpuinfo.uuids(_ids(visible)) if visible else None
         for k in kernels:
@@ -488,11 +495,12 @@ class KernelSwitch:
 
     async def _checkpoint(self, kernels, paths, interrupt, force):
         """Quiesce and checkpoint ``kernels``: their pids, the other GPU processes of this
-        account (only with ``force``; else a 409 names them) and each kernel's report."""
-        before = visible_devices()
+        account (only with ``force``; else a 409 names them), each kernel's report, and
+        the GPUs each process on them is on (``on_gpus``)."""
         await self._quiesce(kernels, paths, interrupt)
         pids = {k: self._pid(k) for k in kernels}
-        others = gpu_processes(before, {p for p in pids.values() if p})
+        on_gpu = on_gpus(visible_devices())
+        others = gpu_processes(on_gpu, {p for p in pids.values() if p})
         if others and not force:
             listing = "; ".join(f"{p['pid']} {p['command']}" for p in others)
             raise SwitchError(
@@ -502,7 +510,7 @@ class KernelSwitch:
                 processes=others,
             )
         reports = await asyncio.gather(*(self._save(k, paths.get(k, "")) for k in kernels))
-        return pids, others, list(reports)
+        return pids, others, list(reports), on_gpu
 
     def _state(self, kernel_id: str) -> str:
         return getattr(self.km.get_kernel(kernel_id), "execution_state", "unknown")
