@@ -401,7 +401,7 @@ class GpuSwitch:
             return []
         return list(op.detail.get("gpu_ids") or [])
 
-    async def _acquire(self, spawner, count, groups, waiter, gpus, before=()) -> None:
+    async def _acquire(self, spawner, count, groups, waiter, gpus, before) -> None:
         user, server = spawner.user.name, spawner.name
         try:
             while gpus is None:
