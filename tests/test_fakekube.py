@@ -1547,7 +1547,11 @@ async def test_kubespawner_reflectors_follow_the_fake(monkeypatch: pytest.Monkey
                     return bool(cached) and cached["status"]["phase"] == "Running"
 
                 await eventually(cached_running, what="reflector sees the pod running")
-                assert {"Scheduled", "Started"} <= {e["reason"] for e in events.events}
+                # the events come on their own watch, so they may arrive after the pod's status
+                await eventually(
+                    lambda: _true({"Scheduled", "Started"} <= {e["reason"] for e in events.events}),
+                    what="event reflector sees the pod scheduled and started",
+                )
                 assert all(e["involvedObject"]["name"] == "jupyter-alice" for e in events.events)
                 assert all("lastTimestamp" in e and "eventTime" in e for e in events.events)
                 assert all(e["lastTimestamp"] or e["eventTime"] for e in events.events)
