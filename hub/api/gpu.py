@@ -15,8 +15,6 @@ on their own servers, admins on anyone's.
 
 from __future__ import annotations
 
-import json
-
 from tornado import web
 
 from gpulab.hub.gpuswitch import SwitchError, gpu_switch
@@ -26,17 +24,6 @@ from .gpus import GpulabAPIHandler
 
 
 class GpuHandler(GpulabAPIHandler):
-    def body(self) -> dict:
-        if not self.request.body:
-            return {}
-        try:
-            data = json.loads(self.request.body)
-        except ValueError:
-            raise web.HTTPError(400, "the request body is not JSON") from None
-        if not isinstance(data, dict):
-            raise web.HTTPError(400, "the request body must be a JSON object")
-        return data
-
     def spawner(self):
         """The server the request is about; 403 for someone else's, 404 when unknown."""
         me, admin = self.prepare_gpulab()
