@@ -22,16 +22,9 @@ Figures, with NVML reading the GPU's memory every millisecond:
 
     python3 benchmarks/return_gpu_device.py [--gib 4]
 
-On a GPU machine with PyTorch and nvidia-ml-py but no network, carry the Jupyter server
-and gpulab as wheels (for its Python, here 3.12), made on a machine with one:
-
-    pip download --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-        --platform manylinux2014_x86_64 -d wheels jupyter_server ipykernel
-    pip wheel --no-deps -w wheels .
-    # there:
-    pip install --no-index --no-deps --target /tmp/site wheels/*.whl
-    PYTHONPATH=/tmp/site python3 benchmarks/return_gpu_device.py
+On a GPU machine with PyTorch and nvidia-ml-py but no network, ``scripts/device-check``
+runs it as root and as an ordinary account from the Jupyter server's wheels, made on a
+machine with PyPI by ``scripts/device-check --bundle`` (its header says what to carry).
 
 Last line: ``return_vs_kernel_stop_ratio: <return seconds / shutdown seconds>``.
 """
