@@ -280,6 +280,46 @@ def test_busy_kernel_is_not_lost(hub):
     assert run(alice, kernel, "print(kept, i > 0)").split() == ["yes", "True"]
 
 
+DIES_WHEN_SAVED = """
+import os, signal
+class DiesWhenSaved:  # what an out-of-memory kill in the middle of pickling does
+    def __reduce__(self):
+        os.kill(os.getpid(), signal.SIGKILL)
+doomed = DiesWhenSaved()
+"""
+
+
+def test_a_kernel_that_dies_while_it_is_saved_does_not_hold_up_the_return(hub):
+    alice = hub.create_user("alice")
+    assert alice.spawn(profile="gpu-1").status_code in (201, 202)
+    kept = open_notebook(alice, "kept.ipynb")
+    run(alice, kept, "answer = 42")
+    dies = open_notebook(alice, "dies.ipynb")
+    run(alice, dies, DIES_WHEN_SAVED)
+
+    # the dead kernel would never answer: the return goes on without it, at once
+    r = alice.session.post(alice.server_url + "/gpulab/gpu/return", json={}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert hub.holders() == {}
+    reports = {k["path"]: k for k in r.json()["operation"]["detail"]["kernels"]}
+    assert reports["dies.ipynb"]["saved"] == []
+    assert reports["dies.ipynb"]["note"] == (
+        "dies.ipynb: its kernel died while its variables were being saved "
+        "(killed by SIGKILL); it restarted without them"
+    )
+    assert "answer" in reports["kept.ipynb"]["saved"]
+    restore = wait_restored(alice)
+    assert "dies.ipynb: its kernel died" in restore["message"], restore
+    # the other notebook has its variables, the one that died a working kernel, on the CPU
+    assert run(alice, kept, "print(answer)").strip() == "42"
+    out = run(
+        alice,
+        dies,
+        "import os; print(repr(os.environ['CUDA_VISIBLE_DEVICES']), 'doomed' in globals())",
+    )
+    assert out.split() == ["''", "False"]
+
+
 SLOW_STATE = """
 import time
 class SlowToSave:

@@ -61,6 +61,15 @@ class SwitchError(Exception):
         self.status, self.message, self.detail = status, message, detail
 
 
+class KernelDied(SwitchError):
+    """The kernel's process exited while the server waited for its answer; ``reason``
+    says how it ended."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(500, message)
+        self.reason = reason
+
+
 @dataclass
 class KernelReport:
     kernel_id: str
@@ -556,7 +565,14 @@ class KernelSwitch:
             report.failed["*"] = "only the variables of Python kernels can be kept"
             return report
         target = self._file(kernel_id)
-        await self._run(kernel_id, "save", str(target), f"checkpointing {path or kernel_id}")
+        try:
+            await self._run(kernel_id, "save", str(target), f"checkpointing {path or kernel_id}")
+        except KernelDied as e:  # what it held went with it: nothing is left to save
+            report.note = (
+                f"{path or 'a kernel'}: its kernel died while its variables were being saved "
+                f"({e.reason}); it restarted without them"
+            )
+            return report
         saved = json.loads(Path(str(target) + ".json").read_text())
         report.saved, report.failed = saved["saved"], saved["failed"]
         return report
@@ -568,11 +584,14 @@ class KernelSwitch:
             f"{_b64(SOURCE)!r}).decode(), '<gpulab>', 'exec'), ns), ns[{func!r}]({arg!r})))"
             "({'__name__': 'gpulab_kernel_state'})"
         )
-        client = self.km.get_kernel(kernel_id).client()
+        kernel = self.km.get_kernel(kernel_id)
+        pid = self._pid(kernel_id)
+        client = kernel.client()
         client.start_channels()
-        try:
+
+        async def call() -> dict:
             await _connected(client, timeout=60)
-            reply = await client.execute_interactive(
+            return await client.execute_interactive(
                 code,
                 silent=True,
                 store_history=False,
@@ -580,7 +599,11 @@ class KernelSwitch:
                 timeout=timeout,
                 output_hook=lambda msg: None,
             )
+
+        try:
+            reply = await self._unless_it_dies(kernel_id, pid, what, call())
         except (TimeoutError, RuntimeError) as e:  # RuntimeError: the kernel died
+            self._if_it_died(kernel_id, pid, what)
             raise SwitchError(504, f"{what} did not finish: {e or 'timed out'}") from None
         finally:
             client.stop_channels()
@@ -590,6 +613,26 @@ class KernelSwitch:
                 500,
                 f"{what} failed: {content.get('ename', 'error')}: {content.get('evalue', '')}",
             )
+
+    async def _unless_it_dies(self, kernel_id: str, pid: int | None, what: str, call):
+        """``call``'s answer; KernelDied as soon as the kernel process ``pid`` has exited
+        (nothing would ever answer: an out-of-memory kill while pickling, say), also when
+        the server's restarter has already started a new one."""
+        task = asyncio.ensure_future(call)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=0.1)
+                if done:
+                    return task.result()
+                self._if_it_died(kernel_id, pid, what)
+        finally:
+            task.cancel()
+
+    def _if_it_died(self, kernel_id: str, pid: int | None, what: str) -> None:
+        """KernelDied, saying how, if the kernel process ``pid`` has exited."""
+        if pid is not None and (_gone(pid) or self._pid(kernel_id) != pid):
+            reason = _exit_status(self.km.get_kernel(kernel_id), pid)
+            raise KernelDied(f"{what} did not finish: the kernel died ({reason})", reason)
 
     def _set_visible(self, visible: str) -> None:
         for name in GPU_VARIABLES:
@@ -659,6 +702,20 @@ async def _connected(client, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"the kernel did not answer in {timeout:.0f} s")
         wait = min(wait * 2, 0.5)
+
+
+def _exit_status(kernel, pid: int) -> str:
+    """How the kernel process ``pid`` ended, in words ("killed by SIGKILL", ...)."""
+    process = getattr(getattr(kernel, "provisioner", None), "process", None)
+    code = process.poll() if process is not None and process.pid == pid else None
+    if code is None:
+        return "its process exited"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 def _all_names(saved: list[str], failed: dict[str, str]) -> list[str]:
