@@ -523,6 +523,8 @@ class GpuSwitch:
             raise SwitchError(409, f"{label(spawner.user.name, spawner.name)}'s server is {state}")
 
     async def _call(self, spawner, method: str, path: str, body=None, timeout: float = 330):
+        # 330 s: a kernel's checkpoint may take 300 s in the server, and the server's
+        # relay of a Return or Get GPU (SWITCH_RELAY_TIMEOUT there) waits longer than this
         url = spawner.server.url.rstrip("/") + "/gpulab/internal/" + path
         request = HTTPRequest(
             url,

@@ -63,8 +63,18 @@ class _Base(APIHandler):
         self.finish(json.dumps({"message": message, **detail}))
 
 
+SWITCH_RELAY_TIMEOUT = 360
+"""Seconds a Return or Get GPU waits for the hub, which waits up to 330 s for this
+server to checkpoint its kernels (``gpulab.hub.gpuswitch``): a large kernel's save must
+not end in "the hub did not answer" while the return goes on."""
+
+
 async def hub_request(
-    method: str, path: str, query: dict[str, str] | None = None, body: dict | None = None
+    method: str,
+    path: str,
+    query: dict[str, str] | None = None,
+    body: dict | None = None,
+    timeout: float = 60,
 ) -> tuple[int, bytes, str]:
     """Call the hub's gpulab API (``/hub/api/gpulab`` + ``path``) with this server's own
     token: (status, body, content type); 502 when the hub does not answer."""
@@ -80,7 +90,7 @@ async def hub_request(
         method=method,
         headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
         body=None if body is None else json.dumps(body),
-        request_timeout=60,
+        request_timeout=timeout,
         allow_nonstandard_methods=True,
     )
     try:
@@ -97,12 +107,14 @@ async def hub_request(
 class GpuHandler(_Base):
     """The browser's view; every change goes through the hub."""
 
-    async def hub(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    async def hub(
+        self, method: str, path: str, body: dict | None = None, timeout: float = 60
+    ) -> tuple[int, dict]:
         query = {
             "user": os.environ.get("JUPYTERHUB_USER", ""),
             "server": os.environ.get("JUPYTERHUB_SERVER_NAME", ""),
         }
-        status, raw, _ = await hub_request(method, f"/gpu{path}", query, body)
+        status, raw, _ = await hub_request(method, f"/gpu{path}", query, body, timeout)
         try:
             return status, json.loads(raw or b"{}")
         except ValueError:
@@ -131,7 +143,7 @@ class GpuHandler(_Base):
     async def post(self, action: str = ""):
         if action not in ("/return", "/acquire"):
             raise web.HTTPError(404, "POST gpulab/gpu/return or gpulab/gpu/acquire")
-        self.relay(*await self.hub("POST", action, self.body()))
+        self.relay(*await self.hub("POST", action, self.body(), SWITCH_RELAY_TIMEOUT))
 
     @web.authenticated
     async def delete(self, action: str = ""):
