@@ -140,3 +140,39 @@ def test_a_kept_kernel_hands_its_new_gpus_to_what_it_starts(namespace, monkeypat
     assert out.stdout.strip() == "['', '']"
     namespace.set_gpus("1")
     assert os.environ["NVIDIA_VISIBLE_DEVICES"] == "1"
+
+
+NO_ROOM = """
+import importlib.util, os, sys, torch
+spec = importlib.util.spec_from_file_location("gpulab_kernel_state", sys.argv[1])
+namespace = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(namespace)
+weights = torch.arange(1 << 20, dtype=torch.float32)  # 4 MiB
+namespace._remember(weights, "cuda:0")  # as a GPU tensor is after a return: it goes back
+user_ns = {"weights": weights, "step": 3}
+namespace._user_namespace = lambda: (user_ns, dict(user_ns))
+try:
+    namespace.save(os.path.join(sys.argv[2], "kernel.pkl"))
+except namespace.NoRoomForCheckpoint as e:
+    print(e)
+"""
+
+
+def test_a_checkpoint_that_does_not_fit_says_so_and_leaves_nothing_behind(tmp_path):
+    # a home that is full or over its quota: a big tensor's pages are written through a
+    # mapping, where a full disk would kill the kernel (SIGBUS) and lose everything in it
+    small = tmp_path / "home"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", NO_ROOM, str(REPO / "extensions/server/namespace.py"), small],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr  # the kernel lives, with its variables
+        assert out.stdout.strip() == f"the checkpoint needs 4.0 MiB, and 2.0 MiB is free in {small}"
+        assert list(small.iterdir()) == []  # the half-written checkpoint takes no room
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

@@ -320,6 +320,44 @@ def test_a_kernel_that_dies_while_it_is_saved_does_not_hold_up_the_return(hub):
     assert out.split() == ["''", "False"]
 
 
+def test_a_return_that_does_not_fit_in_the_home_changes_nothing(make_hub):
+    hub = make_hub(
+        {"gpus": {"ids": ["0"]}, "storage": {"home_quota": True, "home_size": "64MiB"}}
+    ).start()
+    dana = hub.create_user("dana")
+    assert dana.spawn(profile="gpu-1").status_code in (201, 202)
+    kernel = open_notebook(dana, "big.ipynb")
+    run(dana, kernel, "import numpy as np; big = np.ones(10_000_000); step = 7")  # 76 MiB
+    free = "import shutil; print(shutil.disk_usage('.').free)"
+    before = int(run(dana, kernel, free))
+
+    r = dana.session.post(dana.server_url + "/gpulab/gpu/return", json={}, timeout=60)
+    assert r.status_code == 507, r.text
+    message = r.json()["message"]
+    assert message.startswith("checkpointing big.ipynb failed: the checkpoint needs 76.3 MiB, and ")
+    assert "Free some space in your home or grow it" in message
+    # the GPU, the kernel and its variables are as they were, and the home has its room
+    assert hub.holders() == {"0": "dana"}
+    assert run(
+        dana, kernel, "import os; print(big.sum(), step, os.environ['CUDA_VISIBLE_DEVICES'])"
+    ).split() == [
+        "10000000.0",
+        "7",
+        "0",
+    ]
+    assert int(run(dana, kernel, free)) >= before - 2**20
+    op = dana.session.get(hub.api("/gpulab/gpu"), timeout=30).json()["operation"]
+    assert op["state"] == "failed" and op["message"] == message
+
+    # once it fits, the return goes through
+    run(dana, kernel, "del big")
+    r = dana.session.post(dana.server_url + "/gpulab/gpu/return", json={}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert hub.holders() == {}
+    wait_restored(dana)
+    assert run(dana, kernel, "print(step)").strip() == "7"
+
+
 SLOW_STATE = """
 import time
 class SlowToSave:

@@ -608,11 +608,17 @@ class KernelSwitch:
         finally:
             client.stop_channels()
         content = reply["content"]
-        if content["status"] != "ok":
+        if content["status"] == "ok":
+            return
+        if content.get("ename") == "NoRoomForCheckpoint":  # 507 Insufficient Storage
             raise SwitchError(
-                500,
-                f"{what} failed: {content.get('ename', 'error')}: {content.get('evalue', '')}",
+                507,
+                f"{what} failed: {content.get('evalue')}. Free some space in your home or "
+                "grow it (gpulab storage resize SIZE), then try again; nothing was changed",
             )
+        raise SwitchError(
+            500, f"{what} failed: {content.get('ename', 'error')}: {content.get('evalue', '')}"
+        )
 
     async def _unless_it_dies(self, kernel_id: str, pid: int | None, what: str, call):
         """``call``'s answer; KernelDied as soon as the kernel process ``pid`` has exited

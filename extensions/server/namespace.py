@@ -15,6 +15,7 @@ whose device memory it moves (PyTorch, TensorFlow, CuPy).
   return (parked by the CUDA driver).
 """
 
+import errno
 import glob
 import io
 import json
@@ -161,8 +162,10 @@ class _DataFile:
 
         nbytes = tensor.numel() * tensor.element_size()
         offset = -(-self.size // 4096) * 4096
+        # the pages are taken now: a full disk is an error here, not a SIGBUS that kills
+        # the kernel when the copy writes a page of a sparse file that has no room
+        os.posix_fallocate(self.f.fileno(), offset, nbytes)
         self.size = offset + nbytes
-        self.f.truncate(self.size)
         raw = np.memmap(self.f, dtype=np.uint8, mode="r+", offset=offset, shape=(nbytes,))
         torch.from_numpy(raw).view(tensor.dtype).view(tensor.shape).copy_(tensor.detach())
         return _torch_from_data, (self.path, offset, str(tensor.dtype), tuple(tensor.shape))
@@ -260,13 +263,25 @@ class _HostPickler(_Pickler):
 
 
 class _Counter(io.RawIOBase):
-    """A file that only counts: for finding which variable does not pickle."""
+    """A file that only counts: for finding which variable does not pickle, and how big
+    a checkpoint is."""
+
+    size = 0
 
     def writable(self):
         return True
 
     def write(self, b):
-        return memoryview(b).nbytes  # large arrays come as PickleBuffers
+        n = memoryview(b).nbytes  # large arrays come as PickleBuffers
+        self.size += n
+        return n
+
+
+class NoRoomForCheckpoint(Exception):
+    """The checkpoint does not fit on the filesystem it goes to (full, or over quota)."""
+
+
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _dump(obj, f, data=None):
@@ -288,7 +303,9 @@ def _dump_checkpoint(names, tmp):
             moved = _dump({"format": FORMAT, "values": names}, f, data)
     except BaseException:
         data.f.close()
-        os.unlink(data.path)
+        for left in (data.path, tmp):  # a half-written checkpoint only takes room
+            if os.path.exists(left):
+                os.unlink(left)
         raise
     data.f.close()
     if not data.size:
@@ -309,7 +326,8 @@ def save(path):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     try:
         moved, data = _dump_checkpoint(names, tmp)
-    except Exception:
+    except Exception as e:
+        _unless_no_room(e, names, path)
         # find the culprits one by one, then save the others together
         for name, value in list(names.items()):
             try:
@@ -317,7 +335,11 @@ def save(path):
             except Exception as e:  # noqa: BLE001 -- anything a pickler raises
                 failed[name] = _reason(e)
                 del names[name]
-        moved, data = _dump_checkpoint(names, tmp)
+        try:
+            moved, data = _dump_checkpoint(names, tmp)
+        except OSError as e:
+            _unless_no_room(e, names, path)
+            raise
     os.replace(tmp, path)
     # earlier data files of this checkpoint: unlinked, they stay readable where mapped
     for old in glob.glob(glob.escape(path) + ".*.data"):
@@ -333,6 +355,31 @@ def save(path):
     }
     _write_report(path, report)
     return report
+
+
+def _unless_no_room(error, names, path):
+    """NoRoomForCheckpoint, saying what the checkpoint needs and what is free, if
+    ``error`` is a full disk or quota (the half-written checkpoint is already gone)."""
+    if not (isinstance(error, OSError) and error.errno in _NO_ROOM):
+        return
+    import shutil
+
+    counter = _Counter()
+    try:
+        _dump(names, counter)
+        need = _size(counter.size)
+    except Exception:  # noqa: BLE001 -- a variable that does not pickle: at least this
+        need = f"more than {_size(counter.size)}"
+    folder = os.path.dirname(path)
+    free = _size(shutil.disk_usage(folder).free)
+    raise NoRoomForCheckpoint(f"the checkpoint needs {need}, and {free} is free in {folder}")
+
+
+def _size(n):
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
 
 
 def load(path):
