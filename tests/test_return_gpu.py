@@ -349,13 +349,15 @@ def test_a_return_that_does_not_fit_in_the_home_changes_nothing(make_hub):
     op = dana.session.get(hub.api("/gpulab/gpu"), timeout=30).json()["operation"]
     assert op["state"] == "failed" and op["message"] == message
 
-    # once it fits, the return goes through
+    # once it fits, the return goes through; the restored checkpoint takes no more room
     run(dana, kernel, "del big")
     r = dana.session.post(dana.server_url + "/gpulab/gpu/return", json={}, timeout=60)
     assert r.status_code == 200, r.text
     assert hub.holders() == {}
     wait_restored(dana)
     assert run(dana, kernel, "print(step)").strip() == "7"
+    left = "import os; print(os.listdir(os.path.expanduser('~/.gpulab/checkpoints')))"
+    assert run(dana, kernel, left).strip() == "[]"
 
 
 SLOW_STATE = """

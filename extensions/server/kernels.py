@@ -78,8 +78,6 @@ class KernelReport:
     failed: dict[str, str] = field(default_factory=dict)
     restored: list[str] = field(default_factory=list)
     note: str = ""
-    loaded: bool = False
-    """Its checkpoint was loaded into the kernel."""
     kept_by: str = "namespace"
     """``namespace``: its variables went through a checkpoint file and a new process;
     ``driver``: its process kept running, parked by the CUDA driver."""
@@ -373,9 +371,6 @@ class KernelSwitch:
             starts.append(asyncio.ensure_future(self._start_session(nb, report)))
             files.append(Path(nb["checkpoint"]) if nb.get("checkpoint") else None)
         await self._restore_all(reports, starts, files)
-        for report, file in zip(reports, files, strict=True):
-            if report.loaded:  # its checkpoint's files are spent
-                _remove_checkpoint(file)
 
     async def _start_session(self, nb: dict, report: KernelReport) -> None:
         model = await self.app.session_manager.create_session(
@@ -673,7 +668,7 @@ class KernelSwitch:
                 loaded = json.loads(Path(str(file) + ".restored.json").read_text())
                 report.restored = loaded["restored"]
                 report.note = loaded.get("note", "")
-                report.loaded = True
+                _remove_checkpoint(file)  # spent: it would only take room in the home
             except (SwitchError, OSError, ValueError) as e:
                 report.note = f"variables not restored ({e}); they are kept in {file}"
                 problems.append(report.note)
