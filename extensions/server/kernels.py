@@ -466,6 +466,7 @@ class KernelSwitch:
                 )
                 answer = await cudackpt.run("unpark", str(parked.pid), *moved)
                 if answer.get("ok"):
+                    _remove_checkpoint(self._file(k))  # its fallback, no longer needed
                     report.restored = _all_names(parked.saved, parked.failed)
                     if visible != parked.visible and self._is_python(k):  # once it is idle
                         self._later(self._run(k, "set_gpus", visible, "showing its GPU", None))
@@ -579,9 +580,8 @@ class KernelSwitch:
             f"{_b64(SOURCE)!r}).decode(), '<gpulab>', 'exec'), ns), ns[{func!r}]({arg!r})))"
             "({'__name__': 'gpulab_kernel_state'})"
         )
-        kernel = self.km.get_kernel(kernel_id)
         pid = self._pid(kernel_id)
-        client = kernel.client()
+        client = self.km.get_kernel(kernel_id).client()
         client.start_channels()
 
         async def call() -> dict:
@@ -668,10 +668,11 @@ class KernelSwitch:
                 loaded = json.loads(Path(str(file) + ".restored.json").read_text())
                 report.restored = loaded["restored"]
                 report.note = loaded.get("note", "")
-                _remove_checkpoint(file)  # spent: it would only take room in the home
             except (SwitchError, OSError, ValueError) as e:
                 report.note = f"variables not restored ({e}); they are kept in {file}"
                 problems.append(report.note)
+            else:
+                _remove_checkpoint(file)  # spent: it would only take room in the home
         self.restore = {
             "state": "failed" if problems else "done",
             "message": _summary(reports),

@@ -327,7 +327,7 @@ def save(path):
     try:
         moved, data = _dump_checkpoint(names, tmp)
     except Exception as e:
-        _unless_no_room(e, names, path)
+        _raise_if_no_room(e, names, path)
         # find the culprits one by one, then save the others together
         for name, value in list(names.items()):
             try:
@@ -338,7 +338,7 @@ def save(path):
         try:
             moved, data = _dump_checkpoint(names, tmp)
         except OSError as e:
-            _unless_no_room(e, names, path)
+            _raise_if_no_room(e, names, path)
             raise
     os.replace(tmp, path)
     # earlier data files of this checkpoint: unlinked, they stay readable where mapped
@@ -357,7 +357,7 @@ def save(path):
     return report
 
 
-def _unless_no_room(error, names, path):
+def _raise_if_no_room(error, names, path):
     """NoRoomForCheckpoint, saying what the checkpoint needs and what is free, if
     ``error`` is a full disk or quota (the half-written checkpoint is already gone)."""
     if not (isinstance(error, OSError) and error.errno in _NO_ROOM):
