@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from gpulab.extensions.server import cudackpt
-from gpulab.extensions.server.kernels import KernelReport, to_park
+from gpulab.extensions.server.kernels import KernelReport, gpu_pairs, to_park
 from gpulab.hub.gpuswitch import _where_kernels_run
 
 
@@ -41,6 +41,16 @@ def reports() -> list[KernelReport]:
 def test_which_kernels_a_return_parks(mode, parked):
     on_gpu = {"k1", "k2"}  # k3 never touched the GPU: it restarts on the CPU in any mode
     assert [r.path for r in to_park(mode, reports(), on_gpu)] == parked
+
+
+def test_a_parked_kernel_keeps_its_device_numbers_on_other_gpus():
+    # a kernel of a two-GPU server that used only its second GPU (cuda:1): at Get GPU
+    # onto two other GPUs, its memory goes to the new second GPU, where cuda:1 points
+    assert gpu_pairs(["GPU-a", "GPU-b"], ["GPU-b"], ["GPU-c", "GPU-d"]) == [("GPU-b", "GPU-d")]
+    assert gpu_pairs(["GPU-a"], ["GPU-a"], ["GPU-a"]) == [("GPU-a", "GPU-a")]  # its own again
+    # another number of GPUs: in order; too few: it cannot be brought back
+    assert gpu_pairs(["GPU-a", "GPU-b"], ["GPU-b"], ["GPU-c"]) == [("GPU-b", "GPU-c")]
+    assert gpu_pairs(["GPU-a", "GPU-b"], ["GPU-a", "GPU-b"], ["GPU-c"]) == []
 
 
 def test_the_return_message_names_the_parked_kernels():

@@ -103,6 +103,8 @@ class Parked:
     """Its ``CUDA_VISIBLE_DEVICES`` when it was parked."""
     gpus: list[str]
     """The UUIDs of the GPUs it was on."""
+    server_gpus: list[str]
+    """The UUIDs of the server's GPUs then, in ``visible``'s order."""
     path: str
     saved: list[str]
     """What its namespace checkpoint holds (for a fallback) and what it left out."""
@@ -127,6 +129,18 @@ def to_park(mode: str, reports: list[KernelReport], on_gpu: set[str]) -> list[Ke
     if mode == "namespace":
         return []
     return [r for r in reports if r.kernel_id in on_gpu and (mode == "driver" or r.failed)]
+
+
+def gpu_pairs(before: list[str], on: list[str], new: list[str]) -> list[tuple[str, str]]:
+    """Where a parked process's GPUs go at Get GPU (UUIDs, as the driver's restore takes
+    them: a pair for each GPU it was ``on``). Each goes to the new GPU at its place among
+    the server's GPUs ``before``, so a tensor on ``cuda:1`` is on the server's second GPU
+    again; with another number of GPUs, in order. Empty when ``new`` has too few."""
+    if len(new) < len(on):
+        return []
+    if len(new) == len(before) and set(on) <= set(before):
+        return [(gpu, new[before.index(gpu)]) for gpu in on]
+    return list(zip(on, new[: len(on)], strict=True))
 
 
 def visible_devices() -> str:
@@ -421,12 +435,14 @@ class KernelSwitch:
               for r in candidates)
         )  # fmt: skip
         failed = []
+        parked_any = any(answer.get("ok") for answer in answers)
+        server_gpus = (gpuinfo.uuids(_ids(before)) or []) if parked_any else []
         for report, answer in zip(candidates, answers, strict=True):
             pid = pids[report.kernel_id]
             if answer.get("ok"):  # the driver released the GPU memory before it answered
                 gpus = gpuinfo.uuids(on_gpu[pid]) or []
                 self._parked[report.kernel_id] = Parked(
-                    pid, before, gpus, report.path, report.saved, report.failed
+                    pid, before, gpus, server_gpus, report.path, report.saved, report.failed
                 )
                 report.kept_by = "driver"
                 report.restored, report.failed = _all_names(report.saved, report.failed), {}
@@ -458,9 +474,9 @@ class KernelSwitch:
             parked = self._parked.pop(k)
             report = KernelReport(k, parked.path, kept_by="driver")
             reports.append(report)
-            if parked.gpus and new is not None and len(new) >= len(parked.gpus):
+            pairs = gpu_pairs(parked.server_gpus, parked.gpus, new or [])
+            if parked.gpus and pairs:
                 # other GPUs than before: the driver wants a pair for each GPU it had
-                pairs = list(zip(parked.gpus, new[: len(parked.gpus)], strict=True))
                 moved = (
                     [f"--map={o}={n}" for o, n in pairs] if any(o != n for o, n in pairs) else []
                 )
