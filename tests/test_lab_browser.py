@@ -104,7 +104,13 @@ def test_top_bar_returns_the_gpu_and_gets_it_back(hub, page):
     def run(code: str) -> str:
         return run_in_kernel(user.server_url, kernel, user.token, code, 60)
 
-    run("kept = 41")
+    # 40 MB of weights, then an object that takes 2 s to save: the checkpoint's progress
+    # can be seen
+    run(
+        "import time, numpy as np\nweights = np.ones(5_000_000)\nclass Slow:\n"
+        "    def __reduce__(self):\n        time.sleep(2)\n        return (Slow, ())\n"
+        "slow = Slow()\nkept = 41"
+    )
 
     log_in(page, hub, "lena")
     page.goto(user.server_url + "/lab")
@@ -147,6 +153,9 @@ def test_top_bar_returns_the_gpu_and_gets_it_back(hub, page):
     assert held_by(hub, "lena") == [index]
     shot(page, "2-busy-dialog")
     dialog.get_by_role("button", name="Interrupt and return").click()
+    # while the kernel is checkpointed, the status line says how much is written
+    expect(status).to_contain_text(re.compile(r"^Checkpointing kernels… \(3\d MiB written\)$"))
+    shot(page, "2b-checkpointing")
 
     # the ledger frees the GPU, the widget says so and reports what the kernel kept
     expect(widget).to_have_attribute("data-gpulab-state", "nogpu")

@@ -362,6 +362,8 @@ def test_a_return_that_does_not_fit_in_the_home_changes_nothing(make_hub):
 
 SLOW_STATE = """
 import time
+import numpy as np
+weights = np.ones(5_000_000)  # 40 MB, saved before the slow one
 class SlowToSave:
     def __reduce__(self):
         time.sleep(4)
@@ -384,8 +386,15 @@ def test_hub_restart_in_the_middle_of_a_return_completes_it(make_hub):
         daemon=True,
     )
     returning.start()
-    # wait until the server is checkpointing (its kernel takes 4 s to save)
-    wait_for(lambda: gpu_state(alice)["switching"], 30, "the server to checkpoint", 0.05)
+    # wait until the server is checkpointing (its kernel takes 4 s to save); the top bar
+    # shows how much is written so far
+    wait_for(
+        lambda: (gpu_state(alice)["saved_bytes"] or 0) >= 40_000_000,
+        30,
+        "the server to have written the weights",
+        0.05,
+    )
+    assert gpu_state(alice)["switching"]
     hub.kill()  # mid-checkpoint: the grant is still held, the server carries on
     assert hub.proc.poll() is not None
     hub.start()

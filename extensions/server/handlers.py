@@ -135,6 +135,7 @@ class GpuHandler(_Base):
                 gpu.update(stats.get(gpu["id"], {}))
             model["visible"] = visible_devices()
             model["switching"] = self.switch.switching
+            model["saved_bytes"] = self.switch.saved_bytes()
             model["restore"] = self.switch.restore
             model["parked"] = self.switch.parked()
         self.relay(status, model)

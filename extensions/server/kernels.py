@@ -207,6 +207,8 @@ class KernelSwitch:
         self._background: set[asyncio.Task] = set()
         self._no_driver = False
         """The driver said it cannot park kernels here (no driver, or an older one)."""
+        self._saving: tuple[float, list[str]] | None = None
+        """Since when, and which kernels' checkpoints are being written."""
         self.started = time.time()
 
     @property
@@ -219,6 +221,30 @@ class KernelSwitch:
     def switching(self) -> bool:
         """A switch or its restore is under way."""
         return self._lock.locked() or self._restoring is not None
+
+    def saved_bytes(self) -> int | None:
+        """How much of the kernels' checkpoints is written so far, while they are being
+        written (the pickles and the data files of their big tensors); else None."""
+        saving = self._saving
+        if saving is None:
+            return None
+        since, kernels = saving
+        total = 0
+        for k in kernels:
+            pickle = self._file(k)
+            files = [
+                pickle.with_name(pickle.name + ".tmp"),
+                pickle,  # once written (older ones are not counted)
+                *pickle.parent.glob(pickle.name + ".*.data"),
+            ]
+            for file in files:
+                try:
+                    stat = file.stat()
+                except OSError:  # not there (yet, or any more)
+                    continue
+                if stat.st_mtime >= since:
+                    total += stat.st_size
+        return total
 
     def parked(self) -> list[dict]:
         """The kernels the CUDA driver parked that still run (their notebooks, since when)."""
@@ -530,7 +556,11 @@ class KernelSwitch:
                 "them (or return with force, which ends them).",
                 processes=others,
             )
-        reports = await asyncio.gather(*(self._save(k, paths.get(k, "")) for k in kernels))
+        self._saving = (time.time() - 1, kernels)  # (file times can lag the clock a little)
+        try:
+            reports = await asyncio.gather(*(self._save(k, paths.get(k, "")) for k in kernels))
+        finally:
+            self._saving = None
         return pids, others, list(reports), on_gpu
 
     def _state(self, kernel_id: str) -> str:

@@ -57,6 +57,8 @@ export interface IGpuState {
   switch_unavailable?: string | null;
   /** The server is re-targeting its kernels (set by the server extension). */
   switching?: boolean;
+  /** Bytes of the kernels' checkpoints written so far while they are written, else null. */
+  saved_bytes?: number | null;
   /** Kernels that kept running while the CUDA driver holds their GPU memory (no GPU). */
   parked?: { path: string; since: string }[];
   /**

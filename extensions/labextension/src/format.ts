@@ -83,18 +83,31 @@ export function details(state: IGpuState): string {
   return lines.join('\n');
 }
 
-/** What an operation in progress (or the restore after it) is doing, for the status line. */
-export function progress(op: IOperation | null, restore: IRestore | null): string {
+/** "350 MiB", "12.3 GiB". */
+function size(bytes: number): string {
+  return bytes >= GIB ? `${gib(bytes, false)} GiB` : `${Math.round(bytes / 1024 ** 2)} MiB`;
+}
+
+/**
+ * What an operation in progress (or the restore after it) is doing, for the status line;
+ * while the kernels' checkpoints are written (`savedBytes`), how much is written so far.
+ */
+export function progress(
+  op: IOperation | null,
+  restore: IRestore | null,
+  savedBytes?: number | null
+): string {
   if (op && ACTIVE_STATES.has(op.state)) {
-    if (op.message) {
-      return op.message;
-    }
-    if (op.state === 'queued') {
+    let text = op.message;
+    if (!text && op.state === 'queued') {
       return op.position
         ? `Waiting for a GPU: position ${op.position} in the queue`
         : 'Waiting for a GPU';
     }
-    return op.state === 'checkpointing' ? 'Checkpointing kernels…' : 'Moving your kernels…';
+    if (!text) {
+      text = op.state === 'checkpointing' ? 'Checkpointing kernels…' : 'Moving your kernels…';
+    }
+    return savedBytes ? `${text} (${size(savedBytes)} written)` : text;
   }
   if (restore?.state === 'restoring') {
     return restore.message || 'Restoring variables…';

@@ -416,7 +416,7 @@ export class GpuWidget extends Widget {
     if (this._lost) {
       text = MOVING_TEXT;
     } else if (this._active && s) {
-      text = format.progress(s.operation, s.restore);
+      text = format.progress(s.operation, s.restore, s.saved_bytes);
     } else if (this._pending) {
       text = this._pending;
     } else if (this._notice) {
