@@ -50,6 +50,9 @@ class ClientError(Exception):
 JOB_FINISHED = ("succeeded", "failed", "cancelled")
 """The states a job (or a sweep) ends in."""
 MODEL_SETTLED = ("available", "failed")
+RETURN_TIMEOUT = (30, 360)
+"""Connecting, and then the hub's answer to a Return GPU: it waits up to 330 s for the
+server to checkpoint its kernels (``gpulab.hub.gpuswitch``)."""
 """The states a deploying model ends up in."""
 
 
@@ -145,9 +148,11 @@ class GpulabClient:
 
     # -- Return GPU / Get GPU -----------------------------------------------------------
 
-    def _gpu(self, method: str, path: str, user, server, body=None):
+    def _gpu(self, method: str, path: str, user, server, body=None, **kwargs):
         params = {k: v for k, v in (("user", user), ("server", server)) if v}
-        return self.request(method, "/gpulab/gpu" + path, params=params or None, json=body)
+        return self.request(
+            method, "/gpulab/gpu" + path, params=params or None, json=body, **kwargs
+        )
 
     def gpu_status(self, user: str | None = None, server: str = "") -> dict:
         """What the server holds, the pool, and its last Return/Get GPU operation."""
@@ -158,7 +163,7 @@ class GpulabClient:
     ) -> dict:
         """Return the server's GPUs, keeping its kernels' variables; free on return."""
         body = {"interrupt": interrupt, "force": force}
-        return self._gpu("POST", "/return", user, server, body)
+        return self._gpu("POST", "/return", user, server, body, timeout=RETURN_TIMEOUT)
 
     def get_gpu(
         self, gpus: int = 1, user: str | None = None, server: str = "", timeout=None
