@@ -155,24 +155,30 @@ try:
     namespace.save(os.path.join(sys.argv[2], "kernel.pkl"))
 except namespace.NoRoomForCheckpoint as e:
     print(e)
+# where it fits: the tensor goes to the data file, and comes back from it
+path = os.path.join(sys.argv[3], "kernel.pkl")
+namespace.save(path)
+print(sorted(p.rsplit(".", 1)[-1] for p in os.listdir(sys.argv[3])))
+user_ns.clear()
+namespace.load(path)
+print(bool((user_ns["weights"] == torch.arange(1 << 20, dtype=torch.float32)).all()))
 """
 
 
 def test_a_checkpoint_that_does_not_fit_says_so_and_leaves_nothing_behind(tmp_path):
     # a home that is full or over its quota: a big tensor's pages are written through a
     # mapping, where a full disk would kill the kernel (SIGBUS) and lose everything in it
-    small = tmp_path / "home"
+    small, roomy = tmp_path / "home", tmp_path / "roomy"
     small.mkdir()
+    roomy.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
     try:
-        out = subprocess.run(
-            [sys.executable, "-c", NO_ROOM, str(REPO / "extensions/server/namespace.py"), small],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        code = [sys.executable, "-c", NO_ROOM, str(REPO / "extensions/server/namespace.py")]
+        out = subprocess.run([*code, small, roomy], capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr  # the kernel lives, with its variables
-        assert out.stdout.strip() == f"the checkpoint needs 4.0 MiB, and 2.0 MiB is free in {small}"
+        lines = out.stdout.splitlines()
+        assert lines[0] == f"the checkpoint needs 4.0 MiB, and 2.0 MiB is free in {small}"
         assert list(small.iterdir()) == []  # the half-written checkpoint takes no room
+        assert lines[1:] == ["['data', 'json', 'pkl']", "True"]
     finally:
         subprocess.run(["umount", str(small)], check=True)

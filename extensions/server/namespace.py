@@ -162,13 +162,36 @@ class _DataFile:
 
         nbytes = tensor.numel() * tensor.element_size()
         offset = -(-self.size // 4096) * 4096
-        # the pages are taken now: a full disk is an error here, not a SIGBUS that kills
-        # the kernel when the copy writes a page of a sparse file that has no room
-        os.posix_fallocate(self.f.fileno(), offset, nbytes)
+        _reserve(self.f.fileno(), offset, nbytes)
         self.size = offset + nbytes
         raw = np.memmap(self.f, dtype=np.uint8, mode="r+", offset=offset, shape=(nbytes,))
         torch.from_numpy(raw).view(tensor.dtype).view(tensor.shape).copy_(tensor.detach())
         return _torch_from_data, (self.path, offset, str(tensor.dtype), tuple(tensor.shape))
+
+
+def _reserve(fd, offset, nbytes):
+    """Take the file's blocks for ``nbytes`` at ``offset`` now, so that a full disk or
+    quota is an OSError here and not a SIGBUS that kills the kernel when the copy writes
+    a page of a sparse file that has no room.
+
+    Linux's fallocate(2) does it at once; where the filesystem has none (NFS v3, some
+    FUSE ones; glibc's posix_fallocate would write every block), the free space is
+    checked instead and the file extended sparse."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fallocate = getattr(libc, "fallocate", None)
+    if fallocate is not None:
+        fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+        if fallocate(fd, 0, offset, nbytes) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.EOPNOTSUPP, errno.ENOSYS):
+            raise OSError(code, os.strerror(code))
+    st = os.fstatvfs(fd)
+    if st.f_bavail * st.f_frsize < nbytes:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    os.ftruncate(fd, max(os.fstat(fd).st_size, offset + nbytes))
 
 
 def _torch_from_data(path, offset, dtype, shape, device=None):
