@@ -182,3 +182,25 @@ def test_a_checkpoint_that_does_not_fit_says_so_and_leaves_nothing_behind(tmp_pa
         assert lines[1:] == ["['data', 'json', 'pkl']", "True"]
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_variables_come_back_into_a_home_that_filled_up_since_the_checkpoint(namespace, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(home)], check=True)
+    try:
+        user_ns = {"weights": np.arange(1000.0), "step": 3}
+        namespace._user_namespace = lambda: (user_ns, dict(user_ns))
+        path = str(home / "kernel.pkl")
+        namespace.save(path)
+        with open(home / "filler", "wb", buffering=0) as f:  # the user fills the home
+            with pytest.raises(OSError):
+                while True:
+                    f.write(b"x" * 4096)
+        user_ns.clear()
+        report = namespace.load(path)  # its report file cannot be written: no error
+        assert report["restored"] == ["step", "weights"]
+        assert np.array_equal(user_ns["weights"], np.arange(1000.0)) and user_ns["step"] == 3
+        assert not (home / "kernel.pkl.restored.json").exists()
+    finally:
+        subprocess.run(["umount", str(home)], check=True)

@@ -711,7 +711,7 @@ class KernelSwitch:
                 continue
             try:
                 await self._run(k, "load", str(file), f"restoring {report.path}")
-                loaded = json.loads(Path(str(file) + ".restored.json").read_text())
+                loaded = _restored_report(file, report.saved)
                 report.restored = loaded["restored"]
                 report.note = loaded.get("note", "")
             except (SwitchError, OSError, ValueError) as e:
@@ -750,6 +750,15 @@ async def _connected(client, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"the kernel did not answer in {timeout:.0f} s")
         wait = min(wait * 2, 0.5)
+
+
+def _restored_report(file: Path, saved: list[str]) -> dict:
+    """What the kernel's ``load`` of checkpoint ``file`` reported; it restored all that
+    was ``saved`` when it could not write its report (a home full since the checkpoint)."""
+    try:
+        return json.loads(Path(str(file) + ".restored.json").read_text())
+    except FileNotFoundError:
+        return {"restored": saved, "note": "the home is full: free some space in it"}
 
 
 def _exit_status(kernel, pid: int) -> str:
