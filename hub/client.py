@@ -50,10 +50,10 @@ class ClientError(Exception):
 JOB_FINISHED = ("succeeded", "failed", "cancelled")
 """The states a job (or a sweep) ends in."""
 MODEL_SETTLED = ("available", "failed")
+"""The states a deploying model ends up in."""
 RETURN_TIMEOUT = (30, 360)
 """Connecting, and then the hub's answer to a Return GPU: it waits up to 330 s for the
 server to checkpoint its kernels (``gpulab.hub.gpuswitch``)."""
-"""The states a deploying model ends up in."""
 
 
 class GpulabClient:
