@@ -461,15 +461,18 @@ class KernelSwitch:
               for r in candidates)
         )  # fmt: skip
         failed = []
-        parked_any = any(answer.get("ok") for answer in answers)
-        server_gpus = (gpuinfo.uuids(_ids(before)) or []) if parked_any else []
+        # the server's GPUs' UUIDs, read once: the GPUs each process is on are among them
+        ids = _ids(before)
+        found = gpuinfo.uuids(ids) if any(answer.get("ok") for answer in answers) else None
+        uuid_of = dict(zip(ids, found, strict=True)) if found else {}
         for report, answer in zip(candidates, answers, strict=True):
             pid = pids[report.kernel_id]
             if answer.get("ok"):  # the driver released the GPU memory before it answered
-                gpus = gpuinfo.uuids(on_gpu[pid]) or []
+                gpus = [uuid_of[i] for i in on_gpu[pid]] if uuid_of else []
                 self._parked[report.kernel_id] = Parked(
-                    pid, before, gpus, server_gpus, report.path, report.saved, report.failed
-                )
+                    pid, before, gpus, list(uuid_of.values()), report.path, report.saved,
+                    report.failed,
+                )  # fmt: skip
                 report.kept_by = "driver"
                 report.restored, report.failed = _all_names(report.saved, report.failed), {}
                 try:  # what it starts from now on gets no GPU (it is idle: this is at once)
@@ -501,7 +504,7 @@ class KernelSwitch:
             report = KernelReport(k, parked.path, kept_by="driver")
             reports.append(report)
             pairs = gpu_pairs(parked.server_gpus, parked.gpus, new or [])
-            if parked.gpus and pairs:
+            if pairs:
                 # other GPUs than before: the driver wants a pair for each GPU it had
                 moved = (
                     [f"--map={o}={n}" for o, n in pairs] if any(o != n for o, n in pairs) else []
