@@ -16,6 +16,7 @@ whose device memory it moves (PyTorch, TensorFlow, CuPy).
 """
 
 import errno
+import functools
 import glob
 import io
 import json
@@ -179,10 +180,8 @@ def _reserve(fd, offset, nbytes):
     checked instead and the file extended sparse."""
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    fallocate = getattr(libc, "fallocate", None)
+    fallocate = _fallocate()
     if fallocate is not None:
-        fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
         if fallocate(fd, 0, offset, nbytes) == 0:
             return
         code = ctypes.get_errno()
@@ -192,6 +191,17 @@ def _reserve(fd, offset, nbytes):
     if st.f_bavail * st.f_frsize < nbytes:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     os.ftruncate(fd, max(os.fstat(fd).st_size, offset + nbytes))
+
+
+@functools.cache
+def _fallocate():
+    """libc's fallocate(2), looked up once per checkpoint (each big tensor takes it)."""
+    import ctypes
+
+    fallocate = getattr(ctypes.CDLL(None, use_errno=True), "fallocate", None)
+    if fallocate is not None:
+        fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    return fallocate
 
 
 def _torch_from_data(path, offset, dtype, shape, device=None):
