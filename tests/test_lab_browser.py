@@ -178,6 +178,8 @@ def test_top_bar_returns_the_gpu_and_gets_it_back(hub, page):
     expect(label).to_have_text(re.compile(rf"^GPU {index}\b"))
     shot(page, "4-got-it-back")
     assert run("print(kept)").strip() == "41"
+    # the server's settings never asked the user to fetch Jupyter's news from the internet
+    expect(page.get_by_text("official Jupyter news")).to_have_count(0)
 
 
 def test_get_gpu_waits_in_the_queue_and_can_be_cancelled(hub, page):
