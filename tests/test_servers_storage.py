@@ -5,7 +5,7 @@ import os
 import subprocess
 import uuid
 
-from hubfixture import BIN
+from hubfixture import BIN, gpulab
 
 S3_PROBE = """
 import json, os, boto3, botocore.exceptions
@@ -216,6 +216,27 @@ def test_home_volume_resize_snapshots_and_rollback(hub):
     assert out.returncode == 2 and "give a size" in out.stderr
     out = cli("rollback", "from-cli")
     assert out.returncode == 1 and "stop it first" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_an_admin_user_acts_on_their_own_home_and_a_service_must_name_one(hub):
+    boss = hub.create_user("boss", admin=True)
+    boss.spawn(profile="cpu")
+    r = boss.session.get(hub.api("/gpulab/storage"), timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["user"] == "boss" and r.json()["volume"] is not None
+    out = gpulab(hub, boss.token, "storage", "snapshot", "mine")
+    assert out.returncode == 0 and "Snapshot mine made" in out.stdout, out.stderr
+
+    # the CLI service's token (root's on the hub machine) is no user's
+    service = (hub.data_root / "cli-token").read_text().strip()
+    r = hub.admin.get(hub.api("/gpulab/storage"), timeout=30)
+    assert r.status_code == 400 and "?user=NAME" in r.json()["message"]
+    for args in (("storage",), ("gpu", "return")):
+        out = gpulab(hub, service, *args)
+        assert out.returncode == 1 and "--user NAME" in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr
+    out = gpulab(hub, service, "storage", "snapshots", "--user", "boss")
+    assert out.returncode == 0 and "mine" in out.stdout, out.stderr
 
 
 def test_only_admins_delete_homes_with_confirmation(hub):

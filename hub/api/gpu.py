@@ -20,7 +20,7 @@ from tornado import web
 from gpulab.hub.gpuswitch import SwitchError, gpu_switch
 from gpulab.hub.ledger import Operation
 
-from .gpus import GpulabAPIHandler
+from .gpus import NO_USER, GpulabAPIHandler
 
 
 class GpuHandler(GpulabAPIHandler):
@@ -29,7 +29,7 @@ class GpuHandler(GpulabAPIHandler):
         me, admin = self.prepare_gpulab()
         name = self.get_argument("user", None) or me
         if name is None:
-            raise web.HTTPError(400, "say whose server: ?user=NAME")
+            raise web.HTTPError(400, NO_USER)
         if name != me and not admin:
             raise web.HTTPError(403, f"You may only change your own servers' GPUs, not {name}'s")
         user = self.find_user(name)

@@ -14,6 +14,11 @@ from tornado import web
 from gpulab.hub.app import context
 from gpulab.hub.ledger import is_workload
 
+NO_USER = (
+    "This token is a service's, not a user's: name the user with ?user=NAME "
+    "(in the gpulab CLI, --user NAME)"
+)
+
 
 class GpulabAPIHandler(APIHandler):
     """Base for gpulab endpoints: authenticated, JSON in and out, clear 4xx errors."""
@@ -30,9 +35,9 @@ class GpulabAPIHandler(APIHandler):
         """The one user a request is about: oneself, or ?user=NAME for admins."""
         me, admin = self.prepare_gpulab()
         self.acting_as_admin = admin
-        user = self.target_user(me, admin)
+        user = self.target_user(me, admin) or me
         if user is None:
-            raise web.HTTPError(400, "Name the user with ?user=NAME")
+            raise web.HTTPError(400, NO_USER)
         return user
 
     def target_user(self, me: str | None, admin: bool) -> str | None:
