@@ -349,6 +349,11 @@ class GpuSwitch:
                 )
             self._require_running(spawner)
             groups = [g.name for g in spawner.user.groups]
+            # a server's GPUs are on one node; a request that could never be granted is
+            # refused now, not left in the queue until its timeout
+            refused = self.ledger.never_granted(user, groups, count, {"Get GPU": count}, "Get GPU")
+            if refused:
+                raise SwitchError(*refused)
             before = self._returned_gpus(user, server)
             waiter = self.ledger.enqueue(user, server, count)
             try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -307,6 +308,44 @@ class GpuLedger:
     def user_limit(self, user: str) -> int | None:
         limit = self.quotas.users.get(user, self.quotas.per_user)
         return None if limit is None or limit < 0 else limit
+
+    def never_granted(
+        self,
+        user: str,
+        groups: Iterable[str],
+        total: int,
+        one_node: dict[str, int],
+        what: str,
+    ) -> tuple[int, str] | None:
+        """Why ``total`` GPUs for ``what`` could never be granted, however long it waited,
+        as (HTTP status, message): more than the user's or a group's quota (403), than
+        the pool, or than any node has for each part that runs on one node (``one_node``:
+        its name -> its GPUs; 400). None when they could be."""
+        limit = self.user_limit(user)
+        if limit is not None and total > limit:
+            return (
+                403,
+                f"GPU quota exceeded: {user} may hold {limit} GPU(s), {what} asks for {total}",
+            )
+        for group in groups:
+            limit = self.quotas.groups.get(group)
+            if limit is not None and total > limit:
+                return 403, (
+                    f"GPU quota exceeded: group {group} may hold {limit} GPU(s), {what} asks "
+                    f"for {total}"
+                )
+        pool = len(self.inventory)
+        if total > pool:
+            has = f"has {pool}" if pool else "has no GPUs"
+            return 400, f"{what} asks for {total} GPU(s); this hub {has}"
+        biggest = max(Counter(gpu.node for gpu in self.inventory).values(), default=0)
+        for where, count in one_node.items():
+            if count > biggest:
+                return (
+                    400,
+                    f"{where}: {count} GPUs on one node, but no node has more than {biggest}",
+                )
+        return None
 
     # -- changes -------------------------------------------------------------------
 

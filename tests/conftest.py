@@ -1,8 +1,8 @@
 """Fixtures for gpulab tests.
 
 - ``hub``: a real hub (JupyterHub + configurable-http-proxy + gpulab) running as root
-  with three configured GPU ids (``0``, ``1``, ``2``), a per-user limit of 2 and a
-  group ``team`` limited to 1 GPU. Shared by a module; every server is stopped and
+  with three configured GPU ids (``0``, ``1``, ``2``), a per-user limit of 2 (4 for
+  ``lab``, more than the pool) and a group ``team`` limited to 1 GPU. Shared by a module; every server is stopped and
   every GPU free again after each test (``clean_hub``).
 - ``make_hub``: a factory for hubs with other settings; each is cleaned up after the test.
 - ``kube``, ``k8s_hub``, ``k8s``: the fake cluster and a hub on the kubernetes backend
@@ -26,7 +26,7 @@ from hubfixture import REPO, Hub, free_port
 pytest_plugins = ["k8sfixture"]  # the kubernetes backend's test cluster and hub
 
 SHARED_SETTINGS = {
-    "gpus": {"ids": ["0", "1", "2"], "per_user": 2, "groups": {"team": 1}},
+    "gpus": {"ids": ["0", "1", "2"], "per_user": 2, "users": {"lab": 4}, "groups": {"team": 1}},
 }
 
 

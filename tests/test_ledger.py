@@ -133,3 +133,34 @@ def test_fifty_concurrent_reservations_never_double_grant(tmp_path):
             assert holder.pop(e.gpu_id) == e.user
     assert holder == {} and ledger.grants() == []
     assert sum(granted.values()) > 50
+
+
+def test_a_request_that_could_never_be_granted_says_why(tmp_path):
+    inventory = [Gpu(id=f"n{n}-{i}", index=i, node=f"node{n}") for n in (1, 2) for i in range(2)]
+    ledger = GpuLedger(
+        f"sqlite:///{tmp_path / 'ledger.sqlite'}",
+        inventory,
+        GpuSettings(per_user=3, users={"lab": 8}, groups={"team": 2}),
+    )
+    assert ledger.never_granted("lab", [], 2, {"Get GPU": 2}, "Get GPU") is None
+    # held or queued GPUs do not count: a request that fits the pool may wait for them
+    ledger.reserve("ann", "", 2)
+    assert ledger.never_granted("lab", [], 2, {"Get GPU": 2}, "Get GPU") is None
+    assert ledger.never_granted("ann", [], 4, {}, "the job") == (
+        403,
+        "GPU quota exceeded: ann may hold 3 GPU(s), the job asks for 4",
+    )
+    assert ledger.never_granted("lab", ["team"], 3, {}, "the job")[0] == 403
+    assert ledger.never_granted("lab", [], 5, {}, "Get GPU") == (
+        400,
+        "Get GPU asks for 5 GPU(s); this hub has 4",
+    )
+    assert ledger.never_granted("lab", [], 3, {"Get GPU": 3}, "Get GPU") == (
+        400,
+        "Get GPU: 3 GPUs on one node, but no node has more than 2",
+    )
+    empty = GpuLedger(f"sqlite:///{tmp_path / 'empty.sqlite'}", [], GpuSettings())
+    assert empty.never_granted("lab", [], 1, {"Get GPU": 1}, "Get GPU") == (
+        400,
+        "Get GPU asks for 1 GPU(s); this hub has no GPUs",
+    )

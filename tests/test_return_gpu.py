@@ -198,9 +198,16 @@ def test_return_and_get_are_idempotent_and_authorised(hub):
     assert any("holds no GPU" in a["message"] for a in answers)
     assert hub.holders() == {}
 
-    # beyond the user's quota (2): refused at once, not queued
+    # beyond the user's quota (2), or the pool (3) for a user allowed 4: refused at
+    # once, not left in the queue
     r = alice.session.post(url + "/acquire", json={"gpus": 3}, timeout=30)
     assert r.status_code == 403 and "quota" in r.json()["message"]
+    lab = hub.create_user("lab")
+    assert lab.spawn(profile="cpu").status_code in (201, 202)
+    r = lab.session.post(url + "/acquire", json={"gpus": 4}, timeout=30)
+    assert r.status_code == 400, r.text
+    assert r.json()["message"] == "Get GPU asks for 4 GPU(s); this hub has 3"
+    assert gpu_state(lab)["queue"] == 0 and gpu_state(lab)["operation"] is None
 
     # an admin may return anyone's GPU
     r = alice.session.post(url + "/acquire", json={"gpus": 1}, timeout=30)

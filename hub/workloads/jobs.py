@@ -15,7 +15,6 @@ import asyncio
 import functools
 import json
 import logging
-from collections import Counter
 from dataclasses import dataclass
 
 from gpulab.hub.app import context
@@ -102,7 +101,9 @@ class JobManager:
     def check_fits(self, user: str, spec: JobSpec, groups: list[str] = ()) -> None:
         """Refuse a job that could never start: over a quota or bigger than the pool."""
         per_replica = {f"replicas.{g.role}.gpus": g.gpus for g in spec.groups}
-        check_gpu_request(self.ledger, user, groups, spec.gpus, per_replica, "the job", JobError)
+        refused = self.ledger.never_granted(user, groups, spec.gpus, per_replica, "the job")
+        if refused:
+            raise JobError(*refused)
 
     def get(self, user: str, name: str) -> Job:
         job = self.store.get(user, name)
@@ -629,41 +630,6 @@ class JobManager:
         task = asyncio.ensure_future(self._run(job, spec, runs, resumed))
         self._tasks[job.id] = task
         task.add_done_callback(lambda _t, jid=job.id: self._tasks.pop(jid, None))
-
-
-def check_gpu_request(
-    ledger: GpuLedger,
-    user: str,
-    groups: list[str],
-    total: int,
-    per_replica: dict[str, int],
-    what: str,
-    error: type[WorkloadError] = WorkloadError,
-) -> None:
-    """Refuse a workload's GPUs that could never be granted: more than the user's or a
-    group's quota (403), than the pool, or than any node has for one replica (400)."""
-    limit = ledger.user_limit(user)
-    if limit is not None and total > limit:
-        raise error(
-            403, f"GPU quota exceeded: {user} may hold {limit} GPU(s), {what} asks for {total}"
-        )
-    for group in groups:
-        limit = ledger.quotas.groups.get(group)
-        if limit is not None and total > limit:
-            raise error(
-                403,
-                f"GPU quota exceeded: group {group} may hold {limit} GPU(s), {what} asks for "
-                f"{total}",
-            )
-    pool = len(ledger.inventory)
-    if total > pool:
-        raise error(400, f"{what} asks for {total} GPUs; this hub has {pool}")
-    biggest = max(Counter(gpu.node for gpu in ledger.inventory).values(), default=0)
-    for where, count in per_replica.items():
-        if count > biggest:
-            raise error(
-                400, f"{where}: {count} GPUs per replica, but no node has more than {biggest}"
-            )
 
 
 def parse_metrics(output: bytes) -> dict[str, float]:

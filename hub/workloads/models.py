@@ -48,7 +48,6 @@ from gpulab.hub.inventory import visible_devices_env
 from gpulab.hub.ledger import GpuLedger, LedgerError, NoGpuFree, QuotaExceeded, _utc, utcnow
 from gpulab.serving.config import ModelConfig
 
-from .jobs import check_gpu_request
 from .runner import HomeRunner, Launch, PortPool, WorkloadError, last_line
 from .spec import NAME_RE, SpecError, home_path
 
@@ -485,10 +484,11 @@ class ModelManager:
         return self.store.get_by_id(model.id)
 
     def _fits(self, user: str, groups: list[str], spec: ModelSpec) -> None:
-        check_gpu_request(
-            self.ledger, user, groups, spec.gpus * spec.replicas, {"gpus": spec.gpus},
-            "the model", ModelError,
-        )  # fmt: skip
+        refused = self.ledger.never_granted(
+            user, groups, spec.gpus * spec.replicas, {"gpus": spec.gpus}, "the model"
+        )
+        if refused:
+            raise ModelError(*refused)
 
     def _grant(self, model: Deployment, replicas: list[dict], groups: list[str]) -> None:
         wants = [(model.replica_key(r["index"]), model.spec.gpus) for r in replicas]
