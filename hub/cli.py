@@ -71,7 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         help="Return GPU / Get GPU for a running server, keeping its kernels' variables",
         description="status | return | get [N]",
     )
-    gpu.add_argument("action", nargs="?", default="status", choices=["status", "return", "get"])
+    gpu.add_argument(
+        "action",
+        nargs="?",
+        default="status",
+        choices=["status", "return", "get"],
+        help="status (the default): what the server holds; return: checkpoint the kernels "
+        "and free its GPUs; get: ask for GPUs and put the kernels back on them",
+    )
     gpu.add_argument("count", nargs="?", type=int, help="GPUs to get (default: the profile's)")
     gpu.add_argument("--user", help="act for this user (admins)")
     gpu.add_argument("--server", default="", help="a named server (default: the default one)")
