@@ -224,6 +224,24 @@ def test_get_gpu_waits_in_the_queue_and_can_be_cancelled(hub, page):
     shot(page, "queue-2-granted")
 
 
+def test_on_a_hub_without_gpus_the_top_bar_offers_no_get_gpu(make_hub, page):
+    hub = make_hub({"gpus": {"ids": []}}).start()  # and no NVML on the test machines
+    assert hub.gpus()["total"] == 0
+    quinn = hub.create_user("quinn")
+    assert quinn.spawn(profile="cpu").status_code in (201, 202)
+
+    log_in(page, hub, "quinn")
+    page.goto(quinn.server_url + "/lab")
+    widget = page.locator("#gpulab-gpu")
+    expect(widget).to_have_attribute("data-gpulab-state", "nogpu", timeout=60_000)
+    expect(widget.locator(".gpulab-gpu-label")).to_have_text("No GPU · this hub has none")
+    expect(widget.locator(".gpulab-gpu-button")).to_be_hidden()
+    open_palette(page).fill("GPU")
+    items = page.locator(".lm-CommandPalette-item")
+    expect(items.filter(has_text="Get GPU")).to_have_class(re.compile("lm-mod-disabled"))
+    shot(page, "no-gpus")
+
+
 def test_workloads_panel_follows_a_job_shows_its_log_and_cancels_it(hub, page):
     user = hub.create_user("pia")
     steps = "for i in $(seq 1 900); do echo step $i; sleep 0.2; done"

@@ -34,10 +34,14 @@ export function memory(gpus: IGpu[]): string {
 
 /**
  * "GPU 0 · NVIDIA H100 80GB HBM3 · 3.1/80 GiB", "GPU 0, 1 · 2 × …", "No GPU · 2 of 3 free",
- * or "No GPU · 1 notebook waiting for it · 2 of 3 free" (a kernel the CUDA driver parked).
+ * "No GPU · 1 notebook waiting for it · 2 of 3 free" (a kernel the CUDA driver parked),
+ * or "No GPU · this hub has none".
  */
 export function label(state: IGpuState): string {
   const gpus = state.gpus;
+  if (gpus.length === 0 && state.total === 0) {
+    return 'No GPU · this hub has none';
+  }
   if (gpus.length === 0) {
     const parked = state.parked?.length
       ? ` · ${plural(state.parked.length, 'notebook')} waiting for it`

@@ -111,8 +111,9 @@ export class GpuWidget extends Widget {
     return this.state === 'gpu';
   }
 
+  /** Not on a hub without GPUs: there is nothing to wait for. */
   get canGet(): boolean {
-    return this.state === 'nogpu';
+    return this.state === 'nogpu' && !!this._state?.total;
   }
 
   /** Fetch the state now, show it, and schedule the next poll. */
@@ -403,7 +404,8 @@ export class GpuWidget extends Widget {
     }
 
     const holds = !!s?.gpus.length;
-    this._button.hidden = !s || !!this._error || !!s.switch_unavailable;
+    this._button.hidden =
+      !s || !!this._error || !!s.switch_unavailable || (!holds && !s.total);
     this._button.textContent = holds ? 'Return GPU' : 'Get GPU';
     this._button.title = holds
       ? 'Give the GPU back to the pool; your files, notebooks and variables are kept'
