@@ -242,6 +242,41 @@ def test_on_a_hub_without_gpus_the_top_bar_offers_no_get_gpu(make_hub, page):
     shot(page, "no-gpus")
 
 
+def test_the_top_bar_says_when_the_hub_reclaimed_an_idle_gpu(make_hub, page):
+    hub = make_hub(
+        {
+            "gpus": {"ids": ["0"], "reclaim_interval": 1},
+            "profiles": [
+                {"slug": "cpu", "gpus": 0, "default": True},
+                {"slug": "gpu-idle", "gpus": 1, "idle_return": "6s"},
+            ],
+        }
+    ).start()
+    rosa = hub.create_user("rosa")
+    assert rosa.spawn(profile="gpu-idle").status_code in (201, 202)
+    kernel = open_notebook(rosa, "idle.ipynb")
+    run_in_kernel(rosa.server_url, kernel, rosa.token, "kept = 7", 60)
+
+    log_in(page, hub, "rosa")
+    page.goto(rosa.server_url + "/lab")
+    widget = page.locator("#gpulab-gpu")
+    status = widget.locator(".gpulab-gpu-status")
+    expect(widget).to_have_attribute("data-gpulab-state", "gpu", timeout=60_000)
+    # the page did not ask: the hub's idle reclaim returns the GPU between two polls
+    expect(widget).to_have_attribute("data-gpulab-state", "nogpu", timeout=40_000)
+    reclaimed = re.compile(
+        r"^Returned GPU 0; .*\(reclaimed: GPU idle for \d+s\)\. Restored 1 variable in 1 notebook$"
+    )
+    expect(status).to_have_text(reclaimed)
+    assert held_by(hub, "rosa") == []
+    shot(page, "reclaimed")
+    # a page opened later still says why there is no GPU
+    page.reload()
+    expect(widget).to_have_attribute("data-gpulab-state", "nogpu", timeout=60_000)
+    expect(status).to_have_text(reclaimed)
+    assert run_in_kernel(rosa.server_url, kernel, rosa.token, "print(kept)", 60).strip() == "7"
+
+
 def test_workloads_panel_follows_a_job_shows_its_log_and_cancels_it(hub, page):
     user = hub.create_user("pia")
     steps = "for i in $(seq 1 900); do echo step $i; sleep 0.2; done"

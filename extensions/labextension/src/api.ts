@@ -24,6 +24,8 @@ export interface IOperation {
   position: number | null;
   gpus: number;
   message: string;
+  /** Who asked, and why: "returned by user", "returned by admin ann", "reclaimed: GPU idle for 30 min". */
+  reason: string;
   started: string;
   finished: string | null;
   path: string | null;

@@ -149,6 +149,9 @@ export function restoreDetails(restore: IRestore): string {
 /** How a finished operation ended, with its restore report when it is not already in it. */
 export function outcome(op: IOperation, restore: IRestore | null): string {
   const parts = op.message ? [op.message.replace(/[.\s]+$/, '')] : [];
+  if (parts.length && !byUser(op)) {
+    parts[0] += ` (${op.reason})`;
+  }
   const finished = restore?.state === 'done' || restore?.state === 'failed';
   if (restore && finished && restore.kernels.length) {
     const summary = restoreSummary(restore);
@@ -157,4 +160,9 @@ export function outcome(op: IOperation, restore: IRestore | null): string {
     }
   }
   return parts.join('. ');
+}
+
+/** The server's owner asked for the operation (not an admin, nor the hub's idle reclaim). */
+export function byUser(op: IOperation): boolean {
+  return !op.reason || op.reason.endsWith(' by user');
 }

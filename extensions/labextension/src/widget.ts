@@ -298,8 +298,21 @@ export class GpuWidget extends Widget {
     const op = state.operation;
     const first = !this._loaded;
     this._loaded = true;
+    const before = this._seen;
+    this._seen = op?.started ?? null;
     if (!op) {
       return;
+    }
+    if (
+      op.started !== this._followed &&
+      (first
+        ? op.kind === 'return' && !state.gpus.length && !format.byUser(op)
+        : op.started !== before)
+    ) {
+      // an operation this page did not start, done between two polls (the hub's idle
+      // reclaim, an admin, the CLI, another tab), or the reclaim or admin return that
+      // left this server without a GPU before the page was loaded: say what happened
+      this._followed = op.started;
     }
     if (first && op.detail?.new_pod && !ACTIVE_STATES.has(op.state) && op.finished) {
       // this page was loaded from the new pod a move just made: say how it went
@@ -451,6 +464,8 @@ export class GpuWidget extends Widget {
   private _pending: string | null = null;
   private _notice: INotice | null = null;
   private _followed: string | null = null;
+  /** The operation the last poll showed (its start). */
+  private _seen: string | null = null;
   /** A state has been shown since the page loaded. */
   private _loaded = false;
   /** An operation that replaces the server's pod is under way. */
