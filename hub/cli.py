@@ -591,7 +591,9 @@ def cmd_gpu(args, settings: Settings) -> int:
     )
     op = status.get("operation")
     if op:
-        console.print(f"last {op['kind']}: {op['state']}: {op['message']}", highlight=False)
+        why = op.get("reason") or ""
+        why = f" ({why})" if why and not why.endswith(" by user") else ""
+        console.print(f"last {op['kind']}: {op['state']}: {op['message']}{why}", highlight=False)
     return 0
 
 

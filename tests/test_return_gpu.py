@@ -7,6 +7,7 @@ import threading
 import time
 
 from hubfixture import BIN, open_notebook, run, tiny_wheel, wait_for
+from hubfixture import gpulab as gpulab_cli
 
 STATE = """
 import numpy as np
@@ -484,6 +485,8 @@ def test_idle_gpu_is_reclaimed_keeping_state(make_hub):
     assert events[0]["reason"].startswith("reclaimed: GPU idle for")
     wait_restored(alice)
     assert run(alice, kernel, "print(answer)").strip() == "42"
+    out = gpulab_cli(hub, alice.token, "gpu", "status")
+    assert out.returncode == 0 and "(reclaimed: GPU idle for" in out.stdout, out.stderr
     # the server lives on, on the CPU; bob's profile has no idle timeout
     assert alice.server_get("/api/status").status_code == 200
     assert list(hub.holders().values()) == ["bob"]
@@ -512,6 +515,7 @@ def test_cli_returns_and_gets_a_gpu(hub):
     assert hub.holders() == {}
     out = gpulab("status")
     assert out.returncode == 0 and "alice: no GPU" in out.stdout
+    assert "last return: done: Returned GPU 0" in out.stdout and "by user" not in out.stdout
     wait_restored(alice)
 
     out = gpulab("get", "1")
