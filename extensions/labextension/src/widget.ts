@@ -313,6 +313,8 @@ export class GpuWidget extends Widget {
       // reclaim, an admin, the CLI, another tab), or the reclaim or admin return that
       // left this server without a GPU before the page was loaded: say what happened
       this._followed = op.started;
+      // and if it moved the server to a new pod meanwhile, load the page from that one
+      this._moving = this._moving || (!first && !!op.detail?.new_pod);
     }
     if (first && op.detail?.new_pod && !ACTIVE_STATES.has(op.state) && op.finished) {
       // this page was loaded from the new pod a move just made: say how it went
