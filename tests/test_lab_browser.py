@@ -255,17 +255,27 @@ def test_the_top_bar_says_when_the_hub_reclaimed_an_idle_gpu(make_hub, page):
     rosa = hub.create_user("rosa")
     assert rosa.spawn(profile="gpu-idle").status_code in (201, 202)
     kernel = open_notebook(rosa, "idle.ipynb")
-    run_in_kernel(rosa.server_url, kernel, rosa.token, "kept = 7", 60)
+    # a kernel running code is never idle: this cell runs until the page shows the GPU
+    cell = "import os, time\nwhile not os.path.exists('go'):\n    time.sleep(0.1)\nkept = 7"
+    running = threading.Thread(
+        target=run_in_kernel, args=(rosa.server_url, kernel, rosa.token, cell, 120), daemon=True
+    )
+    running.start()
 
     log_in(page, hub, "rosa")
     page.goto(rosa.server_url + "/lab")
     widget = page.locator("#gpulab-gpu")
     status = widget.locator(".gpulab-gpu-status")
     expect(widget).to_have_attribute("data-gpulab-state", "gpu", timeout=60_000)
+    go = {"type": "file", "format": "text", "content": ""}
+    r = rosa.session.put(rosa.server_url + "/api/contents/go", json=go, timeout=30)
+    assert r.status_code in (200, 201), r.text
+    running.join(30)
+    assert not running.is_alive()
     # the page did not ask: the hub's idle reclaim returns the GPU between two polls
     expect(widget).to_have_attribute("data-gpulab-state", "nogpu", timeout=40_000)
     reclaimed = re.compile(
-        r"^Returned GPU 0; .*\(reclaimed: GPU idle for \d+s\)\. Restored 1 variable in 1 notebook$"
+        r"^Returned GPU 0; .*\(reclaimed: GPU idle for \d+s\)\. Restored \d+ variables in 1 notebook$"
     )
     expect(status).to_have_text(reclaimed)
     assert held_by(hub, "rosa") == []
