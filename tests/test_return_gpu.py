@@ -83,6 +83,9 @@ print(r.returncode)
     )
     assert out.strip() == "0"
 
+    # the notebook has run six cells: the next is In [7]
+    run(alice, kernel, "get_ipython().execution_count = 7")
+
     # Return GPU, through the server extension as the JupyterLab button does
     r = alice.session.post(alice.server_url + "/gpulab/gpu/return", json={}, timeout=60)
     assert r.status_code == 200, r.text
@@ -108,6 +111,8 @@ print(r.returncode)
     restore = wait_restored(alice)
     assert restore["state"] == "done", restore
     assert "not saved: gen" in restore["message"]
+    # and after the restart its cell numbers go on from there, not from In [1] again
+    assert run(alice, kernel, "print(get_ipython().execution_count)").strip() == "7"
     after = check(alice, kernel)
     assert after["gpus"] == ""
     assert {k: after[k] for k in before if k != "gpus"} == {

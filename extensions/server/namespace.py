@@ -39,8 +39,16 @@ FORMAT = 1
 _IPYTHON_NAMES = re.compile(r"^(_|__|___|_\d+|_i+|_i\d+|_ih|_oh|_dh|In|Out|exit|quit|get_ipython)$")
 
 
+def _shell():
+    """The kernel's IPython shell; None in plain Python (this module's tests)."""
+    try:
+        return get_ipython()  # noqa: F821 -- provided by the kernel
+    except NameError:
+        return None
+
+
 def _user_namespace():
-    ip = get_ipython()  # noqa: F821 -- provided by the kernel
+    ip = _shell()
     hidden = ip.user_ns_hidden
     names = {}
     for name, value in ip.user_ns.items():
@@ -331,9 +339,12 @@ def _dump_checkpoint(names, tmp):
     import uuid
 
     data = _DataFile(f"{tmp[: -len('.tmp')]}.{uuid.uuid4().hex[:12]}.data")
+    # the next cell's number, so the notebook's In [n] go on from where they were
+    shell = _shell()
+    count = shell.execution_count if shell is not None else None
     try:
         with open(tmp, "wb") as f:
-            moved = _dump({"format": FORMAT, "values": names}, f, data)
+            moved = _dump({"format": FORMAT, "values": names, "execution_count": count}, f, data)
     except BaseException:
         data.f.close()
         for left in (data.path, tmp):  # a half-written checkpoint only takes room
@@ -425,6 +436,9 @@ def load(path):
         data = pickle.load(f)
     values = data["values"]
     ns.update(values)
+    count, shell = data.get("execution_count"), _shell()
+    if shell is not None and isinstance(count, int) and count > shell.execution_count:
+        shell.execution_count = count
     report = {
         "restored": sorted(values),
         "seconds": round(time.monotonic() - t0, 3),
