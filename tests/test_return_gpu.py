@@ -83,8 +83,9 @@ print(r.returncode)
     )
     assert out.strip() == "0"
 
-    # the notebook has run six cells: the next is In [7]
+    # the notebook has run six cells (the next is In [7]) and uses two IPython extensions
     run(alice, kernel, "get_ipython().execution_count = 7")
+    run(alice, kernel, "%load_ext tensorboard\n%load_ext autoreload\n%autoreload 2")
 
     # Return GPU, through the server extension as the JupyterLab button does
     r = alice.session.post(alice.server_url + "/gpulab/gpu/return", json={}, timeout=60)
@@ -111,8 +112,16 @@ print(r.returncode)
     restore = wait_restored(alice)
     assert restore["state"] == "done", restore
     assert "not saved: gen" in restore["message"]
-    # and after the restart its cell numbers go on from there, not from In [1] again
+    # after the restart its cell numbers go on from there, not from In [1] again, and
+    # %tensorboard and autoreload (in its mode 2) are there
     assert run(alice, kernel, "print(get_ipython().execution_count)").strip() == "7"
+    shell = run(
+        alice,
+        kernel,
+        "ip = get_ipython(); r = ip.magics_manager.registry['AutoreloadMagics']._reloader\n"
+        "print(ip.find_line_magic('tensorboard') is not None, r.enabled, r.check_all)",
+    )
+    assert shell.split() == ["True", "True", "True"]
     after = check(alice, kernel)
     assert after["gpus"] == ""
     assert {k: after[k] for k in before if k != "gpus"} == {

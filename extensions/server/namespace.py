@@ -8,9 +8,12 @@ whose device memory it moves (PyTorch, TensorFlow, CuPy).
 - ``save`` pickles the user's variables together (shared references stay shared: an
   optimizer still points at its model's parameters) with device arrays copied to host
   memory; a variable that cannot be pickled is left out and reported by name with the
-  reason. It writes ``path`` and ``path + ".json"`` (the report).
+  reason. It writes ``path`` and ``path + ".json"`` (the report). The shell's own state
+  goes with them (``_shell_state``: the cell count, %load_ext extensions, autoreload's
+  mode).
 - ``load`` reads ``path`` back into the namespace, moving device arrays back to a GPU
-  when the kernel has one (else they stay on the CPU, and the report says so).
+  when the kernel has one (else they stay on the CPU, and the report says so), and puts
+  the shell's state back.
 - ``set_gpus`` sets the GPU variables of a kernel that keeps its process across a
   return (parked by the CUDA driver).
 """
@@ -339,12 +342,10 @@ def _dump_checkpoint(names, tmp):
     import uuid
 
     data = _DataFile(f"{tmp[: -len('.tmp')]}.{uuid.uuid4().hex[:12]}.data")
-    # the next cell's number, so the notebook's In [n] go on from where they were
-    shell = _shell()
-    count = shell.execution_count if shell is not None else None
+    checkpoint = {"format": FORMAT, "values": names, "shell": _shell_state(_shell())}
     try:
         with open(tmp, "wb") as f:
-            moved = _dump({"format": FORMAT, "values": names, "execution_count": count}, f, data)
+            moved = _dump(checkpoint, f, data)
     except BaseException:
         data.f.close()
         for left in (data.path, tmp):  # a half-written checkpoint only takes room
@@ -436,22 +437,68 @@ def load(path):
         data = pickle.load(f)
     values = data["values"]
     ns.update(values)
-    count, shell = data.get("execution_count"), _shell()
-    if shell is not None and isinstance(count, int) and count > shell.execution_count:
-        shell.execution_count = count
+    not_loaded = _restore_shell(_shell(), data.get("shell") or {})
     report = {
         "restored": sorted(values),
         "seconds": round(time.monotonic() - t0, 3),
     }
     on_host = _on_host()
     report["on_host"] = len(on_host)
+    notes = list(not_loaded)
     if on_host:
-        report["note"] = f"{len(on_host)} device array(s) stayed in host memory (no GPU here)"
+        notes.insert(0, f"{len(on_host)} device array(s) stayed in host memory (no GPU here)")
+    if notes:
+        report["note"] = "; ".join(notes)
     try:
         _write_report(path, report, suffix=".restored.json")
     except OSError:  # a home full since the checkpoint: the variables are back all the same
         pass
     return report
+
+
+# autoreload's mode (%autoreload 2: enabled, check_all; 3: autoload_obj as well)
+_AUTORELOAD = ("enabled", "check_all", "autoload_obj")
+
+
+def _autoreloader(shell):
+    magics = shell.magics_manager.registry.get("AutoreloadMagics")
+    return getattr(magics, "_reloader", None)
+
+
+def _shell_state(shell):
+    """What a restarted kernel needs besides its variables to carry on: the next cell's
+    number (the notebook's In [n] go on), the IPython extensions loaded with %load_ext
+    (%tensorboard's, autoreload) and autoreload's mode."""
+    if shell is None:
+        return {}
+    state = {
+        "execution_count": shell.execution_count,
+        "extensions": sorted(shell.extension_manager.loaded),
+    }
+    reloader = _autoreloader(shell)
+    if reloader is not None:
+        state["autoreload"] = {k: getattr(reloader, k) for k in _AUTORELOAD if hasattr(reloader, k)}
+    return state
+
+
+def _restore_shell(shell, state):
+    """Put ``_shell_state``'s ``state`` back; what could not be, in words."""
+    if shell is None:
+        return []
+    count = state.get("execution_count")
+    if isinstance(count, int) and count > shell.execution_count:
+        shell.execution_count = count
+    failed = []
+    for name in state.get("extensions", []):
+        try:
+            shell.extension_manager.load_extension(name)
+        except Exception as e:  # noqa: BLE001 -- the variables matter more
+            failed.append(f"%load_ext {name} failed: {_reason(e)}")
+    reloader = _autoreloader(shell)
+    for key, value in (state.get("autoreload") or {}).items():
+        if reloader is not None and key in _AUTORELOAD and isinstance(value, bool):
+            setattr(reloader, key, value)
+    return failed
 
 
 def set_gpus(visible):
