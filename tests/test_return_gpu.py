@@ -86,6 +86,12 @@ print(r.returncode)
     # the notebook has run six cells (the next is In [7]) and uses two IPython extensions
     run(alice, kernel, "get_ipython().execution_count = 7")
     run(alice, kernel, "%load_ext tensorboard\n%load_ext autoreload\n%autoreload 2")
+    # ... and has moved to a folder and set a variable for the libraries it calls
+    run(
+        alice,
+        kernel,
+        "import os\nos.makedirs('data', exist_ok=True)\n%cd data\n%env WANDB_MODE=offline",
+    )
 
     # Return GPU, through the server extension as the JupyterLab button does
     r = alice.session.post(alice.server_url + "/gpulab/gpu/return", json={}, timeout=60)
@@ -122,6 +128,10 @@ print(r.returncode)
         "print(ip.find_line_magic('tensorboard') is not None, r.enabled, r.check_all)",
     )
     assert shell.split() == ["True", "True", "True"]
+    where = run(alice, kernel, "import os; print(os.getcwd(), os.environ['WANDB_MODE'])")
+    cwd, mode = where.split()
+    assert cwd.endswith("/alice/data") and mode == "offline", where
+    run(alice, kernel, "%cd ..")
     after = check(alice, kernel)
     assert after["gpus"] == ""
     assert {k: after[k] for k in before if k != "gpus"} == {

@@ -10,10 +10,11 @@ whose device memory it moves (PyTorch, TensorFlow, CuPy).
   memory; a variable that cannot be pickled is left out and reported by name with the
   reason. It writes ``path`` and ``path + ".json"`` (the report). The shell's own state
   goes with them (``_shell_state``: the cell count, %load_ext extensions, autoreload's
-  mode).
+  mode), and the process's (``_process_state``: working folder, environment variables
+  the notebook set).
 - ``load`` reads ``path`` back into the namespace, moving device arrays back to a GPU
   when the kernel has one (else they stay on the CPU, and the report says so), and puts
-  the shell's state back.
+  the shell's and the process's state back.
 - ``set_gpus`` sets the GPU variables of a kernel that keeps its process across a
   return (parked by the CUDA driver).
 """
@@ -342,7 +343,12 @@ def _dump_checkpoint(names, tmp):
     import uuid
 
     data = _DataFile(f"{tmp[: -len('.tmp')]}.{uuid.uuid4().hex[:12]}.data")
-    checkpoint = {"format": FORMAT, "values": names, "shell": _shell_state(_shell())}
+    checkpoint = {
+        "format": FORMAT,
+        "values": names,
+        "shell": _shell_state(_shell()),
+        "process": _process_state(),
+    }
     try:
         with open(tmp, "wb") as f:
             moved = _dump(checkpoint, f, data)
@@ -438,6 +444,7 @@ def load(path):
     values = data["values"]
     ns.update(values)
     not_loaded = _restore_shell(_shell(), data.get("shell") or {})
+    not_loaded += _restore_process(data.get("process") or {})
     report = {
         "restored": sorted(values),
         "seconds": round(time.monotonic() - t0, 3),
@@ -499,6 +506,40 @@ def _restore_shell(shell, state):
         if reloader is not None and key in _AUTORELOAD and isinstance(value, bool):
             setattr(reloader, key, value)
     return failed
+
+
+# gpulab sets these for the kernel's GPUs: the restarted kernel's own are the right ones
+_GPU_VARIABLES = (b"CUDA_VISIBLE_DEVICES", b"NVIDIA_VISIBLE_DEVICES", b"GPULAB_GPUS")
+
+
+def _process_state():
+    """The kernel process's working folder (``%cd``, ``os.chdir``) and the environment
+    variables the notebook set or changed (``%env``, ``os.environ``): those that differ
+    from the environment the process started with, which ``/proc`` keeps."""
+    state = {"cwd": os.getcwd()}
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            start = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+    except OSError:  # not Linux: the environment is not kept
+        return state
+    state["environ"] = {
+        k: v for k, v in os.environb.items() if start.get(k) != v and k not in _GPU_VARIABLES
+    }
+    return state
+
+
+def _restore_process(state):
+    """Put ``_process_state``'s ``state`` back; what could not be, in words."""
+    for key, value in (state.get("environ") or {}).items():
+        if isinstance(key, bytes) and isinstance(value, bytes) and key not in _GPU_VARIABLES:
+            os.environb[key] = value
+    cwd = state.get("cwd")
+    if isinstance(cwd, str) and cwd != os.getcwd():
+        try:
+            os.chdir(cwd)
+        except OSError as e:
+            return [f"the working folder {cwd} is gone ({_reason(e)})"]
+    return []
 
 
 def set_gpus(visible):
