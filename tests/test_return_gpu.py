@@ -60,6 +60,16 @@ def wait_op(user, states=("done", "failed", "cancelled")) -> dict:
     return gpu_state(user)["operation"]
 
 
+OWN_CODE = """
+import os, sys
+os.makedirs("lib", exist_ok=True)
+open("lib/shapes.py", "w").write("class Box:\\n    def __init__(self, n):\\n        self.n = n\\n")
+sys.path.append(os.path.abspath("lib"))
+import shapes
+box = shapes.Box(5)
+"""
+
+
 def test_return_and_get_gpu_keeps_variables_files_and_packages(hub):
     alice, bob = hub.create_user("alice"), hub.create_user("bob")
     assert alice.spawn(profile="gpu-1").status_code in (201, 202)
@@ -86,12 +96,10 @@ print(r.returncode)
     # the notebook has run six cells (the next is In [7]) and uses two IPython extensions
     run(alice, kernel, "get_ipython().execution_count = 7")
     run(alice, kernel, "%load_ext tensorboard\n%load_ext autoreload\n%autoreload 2")
-    # ... and has moved to a folder and set a variable for the libraries it calls
-    run(
-        alice,
-        kernel,
-        "import os\nos.makedirs('data', exist_ok=True)\n%cd data\n%env WANDB_MODE=offline",
-    )
+    # ... imports its own code from a folder it put on the module path, has moved to a
+    # folder and set a variable for the libraries it calls
+    run(alice, kernel, OWN_CODE)
+    run(alice, kernel, "os.makedirs('data', exist_ok=True)\n%cd data\n%env WANDB_MODE=offline")
 
     # Return GPU, through the server extension as the JupyterLab button does
     r = alice.session.post(alice.server_url + "/gpulab/gpu/return", json={}, timeout=60)
@@ -128,9 +136,9 @@ print(r.returncode)
         "print(ip.find_line_magic('tensorboard') is not None, r.enabled, r.check_all)",
     )
     assert shell.split() == ["True", "True", "True"]
-    where = run(alice, kernel, "import os; print(os.getcwd(), os.environ['WANDB_MODE'])")
-    cwd, mode = where.split()
-    assert cwd.endswith("/alice/data") and mode == "offline", where
+    where = run(alice, kernel, "print(os.getcwd(), os.environ['WANDB_MODE'], box.n)")
+    cwd, mode, n = where.split()
+    assert cwd.endswith("/alice/data") and mode == "offline" and n == "5", where
     run(alice, kernel, "%cd ..")
     after = check(alice, kernel)
     assert after["gpus"] == ""

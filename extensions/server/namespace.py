@@ -8,10 +8,10 @@ whose device memory it moves (PyTorch, TensorFlow, CuPy).
 - ``save`` pickles the user's variables together (shared references stay shared: an
   optimizer still points at its model's parameters) with device arrays copied to host
   memory; a variable that cannot be pickled is left out and reported by name with the
-  reason. It writes ``path`` and ``path + ".json"`` (the report). The shell's own state
-  goes with them (``_shell_state``: the cell count, %load_ext extensions, autoreload's
-  mode), and the process's (``_process_state``: working folder, environment variables
-  the notebook set).
+  reason. It writes ``path`` and ``path + ".json"`` (the report), which also holds the
+  shell's state (``_shell_state``: the cell count, %load_ext extensions, autoreload's
+  mode) and the process's (``_process_state``: working folder, module search path,
+  environment variables the notebook set).
 - ``load`` reads ``path`` back into the namespace, moving device arrays back to a GPU
   when the kernel has one (else they stay on the CPU, and the report says so), and puts
   the shell's and the process's state back.
@@ -343,15 +343,9 @@ def _dump_checkpoint(names, tmp):
     import uuid
 
     data = _DataFile(f"{tmp[: -len('.tmp')]}.{uuid.uuid4().hex[:12]}.data")
-    checkpoint = {
-        "format": FORMAT,
-        "values": names,
-        "shell": _shell_state(_shell()),
-        "process": _process_state(),
-    }
     try:
         with open(tmp, "wb") as f:
-            moved = _dump(checkpoint, f, data)
+            moved = _dump({"format": FORMAT, "values": names}, f, data)
     except BaseException:
         data.f.close()
         for left in (data.path, tmp):  # a half-written checkpoint only takes room
@@ -403,6 +397,9 @@ def save(path):
         "device_arrays": moved,
         "seconds": round(time.monotonic() - t0, 3),
         "pickler": "cloudpickle" if cloudpickle else "pickle",
+        # read back before the variables (their modules may need the path, libraries
+        # the environment as they are imported)
+        "state": {"shell": _shell_state(_shell()), "process": _process_state()},
     }
     _write_report(path, report)
     return report
@@ -439,12 +436,14 @@ def load(path):
     del _on_host()[:]
     if os.path.exists(path + ".restored.json"):  # an earlier restore's, not this one's
         os.unlink(path + ".restored.json")
+    state = _saved_state(path)
+    _restore_environment(state.get("process") or {})
     with open(path, "rb") as f:
         data = pickle.load(f)
     values = data["values"]
     ns.update(values)
-    not_loaded = _restore_shell(_shell(), data.get("shell") or {})
-    not_loaded += _restore_process(data.get("process") or {})
+    not_loaded = _restore_shell(_shell(), state.get("shell") or {})
+    not_loaded += _restore_folder(state.get("process") or {})
     report = {
         "restored": sorted(values),
         "seconds": round(time.monotonic() - t0, 3),
@@ -509,30 +508,51 @@ def _restore_shell(shell, state):
 
 
 # gpulab sets these for the kernel's GPUs: the restarted kernel's own are the right ones
-_GPU_VARIABLES = (b"CUDA_VISIBLE_DEVICES", b"NVIDIA_VISIBLE_DEVICES", b"GPULAB_GPUS")
+_GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "GPULAB_GPUS")
 
 
 def _process_state():
-    """The kernel process's working folder (``%cd``, ``os.chdir``) and the environment
-    variables the notebook set or changed (``%env``, ``os.environ``): those that differ
-    from the environment the process started with, which ``/proc`` keeps."""
-    state = {"cwd": os.getcwd()}
+    """The kernel process's working folder (``%cd``, ``os.chdir``), module search path
+    (``sys.path.append("../src")``) and the environment variables the notebook set or
+    changed (``%env``, ``os.environ``): those that differ from the environment the
+    process started with, which ``/proc`` keeps."""
+    state = {"cwd": os.getcwd(), "sys_path": [p for p in sys.path if isinstance(p, str)]}
     try:
         with open("/proc/self/environ", "rb") as f:
             start = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
     except OSError:  # not Linux: the environment is not kept
         return state
+    start = {os.fsdecode(k): os.fsdecode(v) for k, v in start.items()}
     state["environ"] = {
-        k: v for k, v in os.environb.items() if start.get(k) != v and k not in _GPU_VARIABLES
+        k: v for k, v in os.environ.items() if start.get(k) != v and k not in _GPU_VARIABLES
     }
     return state
 
 
-def _restore_process(state):
-    """Put ``_process_state``'s ``state`` back; what could not be, in words."""
+def _saved_state(path):
+    """The state ``save`` put in its report beside the checkpoint ({} without one)."""
+    try:
+        with open(path + ".json") as f:
+            state = json.load(f).get("state")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _restore_environment(state):
+    """Before the variables are read back: the environment variables and module search
+    path of ``_process_state``'s ``state``."""
     for key, value in (state.get("environ") or {}).items():
-        if isinstance(key, bytes) and isinstance(value, bytes) and key not in _GPU_VARIABLES:
-            os.environb[key] = value
+        if isinstance(key, str) and isinstance(value, str) and key not in _GPU_VARIABLES:
+            os.environ[key] = value
+    saved = [p for p in state.get("sys_path") or [] if isinstance(p, str)]
+    if saved:
+        sys.path[:] = saved + [p for p in sys.path if p not in saved]
+
+
+def _restore_folder(state):
+    """After them (modules beside the notebook are found from its folder): the working
+    folder; what could not be, in words."""
     cwd = state.get("cwd")
     if isinstance(cwd, str) and cwd != os.getcwd():
         try:
