@@ -204,3 +204,19 @@ def test_variables_come_back_into_a_home_that_filled_up_since_the_checkpoint(nam
         assert not (home / "kernel.pkl.restored.json").exists()
     finally:
         subprocess.run(["umount", str(home)], check=True)
+
+
+def test_random_generators_go_on_where_they_were(namespace, tmp_path):
+    import random
+
+    user_ns = {"step": 1}
+    namespace._user_namespace = lambda: (user_ns, dict(user_ns))
+    random.seed(3)
+    np.random.seed(3)
+    random.random(), np.random.rand()
+    path = str(tmp_path / "kernel.pkl")
+    namespace.save(path)
+    expected = random.random(), np.random.rand()
+    random.seed(), np.random.seed()  # a restarted kernel's generators: seeded anew
+    namespace.load(path)
+    assert (random.random(), np.random.rand()) == expected

@@ -345,7 +345,7 @@ def _dump_checkpoint(names, tmp):
     data = _DataFile(f"{tmp[: -len('.tmp')]}.{uuid.uuid4().hex[:12]}.data")
     try:
         with open(tmp, "wb") as f:
-            moved = _dump({"format": FORMAT, "values": names}, f, data)
+            moved = _dump({"format": FORMAT, "values": names, "rng": _rng_state()}, f, data)
     except BaseException:
         data.f.close()
         for left in (data.path, tmp):  # a half-written checkpoint only takes room
@@ -442,6 +442,7 @@ def load(path):
         data = pickle.load(f)
     values = data["values"]
     ns.update(values)
+    _restore_rng(data.get("rng") or {})
     not_loaded = _restore_shell(_shell(), state.get("shell") or {})
     not_loaded += _restore_folder(state.get("process") or {})
     report = {
@@ -460,6 +461,36 @@ def load(path):
     except OSError:  # a home full since the checkpoint: the variables are back all the same
         pass
     return report
+
+
+def _rng_state():
+    """The states of the global random number generators of the libraries the notebook
+    imported, so that what it draws next is what it would have drawn (PyTorch's CPU
+    generator; a CUDA generator's state needs the GPU, which the new kernel may lack)."""
+    import random
+
+    state = {"random": random.getstate()}
+    numpy, torch = sys.modules.get("numpy"), sys.modules.get("torch")
+    if numpy is not None:
+        state["numpy"] = numpy.random.get_state()
+    if torch is not None:
+        state["torch"] = torch.get_rng_state()
+    return state
+
+
+def _restore_rng(state):
+    import random
+
+    setters = {
+        "random": random.setstate,
+        "numpy": lambda s: __import__("numpy").random.set_state(s),
+        "torch": lambda s: __import__("torch").set_rng_state(s),
+    }
+    for name, value in state.items():
+        try:
+            setters[name](value)
+        except Exception:  # noqa: BLE001 -- a generator left as it is beats no variables
+            pass
 
 
 # autoreload's mode (%autoreload 2: enabled, check_all; 3: autoload_obj as well)
