@@ -591,8 +591,7 @@ def cmd_gpu(args, settings: Settings) -> int:
     )
     op = status.get("operation")
     if op:
-        why = op.get("reason") or ""
-        why = f" ({why})" if why and not why.endswith(" by user") else ""
+        why = "" if op.get("by_owner", True) else f" ({op['reason']})"
         console.print(f"last {op['kind']}: {op['state']}: {op['message']}{why}", highlight=False)
     return 0
 

@@ -48,6 +48,11 @@ class SwitchError(Exception):
         self.status, self.message, self.detail = status, message, detail
 
 
+OWNER = "user"
+"""Who an operation's reason names when the server's owner asked for it: "returned by
+user", "Get GPU by user" (an admin is "admin NAME"; the idle reclaim has its own)."""
+
+
 def label(user: str, server: str) -> str:
     return f"{user}/{server}" if server else user
 
@@ -96,6 +101,7 @@ class GpuSwitch:
         if op is None:
             return None
         model = op.as_json()
+        model["by_owner"] = op.reason.endswith(f" by {OWNER}")
         model["position"] = None
         if op.kind == "acquire" and op.state == "queued":
             waiting = [(w.user, w.server) for w in self.ledger.queue()]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from tornado import web
 
-from gpulab.hub.gpuswitch import SwitchError, gpu_switch
+from gpulab.hub.gpuswitch import OWNER, SwitchError, gpu_switch
 from gpulab.hub.ledger import Operation
 
 from .gpus import NO_USER, GpulabAPIHandler
@@ -55,7 +55,7 @@ class GpuHandler(GpulabAPIHandler):
     async def post(self, action: str = ""):
         spawner, actor = self.spawner()
         body = self.body()
-        by = "user" if actor == spawner.user.name else f"admin {actor}"
+        by = OWNER if actor == spawner.user.name else f"admin {actor}"
         try:
             if action == "/return":
                 result = await gpu_switch().give_back(

@@ -26,6 +26,8 @@ export interface IOperation {
   message: string;
   /** Who asked, and why: "returned by user", "returned by admin ann", "reclaimed: GPU idle for 30 min". */
   reason: string;
+  /** The server's owner asked for it (not an admin, nor the hub's idle reclaim). */
+  by_owner?: boolean;
   started: string;
   finished: string | null;
   path: string | null;

@@ -149,7 +149,7 @@ export function restoreDetails(restore: IRestore): string {
 /** How a finished operation ended, with its restore report when it is not already in it. */
 export function outcome(op: IOperation, restore: IRestore | null): string {
   const parts = op.message ? [op.message.replace(/[.\s]+$/, '')] : [];
-  if (parts.length && !byUser(op)) {
+  if (parts.length && op.by_owner === false) {
     parts[0] += ` (${op.reason})`;
   }
   const finished = restore?.state === 'done' || restore?.state === 'failed';
@@ -160,9 +160,4 @@ export function outcome(op: IOperation, restore: IRestore | null): string {
     }
   }
   return parts.join('. ');
-}
-
-/** The server's owner asked for the operation (not an admin, nor the hub's idle reclaim). */
-export function byUser(op: IOperation): boolean {
-  return !op.reason || op.reason.endsWith(' by user');
 }

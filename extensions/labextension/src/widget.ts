@@ -306,7 +306,7 @@ export class GpuWidget extends Widget {
     if (
       op.started !== this._followed &&
       (first
-        ? op.kind === 'return' && !state.gpus.length && !format.byUser(op)
+        ? op.kind === 'return' && !state.gpus.length && op.by_owner === false
         : op.started !== before)
     ) {
       // an operation this page did not start, done between two polls (the hub's idle
