@@ -463,34 +463,34 @@ def load(path):
     return report
 
 
+# the global random generators kept: module, its state's getter and setter
+_GENERATORS = (
+    ("random", "getstate", "setstate"),
+    ("numpy.random", "get_state", "set_state"),
+    ("torch", "get_rng_state", "set_rng_state"),
+)
+
+
 def _rng_state():
     """The states of the global random number generators of the libraries the notebook
     imported, so that what it draws next is what it would have drawn (PyTorch's CPU
     generator; a CUDA generator's state needs the GPU, which the new kernel may lack)."""
-    import random
-
-    state = {"random": random.getstate()}
-    numpy, torch = sys.modules.get("numpy"), sys.modules.get("torch")
-    if numpy is not None:
-        state["numpy"] = numpy.random.get_state()
-    if torch is not None:
-        state["torch"] = torch.get_rng_state()
-    return state
+    return {
+        module: getattr(sys.modules[module], get)()
+        for module, get, _ in _GENERATORS
+        if module in sys.modules
+    }
 
 
 def _restore_rng(state):
-    import random
+    import importlib
 
-    setters = {
-        "random": random.setstate,
-        "numpy": lambda s: __import__("numpy").random.set_state(s),
-        "torch": lambda s: __import__("torch").set_rng_state(s),
-    }
-    for name, value in state.items():
-        try:
-            setters[name](value)
-        except Exception:  # noqa: BLE001 -- a generator left as it is beats no variables
-            pass
+    for module, _, put in _GENERATORS:
+        if module in state:
+            try:
+                getattr(importlib.import_module(module), put)(state[module])
+            except Exception:  # noqa: BLE001 -- a generator left as it is beats no variables
+                pass
 
 
 # autoreload's mode (%autoreload 2: enabled, check_all; 3: autoload_obj as well)
@@ -596,7 +596,7 @@ def _restore_folder(state):
 def set_gpus(visible):
     """For a kernel the CUDA driver parked or brought back, which keeps its process: the
     GPUs what it starts from now on (a script, ``!nvidia-smi``) gets."""
-    for name in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "GPULAB_GPUS"):
+    for name in _GPU_VARIABLES:
         os.environ[name] = visible
 
 
