@@ -2,12 +2,11 @@
 
 import base64
 import json
-import subprocess
 import threading
 import time
 
-from hubfixture import BIN, open_notebook, run, tiny_wheel, wait_for
 from hubfixture import gpulab as gpulab_cli
+from hubfixture import open_notebook, run, tiny_wheel, wait_for
 
 STATE = """
 import numpy as np
@@ -529,16 +528,9 @@ def test_cli_returns_and_gets_a_gpu(hub):
     assert alice.spawn(profile="gpu-1").status_code in (201, 202)
     kernel = open_notebook(alice, "cli.ipynb")
     run(alice, kernel, "import threading\nkept = [1, 2, 3]\nlock = threading.Lock()")
-    env = {**hub.env, "GPULAB_URL": hub.url, "GPULAB_TOKEN": alice.token}
 
     def gpulab(*args):
-        return subprocess.run(
-            [str(BIN / "gpulab"), "gpu", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        return gpulab_cli(hub, alice.token, "gpu", *args, timeout=120)
 
     out = gpulab("return")
     assert out.returncode == 0, out.stderr
