@@ -33,6 +33,8 @@ from datetime import timedelta
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
+from gpulab.extensions.server import INTERNAL_SECRET_HEADER
+
 from .app import context
 from .ledger import GpuLedger, LedgerError, NoGpuFree, Operation, utcnow
 from .settings import Settings
@@ -58,12 +60,9 @@ def label(user: str, server: str) -> str:
 
 
 class GpuSwitch:
-    def __init__(self, ledger: GpuLedger, settings: Settings, token: str = ""):
+    def __init__(self, ledger: GpuLedger, settings: Settings):
         self.ledger = ledger
         self.settings = settings
-        self.token = token
-        """The hub's gpulab service token, which servers accept for their internal API
-        (a server's own token does not outlive a hub restart)."""
         self._locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._waits: dict[tuple[str, str], asyncio.Task] = {}
         self._changed = asyncio.Event()
@@ -536,12 +535,23 @@ class GpuSwitch:
     async def _call(self, spawner, method: str, path: str, body=None, timeout: float = 330):
         # 330 s: a kernel's checkpoint may take 300 s in the server, and the server's
         # relay of a Return or Get GPU (SWITCH_RELAY_TIMEOUT there) waits longer than this
+        if not spawner.internal_secret:
+            raise SwitchError(
+                409,
+                f"{label(spawner.user.name, spawner.name)}'s server was started by an older "
+                "gpulab; restart it to return or get a GPU",
+            )
+        why = spawner.impostor()
+        if why:
+            raise SwitchError(502, f"not calling the server: {why}")
         url = spawner.server.url.rstrip("/") + "/gpulab/internal/" + path
         request = HTTPRequest(
             url,
             method=method,
+            # the secret made for this server alone: the server is the user's process, so
+            # nothing sent to it may be good for anything else (never a hub token)
             headers={
-                "Authorization": f"token {self.token}",
+                INTERNAL_SECRET_HEADER: spawner.internal_secret,
                 "Content-Type": "application/json",
             },
             body=None if body is None else json.dumps(body),
@@ -803,6 +813,4 @@ def _duration(seconds: float) -> str:
 def gpu_switch() -> GpuSwitch:
     """The hub's one GpuSwitch (over the ledger of ``context()``)."""
     ctx = context()
-    token_file = ctx.settings.data_path / "cli-token"
-    token = token_file.read_text().strip() if token_file.exists() else ""
-    return GpuSwitch(ctx.ledger, ctx.settings, token)
+    return GpuSwitch(ctx.ledger, ctx.settings)

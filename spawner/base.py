@@ -5,13 +5,14 @@ the spawn form and progress events. Backends mix this into their Spawner class.
 from __future__ import annotations
 
 import asyncio
+import secrets
 
 from tornado import web
 from traitlets import List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
+from gpulab.extensions.server import INTERNAL_SECRET_ENV
 from gpulab.hub.app import Context, context
-from gpulab.hub.hubconfig import CLI_SERVICE
 from gpulab.hub.inventory import visible_devices_env
 from gpulab.hub.ledger import LedgerError
 from gpulab.hub.storage import StorageError
@@ -27,6 +28,13 @@ class GpuSpawnerMixin(LoggingConfigurable):
 
     gpu_ids = List(Unicode(), help="GPU ids granted to the running server.")
     profile_slug = Unicode("", help="Profile the running server was started with.")
+    internal_secret = Unicode(
+        "",
+        help="""The secret the hub proves itself with to this server's gpulab extension
+        (``gpulab/internal/*``), made for this server alone when it starts. It grants
+        nothing at the hub, so the server's owner, who controls the server process, may
+        know it.""",
+    )
 
     @property
     def gpulab(self) -> Context:
@@ -133,17 +141,23 @@ class GpuSpawnerMixin(LoggingConfigurable):
             self.orm_spawner.state = self.get_state()
             self.db.commit()
 
+    def impostor(self) -> str:
+        """Why whatever answers at the server's address may not be this server (the hub
+        then sends it nothing), or "" when nothing says so."""
+        return ""
+
     def release_gpus(self, reason: str) -> None:
         self.gpulab.ledger.release(self.user.name, self.name, reason)
         self.gpu_ids = []
 
     def gpu_env(self) -> dict[str, str]:
+        if not self.internal_secret:  # once per server: a pod that replaces it keeps it
+            self.internal_secret = secrets.token_urlsafe(32)
         return {
             **visible_devices_env(self.gpu_ids),
             "GPULAB_PROFILE": self.profile_slug,
             "GPULAB_KERNEL_CHECKPOINT": self.gpulab.settings.gpus.kernel_checkpoint,
-            # whose token the server's gpulab extension takes orders from
-            "GPULAB_HUB_SERVICE": CLI_SERVICE,
+            INTERNAL_SECRET_ENV: self.internal_secret,
         }
 
     def tensorboard_env(self) -> dict[str, str]:
@@ -162,6 +176,8 @@ class GpuSpawnerMixin(LoggingConfigurable):
 
     def get_state(self):
         state = super().get_state()
+        if self.internal_secret:
+            state["internal_secret"] = self.internal_secret
         if self.profile_slug:
             state["gpu_ids"] = list(self.gpu_ids)
             state["profile"] = self.profile_slug
@@ -171,8 +187,10 @@ class GpuSpawnerMixin(LoggingConfigurable):
         super().load_state(state)
         self.gpu_ids = state.get("gpu_ids", [])
         self.profile_slug = state.get("profile", "")
+        self.internal_secret = state.get("internal_secret", "")
 
     def clear_state(self):
         super().clear_state()
         self.gpu_ids = []
         self.profile_slug = ""
+        self.internal_secret = ""

@@ -43,6 +43,23 @@ def holder_alive(pid: int | None, started: str | None) -> bool:
     return now is not None and (started is None or now == started)
 
 
+def listener_uids(port: int) -> set[int]:
+    """The accounts whose sockets listen on TCP ``port`` (any address, IPv4 or IPv6)."""
+    uids = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            # local address as HEXIP:HEXPORT, state 0A is LISTEN, then the owner's uid
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                uids.add(int(fields[7]))
+    return uids
+
+
 class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner):
     """Spawn each user's JupyterLab as a local process with the GPUs the ledger grants."""
 
@@ -90,6 +107,15 @@ class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner):
         profile = self.gpulab.settings.profile(self.profile_slug or None)
         env.update(profile.env)
         return env
+
+    def impostor(self) -> str:
+        # a port is anyone's to take once the server is gone: the listener must be the
+        # user's own account before the hub sends it anything
+        port = self.server.port if self.server else 0
+        others = listener_uids(port) - {self.account.uid} if port else set()
+        if others:
+            return f"port {port} is held by another account (uid {', '.join(map(str, others))})"
+        return ""
 
     def _log_file(self):
         """The server's output goes to a root-owned log under the data root."""

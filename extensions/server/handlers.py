@@ -16,8 +16,9 @@ sweeps and models the same way:
   model's ``logs``);
 - ``POST gpulab/hub/jobs/NAME/cancel``, ``gpulab/hub/sweeps/NAME/cancel``.
 
-Nothing else of the hub's API is reachable through it. For the hub only (its gpulab
-service's token):
+Nothing else of the hub's API is reachable through it. For the hub only (the secret the
+spawner made for this server, in the ``X-Gpulab-Internal-Secret`` header; it grants
+nothing at the hub, so it is no loss that the server's owner can read it):
 
 - ``POST gpulab/internal/switch`` ``{"visible": "1", "interrupt": false, "force": false,
   "wait_restore": true}``: checkpoint, re-target and restore the kernels;
@@ -30,15 +31,17 @@ service's token):
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 from urllib.parse import urlencode
 
+from jupyter_server.auth.decorator import allow_unauthenticated
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from . import gpuinfo
+from . import INTERNAL_SECRET_HEADER, gpuinfo
 from .kernels import KernelSwitch, SwitchError, visible_devices
 
 
@@ -179,18 +182,23 @@ class WorkloadsHandler(_Base):
 
 
 class _HubOnly(_Base):
-    """Only for the hub: its gpulab service (``GPULAB_HUB_SERVICE``, set by the spawner)."""
+    """Only for the hub, which sends the secret the spawner made for this server
+    (``INTERNAL_SECRET_HEADER``); no hub token is ever asked for or accepted here."""
 
     async def prepare(self):
-        await super().prepare()
-        hub_user = getattr(self.current_user, "hub_user", None) or {}
-        service = os.environ.get("GPULAB_HUB_SERVICE", "")
-        if not service or hub_user.get("kind") != "service" or hub_user.get("name") != service:
+        secret = self.settings.get("gpulab_internal_secret", "")
+        offered = self.request.headers.get(INTERNAL_SECRET_HEADER, "")
+        if not secret or not hmac.compare_digest(offered.encode(), secret.encode()):
             raise web.HTTPError(403, "only the hub may call this")
+        await super().prepare()
+
+    def check_xsrf_cookie(self) -> None:
+        # a browser never sends the secret's header, so no cookie can carry a forged call
+        return None
 
 
 class SwitchHandler(_HubOnly):
-    @web.authenticated
+    @allow_unauthenticated  # the secret was checked in prepare
     async def post(self):
         body = self.body()
         visible = body.get("visible")
@@ -209,7 +217,7 @@ class SwitchHandler(_HubOnly):
 
 
 class CheckpointHandler(_HubOnly):
-    @web.authenticated
+    @allow_unauthenticated  # the secret was checked in prepare
     async def post(self):
         body = self.body()
         try:
@@ -222,14 +230,14 @@ class CheckpointHandler(_HubOnly):
 
 
 class ResumeHandler(_HubOnly):
-    @web.authenticated
+    @allow_unauthenticated  # the secret was checked in prepare
     async def post(self):
         started = self.switch.start_resume()
         self.finish(json.dumps({"resuming": started}))
 
 
 class ActivityHandler(_HubOnly):
-    @web.authenticated
+    @allow_unauthenticated  # the secret was checked in prepare
     async def get(self):
         visible = visible_devices()
         ids = [v for v in visible.split(",") if v]
