@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from .inventory import Gpu, cluster_gpus, configured, discover
 from .ledger import GpuLedger
+from .names import registry
 from .settings import Settings, load_settings
 from .storage.s3 import RgwAccounts
 
@@ -46,5 +47,6 @@ def context() -> Context:
             bucket_prefix=st.s3_prefix,
             uid_prefix=st.s3_prefix,
             quota_bytes=st.s3_quota_bytes,
+            names=registry(settings.data_path),  # RGW users and buckets are claimed names
         )
     return Context(settings=settings, inventory=inventory, ledger=ledger, s3=s3)

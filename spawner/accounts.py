@@ -14,14 +14,20 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpulab.hub.names import safe_name
+from gpulab.hub.names import NameConflict, home_name, safe_name
 from gpulab.hub.storage import StorageError
 
 MAX_UNIX_NAME = 32
+COMMENT = "gpulab user "
+"""Each account's comment (GECOS) names the hub user it was made for."""
 
 
 class AccountError(RuntimeError):
     """The unix account or home could not be set up; the message says why."""
+
+    def __init__(self, message: str, status: int = 500):
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -33,8 +39,10 @@ class Account:
     shell: str = "/bin/bash"
 
 
-def unix_name(prefix: str, hub_name: str) -> str:
-    name = f"{prefix}{safe_name(hub_name)}"
+def unix_name(prefix: str, hub_name: str, base: str | None = None) -> str:
+    """The account of a hub user: the prefix and ``base`` (by default ``safe_name``'s rule;
+    ``ensure_account`` passes the name the registry recorded for the user)."""
+    name = f"{prefix}{base or safe_name(hub_name)}"
     if len(name) > MAX_UNIX_NAME:
         raise AccountError(
             f"unix account name {name!r} is too long; shorten servers.unix_user_prefix"
@@ -47,7 +55,8 @@ def privileged() -> bool:
 
 
 def home_for(data_root: Path, hub_name: str) -> Path:
-    return data_root / "homes" / safe_name(hub_name)
+    """The user's home, by the name recorded for them (``NameConflict`` if it is taken)."""
+    return data_root / "homes" / home_name(data_root, hub_name)
 
 
 def prepare_data_root(data_root: Path) -> None:
@@ -64,14 +73,21 @@ def ensure_account(prefix: str, hub_name: str, data_root: Path, prepare_home=Non
     """The account a user's server runs as, with its home; created when missing.
 
     ``prepare_home(hub_name, uid, gid)``, when given, makes the home's place before it
-    is used (``LocalHomes.ensure``: a home with a quota is a mounted filesystem)."""
-    home = home_for(data_root, hub_name)
+    is used (``LocalHomes.ensure``: a home with a quota is a mounted filesystem).
+
+    Two hub names never get one account: the name is claimed in the registry first, and
+    an existing account made for another hub user (its comment names them) is refused."""
+    try:
+        base = home_name(data_root, hub_name)
+    except NameConflict as e:
+        raise AccountError(str(e), status=409) from None
+    home = data_root / "homes" / base
     if not privileged():
         home.mkdir(parents=True, exist_ok=True)
         me = pwd.getpwuid(os.geteuid())
         return Account(me.pw_name, me.pw_uid, me.pw_gid, home, me.pw_shell or "/bin/bash")
 
-    name = unix_name(prefix, hub_name)
+    name = unix_name(prefix, hub_name, base)
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
@@ -85,7 +101,7 @@ def ensure_account(prefix: str, hub_name: str, data_root: Path, prepare_home=Non
                 "/bin/bash",
                 "--user-group",
                 "--comment",
-                f"gpulab user {hub_name}",
+                f"{COMMENT}{hub_name}",
                 name,
             ],
             capture_output=True,
@@ -96,6 +112,13 @@ def ensure_account(prefix: str, hub_name: str, data_root: Path, prepare_home=Non
                 f"could not create unix account {name}: {result.stderr.strip()}"
             ) from None
         entry = pwd.getpwnam(name)
+    if entry.pw_gecos.startswith(COMMENT) and entry.pw_gecos != f"{COMMENT}{hub_name}":
+        # made for another hub name (before the registry, or its database was replaced)
+        raise AccountError(
+            f"the unix account {name} belongs to another hub user; refusing to share it "
+            f"with {hub_name!r}",
+            status=409,
+        )
     if entry.pw_uid == 0:
         raise AccountError(f"refusing to run a user server as root (account {name})")
     if prepare_home is not None:

@@ -23,6 +23,7 @@ from traitlets import default, validate
 from gpulab.hub.inventory import Gpu
 from gpulab.hub.kube import api_reason, core_api, follow_pods, namespace
 from gpulab.hub.ledger import is_workload
+from gpulab.hub.names import K8S_POD, K8S_PVC, K8S_SECRET, NameConflict, registry
 from gpulab.hub.settings import KubernetesSettings
 
 from . import objects
@@ -170,6 +171,45 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
     def s3_secret_name(self) -> str:
         return self._expand_user_properties("gpulab-s3-{username}")
 
+    # -- names: each object name is one hub user's ---------------------------------------
+
+    @property
+    def _pod_owner(self) -> str:
+        # hub user names never hold a "/", so this names one server of one user
+        return f"{self.user.name}/{self.name}" if self.name else self.user.name
+
+    def claim_names(self) -> None:
+        """Claim this server's claim, secret and pod names in the hub's registry: a name
+        another hub user holds (KubeSpawner's slugs end in a short hash that can be
+        brute-forced) fails the spawn with 409 instead of sharing their objects."""
+        names = registry(self.gpulab.settings.data_path)
+        try:
+            names.claim(K8S_PVC, self.user.name, self.pvc_name)
+            names.claim(K8S_SECRET, self.user.name, self.s3_secret_name)
+            names.claim(K8S_POD, self._pod_owner, self.pod_name)
+        except NameConflict as e:
+            self.report(100, f"Spawn failed: {e}")
+            raise web.HTTPError(409, str(e)) from None
+
+    def _refuse_if_not_ours(self, what: str, name: str, annotations: dict | None) -> None:
+        """An existing object made for another hub user (from before the registry) is
+        not this user's to use."""
+        owner = (annotations or {}).get(objects.ANNOTATION_USER)
+        if owner is not None and owner != self.user.name:
+            message = f"the {what} {name} belongs to another hub user; refusing to share it"
+            self.report(100, f"Spawn failed: {message}")
+            raise web.HTTPError(409, message)
+
+    def _pod_is_ours(self) -> bool:
+        """Whether the pod named ``pod_name`` may be deleted by this spawner."""
+        owner = registry(self.gpulab.settings.data_path).owner(K8S_POD, self.pod_name)
+        if owner is not None and owner != self._pod_owner:
+            return False
+        reflector = self.pod_reflector
+        pod = reflector.pods.get(f"{self.namespace}/{self.pod_name}") if reflector else None
+        annotations = (pod or {}).get("metadata", {}).get("annotations") or {}
+        return annotations.get(objects.ANNOTATION_USER, self.user.name) == self.user.name
+
     def _configure_pod(self, gpus: list[Gpu], s3_env: dict[str, str]) -> None:
         """Set this spawn's pod settings from scratch, from the profile and the grant.
 
@@ -253,6 +293,8 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
             ns,
             missing_ok=True,
         )
+        if pvc is not None:
+            self._refuse_if_not_ours("home volume claim", name, pvc.metadata.annotations)
         if pvc is None:
             self.report(30, f"Creating home volume {name} ({objects.quantity(size)})")
             body = objects.home_pvc(
@@ -301,7 +343,15 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
             self._labels(),
             objects.owner_annotations(self.user.name, ""),
         )
-        if await self._exists(self.core.read_namespaced_secret, name):
+        found = await self._api(
+            f"read secret {name}",
+            self.core.read_namespaced_secret,
+            name,
+            self.namespace,
+            missing_ok=True,
+        )
+        if found is not None:
+            self._refuse_if_not_ours("secret", name, found.metadata.annotations)
             await self._api(
                 f"update secret {name}",
                 self.core.replace_namespaced_secret,
@@ -327,6 +377,7 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
     async def _start_with_gpus(self):
         self.reserve_gpus()
         try:
+            self.claim_names()
             s3_env = await self.storage_env()
             granted = {g.id: g for g in self.gpulab.inventory}
             gpus = [granted[i] for i in self.gpu_ids if i in granted]
@@ -543,7 +594,8 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
 
     async def stop(self, now=False):
         self._pod_requested = False
-        await self._delete_pod(now=now)
+        if self._pod_is_ours():  # a refused spawn's pod name is someone else's pod
+            await self._delete_pod(now=now)
         self.release_gpus("stopped")
 
     async def poll(self):

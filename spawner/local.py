@@ -134,7 +134,7 @@ class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner):
                 account = await asyncio.to_thread(lambda: self.account)
             except AccountError as e:
                 raise web.HTTPError(
-                    500, f"Cannot prepare {self.user.name}'s account: {e}"
+                    e.status, f"Cannot prepare {self.user.name}'s account: {e}"
                 ) from None
             self.report(30, f"Starting JupyterLab as {account.name} in {account.home}")
             log, configured = self._log_file(), self.popen_kwargs
@@ -185,7 +185,10 @@ class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner):
         others = [s for s in self.user.spawners.values() if s is not self and s.active]
         if others:
             return
-        name = self.account.name
+        try:
+            name = self.account.name
+        except AccountError:  # no account of its own (its name is another user's): none to end
+            return
         for sig, grace in (("TERM", 2.0), ("KILL", 2.0)):
             proc = await asyncio.create_subprocess_exec("pkill", f"-{sig}", "-u", name)
             if await proc.wait() == 1:  # no process matched: all gone

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gpulab.hub.names import safe_name
+from gpulab.hub.names import NameConflict, home_name
 from gpulab.hub.settings import format_size
 
 from . import Snapshot, StorageError, Volume, check_snapshot_name, images
@@ -58,11 +58,15 @@ class LocalHomes:
         """Enforce each home's size (an ext4 image per home; the hub must be root)."""
         self._threads = threading.Lock()
 
+    def _name(self, user: str) -> str:
+        """The name recorded for the user's home (``NameConflict``, a 409, if taken)."""
+        return home_name(self.data_root, user)
+
     def home(self, user: str) -> Path:
-        return self.data_root / "homes" / safe_name(user)
+        return self.data_root / "homes" / self._name(user)
 
     def _image(self, user: str) -> Path:
-        return self.data_root / "volumes" / f"{safe_name(user)}.img"
+        return self.data_root / "volumes" / f"{self._name(user)}.img"
 
     def ensure(self, user: str, uid: int, gid: int) -> None:
         """Before anything of the user's runs: with a quota, the home's filesystem is
@@ -117,17 +121,17 @@ class LocalHomes:
                     self._mount(image, home, meta)
 
     def _meta_path(self, user: str) -> Path:
-        return self.data_root / "volumes" / f"{safe_name(user)}.json"
+        return self.data_root / "volumes" / f"{self._name(user)}.json"
 
     def _snap_root(self, user: str) -> Path:
-        return self.data_root / "snapshots" / safe_name(user)
+        return self.data_root / "snapshots" / self._name(user)
 
     @contextlib.contextmanager
     def _locked(self, user: str) -> Iterator[dict]:
         """This user's home, locked; yields its metadata, saved atomically on exit."""
         meta_dir = self.data_root / "volumes"
         meta_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with self._threads, open(meta_dir / f"{safe_name(user)}.lock", "w") as lock:
+        with self._threads, open(meta_dir / f"{self._name(user)}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             meta = self._meta(user)
             before = dict(meta)
@@ -201,7 +205,10 @@ class LocalHomes:
     def release(self, user: str) -> None:
         """After the user's server stopped: unmount a quota home if nothing uses it, so
         a size it was given meanwhile applies at the next start."""
-        home = self.home(user)
+        try:
+            home = self.home(user)
+        except NameConflict:  # the user was refused a home: there is none to release
+            return
         if not (self.quota and images.mounted(home)):
             return
         with self._locked(user):

@@ -8,9 +8,7 @@ back from it when a server starts.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 import threading
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
@@ -22,6 +20,8 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
+
+from gpulab.hub.names import BUCKET, RGW_USER, NameRegistry, bucket_name
 
 from . import StorageError, StorageUnavailable
 
@@ -66,19 +66,8 @@ class S3Account:
         }
 
 
-def bucket_name(prefix: str, user: str) -> str:
-    """A valid, unique S3 bucket name for a hub user: ``gpulab-alice``.
-
-    Lower-case letters, digits and hyphens; names that had to change (or are too long)
-    end with a short hash of the user name, so two users never share a bucket.
-    """
-    cleaned = re.sub(r"[^a-z0-9-]", "-", user.lower()).strip("-") or "user"
-    cleaned = re.sub(r"-{2,}", "-", cleaned)
-    name = f"{prefix}{cleaned}"
-    if cleaned != user or len(name) > 63:
-        digest = hashlib.sha256(user.encode()).hexdigest()[:8]
-        name = f"{prefix}{cleaned[: 63 - len(prefix) - 9]}-{digest}"
-    return name
+DISPLAY_NAME = "gpulab user "
+"""Each RGW user's display name names the hub user it was made for."""
 
 
 class RgwAccounts:
@@ -93,6 +82,7 @@ class RgwAccounts:
         uid_prefix: str = "gpulab-",
         quota_bytes: int | None = None,
         timeout: float = 10,
+        names: NameRegistry | None = None,
     ):
         self.endpoint = endpoint.rstrip("/")
         self._admin = Credentials(admin_access_key, admin_secret_key)
@@ -100,6 +90,8 @@ class RgwAccounts:
         self.uid_prefix = uid_prefix
         self.quota_bytes = quota_bytes
         self.timeout = timeout
+        self.names = names or NameRegistry("sqlite://")
+        """Who owns each RGW user and bucket name (the hub's registry; else this object's)."""
         self.http = requests.Session()
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -135,10 +127,28 @@ class RgwAccounts:
         return r.json() if r.content else {}
 
     def _uid(self, user: str) -> str:
-        return self.uid_prefix + bucket_name("", user)
+        """The user's RGW uid, by the name recorded for them (``NameConflict`` if taken)."""
+        return self.uid_prefix + self.names.name_for(
+            RGW_USER, user, lambda u: bucket_name("", u), lambda u: bucket_name("", u, True)
+        )
+
+    def _bucket(self, user: str) -> str:
+        prefix = self.bucket_prefix
+        return self.names.name_for(
+            BUCKET, user, lambda u: bucket_name(prefix, u), lambda u: bucket_name(prefix, u, True)
+        )
 
     def _user_info(self, user: str) -> dict | None:
-        return self._admin_call("GET", "user", {"uid": self._uid(user), "format": "json"})
+        info = self._admin_call("GET", "user", {"uid": self._uid(user), "format": "json"})
+        shown = (info or {}).get("display_name", "")
+        if shown.startswith(DISPLAY_NAME) and shown != f"{DISPLAY_NAME}{user}":
+            # made for another hub name (before the registry, or its database was replaced)
+            raise StorageError(
+                f"the S3 user {self._uid(user)} belongs to another hub user; refusing to "
+                f"share it with {user!r}",
+                status=409,
+            )
+        return info
 
     def ensure(self, user: str) -> S3Account:
         """The user's RGW account and bucket, created (or finished) when missing."""
@@ -154,7 +164,7 @@ class RgwAccounts:
                 "user",
                 {
                     "uid": uid,
-                    "display-name": f"gpulab user {user}",
+                    "display-name": f"{DISPLAY_NAME}{user}",
                     "max-buckets": 1,  # the user's own bucket and no other
                     "format": "json",
                 },
@@ -230,7 +240,7 @@ class RgwAccounts:
         return S3Account(
             user=user,
             uid=self._uid(user),
-            bucket=bucket_name(self.bucket_prefix, user),
+            bucket=self._bucket(user),
             endpoint=self.endpoint,
             access_key=access_key,
             secret_key=secret_key,
