@@ -158,6 +158,7 @@ def make_gpulab_hub(root: Path) -> BenchHub:
         "gpus": {"ids": ["0", "1"]},
         "servers": {"unix_user_prefix": PREFIX},
     }
+    (root / "gpulab.yaml").touch(mode=0o600)  # it holds a password: the hub refuses it readable
     (root / "gpulab.yaml").write_text(yaml.safe_dump(settings))
     env = {**base_env(), "GPULAB_CONFIG": str(root / "gpulab.yaml")}
     token = os.urandom(16).hex()

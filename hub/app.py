@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from .inventory import Gpu, cluster_gpus, configured, discover
 from .ledger import GpuLedger
 from .names import registry
+from .secretfiles import read_secret_files
 from .settings import Settings, load_settings
 from .storage.s3 import RgwAccounts
 
@@ -25,6 +26,7 @@ class Context:
 def context() -> Context:
     """Settings, the GPU inventory and the ledger of this process (read once)."""
     settings = load_settings()
+    read_secret_files(settings)
     if settings.backend == "kubernetes" and settings.kubernetes.kubeconfig:
         from .kube import use_kubeconfig
 

@@ -23,7 +23,8 @@ from .cli_models import cmd_model, cmd_predict, model_parsers
 from .cli_output import ago as _ago
 from .cli_output import console, err
 from .client import ClientError, GpulabClient
-from .settings import Settings, SettingsError, load_settings
+from .secretfiles import exposed_secrets, read_secret_files, refuse_exposed_secrets
+from .settings import Settings, SettingsError, config_path, load_settings
 from .settings import format_size as human
 
 
@@ -156,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_up(args, settings: Settings) -> int:
     config = Path(__file__).with_name("jupyterhub_config.py")
     data = settings.data_path
+    try:  # the hub refuses too; said here before anything starts
+        read_secret_files(settings)
+        refuse_exposed_secrets(settings, config_path())
+    except SettingsError as e:
+        err.print(f"[red]gpulab up:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+        return 1
     try:
         data.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -406,13 +413,25 @@ def _check_ceph(settings: Settings) -> tuple[str, str]:
     details, result = [], "OK"
     if st.ceph_conf:
         from .storage import StorageError
-        from .storage.rbd import RbdVolumes
+        from .storage.rbd import RbdVolumes, answers_without_a_key
 
         try:
-            volumes = RbdVolumes(st.ceph_conf, st.rbd_pool, connect_timeout=5)
+            volumes = RbdVolumes(
+                st.ceph_conf,
+                st.rbd_pool,
+                connect_timeout=5,
+                client=st.ceph_client,
+                keyring=st.ceph_keyring,
+            )
             volumes.exists("gpulab-doctor")
             volumes.close()
             details.append(f"RBD pool {st.rbd_pool} reachable")
+            if answers_without_a_key(st.ceph_conf):
+                result = "FAIL"
+                details.append(
+                    "Ceph lets in clients without a key (auth none): every account can read "
+                    "every object and S3 secret; turn cephx on (docs/storage.md)"
+                )
         except StorageError as e:
             result = "FAIL"
             details.append(str(e))
@@ -480,6 +499,14 @@ def _check_kubernetes(settings: Settings) -> tuple[str, str]:
     return result, "; ".join(detail)
 
 
+def _check_secrets(settings: Settings) -> tuple[str, str]:
+    found = exposed_secrets(settings, config_path())
+    if not found:
+        return "OK", "no other account can read or change the hub's secrets"
+    # on Kubernetes the files are in the hub's pod, which no user shares
+    return ("FAIL" if settings.backend == "local" else "WARN"), "; ".join(found)
+
+
 def _check_hub(settings: Settings) -> tuple[str, str]:
     client = GpulabClient.from_environment(settings=settings)
     try:
@@ -492,6 +519,7 @@ def _check_hub(settings: Settings) -> tuple[str, str]:
 def cmd_doctor(args, settings: Settings) -> int:
     checks = [
         ("privileges", _check_privilege()),
+        ("secrets", _check_secrets(settings)),
         ("data root", _check_data_root(settings)),
         ("proxy", _check_proxy()),
         ("user servers", _check_server_command()),

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from .app import context
-from .settings import Settings
+from .secretfiles import refuse_exposed_secrets
+from .settings import Settings, config_path
 
 log = logging.getLogger("gpulab")
 
@@ -38,6 +39,18 @@ def secret_file(path: Path) -> str:
     return path.read_text().strip()
 
 
+def configure_hub(c) -> None:
+    """``configure`` for a hub's config file: bad settings end the hub with their message
+    (a traceback would bury it)."""
+    from .settings import SettingsError
+
+    try:
+        configure(c)
+    except SettingsError as e:
+        log.critical("gpulab: the hub cannot start: %s", e)
+        sys.exit(1)
+
+
 def configure(c, settings: Settings | None = None) -> None:
     """Fill the JupyterHub config object ``c`` from gpulab settings."""
     from gpulab.spawner.accounts import prepare_data_root, privileged
@@ -50,6 +63,7 @@ def configure(c, settings: Settings | None = None) -> None:
     os.umask(0o077)
     ctx = context()
     s = settings or ctx.settings
+    refuse_exposed_secrets(s, config_path())
     data = s.data_path
     prepare_data_root(data)
     if s.backend == "local" and s.storage.home_quota and not privileged():

@@ -104,6 +104,8 @@ class HubSettings:
     """Hub admins. The first one is bootstrapped with a password on first start."""
     admin_password: str = ""
     """Password for the bootstrapped admin; empty: generate one and print it once."""
+    admin_password_file: str = ""
+    """Path of a root-only (0600) file holding ``admin_password`` instead."""
     authenticator: str = "gpulab"
     """``gpulab`` (accounts with sign-up and admin approval), or any JupyterHub
     authenticator entry point or class (``github``, ``ldapauthenticator.LDAPAuthenticator``);
@@ -127,6 +129,11 @@ class ServerSettings:
 class StorageSettings:
     ceph_conf: str = ""
     """Path of ceph.conf for RBD home volumes (the kubernetes backend); empty: no RBD."""
+    ceph_client: str = "admin"
+    """cephx client id the hub connects as: ``admin``, or a narrower one (``profile rbd`` on
+    ``rbd_pool``, docs/storage.md)."""
+    ceph_keyring: str = ""
+    """That client's keyring (root only, never given to users); empty: the one ceph.conf names."""
     rbd_pool: str = "rbd"
     home_size: str = "10GiB"
     """Size of a new home volume (and the quota of a directory home): bytes or 10GiB/500MiB."""
@@ -140,6 +147,9 @@ class StorageSettings:
     s3_admin_access_key: str = ""
     s3_admin_secret_key: str = ""
     """Admin keys for RGW's admin ops API (caps users=*;buckets=*). Never given to users."""
+    s3_admin_access_key_file: str = ""
+    s3_admin_secret_key_file: str = ""
+    """Paths of root-only (0600) files holding the admin keys instead (docs/security.md)."""
     s3_quota: str = "50GiB"
     """Most bytes a user may store in S3; -1: no limit."""
     s3_prefix: str = "gpulab-"
@@ -501,11 +511,14 @@ def _validate(s: Settings) -> None:
         if n < 0:
             raise SettingsError(f"gpus: the limit for {name!r} must be 0 or more, got {n}")
     s.storage.home_size_bytes, s.storage.home_max_size_bytes, s.storage.s3_quota_bytes  # noqa: B018
-    if s.storage.s3_endpoint and not (
-        s.storage.s3_admin_access_key and s.storage.s3_admin_secret_key
+    st = s.storage
+    if st.s3_endpoint and not (
+        (st.s3_admin_access_key or st.s3_admin_access_key_file)
+        and (st.s3_admin_secret_key or st.s3_admin_secret_key_file)
     ):
         raise SettingsError(
-            "storage: s3_endpoint needs s3_admin_access_key and s3_admin_secret_key"
+            "storage: s3_endpoint needs s3_admin_access_key and s3_admin_secret_key "
+            "(or their _file settings)"
         )
     s.jobs.restart_backoff_seconds, s.jobs.stop_grace_seconds  # noqa: B018
     if s.jobs.log_copy_limit_bytes < 2**20:

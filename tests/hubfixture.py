@@ -76,6 +76,7 @@ class Hub:
                 base[key] = value
         self.settings = base
         self.config_file = self.data_root / "gpulab.yaml"
+        self.config_file.touch(mode=0o600)  # it holds the admin's password: root's alone
         self.config_file.write_text(yaml.safe_dump(base))
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None

@@ -180,7 +180,11 @@ async def claim_volumes(settings, user: str, in_use: bool) -> ClaimVolumes:
         )
     core = core_api()
     claim = await find_claim(core, namespace(settings.kubernetes), user)
-    volumes = _volumes.setdefault((conf, claim.pool), RbdVolumes(conf, claim.pool))
+    st = settings.storage
+    volumes = _volumes.setdefault(
+        (conf, claim.pool),
+        RbdVolumes(conf, claim.pool, client=st.ceph_client, keyring=st.ceph_keyring),
+    )
     volumes.images[user] = claim.image
     loop = asyncio.get_running_loop()
 

@@ -6,7 +6,9 @@ snapshots can be cloned into new images. Changes to one image are serialised, wi
 the hub by a lock and across processes by a RADOS advisory lock.
 
 The bindings come from Debian's python3-rados / python3-rbd (built for CPython 3.11),
-visible in gpulab's environment through its system site packages.
+visible in gpulab's environment through its system site packages. The hub connects with
+cephx as ``client.<client>`` (``admin`` by default) with its keyring: the one ceph.conf
+names, or ``keyring``. Users never get a keyring (docs/storage.md).
 """
 
 from __future__ import annotations
@@ -40,6 +42,26 @@ def _bindings():
     return rados, rbd
 
 
+def answers_without_a_key(conffile: str, timeout: int = 5) -> bool:
+    """Whether the cluster's monitors let in a client that has no key (cephx off): then
+    every account that can reach them reads every object and RGW secret."""
+    rados, _ = _bindings()
+    conf = {
+        "auth_client_required": "none",
+        "keyring": "/dev/null",
+        "client_mount_timeout": str(timeout),
+        "rados_mon_op_timeout": str(timeout),
+    }
+    cluster = rados.Rados(conffile=conffile, rados_id="gpulab-doctor", conf=conf)
+    try:
+        cluster.connect(timeout=timeout)
+    except rados.Error:
+        return False
+    finally:
+        cluster.shutdown()
+    return True
+
+
 class RbdVolumes:
     """Ensure, grow, measure, snapshot, roll back, clone and delete users' RBD images."""
 
@@ -50,8 +72,11 @@ class RbdVolumes:
         prefix: str = "gpulab-home-",
         connect_timeout: int = 10,
         images: dict[str, str] | None = None,
+        client: str = "admin",
+        keyring: str = "",
     ):
         self.conffile, self.pool, self.prefix = conffile, pool, prefix
+        self.client, self.keyring = client or "admin", keyring
         self.images = images if images is not None else {}
         """Users whose image is named by someone else (ceph-csi, for a Kubernetes claim)."""
         self.connect_timeout = connect_timeout
@@ -67,20 +92,24 @@ class RbdVolumes:
             if self._cluster is None:
                 t = str(self.connect_timeout)
                 # without these a client waits forever for an unreachable monitor
-                cluster = rados.Rados(
-                    conffile=self.conffile,
-                    conf={
-                        "client_mount_timeout": t,
-                        "rados_mon_op_timeout": t,
-                        "rados_osd_op_timeout": str(self.connect_timeout * 3),
-                    },
-                )
+                conf = {
+                    "client_mount_timeout": t,
+                    "rados_mon_op_timeout": t,
+                    "rados_osd_op_timeout": str(self.connect_timeout * 3),
+                }
+                if self.keyring:
+                    conf["keyring"] = self.keyring
+                cluster = None
                 try:
+                    cluster = rados.Rados(conffile=self.conffile, rados_id=self.client, conf=conf)
                     cluster.connect(timeout=self.connect_timeout)
                 except rados.Error as e:
-                    cluster.shutdown()
+                    if cluster is not None:
+                        cluster.shutdown()
+                    # cephx: a wrong key is a permission error, a missing keyring "not found"
                     raise StorageUnavailable(
-                        f"Ceph is unreachable ({self.conffile}): {e}"
+                        f"Ceph is unreachable ({self.conffile}) as client.{self.client}: {e}; "
+                        "check storage.ceph_conf, ceph_client and ceph_keyring"
                     ) from None
                 self._cluster = cluster
             try:
