@@ -4,23 +4,23 @@ Each replica runs as its user's unix account (when the hub is root), in a sessio
 own so that stopping it ends everything it started, with a clean environment (nothing of
 the hub's), from a directory of the user's home. Its output goes to a log file on the
 home that the replica's shell opens once it runs as the user, so a log path the user
-turned into a link cannot make the hub write elsewhere; the hub reads logs back through
-``open_in_home``, which never follows a link.
+turned into a link cannot make the hub write elsewhere; the hub reads logs back, and
+writes model configs, only through ``gpulab.hub.homefs``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
+import contextlib
 import os
 import signal
-import stat
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpulab.hub import homefs
 from gpulab.hub.storage.local import local_homes
 from gpulab.hub.workloads.runner import Launch
 
@@ -92,7 +92,7 @@ class LocalRunner:
         log_dir = launch.log.rpartition("/")[0]
         if log_dir:
             try:
-                make_dirs_in_home(account, log_dir)
+                homefs.make_dirs(account.home, log_dir, account.uid, account.gid)
             except OSError as e:
                 raise OSError(
                     f"could not start: cannot make its log folder ~/{log_dir} ({e.strerror})"
@@ -153,38 +153,22 @@ class LocalRunner:
     def write_file(self, user: str, path: str, data: bytes) -> None:
         """Put ``data`` in a file of the user's home (replaced whole, never through a link),
         owned by the user, readable only by them."""
-        write_in_home(self.account(user), path, data)
+        account = self.account(user)
+        homefs.write(account.home, path, data, account.uid, account.gid)
 
     def list_dir(self, user: str, path: str) -> list[str]:
         """The names in a folder of the user's home; FileNotFoundError if it is not one
         (or lies behind a link)."""
-        try:
-            fd = _walk(self.home(user), [p for p in path.split("/") if p])
-        except OSError as e:
-            raise FileNotFoundError(path) from e
-        try:
-            return os.listdir(fd)
-        finally:
-            os.close(fd)
+        return homefs.list_dir(self.home(user), path)
 
     def is_file(self, user: str, path: str) -> bool:
-        try:
-            os.close(open_in_home(self.home(user), path))
-        except FileNotFoundError:
-            return False
-        return True
+        return homefs.is_file(self.home(user), path)
 
     def read_log(self, user: str, path: str, offset: int = 0, limit: int = 1 << 20) -> bytes:
-        """Up to ``limit`` bytes of a log on the user's home from ``offset`` (b"" if none)."""
-        try:
-            fd = open_in_home(self.home(user), path)
-        except FileNotFoundError:
-            return b""
-        try:
-            os.lseek(fd, offset, os.SEEK_SET)
-            return os.read(fd, limit)
-        finally:
-            os.close(fd)
+        """Up to ``limit`` bytes of a log on the user's home from ``offset`` (b"" if none,
+        or if it is not the user's own regular file)."""
+        account = self.account(user)
+        return homefs.read(account.home, path, offset, limit, owner=account.uid)
 
 
 # $1 log, $2 header, $3 working folder (relative to the home), $4 where the exit code
@@ -208,90 +192,6 @@ def exit_file(log: str) -> str:
 
 
 _DIR = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
-
-
-def _walk(home: Path, folders: list[str], make: Account | None = None) -> int:
-    """A descriptor of the folder ``home/folders...``, reached one folder at a time with
-    O_NOFOLLOW, so a link a user put on the way cannot lead the hub out of their home.
-    ``make``: create missing folders (0700, owned by that account)."""
-    if any(part in ("", ".", "..") for part in folders):
-        raise OSError(errno.EINVAL, f"not a plain path: {'/'.join(folders)}")
-    fd = os.open(home, _DIR)
-    try:
-        for part in folders:
-            made = False
-            if make is not None:
-                try:
-                    os.mkdir(part, 0o700, dir_fd=fd)
-                    made = True
-                except FileExistsError:
-                    pass
-            nxt = os.open(part, _DIR, dir_fd=fd)
-            os.close(fd)
-            fd = nxt
-            if made and privileged():
-                os.fchown(fd, make.uid, make.gid)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def make_dirs_in_home(account: Account, relative: str) -> None:
-    """Create the folders of ``relative`` under the home, owned by the user, 0700,
-    never through a link."""
-    os.close(_walk(account.home, [p for p in relative.split("/") if p], make=account))
-
-
-def write_in_home(account: Account, relative: str, data: bytes) -> None:
-    """Write a file of the home as a whole: a new file beside it, renamed over it, so a
-    reader never sees half of it; no link on the way is followed."""
-    folder, _, name = relative.rpartition("/")
-    if name in ("", ".", ".."):
-        raise OSError(errno.EINVAL, f"not a file path: {relative}")
-    fd = _walk(account.home, [p for p in folder.split("/") if p], make=account)
-    temp = f".{name}.{os.getpid()}.tmp"
-    try:
-        out = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                      0o600, dir_fd=fd)  # fmt: skip
-        try:
-            if privileged():
-                os.fchown(out, account.uid, account.gid)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(out, view) :]
-        finally:
-            os.close(out)
-        os.rename(temp, name, src_dir_fd=fd, dst_dir_fd=fd)
-    finally:
-        os.close(fd)
-
-
-def open_in_home(home: Path, relative: str) -> int:
-    """A read-only descriptor of a regular file under ``home``, never through a link, so
-    a user who replaces part of the path with a link to someone else's file cannot make
-    the hub read it."""
-    parts = [p for p in relative.split("/") if p]
-    if not parts:
-        raise FileNotFoundError(relative)
-    try:
-        fd = _walk(home, parts[:-1])
-    except OSError as e:
-        raise FileNotFoundError(relative) from e
-    try:
-        out = os.open(
-            parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd
-        )
-    except OSError as e:
-        if e.errno in (errno.ELOOP, errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EINVAL):
-            raise FileNotFoundError(relative) from e
-        raise
-    finally:
-        os.close(fd)
-    if not stat.S_ISREG(os.fstat(out).st_mode):
-        os.close(out)
-        raise FileNotFoundError(relative)
-    return out
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -158,7 +158,7 @@ def test_home_volume_resize_snapshots_and_rollback(hub):
 
     # rolling back under a running server is refused; nothing changes
     r = alice.session.post(api + "/snapshots/v1/rollback", timeout=60)
-    assert r.status_code == 409 and "stop it first" in r.json()["message"]
+    assert r.status_code == 409 and "stop them first" in r.json()["message"]
     alice.stop()
     r = alice.session.post(api + "/snapshots/v1/rollback", timeout=60)
     assert r.status_code == 200, r.text
@@ -215,7 +215,7 @@ def test_home_volume_resize_snapshots_and_rollback(hub):
     out = cli("resize")
     assert out.returncode == 2 and "give a size" in out.stderr
     out = cli("rollback", "from-cli")
-    assert out.returncode == 1 and "stop it first" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 1 and "stop them first" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_an_admin_user_acts_on_their_own_home_and_a_service_must_name_one(hub):

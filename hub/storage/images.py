@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -122,14 +123,64 @@ def used_bytes(home: Path) -> int:
     return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
-def copy_tree(source: str | Path, target: str | Path, what: str) -> None:
+COPY_STALL_SECONDS = 60.0
+"""A copy that reads and writes nothing and uses no CPU this long is stuck (a FIFO the
+user swapped in for a file blocks ``cp``'s open for good): it is ended."""
+
+
+def copy_tree(
+    source: str | Path, target: str | Path, what: str, stall: float = COPY_STALL_SECONDS
+) -> None:
     """``cp -a --reflink=auto source target``: owners, modes and times kept, blocks shared
-    where the filesystem can (a ``source`` ending in ``/.`` copies its contents)."""
-    r = subprocess.run(
-        ["cp", "-a", "--reflink=auto", str(source), str(target)], capture_output=True, text=True
+    where the filesystem can (a ``source`` ending in ``/.`` copies its contents). A mount
+    the user made in their home (FUSE) is not entered: its daemon is the user's."""
+    run_watched(
+        ["cp", "-a", "--one-file-system", "--reflink=auto", str(source), str(target)],
+        what,
+        stall,
     )
-    if r.returncode != 0:
-        raise StorageError(f"{what} failed: {r.stderr.strip()}", status=500)
+
+
+def run_watched(argv: list[str], what: str, stall: float = COPY_STALL_SECONDS) -> None:
+    """Run ``argv`` to its end, or end it once it makes no progress for ``stall`` seconds:
+    no CPU time, nothing read or written (it waits on something a user controls)."""
+    with tempfile.TemporaryFile("w+") as errors:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors, text=True
+        )
+        seen, since = None, time.monotonic()
+        while True:
+            try:
+                code = proc.wait(timeout=min(1.0, stall))
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            now = _progress(proc.pid)
+            if now != seen:
+                seen, since = now, time.monotonic()
+            elif time.monotonic() - since > stall:
+                proc.kill()
+                proc.wait()
+                raise StorageError(
+                    f"{what} made no progress for {stall:.0f}s and was ended (a file that "
+                    "cannot be read, such as a named pipe, is in the way)",
+                    status=500,
+                )
+        if code != 0:
+            errors.seek(0)
+            raise StorageError(f"{what} failed: {errors.read().strip()[:2000]}", status=500)
+
+
+def _progress(pid: int) -> tuple:
+    """What moves while a copy works: its CPU time (the kernel's copy included) and the
+    bytes it read and wrote."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        io = Path(f"/proc/{pid}/io").read_text().split()
+    except OSError:
+        return ()
+    # utime and stime (fields 14 and 15 of stat), then every counter in io
+    return (stat[11], stat[12], *io[1::2])
 
 
 def empty(home: Path) -> None:

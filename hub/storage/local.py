@@ -6,7 +6,8 @@ filesystem in ``data_root/volumes/<name>.img`` (``images``); a directory home fr
 before is moved into it on its next use. Without it the size is only reported.
 Snapshots are copies under ``data_root/snapshots/<name>/<snapshot>`` (root-only, 0700),
 made with ``cp -a --reflink=auto`` so copy-on-write filesystems share the blocks.
-Changes to one user's home serialise on a lock file, across threads and processes.
+Changes to one user's home serialise on a lock file, across threads and processes; a wait
+for it is bounded (then 409), since callers wait in a thread pool all users share.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import logging
 import os
 import shutil
-import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,17 +30,44 @@ from . import Snapshot, StorageError, Volume, check_snapshot_name, images
 
 log = logging.getLogger(__name__)
 
+LOCK_WAIT_SECONDS = 30.0
+"""How long an operation on a home waits for another one on the same home (then 409)."""
+
 
 def directory_usage(path: Path) -> int:
-    """Bytes allocated under ``path`` (like ``du -s``), not following symbolic links."""
+    """Bytes allocated under ``path`` (like ``du -sx``): by folder descriptors (a folder
+    the user swaps for a link is not entered), never into a mount the user made."""
+    device = os.lstat(path).st_dev
     total = 0
-    for root, dirs, files in os.walk(path, followlinks=False):
+    for _root, dirs, files, fd in os.fwalk(path):
+        elsewhere = set()
         for name in files + dirs:
             try:
-                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
             except OSError:
                 continue
+            if st.st_dev != device:
+                elsewhere.add(name)
+                continue
+            total += st.st_blocks * 512
+        dirs[:] = [d for d in dirs if d not in elsewhere]
     return total
+
+
+def processes_of(uid: int) -> list[int]:
+    """Pids of the processes that run as ``uid`` (none for the hub's own account, which
+    owns every home in single-user mode)."""
+    if uid == os.geteuid():
+        return []
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if entry.stat().st_uid == uid:
+                    found.append(int(entry.name))
+            except OSError:  # gone meanwhile
+                continue
+    return found
 
 
 class LocalHomes:
@@ -56,7 +84,6 @@ class LocalHomes:
         self.in_use = in_use
         self.quota = quota
         """Enforce each home's size (an ext4 image per home; the hub must be root)."""
-        self._threads = threading.Lock()
 
     def _name(self, user: str) -> str:
         """The name recorded for the user's home (``NameConflict``, a 409, if taken)."""
@@ -131,8 +158,22 @@ class LocalHomes:
         """This user's home, locked; yields its metadata, saved atomically on exit."""
         meta_dir = self.data_root / "volumes"
         meta_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with self._threads, open(meta_dir / f"{self._name(user)}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        busy = StorageError(
+            f"another operation on {user}'s home is still running; try again once it is done",
+            status=409,
+        )
+        # flock excludes other threads too (each open is its own lock); the wait is
+        # bounded, since callers wait in a pool of threads that all users share
+        with open(meta_dir / f"{self._name(user)}.lock", "w") as lock:
+            deadline = time.monotonic() + LOCK_WAIT_SECONDS
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise busy from None
+                    time.sleep(0.1)
             meta = self._meta(user)
             before = dict(meta)
             yield meta
@@ -251,9 +292,12 @@ class LocalHomes:
         source = self._snap_root(user) / name
         if not source.is_dir():
             raise StorageError(f"{user} has no snapshot named {name!r}", status=404)
-        if self.in_use(user):
+        if self.in_use(user) or processes_of(home.stat().st_uid):
+            # root writes into the home: a process of the user's could swap a folder
+            # for a link meanwhile and have root write outside it
             raise StorageError(
-                f"cannot roll back {user}'s home while their server runs; stop it first",
+                f"cannot roll back {user}'s home while their server, jobs, models or any "
+                "other process of theirs runs; stop them first",
                 status=409,
             )
         with self._locked(user):

@@ -756,12 +756,7 @@ class LocalModels:
                 )
 
     async def start(self, model: Deployment) -> None:
-        try:
-            await self._write_config(model, model.spec)
-        except OSError as e:
-            raise ModelError(
-                500, f"cannot write the model config on {model.user}'s home: {e}"
-            ) from None
+        await self._write_config(model, model.spec)
         for r in model.replicas:
             self._start_replica(model, r["index"])
 
@@ -935,9 +930,14 @@ class LocalModels:
     async def _write_config(self, model: Deployment, spec: ModelSpec) -> None:
         home = self.runner.base_env(model.user)["HOME"]
         text = self.manager.config_text(spec, home)
-        await asyncio.to_thread(
-            self.runner.write_file, model.user, model.config_path, text.encode()
-        )
+        try:  # never blocks: homefs replaces whatever the owner put there, or says why not
+            await asyncio.to_thread(
+                self.runner.write_file, model.user, model.config_path, text.encode()
+            )
+        except OSError as e:
+            raise ModelError(
+                409, f"cannot write the model config ~/{model.config_path}: {e.strerror}"
+            ) from None
 
 
 @functools.cache
