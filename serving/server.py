@@ -7,15 +7,19 @@ way: REST ``/v1/models/...`` status, metadata and ``:predict``, gRPC
 ``PredictionService`` (Predict, GetModelMetadata) and ``ModelService``
 (GetModelStatus, HandleReloadConfigRequest).
 
-gpulab's one addition: with ``GPULAB_SERVING_TOKEN`` in its environment, every request
+gpulab's additions: with ``GPULAB_SERVING_TOKEN`` in its environment, every request
 must carry ``Authorization: Bearer <token>`` (gRPC: ``authorization`` metadata), since
-on a shared machine any local process can reach a loopback port.
+on a shared machine any local process can reach a loopback port; and besides TF
+Serving's ``--grpc_socket_path``, ``--rest_api_socket_path`` serves REST on a unix
+socket (with ``--port 0``: no TCP port at all), which is how gpulab runs it, in a folder
+only the owner can enter.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hmac
 import logging
 import os
@@ -38,7 +42,7 @@ from tensorflow_serving.apis import (
     predict_pb2,
     prediction_service_pb2_grpc,
 )
-from tornado import httpserver, httputil
+from tornado import httpserver, httputil, netutil
 
 from . import tensors
 from .config import ConfigError, ModelConfig, parse_text
@@ -405,9 +409,14 @@ class ModelServer:
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelService(self.predictor, guard, self.reload), grpc_server
         )
-        grpc_server.add_insecure_port(f"{a.bind_address}:{a.port}")
+        if a.port:
+            grpc_server.add_insecure_port(f"{a.bind_address}:{a.port}")
+            log.info("Running gRPC ModelServer at %s:%d ...", a.bind_address, a.port)
+        if a.grpc_socket_path:
+            grpc_server.add_insecure_port(f"unix:{a.grpc_socket_path}")
+            os.chmod(a.grpc_socket_path, 0o600)  # as the REST socket: this account's alone
+            log.info("Running gRPC ModelServer at unix:%s ...", a.grpc_socket_path)
         grpc_server.start()
-        log.info("Running gRPC ModelServer at %s:%d ...", a.bind_address, a.port)
         poller = threading.Thread(target=self._poll_loop, name="poll", daemon=True)
         poller.start()
         asyncio.run(self._serve_rest(grpc_server))
@@ -415,10 +424,15 @@ class ModelServer:
     async def _serve_rest(self, grpc_server) -> None:
         a = self.args
         server = None
-        if a.rest_api_port:
+        if a.rest_api_port or a.rest_api_socket_path:
             server = httpserver.HTTPServer(_RestServer(RestApi(self.predictor, self.token)))
+        if a.rest_api_port:
             server.listen(a.rest_api_port, address=a.bind_address)
             log.info("Exporting HTTP/REST API at:%s:%d ...", a.bind_address, a.rest_api_port)
+        if a.rest_api_socket_path:
+            # 0600: only this account (and root) may connect, whatever the folder allows
+            server.add_socket(netutil.bind_unix_socket(a.rest_api_socket_path, mode=0o600))
+            log.info("Exporting HTTP/REST API at: unix:%s ...", a.rest_api_socket_path)
         done = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -429,6 +443,10 @@ class ModelServer:
         if server is not None:
             server.stop()
         grpc_server.stop(grace=1.0).wait()
+        for path in (a.rest_api_socket_path, a.grpc_socket_path):
+            if path:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
 
 
 class _RestServer(httputil.HTTPServerConnectionDelegate):
@@ -481,8 +499,11 @@ def parse_args(argv: list[str] | None = None):
         prog="gpulab-model-server",
         description="TF-Serving-compatible model server (REST + gRPC) over SavedModels",
     )
-    p.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500)")
+    p.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500; 0: none)")
+    p.add_argument("--grpc_socket_path", default="", help="also serve gRPC on this unix socket")
     p.add_argument("--rest_api_port", type=int, default=0, help="REST port (0: no REST)")
+    p.add_argument("--rest_api_socket_path", default="",
+                   help="also serve REST on this unix socket")  # fmt: skip
     p.add_argument("--model_name", default="default")
     p.add_argument("--model_base_path", default="")
     p.add_argument("--model_config_file", default="")

@@ -70,6 +70,33 @@ class LocalRunner:
     def home(self, user: str) -> Path:
         return self.account(user).home
 
+    def listen_dir(self, user: str) -> tuple[Path, int]:
+        """(the folder the user's model servers put their unix sockets in, the uid that
+        must listen there): ``<data root>/serving/<account>``, the user's and 0700, in a
+        folder of root's that only root can list, so no other account can bind, replace
+        or reach a socket there."""
+        account = self.account(user)
+        parent = self.settings.data_path / "serving"
+        parent.mkdir(exist_ok=True)
+        folder = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
+        top = os.open(parent, folder)
+        try:
+            if privileged():
+                os.fchown(top, 0, 0)
+                os.fchmod(top, 0o711)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(account.name, 0o700, dir_fd=top)
+            fd = os.open(account.name, folder, dir_fd=top)
+        finally:
+            os.close(top)
+        try:
+            if privileged():
+                os.fchown(fd, account.uid, account.gid)
+            os.fchmod(fd, 0o700)  # again at every start: the owner may have opened it
+        finally:
+            os.close(fd)
+        return parent / account.name, account.uid
+
     def host(self, group: str, name: str) -> str:
         return "127.0.0.1"  # every process listens on a loopback port of its own
 

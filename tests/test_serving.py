@@ -1,13 +1,15 @@
 """Model serving on the local backend, through a real hub: SavedModels exported with real
 TensorFlow on the user's home, served by gpulab's model servers run as the user, called
-over TF Serving's REST API (through the hub and on the raw port) and its gRPC API with
+over TF Serving's REST API (through the hub and on the replica's socket) and its gRPC API with
 the official ``tensorflow_serving.apis`` stubs, and compared with the SavedModel called
 in-process."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import socket
 import subprocess
 import threading
 
@@ -88,8 +90,25 @@ def grpc_predict(address: str, token: str | None, name: str, x, **spec):
         return stub.Predict(request, timeout=30, metadata=metadata)
 
 
-def model_servers(hub, user: str) -> dict[int, dict[str, str]]:
-    """The user's running model servers: REST port -> environment (and ``pid``)."""
+def raw_rest(address: str, path: str, body: dict | None = None, token: str | None = None):
+    """(status, JSON answer) of a REST call on a replica's own socket (``unix:PATH``)."""
+    conn = http.client.HTTPConnection("localhost", timeout=30)
+    conn.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.sock.settimeout(30)
+    try:
+        conn.sock.connect(address.removeprefix("unix:"))
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        data = json.dumps(body).encode() if body is not None else None
+        conn.request("POST" if body is not None else "GET", path, body=data, headers=headers)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def model_servers(hub, user: str) -> dict[str, dict[str, str]]:
+    """The user's running model servers: REST address (``unix:PATH``) -> environment (and
+    ``pid``)."""
     from gpulab.spawner.accounts import unix_name
 
     found = subprocess.run(
@@ -104,10 +123,11 @@ def model_servers(hub, user: str) -> dict[int, dict[str, str]]:
             raw = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
         except OSError:
             continue
-        if b"--rest_api_port" not in argv or argv[0].endswith(b"sh"):
+        if b"--rest_api_socket_path" not in argv or argv[0].endswith(b"sh"):
             continue  # not a model server, or the shell that started one
         env = dict(item.decode().split("=", 1) for item in raw if b"=" in item)
-        servers[int(argv[argv.index(b"--rest_api_port") + 1])] = {**env, "pid": pid}
+        rest = argv[argv.index(b"--rest_api_socket_path") + 1].decode()
+        servers[f"unix:{rest}"] = {**env, "pid": pid}
     return servers
 
 
@@ -153,18 +173,14 @@ def test_deploy_then_predict_over_rest_and_grpc_as_the_savedmodel_answers(hub):
     assert sig["inputs"]["x"]["dtype"] == "DT_FLOAT"
     assert sig["method_name"] == "tensorflow/serving/predict"
 
-    # the raw ports answer only with the model's token
+    # the replica's own sockets answer only with the model's token
     replica = m["replica_status"][0]
+    assert replica["rest"].startswith("unix:") and replica["grpc"].startswith("unix:")
     token = model(alice, "line")["token"]
-    raw = requests.post(f"{replica['rest']}/v1/models/line:predict", json={"instances": X})
-    assert raw.status_code == 401 and "token" in raw.json()["error"]
-    raw = requests.post(
-        f"{replica['rest']}/v1/models/line:predict",
-        json={"instances": X},
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=30,
-    )
-    assert raw.json() == {"predictions": want2}
+    code, answer = raw_rest(replica["rest"], "/v1/models/line:predict", {"instances": X})
+    assert code == 401 and "token" in answer["error"]
+    code, answer = raw_rest(replica["rest"], "/v1/models/line:predict", {"instances": X}, token)
+    assert (code, answer) == (200, {"predictions": want2})
 
     # gRPC with the official stubs
     answer = grpc_predict(replica["grpc"], token, "line", X)
@@ -202,8 +218,8 @@ def test_deploy_then_predict_over_rest_and_grpc_as_the_savedmodel_answers(hub):
     r = alice.session.delete(hub.api("/gpulab/models/line"), timeout=60)
     assert r.status_code == 204
     assert alice.session.get(hub.api("/gpulab/models/line"), timeout=30).status_code == 404
-    with pytest.raises(requests.ConnectionError):
-        requests.get(f"{replica['rest']}/v1/models/line", timeout=5)
+    with pytest.raises(OSError):
+        raw_rest(replica["rest"], "/v1/models/line", token=token)
 
 
 def test_a_new_version_rolls_in_while_clients_call(hub):
@@ -367,14 +383,14 @@ def test_gpu_replicas_hold_their_gpus_restart_when_they_die_and_free_them(hub):
     servers = model_servers(hub, carol.name)
     assert len(servers) == 2
     for replica in m["replica_status"]:
-        env = servers[int(replica["rest"].rsplit(":", 1)[1])]
+        env = servers[replica["rest"]]
         assert env["CUDA_VISIBLE_DEVICES"] == replica["gpus"][0]
     assert {r["gpus"][0] for r in m["replica_status"]} == set(hub.holders())
 
     # calls take turns over the replicas, and keep working when one dies
     for _ in range(4):
         assert predict(carol, "g", {"instances": [2.0]}).json() == {"predictions": [3.0]}
-    first = int(m["replica_status"][0]["rest"].rsplit(":", 1)[1])
+    first = m["replica_status"][0]["rest"]
     os.kill(int(servers[first]["pid"]), 9)
     for _ in range(10):
         assert predict(carol, "g", {"instances": [2.0]}).status_code == 200
@@ -465,20 +481,16 @@ def test_model_servers_outlive_a_hub_restart_and_are_supervised_again(make_hub):
     wait_available(erin, "gone")
     token, rest = before["token"], before["replica_status"][0]["rest"]
 
-    def served() -> dict[str, int]:
-        return {env["GPULAB_MODEL"]: port for port, env in model_servers(hub, erin.name).items()}
+    def served() -> dict[str, str]:
+        """Model name -> the pid of its server."""
+        return {env["GPULAB_MODEL"]: env["pid"] for env in model_servers(hub, erin.name).values()}
 
     servers = served()
     assert servers.keys() == {"keep", "gone"}
     hub.kill()
-    # while no hub runs, the model server goes on answering on its own port
-    r = requests.post(
-        f"{rest}/v1/models/keep:predict",
-        json={"instances": [2.0]},
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=30,
-    )
-    assert r.json() == {"predictions": [3.0]}
+    # while no hub runs, the model server goes on answering on its own socket
+    code, answer = raw_rest(rest, "/v1/models/keep:predict", {"instances": [2.0]}, token)
+    assert (code, answer) == (200, {"predictions": [3.0]})
     hub.start()
     # undeployed the moment the hub answers, before it has taken the servers over: the
     # request waits for that, and the server ends

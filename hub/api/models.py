@@ -22,9 +22,10 @@ from __future__ import annotations
 import json
 
 from tornado import web
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.httpclient import HTTPClientError, HTTPRequest
 
 from gpulab.hub.workloads.models import TOKEN_HEADER, model_manager
+from gpulab.hub.workloads.replica_http import ReplicaHTTPClient
 
 from .gpus import GpulabAPIHandler
 from .jobs import amapped, mapped
@@ -124,7 +125,8 @@ class ModelCallHandler(GpulabAPIHandler):
         if not targets:
             raise web.HTTPError(503, f"model {model.name} has no running server: {model.message}")
         path = f"/v1/models/{model.name}{rest}"
-        client = AsyncHTTPClient()  # one per event loop, kept by tornado
+        # one per event loop; it sends nothing to a socket its owner's account does not hold
+        client = ReplicaHTTPClient()
         body = self.request.body if self.request.method == "POST" else None
         last = ""
         for host, port in targets:

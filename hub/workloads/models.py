@@ -41,13 +41,14 @@ from sqlalchemy import (
     select,
     update,
 )
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.httpclient import HTTPClientError, HTTPRequest
 
 from gpulab.hub.app import context
 from gpulab.hub.inventory import visible_devices_env
 from gpulab.hub.ledger import GpuLedger, LedgerError, NoGpuFree, QuotaExceeded, _utc, utcnow
 from gpulab.serving.config import ModelConfig
 
+from .replica_http import MAX_SOCKET_PATH, ReplicaHTTPClient, unix_address
 from .runner import HomeRunner, Launch, PortPool, WorkloadError, last_line
 from .spec import NAME_RE, SpecError, home_path
 
@@ -298,8 +299,8 @@ class Deployment:
             "replica_status": [
                 {k: r.get(k) for k in ("index", "state", "restarts", "message", "gpus", "started")}
                 | {
-                    "rest": f"http://127.0.0.1:{r['rest']}",
-                    "grpc": f"127.0.0.1:{r['grpc']}",
+                    "rest": r.get("rest_socket") or f"http://127.0.0.1:{r['rest']}",
+                    "grpc": r.get("grpc_socket") or f"127.0.0.1:{r['grpc']}",
                 }
                 for r in self.replicas
             ],
@@ -418,7 +419,7 @@ class ModelManager:
         self.backend = backend
         self._ports = PortPool()
         self._turn: dict[int, int] = {}
-        self._http = AsyncHTTPClient()
+        self._http = ReplicaHTTPClient()  # checks whom it reaches before sending the token
         self.taken_over = asyncio.Event()
         """Set once the servers an earlier hub process started are supervised again (at
         once on a fresh hub). Changes wait for it: a model undeployed before would keep
@@ -697,7 +698,8 @@ class ModelManager:
 class _Live:
     """What the hub knows of one running replica, between status polls."""
 
-    rest: int
+    rest: tuple[str, int]
+    """The (host, port) the hub calls its REST API at (a ``unix_address``)."""
     ready: bool = False
     started: object = None
     task: asyncio.Task | None = None
@@ -705,7 +707,9 @@ class _Live:
 
 class LocalModels:
     """Replicas as model server processes through the workload runner: as the owner's
-    account, on loopback ports, restarted when they exit; the config on the home."""
+    account, restarted when they exit; the config on the home. A replica listens on unix
+    sockets (REST and gRPC) in a folder only its owner can enter (``listen_dir``), never
+    on a loopback port another account could bind first or call."""
 
     def __init__(self, manager: ModelManager, runner: HomeRunner, python: str = "python"):
         self.manager = manager
@@ -713,10 +717,42 @@ class LocalModels:
         self.python = python
         self.settings = manager.settings
         self._live: dict[int, dict[int, _Live]] = {}
+        self._dirs: dict[str, tuple[str, int]] = {}
 
     async def check(self, user: str, spec: ModelSpec) -> None:
+        try:
+            folder, _ = await asyncio.to_thread(self._listen_dir, user)
+        except OSError as e:
+            raise ModelError(
+                500, f"cannot make the folder of {user}'s model sockets: {e}"
+            ) from None
+        longest = len(self._socket(folder, spec.name, spec.replicas - 1, "rest"))
+        if longest > MAX_SOCKET_PATH:
+            raise ModelError(
+                400,
+                f"name: too long for its replicas' sockets in {folder} (a socket path holds "
+                f"{MAX_SOCKET_PATH} characters); use at most "
+                f"{len(spec.name) - longest + MAX_SOCKET_PATH} characters",
+            )
         if not spec.on_s3:
             await asyncio.to_thread(self._check_base_path, user, spec)
+
+    def _listen_dir(self, user: str) -> tuple[str, int]:
+        """(the folder of the user's replicas' sockets, the uid that must listen there),
+        made or tightened again now."""
+        folder, uid = self.runner.listen_dir(user)
+        self._dirs[user] = (str(folder), uid)
+        return self._dirs[user]
+
+    @staticmethod
+    def _socket(folder: str, name: str, index: int, api: str) -> str:
+        return f"{folder}/{name}-{index}.{api}"
+
+    def _sockets(self, model: Deployment, index: int) -> tuple[str, str, int]:
+        """(REST socket, gRPC socket, the owner's uid) of a replica."""
+        folder, uid = self._dirs.get(model.user) or self._listen_dir(model.user)
+        rest, grpc = (self._socket(folder, model.name, index, api) for api in ("rest", "grpc"))
+        return rest, grpc, uid
 
     def _check_base_path(self, user: str, spec: ModelSpec) -> None:
         """Refuse a base path that holds no SavedModel version the policy would serve."""
@@ -785,9 +821,10 @@ class LocalModels:
     def endpoints(self, model: Deployment) -> tuple[list, list]:
         live = self._live.get(model.id)
         if live is None:  # not taken over yet after a hub restart: its servers run on
-            return [("127.0.0.1", r["rest"]) for r in model.replicas if r.get("pid")], []
-        ready = [("127.0.0.1", live[i].rest) for i in sorted(live) if live[i].ready]
-        others = [("127.0.0.1", live[i].rest) for i in sorted(live) if not live[i].ready]
+            running = [self._sockets(model, r["index"]) for r in model.replicas if r.get("pid")]
+            return [unix_address(rest, uid) for rest, _, uid in running], []
+        ready = [live[i].rest for i in sorted(live) if live[i].ready]
+        others = [live[i].rest for i in sorted(live) if not live[i].ready]
         return ready, others
 
     async def read_log(self, model: Deployment, index: int, offset: int) -> bytes:
@@ -798,10 +835,22 @@ class LocalModels:
     # -- one replica -------------------------------------------------------------------
 
     def _start_replica(self, model: Deployment, index: int, adopted=None) -> None:
-        record = next(r for r in model.replicas if r["index"] == index)
-        live = _Live(rest=record["rest"])
+        self._listen_dir(model.user)  # the owner's uid as it is now, not as cached
+        rest, grpc, uid = self._sockets(model, index)
+        self._show_sockets(model.id, index, rest, grpc)
+        live = _Live(rest=unix_address(rest, uid))
         self._live.setdefault(model.id, {})[index] = live
         live.task = asyncio.ensure_future(self._keep_running(model.id, index, live, adopted))
+
+    def _show_sockets(self, model_id: int, index: int, rest: str, grpc: str) -> None:
+        """Record a replica's sockets, for its owner to call (``replica_status``)."""
+        current = self.manager.store.get_by_id(model_id)
+        if current is None:
+            return
+        shown = {"rest_socket": f"unix:{rest}", "grpc_socket": f"unix:{grpc}"}
+        replicas = [dict(r, **shown) if r["index"] == index else r for r in current.replicas]
+        if replicas != current.replicas:
+            self.manager.store.update(model_id, replicas=replicas)
 
     async def _stop_replica(self, model: Deployment, index: int) -> None:
         live = self._live.get(model.id, {}).pop(index, None)
@@ -861,6 +910,8 @@ class LocalModels:
 
     async def _launch(self, model: Deployment, record: dict, restarts: int):
         env = self.runner.base_env(model.user)
+        await asyncio.to_thread(self._listen_dir, model.user)  # closed again, should it be open
+        rest, grpc, _ = self._sockets(model, record["index"])
         home = env["HOME"]
         s3 = context().s3
         if s3 is not None:
@@ -877,8 +928,7 @@ class LocalModels:
         launch = Launch(
             argv=[
                 self.python, "-m", "gpulab.serving",
-                "--port", str(record["grpc"]), "--rest_api_port", str(record["rest"]),
-                "--bind_address", "127.0.0.1",
+                "--port", "0", "--grpc_socket_path", grpc, "--rest_api_socket_path", rest,
                 "--model_config_file", f"{home}/{model.config_path}",
                 "--model_config_file_poll_wait_seconds", poll,
                 "--file_system_poll_wait_seconds", poll,
@@ -915,7 +965,7 @@ class LocalModels:
             model = manager.store.get_by_id(model_id)
             if model is None:
                 return
-            status = await manager.fetch_status(model, "127.0.0.1", live.rest)
+            status = await manager.fetch_status(model, *live.rest)
             if status is not None:
                 live.ready = manager.note_versions(model, index, status)
             elif time.monotonic() - began > timeout:

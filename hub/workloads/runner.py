@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 
@@ -104,6 +105,10 @@ class HomeRunner(Runner, Protocol):
 
     def is_file(self, user: str, path: str) -> bool:
         """Whether a regular file is at ``path`` on the user's home."""
+
+    def listen_dir(self, user: str) -> tuple[Path, int]:
+        """(a folder only the user's account can enter, for their servers' unix sockets,
+        the uid that must listen there)."""
 
 
 class PortPool:
