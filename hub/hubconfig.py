@@ -56,7 +56,7 @@ def configure(c, settings: Settings | None = None) -> None:
     from gpulab.spawner.accounts import prepare_data_root, privileged
     from gpulab.spawner.local import reconcile_local_grants
 
-    from .api import gpu, gpus, jobs, models, storage, sweeps
+    from .api import gpu, gpus, jobs, models, openapi, storage, sweeps
     from .settings import SettingsError
 
     # hub state (ledger, hub database, tokens) is for root's eyes only
@@ -94,6 +94,7 @@ def configure(c, settings: Settings | None = None) -> None:
         *jobs.default_handlers,
         *sweeps.default_handlers,
         *models.default_handlers,
+        *openapi.default_handlers,
     ]
 
     admins = set(s.hub.admin_users)

@@ -170,6 +170,8 @@ class StorageSettings:
 
 
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION_SECONDS = 100 * 365 * 86400
+MAX_SIZE_BYTES = 2**60
 
 
 def parse_duration(value: object, where: str = "duration") -> float:
@@ -180,7 +182,11 @@ def parse_duration(value: object, where: str = "duration") -> float:
     m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd]?)", text)
     if not m:
         raise SettingsError(f"{where}: expected a duration like 90s, 30m or 2h, got {value!r}")
-    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    if seconds > MAX_DURATION_SECONDS:  # 400 nines is inf: no JSON can hold it
+        days = MAX_DURATION_SECONDS // 86400
+        raise SettingsError(f"{where}: at most {days} days, got {text[:24]}")
+    return seconds
 
 
 _UNITS = {
@@ -209,7 +215,10 @@ def parse_size(value: object, where: str = "size", allow_unlimited: bool = False
     m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([A-Za-z]*)", text)
     if not m or m.group(2).upper() not in _UNITS:
         raise SettingsError(f"{where}: expected a size like 10GiB or 500MB, got {value!r}")
-    n = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    number = float(m.group(1)) * _UNITS[m.group(2).upper()]
+    if number > MAX_SIZE_BYTES:  # 400 digits is inf, which int() cannot take
+        raise SettingsError(f"{where}: at most 1 EiB, got {text[:24]}")
+    n = int(number)
     if n <= 0:
         raise SettingsError(f"{where}: a size must be more than 0, got {value!r}")
     return n

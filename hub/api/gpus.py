@@ -6,13 +6,22 @@ only their own grants by name, and only their own events.
 
 from __future__ import annotations
 
+import asyncio
 import json
+from asyncio import Future
 
 from jupyterhub.apihandlers.base import APIHandler
 from tornado import web
+from tornado.iostream import StreamClosedError
 
 from gpulab.hub.app import context
 from gpulab.hub.ledger import is_workload
+
+from .inputs import MAX_BODY_BYTES, parse_json_body, parse_query_int
+
+DRAIN_BYTES = 1 << 30
+"""A body over the limit but at most this large is read and dropped after the 413;
+a larger one closes the connection."""
 
 NO_USER = (
     "This token is a service's, not a user's: name the user with ?user=NAME "
@@ -20,8 +29,62 @@ NO_USER = (
 )
 
 
+@web.stream_request_body
 class GpulabAPIHandler(APIHandler):
-    """Base for gpulab endpoints: authenticated, JSON in and out, clear 4xx errors."""
+    """Base for gpulab endpoints: authenticated, JSON in and out, clear 4xx errors.
+
+    The body streams in after ``prepare`` (``stream_request_body``): one that is too large
+    is refused with a 413 without keeping it, and every answer waits until the body has
+    been read, since closing a connection on unread data resets it (a proxy in front then
+    answers 503 instead of passing the 4xx on)."""
+
+    max_body_bytes = MAX_BODY_BYTES
+    dropping = False  # the body is refused: read the rest of it, keep none
+    deferred: Future[None] | None = None  # the answer, sent once the body is read
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        self.request.body = bytearray()
+        length = self.request.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            if int(length) > DRAIN_BYTES:  # not worth reading: answer, and tornado closes
+                error = self.too_large_error()
+                error.headers = {"Connection": "close"}
+                raise error
+            self.request.connection.set_max_body_size(int(length))
+            raise self.too_large_error()
+
+    def data_received(self, chunk: bytes) -> None:
+        if self.dropping or self._finished:
+            return
+        if len(self.request.body) + len(chunk) > self.max_body_bytes:  # chunked, no length
+            error = self.too_large_error()
+            self.send_error(413, exc_info=(type(error), error, None))
+            return
+        self.request.body.extend(chunk)
+
+    def finish(self, chunk=None) -> Future[None] | None:
+        if self.deferred is not None:  # already answering once the body is read
+            return self.deferred
+        body = getattr(self.request, "_body_future", None)  # set by tornado while streaming
+        closing = self._headers.get("Connection") == "close"
+        if body is None or body.done() or self._finished or closing:
+            return super().finish(chunk)
+        # an answer before the body was read (an error in prepare, a 405, a 413)
+        self.dropping = True
+        self.deferred = asyncio.ensure_future(self._finish_after_body(body, super().finish, chunk))
+        return self.deferred
+
+    @staticmethod
+    async def _finish_after_body(body: Future, finish, chunk) -> None:
+        try:
+            await body
+        except StreamClosedError:
+            return
+        finish(chunk)
+
+    def too_large_error(self) -> web.HTTPError:
+        return web.HTTPError(413, f"The request body is larger than {self.max_body_bytes} bytes")
 
     def prepare_gpulab(self) -> tuple[str | None, bool]:
         """(name of the requesting user or None for a service, whether it acts as admin)."""
@@ -58,13 +121,11 @@ class GpulabAPIHandler(APIHandler):
 
     def body(self) -> dict:
         """The request's JSON object, or a 400 saying what is wrong with it."""
-        try:
-            data = json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise web.HTTPError(400, "The request body must be JSON") from None
-        if not isinstance(data, dict):
-            raise web.HTTPError(400, "The request body must be a JSON object")
-        return data
+        return parse_json_body(self.request.body)
+
+    def query_int(self, name: str, default: int, low: int, high: int) -> int:
+        """A whole-number query argument, bounded: a 400 outside ``low``..``high``."""
+        return parse_query_int(self.get_argument(name, str(default)), name, low, high)
 
     def write_json(self, model) -> None:
         self.set_header("Content-Type", "application/json")
@@ -133,12 +194,7 @@ class EventsHandler(GpulabAPIHandler):
     async def get(self):
         me, admin = self.prepare_gpulab()
         only = self.target_user(me, admin)
-        try:
-            limit = int(self.get_argument("limit", "100"))
-        except ValueError:
-            raise web.HTTPError(400, "limit must be a whole number") from None
-        if not 1 <= limit <= 10_000:
-            raise web.HTTPError(400, "limit must be between 1 and 10000")
+        limit = self.query_int("limit", 100, 1, 10_000)
         events = context().ledger.events(user=only, limit=limit)
         self.write_json({"events": [e.as_json() for e in events]})
 

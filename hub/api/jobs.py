@@ -20,6 +20,9 @@ from gpulab.hub.workloads.runner import WorkloadError
 
 from .gpus import GpulabAPIHandler
 
+MAX_LOG_OFFSET = 2**62
+"""The largest log offset asked for: beyond any file, and within what lseek takes."""
+
 
 class JobsAPIHandler(GpulabAPIHandler):
     def job(self, name: str):
@@ -83,12 +86,7 @@ class JobLogsHandler(JobsAPIHandler):
         first = job.replicas[0].name if job.replicas else ""
         replica = self.get_argument("replica", first)
         follow = self.get_argument("follow", "0").lower() in ("1", "true", "yes")
-        try:
-            offset = int(self.get_argument("offset", "0"))
-        except ValueError:
-            raise web.HTTPError(400, "offset must be a whole number") from None
-        if offset < 0:
-            raise web.HTTPError(400, "offset must be 0 or more")
+        offset = self.query_int("offset", 0, 0, MAX_LOG_OFFSET)
         chunk = await asyncio.to_thread(mapped, manager.read_log, job, replica, offset)
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.set_header("X-Accel-Buffering", "no")

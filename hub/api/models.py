@@ -28,7 +28,10 @@ from gpulab.hub.workloads.models import TOKEN_HEADER, model_manager
 from gpulab.hub.workloads.replica_http import ReplicaHTTPClient
 
 from .gpus import GpulabAPIHandler
-from .jobs import amapped, mapped
+from .jobs import MAX_LOG_OFFSET, amapped, mapped
+
+MAX_CALL_BYTES = 64 << 20
+"""The largest body of a call passed to a model (a batch of inputs), below tornado's 100 MB."""
 
 
 class ModelsAPIHandler(GpulabAPIHandler):
@@ -76,13 +79,8 @@ class ModelHandler(ModelsAPIHandler):
 class ModelLogsHandler(ModelsAPIHandler):
     async def get(self, name):
         model = self.model(name)
-        try:
-            replica = int(self.get_argument("replica", "0"))
-            offset = int(self.get_argument("offset", "0"))
-        except ValueError:
-            raise web.HTTPError(400, "replica and offset must be whole numbers") from None
-        if offset < 0:
-            raise web.HTTPError(400, "offset must be 0 or more")
+        replica = self.query_int("replica", 0, 0, 1_000)
+        offset = self.query_int("offset", 0, 0, MAX_LOG_OFFSET)
         data = await amapped(model_manager().read_log, model, replica, offset)
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish(data)
@@ -90,6 +88,8 @@ class ModelLogsHandler(ModelsAPIHandler):
 
 class ModelCallHandler(GpulabAPIHandler):
     """A TF Serving REST call, checked here and passed to a replica of the model."""
+
+    max_body_bytes = MAX_CALL_BYTES
 
     def write_error(self, status_code, **kwargs):
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -127,7 +127,7 @@ class ModelCallHandler(GpulabAPIHandler):
         path = f"/v1/models/{model.name}{rest}"
         # one per event loop; it sends nothing to a socket its owner's account does not hold
         client = ReplicaHTTPClient()
-        body = self.request.body if self.request.method == "POST" else None
+        body = bytes(self.request.body) if self.request.method == "POST" else None
         last = ""
         for host, port in targets:
             request = HTTPRequest(

@@ -15,6 +15,7 @@ import asyncio
 import functools
 import json
 import logging
+import math
 from dataclasses import dataclass
 
 from gpulab.hub.app import context
@@ -654,7 +655,7 @@ def _number(value) -> float | None:
         number = float(value)
     except (TypeError, ValueError):
         return None
-    return number if number == number else None  # not NaN
+    return number if math.isfinite(number) else None  # NaN and inf are not JSON
 
 
 def _names(deciding: tuple[str, list[int]]) -> str:

@@ -172,7 +172,10 @@ def _apply(spec: ModelSpec, body: dict, max_replicas: int, gpus: bool) -> ModelS
             if (
                 not isinstance(items, list)
                 or not items
-                or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in items)
+                or any(
+                    isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 2**62
+                    for v in items
+                )
             ):
                 raise SpecError(
                     f"versions: 'latest', 'all', or a list of version numbers (got {raw!r})"

@@ -33,6 +33,7 @@ RETRYABLE_EXIT_CODES = frozenset({130, 137, 143})
 NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_REPLICAS = 64
+MAX_DEADLINE_SECONDS = 366 * 86400  # a job that should run longer has no deadline
 # the job's own variables may not replace what gpulab sets for the cluster and GPUs
 RESERVED_ENV = frozenset(
     {
@@ -176,6 +177,8 @@ def parse_job(body: object, python: str = "python") -> JobSpec:
             raise SpecError(str(e)) from None
         if deadline <= 0:
             raise SpecError("active_deadline: must be more than 0 seconds")
+        if deadline > MAX_DEADLINE_SECONDS:
+            raise SpecError("active_deadline: at most 366 days (366d)")
     torchrun = body.get("torchrun", 0)
     if torchrun and framework != "pytorch":
         raise SpecError("torchrun: only for PyTorch jobs")
