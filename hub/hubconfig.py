@@ -80,6 +80,14 @@ def configure(c, settings: Settings | None = None) -> None:
     c.ConfigurableHTTPProxy.pid_file = str(data / "jupyterhub-proxy.pid")
     c.JupyterHub.db_url = f"sqlite:///{data / 'jupyterhub.sqlite'}"
     c.JupyterHub.cookie_secret_file = str(data / "jupyterhub_cookie_secret")
+    # SameSite=Lax: browsers leave the hub's and user servers' cookies off other sites'
+    # sub-requests and POSTs; no page script reads the hub's xsrf cookie, so HttpOnly too
+    c.JupyterHub.tornado_settings.update(
+        {
+            "cookie_options": {"samesite": "Lax"},
+            "xsrf_cookie_kwargs": {"samesite": "Lax", "httponly": True},
+        }
+    )
     # user servers outlive the hub: a hub restart re-attaches to them
     c.JupyterHub.cleanup_servers = False
 

@@ -67,7 +67,9 @@ def test_sign_up_needs_admin_approval(hub):
     assert "has not been approved by an administrator yet" in waiting.login_page
 
     admin = login(hub, "admin", hub.admin_password)
-    r = admin.get(hub.url + "/hub/authorize/newbie", timeout=10)
+    # the Authorize button on /hub/authorize posts this form (a GET changes nothing)
+    data = {"action": "approve", "_xsrf": admin.cookies.get("_xsrf")}
+    r = admin.post(hub.url + "/hub/authorize/newbie", data=data, timeout=10)
     assert r.status_code == 200
     assert logged_in(login(hub, "newbie", password), hub)
 
