@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import requests
+
 from hubfixture import wait_for
 
 # tornado calls log_function for every request the server finishes, with its headers
@@ -24,40 +25,28 @@ c.ServerApp.tornado_settings = {"log_function": _capture}
 """
 
 
-def test_nothing_the_hub_sends_a_server_is_a_credential_at_the_hub(hub):
-    victim = hub.create_user("victim")
-    mallory = hub.create_user("mallory")
-    assert victim.spawn(profile="cpu").status_code in (201, 202)
-    assert mallory.spawn(profile="cpu").status_code in (201, 202)
-    mallory.run(
+def capturing_server(user, profile: str) -> None:
+    """Start ``user``'s server with a config of theirs that logs every request."""
+    assert user.spawn(profile=profile).status_code in (201, 202)
+    user.run(
         "import os\n"
         "os.makedirs(os.path.expanduser('~/.jupyter'), exist_ok=True)\n"
-        f"open(os.path.expanduser('~/.jupyter/jupyter_server_config.py'), 'w').write({CAPTURE_CONFIG!r})\n"
+        "open(os.path.expanduser('~/.jupyter/jupyter_server_config.py'), 'w')"
+        f".write({CAPTURE_CONFIG!r})\n"
     )
-    mallory.stop()
-    assert mallory.spawn(profile="cpu").status_code in (201, 202)
+    user.stop()
+    assert user.spawn(profile=profile).status_code in (201, 202)
 
-    url = mallory.server_url + "/gpulab/gpu"
-    r = mallory.session.post(url + "/acquire", json={"gpus": 1}, timeout=120)
-    assert r.status_code in (200, 202), r.text
 
-    def settled():
-        model = mallory.server_get("/gpulab/gpu").json()
-        return model["gpus"] and model["operation"]["state"] == "done"
+def captured_internal_calls(user) -> list[dict]:
+    """The hub's calls to the server's internal API, as the user's config logged them."""
+    out = user.run("print(open(__import__('os').path.expanduser('~/captured.jsonl')).read())")
+    captured = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return [c for c in captured if "/gpulab/internal/" in c["path"]]
 
-    wait_for(settled, 60, "Mallory's Get GPU to finish")
-    r = mallory.session.post(url + "/return", json={}, timeout=120)
-    assert r.status_code == 200, r.text
 
-    captured = [
-        json.loads(line)
-        for line in mallory.run("print(open(__import__('os').path.expanduser('~/captured.jsonl')).read())").splitlines()
-        if line.startswith("{")
-    ]
-    internal = [c for c in captured if "/gpulab/internal/" in c["path"]]
-    # the hook saw the hub's calls, so what the hub sends is in hand
-    assert {c["path"].rsplit("/", 1)[1] for c in internal} >= {"switch"}, captured
-
+def assert_no_credential(hub, internal: list[dict], victim) -> None:
+    """Nothing in those calls opens the hub's API or another user's server."""
     admin_token = (hub.data_root / "cli-token").read_text().strip()
     values = {v for c in internal for v in c["headers"].values()}
     assert not any(admin_token in v for v in values)
@@ -75,6 +64,53 @@ def test_nothing_the_hub_sends_a_server_is_a_credential_at_the_hub(hub):
             assert files.status_code in (302, 403), (value, files.status_code)
     # the victim's own token does open them: the check above can tell
     assert victim.server_get("/api/contents/").status_code == 200
+
+
+def test_nothing_the_hub_sends_a_server_is_a_credential_at_the_hub(hub):
+    victim = hub.create_user("victim")
+    mallory = hub.create_user("mallory")
+    assert victim.spawn(profile="cpu").status_code in (201, 202)
+    capturing_server(mallory, "cpu")
+
+    url = mallory.server_url + "/gpulab/gpu"
+    r = mallory.session.post(url + "/acquire", json={"gpus": 1}, timeout=120)
+    assert r.status_code in (200, 202), r.text
+
+    def settled():
+        model = mallory.server_get("/gpulab/gpu").json()
+        return model["gpus"] and model["operation"]["state"] == "done"
+
+    wait_for(settled, 60, "Mallory's Get GPU to finish")
+    r = mallory.session.post(url + "/return", json={}, timeout=120)
+    assert r.status_code == 200, r.text
+
+    internal = captured_internal_calls(mallory)
+    # the hook saw the hub's calls, so what the hub sends is in hand
+    assert {c["path"].rsplit("/", 1)[1] for c in internal} >= {"switch"}, internal
+    assert_no_credential(hub, internal, victim)
+
+
+def test_nothing_the_hub_sends_a_pod_is_a_credential_at_the_hub(k8s):
+    """The same on Kubernetes, where Return GPU checkpoints the pod before replacing it."""
+    hub = k8s
+    victim = hub.create_user("victim")
+    mallory = hub.create_user("mallory")
+    assert victim.spawn(profile="cpu").status_code in (201, 202)
+    capturing_server(mallory, "gpu-1")
+
+    r = mallory.session.post(hub.api("/gpulab/gpu/return"), json={}, timeout=120)
+    assert r.status_code in (200, 202), r.text
+    wait_for(
+        lambda: (
+            mallory.session.get(hub.api("/gpulab/gpu"), timeout=10).json()["operation"]["state"]
+            == "done"
+        ),
+        90,
+        "Mallory's server to move to a CPU pod",
+    )
+    internal = captured_internal_calls(mallory)
+    assert {c["path"].rsplit("/", 1)[1] for c in internal} >= {"checkpoint"}, internal
+    assert_no_credential(hub, internal, victim)
 
 
 def test_a_server_obeys_only_the_hub(hub):
@@ -113,7 +149,11 @@ def test_the_hub_tells_who_listens_on_a_servers_port():
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     squatter = subprocess.Popen(
-        [sys.executable, "-c", f"import socket,time; s=socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(); print('up', flush=True); time.sleep(60)"],
+        [
+            sys.executable,
+            "-c",
+            f"import socket,time; s=socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(); print('up', flush=True); time.sleep(60)",
+        ],
         user=nobody,
         stdout=subprocess.PIPE,
         text=True,
