@@ -91,17 +91,21 @@ class Hub:
         env["PATH"] = f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}"
         return env
 
+    def launch(self) -> subprocess.Popen:
+        """Start the hub process, its output into ``log_path``, without waiting for it."""
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(BIN / "jupyterhub"), "-f", str(REPO / "jupyterhub_config.py")],
+                cwd=self.data_root,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self.proc
+
     def start(self) -> Hub:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [str(BIN / "jupyterhub"), "-f", str(REPO / "jupyterhub_config.py")],
-            cwd=self.data_root,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
+        self.launch()
 
         def up():
             if self.proc.poll() is not None:

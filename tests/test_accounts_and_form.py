@@ -24,6 +24,7 @@ def login(hub, name: str, password: str) -> requests.Session:
         timeout=10,
     )
     s.login_status, s.login_page = r.status_code, r.text
+    s.login_response = r
     return s
 
 

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 from gpulab.hub.storage.rbd import RbdVolumes
+from k8sfixture import s3_settings
 
 RGW_DATA_POOL = "default.rgw.buckets.data"
 
@@ -80,13 +81,7 @@ def test_a_users_shell_gets_nothing_from_ceph(ceph, make_hub):
     hub = make_hub(
         {
             "gpus": {"ids": ["0"]},
-            "storage": {
-                "s3_endpoint": ceph.s3_endpoint,
-                "s3_admin_access_key": ceph.s3_admin_access_key,
-                "s3_admin_secret_key": ceph.s3_admin_secret_key,
-                "s3_prefix": prefix,
-                "s3_quota": "64MiB",
-            },
+            "storage": {**s3_settings(ceph), "s3_prefix": prefix, "s3_quota": "64MiB"},
         }
     ).start()
     alice, bob = hub.create_user("alice"), hub.create_user("bob")

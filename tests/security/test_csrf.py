@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
-import subprocess
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,21 +22,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 from playwright.sync_api import expect, sync_playwright
+from test_accounts_and_form import login, sign_up
+from test_lab_browser import CHROMIUM, CHROMIUM_ARGS
 
-from hubfixture import BIN, REPO, wait_for
+from hubfixture import wait_for
 
-CHROMIUM = "/usr/bin/chromium"
 EVIL = "evil.test"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    # the attacker's own site: another registrable domain, so another site than the hub's
-    f"--host-resolver-rules=MAP {EVIL} 127.0.0.1",
-]
+# the attacker's own site: another registrable domain, so another site than the hub's
+ATTACK_ARGS = [*CHROMIUM_ARGS, f"--host-resolver-rules=MAP {EVIL} 127.0.0.1"]
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -89,11 +81,11 @@ def chromium():
     assert os.access(CHROMIUM, os.X_OK), f"{CHROMIUM} is missing: run scripts/install --test"
     expect.set_options(timeout=30_000)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        instance = p.chromium.launch(executable_path=CHROMIUM, args=ATTACK_ARGS)
         try:
-            yield browser
+            yield instance
         finally:
-            browser.close()
+            instance.close()
 
 
 @pytest.fixture(scope="module")
@@ -126,23 +118,6 @@ def approval(hub, name: str):
     return None if row is None else bool(row[0])
 
 
-def browser_session(hub) -> requests.Session:
-    s = requests.Session()
-    s.get(hub.url + "/hub/login", timeout=10)  # sets the _xsrf cookie
-    return s
-
-
-def sign_up(hub, name: str, password: str) -> requests.Response:
-    s = browser_session(hub)
-    data = {
-        "username": name,
-        "signup_password": password,
-        "signup_password_confirmation": password,
-        "_xsrf": s.cookies.get("_xsrf"),
-    }
-    return s.post(hub.url + "/hub/signup", data=data, timeout=10)
-
-
 def pending_user(hub, prefix: str) -> str:
     """A user who signed up and waits for the admin's approval."""
     name = f"{prefix}{uuid.uuid4().hex[:6]}"
@@ -150,19 +125,6 @@ def pending_user(hub, prefix: str) -> str:
     assert r.status_code == 200 and "Your information has been sent to the admin" in r.text
     assert approval(hub, name) is False
     return name
-
-
-def login(hub, name: str, password: str) -> requests.Session:
-    s = browser_session(hub)
-    r = s.post(
-        hub.url + "/hub/login",
-        data={"username": name, "password": password, "_xsrf": s.cookies.get("_xsrf")},
-        allow_redirects=False,
-        timeout=10,
-    )
-    assert r.status_code == 302, r.text
-    s.login_response = r
-    return s
 
 
 # -- the attacks ----------------------------------------------------------------------
@@ -247,6 +209,7 @@ def test_the_admins_own_clicks_still_approve_and_discard(hub, admin_page):
 def test_accounts_change_only_on_post_with_the_xsrf_token(hub):
     """The same rules for any client holding the admin's cookies (no browser needed)."""
     admin = login(hub, "admin", hub.admin_password)
+    assert admin.login_status == 302, admin.login_page
     victim = pending_user(hub, "vic")
     for route in ("authorize", "discard"):
         r = admin.get(f"{hub.url}/hub/{route}/{victim}", allow_redirects=False, timeout=10)
@@ -288,6 +251,7 @@ def test_the_hubs_cookies_are_samesite_lax(hub, chromium):
     assert is_lax(set_cookies(r)["_xsrf"]), set_cookies(r)
 
     admin = login(hub, "admin", hub.admin_password)
+    assert admin.login_status == 302, admin.login_page
     cookies = set_cookies(admin.login_response)
     assert {"jupyterhub-hub-login", "jupyterhub-session-id"} <= set(cookies), cookies
     for header in cookies.values():
@@ -346,16 +310,7 @@ def test_sign_up_refuses_weak_passwords_and_says_why(hub, password, reason):
 
 def test_a_weak_admin_password_is_refused_at_start(make_hub):
     hub = make_hub({"hub": {"admin_password": "abc"}, "gpus": {"ids": ["0"]}})
-    with open(hub.log_path, "ab") as log:
-        hub.proc = subprocess.Popen(
-            [str(BIN / "jupyterhub"), "-f", str(REPO / "jupyterhub_config.py")],
-            cwd=hub.data_root,
-            env=hub.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    assert hub.proc.wait(60) != 0, "the hub started with the admin password 'abc'"
+    assert hub.launch().wait(60) != 0, "the hub started with the admin password 'abc'"
     log = hub.log_tail(200)
     assert "hub.admin_password" in log and "at least 8 characters" in log, log
     assert "Traceback" not in log, log

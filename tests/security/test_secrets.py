@@ -20,7 +20,7 @@ import pytest
 import yaml
 from test_accounts_and_form import login
 
-from hubfixture import BIN, REPO, free_port
+from hubfixture import BIN, free_port
 
 KEY = "SECRETKEY" + "x" * 31
 
@@ -116,16 +116,8 @@ def test_secrets_from_root_only_files(make_hub, tmp_path):
     # a secret file others can read: the hub does not start, and says which and why
     hub.stop()
     password.chmod(0o644)
-    started = subprocess.run(
-        [str(BIN / "jupyterhub"), "-f", str(REPO / "jupyterhub_config.py")],
-        env=hub.env,
-        cwd=hub.data_root,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    out = " ".join((started.stdout + started.stderr).split())
-    assert started.returncode == 1, out
+    assert hub.launch().wait(120) == 1, hub.log_tail()
+    out = " ".join(hub.log_tail(200).split())
     assert f"{password} holds hub.admin_password and is mode 0644" in out, out
     assert "Traceback" not in out
 
