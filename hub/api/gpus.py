@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from asyncio import Future
 
 from jupyterhub.apihandlers.base import APIHandler
@@ -129,7 +130,22 @@ class GpulabAPIHandler(APIHandler):
 
     def write_json(self, model) -> None:
         self.set_header("Content-Type", "application/json")
-        self.write(json.dumps(model))
+        try:
+            text = json.dumps(model, allow_nan=False)
+        except ValueError:  # a NaN or Infinity stored before inputs were bounded
+            text = json.dumps(finite(model), allow_nan=False)
+        self.write(text)
+
+
+def finite(value):
+    """``value`` with every NaN and infinity replaced by null, which JSON can hold."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
 
 
 class GpusHandler(GpulabAPIHandler):

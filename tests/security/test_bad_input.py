@@ -172,3 +172,12 @@ def test_a_120_mb_body_gets_413(hub):
     r = mallory.session.post(hub.api("/gpulab/jobs"), data=b" " * (2**20 + 1), timeout=30)
     assert_client_error(r, "1 MiB + 1 to /gpulab/jobs", 413)
     assert mallory.session.get(hub.api("/gpulab/jobs"), timeout=10).status_code == 200
+
+
+def test_a_number_json_cannot_hold_stored_before_the_limits_is_written_as_null():
+    from gpulab.hub.api.gpus import finite
+
+    stored = {"jobs": [{"active_deadline": float("inf"), "metrics": {"loss": float("nan")}}]}
+    assert json.dumps(finite(stored), allow_nan=False) == (
+        '{"jobs": [{"active_deadline": null, "metrics": {"loss": null}}]}'
+    )
