@@ -56,10 +56,28 @@ class GpuSpawnerMixin(LoggingConfigurable):
 
     def _render_options_form(self, spawner) -> str:
         ctx = self.gpulab
-        return profiles.render_form(ctx.settings, ctx.ledger.free_count(), len(ctx.inventory))
+        # a link may name the profile (/hub/spawn?profile=gpu-1): the form offers it
+        handler = getattr(self, "handler", None)
+        chosen = ""
+        if handler is not None:
+            chosen = handler.get_query_argument(
+                "opt-profile", handler.get_query_argument("profile", "")
+            )
+        return profiles.render_form(
+            ctx.settings, ctx.ledger.free_count(), len(ctx.inventory), chosen
+        )
 
     def options_from_form(self, formdata):
         return profiles.options_from_form(formdata)
+
+    def options_from_query(self, query_data):
+        # JupyterHub starts a server on a GET with options in the query; a link on
+        # another site, opened by a logged-in user (or an admin, for anyone), would
+        # take GPUs. Only the form's POST, with its xsrf token, starts one.
+        raise web.HTTPError(
+            400,
+            "A link does not start a server: check the profile below and press Start.",
+        )
 
     @default("apply_user_options")
     def _apply_user_options_default(self):

@@ -50,10 +50,12 @@ def options_from_form(formdata: dict[str, list[str]]) -> dict:
     return {"profile": profile} if profile else {}
 
 
-def render_form(settings: Settings, free: int, total: int) -> str:
-    """The spawn form: one radio button a profile, with the live GPU availability."""
+def render_form(settings: Settings, free: int, total: int, chosen: str = "") -> str:
+    """The spawn form: one radio button a profile (``chosen`` checked, when it is one),
+    with the live GPU availability."""
     rows = []
-    chosen = settings.profile(None).slug
+    if chosen not in {p.slug for p in settings.profiles}:
+        chosen = settings.profile(None).slug
     for p in settings.profiles:
         gpu_text = "no GPU" if p.gpus == 0 else f"{p.gpus} GPU{'s' if p.gpus > 1 else ''}"
         unavailable = p.gpus > free

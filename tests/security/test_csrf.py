@@ -314,3 +314,24 @@ def test_a_weak_admin_password_is_refused_at_start(make_hub):
     log = hub.log_tail(200)
     assert "hub.admin_password" in log and "at least 8 characters" in log, log
     assert "Traceback" not in log, log
+
+
+def test_a_link_does_not_start_a_server(hub):
+    """JupyterHub starts a server on ``GET /hub/spawn?profile=...``: a link on another
+    site would take GPUs for whoever opens it (or, opened by an admin, for anyone)."""
+    admin = login(hub, "admin", hub.admin_password)
+    assert admin.login_status == 302, admin.login_page
+    hub.create_user("linked")
+    for path in (
+        "/hub/spawn?profile=gpu-1",
+        "/hub/spawn/linked?profile=gpu-1",
+        "/hub/spawn?opt-profile=gpu-1",
+    ):
+        r = admin.get(hub.url + path, timeout=30)
+        assert r.status_code == 400, (path, r.status_code)
+        assert "A link does not start a server" in r.text
+        # the form offers the linked profile, for the user to start by pressing Start
+        assert re.search(r'value="gpu-1"\s+checked', r.text), r.text
+    users = hub.admin.get(hub.api("/users"), timeout=10).json()
+    assert not [u["name"] for u in users if u["servers"]]
+    assert hub.gpus()["free"] == hub.gpus()["total"]
