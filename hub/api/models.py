@@ -24,7 +24,7 @@ import json
 from tornado import web
 from tornado.httpclient import HTTPClientError, HTTPRequest
 
-from gpulab.hub.workloads.models import TOKEN_HEADER, model_manager
+from gpulab.hub.workloads.models import TOKEN_HEADER, model_manager, token_header
 from gpulab.hub.workloads.replica_http import ReplicaHTTPClient
 
 from .gpus import GpulabAPIHandler
@@ -135,7 +135,7 @@ class ModelCallHandler(GpulabAPIHandler):
                 method=self.request.method,
                 body=body,
                 headers={
-                    TOKEN_HEADER: f"Bearer {model.token}",
+                    **token_header(model, host),
                     "Content-Type": self.request.headers.get("Content-Type", "application/json"),
                 },
                 request_timeout=120,

@@ -48,7 +48,7 @@ from gpulab.hub.inventory import visible_devices_env
 from gpulab.hub.ledger import GpuLedger, LedgerError, NoGpuFree, QuotaExceeded, _utc, utcnow
 from gpulab.serving.config import ModelConfig
 
-from .replica_http import MAX_SOCKET_PATH, ReplicaHTTPClient, unix_address
+from .replica_http import MAX_SOCKET_PATH, ReplicaHTTPClient, socket_of, unix_address
 from .runner import HomeRunner, Launch, PortPool, WorkloadError, last_line
 from .spec import NAME_RE, SpecError, home_path
 
@@ -59,6 +59,14 @@ MODEL_PREFIX = "model/"
 LABEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
 ACCESS_HELP = "private, public (anyone with the model's token) or group:NAME"
 TOKEN_HEADER = "Authorization"
+
+
+def token_header(model: Deployment, host: str) -> dict[str, str]:
+    """The model's token, for a replica at ``host`` that asks for it: one on a unix socket
+    whose listener the hub checks is the owner's (``replica_http``). Anywhere else (a pod
+    IP on Kubernetes, where TF Serving asks for none, and which another pod may hold
+    once the replica is gone) it is not sent."""
+    return {TOKEN_HEADER: f"Bearer {model.token}"} if socket_of(host) else {}
 
 
 class ModelError(WorkloadError):
@@ -582,7 +590,7 @@ class ModelManager:
         not answer yet."""
         request = HTTPRequest(
             f"http://{host}:{port}/v1/models/{model.name}",
-            headers={TOKEN_HEADER: f"Bearer {model.token}"},
+            headers=token_header(model, host),
             request_timeout=3,
         )
         try:

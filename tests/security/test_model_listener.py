@@ -352,3 +352,17 @@ def test_the_hub_sends_no_token_to_a_listener_that_is_not_the_owners(hub):
         if watcher is not None:
             stop_watcher(watcher)
         alice.session.delete(hub.api("/gpulab/models/line"), timeout=60)
+
+
+def test_the_token_goes_only_to_a_listener_the_hub_checks():
+    """A pod IP (Kubernetes) may be another pod's once the replica is gone, and TF Serving
+    asks for no token there: the hub sends it only over a socket whose owner it checks."""
+    from types import SimpleNamespace
+
+    from gpulab.hub.workloads.models import TOKEN_HEADER, token_header
+    from gpulab.hub.workloads.replica_http import unix_address
+
+    model = SimpleNamespace(token="the-models-token")
+    assert token_header(model, "10.244.1.7") == {}
+    host, _ = unix_address("/var/lib/gpulab/serving/gl-alice/line-0.rest", 1001)
+    assert token_header(model, host) == {TOKEN_HEADER: "Bearer the-models-token"}
