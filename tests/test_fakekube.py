@@ -1608,8 +1608,12 @@ async def test_the_spawners_pod_reflector_wakes_waiters_at_each_change(
                 # a waiter that gives up is forgotten; the others still hear
                 gave_up, news = pods.changed(key), pods.changed(key)
                 gave_up.cancel()
-                # across a dropped stream (a new list, then a new watch) too
-                assert kube.drop_watches() >= 1
+                # across a dropped stream (a new list, then a new watch) too; the watch
+                # ends by itself every second (timeout_seconds), so wait for an open one
+                deadline = time.monotonic() + 10
+                while not kube.drop_watches():
+                    assert time.monotonic() < deadline, "the reflector opened no watch"
+                    await asyncio.sleep(0.02)
                 await v1.delete_namespaced_pod("jupyter-ada", "default", grace_period_seconds=0)
                 await asyncio.wait_for(news, 10)
                 while key in pods.pods:
