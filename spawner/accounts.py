@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpulab.hub.names import NameConflict, home_name, safe_name
+from gpulab.hub.names import NameConflict, home_name
 from gpulab.hub.storage import StorageError
 
 MAX_UNIX_NAME = 32
@@ -39,10 +39,10 @@ class Account:
     shell: str = "/bin/bash"
 
 
-def unix_name(prefix: str, hub_name: str, base: str | None = None) -> str:
-    """The account of a hub user: the prefix and ``base`` (by default ``safe_name``'s rule;
-    ``ensure_account`` passes the name the registry recorded for the user)."""
-    name = f"{prefix}{base or safe_name(hub_name)}"
+def unix_name(prefix: str, base: str) -> str:
+    """The unix account for the name the registry recorded for a hub user (``home_name``):
+    the prefix and that name."""
+    name = f"{prefix}{base}"
     if len(name) > MAX_UNIX_NAME:
         raise AccountError(
             f"unix account name {name!r} is too long; shorten servers.unix_user_prefix"
@@ -87,7 +87,7 @@ def ensure_account(prefix: str, hub_name: str, data_root: Path, prepare_home=Non
         me = pwd.getpwuid(os.geteuid())
         return Account(me.pw_name, me.pw_uid, me.pw_gid, home, me.pw_shell or "/bin/bash")
 
-    name = unix_name(prefix, hub_name, base)
+    name = unix_name(prefix, base)
     try:
         entry = pwd.getpwnam(name)
     except KeyError:

@@ -194,12 +194,23 @@ class Hub:
         """GPU id -> holding user, as the admin sees the pool."""
         return {g["id"]: g["user"] for g in self.gpus()["gpus"] if g["state"] == "held"}
 
-    def unix_pids(self, hub_name: str) -> list[int]:
-        from gpulab.spawner.accounts import unix_name
+    def unix_account(self, hub_name: str) -> str | None:
+        """The unix account the hub made for ``hub_name`` (its comment names the user)."""
+        from gpulab.spawner.accounts import COMMENT
 
-        out = subprocess.run(
-            ["pgrep", "-u", unix_name(self.unix_prefix, hub_name)], capture_output=True, text=True
-        )
+        found = [
+            e.pw_name
+            for e in pwd.getpwall()
+            if e.pw_name.startswith(self.unix_prefix) and e.pw_gecos == f"{COMMENT}{hub_name}"
+        ]
+        assert len(found) <= 1, f"{hub_name} has {len(found)} unix accounts: {found}"
+        return found[0] if found else None
+
+    def unix_pids(self, hub_name: str) -> list[int]:
+        account = self.unix_account(hub_name)
+        if account is None:
+            return []
+        out = subprocess.run(["pgrep", "-u", account], capture_output=True, text=True)
         return [int(p) for p in out.stdout.split()]
 
 

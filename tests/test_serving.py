@@ -109,10 +109,8 @@ def raw_rest(address: str, path: str, body: dict | None = None, token: str | Non
 def model_servers(hub, user: str) -> dict[str, dict[str, str]]:
     """The user's running model servers: REST address (``unix:PATH``) -> environment (and
     ``pid``)."""
-    from gpulab.spawner.accounts import unix_name
-
     found = subprocess.run(
-        ["pgrep", "-u", unix_name(hub.unix_prefix, user), "-f", "gpulab.serving"],
+        ["pgrep", "-u", hub.unix_account(user), "-f", "gpulab.serving"],
         capture_output=True,
         text=True,
     ).stdout.split()
