@@ -50,6 +50,17 @@ def unix_name(prefix: str, base: str) -> str:
     return name
 
 
+def account_uid(prefix: str, hub_name: str, data_root: Path) -> int | None:
+    """The uid of the account a hub user's processes run as, if it exists (made by
+    ``ensure_account``; nothing is created here)."""
+    if not privileged():
+        return os.geteuid()
+    try:
+        return pwd.getpwnam(unix_name(prefix, home_name(data_root, hub_name))).pw_uid
+    except (KeyError, NameConflict, AccountError):
+        return None
+
+
 def privileged() -> bool:
     return os.geteuid() == 0
 

@@ -21,7 +21,14 @@ from traitlets import default
 
 from gpulab.hub.storage.local import local_homes
 
-from .accounts import Account, AccountError, account_env, ensure_account, prepare_data_root
+from .accounts import (
+    Account,
+    AccountError,
+    account_env,
+    account_uid,
+    ensure_account,
+    prepare_data_root,
+)
 from .base import GpuSpawnerMixin
 
 
@@ -112,7 +119,12 @@ class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner):
         # a port is anyone's to take once the server is gone: the listener must be the
         # user's own account before the hub sends it anything
         port = self.server.port if self.server else 0
-        others = listener_uids(port) - {self.account.uid} if port else set()
+        if not port:
+            return ""
+        s = self.gpulab.settings
+        # looked up, not ensure_account: this runs at every idle poll and must make nothing
+        uid = account_uid(s.servers.unix_user_prefix, self.user.name, s.data_path)
+        others = listener_uids(port) - {uid}
         if others:
             return f"port {port} is held by another account (uid {', '.join(map(str, others))})"
         return ""
