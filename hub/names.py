@@ -69,6 +69,20 @@ WHAT = {
     K8S_POD: "Kubernetes pod",
 }
 
+MADE_FOR = "gpulab user "
+"""How an object made for a hub user says whose it is: an account's comment (GECOS), an
+RGW user's display name."""
+
+
+def made_for(hub_name: str) -> str:
+    return f"{MADE_FOR}{hub_name}"
+
+
+def made_for_another(note: str, hub_name: str) -> bool:
+    """Whether an object's ``note`` (see ``MADE_FOR``) says it is another hub user's."""
+    return note.startswith(MADE_FOR) and note != made_for(hub_name)
+
+
 _SAFE_HASH = re.compile(r"-[0-9a-f]{6}$")
 _BUCKET_HASH = re.compile(r"-[0-9a-f]{8}$")
 

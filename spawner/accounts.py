@@ -14,12 +14,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpulab.hub.names import NameConflict, home_name
+from gpulab.hub.names import NameConflict, home_name, made_for, made_for_another
 from gpulab.hub.storage import StorageError
 
 MAX_UNIX_NAME = 32
-COMMENT = "gpulab user "
-"""Each account's comment (GECOS) names the hub user it was made for."""
 
 
 class AccountError(RuntimeError):
@@ -112,7 +110,7 @@ def ensure_account(prefix: str, hub_name: str, data_root: Path, prepare_home=Non
                 "/bin/bash",
                 "--user-group",
                 "--comment",
-                f"{COMMENT}{hub_name}",
+                made_for(hub_name),
                 name,
             ],
             capture_output=True,
@@ -123,7 +121,7 @@ def ensure_account(prefix: str, hub_name: str, data_root: Path, prepare_home=Non
                 f"could not create unix account {name}: {result.stderr.strip()}"
             ) from None
         entry = pwd.getpwnam(name)
-    if entry.pw_gecos.startswith(COMMENT) and entry.pw_gecos != f"{COMMENT}{hub_name}":
+    if made_for_another(entry.pw_gecos, hub_name):
         # made for another hub name (before the registry, or its database was replaced)
         raise AccountError(
             f"the unix account {name} belongs to another hub user; refusing to share it "

@@ -196,12 +196,12 @@ class Hub:
 
     def unix_account(self, hub_name: str) -> str | None:
         """The unix account the hub made for ``hub_name`` (its comment names the user)."""
-        from gpulab.spawner.accounts import COMMENT
+        from gpulab.hub.names import made_for
 
         found = [
             e.pw_name
             for e in pwd.getpwall()
-            if e.pw_name.startswith(self.unix_prefix) and e.pw_gecos == f"{COMMENT}{hub_name}"
+            if e.pw_name.startswith(self.unix_prefix) and e.pw_gecos == made_for(hub_name)
         ]
         assert len(found) <= 1, f"{hub_name} has {len(found)} unix accounts: {found}"
         return found[0] if found else None

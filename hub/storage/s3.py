@@ -21,7 +21,14 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 
-from gpulab.hub.names import BUCKET, RGW_USER, NameRegistry, bucket_name
+from gpulab.hub.names import (
+    BUCKET,
+    RGW_USER,
+    NameRegistry,
+    bucket_name,
+    made_for,
+    made_for_another,
+)
 
 from . import StorageError, StorageUnavailable
 
@@ -64,10 +71,6 @@ class S3Account:
             "used_bytes": self.used_bytes,
             "objects": self.objects,
         }
-
-
-DISPLAY_NAME = "gpulab user "
-"""Each RGW user's display name names the hub user it was made for."""
 
 
 class RgwAccounts:
@@ -141,7 +144,7 @@ class RgwAccounts:
     def _user_info(self, user: str) -> dict | None:
         info = self._admin_call("GET", "user", {"uid": self._uid(user), "format": "json"})
         shown = (info or {}).get("display_name", "")
-        if shown.startswith(DISPLAY_NAME) and shown != f"{DISPLAY_NAME}{user}":
+        if made_for_another(shown, user):
             # made for another hub name (before the registry, or its database was replaced)
             raise StorageError(
                 f"the S3 user {self._uid(user)} belongs to another hub user; refusing to "
@@ -164,7 +167,7 @@ class RgwAccounts:
                 "user",
                 {
                     "uid": uid,
-                    "display-name": f"{DISPLAY_NAME}{user}",
+                    "display-name": made_for(user),
                     "max-buckets": 1,  # the user's own bucket and no other
                     "format": "json",
                 },
