@@ -33,12 +33,25 @@ export function memory(gpus: IGpu[]): string {
 }
 
 /**
+ * The GPUs the server's kernels are on now. While they move (kernels mode) the ledger
+ * grants a GPU before the kernels get it (Get GPU) and frees it only after they left it
+ * (Return GPU): of the granted ones, those the server already shows its kernels. A server
+ * replaced by a new pod (kubernetes) names no devices: the ledger's.
+ */
+export function current(state: IGpuState): IGpu[] {
+  if (state.switch_mode === 'pod' || typeof state.visible !== 'string') {
+    return state.gpus;
+  }
+  const visible = new Set(state.visible.split(',').filter(Boolean));
+  return state.gpus.filter(g => visible.has(g.id));
+}
+
+/**
  * "GPU 0 · NVIDIA H100 80GB HBM3 · 3.1/80 GiB", "GPU 0, 1 · 2 × …", "No GPU · 2 of 3 free",
  * "No GPU · 1 notebook waiting for it · 2 of 3 free" (a kernel the CUDA driver parked),
- * or "No GPU · this hub has none".
+ * or "No GPU · this hub has none"; of `gpus` (default: the ledger's grants).
  */
-export function label(state: IGpuState): string {
-  const gpus = state.gpus;
+export function label(state: IGpuState, gpus: IGpu[] = state.gpus): string {
   if (gpus.length === 0 && state.total === 0) {
     return 'No GPU · this hub has none';
   }
@@ -115,6 +128,20 @@ export function progress(
   }
   if (restore?.state === 'restoring') {
     return restore.message || 'Restoring variables…';
+  }
+  return 'Working…';
+}
+
+/**
+ * What the button says while an operation, or the restore of the kernels' variables after
+ * it, runs (it cannot be pressed then): "Returning…", "Getting GPU…", "Restoring…".
+ */
+export function doing(op: IOperation | null, restore: IRestore | null): string {
+  if (op && ACTIVE_STATES.has(op.state)) {
+    return op.kind === 'return' ? 'Returning…' : 'Getting GPU…';
+  }
+  if (restore?.state === 'restoring') {
+    return 'Restoring…';
   }
   return 'Working…';
 }

@@ -158,7 +158,7 @@ export class GpuWidget extends Widget {
     if (move && !(await this._prepareMove('Return GPU'))) {
       return;
     }
-    const refused = await this._act('Returning the GPU…', async () => {
+    const refused = await this._act('Returning the GPU…', 'Returning…', async () => {
       try {
         const result = await this.api.returnGpu({ ...options, wait: !move });
         if (move && result.operation && ACTIVE_STATES.has(result.operation.state)) {
@@ -201,7 +201,7 @@ export class GpuWidget extends Widget {
     if (this._state.switch_mode === 'pod' && !(await this._prepareMove('Get GPU'))) {
       return;
     }
-    await this._act('Asking for a GPU…', async () => {
+    await this._act('Asking for a GPU…', 'Getting GPU…', async () => {
       try {
         const result = await this.api.acquire(count);
         const op = result.operation;
@@ -218,7 +218,7 @@ export class GpuWidget extends Widget {
 
   /** Stop waiting in the queue. */
   async cancelGet(): Promise<void> {
-    await this._act('Cancelling…', async () => {
+    await this._act('Cancelling…', 'Cancelling…', async () => {
       try {
         const result = await this.api.cancelAcquire();
         this._followed = null;
@@ -248,9 +248,13 @@ export class GpuWidget extends Widget {
     );
   }
 
-  /** Run a request with the button disabled and fast polls; refresh once it is answered. */
-  private async _act<T>(pending: string, action: () => Promise<T>): Promise<T> {
+  /**
+   * Run a request with the button disabled (saying `doing`) and fast polls; refresh once
+   * it is answered.
+   */
+  private async _act<T>(pending: string, doing: string, action: () => Promise<T>): Promise<T> {
     this._pending = pending;
+    this._doing = doing;
     this._notice = null;
     this._render();
     this._schedule();
@@ -258,7 +262,7 @@ export class GpuWidget extends Widget {
     try {
       result = await action();
     } finally {
-      this._pending = null;
+      this._pending = this._doing = null;
     }
     await this.refresh();
     return result;
@@ -400,6 +404,7 @@ export class GpuWidget extends Widget {
   private _render(): void {
     const state = this.state;
     const s = this._state;
+    const switching = !!(this._pending || this._active || this._moving);
     this.node.dataset.gpulabState = state;
 
     if (this._lost) {
@@ -409,7 +414,8 @@ export class GpuWidget extends Widget {
       this._label.textContent = 'GPU state unavailable';
       this.node.title = this._error;
     } else if (s) {
-      this._label.textContent = format.label(s);
+      // while a switch runs, the GPUs the kernels are on, not those the ledger grants
+      this._label.textContent = switching ? format.label(s, format.current(s)) : format.label(s);
       this.node.title = s.switch_unavailable
         ? `${format.details(s)}\n\n${s.switch_unavailable}`
         : format.details(s);
@@ -421,10 +427,17 @@ export class GpuWidget extends Widget {
     const holds = !!s?.gpus.length;
     this._button.hidden =
       !s || !!this._error || !!s.switch_unavailable || (!holds && !s.total);
-    this._button.textContent = holds ? 'Return GPU' : 'Get GPU';
-    this._button.title = holds
-      ? 'Give the GPU back to the pool; your files, notebooks and variables are kept'
-      : `Ask for ${Math.max(1, s?.profile_gpus || 0)} GPU(s) and move your kernels onto it`;
+    // never an action that cannot be taken: while a switch runs, what it is doing
+    if (switching) {
+      this._button.textContent =
+        this._doing ?? format.doing(s?.operation ?? null, s?.restore ?? null);
+      this._button.title = 'Wait until this is done';
+    } else {
+      this._button.textContent = holds ? 'Return GPU' : 'Get GPU';
+      this._button.title = holds
+        ? 'Give the GPU back to the pool; your files, notebooks and variables are kept'
+        : `Ask for ${Math.max(1, s?.profile_gpus || 0)} GPU(s) and move your kernels onto it`;
+    }
     this._button.disabled = state === 'busy';
 
     let text = '';
@@ -464,6 +477,8 @@ export class GpuWidget extends Widget {
   private _state: IGpuState | null = null;
   private _error: string | null = null;
   private _pending: string | null = null;
+  /** What the button says while the request `_pending` is sent. */
+  private _doing: string | null = null;
   private _notice: INotice | null = null;
   private _followed: string | null = null;
   /** The operation the last poll showed (its start). */
