@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
 import shutil
 import socket
@@ -70,17 +71,27 @@ def main(argv: list[str] | None = None) -> int:
     gpu = sub.add_parser(
         "gpu",
         help="Return GPU / Get GPU for a running server, keeping its kernels' variables",
-        description="status | return | get [N]",
+        description="status | return | get [N] | checkpoints [restore ID | delete ID]",
     )
     gpu.add_argument(
         "action",
         nargs="?",
         default="status",
-        choices=["status", "return", "get"],
+        choices=["status", "return", "get", "checkpoints"],
         help="status (the default): what the server holds; return: checkpoint the kernels "
-        "and free its GPUs; get: ask for GPUs and put the kernels back on them",
+        "and free its GPUs; get: ask for GPUs and put the kernels back on them; "
+        "checkpoints: list the kernels' checkpoints, restore or delete one",
     )
-    gpu.add_argument("count", nargs="?", type=int, help="GPUs to get (default: the profile's)")
+    gpu.add_argument(
+        "more",
+        nargs="*",
+        help="get: the number of GPUs (default: the profile's); checkpoints: restore ID or "
+        "delete ID",
+    )
+    gpu.add_argument(
+        "--notebook", default="", help="checkpoints restore: into this notebook's kernel"
+    )
+    gpu.add_argument("--json", action="store_true", help="checkpoints: print them as JSON")
     gpu.add_argument("--user", help="act for this user (admins)")
     gpu.add_argument("--server", default="", help="a named server (default: the default one)")
     gpu.add_argument("--interrupt", action="store_true", help="return: interrupt busy kernels")
@@ -573,8 +584,14 @@ def _follow_operation(client, who: dict, first: str) -> dict:
 def cmd_gpu(args, settings: Settings) -> int:
     client = GpulabClient.from_environment(args.url, args.token, settings)
     who = {"user": args.user, "server": args.server}
-    if args.count is not None and args.action != "get":
-        err.print(f"[red]gpulab gpu {args.action}:[/red] takes no count")
+    if args.action == "checkpoints":
+        return _checkpoints(client, who, args)
+    args.count = None
+    if args.more and args.action == "get" and len(args.more) == 1 and args.more[0].isdigit():
+        args.count = int(args.more[0])
+    elif args.more:
+        what = "one number of GPUs" if args.action == "get" else "no count"
+        err.print(f"[red]gpulab gpu {args.action}:[/red] takes {what}, not {' '.join(args.more)}")
         return 2
     if args.action == "return":
         with console.status("Checkpointing kernels and returning the GPU..."):
@@ -621,6 +638,40 @@ def cmd_gpu(args, settings: Settings) -> int:
     if op:
         why = "" if op.get("by_owner", True) else f" ({op['reason']})"
         console.print(f"last {op['kind']}: {op['state']}: {op['message']}{why}", highlight=False)
+    return 0
+
+
+def _checkpoints(client, who: dict, args) -> int:
+    """gpulab gpu checkpoints [restore ID [--notebook PATH] | delete ID]."""
+    more = args.more
+    if more and (more[0] not in ("restore", "delete") or len(more) != 2):
+        err.print("[red]gpulab gpu checkpoints:[/red] takes restore ID or delete ID")
+        return 2
+    if more and more[0] == "restore":
+        with console.status(f"Restoring checkpoint {more[1]}..."):
+            answer = client.restore_checkpoint(more[1], args.notebook, **who)
+        console.print(answer["message"], highlight=False, markup=False)
+        return 0
+    if more:
+        client.delete_checkpoint(more[1], **who)
+        console.print(f"Deleted checkpoint {more[1]}", highlight=False)
+        return 0
+    found = client.checkpoints(**who)
+    if args.json:
+        print(json.dumps(found, indent=1))
+        return 0
+    if not found:
+        console.print("No checkpoints")
+        return 0
+    table = Table(box=None)
+    for column in ("ID", "NOTEBOOK", "TAKEN (UTC)", "VARIABLES", "SIZE", "STATE"):
+        table.add_column(column)
+    for c in found:
+        state = c["state"] + (f": {c['why']}" if c.get("why") else "")
+        notebook = c["notebook"] or f"(kernel {c['kernel'][:8]})"
+        taken = c["created"][:19].replace("T", " ")
+        table.add_row(c["id"], notebook, taken, str(c.get("saved", "?")), human(c["bytes"]), state)
+    console.print(table, highlight=False)
     return 0
 
 

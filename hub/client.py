@@ -175,6 +175,21 @@ class GpulabClient:
     def cancel_get_gpu(self, user: str | None = None, server: str = "") -> dict:
         return self._gpu("DELETE", "/acquire", user, server)
 
+    def checkpoints(self, user: str | None = None, server: str = "") -> list[dict]:
+        """The checkpoints of the server's kernels on its home, newest first."""
+        return self._gpu("GET", "/checkpoints", user, server)["checkpoints"]
+
+    def restore_checkpoint(
+        self, ident: str, notebook: str = "", user: str | None = None, server: str = ""
+    ) -> dict:
+        """Load a checkpoint into a notebook's kernel (the one it was taken from, by
+        default); the server starts a kernel for it if none runs."""
+        path = f"/checkpoints/{quote(ident, safe='')}/restore"
+        return self._gpu("POST", path, user, server, {"notebook": notebook}, timeout=RETURN_TIMEOUT)
+
+    def delete_checkpoint(self, ident: str, user: str | None = None, server: str = "") -> None:
+        self._gpu("DELETE", f"/checkpoints/{quote(ident, safe='')}", user, server)
+
     def whoami(self) -> dict:
         return self.request("GET", "/user")
 

@@ -119,6 +119,14 @@ class GpuSwitch:
         except Exception:  # noqa: BLE001 -- a profile removed from the settings since
             return None
 
+    # -- the kernels' checkpoints ------------------------------------------------------
+
+    async def checkpoint_request(self, spawner, method: str, path: str = "", body=None):
+        """List, restore or delete the checkpoints of a running server's kernels (on its
+        home, kept by its server: ``gpulab gpu checkpoints``)."""
+        self._require_running(spawner)
+        return await self._call(spawner, method, "checkpoints" + path, body)
+
     # -- Return GPU --------------------------------------------------------------------
 
     async def give_back(
@@ -570,7 +578,7 @@ class GpuSwitch:
             raise SwitchError(e.code, message, **answer) from None
         except OSError as e:
             raise SwitchError(502, f"cannot reach the server: {e}") from None
-        return json.loads(response.body)
+        return json.loads(response.body) if response.body else {}
 
     async def _switch(self, spawner, visible: str, interrupt=False, force=False) -> dict:
         body = {"visible": visible, "interrupt": interrupt, "force": force}

@@ -89,6 +89,9 @@ class GpuSettings:
     """How Return GPU keeps a kernel on the local backend: ``auto`` parks with the CUDA
     driver (r570+) the kernels whose variables cannot all be saved, ``driver`` every
     kernel on the GPU, ``namespace`` none (each restarts on the CPU with its variables)."""
+    checkpoint_generations: int = 2
+    """How many of a notebook's kernel checkpoints its server keeps on the home once one
+    was restored (``gpulab gpu checkpoints``); one whose restore failed is always kept."""
 
 
 @dataclass
@@ -510,6 +513,8 @@ def _validate(s: Settings) -> None:
     for name in ("acquire_timeout", "reclaim_interval"):
         if getattr(s.gpus, name) < 1:
             raise SettingsError(f"gpus.{name}: must be 1 second or more")
+    if not 1 <= s.gpus.checkpoint_generations <= 100:
+        raise SettingsError("gpus.checkpoint_generations: 1 to 100 checkpoints per notebook")
     if not 0 <= s.gpus.idle_utilization <= 100:
         raise SettingsError("gpus.idle_utilization: a percentage, 0 to 100")
     if s.gpus.kernel_checkpoint not in ("auto", "driver", "namespace"):

@@ -175,6 +175,7 @@ class GpuSpawnerMixin(LoggingConfigurable):
             **visible_devices_env(self.gpu_ids),
             "GPULAB_PROFILE": self.profile_slug,
             "GPULAB_KERNEL_CHECKPOINT": self.gpulab.settings.gpus.kernel_checkpoint,
+            "GPULAB_CHECKPOINT_GENERATIONS": str(self.gpulab.settings.gpus.checkpoint_generations),
             INTERNAL_SECRET_ENV: self.internal_secret,
         }
 

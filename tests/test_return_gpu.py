@@ -388,15 +388,17 @@ def test_a_return_that_does_not_fit_in_the_home_changes_nothing(make_hub):
     op = dana.session.get(hub.api("/gpulab/gpu"), timeout=30).json()["operation"]
     assert op["state"] == "failed" and op["message"] == message
 
-    # once it fits, the return goes through; the restored checkpoint takes no more room
+    # once it fits, the return goes through; of the refused one nothing is left in the home
     run(dana, kernel, "del big")
     r = dana.session.post(dana.server_url + "/gpulab/gpu/return", json={}, timeout=60)
     assert r.status_code == 200, r.text
     assert hub.holders() == {}
     wait_restored(dana)
     assert run(dana, kernel, "print(step)").strip() == "7"
-    left = "import os; print(os.listdir(os.path.expanduser('~/.gpulab/checkpoints')))"
-    assert run(dana, kernel, left).strip() == "[]"
+    left = "import os; print(*os.listdir(os.path.expanduser('~/.gpulab/checkpoints')))"
+    files = run(dana, kernel, left).split()
+    assert {f.split(".pkl")[0] for f in files} == {files[0].split(".pkl")[0]}, files
+    assert not [f for f in files if f.endswith(".tmp") or ".data" in f], files
 
 
 SLOW_STATE = """

@@ -22,12 +22,20 @@ def _jupyter_server_extension_points():
 
 
 def _load_jupyter_server_extension(serverapp):
+    from . import gate
     from .handlers import handlers
     from .kernels import KernelSwitch
 
     web_app = serverapp.web_app
     switch = KernelSwitch(serverapp)
     web_app.settings["gpulab_switch"] = switch
+    # cells sent while a switch moves the kernels wait for their variables to be back
+    if not gate.install(serverapp, switch.gate):
+        serverapp.log.warning(
+            "gpulab: kernels are reached through %s: cells sent during Return or Get GPU "
+            "are not held",
+            web_app.settings.get("kernel_websocket_connection_class"),
+        )
     # kept by the extension alone: kernels and terminals started from here do not inherit it
     web_app.settings["gpulab_internal_secret"] = os.environ.pop(INTERNAL_SECRET_ENV, "")
     # a server that replaces a moved one (Return GPU on kubernetes) starts its notebooks

@@ -26,7 +26,10 @@ nothing at the hub, so it is no loss that the server's owner can read it):
   hub replaces this server (kubernetes backend): checkpoint the kernels for the next
   server and shut them down;
 - ``POST gpulab/internal/resume``: start those notebooks again here (a move called off);
-- ``GET  gpulab/internal/activity``: busy kernels, last activity, GPU utilisation.
+- ``GET  gpulab/internal/activity``: busy kernels, last activity, GPU utilisation;
+- ``GET  gpulab/internal/checkpoints``, ``POST gpulab/internal/checkpoints/ID/restore``
+  ``{"notebook": "path"}``, ``DELETE gpulab/internal/checkpoints/ID``: the kernels'
+  checkpoints on the home (``checkpoints.py``), for ``gpulab gpu checkpoints``.
 """
 
 from __future__ import annotations
@@ -236,6 +239,40 @@ class ResumeHandler(_HubOnly):
         self.finish(json.dumps({"resuming": started}))
 
 
+class CheckpointsHandler(_HubOnly):
+    """The kernels' checkpoints on the home: list, restore one into a notebook, delete."""
+
+    @allow_unauthenticated  # the secret was checked in prepare
+    async def get(self, ident: str = "", action: str = ""):
+        if ident or action:
+            raise web.HTTPError(405)
+        self.finish(json.dumps({"checkpoints": self.switch.list_checkpoints()}))
+
+    @allow_unauthenticated  # the secret was checked in prepare
+    async def post(self, ident: str = "", action: str = ""):
+        if not ident or action != "/restore":
+            raise web.HTTPError(404, "POST gpulab/internal/checkpoints/ID/restore")
+        notebook = self.body().get("notebook") or ""
+        if not isinstance(notebook, str):
+            raise web.HTTPError(400, '"notebook" must be a path in the home')
+        try:
+            result = await self.switch.restore_checkpoint(ident, notebook)
+        except SwitchError as e:
+            return self.fail(e.status, e.message, **e.detail)
+        self.finish(json.dumps(result))
+
+    @allow_unauthenticated  # the secret was checked in prepare
+    async def delete(self, ident: str = "", action: str = ""):
+        if not ident or action:
+            raise web.HTTPError(404, "DELETE gpulab/internal/checkpoints/ID")
+        try:
+            self.switch.delete_checkpoint(ident)
+        except SwitchError as e:
+            return self.fail(e.status, e.message, **e.detail)
+        self.set_status(204)
+        self.finish()
+
+
 class ActivityHandler(_HubOnly):
     @allow_unauthenticated  # the secret was checked in prepare
     async def get(self):
@@ -273,4 +310,5 @@ def handlers(base_url: str) -> list:
         (url("internal/checkpoint"), CheckpointHandler),
         (url("internal/resume"), ResumeHandler),
         (url("internal/activity"), ActivityHandler),
+        (url(r"internal/checkpoints(?:/([^/]+))?(/restore)?"), CheckpointsHandler),
     ]

@@ -42,6 +42,9 @@ from pathlib import Path
 from queue import Empty
 
 from . import cudackpt, gpuinfo
+from .checkpoints import CheckpointNotFound, Checkpoints, keep_from_environment
+from .checkpoints import remove as remove_checkpoint
+from .gate import INTERNAL, KernelGate
 
 SOURCE = (Path(__file__).with_name("namespace.py")).read_text()
 GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "GPULAB_GPUS")
@@ -51,6 +54,14 @@ CHECKPOINT_MODES = ("auto", "driver", "namespace")
 """``GPULAB_KERNEL_CHECKPOINT``: how a return keeps a kernel on the GPU (``to_park``)."""
 PARK_TIMEOUT_MS = 10_000
 """How long the driver may wait for a kernel's GPU work to end before parking it."""
+BUSY_GRACE = 2.0
+"""Seconds a switch waits for a notebook that is running code to finish (no new cell
+reaches it meanwhile) before it refuses, or interrupts it."""
+MOVING = (
+    "your server is moving to a new pod with its variables; run it again once this page "
+    "has reloaded"
+)
+"""Why a cell sent while the server's kernels were checkpointed for a move was not run."""
 
 
 class SwitchError(Exception):
@@ -78,9 +89,13 @@ class KernelReport:
     failed: dict[str, str] = field(default_factory=dict)
     restored: list[str] = field(default_factory=list)
     note: str = ""
+    lost: str = ""
+    """Why the kernel restarts without its variables ("": it keeps them)."""
     kept_by: str = "namespace"
     """``namespace``: its variables went through a checkpoint file and a new process;
     ``driver``: its process kept running, parked by the CUDA driver."""
+    file: Path | None = None
+    """Its checkpoint, if one holds its variables."""
 
     def as_json(self) -> dict:
         return {
@@ -109,6 +124,8 @@ class Parked:
     saved: list[str]
     """What its namespace checkpoint holds (for a fallback) and what it left out."""
     failed: dict[str, str]
+    file: Path | None
+    """That checkpoint."""
     since: float = field(default_factory=time.time)
 
 
@@ -200,15 +217,18 @@ class KernelSwitch:
         self.app = serverapp
         self.log = serverapp.log
         self.dir = checkpoint_dir or Path.home() / ".gpulab" / "checkpoints"
+        self.checkpoints = Checkpoints(self.dir, keep_from_environment())
         self.restore: dict = {"state": "idle", "message": "", "kernels": []}
+        self.gate = KernelGate(self.log)
+        """Holds what users send the kernels while a switch or a resume runs."""
         self._lock = asyncio.Lock()
         self._restoring: asyncio.Task | None = None
         self._parked: dict[str, Parked] = {}
         self._background: set[asyncio.Task] = set()
         self._no_driver = False
         """The driver said it cannot park kernels here (no driver, or an older one)."""
-        self._saving: tuple[float, list[str]] | None = None
-        """Since when, and which kernels' checkpoints are being written."""
+        self._saving: dict[str, Path] = {}
+        """The checkpoints being written now, by kernel."""
         self.started = time.time()
 
     @property
@@ -225,25 +245,20 @@ class KernelSwitch:
     def saved_bytes(self) -> int | None:
         """How much of the kernels' checkpoints is written so far, while they are being
         written (the pickles and the data files of their big tensors); else None."""
-        saving = self._saving
-        if saving is None:
+        if not self._saving:
             return None
-        since, kernels = saving
         total = 0
-        for k in kernels:
-            pickle = self._file(k)
+        for pickle in list(self._saving.values()):
             files = [
                 pickle.with_name(pickle.name + ".tmp"),
-                pickle,  # once written (older ones are not counted)
+                pickle,  # once written
                 *pickle.parent.glob(pickle.name + ".*.data"),
             ]
             for file in files:
                 try:
-                    stat = file.stat()
+                    total += file.stat().st_size
                 except OSError:  # not there (yet, or any more)
                     continue
-                if stat.st_mtime >= since:
-                    total += stat.st_size
         return total
 
     def parked(self) -> list[dict]:
@@ -271,6 +286,21 @@ class KernelSwitch:
 
     async def switch(
         self, visible: str, interrupt: bool = False, force: bool = False, wait_restore: bool = True
+    ) -> dict:
+        """Move the kernels onto ``visible``. What users send the kernels from now on waits
+        at the gate until their variables are back (``_restore_all`` opens it)."""
+        self.gate.close()
+        internal = INTERNAL.set(True)
+        handed = asyncio.Event()  # set once the restore has the gate to open
+        try:
+            return await self._switch(visible, interrupt, force, wait_restore, handed)
+        finally:
+            INTERNAL.reset(internal)
+            if not handed.is_set():  # else the restore opens the gate once it is over
+                self.gate.reopen(self.km)
+
+    async def _switch(
+        self, visible: str, interrupt: bool, force: bool, wait_restore: bool, handed: asyncio.Event
     ) -> dict:
         async with self._lock:
             if self._restoring is not None:
@@ -300,15 +330,23 @@ class KernelSwitch:
             for r in await self._park(candidates, pids, on_gpu, before):  # those not parked
                 restarts[r.kernel_id] = self._restart(r.kernel_id)
             back = await self._unpark(parked, visible, restarts)
-            await self._wait_gone(
-                [pids[k] for k in restarts if pids.get(k)] + [p["pid"] for p in others]
-            )
-            released = time.monotonic()
-            self.restore = {"state": "restoring", "message": "Restoring variables…", "kernels": []}
             reports += back
+            for r in reports:  # the cells sent them meanwhile would run without the variables
+                if r.lost and r.kernel_id in restarts:
+                    self.gate.refuse(r.kernel_id, f"{r.path or 'this kernel'}: {r.lost}")
+            self.restore = {"state": "restoring", "message": "Restoring variables…", "kernels": []}
             starts = [restarts.get(r.kernel_id) or _done() for r in reports]
-            files = [self._file(r.kernel_id) if r.kernel_id in restarts else None for r in reports]
-            self._restoring = asyncio.ensure_future(self._restore_all(reports, starts, files))
+            files = [r.file if r.kernel_id in restarts else None for r in reports]
+            try:
+                await self._wait_gone(
+                    [pids[k] for k in restarts if pids.get(k)] + [p["pid"] for p in others]
+                )
+            finally:  # the kernels restarted: their variables come back, whatever else failed
+                for k in restarts:
+                    self.gate.restarted(k)
+                self._restoring = self._restore_then_open(reports, starts, files)
+                handed.set()
+            released = time.monotonic()
             if wait_restore:
                 await self._restoring
             ways = {r.kept_by for r in reports}
@@ -328,8 +366,21 @@ class KernelSwitch:
 
         Once this answers, no process of this server uses its GPUs (the kernels and, with
         ``force``, the other GPU processes have exited) and ``resume.json`` names what the
-        next server starts again.
+        next server starts again. Cells sent meanwhile are answered that the server is
+        moving (the page reloads from the new server, where they can be run again).
         """
+        self.gate.close()
+        internal = INTERNAL.set(True)
+        try:
+            result = await self._checkpoint_for_move(interrupt, force)
+            for k in result.pop("stopped"):
+                self.gate.refuse(k, MOVING)
+            return result
+        finally:
+            INTERNAL.reset(internal)
+            self.gate.reopen(self.km)
+
+    async def _checkpoint_for_move(self, interrupt: bool, force: bool) -> dict:
         async with self._lock:
             if self._restoring is not None:
                 await self._restoring
@@ -347,7 +398,7 @@ class KernelSwitch:
                     {
                         **session,
                         "kernel_name": self.km.get_kernel(report.kernel_id).kernel_name,
-                        "checkpoint": str(self._file(report.kernel_id)) if report.saved else "",
+                        "checkpoint": str(report.file) if report.file else "",
                         "saved": report.saved,
                         "failed": report.failed,
                     }
@@ -368,12 +419,84 @@ class KernelSwitch:
                 _terminate(p["pid"])
             await self._wait_gone([p for p in pids.values() if p] + [p["pid"] for p in others])
             return {
+                "stopped": kernels,
                 "path": "namespace",
                 "kernels": [r.as_json() for r in reports],
                 "notebooks": len(notebooks),
                 "checkpoint_seconds": round(checkpointed - t0, 3),
                 "release_seconds": round(time.monotonic() - t0, 3),
             }
+
+    # -- checkpoints, on request ------------------------------------------------------
+
+    def list_checkpoints(self) -> list[dict]:
+        """This home's checkpoints, newest first (``Checkpoints.list``)."""
+        return self.checkpoints.list()
+
+    def delete_checkpoint(self, ident: str) -> None:
+        """Remove a checkpoint (its owner's choice); 404 unless there is one, 409 while a
+        switch may be writing or reading it."""
+        file = self._checkpoint_file(ident)
+        if self.switching:
+            raise SwitchError(409, "a Return or Get GPU is under way: try again once it is over")
+        remove_checkpoint(file)
+
+    async def restore_checkpoint(self, ident: str, notebook: str = "") -> dict:
+        """Load checkpoint ``ident`` into the kernel of ``notebook`` (default: the notebook
+        it was taken from), starting one for it if none runs. Its cells wait meanwhile."""
+        file = self._checkpoint_file(ident)
+        meta = next((m for m in self.checkpoints.list() if m["id"] == ident), {})
+        notebook = notebook or meta.get("notebook", "")
+        if not notebook:
+            raise SwitchError(
+                400, f"checkpoint {ident} was not taken from a notebook: name the notebook to "
+                "restore it into",
+            )  # fmt: skip
+        self.gate.close()
+        internal = INTERNAL.set(True)
+        try:
+            async with self._lock:
+                if self._restoring is not None:
+                    await self._restoring
+                return await self._restore_into(file, notebook)
+        finally:
+            INTERNAL.reset(internal)
+            self.gate.reopen(self.km)
+
+    async def _restore_into(self, file: Path, notebook: str) -> dict:
+        sessions = await self._sessions()
+        kernel = next((k for k, s in sessions.items() if s["path"] == notebook), None)
+        if kernel is None:  # not open: its notebook gets a kernel, as a resumed one does
+            report = KernelReport("", notebook)
+            await self._start_session(
+                {"path": notebook, "name": notebook, "type": "notebook"}, report
+            )
+            kernel = report.kernel_id
+        elif not self._is_python(kernel):
+            raise SwitchError(409, f"{notebook}'s kernel is not a Python kernel")
+        await self._quiesce([kernel], {kernel: notebook}, interrupt=False)
+        try:
+            saved = json.loads(Path(f"{file}.json").read_text())["saved"]
+        except (OSError, ValueError, KeyError) as e:
+            raise SwitchError(409, f"checkpoint {file.name} cannot be read: {e}") from None
+        try:
+            await self._run(kernel, "load", str(file), f"restoring {notebook}")
+        except SwitchError as e:
+            self.checkpoints.not_restored(file, e.message)
+            raise
+        loaded = _restored_report(file, saved)
+        self.checkpoints.restored(file)
+        restored = loaded["restored"]
+        message = f"Restored {len(restored)} variable{'s' * (len(restored) != 1)} into {notebook}"
+        if loaded.get("note"):
+            message += f"; {loaded['note']}"
+        return {"notebook": notebook, "kernel": kernel, "restored": restored, "message": message}
+
+    def _checkpoint_file(self, ident: str) -> Path:
+        try:
+            return self.checkpoints.file(ident)
+        except CheckpointNotFound as e:
+            raise SwitchError(404, str(e)) from None
 
     def pending_resume(self) -> dict | None:
         """The manifest a server of this name left for its successor, if any."""
@@ -399,11 +522,13 @@ class KernelSwitch:
         except FileNotFoundError:  # taken meanwhile
             return False
         self.restore = {"state": "restoring", "message": "Restoring variables…", "kernels": []}
-        self._restoring = asyncio.ensure_future(self._resume(manifest))
+        self.gate.close()  # a tab that reconnects meanwhile: its cells wait for the variables
+        self._restoring = self._then_open(self._resume(manifest))
         return True
 
     async def _resume(self, manifest: dict) -> None:
         """Start a kernel for each notebook of the manifest and restore its variables."""
+        INTERNAL.set(True)  # in this task only: its kernel starts go through the gate
         reports, starts, files = [], [], []
         for nb in manifest.get("notebooks", []):
             report = KernelReport("", nb.get("path", ""), nb.get("saved", []), nb.get("failed", {}))
@@ -420,6 +545,15 @@ class KernelSwitch:
         report.kernel_id = model["kernel"]["id"]
 
     # -- steps -------------------------------------------------------------------------
+
+    def _restore_then_open(self, reports, starts, files) -> asyncio.Task:
+        """Restore in the background; the gate opens once it is over."""
+        return self._then_open(self._restore_all(reports, starts, files))
+
+    def _then_open(self, call) -> asyncio.Task:
+        task = asyncio.ensure_future(call)
+        task.add_done_callback(lambda _: self.gate.reopen(self.km))
+        return task
 
     def _later(self, call) -> None:
         """Run ``call`` in the background; a failure is logged."""
@@ -471,7 +605,7 @@ class KernelSwitch:
                 gpus = [uuid_of[i] for i in on_gpu[pid]] if uuid_of else []
                 self._parked[report.kernel_id] = Parked(
                     pid, before, gpus, list(uuid_of.values()), report.path, report.saved,
-                    report.failed,
+                    report.failed, report.file,
                 )  # fmt: skip
                 report.kept_by = "driver"
                 report.restored, report.failed = _all_names(report.saved, report.failed), {}
@@ -511,7 +645,8 @@ class KernelSwitch:
                 )
                 answer = await cudackpt.run("unpark", str(parked.pid), *moved)
                 if answer.get("ok"):
-                    _remove_checkpoint(self._file(k))  # its fallback, no longer needed
+                    if parked.file is not None:  # its fallback, no longer needed
+                        self.checkpoints.superseded(parked.file)
                     report.restored = _all_names(parked.saved, parked.failed)
                     if visible != parked.visible and self._is_python(k):  # once it is idle
                         self._later(self._run(k, "set_gpus", visible, "showing its GPU", None))
@@ -521,7 +656,7 @@ class KernelSwitch:
             else:
                 why = f"it was on {len(parked.gpus)} GPU(s), and {visible or 'no GPU'} is given"
             report.kept_by = "namespace"
-            report.saved, report.failed = parked.saved, parked.failed
+            report.saved, report.failed, report.file = parked.saved, parked.failed, parked.file
             report.note = (
                 f"{report.path or 'a kernel'}: its GPU state could not be brought back ({why}); "
                 "it restarted with its variables as they were at Return GPU, "
@@ -559,17 +694,26 @@ class KernelSwitch:
                 "them (or return with force, which ends them).",
                 processes=others,
             )
-        self._saving = (time.time() - 1, kernels)  # (file times can lag the clock a little)
-        try:
-            reports = await asyncio.gather(*(self._save(k, paths.get(k, "")) for k in kernels))
-        finally:
-            self._saving = None
+        results = await asyncio.gather(
+            *(self._save(k, paths.get(k, "")) for k in kernels), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:  # nothing changes: the others' checkpoints would only take room
+            for r in results:
+                if isinstance(r, KernelReport) and r.file is not None:
+                    self.checkpoints.abandoned(r.file)
+            raise errors[0]
+        reports = [r for r in results if isinstance(r, KernelReport)]
         return pids, others, list(reports), on_gpu
 
     def _state(self, kernel_id: str) -> str:
         return getattr(self.km.get_kernel(kernel_id), "execution_state", "unknown")
 
     async def _quiesce(self, kernels: list[str], paths: dict[str, str], interrupt: bool) -> None:
+        # the gate holds every new cell: a cell that was already running gets a moment to end
+        deadline = time.monotonic() + BUSY_GRACE
+        while any(self._state(k) == "busy" for k in kernels) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
         busy = [k for k in kernels if self._state(k) == "busy"]
         if not busy:
             return
@@ -601,25 +745,35 @@ class KernelSwitch:
             return False
         return spec.language.lower() == "python"
 
-    def _file(self, kernel_id: str) -> Path:
-        return self.dir / f"{kernel_id}.pkl"
-
     async def _save(self, kernel_id: str, path: str) -> KernelReport:
         report = KernelReport(kernel_id, path)
         if not self._is_python(kernel_id):
             report.failed["*"] = "only the variables of Python kernels can be kept"
+            report.lost = "only the variables of Python kernels can be kept"
             return report
-        target = self._file(kernel_id)
+        target = self.checkpoints.new(kernel_id, path)
+        self._saving[kernel_id] = target
         try:
             await self._run(kernel_id, "save", str(target), f"checkpointing {path or kernel_id}")
         except KernelDied as e:  # what it held went with it: nothing is left to save
+            self.checkpoints.abandoned(target)
             report.note = (
                 f"{path or 'a kernel'}: its kernel died while its variables were being saved "
                 f"({e.reason}); it restarted without them"
             )
+            report.lost = (
+                f"its kernel died while its variables were being saved ({e.reason}); it "
+                "restarted without them"
+            )
             return report
+        except BaseException:
+            self.checkpoints.abandoned(target)  # the kernel and its variables stay as they were
+            raise
+        finally:
+            self._saving.pop(kernel_id, None)
         saved = json.loads(Path(str(target) + ".json").read_text())
         report.saved, report.failed = saved["saved"], saved["failed"]
+        report.file = target if self.checkpoints.saved(target) else None
         return report
 
     async def _run(self, kernel_id: str, func: str, arg: str, what: str, timeout=300) -> None:
@@ -660,9 +814,7 @@ class KernelSwitch:
                 f"{what} failed: {content.get('evalue')}. Free some space in your home or "
                 "grow it (gpulab storage resize SIZE), then try again; nothing was changed",
             )
-        raise SwitchError(
-            500, f"{what} failed: {content.get('ename', 'error')}: {content.get('evalue', '')}"
-        )
+        raise SwitchError(500, f"{what} failed: {_why(content)}")
 
     async def _unless_it_dies(self, kernel_id: str, pid: int | None, what: str, call):
         """``call``'s answer; KernelDied as soon as the kernel process ``pid`` has exited
@@ -718,10 +870,15 @@ class KernelSwitch:
                 report.restored = loaded["restored"]
                 report.note = loaded.get("note", "")
             except (SwitchError, OSError, ValueError) as e:
-                report.note = f"variables not restored ({e}); they are kept in {file}"
+                report.note = (
+                    f"variables not restored ({e}); they are kept in {file} (gpulab gpu "
+                    f"checkpoints restore {file.name.removesuffix('.pkl')})"
+                )
                 problems.append(report.note)
-            else:
-                _remove_checkpoint(file)  # spent: it would only take room in the home
+                self.checkpoints.not_restored(file, str(e))
+                self.gate.refuse(k, f"{report.path or 'this kernel'}: {report.note}")
+            else:  # verified: older checkpoints of the notebook beyond a few may go
+                self.checkpoints.restored(file)
         self.restore = {
             "state": "failed" if problems else "done",
             "message": _summary(reports),
@@ -753,6 +910,18 @@ async def _connected(client, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"the kernel did not answer in {timeout:.0f} s")
         wait = min(wait * 2, 0.5)
+
+
+def _why(content: dict) -> str:
+    """What a kernel's reply that is not "ok" says went wrong, never an empty reason."""
+    if content.get("status") == "aborted":
+        return "the kernel aborted the request (an earlier request to it had failed)"
+    name, value = content.get("ename") or "", content.get("evalue") or ""
+    if name and value:
+        return f"{name}: {value}"
+    if name or value:
+        return name or value
+    return f"the kernel answered {content.get('status') or 'with no status'} and no reason"
 
 
 def _restored_report(file: Path, saved: list[str]) -> dict:
@@ -801,13 +970,6 @@ def _summary(reports: list[KernelReport]) -> str:
         parts.append("not saved: " + ", ".join(failed))
     notes = [r.note for r in reports if r.note]
     return "; ".join(parts + notes)
-
-
-def _remove_checkpoint(path: Path) -> None:
-    """A checkpoint's pickle, reports and tensor data files (tensors mapped from a data
-    file stay readable after it is unlinked)."""
-    for file in path.parent.glob(path.name + "*"):
-        file.unlink(missing_ok=True)
 
 
 def _whose() -> dict[str, str]:

@@ -7,13 +7,18 @@
   the kubernetes backend; ``"wait": false`` answers at once);
 - ``POST   /hub/api/gpulab/gpu/acquire`` ``{"gpus": 1, "timeout": 600}`` (202: follow
   it with GET);
-- ``DELETE /hub/api/gpulab/gpu/acquire``: cancel a waiting Get GPU.
+- ``DELETE /hub/api/gpulab/gpu/acquire``: cancel a waiting Get GPU;
+- ``GET    /hub/api/gpulab/gpu/checkpoints``: the checkpoints of the server's kernels on
+  its home (the server must run); ``POST .../checkpoints/ID/restore`` ``{"notebook":
+  "path"}`` loads one into a notebook's kernel; ``DELETE .../checkpoints/ID`` removes it.
 
 ``user`` defaults to the caller and ``server`` to the default server (``""``); users act
 on their own servers, admins on anyone's.
 """
 
 from __future__ import annotations
+
+import re
 
 from tornado import web
 
@@ -85,4 +90,50 @@ class GpuHandler(GpulabAPIHandler):
         self.write_json(gpu_switch().cancel(spawner))
 
 
-default_handlers = [(r"/api/gpulab/gpu(/return|/acquire)?", GpuHandler)]
+class CheckpointsHandler(GpuHandler):
+    """The checkpoints of a running server's kernels, kept on its home by the server."""
+
+    async def _relay(self, method: str, ident: str, action: str, body=None):
+        spawner, _ = self.spawner()
+        if ident and not CHECKPOINT_ID.fullmatch(ident):
+            raise web.HTTPError(404, f"there is no checkpoint {ident!r}")
+        path = f"/{ident}{action}" if ident else ""
+        try:
+            return await gpu_switch().checkpoint_request(spawner, method, path, body)
+        except SwitchError as e:
+            self.set_status(e.status)
+            self.write_json({"status": e.status, "message": e.message, **e.detail})
+            return None
+
+    async def get(self, ident: str = "", action: str = ""):
+        if ident or action:
+            raise web.HTTPError(405)
+        answer = await self._relay("GET", "", "")
+        if answer is not None:
+            self.write_json(answer)
+
+    async def post(self, ident: str = "", action: str = ""):
+        if not ident or action != "/restore":
+            raise web.HTTPError(404, "POST /hub/api/gpulab/gpu/checkpoints/ID/restore")
+        notebook = self.body().get("notebook", "")
+        if not isinstance(notebook, str):
+            raise web.HTTPError(400, '"notebook" must be a path in the home')
+        answer = await self._relay("POST", ident, action, {"notebook": notebook})
+        if answer is not None:
+            self.write_json(answer)
+
+    async def delete(self, ident: str = "", action: str = ""):
+        if not ident or action:
+            raise web.HTTPError(404, "DELETE /hub/api/gpulab/gpu/checkpoints/ID")
+        if await self._relay("DELETE", ident, "") is not None:
+            self.set_status(204)
+            self.finish()
+
+
+CHECKPOINT_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z-]{0,63}")
+"""A checkpoint's id (as the server names them): never a path."""
+
+default_handlers = [
+    (r"/api/gpulab/gpu(/return|/acquire)?", GpuHandler),
+    (r"/api/gpulab/gpu/checkpoints(?:/([^/]+))?(/restore)?", CheckpointsHandler),
+]

@@ -1,0 +1,248 @@
+"""Hold what users send their kernels while a switch moves them, so no cell runs in a
+half-switched kernel.
+
+From the moment a Return or Get GPU reaches the server until its kernels are restored,
+every message a browser tab, console or API client sends a kernel over its websocket
+is held here, in order, instead of going to the kernel. Once the switch is over they go
+to the restored kernel, in the order they came; where a kernel's variables could not be
+brought back, its held cells are answered instead with an error that says why (never
+run in a kernel that lacks what the user had). Kernel starts, restarts and shutdowns
+that users ask for meanwhile wait too, so a kernel started during a switch gets the new
+devices and none is restarted under the switch's feet.
+
+The switch's own calls (its checkpoint and restore requests, its restarts) go through:
+they run in a context where ``INTERNAL`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from jupyter_server.services.kernels.connection.base import (
+    deserialize_binary_message,
+    deserialize_msg_from_ws_v1,
+    serialize_msg_to_ws_v1,
+)
+from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
+
+try:
+    from jupyter_client.jsonutil import json_default
+except ImportError:  # jupyter_client < 7
+    from jupyter_client.jsonutil import date_default as json_default
+
+INTERNAL: contextvars.ContextVar[bool] = contextvars.ContextVar("gpulab_switching", default=False)
+"""Set in the switch's own task: its kernel calls are not held."""
+
+V1 = "v1.kernel.websocket.jupyter.org"
+IOPUB_PATIENCE = 10.0
+"""Seconds to wait for a restarted kernel's output to reach a tab before its held cells
+go on anyway (its output channel reconnects within a fraction of a second)."""
+HELD_KERNEL_CALLS = ("start_kernel", "restart_kernel", "shutdown_kernel")
+
+
+@dataclass
+class _Held:
+    connection: GatedConnection
+    message: str | bytes
+    refusal: str = ""
+    """Why it is answered with an error instead of going to the kernel ("" : it goes)."""
+
+
+class KernelGate:
+    """Closed while one or more switches run (``holding``); holds kernel messages meanwhile."""
+
+    def __init__(self, log):
+        self.log = log
+        self._depth = 0
+        self._open = asyncio.Event()
+        self._open.set()
+        self._held: deque[_Held] = deque()
+        self._refused: dict[str, str] = {}
+        self._restarted: dict[str, float] = {}
+        self._release: asyncio.Task | None = None
+
+    @property
+    def closed(self) -> bool:
+        return not self._open.is_set()
+
+    def held(self) -> int:
+        """How many messages wait for the switch to end."""
+        return len(self._held)
+
+    def close(self) -> None:
+        self._depth += 1
+        self._open.clear()
+
+    def reopen(self, kernel_manager) -> None:
+        """One switch is over; when none is left, the held messages go on."""
+        self._depth -= 1
+        if self._depth == 0 and (self._release is None or self._release.done()):
+            self._release = asyncio.ensure_future(self._deliver(kernel_manager))
+
+    def restarted(self, kernel_id: str) -> None:
+        """The kernel's old process is gone: its tabs' output channels reconnect to the new
+        one, and held cells wait until they have (else their output would be lost)."""
+        self._restarted[kernel_id] = time.monotonic()
+
+    def refuse(self, kernel_id: str, reason: str) -> None:
+        """Answer the kernel's held cells (and those that come until the gate opens) with
+        ``reason`` instead of running them: its variables are not what the user had."""
+        self._refused[kernel_id] = reason
+        for held in self._held:
+            if held.connection.kernel_id == kernel_id:
+                held.refusal = reason
+
+    async def wait_open(self) -> None:
+        """Until no switch runs (at once in the switch's own calls)."""
+        if not INTERNAL.get():
+            await self._open.wait()
+
+    def hold(self, connection: GatedConnection, message: str | bytes) -> bool:
+        """Keep ``message`` for later if a switch runs; whether it was kept."""
+        if self._open.is_set() or INTERNAL.get():
+            return False
+        self._held.append(_Held(connection, message, self._refused.get(connection.kernel_id, "")))
+        return True
+
+    def wrap(self, kernel_manager) -> None:
+        """Make the kernel manager's start, restart and shutdown wait while a switch runs."""
+        for name in HELD_KERNEL_CALLS:
+            original = getattr(kernel_manager, name)
+
+            async def waiting(*args, _original=original, **kwargs):
+                await self.wait_open()
+                result = _original(*args, **kwargs)
+                return await result if asyncio.iscoroutine(result) else result
+
+            setattr(kernel_manager, name, waiting)
+
+    async def _deliver(self, kernel_manager) -> None:
+        try:
+            kernels = {h.connection.kernel_id for h in self._held if not h.refusal}
+            await asyncio.gather(
+                *(self._output_back(kernel_manager, k) for k in kernels if k in self._restarted)
+            )
+        except Exception:  # noqa: BLE001 -- the held cells go on regardless
+            self.log.exception("gpulab: waiting for restarted kernels' output channels")
+        while self._held and self._depth == 0:
+            held = self._held.popleft()
+            try:
+                if held.refusal:
+                    held.connection.refuse(held.message, held.refusal)
+                else:
+                    held.connection.pass_on(held.message)
+            except Exception:  # noqa: BLE001 -- one closed tab must not hold up the rest
+                self.log.exception("gpulab: passing on a held kernel message")
+        if self._depth == 0:
+            self._refused.clear()
+            self._restarted.clear()
+            self._open.set()
+
+    async def _output_back(self, kernel_manager, kernel_id: str) -> None:
+        """Until every open tab of a restarted kernel receives its output again.
+
+        A tab's output subscription reconnects by itself once the new process listens;
+        what the kernel publishes before is lost to it. A tab has reconnected once it
+        sees a message the new process published (the restore's status messages, or
+        those of the kernel_info requests sent here on a channel of our own)."""
+        since = self._restarted[kernel_id]
+        # the tabs whose cells are held (a closed tab's connection may linger, buffering)
+        tabs = {h.connection for h in self._held if h.connection.kernel_id == kernel_id}
+
+        def waiting() -> list[GatedConnection]:
+            return [c for c in tabs if c.open and c.iopub_seen < since]
+
+        if not waiting() or kernel_id not in kernel_manager:
+            return
+        kernel = kernel_manager.get_kernel(kernel_id)
+        shell = kernel.connect_shell()
+        try:
+            deadline = time.monotonic() + IOPUB_PATIENCE
+            while waiting() and time.monotonic() < deadline:
+                kernel.session.send(shell, "kernel_info_request")
+                await asyncio.sleep(0.1)
+        finally:
+            shell.close()
+
+
+class GatedConnection(ZMQChannelsWebsocketConnection):
+    """A kernel's websocket connection whose incoming messages wait while a switch runs."""
+
+    iopub_seen = 0.0
+    """When a message of the kernel's output channel last reached this tab (monotonic)."""
+
+    @property
+    def gate(self) -> KernelGate:
+        return self.websocket_handler.settings["gpulab_switch"].gate
+
+    @property
+    def open(self) -> bool:
+        """Its tab is still connected."""
+        return bool(self.channels) and self.websocket_handler.ws_connection is not None
+
+    def handle_incoming_message(self, incoming_msg) -> None:
+        if not self.gate.hold(self, incoming_msg):
+            super().handle_incoming_message(incoming_msg)
+
+    def pass_on(self, incoming_msg) -> None:
+        """A held message, once the switch is over: to the kernel."""
+        super().handle_incoming_message(incoming_msg)
+
+    def handle_outgoing_message(self, stream, outgoing_msg) -> None:
+        channel = stream if isinstance(stream, str) else getattr(stream, "channel", None)
+        if channel == "iopub":
+            self.iopub_seen = time.monotonic()
+        super().handle_outgoing_message(stream, outgoing_msg)
+
+    def refuse(self, incoming_msg, reason: str) -> None:
+        """A held message to a kernel whose variables did not come back: a cell is answered
+        with an error naming ``reason`` (as the kernel would answer a failed cell); other
+        requests (completion, kernel info) go to the kernel."""
+        if not self.channels:
+            return
+        channel, header = self._header(incoming_msg)
+        if channel != "shell" or header.get("msg_type") != "execute_request":
+            self.pass_on(incoming_msg)
+            return
+        text = f"Not run: {reason}"
+        error = {"ename": "NotRun", "evalue": reason, "traceback": [text]}
+        self._send("iopub", "status", {"execution_state": "busy"}, header)
+        self._send("iopub", "error", error, header)
+        self._send("shell", "execute_reply", {"status": "error", "execution_count": None,
+                                              **error}, header)  # fmt: skip
+        self._send("iopub", "status", {"execution_state": "idle"}, header)
+
+    def _header(self, incoming_msg) -> tuple[str, dict]:
+        if self.subprotocol == V1:
+            channel, parts = deserialize_msg_from_ws_v1(incoming_msg)
+            return channel, self.session.unpack(parts[0])
+        if isinstance(incoming_msg, bytes):
+            msg = deserialize_binary_message(incoming_msg)
+        else:
+            msg = json.loads(incoming_msg)
+        return msg.get("channel") or "shell", msg.get("header") or {}
+
+    def _send(self, channel: str, msg_type: str, content: dict, parent: dict) -> None:
+        msg = self.session.msg(msg_type, content, parent=parent)
+        if self.subprotocol == V1:
+            self.write_message(serialize_msg_to_ws_v1(msg, channel, self.session.pack), binary=True)
+        else:
+            msg["channel"] = channel
+            self.write_message(json.dumps(msg, default=json_default))
+
+
+def install(serverapp, gate: KernelGate) -> bool:
+    """Hold kernel messages and kernel calls at ``gate`` in this server; False where the
+    server talks to its kernels some other way (a gateway), which is left as it is."""
+    settings = serverapp.web_app.settings
+    current = settings.get("kernel_websocket_connection_class")
+    if current is not ZMQChannelsWebsocketConnection:
+        return False
+    settings["kernel_websocket_connection_class"] = GatedConnection
+    gate.wrap(serverapp.kernel_manager)
+    return True

@@ -1,0 +1,212 @@
+"""Return and Get GPU while the user keeps running cells: nothing runs in a half-switched
+kernel, and no checkpoint is lost.
+
+A client speaks the kernel protocol over the server's websocket, as JupyterLab does,
+and sends cells in a tight loop while the server's GPU is returned and got back fifty
+times at random moments; every cell must run exactly once, in order, with the variables
+the cells before it made. A restore that fails (the notebook's own module was deleted)
+must keep its checkpoint, say why, answer the cells sent meanwhile with that reason
+instead of running them in an empty kernel, and be restorable later from the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import uuid
+
+import websocket
+
+from hubfixture import gpulab, open_notebook, run, wait_for
+
+CELL = "n += 1\nprint(n)"
+
+
+def gpu_state(user) -> dict:
+    r = user.session.get(user.server_url + "/gpulab/gpu", timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def settled(user) -> dict | None:
+    """The server's GPU state once no operation, switch or restore is under way."""
+    s = gpu_state(user)
+    op = s.get("operation") or {}
+    busy = op.get("state") in ("queued", "checkpointing", "restoring") or s["switching"]
+    return None if busy or s["restore"]["state"] == "restoring" else s
+
+
+class KernelClient:
+    """A kernel's websocket, as a notebook uses it: execute requests out, replies and
+    output in (read by a thread of its own)."""
+
+    def __init__(self, user, kernel: str):
+        url = user.server_url.replace("http://", "ws://") + f"/api/kernels/{kernel}/channels"
+        self.session = uuid.uuid4().hex
+        self.ws = websocket.create_connection(
+            f"{url}?session_id={self.session}",
+            header=[f"Authorization: token {user.token}"],
+            timeout=300,
+        )
+        self.lock = threading.Lock()
+        self.sent: list[str] = []
+        self.replies: list[tuple[str, dict]] = []  # (request id, content), as they came
+        self.stdout: dict[str, str] = {}
+        self.errors: dict[str, str] = {}
+        self.closed = threading.Event()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def execute(self, code: str) -> str:
+        msg_id = uuid.uuid4().hex
+        message = {
+            "header": {
+                "msg_id": msg_id,
+                "username": "test",
+                "session": self.session,
+                "msg_type": "execute_request",
+                "version": "5.3",
+            },
+            "parent_header": {},
+            "metadata": {},
+            "content": {"code": code, "silent": False, "store_history": True,
+                        "user_expressions": {}, "allow_stdin": False},  # fmt: skip
+            "channel": "shell",
+        }
+        with self.lock:
+            self.sent.append(msg_id)
+            self.ws.send(json.dumps(message))
+        return msg_id
+
+    def _read(self) -> None:
+        while not self.closed.is_set():
+            try:
+                msg = json.loads(self.ws.recv())
+            except (websocket.WebSocketException, OSError, ValueError):
+                return
+            parent = (msg.get("parent_header") or {}).get("msg_id")
+            kind = msg["header"]["msg_type"]
+            with self.lock:
+                if kind == "execute_reply":
+                    self.replies.append((parent, msg["content"]))
+                elif kind == "stream" and msg["content"]["name"] == "stdout":
+                    self.stdout[parent] = self.stdout.get(parent, "") + msg["content"]["text"]
+                elif kind == "error":
+                    self.errors[parent] = msg["content"]["evalue"]
+
+    def answered(self) -> bool:
+        with self.lock:
+            return len(self.replies) >= len(self.sent)
+
+    def close(self) -> None:
+        self.closed.set()
+        self.ws.close()
+
+
+def test_cells_sent_while_the_gpu_moves_run_once_in_order_with_their_variables(hub):
+    user = hub.create_user("race")
+    assert user.spawn(profile="gpu-1").status_code in (201, 202)
+    kernel = open_notebook(user, "race.ipynb")
+    run(user, kernel, "n = 0")
+    client = KernelClient(user, kernel)
+    stop = threading.Event()
+    rng = random.Random(22)
+
+    def send() -> None:
+        while not stop.is_set():
+            client.execute(CELL)
+            time.sleep(rng.uniform(0, 0.03))
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    switches = []
+    try:
+        for _ in range(50):
+            time.sleep(rng.uniform(0, 0.3))  # the click lands anywhere among the cells
+            state = wait_for(lambda: settled(user), 120, "the last switch to be over")
+            action = "return" if state["gpus"] else "acquire"
+            r = user.session.post(f"{user.server_url}/gpulab/gpu/{action}", json={}, timeout=120)
+            assert r.status_code in (200, 202), r.text
+            switches.append(action)
+        wait_for(lambda: settled(user), 120, "the last switch to be over")
+    finally:
+        stop.set()
+        sender.join(10)
+    try:
+        wait_for(client.answered, 120, "every cell to be answered")
+        with client.lock:
+            sent, replies = list(client.sent), list(client.replies)
+            stdout, errors = dict(client.stdout), dict(client.errors)
+    finally:
+        client.close()
+    assert switches.count("return") == 25 and switches.count("acquire") == 25
+    assert len(sent) > 200, "too few cells ran during the switches to prove anything"
+    # exactly one reply for each cell, in the order they were sent
+    assert [parent for parent, _ in replies] == sent
+    failed = {p: c.get("evalue") or c.get("status") for p, c in replies if c["status"] != "ok"}
+    assert not failed and not errors, f"cells failed: {failed or errors}"
+    # each saw what the ones before it made: none ran in a fresh kernel, none was lost
+    assert [stdout.get(m, "").strip() for m in sent] == [str(i) for i in range(1, len(sent) + 1)]
+    assert run(user, kernel, "print(n)").strip() == str(len(sent))
+
+
+MODULE = "class Thing:\n    def __init__(self, n):\n        self.n = n\n"
+
+
+def test_a_restore_that_fails_keeps_its_checkpoint_says_why_and_runs_no_cell_without_it(hub):
+    user = hub.create_user("lost")
+    assert user.spawn(profile="gpu-1").status_code in (201, 202)
+    kernel = open_notebook(user, "work.ipynb")
+    run(
+        user,
+        kernel,
+        f"open('thing.py', 'w').write({MODULE!r})\nimport thing\nkeep = thing.Thing(5)\nx = 41",
+    )
+    # the notebook's own module goes away: its objects cannot be loaded again
+    run(user, kernel, "import os\nos.rename('thing.py', 'thing.py.away')")
+    client = KernelClient(user, kernel)
+    try:
+        r = user.session.post(user.server_url + "/gpulab/gpu/return", json={}, timeout=120)
+        assert r.status_code == 200, r.text
+        late = client.execute("x += 1\nprint(x)")  # sent while the variables are restored
+        restore = wait_for(lambda: (s := settled(user)) and s["restore"], 120, "the restore")
+        wait_for(client.answered, 60, "the late cell to be answered")
+        with client.lock:
+            reply = dict(client.replies)[late]
+            error = client.errors.get(late, "")
+    finally:
+        client.close()
+    assert restore["state"] == "failed"
+    note = restore["kernels"][0]["note"]
+    assert "No module named 'thing'" in note and "they are kept in" in note, note
+    # the cell was not run in the kernel that lacks the variables: it says why
+    assert reply["status"] == "error" and reply["ename"] == "NotRun"
+    assert "No module named 'thing'" in error, error
+
+    listing = gpulab(hub, user.token, "gpu", "checkpoints", "--json")
+    assert listing.returncode == 0, listing.stderr
+    kept = [c for c in json.loads(listing.stdout) if c["notebook"] == "work.ipynb"]
+    assert [c["state"] for c in kept] == ["not restored"], kept
+    assert "No module named 'thing'" in kept[0]["why"]
+
+    # the next switch saves an empty kernel: it must not take the place of the kept one
+    r = user.session.post(user.server_url + "/gpulab/gpu/acquire", json={}, timeout=120)
+    assert r.status_code in (200, 202), r.text
+    wait_for(lambda: settled(user) and settled(user)["gpus"], 120, "Get GPU")
+    listing = gpulab(hub, user.token, "gpu", "checkpoints", "--json")
+    ids = [c["id"] for c in json.loads(listing.stdout) if c["notebook"] == "work.ipynb"]
+    assert ids == [kept[0]["id"]]
+
+    # the module is back: the checkpoint restores into the notebook's kernel, on request
+    run(user, kernel, "import os\nos.rename('thing.py.away', 'thing.py')")
+    out = gpulab(hub, user.token, "gpu", "checkpoints", "restore", kept[0]["id"])
+    assert out.returncode == 0, out.stderr
+    # keep, x and the two modules the notebook imported
+    assert "Restored 4 variables into work.ipynb" in out.stdout, out.stdout
+    assert run(user, kernel, "print(keep.n, x)").strip() == "5 41"
+    listing = gpulab(hub, user.token, "gpu", "checkpoints")
+    assert listing.returncode == 0 and "restored" in listing.stdout, listing.stdout
+    out = gpulab(hub, user.token, "gpu", "checkpoints", "restore", "nope")
+    assert out.returncode == 1 and "there is no checkpoint 'nope'" in out.stderr, out.stderr
