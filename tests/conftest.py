@@ -70,9 +70,26 @@ def make_hub():
         hubs.append(hub)
         return hub
 
+    make.hubs = hubs  # for pytest_runtest_makereport
     yield make
     for hub in hubs:
         hub.cleanup()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report ends with the last lines of the log of every hub it used."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    hubs = []
+    for value in getattr(item, "funcargs", {}).values():
+        for hub in [value, *getattr(value, "hubs", ())]:
+            if isinstance(hub, Hub) and hub not in hubs:
+                hubs.append(hub)
+    for hub in hubs:
+        report.sections.append((f"hub log ({hub.log_path}, last 80 lines)", hub.log_tail(80)))
 
 
 @dataclass

@@ -687,22 +687,30 @@ class ModelManager:
         try:
             held = {(g.user, g.server) for g in self.ledger.grants()}
             for model in self.store.list():
-                for r in model.replicas:
-                    self._ports.hold(r["rest"], r["grpc"])
-                    if r["gpus"] and (model.user, model.replica_key(r["index"])) not in held:
-                        try:
-                            self._grant(model, [r], [])
-                        except ModelError as e:
-                            self.set_replica(model.id, r["index"], state="failed", message=str(e))
-                            continue
-                        self.set_replica(model.id, r["index"], gpus=r["gpus"], node=r["node"])
-                await self.backend.resume(self.store.get_by_id(model.id))
-                log.info("Model %s/%s: supervised again after a hub restart", model.user,
-                         model.name)  # fmt: skip
+                await self._take_over(model, held)
         except Exception:  # noqa: BLE001 -- the hub must run on
             log.exception("Taking over model servers after a restart failed")
         finally:
             self.taken_over.set()
+
+    async def _take_over(self, model: Deployment, held: set) -> None:
+        """Supervise one model's servers again. A failure is this model's alone: the
+        others are still taken over (one left out would have no one to stop its servers)."""
+        try:
+            for r in model.replicas:
+                self._ports.hold(r["rest"], r["grpc"])
+                if r["gpus"] and (model.user, model.replica_key(r["index"])) not in held:
+                    try:
+                        self._grant(model, [r], [])
+                    except ModelError as e:
+                        self.set_replica(model.id, r["index"], state="failed", message=str(e))
+                        continue
+                    self.set_replica(model.id, r["index"], gpus=r["gpus"], node=r["node"])
+            await self.backend.resume(self.store.get_by_id(model.id))
+            log.info("Model %s/%s: supervised again after a hub restart", model.user,
+                     model.name)  # fmt: skip
+        except Exception:  # noqa: BLE001 -- the hub must run on
+            log.exception("Taking over model %s/%s after a restart failed", model.user, model.name)
 
 
 @dataclass
@@ -816,7 +824,8 @@ class LocalModels:
             self._start_replica(model, r["index"])
 
     async def stop(self, model: Deployment) -> None:
-        for index in list(self._live.get(model.id, {})):
+        indices = set(self._live.get(model.id, {})) | {r["index"] for r in model.replicas}
+        for index in sorted(indices):
             await self._stop_replica(model, index)
         self._live.pop(model.id, None)
 
@@ -849,7 +858,8 @@ class LocalModels:
         self._listen_dir(model.user)  # the owner's uid as it is now, not as cached
         rest, grpc, uid = self._sockets(model, index)
         self._show_sockets(model.id, index, rest, grpc)
-        live = _Live(rest=unix_address(rest, uid))
+        # an adopted process is known at once: a stop before the task's first step ends it
+        live = _Live(rest=unix_address(rest, uid), started=adopted)
         self._live.setdefault(model.id, {})[index] = live
         live.task = asyncio.ensure_future(self._keep_running(model.id, index, live, adopted))
 
@@ -864,14 +874,24 @@ class LocalModels:
             self.manager.store.update(model_id, replicas=replicas)
 
     async def _stop_replica(self, model: Deployment, index: int) -> None:
+        grace = self.settings.jobs.stop_grace_seconds
         live = self._live.get(model.id, {}).pop(index, None)
-        if live is None:
-            return
-        if live.task is not None:
-            live.task.cancel()
-            await asyncio.gather(live.task, return_exceptions=True)
-        if live.started is not None:
-            await self.runner.stop(live.started, self.settings.jobs.stop_grace_seconds)
+        if live is not None:
+            if live.task is not None:
+                live.task.cancel()
+                await asyncio.gather(live.task, return_exceptions=True)
+            if live.started is not None:
+                await self.runner.stop(live.started, grace)
+        # and the process its record names, should no task know it (not taken over after a
+        # hub restart): an undeployed replica's server must not run on
+        current = self.manager.store.get_by_id(model.id) or model
+        record = next((r for r in current.replicas if r["index"] == index), None)
+        if record is not None and record.get("pid"):
+            log_path = model.log_path(index)
+            recorded = self.runner.adopt(
+                model.user, log_path, record["pid"], record.get("pid_started")
+            )
+            await self.runner.stop(recorded, grace)
 
     async def _keep_running(self, model_id: int, index: int, live: _Live, adopted) -> None:
         """Run one replica for as long as the model is deployed: start it, follow its

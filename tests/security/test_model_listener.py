@@ -37,16 +37,20 @@ ME = os.getuid()
 state = {"pid": os.getpid(), "seen": {}, "bound": [], "bind_errors": {}, "reached": {},
          "connect_errors": {}, "accepted": 0, "received": []}
 lock = threading.Lock()
+saving = threading.Lock()
 held = []
 
 
 def save():
-    with lock:
-        text = json.dumps(state)
-    tmp = STATE + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, STATE)
+    # one writer at a time: two threads sharing the .tmp file made one os.replace fail,
+    # and when that was the main thread the watcher died and stopped accepting
+    with saving:
+        with lock:
+            text = json.dumps(state)
+        tmp = STATE + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, STATE)
 
 
 def answer(conn):
@@ -334,11 +338,17 @@ def test_the_hub_sends_no_token_to_a_listener_that_is_not_the_owners(hub):
         mallory.run(f"import os\nos.unlink({path!r})\n")
         watcher = start_watcher(hub, mallory)
         hint(hub, mallory, [rest])
-        seen = wait_for(
-            lambda: (s := watched(hub, mallory))["accepted"] >= 2 and s,
-            60,
-            "the hub's status polls to reach Mallory's socket",
-        )
+        try:
+            seen = wait_for(
+                lambda: (s := watched(hub, mallory))["accepted"] >= 2 and s,
+                60,
+                "the hub's status polls to reach Mallory's socket",
+            )
+        except TimeoutError as e:  # say whether the watcher still ran, and what it saw
+            log = account(hub, mallory.name).home / "watch.log"
+            raise AssertionError(
+                f"{e}\nwatcher: {watched(hub, mallory)}\nwatch.log: {log.read_text()[-2000:]}"
+            ) from None
         assert seen["bound"] == [rest]
         assert all(token not in data for data in seen["received"]), seen["received"]
         assert seen["received"] == [""] * len(seen["received"]), "the hub sent Mallory a request"
