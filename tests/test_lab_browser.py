@@ -363,19 +363,9 @@ def test_on_kubernetes_return_gpu_reloads_the_page_from_the_new_pod(k8s, kube, p
     user = hub.create_user("ken")
     assert user.spawn(profile="gpu-1").status_code in (201, 202)
     notebook = "ken-probe.ipynb"
-    r = user.session.put(
-        f"{user.server_url}/api/contents/{notebook}",
-        json={"type": "notebook", "format": "json", "content": EMPTY_NOTEBOOK},
-        timeout=30,
-    )
-    assert r.status_code in (200, 201), r.text
-
-    log_in(page, hub, "ken")
-    page.goto(f"{user.server_url}/lab/tree/{notebook}")
-    widget = page.locator("#gpulab-gpu")
+    widget = open_in_lab(page, hub, user, notebook)
     label = widget.locator(".gpulab-gpu-label")
     button = widget.locator(".gpulab-gpu-button")
-    expect(widget).to_have_attribute("data-gpulab-state", "gpu", timeout=60_000)
     cell = run_cell(page, "kept = 41\nprint('set')")
     expect(cell.locator(".jp-OutputArea-output")).to_contain_text("set", timeout=60_000)
     page.evaluate("window.gpulabBeforeMove = true")
@@ -420,6 +410,22 @@ EMPTY_NOTEBOOK = {
     "nbformat": 4,
     "nbformat_minor": 5,
 }
+
+
+def open_in_lab(page, hub, user, notebook: str):
+    """A new empty notebook, opened in JupyterLab by the user (logged in through the hub's
+    forms) once the top bar shows the server's GPU; the top bar's widget."""
+    r = user.session.put(
+        f"{user.server_url}/api/contents/{notebook}",
+        json={"type": "notebook", "format": "json", "content": EMPTY_NOTEBOOK},
+        timeout=30,
+    )
+    assert r.status_code in (200, 201), r.text
+    log_in(page, hub, user.name)
+    page.goto(f"{user.server_url}/lab/tree/{notebook}")
+    widget = page.locator("#gpulab-gpu")
+    expect(widget).to_have_attribute("data-gpulab-state", "gpu", timeout=60_000)
+    return widget
 
 
 def run_cell(page, code: str):

@@ -16,7 +16,7 @@ import time
 import pytest
 import test_lab_browser
 from playwright.sync_api import expect
-from test_lab_browser import EMPTY_NOTEBOOK, held_by, log_in, shot
+from test_lab_browser import held_by, open_in_lab, shot
 
 from hubfixture import wait_for
 
@@ -120,19 +120,9 @@ def finished(cell, count: int, output: str) -> None:
 def test_cells_run_around_return_and_get_gpu_lose_nothing(hub, page):
     user = hub.create_user("rhea")
     assert user.spawn(profile="gpu-1").status_code in (201, 202)
-    r = user.session.put(
-        f"{user.server_url}/api/contents/{NOTEBOOK}",
-        json={"type": "notebook", "format": "json", "content": EMPTY_NOTEBOOK},
-        timeout=30,
-    )
-    assert r.status_code in (200, 201), r.text
-
-    log_in(page, hub, "rhea")
-    page.goto(f"{user.server_url}/lab/tree/{NOTEBOOK}")
-    widget = page.locator("#gpulab-gpu")
+    widget = open_in_lab(page, hub, user, NOTEBOOK)
     label = widget.locator(".gpulab-gpu-label")
     button = widget.locator(".gpulab-gpu-button")
-    expect(widget).to_have_attribute("data-gpulab-state", "gpu", timeout=60_000)
     expect(page.locator(".jp-NotebookPanel .jp-Notebook")).to_be_visible(timeout=60_000)
     # the notebook's kernel is connected (a cell run before that is not run at all)
     expect(page.get_by_text(re.compile(r"\| Idle$"))).to_be_visible(timeout=60_000)

@@ -852,39 +852,44 @@ class KernelSwitch:
         self, reports: list[KernelReport], starts: list, files: list[Path | None]
     ) -> None:
         """Once each report's kernel has (re)started (``starts[i]``, a future, for
-        ``reports[i]``), load its variables from its checkpoint ``files[i]``."""
-        problems = []
-        for report, start, file in zip(reports, starts, files, strict=True):
-            try:
-                await start
-            except Exception as e:  # noqa: BLE001 -- reported to the user below
-                report.note = f"the kernel did not start: {e}"
-                problems.append(report.note)
-                continue
-            k = report.kernel_id
-            if not report.saved or file is None:
-                continue
-            try:
-                await self._run(k, "load", str(file), f"restoring {report.path}")
-                loaded = _restored_report(file, report.saved)
-                report.restored = loaded["restored"]
-                report.note = loaded.get("note", "")
-            except (SwitchError, OSError, ValueError) as e:
-                report.note = (
-                    f"variables not restored ({e}); they are kept in {file} (gpulab gpu "
-                    f"checkpoints restore {file.name.removesuffix('.pkl')})"
-                )
-                problems.append(report.note)
-                self.checkpoints.not_restored(file, str(e))
-                self.gate.refuse(k, f"{report.path or 'this kernel'}: {report.note}")
-            else:  # verified: older checkpoints of the notebook beyond a few may go
-                self.checkpoints.restored(file)
+        ``reports[i]``), load its variables from its checkpoint ``files[i]``: every kernel
+        at once, each as soon as it has started."""
+        problems = await asyncio.gather(
+            *(self._restore_one(*each) for each in zip(reports, starts, files, strict=True))
+        )
         self.restore = {
-            "state": "failed" if problems else "done",
+            "state": "failed" if any(problems) else "done",
             "message": _summary(reports),
             "kernels": [r.as_json() for r in reports],
         }
         self._restoring = None
+
+    async def _restore_one(self, report: KernelReport, start, file: Path | None) -> bool:
+        """Restore one kernel (see ``_restore_all``); whether that failed."""
+        try:
+            await start
+        except Exception as e:  # noqa: BLE001 -- reported to the user
+            report.note = f"the kernel did not start: {e}"
+            self.gate.refuse(report.kernel_id, f"{report.path or 'this kernel'}: {report.note}")
+            return True
+        k = report.kernel_id
+        if not report.saved or file is None:
+            return False
+        try:
+            await self._run(k, "load", str(file), f"restoring {report.path}")
+            loaded = _restored_report(file, report.saved)
+            report.restored = loaded["restored"]
+            report.note = loaded.get("note", "")
+        except (SwitchError, OSError, ValueError) as e:
+            report.note = (
+                f"variables not restored ({e}); they are kept in {file} (gpulab gpu "
+                f"checkpoints restore {file.name.removesuffix('.pkl')})"
+            )
+            self.checkpoints.not_restored(file, str(e))
+            self.gate.refuse(k, f"{report.path or 'this kernel'}: {report.note}")
+            return True
+        self.checkpoints.restored(file)  # verified: older ones of the notebook beyond a few go
+        return False
 
 
 async def _connected(client, timeout: float) -> None:
