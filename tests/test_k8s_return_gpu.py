@@ -8,9 +8,13 @@ over and starts the notebooks again with their variables; Get GPU moves it back.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
+import websocket
+from test_switch_race import KernelClient
 
 from hubfixture import gpulab, open_notebook, run, wait_for
 from k8sfixture import NAMESPACE, NODE, kube_delete, kube_get, kube_post, user_pod
@@ -132,9 +136,14 @@ def test_return_gpu_moves_the_server_to_a_cpu_pod_and_get_gpu_moves_it_back(k8s,
     kernel = notebook_kernel(eve, "work/train.ipynb")
     values = json.loads(run(eve, kernel, CHECK).strip().splitlines()[-1])
     assert values == {"weights": 66.0, "config": {"lr": 0.01, "name": "probe"}, "has_gen": False}
-    # the restored checkpoint's files are gone; the manifest is marked as read
+    # the checkpoint is kept as the notebook's latest, restored; the manifest is marked read
+    r = eve.session.get(hub.api("/gpulab/gpu/checkpoints"), timeout=30)
+    assert r.status_code == 200, r.text
+    (kept,) = r.json()["checkpoints"]
+    assert kept["notebook"] == "work/train.ipynb" and kept["state"] == "restored", kept
+    assert kept["kernel"] == first_kernel
     checkpoints = Path(hub.settings["kubernetes"]["home_mount"]) / ".gpulab" / "checkpoints"
-    assert not list(checkpoints.glob(f"{first_kernel}.pkl*"))
+    assert (checkpoints / f"{kept['id']}.pkl").is_file()
     assert (checkpoints / "resume.json.done").exists()
     assert run(eve, kernel, "weights *= 2; print('changed')").strip() == "changed"
     # returning again changes nothing
@@ -155,6 +164,49 @@ def test_return_gpu_moves_the_server_to_a_cpu_pod_and_get_gpu_moves_it_back(k8s,
     kernel = notebook_kernel(eve, "work/train.ipynb")
     values = json.loads(run(eve, kernel, CHECK).strip().splitlines()[-1])
     assert values["weights"] == 132.0
+
+
+def test_cells_sent_while_the_server_moves_run_before_it_or_are_refused(k8s, kube):
+    """A notebook keeps sending cells while its server moves to a CPU pod: each one ran
+    before the checkpoint (and its effect moved with the variables), or was answered that
+    the server is moving; none ran in a kernel without the variables."""
+    hub = k8s
+    fay = hub.create_user("fay")
+    kernel = gpu_server_with(fay, "gpu-1", "count.ipynb", "n = 0\nprint('ok')")
+    client = KernelClient(fay, kernel)
+    stop = threading.Event()
+
+    def send() -> None:
+        while not stop.is_set():
+            try:
+                client.execute("n += 1\nprint(n)")
+            except (websocket.WebSocketException, OSError):
+                return  # the old pod is gone
+            time.sleep(0.01)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    wait_for(lambda: len(client.replies) >= 5, 30, "the first cells to run")
+    r = fay.session.post(hub.api("/gpulab/gpu/return"), json={}, timeout=120)
+    stop.set()
+    sender.join(10)
+    client.close()
+    assert r.status_code in (200, 202), r.text
+    with client.lock:
+        replies, stdout, errors = list(client.replies), dict(client.stdout), dict(client.errors)
+    ran = [parent for parent, content in replies if content["status"] == "ok"]
+    refused = [parent for parent, content in replies if content.get("ename") == "NotRun"]
+    assert len(ran) + len(refused) == len(replies), replies
+    assert refused, "no cell was sent while the kernel was checkpointed"
+    assert all("moving to a new pod" in errors[p] for p in refused), errors
+    # the cells that ran came first, each seeing the ones before it
+    assert [parent for parent, _ in replies] == ran + refused
+    assert [stdout[p].strip() for p in ran] == [str(i) for i in range(1, len(ran) + 1)]
+    # ... and what they did moved with the variables
+    assert wait_op_ended(fay)["state"] == "done"
+    assert restored(fay)["state"] == "done"
+    kernel = notebook_kernel(fay, "count.ipynb")
+    assert run(fay, kernel, "print(n)").strip() == str(len(ran))
 
 
 def test_get_gpu_that_cannot_be_scheduled_goes_back_to_a_cpu_pod(k8s, kube):

@@ -97,6 +97,18 @@ class KernelGate:
             if held.connection.kernel_id == kernel_id:
                 held.refusal = reason
 
+    def refuse_now(self, kernel_id: str, reason: str) -> None:
+        """As ``refuse``, answering the cells already held at once (the kernel is about to
+        go away, and its tabs' connections with it)."""
+        self.refuse(kernel_id, reason)
+        mine = [h for h in self._held if h.connection.kernel_id == kernel_id]
+        self._held = deque(h for h in self._held if h.connection.kernel_id != kernel_id)
+        for held in mine:
+            try:
+                held.connection.refuse(held.message, reason)
+            except Exception:  # noqa: BLE001 -- a closed tab must not stop the others
+                self.log.exception("gpulab: answering a held kernel message")
+
     async def wait_open(self) -> None:
         """Until no switch runs (at once in the switch's own calls)."""
         if not INTERNAL.get():

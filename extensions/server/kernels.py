@@ -224,6 +224,8 @@ class KernelSwitch:
         self._lock = asyncio.Lock()
         self._restoring: asyncio.Task | None = None
         self._parked: dict[str, Parked] = {}
+        self._sigterm = None
+        """The server's own SIGTERM handler while ours ends it at once (after a move)."""
         self._background: set[asyncio.Task] = set()
         self._no_driver = False
         """The driver said it cannot park kernels here (no driver, or an older one)."""
@@ -373,8 +375,7 @@ class KernelSwitch:
         internal = INTERNAL.set(True)
         try:
             result = await self._checkpoint_for_move(interrupt, force)
-            for k in result.pop("stopped"):
-                self.gate.refuse(k, MOVING)
+            self._end_at_once_on_sigterm()
             return result
         finally:
             INTERNAL.reset(internal)
@@ -410,6 +411,8 @@ class KernelSwitch:
                 "notebooks": notebooks,
             }
             _write_json(self.dir / RESUME, manifest)
+            for k in kernels:  # while their tabs are still connected to hear it
+                self.gate.refuse_now(k, MOVING)
             checkpointed = time.monotonic()
             for session in sessions.values():
                 await self.app.session_manager.delete_session(session["id"])
@@ -419,7 +422,6 @@ class KernelSwitch:
                 _terminate(p["pid"])
             await self._wait_gone([p for p in pids.values() if p] + [p["pid"] for p in others])
             return {
-                "stopped": kernels,
                 "path": "namespace",
                 "kernels": [r.as_json() for r in reports],
                 "notebooks": len(notebooks),
@@ -514,6 +516,9 @@ class KernelSwitch:
         The manifest is renamed once read, so a later server does not restore the same
         variables again; the checkpoint files stay until they are restored.
         """
+        if self._sigterm is not None:  # the move was called off: this server goes on
+            signal.signal(signal.SIGTERM, self._sigterm)
+            self._sigterm = None
         manifest = self.pending_resume()
         if manifest is None:
             return False
@@ -545,6 +550,21 @@ class KernelSwitch:
         report.kernel_id = model["kernel"]["id"]
 
     # -- steps -------------------------------------------------------------------------
+
+    def _end_at_once_on_sigterm(self) -> None:
+        """Once the kernels are checkpointed and gone for a move, the pod's end need not
+        wait for the Jupyter server's own shutdown (most of a second): nothing is left to
+        save (files are written whole or not at all), and the GPU is freed once it is gone."""
+        if self._sigterm is None:
+            self._sigterm = signal.getsignal(signal.SIGTERM)
+
+        def end(signum, frame) -> None:
+            self.log.info("gpulab: ending at once: the kernels moved to a new server")
+            for handler in self.log.handlers:
+                handler.flush()
+            os._exit(0)
+
+        signal.signal(signal.SIGTERM, end)
 
     def _restore_then_open(self, reports, starts, files) -> asyncio.Task:
         """Restore in the background; the gate opens once it is over."""
