@@ -71,8 +71,13 @@ class KernelClient:
             },
             "parent_header": {},
             "metadata": {},
-            "content": {"code": code, "silent": False, "store_history": True,
-                        "user_expressions": {}, "allow_stdin": False},  # fmt: skip
+            "content": {
+                "code": code,
+                "silent": False,
+                "store_history": True,
+                "user_expressions": {},
+                "allow_stdin": False,
+            },  # fmt: skip
             "channel": "shell",
         }
         with self.lock:
@@ -210,3 +215,47 @@ def test_a_restore_that_fails_keeps_its_checkpoint_says_why_and_runs_no_cell_wit
     assert listing.returncode == 0 and "restored" in listing.stdout, listing.stdout
     out = gpulab(hub, user.token, "gpu", "checkpoints", "restore", "nope")
     assert out.returncode == 1 and "there is no checkpoint 'nope'" in out.stderr, out.stderr
+
+
+FILL_HOME = """
+import errno
+with open("filler", "wb", buffering=0) as f:
+    for size in (1 << 20, 1 << 12, 1):  # up to the last byte the quota allows
+        try:
+            while True:
+                f.write(b"\\0" * size)
+        except OSError as e:
+            error = errno.errorcode[e.errno]
+print(error)
+"""
+
+
+def test_a_checkpoint_restores_into_a_full_home_and_a_switch_says_why_it_cannot_save(make_hub):
+    hub = make_hub(
+        {"gpus": {"ids": ["0"]}, "storage": {"home_quota": True, "home_size": "64MiB"}}
+    ).start()
+    gus = hub.create_user("gus")
+    assert gus.spawn(profile="gpu-1").status_code in (201, 202)
+    kernel = open_notebook(gus, "full.ipynb")
+    run(gus, kernel, "x = 41\nsteps = list(range(5))")
+    r = gus.session.post(gus.server_url + "/gpulab/gpu/return", json={}, timeout=120)
+    assert r.status_code == 200, r.text
+    assert wait_for(lambda: settled(gus), 120, "the restore")["restore"]["state"] == "done"
+    (taken,) = json.loads(gpulab(hub, gus.token, "gpu", "checkpoints", "--json").stdout)
+
+    # the kernel starts afresh, and the home fills up
+    r = gus.session.post(f"{gus.server_url}/api/kernels/{kernel}/restart", timeout=60)
+    assert r.status_code == 200, r.text
+    assert run(gus, kernel, "print('x' in globals())").strip() == "False"
+    assert run(gus, kernel, FILL_HOME).strip() in ("ENOSPC", "EDQUOT")
+    out = gpulab(hub, gus.token, "gpu", "checkpoints", "restore", taken["id"])
+    assert out.returncode == 0, out.stderr
+    assert "Restored 2 variables into full.ipynb" in out.stdout, out.stdout
+    assert run(gus, kernel, "print(x, steps)").strip() == "41 [0, 1, 2, 3, 4]"
+
+    # a switch cannot save the kernel now: it says why, and nothing changes
+    r = gus.session.post(gus.server_url + "/gpulab/gpu/acquire", json={}, timeout=120)
+    assert r.status_code in (200, 202), r.text
+    op = wait_for(lambda: (s := settled(gus)) and s["operation"], 120, "Get GPU to end")
+    assert op["state"] == "failed" and "Free some space in your home" in op["message"], op
+    assert run(gus, kernel, "print(x)").strip() == "41"

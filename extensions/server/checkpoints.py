@@ -152,10 +152,15 @@ class Checkpoints:
                 "state": "saved"}  # fmt: skip
 
     def _update(self, file: Path, **fields) -> dict | None:
+        """Change a checkpoint's record; the record as changed (kept as it was on the home
+        when it cannot be written there: a home full since the checkpoint)."""
         if not file.exists():
             return None
         meta = {**self._meta(file), **fields}
-        self._write_meta(file, meta)
+        try:
+            self._write_meta(file, meta)
+        except OSError:
+            Path(f"{file}.meta.json.tmp").unlink(missing_ok=True)
         return meta
 
     def _write_meta(self, file: Path, meta: dict) -> None:

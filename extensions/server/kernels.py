@@ -32,6 +32,7 @@ and restores its variables.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import signal
@@ -771,7 +772,15 @@ class KernelSwitch:
             report.failed["*"] = "only the variables of Python kernels can be kept"
             report.lost = "only the variables of Python kernels can be kept"
             return report
-        target = self.checkpoints.new(kernel_id, path)
+        try:
+            target = self.checkpoints.new(kernel_id, path)
+        except OSError as e:  # a full home or quota, a folder the user made unwritable
+            raise SwitchError(
+                507 if e.errno in (errno.ENOSPC, errno.EDQUOT) else 500,
+                f"checkpointing {path or kernel_id} failed: cannot write in {self.dir} "
+                f"({e.strerror}). Free some space in your home or grow it (gpulab storage "
+                "resize SIZE), then try again; nothing was changed",
+            ) from None
         self._saving[kernel_id] = target
         try:
             await self._run(kernel_id, "save", str(target), f"checkpointing {path or kernel_id}")
