@@ -172,6 +172,41 @@ class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner):
                 self.user.name, self.name, self.pid, process_start_time(self.pid)
             )
 
+    def start_polling(self) -> None:
+        """JupyterHub's periodic poll (every 30 s), and a watch on the server's process
+        that notices its end at once, so a dead server's GPUs are free within a moment."""
+        super().start_polling()
+        self._watch_exit()
+
+    def stop_polling(self) -> None:
+        super().stop_polling()
+        self._unwatch_exit()
+
+    def _watch_exit(self) -> None:
+        self._unwatch_exit()
+        if not self.pid:
+            return
+        try:  # readable once the process has ended (a pidfd stays with its process)
+            fd = os.pidfd_open(self.pid)
+        except OSError:  # gone already: the poll that follows notices
+            asyncio.ensure_future(self.poll_and_notify())
+            return
+        loop = asyncio.get_running_loop()
+
+        def ended() -> None:
+            self._unwatch_exit()
+            asyncio.ensure_future(self.poll_and_notify())
+
+        loop.add_reader(fd, ended)
+        self._exit_watch = (loop, fd)
+
+    def _unwatch_exit(self) -> None:
+        watch, self._exit_watch = getattr(self, "_exit_watch", None), None
+        if watch is not None:
+            loop, fd = watch
+            loop.remove_reader(fd)
+            os.close(fd)
+
     async def poll(self):
         status = await super().poll()
         # a pending spawn has reserved GPUs but no process yet; a pending stop releases itself

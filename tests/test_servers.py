@@ -238,3 +238,17 @@ def test_hub_killed_and_restarted_keeps_live_servers_and_frees_dead_ones(make_hu
     # the freed GPU can be had again
     assert bob.spawn(profile="gpu-1").status_code in (201, 202)
     assert sorted(hub.holders().values()) == ["alice", "bob"]
+
+
+def test_a_server_that_dies_frees_its_gpu_at_once(hub):
+    """Not at JupyterHub's next poll (every 30 s): the spawner watches its process."""
+    carol = hub.create_user("carol")
+    assert carol.spawn(profile="gpu-1").status_code in (201, 202)
+    assert list(hub.holders().values()) == ["carol"]
+    for pid in hub.unix_pids("carol"):
+        os.kill(pid, 9)
+    # within a few seconds on a busy machine; JupyterHub's own poll comes every 30 s
+    wait_for(lambda: hub.holders() == {}, 6, "carol's GPU to be free")
+    wait_for(lambda: not carol.model()["servers"], 10, "the hub to see the server gone")
+    events = hub.admin.get(hub.api("/gpulab/events?user=carol"), timeout=10).json()["events"]
+    assert events[0]["action"] == "release" and events[0]["reason"] == "server exited"
