@@ -222,6 +222,7 @@ def start_background(run) -> None:
     async def when_started():
         while getattr(app, "http_server", None) is None:
             await asyncio.sleep(0.2)
+        share_hub_log(app)
         await run(app)
 
     task = loop.create_task(when_started())
@@ -230,3 +231,14 @@ def start_background(run) -> None:
 
 
 _background: set = set()
+
+
+def share_hub_log(app) -> None:
+    """gpulab's own messages (the ``gpulab.*`` loggers) go where the hub's go, at its level:
+    without this they had no handler, and only warnings reached the hub's output, bare."""
+    if log.handlers or not app.log.handlers:
+        return
+    for handler in app.log.handlers:
+        log.addHandler(handler)
+    log.setLevel(app.log.level)
+    log.propagate = False

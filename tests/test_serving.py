@@ -500,6 +500,9 @@ def test_model_servers_outlive_a_hub_restart_and_are_supervised_again(make_hub):
     assert after["state"] == "available" and after["replica_status"][0]["restarts"] == 0
     assert served() == {"keep": servers["keep"]}
     assert hub.holders() == {"0": erin.name}
+    # what the hub did is in its log, as the hub's own messages are
+    line = f"Model {erin.name}/keep: supervised again after a hub restart"
+    wait_for(lambda: line in hub.log_path.read_text(errors="replace"), 10, "the hub's log")
     assert erin.session.delete(hub.api("/gpulab/models/keep"), timeout=60).status_code == 204
     assert hub.gpus()["free"] == 1
     wait_for(lambda: not model_servers(hub, erin.name), 30, "the model server to end")
