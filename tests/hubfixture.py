@@ -276,6 +276,30 @@ class User:
             self.session.delete(f"{self.server_url}/api/kernels/{kernel_id}", timeout=30)
 
 
+def execute_request(code: str, session: str, store_history: bool = False) -> dict:
+    """A kernel protocol execute_request for ``code``, as a notebook sends it over the
+    kernel's websocket (its ``msg_id`` in ``["header"]``)."""
+    return {
+        "header": {
+            "msg_id": uuid.uuid4().hex,
+            "username": "test",
+            "session": session,
+            "msg_type": "execute_request",
+            "version": "5.3",
+        },
+        "parent_header": {},
+        "metadata": {},
+        "content": {
+            "code": code,
+            "silent": False,
+            "store_history": store_history,
+            "user_expressions": {},
+            "allow_stdin": False,
+        },
+        "channel": "shell",
+    }
+
+
 def kernel_messages(
     server_url: str, kernel_id: str, token: str, code: str, timeout: float
 ) -> list[dict]:
@@ -286,30 +310,9 @@ def kernel_messages(
         ws_url, header=[f"Authorization: token {token}"], timeout=timeout
     )
     try:
-        msg_id = uuid.uuid4().hex
-        ws.send(
-            json.dumps(
-                {
-                    "header": {
-                        "msg_id": msg_id,
-                        "username": "test",
-                        "session": uuid.uuid4().hex,
-                        "msg_type": "execute_request",
-                        "version": "5.3",
-                    },
-                    "parent_header": {},
-                    "metadata": {},
-                    "content": {
-                        "code": code,
-                        "silent": False,
-                        "store_history": False,
-                        "user_expressions": {},
-                        "allow_stdin": False,
-                    },
-                    "channel": "shell",
-                }
-            )
-        )
+        request = execute_request(code, uuid.uuid4().hex)
+        msg_id = request["header"]["msg_id"]
+        ws.send(json.dumps(request))
         out: list[dict] = []
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -19,7 +19,7 @@ import uuid
 
 import websocket
 
-from hubfixture import gpulab, open_notebook, run, wait_for
+from hubfixture import execute_request, gpulab, open_notebook, run, wait_for
 
 CELL = "n += 1\nprint(n)"
 
@@ -60,26 +60,8 @@ class KernelClient:
         self.reader.start()
 
     def execute(self, code: str) -> str:
-        msg_id = uuid.uuid4().hex
-        message = {
-            "header": {
-                "msg_id": msg_id,
-                "username": "test",
-                "session": self.session,
-                "msg_type": "execute_request",
-                "version": "5.3",
-            },
-            "parent_header": {},
-            "metadata": {},
-            "content": {
-                "code": code,
-                "silent": False,
-                "store_history": True,
-                "user_expressions": {},
-                "allow_stdin": False,
-            },  # fmt: skip
-            "channel": "shell",
-        }
+        message = execute_request(code, self.session, store_history=True)
+        msg_id = message["header"]["msg_id"]
         with self.lock:
             self.sent.append(msg_id)
             self.ws.send(json.dumps(message))
