@@ -101,23 +101,16 @@ class Checkpoints:
         """Its restore failed: it stays, with why, until a later restore of its notebook."""
         self._update(file, state="not restored", why=why)
 
-    def superseded(self, file: Path) -> None:
-        """Its kernel kept everything another way (the driver parked it): as restored."""
-        self.restored(file)
-
     # -- what users see ----------------------------------------------------------------
 
     def list(self) -> list[dict]:
         """Every checkpoint, newest first: id, notebook, kernel, created, state, the number of
         variables, bytes on the home (its files together), and why a restore failed."""
-        out = []
-        for file in self.folder.glob("*.pkl"):
-            meta = self._meta(file)
-            if meta.get("state") == "saving":
-                continue  # being written now
-            out.append({**meta, "bytes": _bytes(file), "file": str(file)})
-        out.sort(key=lambda m: m.get("created", ""), reverse=True)
-        return out
+        return [{**meta, "bytes": _bytes(Path(meta["file"]))} for meta in self._records()]
+
+    def record(self, file: Path) -> dict:
+        """What is known of checkpoint ``file`` (kernel, notebook, created, state...)."""
+        return self._meta(file)
 
     def file(self, ident: str) -> Path:
         """The checkpoint ``ident``'s file; CheckpointNotFound unless it is one."""
@@ -128,8 +121,18 @@ class Checkpoints:
 
     # -- records -----------------------------------------------------------------------
 
+    def _records(self) -> list[dict]:
+        """The checkpoints' records with their files, newest first (not those being written)."""
+        out = []
+        for file in self.folder.glob("*.pkl"):
+            meta = self._meta(file)
+            if meta.get("state") != "saving":
+                out.append({**meta, "file": str(file)})
+        out.sort(key=lambda m: m.get("created", ""), reverse=True)
+        return out
+
     def _prune(self, meta: dict) -> None:
-        mine = [m for m in self.list() if _owner(m) == _owner(meta)]
+        mine = [m for m in self._records() if _owner(m) == _owner(meta)]
         for old in mine[self.keep :]:  # newest first
             # one whose restore failed holds what no other does: only its owner removes it
             if old["state"] != "not restored" and old["created"] <= meta["created"]:

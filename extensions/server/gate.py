@@ -17,6 +17,7 @@ they run in a context where ``INTERNAL`` is set.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import time
@@ -54,7 +55,8 @@ class _Held:
 
 
 class KernelGate:
-    """Closed while one or more switches run (``holding``); holds kernel messages meanwhile."""
+    """Closed while one or more switches run (``holding``, or ``close``/``reopen``); holds
+    kernel messages meanwhile."""
 
     def __init__(self, log):
         self.log = log
@@ -66,13 +68,16 @@ class KernelGate:
         self._restarted: dict[str, float] = {}
         self._release: asyncio.Task | None = None
 
-    @property
-    def closed(self) -> bool:
-        return not self._open.is_set()
-
-    def held(self) -> int:
-        """How many messages wait for the switch to end."""
-        return len(self._held)
+    @contextlib.contextmanager
+    def holding(self, kernel_manager):
+        """Closed for the block, which runs as the switch (its kernel calls go through)."""
+        self.close()
+        internal = INTERNAL.set(True)
+        try:
+            yield
+        finally:
+            INTERNAL.reset(internal)
+            self.reopen(kernel_manager)
 
     def close(self) -> None:
         self._depth += 1
@@ -104,10 +109,7 @@ class KernelGate:
         mine = [h for h in self._held if h.connection.kernel_id == kernel_id]
         self._held = deque(h for h in self._held if h.connection.kernel_id != kernel_id)
         for held in mine:
-            try:
-                held.connection.refuse(held.message, reason)
-            except Exception:  # noqa: BLE001 -- a closed tab must not stop the others
-                self.log.exception("gpulab: answering a held kernel message")
+            self._answer(held)
 
     async def wait_open(self) -> None:
         """Until no switch runs (at once in the switch's own calls)."""
@@ -142,18 +144,21 @@ class KernelGate:
         except Exception:  # noqa: BLE001 -- the held cells go on regardless
             self.log.exception("gpulab: waiting for restarted kernels' output channels")
         while self._held and self._depth == 0:
-            held = self._held.popleft()
-            try:
-                if held.refusal:
-                    held.connection.refuse(held.message, held.refusal)
-                else:
-                    held.connection.pass_on(held.message)
-            except Exception:  # noqa: BLE001 -- one closed tab must not hold up the rest
-                self.log.exception("gpulab: passing on a held kernel message")
+            self._answer(self._held.popleft())
         if self._depth == 0:
             self._refused.clear()
             self._restarted.clear()
             self._open.set()
+
+    def _answer(self, held: _Held) -> None:
+        """A held message to its kernel, or its refusal to its tab."""
+        try:
+            if held.refusal:
+                held.connection.refuse(held.message, held.refusal)
+            else:
+                held.connection.pass_on(held.message)
+        except Exception:  # noqa: BLE001 -- one closed tab must not hold up the rest
+            self.log.exception("gpulab: passing on a held kernel message")
 
     async def _output_back(self, kernel_manager, kernel_id: str) -> None:
         """Until every open tab of a restarted kernel receives its output again.

@@ -246,7 +246,7 @@ class CheckpointsHandler(_HubOnly):
     async def get(self, ident: str = "", action: str = ""):
         if ident or action:
             raise web.HTTPError(405)
-        self.finish(json.dumps({"checkpoints": self.switch.list_checkpoints()}))
+        self.finish(json.dumps({"checkpoints": self.switch.checkpoints.list()}))
 
     @allow_unauthenticated  # the secret was checked in prepare
     async def post(self, ident: str = "", action: str = ""):

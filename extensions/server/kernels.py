@@ -291,20 +291,11 @@ class KernelSwitch:
         self, visible: str, interrupt: bool = False, force: bool = False, wait_restore: bool = True
     ) -> dict:
         """Move the kernels onto ``visible``. What users send the kernels from now on waits
-        at the gate until their variables are back (``_restore_all`` opens it)."""
-        self.gate.close()
-        internal = INTERNAL.set(True)
-        handed = asyncio.Event()  # set once the restore has the gate to open
-        try:
-            return await self._switch(visible, interrupt, force, wait_restore, handed)
-        finally:
-            INTERNAL.reset(internal)
-            if not handed.is_set():  # else the restore opens the gate once it is over
-                self.gate.reopen(self.km)
+        at the gate until their variables are back (the restore holds it closed too)."""
+        with self.gate.holding(self.km):
+            return await self._switch(visible, interrupt, force, wait_restore)
 
-    async def _switch(
-        self, visible: str, interrupt: bool, force: bool, wait_restore: bool, handed: asyncio.Event
-    ) -> dict:
+    async def _switch(self, visible: str, interrupt: bool, force: bool, wait_restore: bool) -> dict:
         async with self._lock:
             if self._restoring is not None:
                 await self._restoring  # never checkpoint a half-restored kernel
@@ -348,7 +339,6 @@ class KernelSwitch:
                 for k in restarts:
                     self.gate.restarted(k)
                 self._restoring = self._restore_then_open(reports, starts, files)
-                handed.set()
             released = time.monotonic()
             if wait_restore:
                 await self._restoring
@@ -372,15 +362,10 @@ class KernelSwitch:
         next server starts again. Cells sent meanwhile are answered that the server is
         moving (the page reloads from the new server, where they can be run again).
         """
-        self.gate.close()
-        internal = INTERNAL.set(True)
-        try:
+        with self.gate.holding(self.km):
             result = await self._checkpoint_for_move(interrupt, force)
-            self._end_at_once_on_sigterm()
-            return result
-        finally:
-            INTERNAL.reset(internal)
-            self.gate.reopen(self.km)
+        self._end_at_once_on_sigterm()
+        return result
 
     async def _checkpoint_for_move(self, interrupt: bool, force: bool) -> dict:
         async with self._lock:
@@ -432,10 +417,6 @@ class KernelSwitch:
 
     # -- checkpoints, on request ------------------------------------------------------
 
-    def list_checkpoints(self) -> list[dict]:
-        """This home's checkpoints, newest first (``Checkpoints.list``)."""
-        return self.checkpoints.list()
-
     def delete_checkpoint(self, ident: str) -> None:
         """Remove a checkpoint (its owner's choice); 404 unless there is one, 409 while a
         switch may be writing or reading it."""
@@ -448,23 +429,17 @@ class KernelSwitch:
         """Load checkpoint ``ident`` into the kernel of ``notebook`` (default: the notebook
         it was taken from), starting one for it if none runs. Its cells wait meanwhile."""
         file = self._checkpoint_file(ident)
-        meta = next((m for m in self.checkpoints.list() if m["id"] == ident), {})
-        notebook = notebook or meta.get("notebook", "")
+        notebook = notebook or self.checkpoints.record(file).get("notebook", "")
         if not notebook:
             raise SwitchError(
                 400, f"checkpoint {ident} was not taken from a notebook: name the notebook to "
                 "restore it into",
             )  # fmt: skip
-        self.gate.close()
-        internal = INTERNAL.set(True)
-        try:
+        with self.gate.holding(self.km):
             async with self._lock:
                 if self._restoring is not None:
                     await self._restoring
                 return await self._restore_into(file, notebook)
-        finally:
-            INTERNAL.reset(internal)
-            self.gate.reopen(self.km)
 
     async def _restore_into(self, file: Path, notebook: str) -> dict:
         sessions = await self._sessions()
@@ -528,7 +503,7 @@ class KernelSwitch:
         except FileNotFoundError:  # taken meanwhile
             return False
         self.restore = {"state": "restoring", "message": "Restoring variables…", "kernels": []}
-        self.gate.close()  # a tab that reconnects meanwhile: its cells wait for the variables
+        # a tab that reconnects meanwhile: its cells wait for the variables
         self._restoring = self._then_open(self._resume(manifest))
         return True
 
@@ -572,6 +547,8 @@ class KernelSwitch:
         return self._then_open(self._restore_all(reports, starts, files))
 
     def _then_open(self, call) -> asyncio.Task:
+        """Run ``call`` in the background with the gate closed until it is over."""
+        self.gate.close()
         task = asyncio.ensure_future(call)
         task.add_done_callback(lambda _: self.gate.reopen(self.km))
         return task
@@ -667,7 +644,7 @@ class KernelSwitch:
                 answer = await cudackpt.run("unpark", str(parked.pid), *moved)
                 if answer.get("ok"):
                     if parked.file is not None:  # its fallback, no longer needed
-                        self.checkpoints.superseded(parked.file)
+                        self.checkpoints.restored(parked.file)  # the process kept it all
                     report.restored = _all_names(parked.saved, parked.failed)
                     if visible != parked.visible and self._is_python(k):  # once it is idle
                         self._later(self._run(k, "set_gpus", visible, "showing its GPU", None))

@@ -876,17 +876,19 @@ class LocalModels:
     async def _stop_replica(self, model: Deployment, index: int) -> None:
         grace = self.settings.jobs.stop_grace_seconds
         live = self._live.get(model.id, {}).pop(index, None)
+        stopped = None
         if live is not None:
             if live.task is not None:
                 live.task.cancel()
                 await asyncio.gather(live.task, return_exceptions=True)
             if live.started is not None:
                 await self.runner.stop(live.started, grace)
+                stopped = live.started.pid
         # and the process its record names, should no task know it (not taken over after a
         # hub restart): an undeployed replica's server must not run on
         current = self.manager.store.get_by_id(model.id) or model
         record = next((r for r in current.replicas if r["index"] == index), None)
-        if record is not None and record.get("pid"):
+        if record is not None and record.get("pid") and record["pid"] != stopped:
             log_path = model.log_path(index)
             recorded = self.runner.adopt(
                 model.user, log_path, record["pid"], record.get("pid_started")
