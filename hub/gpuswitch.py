@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import json
 import logging
 import time
@@ -36,7 +37,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from gpulab.extensions.server import INTERNAL_SECRET_HEADER
 
 from .app import context
-from .ledger import GpuLedger, LedgerError, NoGpuFree, Operation, utcnow
+from .ledger import GpuLedger, LedgerError, NoGpuFree, Operation, Waiter, utcnow
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,9 @@ class GpuSwitch:
         self._locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._waits: dict[tuple[str, str], asyncio.Task] = {}
         self._changed = asyncio.Event()
+        self._status_changed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the hub's, once someone waits
+        ledger.on_change(self._ledger_changed)
         self._last_busy: dict[tuple[str, str], float] = {}
         self.settled = asyncio.Event()
         """Set once the operations a hub restart interrupted are finished or undone (at
@@ -75,35 +79,73 @@ class GpuSwitch:
     # -- what a server holds -----------------------------------------------------------
 
     def status(self, spawner) -> dict:
+        """What the server holds, the pool and its last operation, from the ledger's
+        snapshot (no database read unless the ledger changed); ``etag`` names the answer."""
         user, server = spawner.user.name, spawner.name
-        pool = self.ledger.pool()
-        mine = [gpu.as_json() for gpu, g in pool if g and (g.user, g.server) == (user, server)]
-        op = self.ledger.operation(user, server)
+        snap = self.ledger.snapshot()
         profile = self._profile(spawner)
-        return {
+        model = {
             "user": user,
             "server": server,
             "running": bool(spawner.ready),
-            "gpus": mine,
+            "gpus": [gpu.as_json() for gpu in snap.held_by(user, server)],
             "profile": profile.slug if profile else None,
             "profile_gpus": profile.gpus if profile else 0,
             "limit": self.ledger.user_limit(user),
-            "free": sum(g is None for _, g in pool),
-            "total": len(pool),
-            "queue": len(self.ledger.queue()),
-            "operation": self._op_json(op),
+            "free": snap.free,
+            "total": len(snap.pool),
+            "queue": len(snap.queue),
+            "operation": self._op_json(snap.operations.get((user, server)), snap.queue),
             "switch_unavailable": unavailable(spawner) or None,
             "switch_mode": switch_mode(spawner),
         }
+        digest = hashlib.blake2b(json.dumps(model, sort_keys=True).encode(), digest_size=8)
+        model["etag"] = digest.hexdigest()
+        return model
 
-    def _op_json(self, op: Operation | None) -> dict | None:
+    async def status_change(self, spawner, etag: str, seconds: float) -> dict:
+        """The server's status once it differs from the one named ``etag``, or after
+        ``seconds`` (a server's extension waits here instead of polling)."""
+        self._loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + seconds
+        while True:
+            changed = self._status_changed
+            model = self.status(spawner)
+            left = deadline - time.monotonic()
+            if model["etag"] != etag or left <= 0:
+                return model
+            try:
+                await asyncio.wait_for(changed.wait(), left)
+            except TimeoutError:
+                pass
+
+    def _ledger_changed(self) -> None:
+        """After a ledger commit, in whichever thread made it: wake ``status_change``."""
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if self._loop is None:
+            return  # nobody waits yet
+        if here is self._loop:
+            self._wake_status()
+        else:
+            self._loop.call_soon_threadsafe(self._wake_status)
+
+    def _wake_status(self) -> None:
+        self._status_changed.set()
+        self._status_changed = asyncio.Event()
+
+    def _op_json(self, op: Operation | None, queue: list[Waiter] | None = None) -> dict | None:
         if op is None:
             return None
         model = op.as_json()
         model["by_owner"] = op.reason.endswith(f" by {OWNER}")
         model["position"] = None
         if op.kind == "acquire" and op.state == "queued":
-            waiting = [(w.user, w.server) for w in self.ledger.queue()]
+            waiting = [
+                (w.user, w.server) for w in (self.ledger.queue() if queue is None else queue)
+            ]
             if (op.user, op.server) in waiting:
                 model["position"] = waiting.index((op.user, op.server)) + 1
                 model["message"] = (

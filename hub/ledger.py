@@ -3,7 +3,10 @@
 Grants live in an SQLite database (SQLAlchemy core) so they outlive hub restarts.
 A grant's primary key is the GPU id, so the database itself refuses to hand one
 GPU out twice; every change runs in a ``BEGIN IMMEDIATE`` transaction, which
-serialises reservations across threads and processes.
+serialises reservations across threads and processes. Reads take no lock: they run in a
+deferred transaction on SQLite's write-ahead log, and what the hub asks of the ledger
+most (a server's GPU status, from every open lab) comes from a ``Snapshot`` kept until
+the next change.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sqlalchemy import (
@@ -102,6 +106,10 @@ operations_table = Table(
     Column("finished", DateTime(timezone=True), nullable=True),
     Column("detail", Text, nullable=False, default="{}"),
 )
+
+
+READ_ONLY = "gpulab_read_only"
+"""Execution option of a connection that only reads: its transaction takes no lock."""
 
 
 def utcnow() -> datetime:
@@ -263,8 +271,30 @@ class Event:
         }
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """The ledger as of one ``version``: the pool, the queue and each server's last
+    operation, read in one transaction."""
+
+    version: int
+    pool: list[tuple[Gpu, Grant | None]]
+    queue: list[Waiter]
+    operations: dict[tuple[str, str], Operation] = field(default_factory=dict)
+
+    def held_by(self, user: str, server: str) -> list[Gpu]:
+        return [gpu for gpu, g in self.pool if g and (g.user, g.server) == (user, server)]
+
+    @property
+    def free(self) -> int:
+        return sum(g is None for _, g in self.pool)
+
+
 class GpuLedger:
-    """Grants GPUs from an inventory to (user, server) pairs, within quotas."""
+    """Grants GPUs from an inventory to (user, server) pairs, within quotas.
+
+    ``version`` counts the changes this process committed (the hub is the ledger's one
+    writer); ``on_change`` callbacks run after each, in the committing thread.
+    """
 
     def __init__(self, url: str, inventory: Iterable[Gpu], quotas: GpuSettings | None = None):
         self.inventory = list(inventory)
@@ -278,6 +308,44 @@ class GpuLedger:
         metadata.create_all(self.engine)
         if url.startswith("sqlite:///") and path != ":memory:":
             os.chmod(path, 0o600)  # grants name users; only the hub reads them
+        self.version = 0
+        self._snapshot: Snapshot | None = None
+        self._on_change: list[Callable[[], None]] = []
+        event.listen(self.engine, "commit", self._committed)
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` after every committed change (in the committing thread)."""
+        self._on_change.append(callback)
+
+    def _committed(self, conn: Connection) -> None:
+        if conn.get_execution_options().get(READ_ONLY):
+            return
+        self.version += 1
+        for callback in list(self._on_change):
+            callback()
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        """A connection for reads only: a deferred transaction, no write lock."""
+        with self.engine.connect() as conn:
+            yield conn.execution_options(**{READ_ONLY: True})
+
+    def snapshot(self) -> Snapshot:
+        """The pool, queue and operations as of the last change (read once per change)."""
+        cached = self._snapshot
+        if cached is not None and cached.version == self.version:
+            return cached
+        version = self.version  # a change while reading makes the next call read again
+        with self._reading() as conn:
+            grants = {g.gpu_id: g for g in map(Grant.from_row, conn.execute(select(grants_table)))}
+            queue = self._queue(conn)
+            operations = {
+                (op.user, op.server): op
+                for op in map(Operation.from_row, conn.execute(select(operations_table)))
+            }
+        pool = [(gpu, grants.get(gpu.id)) for gpu in self.inventory]
+        self._snapshot = Snapshot(version, pool, queue, operations)
+        return self._snapshot
 
     # -- queries -------------------------------------------------------------------
 
@@ -285,7 +353,7 @@ class GpuLedger:
         q = select(grants_table).order_by(grants_table.c.granted_at)
         if user is not None:
             q = q.where(grants_table.c.user == user)
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return [Grant.from_row(r) for r in conn.execute(q)]
 
     def pool(self) -> list[tuple[Gpu, Grant | None]]:
@@ -300,7 +368,7 @@ class GpuLedger:
         q = select(events_table).order_by(events_table.c.id.desc()).limit(limit)
         if user is not None:
             q = q.where(events_table.c.user == user)
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return [
                 Event(r.at, r.action, r.user, r.server, r.gpu_id, r.reason) for r in conn.execute(q)
             ]
@@ -482,7 +550,7 @@ class GpuLedger:
             return result.rowcount > 0
 
     def queue(self) -> list[Waiter]:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return self._queue(conn)
 
     def clear_queue(self) -> None:
@@ -501,7 +569,7 @@ class GpuLedger:
         q = select(operations_table).where(
             operations_table.c.user == user, operations_table.c.server == server
         )
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             row = conn.execute(q).first()
         return None if row is None else Operation.from_row(row)
 
@@ -509,7 +577,7 @@ class GpuLedger:
         q = select(operations_table)
         if active_only:
             q = q.where(operations_table.c.state.in_(Operation.ACTIVE))
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return [Operation.from_row(r) for r in conn.execute(q)]
 
     def begin_operation(self, user: str, server: str, kind: str, **fields) -> Operation:
@@ -646,7 +714,8 @@ def _label(user: str, server: str) -> str:
 
 
 def _sqlite_immediate_transactions(engine) -> None:
-    """Make every transaction take SQLite's write lock up front (no lost updates)."""
+    """Make every transaction that may write take SQLite's write lock up front (no lost
+    updates); reads see a consistent snapshot of the write-ahead log without a lock."""
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection, _record):
@@ -657,4 +726,6 @@ def _sqlite_immediate_transactions(engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql(
+            "BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE"
+        )

@@ -164,3 +164,56 @@ def test_a_request_that_could_never_be_granted_says_why(tmp_path):
         400,
         "Get GPU asks for 1 GPU(s); this hub has no GPUs",
     )
+
+
+def test_reads_do_not_wait_for_a_change_in_progress(tmp_path):
+    """A status read (every open lab's poll) never queues behind a reservation: reads take
+    no write lock. Before, every read began ``BEGIN IMMEDIATE`` and waited for the lock."""
+    ledger = make_ledger(tmp_path)
+    ledger.reserve("alice", "", 1)
+    writer = GpuLedger(ledger.engine.url.render_as_string(), ledger.inventory)
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_write_lock():
+        with writer.engine.begin() as conn:  # BEGIN IMMEDIATE: the write lock
+            conn.exec_driver_sql("DELETE FROM gpu_queue")
+            held.set()
+            release.wait(60)
+
+    thread = threading.Thread(target=hold_the_write_lock)
+    thread.start()
+    try:
+        assert held.wait(30)
+        reads = {}
+        reader = threading.Thread(
+            target=lambda: reads.update(
+                snapshot=ledger.snapshot(), grants=ledger.grants(), queue=ledger.queue()
+            )
+        )
+        reader.start()
+        reader.join(10)  # the lock is held for up to 60 s: a locking read would still wait
+        assert not reader.is_alive(), "a read waited for the write lock"
+        assert [g.gpu_id for g in reads["grants"]] == ["gpu0"]
+        assert reads["snapshot"].free == 3
+    finally:
+        release.set()
+        thread.join()
+
+
+def test_the_snapshot_is_read_again_only_after_a_change(tmp_path):
+    ledger = make_ledger(tmp_path, n=2)
+    changes = []
+    ledger.on_change(lambda: changes.append(ledger.version))
+    first = ledger.snapshot()
+    assert ledger.snapshot() is first  # nothing changed: no database read
+    ledger.grants(), ledger.queue(), ledger.events()  # reads are no change
+    assert ledger.snapshot() is first and changes == []
+
+    ledger.reserve("alice", "", 1)
+    ledger.begin_operation("alice", "", "return", state="checkpointing")
+    assert len(changes) == 2
+    second = ledger.snapshot()
+    assert second is not first and second.version == ledger.version
+    assert [gpu.id for gpu in second.held_by("alice", "")] == ["gpu0"]
+    assert second.free == 1
+    assert second.operations[("alice", "")].state == "checkpointing"

@@ -24,11 +24,13 @@ def _jupyter_server_extension_points():
 def _load_jupyter_server_extension(serverapp):
     from . import gate
     from .handlers import handlers
+    from .hubstatus import HubStatus
     from .kernels import KernelSwitch
 
     web_app = serverapp.web_app
     switch = KernelSwitch(serverapp)
     web_app.settings["gpulab_switch"] = switch
+    web_app.settings["gpulab_hub_status"] = HubStatus()
     # cells sent while a switch moves the kernels wait for their variables to be back
     if not gate.install(serverapp, switch.gate):
         serverapp.log.warning(

@@ -37,14 +37,13 @@ from __future__ import annotations
 import hmac
 import json
 import os
-from urllib.parse import urlencode
 
 from jupyter_server.auth.decorator import allow_unauthenticated
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from . import INTERNAL_SECRET_HEADER, gpuinfo
+from .hubstatus import HubStatus, hub_request, server_gpu
 from .kernels import KernelSwitch, SwitchError, visible_devices
 
 
@@ -75,56 +74,12 @@ server to checkpoint its kernels (``gpulab.hub.gpuswitch``): a large kernel's sa
 not end in "the hub did not answer" while the return goes on."""
 
 
-async def hub_request(
-    method: str,
-    path: str,
-    query: dict[str, str] | None = None,
-    body: dict | None = None,
-    timeout: float = 60,
-) -> tuple[int, bytes, str]:
-    """Call the hub's gpulab API (``/hub/api/gpulab`` + ``path``) with this server's own
-    token: (status, body, content type); 502 when the hub does not answer."""
-    api = os.environ.get("JUPYTERHUB_API_URL")
-    token = os.environ.get("JUPYTERHUB_API_TOKEN")
-    if not api or not token:
-        raise web.HTTPError(503, "this server was not started by a gpulab hub")
-    url = f"{api.rstrip('/')}/gpulab{path}"
-    if query:
-        url += "?" + urlencode(query)
-    request = HTTPRequest(
-        url,
-        method=method,
-        headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
-        body=None if body is None else json.dumps(body),
-        request_timeout=timeout,
-        allow_nonstandard_methods=True,
-    )
-    try:
-        response = await AsyncHTTPClient().fetch(request)
-    except HTTPClientError as e:
-        if e.response is None:
-            raise web.HTTPError(502, f"the hub did not answer: {e}") from None
-        response = e.response
-    except OSError as e:
-        raise web.HTTPError(502, f"the hub did not answer: {e}") from None
-    return response.code, response.body or b"", response.headers.get("Content-Type", "")
-
-
 class GpuHandler(_Base):
     """The browser's view; every change goes through the hub."""
 
-    async def hub(
-        self, method: str, path: str, body: dict | None = None, timeout: float = 60
-    ) -> tuple[int, dict]:
-        query = {
-            "user": os.environ.get("JUPYTERHUB_USER", ""),
-            "server": os.environ.get("JUPYTERHUB_SERVER_NAME", ""),
-        }
-        status, raw, _ = await hub_request(method, f"/gpu{path}", query, body, timeout)
-        try:
-            return status, json.loads(raw or b"{}")
-        except ValueError:
-            raise web.HTTPError(502, "the hub's answer is not JSON") from None
+    @property
+    def hub_status(self) -> HubStatus:
+        return self.settings["gpulab_hub_status"]
 
     def relay(self, status: int, model: dict) -> None:
         self.set_status(status)
@@ -134,7 +89,7 @@ class GpuHandler(_Base):
     async def get(self, action: str = ""):
         if action:
             raise web.HTTPError(405)
-        status, model = await self.hub("GET", "")
+        status, model = await self.hub_status.get()
         if status == 200:
             stats = gpuinfo.stats([g["id"] for g in model.get("gpus", [])])
             for gpu in model.get("gpus", []):
@@ -150,13 +105,21 @@ class GpuHandler(_Base):
     async def post(self, action: str = ""):
         if action not in ("/return", "/acquire"):
             raise web.HTTPError(404, "POST gpulab/gpu/return or gpulab/gpu/acquire")
-        self.relay(*await self.hub("POST", action, self.body(), SWITCH_RELAY_TIMEOUT))
+        try:
+            answer = await server_gpu("POST", action, self.body(), SWITCH_RELAY_TIMEOUT)
+        finally:
+            self.hub_status.changed()
+        self.relay(*answer)
 
     @web.authenticated
     async def delete(self, action: str = ""):
         if action != "/acquire":
             raise web.HTTPError(404, "DELETE gpulab/gpu/acquire cancels a waiting Get GPU")
-        self.relay(*await self.hub("DELETE", action))
+        try:
+            answer = await server_gpu("DELETE", action)
+        finally:
+            self.hub_status.changed()
+        self.relay(*answer)
 
 
 class WorkloadsHandler(_Base):

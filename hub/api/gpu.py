@@ -12,12 +12,18 @@
   its home (the server must run); ``POST .../checkpoints/ID/restore`` ``{"notebook":
   "path"}`` loads one into a notebook's kernel; ``DELETE .../checkpoints/ID`` removes it.
 
+``GET`` with ``?wait=SECONDS&etag=ETAG`` (at most 120 s) answers once the status differs
+from the one named ``etag`` (every answer carries its ``etag``), or after ``SECONDS``
+with the same: a server's extension waits there instead of polling, so an open lab costs
+the hub nothing while nothing changes.
+
 ``user`` defaults to the caller and ``server`` to the default server (``""``); users act
 on their own servers, admins on anyone's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from tornado import web
@@ -26,6 +32,9 @@ from gpulab.hub.gpuswitch import OWNER, SwitchError, gpu_switch
 from gpulab.hub.ledger import Operation
 
 from .gpus import NO_USER, GpulabAPIHandler
+
+MAX_WAIT = 120
+"""The longest ``GET ?wait=`` holds a request open, in seconds."""
 
 
 class GpuHandler(GpulabAPIHandler):
@@ -37,7 +46,8 @@ class GpuHandler(GpulabAPIHandler):
             raise web.HTTPError(400, NO_USER)
         if name != me and not admin:
             raise web.HTTPError(403, f"You may only change your own servers' GPUs, not {name}'s")
-        user = self.find_user(name)
+        # one's own: the user the token named is at hand (finding it again costs a query)
+        user = self.current_user if name == me else self.find_user(name)
         if user is None:
             raise web.HTTPError(404, f"No such user: {name}")
         server = self.get_argument("server", "")
@@ -55,7 +65,22 @@ class GpuHandler(GpulabAPIHandler):
         if action:
             raise web.HTTPError(405)
         spawner, _ = self.spawner()
-        self.write_json(gpu_switch().status(spawner))
+        wait = self.query_int("wait", 0, 0, MAX_WAIT)
+        etag = self.get_argument("etag", "")
+        if not (wait and etag):
+            return self.write_json(gpu_switch().status(spawner))
+        self.watch = asyncio.ensure_future(gpu_switch().status_change(spawner, etag, wait))
+        try:
+            model = await self.watch
+        except asyncio.CancelledError:
+            return  # the caller went away
+        self.write_json(model)
+
+    watch: asyncio.Future | None = None  # a GET ?wait= waiting for a change
+
+    def on_connection_close(self) -> None:
+        if self.watch is not None:
+            self.watch.cancel()
 
     async def post(self, action: str = ""):
         spawner, actor = self.spawner()

@@ -10,7 +10,7 @@ import { Widget } from '@lumino/widgets';
 import { ACTIVE_STATES, GpuApi, GpuApiError, IGpuState, IReturnOptions } from './api';
 import * as format from './format';
 
-export type WidgetState = 'gpu' | 'nogpu' | 'busy' | 'error';
+export type WidgetState = 'gpu' | 'nogpu' | 'busy' | 'error' | 'reconnecting';
 
 const GPU_SVG = `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 24 24">
   <g class="jp-icon3" fill="#616161">
@@ -43,6 +43,11 @@ export interface IMoveHooks {
 const MOVE_NOTICE_MS = 120_000;
 
 const MOVING_TEXT = 'Your server is moving to a new pod; this page reloads when it is back…';
+
+const RECONNECTING_TEXT = 'Reconnecting to the hub…';
+
+/** Answers that mean the hub (or the way to it) is away for now, not that anything failed. */
+const AWAY_STATUSES = [0, 502, 503, 504];
 
 function errorText(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
@@ -101,6 +106,9 @@ export class GpuWidget extends Widget {
     if (this._error) {
       return 'error';
     }
+    if (this._away && this._state) {
+      return 'reconnecting';
+    }
     if (!this._state) {
       return 'busy';
     }
@@ -126,7 +134,7 @@ export class GpuWidget extends Widget {
         return;
       }
       this._state = state;
-      this._error = null;
+      this._error = this._away = null;
       this._follow(state);
       if (this._moved(state)) {
         this.hooks.reload();
@@ -138,6 +146,12 @@ export class GpuWidget extends Widget {
       }
       if (this._moving) {
         this._lost = true; // the old server is gone; the new one is not up yet
+      } else if (
+        this._state &&
+        error instanceof GpuApiError &&
+        AWAY_STATUSES.includes(error.status)
+      ) {
+        this._away = errorText(error); // a hub restart: keep showing what was last known
       } else {
         this._error = errorText(error);
       }
@@ -438,13 +452,19 @@ export class GpuWidget extends Widget {
         ? 'Give the GPU back to the pool; your files, notebooks and variables are kept'
         : `Ask for ${Math.max(1, s?.profile_gpus || 0)} GPU(s) and move your kernels onto it`;
     }
-    this._button.disabled = state === 'busy';
+    this._button.disabled = state === 'busy' || state === 'reconnecting';
 
     let text = '';
     let title = '';
     let level: INotice['level'] = 'info';
     if (this._lost) {
       text = MOVING_TEXT;
+    } else if (this._away && s) {
+      text = RECONNECTING_TEXT;
+      title =
+        `The hub did not answer (${this._away}). This shows what was last known; your ` +
+        'server, notebooks and kernels keep running.';
+      level = 'warn';
     } else if (this._active && s) {
       text = format.progress(s.operation, s.restore, s.saved_bytes);
     } else if (this._pending) {
@@ -476,6 +496,8 @@ export class GpuWidget extends Widget {
   private _dismiss: HTMLButtonElement;
   private _state: IGpuState | null = null;
   private _error: string | null = null;
+  /** Why the last poll did not reach the hub, while the last state is still shown. */
+  private _away: string | null = null;
   private _pending: string | null = null;
   /** What the button says while the request `_pending` is sent. */
   private _doing: string | null = null;
