@@ -75,9 +75,15 @@ def configure(c, settings: Settings | None = None) -> None:
     c.JupyterHub.bind_url = f"http://{s.hub.ip}:{s.hub.port}"
     c.JupyterHub.hub_ip = "127.0.0.1"
     c.JupyterHub.hub_port = s.hub.hub_port
+    # the proxy is checked by request, and a restarted hub adopts it (it keeps its routes)
+    c.JupyterHub.proxy_class = "gpulab.hub.proxy.GpulabProxy"
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{s.hub.proxy_api_port}"
     c.ConfigurableHTTPProxy.command = proxy_command()
     c.ConfigurableHTTPProxy.pid_file = str(data / "jupyterhub-proxy.pid")
+    c.ConfigurableHTTPProxy.auth_token = secret_file(data / "proxy-token")
+    if s.backend == "local":  # in a pod the proxy ends with the hub's container anyway
+        c.JupyterHub.cleanup_proxy = False  # a hub stop leaves it serving
+        c.GpulabProxy.output_file = str(data / "jupyterhub-proxy.log")
     c.JupyterHub.db_url = f"sqlite:///{data / 'jupyterhub.sqlite'}"
     c.JupyterHub.cookie_secret_file = str(data / "jupyterhub_cookie_secret")
     # SameSite=Lax: browsers leave the hub's and user servers' cookies off other sites'

@@ -29,8 +29,9 @@ SECRETS = (
 )
 """(section, field) of each secret setting; each has a ``<field>_file`` beside it."""
 
-DATA_SECRETS = ("cli-token", "jupyterhub_cookie_secret")
-"""Secrets the hub keeps in its data root: the CLI's admin token, the cookie secret."""
+DATA_SECRETS = ("cli-token", "jupyterhub_cookie_secret", "proxy-token")
+"""Secrets the hub keeps in its data root: the CLI's admin token, the cookie secret, the
+proxy's API token (kept so that a restarted hub can talk to the proxy that outlived it)."""
 
 
 def read_secret_files(settings: Settings) -> None:
