@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
+from jupyterhub.utils import AnyTimeoutError, url_path_join, wait_for_http_server
 from tornado import web
 from traitlets import default
 
@@ -159,6 +160,7 @@ class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner):
             self.gpulab.ledger.attach(
                 self.user.name, self.name, self.pid, process_start_time(self.pid)
             )
+            self._record_start(ip, port)
             self.report(60, "Server process started; waiting for it to answer")
             return ip, port
         except BaseException:
@@ -207,8 +209,46 @@ class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner):
             loop.remove_reader(fd)
             os.close(fd)
 
+    def _record_start(self, ip: str, port: int) -> None:
+        """Record the new process and its address now, where JupyterHub would only once
+        ``start`` returns: a hub that dies in between finds the server at its restart and
+        waits for it (``poll``), instead of losing a spawn whose process runs on."""
+        if self.server is not None:
+            self.server.ip, self.server.port = ip, port
+        if self.orm_spawner is not None and self.db is not None:
+            self.orm_spawner.state = self.get_state()
+            self.db.commit()
+
+    def load_state(self, state):
+        super().load_state(state)
+        self._restored = bool(self.pid)  # a hub (re)start found this server's process
+
+    async def _answered(self) -> int | None:
+        """After a hub restart: wait until a server that was still starting answers (None)
+        or its process ends (its status), up to ``start_timeout``; JupyterHub would give
+        it only ``http_timeout`` (30 s), which a burst of spawns on a busy machine exceeds."""
+        url = url_path_join(self.server.url, "api")
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            status = await LocalProcessSpawner.poll(self)
+            if status is not None:
+                return status
+            try:
+                await wait_for_http_server(url, timeout=2)
+                return None
+            except AnyTimeoutError:
+                continue
+        return None  # JupyterHub's own check follows, and gives up with its reason
+
     async def poll(self):
-        status = await super().poll()
+        if getattr(self, "_restored", False) and self.server is not None:
+            self._restored = False
+            self.log.info(
+                "%s: checking that the server answers after the hub's restart", self._log_name
+            )
+            status = await self._answered()
+        else:
+            status = await super().poll()
         # a pending spawn has reserved GPUs but no process yet; a pending stop releases itself
         if status is not None and not (self._spawn_pending or self._stop_pending):
             self.release_gpus("server exited")

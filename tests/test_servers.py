@@ -252,3 +252,37 @@ def test_a_server_that_dies_frees_its_gpu_at_once(hub):
     wait_for(lambda: not carol.model()["servers"], 10, "the hub to see the server gone")
     events = hub.admin.get(hub.api("/gpulab/events?user=carol"), timeout=10).json()["events"]
     assert events[0]["action"] == "release" and events[0]["reason"] == "server exited"
+
+
+SLOW_START = """
+import pathlib, time
+pathlib.Path.home().joinpath("starting").touch()
+time.sleep(15)
+"""
+
+
+def test_a_spawn_in_flight_when_the_hub_dies_completes_after_its_restart(make_hub, tmp_path):
+    """A hub killed while a server still starts: at its restart the hub waits for that
+    server (up to the start timeout), where JupyterHub gave it ``http_timeout`` and then
+    stopped it ("never showed up ... Giving up"), losing the spawn."""
+    extra = tmp_path / "extra_config.py"
+    extra.write_text("")
+    hub = make_hub({"gpus": {"ids": ["0"]}, "hub": {"extra_config": str(extra)}}).start()
+    dora = hub.create_user("dora")
+    assert dora.spawn(profile="gpu-1").status_code in (201, 202)
+    # her own server configuration makes the next start slow (15 s before it answers)
+    dora.run(f"import pathlib\nd = pathlib.Path.home() / '.jupyter'\nd.mkdir(exist_ok=True)\n"
+             f"(d / 'jupyter_server_config.py').write_text({SLOW_START!r})")  # fmt: skip
+    dora.stop()
+    assert dora.spawn(wait=False, profile="gpu-1").status_code in (201, 202)
+    marker = hub.data_root / "homes" / "dora" / "starting"
+    wait_for(marker.exists, 60, "dora's server process to be starting")
+
+    # JupyterHub's own wait for a server to answer, shorter than this server needs
+    extra.write_text("c.Spawner.http_timeout = 5\n")
+    hub.kill()
+    hub.start()
+    dora.wait_ready(90)  # fails at once if the hub gave the server up
+    assert list(hub.holders().values()) == ["dora"]
+    assert dora.server_get("/api/status").status_code == 200
+    assert "Giving up" not in hub.log_path.read_text()
