@@ -599,3 +599,23 @@ def test_job_installs_its_package_first(hub):
     failed = wait_job(olga, "nopkg")
     assert failed["state"] == "failed" and "installing ~/dist/missing.whl" in failed["message"]
     assert failed["replicas"][0]["state"] == "stopped"
+
+
+def test_a_killed_replica_frees_its_gpu_at_once(hub):
+    """Like a server's: the runner waits on the replica's process, so its GPU is free
+    within moments of its end, and the job says how the replica ended."""
+    ivy = hub.create_user("ivy")
+    spec = {"name": "victim", "command": ["sleep", "302"], "replicas": {"worker": {"gpus": 1}}}
+    submit(ivy, spec)
+    wait_for(lambda: job(ivy, "victim")["state"] == "running", 60, "the job to run")
+    assert list(hub.holders().values()) == ["ivy"]
+    found = subprocess.run(["pgrep", "-f", "^sleep 302$"], capture_output=True, text=True)
+    victims = set(map(int, found.stdout.split())) & set(hub.unix_pids("ivy"))
+    assert len(victims) == 1
+    killed = time.monotonic()
+    os.kill(victims.pop(), 9)
+    # within a few seconds on a busy machine (0.2 s here)
+    wait_for(lambda: hub.holders() == {}, 6, "the replica's GPU to be free")
+    print(f"killed replica to GPU free: {time.monotonic() - killed:.2f} s")
+    ended = wait_job(ivy, "victim", timeout=60)
+    assert ended["state"] == "failed" and "worker-0" in ended["message"], ended
