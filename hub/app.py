@@ -1,21 +1,27 @@
-"""The hub process's gpulab context: settings, inventory and ledger, made once."""
+"""The hub process's gpulab context: settings, backend, inventory and ledger, made once."""
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .inventory import Gpu, cluster_gpus, configured, discover
+from .inventory import Gpu
 from .ledger import GpuLedger
 from .names import registry
 from .secretfiles import read_secret_files
 from .settings import Settings, load_settings
 from .storage.s3 import RgwAccounts
 
+if TYPE_CHECKING:
+    from gpulab.spawner.backend import Backend
+
 
 @dataclass
 class Context:
     settings: Settings
+    backend: Backend
+    """Where workloads run: this machine or a cluster (``gpulab.spawner.backend``)."""
     inventory: list[Gpu]
     ledger: GpuLedger
     s3: RgwAccounts | None
@@ -24,20 +30,13 @@ class Context:
 
 @functools.cache
 def context() -> Context:
-    """Settings, the GPU inventory and the ledger of this process (read once)."""
+    """Settings, the backend, the GPU inventory and the ledger of this process (read once)."""
+    from gpulab.spawner.backend import backend_for
+
     settings = load_settings()
     read_secret_files(settings)
-    if settings.backend == "kubernetes" and settings.kubernetes.kubeconfig:
-        from .kube import use_kubeconfig
-
-        use_kubeconfig(settings.kubernetes.kubeconfig)
-    if settings.backend == "kubernetes" and not settings.gpus.ids:
-        k8s = settings.kubernetes
-        inventory = cluster_gpus(k8s.gpu_resource, k8s.gpu_type_label)
-    elif settings.backend == "kubernetes":
-        inventory = configured(settings.gpus.ids)
-    else:
-        inventory = discover(settings.gpus.ids)
+    backend = backend_for(settings)
+    inventory = backend.inventory()
     ledger = GpuLedger(settings.ledger_url, inventory, settings.gpus)
     st = settings.storage
     s3 = None
@@ -51,4 +50,4 @@ def context() -> Context:
             quota_bytes=st.s3_quota_bytes,
             names=registry(settings.data_path),  # RGW users and buckets are claimed names
         )
-    return Context(settings=settings, inventory=inventory, ledger=ledger, s3=s3)
+    return Context(settings, backend, inventory, ledger, s3)

@@ -19,6 +19,8 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
+from gpulab.spawner.backend import backend_for
+
 from .cli_jobs import SpecFileError, cmd_job, cmd_sweep, job_parsers, sweep_parsers
 from .cli_models import cmd_model, cmd_predict, model_parsers
 from .cli_output import ago as _ago
@@ -170,7 +172,8 @@ def cmd_up(args, settings: Settings) -> int:
     data = settings.data_path
     try:  # the hub refuses too; said here before anything starts
         read_secret_files(settings)
-        refuse_exposed_secrets(settings, config_path())
+        if backend_for(settings).shares_machine:
+            refuse_exposed_secrets(settings, config_path())
     except SettingsError as e:
         err.print(f"[red]gpulab up:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         return 1
@@ -352,32 +355,6 @@ def _check_proxy() -> tuple[str, str]:
     return "OK", f"configurable-http-proxy {out.stdout.strip()} ({cmd[0]})"
 
 
-def _check_gpus(settings: Settings) -> tuple[str, str]:
-    from .inventory import NvmlUnavailable, nvml_gpus
-
-    if settings.backend == "kubernetes":
-        if settings.gpus.ids:
-            return "OK", f"{len(settings.gpus.ids)} configured GPU slot(s)"
-        return "OK", "one slot per GPU the cluster's nodes advertise (see Kubernetes)"
-
-    try:
-        seen = nvml_gpus()
-        nvml = f"NVML sees {len(seen)} GPU(s)" + (
-            ": " + ", ".join(f"{g.index} {g.model}" for g in seen) if seen else ""
-        )
-        nvml_ok = True
-    except NvmlUnavailable as e:
-        nvml, nvml_ok = f"NVML unavailable ({e})", False
-    if settings.gpus.ids:
-        return (
-            "OK",
-            f"{len(settings.gpus.ids)} configured GPU id(s) {','.join(settings.gpus.ids)}; {nvml}",
-        )
-    if nvml_ok and seen:
-        return "OK", nvml
-    return "WARN", f"{nvml}; no gpus.ids configured: only CPU profiles can start"
-
-
 def _check_data_root(settings: Settings) -> tuple[str, str]:
     data = settings.data_path
     try:
@@ -458,64 +435,12 @@ def _check_ceph(settings: Settings) -> tuple[str, str]:
     return result, "; ".join(details)
 
 
-def _check_kubernetes(settings: Settings) -> tuple[str, str]:
-    """The API answers; the namespace and the homes' StorageClass exist; nodes have GPUs."""
-    if settings.backend != "kubernetes":
-        return "OK", f"not used (backend: {settings.backend})"
-    from kubernetes_asyncio import client
-    from kubernetes_asyncio.client.rest import ApiException
-
-    from .inventory import slots_of_nodes
-    from .kube import namespace, run_sync, use_kubeconfig
-
-    k8s = settings.kubernetes
-    ns = namespace(k8s)
-
-    async def look(api) -> tuple[list[dict], list[tuple[str, str]]]:
-        problems = []
-        core, storage = client.CoreV1Api(api), client.StorageV1Api(api)
-        nodes = await core.list_node(_request_timeout=10)
-        try:
-            await core.read_namespace(ns, _request_timeout=10)
-        except ApiException as e:
-            if e.status != 404:
-                raise
-            problems.append(("FAIL", f"namespace {ns} does not exist"))
-        try:
-            sc = await storage.read_storage_class(k8s.storage_class, _request_timeout=10)
-            if not sc.allow_volume_expansion:
-                problems.append(
-                    ("WARN", f"StorageClass {k8s.storage_class} cannot expand: homes cannot grow")
-                )
-        except ApiException as e:
-            if e.status != 404:
-                raise
-            problems.append(("FAIL", f"StorageClass {k8s.storage_class} does not exist"))
-        return api.sanitize_for_serialization(nodes)["items"], problems
-
-    try:
-        if k8s.kubeconfig:
-            use_kubeconfig(k8s.kubeconfig)
-        nodes, problems = run_sync(look)
-    except ApiException as e:
-        return "FAIL", f"the Kubernetes API refused: {e.status} {e.reason}"
-    except Exception as e:  # noqa: BLE001 -- no config, unreachable: say which
-        return "FAIL", f"cannot reach the Kubernetes API: {e or type(e).__name__}"
-    slots = slots_of_nodes(nodes, k8s.gpu_resource, k8s.gpu_type_label)
-    on = len({g.node for g in slots})
-    detail = [f"{len(slots)} GPU slot(s) on {on} of {len(nodes)} node(s), namespace {ns}"]
-    detail += [text for _, text in problems]
-    levels = [level for level, _ in problems]
-    result = "FAIL" if "FAIL" in levels else "WARN" if levels or not slots else "OK"
-    return result, "; ".join(detail)
-
-
 def _check_secrets(settings: Settings) -> tuple[str, str]:
     found = exposed_secrets(settings, config_path())
     if not found:
         return "OK", "no other account can read or change the hub's secrets"
     # on Kubernetes the files are in the hub's pod, which no user shares
-    return ("FAIL" if settings.backend == "local" else "WARN"), "; ".join(found)
+    return ("FAIL" if backend_for(settings).shares_machine else "WARN"), "; ".join(found)
 
 
 def _check_hub(settings: Settings) -> tuple[str, str]:
@@ -534,8 +459,7 @@ def cmd_doctor(args, settings: Settings) -> int:
         ("data root", _check_data_root(settings)),
         ("proxy", _check_proxy()),
         ("user servers", _check_server_command()),
-        ("GPUs", _check_gpus(settings)),
-        ("Kubernetes", _check_kubernetes(settings)),
+        *backend_for(settings).doctor(),
         ("Ceph", _check_ceph(settings)),
         ("hub", _check_hub(settings)),
     ]

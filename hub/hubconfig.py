@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .app import context
 from .secretfiles import refuse_exposed_secrets
-from .settings import Settings, config_path
+from .settings import config_path
 
 log = logging.getLogger("gpulab")
 
@@ -51,26 +51,22 @@ def configure_hub(c) -> None:
         sys.exit(1)
 
 
-def configure(c, settings: Settings | None = None) -> None:
+def configure(c) -> None:
     """Fill the JupyterHub config object ``c`` from gpulab settings."""
-    from gpulab.spawner.accounts import prepare_data_root, privileged
-    from gpulab.spawner.local import reconcile_local_grants
+    from gpulab.spawner.accounts import prepare_data_root
 
     from .api import gpu, gpus, jobs, models, openapi, storage, sweeps
-    from .settings import SettingsError
 
     # hub state (ledger, hub database, tokens) is for root's eyes only
     os.umask(0o077)
     ctx = context()
-    s = settings or ctx.settings
-    refuse_exposed_secrets(s, config_path())
+    s = ctx.settings
+    backend = ctx.backend
+    if backend.shares_machine:
+        refuse_exposed_secrets(s, config_path())
     data = s.data_path
     prepare_data_root(data)
-    if s.backend == "local" and s.storage.home_quota and not privileged():
-        raise SettingsError(
-            "storage.home_quota needs the hub to run as root: it makes and mounts a "
-            "filesystem for each user's home"
-        )
+    backend.check()
 
     c.JupyterHub.bind_url = f"http://{s.hub.ip}:{s.hub.port}"
     c.JupyterHub.hub_ip = "127.0.0.1"
@@ -81,9 +77,6 @@ def configure(c, settings: Settings | None = None) -> None:
     c.ConfigurableHTTPProxy.command = proxy_command()
     c.ConfigurableHTTPProxy.pid_file = str(data / "jupyterhub-proxy.pid")
     c.ConfigurableHTTPProxy.auth_token = secret_file(data / "proxy-token")
-    if s.backend == "local":  # in a pod the proxy ends with the hub's container anyway
-        c.JupyterHub.cleanup_proxy = False  # a hub stop leaves it serving
-        c.GpulabProxy.output_file = str(data / "jupyterhub-proxy.log")
     c.JupyterHub.db_url = f"sqlite:///{data / 'jupyterhub.sqlite'}"
     c.JupyterHub.cookie_secret_file = str(data / "jupyterhub_cookie_secret")
     # SameSite=Lax: browsers leave the hub's and user servers' cookies off other sites'
@@ -97,10 +90,7 @@ def configure(c, settings: Settings | None = None) -> None:
     # user servers outlive the hub: a hub restart re-attaches to them
     c.JupyterHub.cleanup_servers = False
 
-    if s.backend == "kubernetes":
-        configure_kubernetes(c, s)
-    else:
-        c.JupyterHub.spawner_class = "gpulab-local"
+    backend.configure_hub(c)
     c.JupyterHub.extra_handlers = [
         *gpus.default_handlers,
         *gpu.default_handlers,
@@ -129,18 +119,7 @@ def configure(c, settings: Settings | None = None) -> None:
     ]
     c.JupyterHub.load_roles = [{"name": "admin", "services": [CLI_SERVICE]}]
 
-    if s.backend == "local" and not privileged():
-        log.warning(
-            "\n%s\ngpulab: the hub is NOT running as root. This is single-user/dev mode:\n"
-            "every server runs as %s, with no isolation between hub users.\n"
-            "Run the hub as root on a shared GPU machine.\n%s",
-            "!" * 72,
-            os.environ.get("USER", "this account"),
-            "!" * 72,
-        )
-
-    released = reconcile_local_grants(ctx.ledger) if s.backend == "local" else []
-    for grant in released:
+    for grant in backend.settle(ctx.ledger):
         log.warning(
             "gpulab: released GPU %s of %s: its server died while the hub was down",
             grant.gpu_id,
@@ -153,39 +132,6 @@ def configure(c, settings: Settings | None = None) -> None:
 
     if s.hub.extra_config:
         runpy.run_path(s.hub.extra_config, init_globals={"c": c, "settings": s})
-
-
-def configure_kubernetes(c, s: Settings) -> None:
-    """User servers as pods: the hub listens where pods can reach it, and the ledger
-    follows the pods (a pod deleted or evicted by hand frees its GPUs)."""
-    c.JupyterHub.spawner_class = "gpulab-kubernetes"
-    c.JupyterHub.hub_ip = "0.0.0.0"
-    # The proxy runs beside the hub (in its pod) and reaches it on loopback, not through
-    # the hub's Service, which would need the cluster network to hairpin a pod's
-    # connection back to itself; user pods reach the hub at the Service.
-    c.JupyterHub.hub_connect_ip = "127.0.0.1"
-    c.Spawner.hub_connect_url = f"http://{s.kubernetes.hub_connect_ip}:{s.hub.hub_port}"
-    start_background(watch_pods)
-
-
-async def watch_pods(app) -> None:
-    from gpulab.spawner.kubernetes import PodGrantWatcher
-
-    from .kube import core_api, namespace
-
-    def is_starting(user: str, server: str) -> bool:
-        try:
-            spawner = app.users[user].spawners.get(server)
-        except KeyError:
-            return False
-        # spawning, or having its pod replaced (Return GPU / Get GPU)
-        return spawner is not None and (spawner.pending == "spawn" or spawner.swapping)
-
-    ctx = context()
-    watcher = PodGrantWatcher(
-        ctx.ledger, namespace(ctx.settings.kubernetes), is_starting, "component=singleuser-server"
-    )
-    await watcher.run(core_api())
 
 
 def start_gpu_switch() -> None:

@@ -138,9 +138,8 @@ def _inline_secrets(config: Path) -> list[str]:
 
 
 def refuse_exposed_secrets(settings: Settings, config: Path | None) -> None:
-    """Stop a hub on the local backend while other accounts can read its secrets."""
-    if settings.backend != "local":
-        return
+    """Stop a hub whose machine users share (the local backend) while other accounts can
+    read its secrets."""
     found = exposed_secrets(settings, config)
     if found:
         raise SettingsError(

@@ -22,6 +22,7 @@ from gpulab.hub.inventory import Gpu, slots_of_nodes
 from gpulab.hub.ledger import GpuLedger, NoGpuFree
 from gpulab.hub.settings import Profile, Settings, SettingsError, load_settings
 from gpulab.spawner import objects
+from gpulab.spawner.kube_backend import KubernetesBackend
 from gpulab.spawner.kubernetes import GpuKubeSpawner, PodGrantWatcher, unschedulable_reason
 
 KUBERNETES_VERSION = "1.34.0"
@@ -176,7 +177,8 @@ def kube_spawner(monkeypatch, tmp_path, settings: Settings, inventory: list[Gpu]
     monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "kubeconfig"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     load_config.cache_clear()
-    ctx = Context(settings, inventory, GpuLedger("sqlite://", inventory, settings.gpus), None)
+    ledger = GpuLedger("sqlite://", inventory, settings.gpus)
+    ctx = Context(settings, KubernetesBackend(settings), inventory, ledger, None)
     monkeypatch.setattr(GpuKubeSpawner, "gpulab", property(lambda self: ctx))
     user = SimpleNamespace(name="ada", id=1, url="/user/ada/", groups=[], admin=False)
     return GpuKubeSpawner(_mock=True, user=user)

@@ -18,29 +18,19 @@ from tornado import web
 
 from gpulab.hub.app import context
 from gpulab.hub.settings import SettingsError, format_size, parse_size
-from gpulab.hub.storage import StorageError
-from gpulab.hub.storage.claims import ClaimVolumes, claim_volumes
-from gpulab.hub.storage.local import LocalHomes, local_homes
+from gpulab.hub.storage import HomeVolumes, StorageError
 
 from .gpus import GpulabAPIHandler
 
 
 class StorageAPIHandler(GpulabAPIHandler):
-    async def homes(self, user: str) -> LocalHomes | ClaimVolumes:
-        ctx = context()
+    async def homes(self, user: str) -> HomeVolumes:
         found = self.find_user(user)
         running = bool(found and found.active)  # read here: the hub's ORM is not thread-safe
-        if ctx.settings.backend == "kubernetes":
-            try:
-                return await claim_volumes(ctx.settings, user, running)
-            except StorageError as e:
-                raise web.HTTPError(e.status, str(e)) from None
-        return local_homes(ctx.settings, in_use=lambda _user: running)
-
-    async def volume(self, user: str, operation: str, *args):
-        """Run one operation on the user's home volume, off the event loop."""
-        homes = await self.homes(user)
-        return await self.run(getattr(homes, operation), user, *args)
+        try:
+            return await context().backend.homes(user, running)
+        except StorageError as e:
+            raise web.HTTPError(e.status, str(e)) from None
 
     async def run(self, fn, *args):
         """Storage calls block on Ceph: run them off the event loop, map their errors."""
@@ -55,7 +45,7 @@ class StorageHandler(StorageAPIHandler):
         user = self.subject()
         ctx = context()
         try:
-            volume = (await self.volume(user, "info")).as_json()
+            volume = (await self.run((await self.homes(user)).info, user)).as_json()
         except web.HTTPError as e:
             if e.status_code != 404:
                 raise
@@ -76,7 +66,8 @@ class VolumeHandler(StorageAPIHandler):
             raise web.HTTPError(403, "Only admins delete home volumes")
         if self.get_argument("user", None) is None:
             raise web.HTTPError(400, "Name the user whose home to delete with ?user=NAME")
-        await self.volume(user, "delete", self.get_argument("confirm", None))
+        homes = await self.homes(user)
+        await self.run(homes.delete, user, self.get_argument("confirm", None))
         self.set_status(204)
 
 
@@ -95,20 +86,20 @@ class ResizeHandler(StorageAPIHandler):
             raise web.HTTPError(
                 403, f"Homes grow to at most {format_size(limit)}; ask an admin for more"
             )
-        volume = await self.volume(user, "resize", size_bytes)
+        volume = await self.run((await self.homes(user)).resize, user, size_bytes)
         self.write_json(volume.as_json())
 
 
 class SnapshotsHandler(StorageAPIHandler):
     async def get(self):
         user = self.subject()
-        snaps = await self.volume(user, "snapshots")
+        snaps = await self.run((await self.homes(user)).snapshots, user)
         self.write_json({"snapshots": [s.as_json() for s in snaps]})
 
     async def post(self):
         user = self.subject()
         name = self.body().get("name")
-        snap = await self.volume(user, "create_snapshot", name)
+        snap = await self.run((await self.homes(user)).create_snapshot, user, name)
         self.set_status(201)
         self.write_json(snap.as_json())
 
@@ -118,14 +109,14 @@ class SnapshotHandler(StorageAPIHandler):
         if action is not None:
             raise web.HTTPError(405, f"DELETE the snapshot itself, not its {action}")
         user = self.subject()
-        await self.volume(user, "delete_snapshot", name)
+        await self.run((await self.homes(user)).delete_snapshot, user, name)
         self.set_status(204)
 
     async def post(self, name, action=None):
         if action != "rollback":
             raise web.HTTPError(405, f"POST .../snapshots/{name}/rollback to roll back")
         user = self.subject()
-        volume = await self.volume(user, "rollback", name)
+        volume = await self.run((await self.homes(user)).rollback, user, name)
         self.write_json(volume.as_json())
 
 

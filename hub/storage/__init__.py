@@ -6,6 +6,7 @@ backend) and S3 buckets on Ceph RGW. Both volume managers answer in one shape
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 class StorageError(Exception):
@@ -70,3 +71,22 @@ def check_snapshot_name(name: object) -> str:
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}", name):
         raise StorageError(f"invalid snapshot name {name!r}: {SNAPSHOT_NAME_RULE}")
     return name
+
+
+class HomeVolumes(Protocol):
+    """A backend's home volumes (``LocalHomes`` directories, ``ClaimVolumes`` claims):
+    each call may block (Ceph, filesystems), so the hub runs them off its event loop."""
+
+    def info(self, user: str) -> Volume: ...
+
+    def resize(self, user: str, size_bytes: int) -> Volume: ...
+
+    def snapshots(self, user: str) -> list[Snapshot]: ...
+
+    def create_snapshot(self, user: str, name: str) -> Snapshot: ...
+
+    def delete_snapshot(self, user: str, name: str) -> None: ...
+
+    def rollback(self, user: str, name: str) -> Volume: ...
+
+    def delete(self, user: str, confirm: str | None) -> None: ...

@@ -668,10 +668,4 @@ def job_manager() -> JobManager:
     """The hub's one JobManager, over the ledger of ``context()`` and the backend's
     runner: processes on this machine, or pods (which run the image's ``python``)."""
     ctx = context()
-    if ctx.settings.backend == "kubernetes":
-        from gpulab.spawner.kube_runner import KubeRunner
-
-        return JobManager(ctx.ledger, ctx.settings, KubeRunner(ctx.settings), "python")
-    from gpulab.spawner.local_runner import LocalRunner, python
-
-    return JobManager(ctx.ledger, ctx.settings, LocalRunner(ctx.settings), python())
+    return JobManager(ctx.ledger, ctx.settings, *ctx.backend.job_runner())

@@ -1029,12 +1029,5 @@ def model_manager() -> ModelManager:
     way of running replicas."""
     ctx = context()
     manager = ModelManager(ctx.ledger, ctx.settings)
-    if ctx.settings.backend == "local":
-        from gpulab.spawner.local_runner import LocalRunner, python
-
-        manager.backend = LocalModels(manager, LocalRunner(ctx.settings), python())
-    else:
-        from gpulab.spawner.kube_models import KubeModels
-
-        manager.backend = KubeModels(manager)
+    manager.backend = ctx.backend.model_backend(manager)
     return manager
