@@ -18,7 +18,7 @@ import pytest
 
 from gpulab.extensions.server import cudackpt
 from gpulab.extensions.server.kernels import KernelReport, gpu_pairs, to_park
-from gpulab.hub.gpuswitch import _where_kernels_run
+from gpulab.hub.movers import where_kernels_run
 
 
 def reports() -> list[KernelReport]:
@@ -55,12 +55,12 @@ def test_a_parked_kernel_keeps_its_device_numbers_on_other_gpus():
 
 def test_the_return_message_names_the_parked_kernels():
     kernels = [{"path": "train.ipynb", "kept_by": "driver"}, {"path": "b", "kept_by": "namespace"}]
-    assert _where_kernels_run({"path": "namespace", "kernels": kernels[1:]}) == (
+    assert where_kernels_run({"path": "namespace", "kernels": kernels[1:]}) == (
         "your kernels now run on the CPU"
     )
-    mixed = _where_kernels_run({"path": "mixed", "kernels": kernels})
+    mixed = where_kernels_run({"path": "mixed", "kernels": kernels})
     assert mixed.startswith("your kernels now run on the CPU, but for train.ipynb: kept running")
-    parked = _where_kernels_run({"path": "driver", "kernels": kernels[:1]})
+    parked = where_kernels_run({"path": "driver", "kernels": kernels[:1]})
     assert parked.startswith("your kernels keep running (train.ipynb)")
 
 
