@@ -38,23 +38,27 @@ class Profile:
     display_name: str = ""
     """What the spawn form shows; defaults to the slug."""
     description: str = ""
+    """A line under the display name on the spawn form."""
     gpus: int = 0
     """GPUs granted to a server started with this profile."""
     default: bool = False
-    """Pre-selected on the form, and used when a spawn names no profile."""
+    """Pre-selected on the form, and used when a spawn names no profile (with no default
+    profile: the first one)."""
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment variables for servers of this profile."""
     idle_return: str = ""
     """Return the GPUs of a server of this profile, keeping its state, after they have been
-    idle this long (``30m``, ``2h``, ``900`` seconds); empty or ``0``: never."""
+    idle this long (``30m``, ``2h``, ``900`` seconds); empty or ``0``: never
+    (docs/return-gpu.md)."""
     gpu_type: str = ""
     """Kubernetes backend: only nodes whose ``kubernetes.gpu_type_label`` has this value
     (``NVIDIA-A100-SXM4-80GB``); empty: any GPU node."""
     node_selector: dict[str, str] = field(default_factory=dict)
-    """Kubernetes backend: node labels a server of this profile needs."""
+    """Kubernetes backend: node labels a server of this profile needs (``{pool: gpu}``)."""
     tolerations: list[dict] = field(default_factory=list)
-    """Kubernetes backend: pod tolerations (``key``, ``operator``, ``value``, ``effect``,
-    ``tolerationSeconds``), e.g. for GPU nodes tainted ``nvidia.com/gpu:NoSchedule``."""
+    """Kubernetes backend: pod tolerations (``key``, ``operator`` ``Equal`` or ``Exists``,
+    ``value``, ``effect``, ``tolerationSeconds``), e.g. for GPU nodes tainted
+    ``nvidia.com/gpu:NoSchedule``."""
 
     @property
     def idle_return_seconds(self) -> float:
@@ -72,13 +76,15 @@ def _default_profiles() -> list[Profile]:
 @dataclass
 class GpuSettings:
     ids: list[str] = field(default_factory=list)
-    """Device ids to hand out. Empty: discover GPUs through NVML (none without a driver)."""
+    """Device ids to hand out, as ``CUDA_VISIBLE_DEVICES`` takes them. Empty: every GPU NVML
+    reports, by UUID (none without a driver). Kubernetes backend: GPU slots ``<node>/<n>``;
+    empty: one slot per GPU each schedulable node advertises, read at hub start."""
     per_user: int = -1
     """Most GPUs one user may hold at once over all their servers; -1: no limit."""
     users: dict[str, int] = field(default_factory=dict)
-    """Per-user limits that replace ``per_user`` for the named users."""
+    """Per-user limits that replace ``per_user`` for the named users (``{alice: 4}``)."""
     groups: dict[str, int] = field(default_factory=dict)
-    """Most GPUs the members of a JupyterHub group may hold together."""
+    """Most GPUs the members of a JupyterHub group may hold together (``{students: 2}``)."""
     acquire_timeout: int = 600
     """Seconds a Get GPU waits in the queue by default (a request may ask for less)."""
     reclaim_interval: int = 60
@@ -88,10 +94,12 @@ class GpuSettings:
     kernel_checkpoint: str = "auto"
     """How Return GPU keeps a kernel on the local backend: ``auto`` parks with the CUDA
     driver (r570+) the kernels whose variables cannot all be saved, ``driver`` every
-    kernel on the GPU, ``namespace`` none (each restarts on the CPU with its variables)."""
+    kernel on the GPU, ``namespace`` none (each restarts on the CPU with its variables);
+    docs/return-gpu.md."""
     checkpoint_generations: int = 2
-    """How many of a notebook's kernel checkpoints its server keeps on the home once one
-    was restored (``gpulab gpu checkpoints``); one whose restore failed is always kept."""
+    """How many of a notebook's kernel checkpoints its server keeps on the home, in
+    ``~/.gpulab/checkpoints``, once one was restored (``gpulab gpu checkpoints`` lists and
+    restores them); one whose restore failed is kept until its owner restores or deletes it."""
 
 
 @dataclass
@@ -99,6 +107,7 @@ class HubSettings:
     ip: str = ""
     """Address the public proxy listens on; empty means all interfaces."""
     port: int = 8000
+    """The public port (the proxy's)."""
     hub_port: int = 8081
     """Port of the hub's internal API (loopback), which user servers talk to."""
     proxy_api_port: int = 8001
@@ -106,24 +115,37 @@ class HubSettings:
     admin_users: list[str] = field(default_factory=lambda: ["admin"])
     """Hub admins. The first one is bootstrapped with a password on first start."""
     admin_password: str = ""
-    """Password for the bootstrapped admin; empty: generate one and print it once."""
+    """Password for the bootstrapped admin; empty: a random one, printed once in the hub log.
+    With ``gpulab`` accounts it must follow the password rule (at least 8 characters, not a
+    common password), or the hub refuses to start and says why."""
     admin_password_file: str = ""
-    """Path of a root-only (0600) file holding ``admin_password`` instead."""
+    """Path of a root-only (0600) file holding ``admin_password`` instead
+    (docs/security.md#secrets)."""
     authenticator: str = "gpulab"
-    """``gpulab`` (accounts with sign-up and admin approval), or any JupyterHub
-    authenticator entry point or class (``github``, ``ldapauthenticator.LDAPAuthenticator``);
-    configure it further in ``extra_config``."""
+    """``gpulab`` (password accounts: sign-up at ``/hub/signup``, admin approval at
+    ``/hub/authorize``, ``/hub/change-password``; passwords need at least 8 characters and
+    must not be common: ``c.GpulabAuthenticator.minimum_password_length`` in ``extra_config``
+    changes the length), or any JupyterHub authenticator short name or class (``github``,
+    ``generic-oauth``, ``ldapauthenticator.LDAPAuthenticator``, ``pam``); configure it
+    further in ``extra_config``."""
     open_signup: bool = False
     """With the gpulab authenticator: new sign-ups may log in without admin approval."""
     extra_config: str = ""
-    """Path of a Python file run after gpulab's own configuration, with ``c`` in scope."""
+    """Path of a Python file run after gpulab's own configuration, with ``c`` (the
+    JupyterHub config) and ``settings`` in scope."""
 
 
 @dataclass
 class ServerSettings:
     unix_user_prefix: str = "gl-"
-    """Prefix of the unix account each hub user's server runs as (when the hub is root)."""
+    """Prefix of the unix account each hub user's server runs as when the hub is root: hub
+    user ``alice`` runs as ``gl-alice`` (created on first spawn, no password, home
+    ``data_root/homes/alice``, mode 0700). Names with characters outside ``a-z0-9_-``, longer
+    than 20, or ending like a hash (``-`` and 6 hex digits) are cleaned and suffixed with a
+    hash; each derived name is recorded for its hub user at first use (``gpulab.sqlite``),
+    and a second hub name that maps to it is refused (409), never given the same account."""
     default_url: str = "/lab"
+    """Where a started server opens."""
     start_timeout: int = 120
     """Seconds a server may take to start before the spawn fails."""
 
@@ -133,26 +155,34 @@ class StorageSettings:
     ceph_conf: str = ""
     """Path of ceph.conf for RBD home volumes (the kubernetes backend); empty: no RBD."""
     ceph_client: str = "admin"
-    """cephx client id the hub connects as: ``admin``, or a narrower one (``profile rbd`` on
-    ``rbd_pool``, docs/storage.md)."""
+    """cephx client id the hub connects as: ``admin``, or in production a narrower one
+    (``profile rbd`` on ``rbd_pool``, docs/storage.md#cephx-and-keyrings)."""
     ceph_keyring: str = ""
     """That client's keyring (root only, never given to users); empty: the one ceph.conf names."""
     rbd_pool: str = "rbd"
+    """The pool RBD home images live in."""
     home_size: str = "10GiB"
-    """Size of a new home volume (and the quota of a directory home): bytes or 10GiB/500MiB."""
+    """Size of a new home volume; for directory homes, the size reported (enforced with
+    ``home_quota``). Bytes, or a number with a unit: ``10GiB``, ``500MB``."""
     home_max_size: str = "100GiB"
     """Largest size users may grow their own home to; admins may go beyond."""
     home_quota: bool = False
     """Local backend: enforce each home's size with an ext4 filesystem in a file per home,
-    loop-mounted on it (the hub must run as root). Off: the size is only reported."""
+    loop-mounted on it (the hub must run as root; docs/storage.md#home-volumes). Off: the size
+    is only reported."""
     s3_endpoint: str = ""
-    """Ceph RGW (or any S3 with RGW's admin API) URL; empty: no per-user S3."""
+    """Ceph RGW (or any S3 with RGW's admin API) URL; set, every user gets an S3 bucket and
+    keys (docs/storage.md); empty: no per-user S3."""
     s3_admin_access_key: str = ""
+    """Access key of an RGW admin (caps ``users=*;buckets=*``) for RGW's admin ops API, needed
+    with ``s3_endpoint``. Never given to users."""
     s3_admin_secret_key: str = ""
-    """Admin keys for RGW's admin ops API (caps users=*;buckets=*). Never given to users."""
+    """That admin's secret key. Never given to users."""
     s3_admin_access_key_file: str = ""
+    """Path of a root-only (0600) file holding ``s3_admin_access_key`` instead
+    (docs/security.md#secrets)."""
     s3_admin_secret_key_file: str = ""
-    """Paths of root-only (0600) files holding the admin keys instead (docs/security.md)."""
+    """Path of a root-only (0600) file holding ``s3_admin_secret_key`` instead."""
     s3_quota: str = "50GiB"
     """Most bytes a user may store in S3; -1: no limit."""
     s3_prefix: str = "gpulab-"
@@ -245,7 +275,8 @@ class JobSettings:
     """Wait before the first restart of a failed replica; doubled for each further one
     (at most a minute)."""
     stop_grace: str = "5s"
-    """How long a replica being stopped has after SIGTERM before it is killed."""
+    """How long a replica being stopped (its job ended or was cancelled) has after SIGTERM
+    before it is killed."""
     log_copy_limit: str = "64MiB"
     """Kubernetes backend: the most of each replica's log the hub keeps in its data root
     (older output is dropped from the copy; the whole log stays on the user's home)."""
@@ -268,10 +299,10 @@ class ServingSettings:
     poll: str = "1s"
     """How often a model server looks for new version folders (and config changes)."""
     max_replicas: int = 8
-    """The most replicas one model may have."""
+    """The most replicas one model may have (1 to 64)."""
     start_timeout: str = "5m"
-    """How long a model server may take to load its first version before it counts as
-    failed to start."""
+    """How long a model server may take to answer after it starts (loading its first
+    version) before it is restarted."""
     image: str = "tensorflow/serving:2.21.0"
     """Kubernetes backend: the model server image of CPU replicas."""
     gpu_image: str = "tensorflow/serving:2.21.0-gpu"
@@ -300,6 +331,7 @@ class KubernetesSettings:
     """The notebook image: JupyterLab, ``jupyterhub-singleuser`` and gpulab installed.
     Required with this backend."""
     image_pull_policy: str = "IfNotPresent"
+    """When the node pulls ``image``: ``Always``, ``IfNotPresent`` or ``Never``."""
     gpu_resource: str = "nvidia.com/gpu"
     """The extended resource a GPU is requested as (``nvidia.com/mig-1g.10gb``,
     ``amd.com/gpu``)."""
@@ -315,18 +347,20 @@ class KubernetesSettings:
     delete_grace_period: int = 1
     """Seconds a stopping server's pod gets to exit before it is killed."""
     hub_connect_ip: str = "hub"
-    """Address pods reach the hub's API at (the hub's Service name in the cluster)."""
+    """Address pods reach the hub's API at (its Service name; the Helm chart sets its full
+    name); the proxy, beside the hub, reaches it on 127.0.0.1."""
     uid: int | None = 1000
     """The account user servers and job pods run as (``runAsUser``): the image's user,
     ``jovyan`` (1000) in the Jupyter images; null: the image's own."""
     gid: int | None = 100
-    """Their group (``runAsGroup``, and ``fsGroup``, so the home claim is writable)."""
+    """Their group (``runAsGroup``, and ``fsGroup``, so the home claim is writable); null:
+    the image's own."""
     cluster_domain: str = "cluster.local"
     """The cluster's DNS domain, in the names job replicas reach each other at."""
     gpu_tolerations: list[dict] = field(default_factory=list)
-    """Tolerations of job and model replica pods that ask for GPUs (servers take their
-    profile's), e.g. ``[{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]``
-    for tainted GPU nodes."""
+    """Tolerations of every pod that asks for GPUs (servers, job and model replicas; added
+    to a server profile's own), e.g. ``[{key: nvidia.com/gpu, operator: Exists, effect:
+    NoSchedule}]`` for tainted GPU nodes."""
     kubeconfig: str = ""
     """Path of a kubeconfig; empty: the in-cluster service account, else ``$KUBECONFIG``
     or ``~/.kube/config``."""
@@ -335,18 +369,28 @@ class KubernetesSettings:
 @dataclass
 class Settings:
     backend: str = "local"
-    """``local`` (processes on this machine) or ``kubernetes`` (pods on a cluster)."""
+    """Where servers run: ``local`` (processes on this machine) or ``kubernetes`` (pods on a
+    cluster, docs/kubernetes.md)."""
     data_root: str = ""
-    """Where homes, the ledger and hub state live. Default: /var/lib/gpulab as root,
-    else ~/.local/share/gpulab."""
+    """Where homes (``homes/<user>``), server logs (``logs/``), the GPU ledger
+    (``gpulab.sqlite``), the hub database and the CLI token live; empty: ``/var/lib/gpulab``
+    as root, else ``~/.local/share/gpulab``."""
     hub: HubSettings = field(default_factory=HubSettings)
+    """The hub, its proxy and how users log in."""
     gpus: GpuSettings = field(default_factory=GpuSettings)
+    """The GPUs handed out, and quotas on them."""
     servers: ServerSettings = field(default_factory=ServerSettings)
+    """Users' notebook servers."""
     storage: StorageSettings = field(default_factory=StorageSettings)
+    """Home volumes and per-user S3."""
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
+    """The kubernetes backend (docs/kubernetes.md)."""
     jobs: JobSettings = field(default_factory=JobSettings)
+    """Training jobs (docs/jobs.md)."""
     serving: ServingSettings = field(default_factory=ServingSettings)
+    """Model servers (docs/serving.md)."""
     profiles: list[Profile] = field(default_factory=_default_profiles)
+    """The choices on the spawn form; set in the file only (no environment override)."""
 
     @property
     def data_path(self) -> Path:
