@@ -140,7 +140,7 @@ def test_cli_status_shows_holders_and_doctor_checks(hub):
     assert "answering at" in out.stdout
 
     out = subprocess.run(
-        [sys.executable, "-m", "gpulab.hub.cli", "status"],
+        [sys.executable, "-m", "gpulab.hub.client.cli", "status"],
         capture_output=True,
         text=True,
         env={**env, "GPULAB_HUB__PORT": "eighty"},

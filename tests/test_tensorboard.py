@@ -22,7 +22,7 @@ from pathlib import Path
 import requests
 import websocket
 
-from gpulab.hub.cli import tensorboard_url
+from gpulab.hub.client.tensorboard import tensorboard_url
 from hubfixture import free_port, kernel_messages, wait_for
 
 WRITE_RUN = """

@@ -11,11 +11,11 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from .cli_jobs import SpecFileError, _fields, _hub_flags, _Progress, _when
-from .cli_output import ago as _ago
-from .cli_output import console, err
-from .client import GpulabClient
-from .settings import Settings
+from ..settings import Settings
+from .actions import hub_flags
+from .api import GpulabClient
+from .output import Progress, ago, console, err, fields, when
+from .specfile import SpecFileError
 
 _STATE_COLOURS = {
     "deploying": "cyan",
@@ -28,8 +28,8 @@ _STATE_COLOURS = {
 }
 
 
-def model_parsers(sub) -> None:
-    flags = _hub_flags()
+def add_parsers(sub) -> None:
+    flags = hub_flags()
     model = sub.add_parser(
         "model",
         help="model serving: deploy, list, status, update, logs, undeploy",
@@ -174,7 +174,7 @@ def _deploy(client: GpulabClient, args) -> int:
     if args.no_wait:
         return 0
     try:
-        with _Progress(_line(model)) as progress:
+        with Progress(_line(model)) as progress:
             model = client.wait_model(
                 args.name, args.user, on_change=lambda m: progress.update(_line(m))
             )
@@ -251,7 +251,7 @@ def _list(client: GpulabClient, args) -> int:
             f"{up}/{m['replicas']}",
             str(m["gpus"] * m["replicas"]),
             Text(m["access"]),
-            _ago(m.get("created")),
+            ago(m.get("created")),
             Text(m.get("message") or ""),
         ]
         table.add_row(*row)
@@ -272,7 +272,7 @@ def _status(client: GpulabClient, args) -> int:
         policy = f"latest {model['latest']}"
     labels = " ".join(f"{k}={v}" for k, v in (model.get("labels") or {}).items())
     console.print(
-        _fields(
+        fields(
             [
                 ("model", model["name"]),
                 ("user", model["user"]),
@@ -287,7 +287,7 @@ def _status(client: GpulabClient, args) -> int:
                 ("REST", f"{hub}{model['endpoints']['tf_serving']}/v1/models/{model['name']}"),
                 ("predict", f"{hub}{model['endpoints']['predict']}"),
                 ("logs", model.get("logs")),
-                ("deployed", _when(model.get("created"))),
+                ("deployed", when(model.get("created"))),
                 ("token", model.get("token") if args.show_token else None),
             ]
         )
@@ -345,3 +345,6 @@ def cmd_predict(args, settings: Settings) -> int:
     answer = client.predict(args.name, request, args.version, args.label, owner)
     sys.stdout.write(json.dumps(answer, indent=2) + "\n")
     return 0
+
+
+COMMANDS = {"model": cmd_model, "predict": cmd_predict}

@@ -1,29 +1,5 @@
-"""The Python client for the gpulab hub API, used by the CLI and from notebooks.
-
->>> from gpulab.hub.client import GpulabClient
->>> client = GpulabClient.from_environment()
->>> client.gpus()["free"]
-
-Training jobs and sweeps (docs/jobs.md), e.g. from a notebook:
-
->>> client.submit_job({"name": "mnist", "script": "train.py", "replicas": {"worker": {"gpus": 1}}})
->>> for text in client.job_logs("mnist", follow=True):  # until the job ends
-...     print(text, end="")
->>> client.wait_job("mnist")["state"]
-'succeeded'
-
-Models (docs/serving.md):
-
->>> client.deploy_model({"name": "line", "base_path": "models/line"})
->>> client.wait_model("line")["state"]
-'available'
->>> client.predict("line", {"instances": [1.0, 2.0]})
-{'predictions': [2.5, 3.0]}
-
-Inside a user server it finds the hub through ``JUPYTERHUB_API_URL`` and the
-server's token; elsewhere through ``GPULAB_URL`` / ``GPULAB_TOKEN``, or, as root on
-the hub machine, the settings file and the gpulab CLI token in the data root.
-"""
+"""The HTTP client for the gpulab hub API (``GpulabClient``), exported by
+``gpulab.hub.client``: see there for how to use it."""
 
 from __future__ import annotations
 
@@ -36,7 +12,7 @@ from urllib.parse import quote
 
 import requests
 
-from .settings import Settings, load_settings
+from ..settings import Settings, load_settings
 
 
 class ClientError(Exception):
