@@ -23,7 +23,9 @@ from dataclasses import replace
 
 from gpulab.hub.app import context
 from gpulab.hub.kube import api_call, core_api, namespace, owned_object
-from gpulab.hub.workloads.models import Deployment, ModelError, ModelManager, ModelSpec
+from gpulab.hub.workloads.model_spec import ModelError, ModelSpec
+from gpulab.hub.workloads.model_store import Deployment
+from gpulab.hub.workloads.models import ModelManager
 
 from . import objects
 

@@ -59,7 +59,7 @@ class LocalBackend:
         return LocalRunner(self.settings), python()
 
     def model_backend(self, manager):
-        from gpulab.hub.workloads.models import LocalModels
+        from .local_models import LocalModels
 
         return LocalModels(manager, *self.job_runner())
 

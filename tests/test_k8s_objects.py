@@ -286,7 +286,7 @@ def test_pod_watcher_frees_grants_of_pods_gone_and_only_theirs():
 
 
 def test_model_serving_objects_are_valid_and_wire_tf_serving_together():
-    from gpulab.hub.workloads.models import ModelSpec, serving_config
+    from gpulab.hub.workloads.model_spec import ModelSpec, serving_config
     from gpulab.serving.config import parse_text, to_text
 
     spec = ModelSpec("line", "models/line", labels={"stable": 1}, gpus=1)

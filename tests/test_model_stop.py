@@ -17,9 +17,11 @@ import pytest
 
 from gpulab.hub.ledger import GpuLedger
 from gpulab.hub.settings import Settings
-from gpulab.hub.workloads.models import LocalModels, ModelManager, ModelSpec, new_replicas
+from gpulab.hub.workloads.model_spec import ModelSpec
+from gpulab.hub.workloads.models import ModelManager, new_replicas
 from gpulab.hub.workloads.runner import Launch
 from gpulab.spawner.local import holder_alive
+from gpulab.spawner.local_models import LocalModels
 from gpulab.spawner.local_runner import LocalRunner, _signal_group
 from hubfixture import wait_for
 

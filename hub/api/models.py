@@ -24,7 +24,8 @@ import json
 from tornado import web
 from tornado.httpclient import HTTPClientError, HTTPRequest
 
-from gpulab.hub.workloads.models import TOKEN_HEADER, model_manager, token_header
+from gpulab.hub.workloads.model_spec import TOKEN_HEADER, token_header
+from gpulab.hub.workloads.models import model_manager
 from gpulab.hub.workloads.replica_http import ReplicaHTTPClient
 
 from .gpus import GpulabAPIHandler

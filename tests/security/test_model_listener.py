@@ -369,7 +369,7 @@ def test_the_token_goes_only_to_a_listener_the_hub_checks():
     asks for no token there: the hub sends it only over a socket whose owner it checks."""
     from types import SimpleNamespace
 
-    from gpulab.hub.workloads.models import TOKEN_HEADER, token_header
+    from gpulab.hub.workloads.model_spec import TOKEN_HEADER, token_header
     from gpulab.hub.workloads.replica_http import unix_address
 
     model = SimpleNamespace(token="the-models-token")
