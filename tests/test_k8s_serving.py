@@ -16,11 +16,11 @@ import sys
 
 import requests
 from kubernetes_asyncio import client
-from test_fakekube import apis, eventually
 from test_k8s_objects import valid
 
 from fakekube import FakeKube
-from gpulab.hub.workloads.models import ModelSpec, serving_config
+from fakekube.tests.helpers import apis, eventually
+from gpulab.hub.workloads.model_spec import ModelSpec, serving_config
 from gpulab.serving.config import to_text
 from gpulab.spawner import objects
 from hubfixture import export_line, free_port

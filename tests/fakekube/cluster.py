@@ -27,7 +27,7 @@ from .resources import NAMESPACE, NODE, SERVICE, STORAGECLASS
 from .scheduler import Scheduler
 from .storage import StorageController
 from .store import Store
-from .workloads import DeploymentController, JobController, ReplicaSetController
+from .workloads import DeploymentController, ReplicaSetController
 
 KUBERNETES_VERSION = "v1.33.1"
 
@@ -92,7 +92,6 @@ class Cluster:
             StorageController(self),
             ReplicaSetController(self),
             DeploymentController(self),
-            JobController(self, restart_backoff),
             GarbageCollector(self),
             NamespaceController(self),
         ]

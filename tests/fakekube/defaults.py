@@ -2,7 +2,7 @@
 and the registry strategies' ``PrepareForCreate`` to incoming objects, so that what a
 client reads back has the same shape as from a real cluster (``restartPolicy:
 Always``, ``terminationGracePeriodSeconds: 30``, container ``requests`` copied from
-``limits``, Service ``type``, Job selectors and labels, ...).
+``limits``, Service ``type``, ...).
 """
 
 from __future__ import annotations
@@ -178,33 +178,6 @@ def replicaset(obj: Obj, creating: bool) -> None:
         obj["status"] = {"replicas": 0}
 
 
-def job(obj: Obj, creating: bool) -> None:
-    spec = obj.setdefault("spec", {})
-    if spec.get("completions") is None and spec.get("parallelism") is None:
-        spec["completions"] = 1
-    spec.setdefault("parallelism", 1)
-    spec.setdefault("backoffLimit", 6)
-    spec.setdefault("completionMode", "NonIndexed")
-    spec.setdefault("suspend", False)
-    spec.setdefault("podReplacementPolicy", "TerminatingOrFailed")
-    _template(obj)
-    if creating:
-        # the Job strategy's PrepareForCreate: selector and labels from the uid
-        uid, name = obj["metadata"]["uid"], obj["metadata"]["name"]
-        if not spec.get("manualSelector"):
-            spec["selector"] = {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}
-            labels = spec["template"]["metadata"].setdefault("labels", {})
-            labels.update(
-                {
-                    "batch.kubernetes.io/controller-uid": uid,
-                    "batch.kubernetes.io/job-name": name,
-                    "controller-uid": uid,
-                    "job-name": name,
-                }
-            )
-        obj["status"] = {}
-
-
 def storageclass(obj: Obj, creating: bool) -> None:
     obj.setdefault("reclaimPolicy", "Delete")
     obj.setdefault("volumeBindingMode", "Immediate")
@@ -238,7 +211,6 @@ DEFAULTERS: dict[str, Callable[[Obj, bool], None]] = {
     "PersistentVolume": pv,
     "Deployment": deployment,
     "ReplicaSet": replicaset,
-    "Job": job,
     "StorageClass": storageclass,
     "Event": event,
     "RoleBinding": role_binding,

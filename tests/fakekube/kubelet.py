@@ -349,7 +349,7 @@ class PodWorker:
             first = ("startup",) if not c.started else ("readiness", "liveness")
             for kind in first if real else ():
                 if c.spec.get(f"{kind}Probe"):
-                    c.tasks.append(asyncio.ensure_future(self._probe(c, kind, env, str(cwd))))
+                    c.tasks.append(asyncio.ensure_future(self._probe(c, kind)))
         self.changed.set()
 
     async def _exit_of(self, c: ContainerState) -> int:
@@ -364,9 +364,9 @@ class PodWorker:
             c.finish(code)
             self.changed.set()
 
-    async def _probe(self, c: ContainerState, kind: str, env: Obj, cwd: str) -> None:
+    async def _probe(self, c: ContainerState, kind: str) -> None:
         """Run one of the container's probes and act on its verdicts."""
-        async for ok, output, verdict in probes.results(c.spec[f"{kind}Probe"], c.spec, env, cwd):
+        async for ok, output, verdict in probes.results(c.spec[f"{kind}Probe"], c.spec):
             if not ok:
                 self.event(
                     "Unhealthy",
@@ -398,7 +398,7 @@ class PodWorker:
                 self.changed.set()
                 for later in ("readiness", "liveness"):
                     if c.spec.get(f"{later}Probe"):
-                        c.tasks.append(asyncio.ensure_future(self._probe(c, later, env, cwd)))
+                        c.tasks.append(asyncio.ensure_future(self._probe(c, later)))
                 return
 
     async def _backoff(self, c: ContainerState) -> None:

@@ -1,17 +1,14 @@
 """Container probes as the kubelet's prober runs them: ``httpGet`` (success on
-200-399), ``tcpSocket`` (a connection opens), ``exec`` (exit code 0, run with the
-container's environment), with ``initialDelaySeconds``, ``periodSeconds`` (default
-10), ``timeoutSeconds`` (default 1), ``successThreshold`` and ``failureThreshold``
-(default 3), and ``grpc`` (the gRPC health checking protocol, ``grpc.health.v1.Health/
-Check``, answered SERVING). An ``exec`` probe runs as FakeKube's user in this host's
-mount namespace, not in the container's (so not as ``runAsUser``, and without the
-cluster DNS ``/etc/hosts`` of ``containers``).
+200-399) and ``tcpSocket`` (a connection opens), with ``initialDelaySeconds``,
+``periodSeconds`` (default 10), ``timeoutSeconds`` (default 1), ``successThreshold``
+and ``failureThreshold`` (default 3). The ``exec`` and ``grpc`` handlers, which no
+manifest of gpulab's uses, are not imitated: validation refuses them (422).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -28,9 +25,7 @@ def _port(value: Any, container: Obj) -> int:
     raise ValueError(f"unknown port {value!r}")
 
 
-async def probe_once(
-    probe: Obj, container: Obj, env: Mapping[str, str], cwd: str
-) -> tuple[bool, str]:
+async def probe_once(probe: Obj, container: Obj) -> tuple[bool, str]:
     """One attempt: (success, the kubelet's failure output)."""
     timeout = probe.get("timeoutSeconds", 1)
     try:
@@ -54,64 +49,18 @@ async def probe_once(
             _, writer = await asyncio.wait_for(connect, timeout)
             writer.close()
             return True, ""
-        if "exec" in probe:
-            proc = await asyncio.create_subprocess_exec(
-                *probe["exec"]["command"],
-                env=dict(env),
-                cwd=cwd,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-            try:
-                out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-            except TimeoutError:
-                return False, f"command timed out after {timeout}s"
-            finally:
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
-            return proc.returncode == 0, out.decode(errors="replace").strip()
-        if "grpc" in probe:
-            return await _grpc_health(probe["grpc"], timeout)
-        return False, "the probe names no handler (httpGet, tcpSocket, exec or grpc)"
+        return False, "the probe names no handler (httpGet or tcpSocket)"
     except (OSError, TimeoutError, aiohttp.ClientError, ValueError) as e:
         return False, f"{type(e).__name__}: {e}"
 
 
-_HEALTH_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
-
-
-async def _grpc_health(spec: Obj, timeout: float) -> tuple[bool, str]:
-    """``grpc.health.v1.Health/Check`` with the messages encoded by hand: the request
-    carries ``service`` (field 1, a string), the answer ``status`` (field 1, an enum)."""
-    import grpc
-
-    service = spec.get("service", "").encode()
-    request = b"\x0a" + bytes([len(service)]) + service if service else b""
-    address = f"127.0.0.1:{spec['port']}"
-    async with grpc.aio.insecure_channel(address) as channel:
-        check = channel.unary_unary("/grpc.health.v1.Health/Check")
-        try:
-            answer = await check(request, timeout=timeout)
-        except grpc.aio.AioRpcError as e:
-            return False, (
-                f"failed to connect service {address!r} within {timeout}s: {e.details()}"
-            )
-    status = answer[1] if answer[:1] == b"\x08" and len(answer) > 1 else 0
-    if status == 1:
-        return True, ""
-    return False, f"service unhealthy (responded with {_HEALTH_STATUS.get(status, status)!r})"
-
-
-async def results(
-    probe: Obj, container: Obj, env: Mapping[str, str], cwd: str
-) -> AsyncIterator[tuple[bool, str, bool | None]]:
+async def results(probe: Obj, container: Obj) -> AsyncIterator[tuple[bool, str, bool | None]]:
     """Probe forever: after each attempt ``(ok, output, verdict)``, the verdict True or
     False when the success or failure threshold is reached, else None."""
     await asyncio.sleep(probe.get("initialDelaySeconds", 0))
     oks = fails = 0
     while True:
-        ok, output = await probe_once(probe, container, env, cwd)
+        ok, output = await probe_once(probe, container)
         oks, fails = (oks + 1, 0) if ok else (0, fails + 1)
         if ok:
             verdict = True if oks >= probe.get("successThreshold", 1) else None

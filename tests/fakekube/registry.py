@@ -468,7 +468,7 @@ class Registry:
         policy = options.get("propagationPolicy")
         if policy is None and options.get("orphanDependents") is not None:
             policy = "Orphan" if options["orphanDependents"] else "Background"
-        policy = policy or rt.default_propagation
+        policy = policy or "Background"  # every type served here defaults to it
         if policy not in ("Orphan", "Background", "Foreground"):
             raise errors.invalid(
                 "DeleteOptions",

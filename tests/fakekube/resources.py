@@ -1,7 +1,6 @@
 """The resource types the fake serves, with the per-type facts the apiserver keeps in
 its registry strategies: group/version/kind, scope, field labels, status subresource,
-whether ``metadata.generation`` is tracked, what DELETE returns, and the default
-garbage-collection propagation. Every type is served at version ``v1``.
+whether ``metadata.generation`` is tracked and what DELETE returns. Every type is served at version ``v1``.
 """
 
 from __future__ import annotations
@@ -24,8 +23,6 @@ class ResourceType:
     has_generation: bool = False
     # DELETE answers with the object (core types) rather than a Success Status
     return_deleted_object: bool = True
-    # garbage collection when DELETE names no propagationPolicy
-    default_propagation: str = "Background"
     version: str = "v1"
 
     @property
@@ -78,16 +75,6 @@ DEPLOYMENT = ResourceType("apps", "deployments", "Deployment", True, ("deploy",)
 REPLICASET = ResourceType(
     "apps", "replicasets", "ReplicaSet", True, ("rs",), _fields("status.replicas"), **WORKLOAD
 )
-JOB = ResourceType(
-    "batch",
-    "jobs",
-    "Job",
-    True,
-    (),
-    _fields("status.successful"),
-    **WORKLOAD,
-    default_propagation="Orphan",
-)
 STORAGECLASS = ResourceType(
     "storage.k8s.io",
     "storageclasses",
@@ -109,7 +96,7 @@ CLUSTERROLEBINDING = ResourceType(
 )
 
 ALL = (POD, SERVICE, NAMESPACE, SECRET, CONFIGMAP, SERVICEACCOUNT, EVENT, NODE, PVC, PV)
-ALL += (DEPLOYMENT, REPLICASET, JOB, STORAGECLASS)
+ALL += (DEPLOYMENT, REPLICASET, STORAGECLASS)
 ALL += (ROLE, ROLEBINDING, CLUSTERROLE, CLUSTERROLEBINDING)
 BY_KEY = {rt.key: rt for rt in ALL}
 

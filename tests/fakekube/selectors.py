@@ -4,7 +4,7 @@ Label selector strings (``labelSelector=``) follow ``labels.Parse``: comma-separ
 requirements ``k=v``, ``k==v``, ``k!=v``, ``k in (a,b)``, ``k notin (a,b)``, ``k``,
 ``!k``, ``k>1``, ``k<1``; ``!=`` and ``notin`` also match objects without the label.
 Structured ``LabelSelector`` objects (``matchLabels`` / ``matchExpressions``, used by
-Deployments, ReplicaSets and Jobs) follow ``metav1.LabelSelectorAsSelector``.
+Deployments and ReplicaSets) follow ``metav1.LabelSelectorAsSelector``.
 
 Field selectors (``fieldSelector=``) follow ``fields.ParseSelector``: ``f=v``,
 ``f==v``, ``f!=v`` joined by commas, with ``\\,`` ``\\=`` ``\\\\`` escapes; each

@@ -46,7 +46,7 @@ class FakeKube:
     node ``gpu-node-1`` with 2 GPUs. ``gpu_resource``: the resource name ``gpus``
     is advertised as. ``run_containers``: run each container's ``command`` as a
     local process (see ``fakekube.containers``). ``restart_backoff``: the kubelet's
-    and job controller's initial back-off in seconds (10 in a real cluster).
+    initial back-off in seconds (10 in a real cluster).
     ``history_size``: how many changes a watch can resume across before it gets
     410 Gone. ``bookmark_interval``: seconds between BOOKMARK events on watches that
     allow them (about 60 in a real cluster). ``watch_timeout``: how long a watch

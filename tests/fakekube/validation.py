@@ -184,6 +184,14 @@ def _container(path: str, c: Any, volumes: set[str], names: set[str], errs: Erro
                     f'Not found: "{mount.get("name")}"',
                 )
             )
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        for handler in ("exec", "grpc"):
+            if handler in (c.get(kind) or {}):
+                errs.append(
+                    forbidden_field(
+                        f"{path}.{kind}.{handler}", f"fakekube does not implement {handler} probes"
+                    )
+                )
     _resources(f"{path}.resources", c.get("resources") or {}, errs)
 
 
@@ -350,34 +358,6 @@ def validate_replicaset(obj: Obj) -> Errors:
     return _selector(obj) + _non_negative(obj, "replicas") + _template(obj, ("Always",))
 
 
-def validate_job(obj: Obj) -> Errors:
-    spec = obj.get("spec") or {}
-    errs = _non_negative(
-        obj,
-        "parallelism",
-        "completions",
-        "backoffLimit",
-        "activeDeadlineSeconds",
-        "ttlSecondsAfterFinished",
-    )
-    if spec.get("completionMode") not in ("NonIndexed", "Indexed"):
-        errs.append(
-            unsupported_value(
-                "spec.completionMode", spec.get("completionMode"), ["Indexed", "NonIndexed"]
-            )
-        )
-    if spec.get("completionMode") == "Indexed" and spec.get("completions") is None:
-        errs.append(required("spec.completions", "when completion mode is Indexed"))
-    for name in ("podFailurePolicy", "successPolicy", "backoffLimitPerIndex", "managedBy"):
-        if spec.get(name) is not None:
-            errs.append(
-                forbidden_field(f"spec.{name}", "fakekube does not implement this Job field")
-            )
-    if spec.get("suspend"):
-        errs.append(forbidden_field("spec.suspend", "fakekube does not implement suspended Jobs"))
-    return errs + _template(obj, ("OnFailure", "Never"))
-
-
 def validate_storageclass(obj: Obj) -> Errors:
     errs = [] if obj.get("provisioner") else [required("provisioner")]
     if obj.get("volumeBindingMode") != "Immediate":
@@ -526,7 +506,6 @@ CREATE: dict[str, Callable[[Obj], Errors]] = {
     "PersistentVolume": validate_pv,
     "Deployment": validate_deployment,
     "ReplicaSet": validate_replicaset,
-    "Job": validate_job,
     "StorageClass": validate_storageclass,
     "Event": validate_event,
     "Role": validate_role,
@@ -627,10 +606,6 @@ UPDATE: dict[str, Callable[[Obj, Obj], Errors]] = {
     "PersistentVolumeClaim": update_pvc,
     "Deployment": lambda old, new: _immutable(old, new, "selector") + validate_deployment(new),
     "ReplicaSet": lambda old, new: _immutable(old, new, "selector") + validate_replicaset(new),
-    "Job": lambda old, new: (
-        _immutable(old, new, "selector", "template", "completions", "completionMode")
-        + validate_job(new)
-    ),
     "RoleBinding": lambda old, new: _binding(new, True) + _role_ref_unchanged(old, new),
     "ClusterRoleBinding": lambda old, new: _binding(new, False) + _role_ref_unchanged(old, new),
 }

@@ -1,4 +1,4 @@
-"""The workload controllers of kube-controller-manager: deployment, replicaset, job.
+"""The workload controllers of kube-controller-manager: deployment, replicaset.
 
 - ReplicaSet: keeps ``spec.replicas`` active pods (``generateName: <rs>-``, owner
   reference, template labels); extra pods go unscheduled / not-ready first; ``status``
@@ -10,15 +10,6 @@
   ``maxSurge`` / ``maxUnavailable`` (percentages rounded up / down), ``Recreate``
   scales the old ReplicaSets to zero and waits for their pods to go; ``status`` and
   the ``Available`` / ``Progressing`` conditions as the controller reports them.
-- Job: ``parallelism`` / ``completions``, ``NonIndexed`` and ``Indexed`` (pods
-  ``<job>-<index>-<suffix>``, ``batch.kubernetes.io/job-completion-index`` label and
-  annotation, ``JOB_COMPLETION_INDEX``, ``hostname <job>-<index>``,
-  ``status.completedIndexes``); finished pods are counted through the
-  ``batch.kubernetes.io/job-tracking`` finalizer; failed pods are replaced after the
-  controller's back-off; ``backoffLimit`` (container restarts count under
-  ``restartPolicy: OnFailure``), ``activeDeadlineSeconds``; conditions
-  ``SuccessCriteriaMet``/``Complete`` or ``FailureTarget``/``Failed``;
-  ``ttlSecondsAfterFinished``.
 """
 
 from __future__ import annotations
@@ -27,17 +18,14 @@ import abc
 import copy
 import json
 import math
-import time
 from typing import Any
 
 from . import clock
 from .controller import Controller
 from .errors import ApiError
-from .resources import DEPLOYMENT, JOB, POD, REPLICASET, ResourceType
+from .resources import DEPLOYMENT, POD, REPLICASET, ResourceType
 
 Obj = dict[str, Any]
-JOB_TRACKING = "batch.kubernetes.io/job-tracking"
-INDEX_KEY = "batch.kubernetes.io/job-completion-index"
 _SAFE = "bcdfghjklmnpqrstvwxz2456789"
 
 
@@ -431,239 +419,3 @@ class DeploymentController(WorkloadController):
         }
         status = {k: v for k, v in status.items() if v or k in ("observedGeneration", "conditions")}
         self._write_status(d, status)
-
-
-def _parse_indexes(text: str) -> set[int]:
-    out: set[int] = set()
-    for part in filter(None, (text or "").split(",")):
-        lo, _, hi = part.partition("-")
-        out.update(range(int(lo), int(hi or lo) + 1))
-    return out
-
-
-def _format_indexes(indexes: set[int]) -> str:
-    runs, ordered = [], sorted(indexes)
-    i = 0
-    while i < len(ordered):
-        j = i
-        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
-            j += 1
-        runs.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
-        i = j + 1
-    return ",".join(runs)
-
-
-class JobController(WorkloadController):
-    name = "job-controller"
-    component = "job-controller"
-    kind = JOB
-    watches = ("jobs.batch", "pods")
-
-    def __init__(self, cluster: Any, backoff: float):
-        super().__init__(cluster)
-        self.backoff = backoff
-        self._last_failure: dict[str, float] = {}
-
-    def _finished(self, job: Obj) -> str | None:
-        for cond in (job.get("status") or {}).get("conditions") or []:
-            if cond["type"] in ("Complete", "Failed") and cond["status"] == "True":
-                return cond["type"]
-        return None
-
-    def reconcile(self, job: Obj) -> None:
-        spec, meta = job["spec"], job["metadata"]
-        status = copy.deepcopy(job.get("status") or {})
-        pods = self._owned_pods(job)
-        indexed = spec.get("completionMode") == "Indexed"
-        completed = _parse_indexes(status.get("completedIndexes", ""))
-        # count finished pods once, through the job-tracking finalizer
-        for pod in pods:
-            phase = pod.get("status", {}).get("phase")
-            if phase in ("Succeeded", "Failed") and JOB_TRACKING in (
-                pod["metadata"].get("finalizers") or []
-            ):
-                if phase == "Succeeded":
-                    status["succeeded"] = status.get("succeeded", 0) + 1
-                    if indexed:
-                        completed.add(int(pod["metadata"]["annotations"][INDEX_KEY]))
-                else:
-                    status["failed"] = status.get("failed", 0) + 1
-                    self._last_failure[meta["uid"]] = time.time()
-                pod["metadata"]["finalizers"] = [
-                    f for f in pod["metadata"]["finalizers"] if f != JOB_TRACKING
-                ]
-                self.registry.write(POD, pod)
-        if indexed:
-            status["completedIndexes"] = _format_indexes(completed)
-        finished = self._finished(job)
-        if finished:
-            self._write_status(job, status)
-            self._expire(job)
-            return
-        status.setdefault("startTime", clock.rfc3339())
-        active = [p for p in pods if is_active(p)]
-        restarts = (
-            sum(
-                c.get("restartCount", 0)
-                for p in active
-                for c in p.get("status", {}).get("containerStatuses") or []
-            )
-            if spec["template"]["spec"].get("restartPolicy") == "OnFailure"
-            else 0
-        )
-        failed, succeeded = status.get("failed", 0), status.get("succeeded", 0)
-        completions = spec.get("completions")
-        verdict = None
-        if failed + restarts > spec.get("backoffLimit", 6):
-            verdict = (
-                "Failed",
-                "BackoffLimitExceeded",
-                "Job has reached the specified backoff limit",
-            )
-        elif spec.get("activeDeadlineSeconds") is not None:
-            left = clock.parse(status["startTime"]) + spec["activeDeadlineSeconds"] - time.time()
-            if left <= 0:
-                verdict = (
-                    "Failed",
-                    "DeadlineExceeded",
-                    "Job was active longer than specified deadline",
-                )
-            else:
-                self.kick_later(left + 0.05)
-        if verdict is None:
-            if indexed:
-                done = len(completed) >= completions
-            elif completions is None:
-                done = succeeded >= 1 and not active
-            else:
-                done = succeeded >= completions
-            if done:
-                verdict = (
-                    "Complete",
-                    "CompletionsReached",
-                    "Reached expected number of succeeded pods",
-                )
-        if verdict is not None:
-            for pod in active:
-                self._delete_pod(job, pod)
-            self._finish(job, status, *verdict)
-            return
-        # create what is missing, after the back-off that follows a failure
-        wait = 0.0
-        if failed and meta["uid"] in self._last_failure:
-            delay = min(self.backoff * 2 ** (failed - 1), 360)
-            wait = self._last_failure[meta["uid"]] + delay - time.time()
-        if wait > 0:
-            self.kick_later(wait + 0.05)
-        else:
-            parallelism = spec.get("parallelism", 1)
-            if indexed:
-                busy = {int(p["metadata"]["annotations"][INDEX_KEY]) for p in active}
-                todo = [i for i in range(completions) if i not in completed and i not in busy]
-                for index in todo[: max(0, parallelism - len(active))]:
-                    pod = self._create_job_pod(job, index)
-                    if pod is not None:
-                        active.append(pod)
-            else:
-                remaining = (
-                    parallelism
-                    if completions is None
-                    else min(parallelism, completions - succeeded)
-                )
-                if completions is None and succeeded:
-                    remaining = 0
-                for _ in range(max(0, remaining - len(active))):
-                    pod = self._create_job_pod(job, None)
-                    if pod is not None:
-                        active.append(pod)
-        status["active"] = len(active)
-        status["ready"] = sum(1 for p in active if is_ready(p))
-        status["terminating"] = sum(1 for p in pods if p["metadata"].get("deletionTimestamp"))
-        status.setdefault("uncountedTerminatedPods", {})
-        self._write_status(
-            job,
-            {
-                k: v
-                for k, v in status.items()
-                if v or k in ("ready", "terminating", "uncountedTerminatedPods")
-            },
-        )
-
-    def _create_job_pod(self, job: Obj, index: int | None) -> Obj | None:
-        name = job["metadata"]["name"]
-
-        def decorate(body: Obj) -> None:
-            body["metadata"]["finalizers"] = [JOB_TRACKING]
-            if index is None:
-                return
-            body["metadata"].setdefault("annotations", {})[INDEX_KEY] = str(index)
-            body["metadata"]["labels"][INDEX_KEY] = str(index)
-            body["spec"]["hostname"] = f"{name}-{index}"
-            for c in body["spec"]["containers"] + (body["spec"].get("initContainers") or []):
-                c.setdefault("env", []).insert(
-                    0,
-                    {
-                        "name": "JOB_COMPLETION_INDEX",
-                        "valueFrom": {
-                            "fieldRef": {
-                                "apiVersion": "v1",
-                                "fieldPath": f"metadata.annotations['{INDEX_KEY}']",
-                            }
-                        },
-                    },
-                )
-
-        prefix = f"{name}-{index}-" if index is not None else f"{name}-"
-        return self._create_pod(job, job["spec"]["template"], prefix, decorate)
-
-    def _finish(self, job: Obj, status: Obj, kind: str, reason: str, message: str) -> None:
-        now = clock.rfc3339()
-        first = "SuccessCriteriaMet" if kind == "Complete" else "FailureTarget"
-        conditions = status.setdefault("conditions", [])
-        for cond_type in (first, kind):
-            conditions.append(
-                {
-                    "type": cond_type,
-                    "status": "True",
-                    "lastProbeTime": now,
-                    "lastTransitionTime": now,
-                    "reason": reason,
-                    "message": message,
-                }
-            )
-        if kind == "Complete":
-            status["completionTime"] = now
-            self.recorder.record(job, "Completed", "Job completed", component=self.component)
-        else:
-            self.recorder.record(job, reason, message, type="Warning", component=self.component)
-        status["active"] = 0
-        status["ready"] = 0
-        status.setdefault("uncountedTerminatedPods", {})
-        self._write_status(
-            job, {k: v for k, v in status.items() if v or k in ("ready", "uncountedTerminatedPods")}
-        )
-
-    def _expire(self, job: Obj) -> None:
-        ttl = job["spec"].get("ttlSecondsAfterFinished")
-        if ttl is None:
-            return
-        finished_at = next(
-            (
-                c["lastTransitionTime"]
-                for c in job["status"].get("conditions") or []
-                if c["type"] in ("Complete", "Failed")
-            ),
-            None,
-        )
-        if finished_at is None:
-            return
-        left = clock.parse(finished_at) + ttl - time.time()
-        if left > 0:
-            self.kick_later(left + 0.05)
-        else:
-            self.registry.delete(
-                JOB,
-                job["metadata"]["namespace"],
-                job["metadata"]["name"],
-                {"propagationPolicy": "Foreground"},
-            )
