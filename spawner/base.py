@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 
+from sqlalchemy.orm import object_session
 from tornado import web
 from traitlets import List, Unicode, default
 from traitlets.config import LoggingConfigurable
@@ -155,9 +156,16 @@ class GpuSpawnerMixin(LoggingConfigurable):
     def gpus_changed(self, ids: list[str]) -> None:
         """The server's GPUs changed while it runs (Return GPU / Get GPU): remember them."""
         self.gpu_ids = list(ids)
-        if self.orm_spawner is not None and self.db is not None:
+        self.save_state()
+
+    def save_state(self) -> None:
+        """Write this spawner's state (and its server's address) to the hub's database now,
+        not only when JupyterHub does, around start and stop (through the session its
+        record belongs to: JupyterHub deprecates the shared ``Spawner.db``)."""
+        session = object_session(self.orm_spawner) if self.orm_spawner is not None else None
+        if session is not None:
             self.orm_spawner.state = self.get_state()
-            self.db.commit()
+            session.commit()
 
     def impostor(self) -> str:
         """Why whatever answers at the server's address may not be this server (the hub

@@ -578,8 +578,7 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
         self.server.ip = parsed.hostname
         self.server.port = parsed.port or (443 if parsed.scheme == "https" else 80)
         await self.server.wait_up(http=True, timeout=self.http_timeout, extra_path="api")
-        self.orm_spawner.state = self.get_state()
-        self.db.commit()
+        self.save_state()
         await JupyterHub.instance().proxy.add_user(self.user, self.name)
 
     async def progress(self):

@@ -215,9 +215,7 @@ class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner):
         waits for it (``poll``), instead of losing a spawn whose process runs on."""
         if self.server is not None:
             self.server.ip, self.server.port = ip, port
-        if self.orm_spawner is not None and self.db is not None:
-            self.orm_spawner.state = self.get_state()
-            self.db.commit()
+        self.save_state()
 
     def load_state(self, state):
         super().load_state(state)
