@@ -26,7 +26,9 @@ Goals (issue 5): p50 <= 200 ms, no failed spawn, API p99 <= 100 ms. Last line:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -178,6 +180,26 @@ def errors(hub: Hub, n: int = 40) -> str:
     return "\n".join("\n".join(lines[i : i + 25]) for i in keep[:2])
 
 
+@contextlib.contextmanager
+def profiling(hub: Hub, path: str | None):
+    """py-spy records the hub process meanwhile, into ``path`` (nothing without one)."""
+    if not path:
+        yield
+        return
+    spy = subprocess.Popen(
+        [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(hub.proc.pid),
+         "--format", "raw", "--rate", "200", "--output", path],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(1)  # py-spy attaches
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)  # it writes the profile as it ends
+        spy.wait(60)
+        print(f"  hub profile: {path}", flush=True)
+
+
 def report(label: str, times: list[float]) -> None:
     p50, p99 = percentile(times, 50) * 1000, percentile(times, 99) * 1000
     print(
@@ -192,6 +214,12 @@ def main() -> int:
     ap.add_argument("--users", type=int, default=1000)
     ap.add_argument("--servers", type=int, default=200)
     ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="record gpulab's hub with py-spy during the spawns at once (collapsed stacks, "
+        "for flame graphs; py-spy from PyPI)",
+    )
     args = ap.parse_args()
     if args.servers > NODES * GPUS_PER_NODE or not args.spawns <= args.servers <= args.users:
         ap.error(
@@ -257,7 +285,8 @@ def main() -> int:
             alone, alone_failed = spawn_one_by_one(hub, single)
             report("gpulab GpuKubeSpawner spawn alone", alone)
             print(f"gpulab GpuKubeSpawner: {args.spawns} spawns at once", flush=True)
-            times, failed, cpu = spawn_all(hub, batch)
+            with profiling(hub, args.profile):
+                times, failed, cpu = spawn_all(hub, batch)
             if failed:
                 print(errors(hub), flush=True)
             report("gpulab GpuKubeSpawner spawn", times)
