@@ -30,13 +30,6 @@ def proxy_command() -> list[str]:
     return [found] if found else ["configurable-http-proxy"]
 
 
-def admin_scopes() -> list[str]:
-    """The scopes of JupyterHub's own admin role."""
-    from jupyterhub.roles import get_default_roles
-
-    return next(r["scopes"] for r in get_default_roles() if r["name"] == "admin")
-
-
 def secret_file(path: Path) -> str:
     """A random token kept in a 0600 file, made on first use."""
     if not path.exists():
@@ -124,17 +117,11 @@ def configure(c) -> None:
     c.JupyterHub.services = [
         {"name": CLI_SERVICE, "api_token": secret_file(data / "cli-token")},
     ]
-    # its own role with the admin role's scopes: naming the admin role here beside
-    # admin_users makes JupyterHub warn, and listing the admins in it instead would take
-    # admin away at each restart from those an admin made admin in /hub/admin
-    c.JupyterHub.load_roles = [
-        {
-            "name": CLI_SERVICE,
-            "description": "The gpulab CLI on the hub's machine: what an admin may do",
-            "scopes": admin_scopes(),
-            "services": [CLI_SERVICE],
-        }
-    ]
+    # in the admin role itself: JupyterHub lets only a principal with the admin flag, which
+    # the role sets, create admin users. (JupyterHub warns that admin_users are given
+    # beside the role; listing them in the role instead would take admin away, at each
+    # restart, from users an admin made admin in /hub/admin.)
+    c.JupyterHub.load_roles = [{"name": "admin", "services": [CLI_SERVICE]}]
 
     for grant in backend.settle(ctx.ledger):
         log.warning(
