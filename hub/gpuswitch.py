@@ -58,8 +58,7 @@ class GpuSwitch:
         self.settings = settings
         self._locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._waits: dict[tuple[str, str], asyncio.Task] = {}
-        self._changed = asyncio.Event()
-        self._status_changed = asyncio.Event()
+        self._changed = asyncio.Event()  # set (and replaced) at every ledger change
         self._loop: asyncio.AbstractEventLoop | None = None  # the hub's, once someone waits
         ledger.on_change(self._ledger_changed)
         self._last_busy: dict[tuple[str, str], float] = {}
@@ -101,7 +100,7 @@ class GpuSwitch:
         self._loop = asyncio.get_running_loop()
         deadline = time.monotonic() + seconds
         while True:
-            changed = self._status_changed
+            changed = self._changed
             model = self.status(spawner)
             left = deadline - time.monotonic()
             if model["etag"] != etag or left <= 0:
@@ -112,7 +111,8 @@ class GpuSwitch:
                 pass
 
     def _ledger_changed(self) -> None:
-        """After a ledger commit, in whichever thread made it: wake ``status_change``."""
+        """After a ledger commit, in whichever thread made it: wake ``status_change`` and
+        the Get GPU requests waiting for a free GPU."""
         try:
             here = asyncio.get_running_loop()
         except RuntimeError:
@@ -120,13 +120,13 @@ class GpuSwitch:
         if self._loop is None:
             return  # nobody waits yet
         if here is self._loop:
-            self._wake_status()
+            self._wake()
         else:
-            self._loop.call_soon_threadsafe(self._wake_status)
+            self._loop.call_soon_threadsafe(self._wake)
 
-    def _wake_status(self) -> None:
-        self._status_changed.set()
-        self._status_changed = asyncio.Event()
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     def operation_json(
         self, op: Operation | None, queue: list[Waiter] | None = None
@@ -388,12 +388,9 @@ class GpuSwitch:
         self.ledger.update_operation(user, server, state="done", message=message, detail=result)
         log.info("%s got GPU(s) %s", label(user, server), ids)
 
-    def wake(self) -> None:
-        """GPUs were freed: Get GPU requests waiting for one try again now."""
-        self._changed.set()
-        self._changed = asyncio.Event()
-
     async def _wait_change(self, seconds: float) -> None:
+        """Until the ledger changes (a GPU may be free), or ``seconds``."""
+        self._loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(self._changed.wait(), seconds)
         except TimeoutError:

@@ -74,7 +74,6 @@ class KernelMover(Mover):
         released = self.ledger.release(user, server, why)
         seconds = round(time.monotonic() - t0, 3)
         spawner.gpus_changed([])
-        self.switch.wake()
         message = f"Returned GPU {', '.join(released)}; " + where_kernels_run(result)
         result.update(gpu_ids=released, seconds=seconds)
         op = self.ledger.update_operation(
@@ -103,7 +102,6 @@ class KernelMover(Mover):
         else:
             self.ledger.release(user, server, "Get GPU rolled back")
             spawner.gpus_changed([])
-            self.switch.wake()
         self.ledger.update_operation(user, server, state="failed", message=message)
 
     async def settle(self, spawner, op: Operation, held: list[str]) -> None:
@@ -172,7 +170,6 @@ class PodMover(Mover):
             free_seconds = round(time.monotonic() - t0, 3)
             released.extend(self.ledger.release(user, server, why))
             spawner.gpus_changed([])
-            self.switch.wake()
             freed.set_result(released)
             self.ledger.update_operation(
                 user,
@@ -221,7 +218,6 @@ class PodMover(Mover):
             message = f"Could not move your server to GPU {', '.join(ids)}: {e.message}"
             self.ledger.release(user, server, "Get GPU rolled back")
             spawner.gpus_changed([])
-            self.switch.wake()
             if not removed:  # the old server runs on, without a GPU
                 self.ledger.update_operation(user, server, state="failed", message=message)
                 return None
