@@ -78,7 +78,8 @@ def make_hub():
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """A failed test's report ends with the last lines of the log of every hub it used."""
+    """A failed test's report ends with the last lines of the logs of every hub it used
+    and of its users' servers."""
     outcome = yield
     report = outcome.get_result()
     if not report.failed:
@@ -90,6 +91,8 @@ def pytest_runtest_makereport(item, call):
                 hubs.append(hub)
     for hub in hubs:
         report.sections.append((f"hub log ({hub.log_path}, last 80 lines)", hub.log_tail(80)))
+        for path, tail in hub.server_log_tails(40).items():
+            report.sections.append((f"server log ({path.name}, last 40 lines)", tail))
 
 
 @dataclass

@@ -35,6 +35,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _tail(path: Path, n: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
     deadline = time.monotonic() + timeout
     last = None
@@ -155,10 +162,11 @@ class Hub:
         shutil.rmtree(self.data_root, ignore_errors=True)
 
     def log_tail(self, n: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
+        return _tail(self.log_path, n)
+
+    def server_log_tails(self, n: int = 60) -> dict[Path, str]:
+        """The last lines of each user server's log (root-owned, under the data root)."""
+        return {path: _tail(path, n) for path in sorted((self.data_root / "logs").glob("*.log"))}
 
     # -- clients -------------------------------------------------------------------
 

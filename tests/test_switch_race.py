@@ -56,6 +56,7 @@ class KernelClient:
         self.stdout: dict[str, str] = {}
         self.errors: dict[str, str] = {}
         self.closed = threading.Event()
+        self.ended = ""  # why the reader or the sender stopped early, for a failure's report
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
@@ -71,7 +72,9 @@ class KernelClient:
         while not self.closed.is_set():
             try:
                 msg = json.loads(self.ws.recv())
-            except (websocket.WebSocketException, OSError, ValueError):
+            except (websocket.WebSocketException, OSError, ValueError) as e:
+                if not self.closed.is_set():
+                    self.ended += f" reader stopped: {e!r};"
                 return
             parent = (msg.get("parent_header") or {}).get("msg_id")
             kind = msg["header"]["msg_type"]
@@ -86,6 +89,15 @@ class KernelClient:
     def answered(self) -> bool:
         with self.lock:
             return len(self.replies) >= len(self.sent)
+
+    def unanswered(self) -> str:
+        """Which cells have no reply yet, and what each printed: for a failure's report."""
+        with self.lock:
+            replied = {parent for parent, _ in self.replies}
+            missing = [(i, m) for i, m in enumerate(self.sent) if m not in replied]
+            return f"{len(missing)} of {len(self.sent)} cells unanswered: " + ", ".join(
+                f"#{i} {m[:8]} printed {self.stdout.get(m, '')!r}" for i, m in missing[:10]
+            )
 
     def close(self) -> None:
         self.closed.set()
@@ -103,7 +115,11 @@ def test_cells_sent_while_the_gpu_moves_run_once_in_order_with_their_variables(h
 
     def send() -> None:
         while not stop.is_set():
-            client.execute(CELL)
+            try:
+                client.execute(CELL)
+            except (websocket.WebSocketException, OSError) as e:
+                client.ended += f" sender stopped: {e!r};"
+                return
             time.sleep(rng.uniform(0, 0.03))
 
     sender = threading.Thread(target=send, daemon=True)
@@ -122,7 +138,10 @@ def test_cells_sent_while_the_gpu_moves_run_once_in_order_with_their_variables(h
         stop.set()
         sender.join(10)
     try:
-        wait_for(client.answered, 120, "every cell to be answered")
+        try:
+            wait_for(client.answered, 120, "every cell to be answered")
+        except TimeoutError as e:
+            raise AssertionError(f"{e}: {client.unanswered()}") from None
         with client.lock:
             sent, replies = list(client.sent), list(client.replies)
             stdout, errors = dict(client.stdout), dict(client.errors)

@@ -12,6 +12,12 @@ devices and none is restarted under the switch's feet.
 
 The switch's own calls (its checkpoint and restore requests, its restarts) go through:
 they run in a context where ``INTERNAL`` is set.
+
+After a switch restarted a kernel, the gate opens only once each open tab's channel to
+it has reconnected (a request sent on it is answered: ``GatedConnection.reconnected``).
+Until then what a tab passes on waits in its channel, where nothing shows it: the next
+switch could save the kernel before those cells reach it, and they would run after the
+save or be lost.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import contextlib
 import contextvars
 import json
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass
 
@@ -67,6 +74,7 @@ class KernelGate:
         self._refused: dict[str, str] = {}
         self._restarted: dict[str, float] = {}
         self._release: asyncio.Task | None = None
+        self._tabs: weakref.WeakSet[GatedConnection] = weakref.WeakSet()
 
     @contextlib.contextmanager
     def holding(self, kernel_manager):
@@ -88,6 +96,10 @@ class KernelGate:
         self._depth -= 1
         if self._depth == 0 and (self._release is None or self._release.done()):
             self._release = asyncio.ensure_future(self._deliver(kernel_manager))
+
+    def connected(self, tab: GatedConnection) -> None:
+        """A tab opened a channel to a kernel."""
+        self._tabs.add(tab)
 
     def restarted(self, kernel_id: str) -> None:
         """The kernel's old process is gone: its tabs' output channels reconnect to the new
@@ -138,13 +150,19 @@ class KernelGate:
     async def _deliver(self, kernel_manager) -> None:
         try:
             kernels = {h.connection.kernel_id for h in self._held if not h.refusal}
+            tabs = [t for t in list(self._tabs) if t.open and t.kernel_id in self._restarted]
             await asyncio.gather(
-                *(self._output_back(kernel_manager, k) for k in kernels if k in self._restarted)
+                *(self._output_back(kernel_manager, k) for k in kernels if k in self._restarted),
+                *(self._reconnected(tab) for tab in tabs),
             )
         except Exception:  # noqa: BLE001 -- the held cells go on regardless
-            self.log.exception("gpulab: waiting for restarted kernels' output channels")
+            self.log.exception("gpulab: waiting for restarted kernels' channels")
+        delivered = 0
         while self._held and self._depth == 0:
             self._answer(self._held.popleft())
+            delivered += 1
+        if delivered:
+            self.log.info("gpulab: %d kernel message(s) held during the switch went on", delivered)
         if self._depth == 0:
             self._refused.clear()
             self._restarted.clear()
@@ -159,6 +177,16 @@ class KernelGate:
                 held.connection.pass_on(held.message)
         except Exception:  # noqa: BLE001 -- one closed tab must not hold up the rest
             self.log.exception("gpulab: passing on a held kernel message")
+
+    async def _reconnected(self, tab: GatedConnection) -> None:
+        try:
+            await asyncio.wait_for(tab.reconnected(), IOPUB_PATIENCE)
+        except TimeoutError:
+            self.log.warning(
+                "gpulab: a tab's channel to kernel %s did not answer in %.0f s; its cells go on",
+                tab.kernel_id,
+                IOPUB_PATIENCE,
+            )
 
     async def _output_back(self, kernel_manager, kernel_id: str) -> None:
         """Until every open tab of a restarted kernel receives its output again.
@@ -193,6 +221,27 @@ class GatedConnection(ZMQChannelsWebsocketConnection):
     iopub_seen = 0.0
     """When a message of the kernel's output channel last reached this tab (monotonic)."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._probes: dict[str, asyncio.Future] = {}
+        """The gate's own requests on this tab's channel, by message id: their answers are
+        not the tab's."""
+
+    def connect(self):
+        self.gate.connected(self)
+        return super().connect()
+
+    def reconnected(self) -> asyncio.Future:
+        """Answered once a request sent now on this tab's shell channel is: the channel
+        reaches the kernel (its process since a restart), so what the tab sends from now on
+        gets there in order, before what a later switch sends on channels of its own."""
+        msg = self.session.msg("kernel_info_request")
+        done = asyncio.get_running_loop().create_future()
+        self._probes[msg["header"]["msg_id"]] = done
+        done.add_done_callback(lambda _: self._probes.pop(msg["header"]["msg_id"], None))
+        self.session.send(self.channels["shell"], msg)
+        return done
+
     @property
     def gate(self) -> KernelGate:
         return self.websocket_handler.settings["gpulab_switch"].gate
@@ -214,7 +263,20 @@ class GatedConnection(ZMQChannelsWebsocketConnection):
         channel = stream if isinstance(stream, str) else getattr(stream, "channel", None)
         if channel == "iopub":
             self.iopub_seen = time.monotonic()
+        elif channel == "shell" and self._probes:
+            probe = self._probes.get(self._parent_id(outgoing_msg))
+            if probe is not None:
+                if not probe.done():
+                    probe.set_result(None)
+                return  # the gate's, not the tab's
         super().handle_outgoing_message(stream, outgoing_msg)
+
+    def _parent_id(self, outgoing_msg) -> str:
+        try:
+            _, parts = self.session.feed_identities(outgoing_msg)
+            return self.session.unpack(parts[2]).get("msg_id", "")
+        except Exception:  # noqa: BLE001 -- not an answer to one of the gate's requests
+            return ""
 
     def refuse(self, incoming_msg, reason: str) -> None:
         """A held message to a kernel whose variables did not come back: a cell is answered
