@@ -240,7 +240,12 @@ def test_another_users_job_is_refused(hub):
     assert out.returncode == 1 and "404" in out.stderr
     assert api_job(ivan, "secret")["state"] in ("queued", "starting", "running")
 
-    # an admin (the CLI's own token) sees everyone's jobs, and acts for ivan
+    # an admin (the CLI's own token) sees everyone's jobs (a user column once there are
+    # several users' jobs), and acts for ivan
+    r = heidi.session.post(
+        hub.api("/gpulab/jobs"), json={"name": "mine", "command": ["true"]}, timeout=30
+    )
+    assert r.status_code == 201, r.text
     admin = (hub.data_root / "cli-token").read_text().strip()
     out = gpulab(hub, admin, "job", "list")
     (row,) = lines_with(out.stdout, "secret")
