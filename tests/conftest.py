@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -29,29 +28,6 @@ pytest_plugins = ["k8sfixture"]  # the kubernetes backend's test cluster and hub
 SHARED_SETTINGS = {
     "gpus": {"ids": ["0", "1", "2"], "per_user": 2, "users": {"lab": 4}, "groups": {"team": 1}},
 }
-
-
-SHARED_PARTS = {"ceph", "kube", "k8s_hub"}
-"""Session fixtures too heavy to start in more than one worker of a parallel run."""
-
-
-def _runs_a_cluster(module) -> bool:
-    """The module starts fake clusters of its own: their containers' mount points are made
-    on this host, so two clusters must not run at once."""
-    return "fakekube" in Path(module.__file__).read_text()
-
-
-def pytest_collection_modifyitems(config, items):
-    """For a parallel run (``-n N --dist loadgroup``, as ``scripts/test`` does): a module's
-    tests stay together in one worker, sharing its hub; every test that needs Ceph or a fake
-    cluster goes to one worker, which starts them once and runs one cluster at a time."""
-    clusters: dict[str, bool] = {}
-    for item in items:
-        name = item.module.__name__
-        if name not in clusters:
-            clusters[name] = _runs_a_cluster(item.module)
-        shared = clusters[name] or SHARED_PARTS & set(item.fixturenames)
-        item.add_marker(pytest.mark.xdist_group("cluster" if shared else name))
 
 
 def pytest_configure(config):

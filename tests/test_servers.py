@@ -1,6 +1,7 @@
 """User servers on the local backend: GPUs granted, isolation, errors, restarts."""
 
 import base64
+import contextlib
 import json
 import os
 import threading
@@ -246,9 +247,10 @@ def test_a_server_that_dies_frees_its_gpu_at_once(hub):
     assert carol.spawn(profile="gpu-1").status_code in (201, 202)
     assert list(hub.holders().values()) == ["carol"]
     for pid in hub.unix_pids("carol"):
-        os.kill(pid, 9)
+        with contextlib.suppress(ProcessLookupError):  # gone with its parent
+            os.kill(pid, 9)
     # within a few seconds on a busy machine; JupyterHub's own poll comes every 30 s
-    wait_for(lambda: hub.holders() == {}, 6, "carol's GPU to be free")
+    wait_for(lambda: hub.holders() == {}, 10, "carol's GPU to be free")
     wait_for(lambda: not carol.model()["servers"], 10, "the hub to see the server gone")
     events = hub.admin.get(hub.api("/gpulab/events?user=carol"), timeout=10).json()["events"]
     assert events[0]["action"] == "release" and events[0]["reason"] == "server exited"

@@ -37,8 +37,9 @@ What is imitated:
 - stdout and stderr as the container's log (``pods/log``);
 - volumes (see ``volumes``): ConfigMaps, Secrets, emptyDirs and projected volumes (the
   service account token) are bind-mounted on their ``mountPath`` in the same mount
-  namespace, mount points made on this host as runc makes them in a rootfs, before
-  the drop to the container's user; ``KUBERNETES_SERVICE_HOST`` /
+  namespace, mount points made on this host as runc makes them in a rootfs (and
+  removed when the last container using them exits, ``MOUNT_POINTS``), before the
+  drop to the container's user; ``KUBERNETES_SERVICE_HOST`` /
   ``KUBERNETES_SERVICE_PORT`` point at the fake's HTTPS port on 127.0.0.1 (not the
   ``kubernetes`` Service's cluster IP, which does not route here), so a pod's
   in-cluster client reaches the API as its service account.
@@ -58,7 +59,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import fcntl
 import functools
+import hashlib
 import logging
 import os
 import pwd
@@ -69,6 +72,7 @@ import signal
 import stat
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -194,6 +198,53 @@ def _first_missing(path: Path) -> Path | None:
     return path
 
 
+MOUNT_POINTS = Path("/run/fakekube-mount-points")
+"""Which containers use the mount points made on this host, across fake clusters and
+processes (a parallel test run has several): a point made here is removed once the last
+container that mounts on it has exited, never from under another one."""
+
+
+@contextlib.contextmanager
+def _mount_points_locked():
+    MOUNT_POINTS.mkdir(parents=True, exist_ok=True)
+    with open(MOUNT_POINTS / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _mount_entry(target: str) -> Path:
+    return MOUNT_POINTS / hashlib.sha256(target.encode()).hexdigest()[:32]
+
+
+def hold_mount_points(targets: Sequence[str], holder: str) -> None:
+    """``holder`` (a container about to start) mounts on ``targets``; those missing on
+    this host are noted as made here."""
+    with _mount_points_locked():
+        for target in targets:
+            entry = _mount_entry(target)
+            (entry / "holders").mkdir(parents=True, exist_ok=True)
+            top = _first_missing(Path(target))
+            if top is not None:
+                (entry / "made").write_text(f"{target}\n{top}")
+            (entry / "holders" / holder).touch()
+
+
+def release_mount_points(targets: Sequence[str], holder: str) -> None:
+    """``holder`` has exited: the points made here that no container uses any more go."""
+    with _mount_points_locked():
+        for target in targets:
+            entry = _mount_entry(target)
+            with contextlib.suppress(FileNotFoundError):
+                (entry / "holders" / holder).unlink()
+            with contextlib.suppress(FileNotFoundError):
+                if any((entry / "holders").iterdir()):
+                    continue
+            with contextlib.suppress(FileNotFoundError):
+                point, top = (entry / "made").read_text().split("\n")
+                remove_mount_points([(Path(point), Path(top))])
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 def remove_mount_points(made: Sequence[tuple[Path, Path]]) -> None:
     """Remove the mount points a container's start made on this host, up to the
     outermost folder made for each, as far as they are empty."""
@@ -282,11 +333,13 @@ class Process:
         self,
         proc: asyncio.subprocess.Process,
         log: Path,
-        made: Sequence[tuple[Path, Path]] = (),
+        targets: Sequence[str] = (),
+        holder: str = "",
     ):
         self.proc = proc
         self.log = log
-        self.made = list(made)  # mount points made on this host, removed at exit
+        self.targets = list(targets)  # where it mounts: released at exit
+        self.holder = holder
         self._pumps = [asyncio.ensure_future(self._pump(s)) for s in (proc.stdout, proc.stderr)]
 
     @classmethod
@@ -324,12 +377,13 @@ class Process:
         find_executable(command[0], env["PATH"], cwd)
         kwargs: dict[str, Any] = {}
         wrapper = hosts_wrapper() if hosts is not None else None
-        made: list[tuple[Path, Path]] = []
+        targets: list[str] = []
+        holder = uuid.uuid4().hex
         if wrapper is not None:
             # mount as root in a private mount namespace, then drop to the container's
             # user; every step execs, so the pid stays the container's
             unshare, setpriv, mount = wrapper
-            made = [(Path(m.target), t) for m in mounts if (t := _first_missing(Path(m.target)))]
+            targets = [m.target for m in mounts]
             drop = []
             if switch:
                 drop = [setpriv, f"--reuid={uid}", f"--regid={gid}"]
@@ -351,17 +405,22 @@ class Process:
                 )
             if switch:
                 kwargs = {"user": uid, "group": gid, "extra_groups": groups}
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            env=env,
-            cwd=cwd,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            **kwargs,
-        )
-        return cls(proc, log, made)
+        hold_mount_points(targets, holder)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                env=env,
+                cwd=cwd,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+                **kwargs,
+            )
+        except BaseException:
+            release_mount_points(targets, holder)
+            raise
+        return cls(proc, log, targets, holder)
 
     async def _pump(self, reader: asyncio.StreamReader | None) -> None:
         assert reader is not None
@@ -373,8 +432,8 @@ class Process:
     async def wait(self) -> int:
         code = await self.proc.wait()
         await asyncio.gather(*self._pumps, return_exceptions=True)
-        remove_mount_points(self.made)
-        self.made = []
+        release_mount_points(self.targets, self.holder)
+        self.targets = []
         return code if code >= 0 else 128 - code
 
     def signal(self, sig: int) -> None:
