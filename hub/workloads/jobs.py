@@ -23,7 +23,7 @@ from gpulab.hub.inventory import visible_devices_env
 from gpulab.hub.ledger import GpuLedger, LedgerError, NoGpuFree, QuotaExceeded, utcnow
 
 from . import spec as specs
-from .runner import Launch, PortPool, WorkloadError, last_line
+from .runner import JobError, Launch, PortPool, last_line
 from .spec import JobSpec, ReplicaGroup, SpecError, replica_name, spec_from_json
 from .store import Job, JobStore
 from .sweeps import SweepManager
@@ -32,10 +32,6 @@ log = logging.getLogger(__name__)
 
 METRIC_PREFIX = "gpulab-metric:"
 """A line ``gpulab-metric: loss=0.25 accuracy=0.91`` in a replica's output reports metrics."""
-
-
-class JobError(WorkloadError):
-    """A job request that cannot be done; ``status`` is the HTTP status to answer."""
 
 
 @dataclass

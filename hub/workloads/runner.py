@@ -24,6 +24,10 @@ class WorkloadError(Exception):
         self.status = status
 
 
+class JobError(WorkloadError):
+    """A job or sweep request that cannot be done; ``status`` is the HTTP status to answer."""
+
+
 @dataclass(frozen=True)
 class Launch:
     """One process to start for a user."""

@@ -32,6 +32,7 @@ from sqlalchemy import (
 
 from gpulab.hub.ledger import _utc, utcnow
 
+from .runner import JobError
 from .spec import NAME_RE, SpecError, parse_job
 from .store import ACTIVE, metadata
 
@@ -227,16 +228,12 @@ class SweepManager:
         metadata.create_all(self.engine)
 
     def parse(self, body: object) -> SweepSpec:
-        from .jobs import JobError
-
         try:
             return parse_sweep(body, self.jobs.python)
         except SpecError as e:
             raise JobError(400, str(e)) from None
 
     def submit(self, user: str, groups: list[str], spec: SweepSpec) -> dict:
-        from .jobs import JobError
-
         first = self.jobs.parse(trial_job(spec.job, f"{spec.name}-1", spec.trials[0]))
         self.jobs.check_fits(user, first, groups)
         names = {f"{spec.name}-{i + 1}" for i in range(len(spec.trials))}
@@ -269,8 +266,6 @@ class SweepManager:
 
     def advance(self) -> None:
         """Start the next trials of every running sweep; finish the sweeps that are done."""
-        from .jobs import JobError
-
         with self.engine.connect() as conn:
             rows = list(conn.execute(select(sweeps_table).where(sweeps_table.c.state == "running")))
         for row in rows:
@@ -323,8 +318,6 @@ class SweepManager:
             conn.execute(update(sweeps_table).where(sweeps_table.c.id == sweep_id).values(**fields))
 
     def _row(self, user: str, name: str):
-        from .jobs import JobError
-
         with self.engine.connect() as conn:
             row = conn.execute(
                 select(sweeps_table).where(sweeps_table.c.user == user, sweeps_table.c.name == name)
