@@ -108,10 +108,28 @@ def grow_offline(image: Path, size_bytes: int) -> None:
     _run("resize2fs", str(image), what=f"grow the filesystem of {image.name}")
 
 
-def loop_device(image: Path) -> str:
+def detach_stale(image: Path, patience: float = 10.0) -> None:
+    """Before the unmounted ``image`` is checked, grown or mounted again: wait until the
+    kernel has released the loop device of its last mount (done after ``umount`` returns,
+    later on a busy machine), and detach one that stays. A mount would otherwise reuse
+    that device, with what it read of the filesystem before it was grown."""
+    deadline = time.monotonic() + patience
+    while devices := loop_devices(image):
+        if time.monotonic() > deadline:
+            for device in devices:
+                subprocess.run(["losetup", "--detach", device], capture_output=True)
+            return
+        time.sleep(0.1)
+
+
+def loop_devices(image: Path) -> list[str]:
     out = _run("losetup", "--noheadings", "--output", "NAME", "-j", str(image),
                what=f"find the loop device of {image.name}")  # fmt: skip
-    devices = out.split()
+    return out.split()
+
+
+def loop_device(image: Path) -> str:
+    devices = loop_devices(image)
     if not devices:
         raise StorageError(f"{image.name} is not mounted", status=500)
     return devices[0]

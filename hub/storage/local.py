@@ -113,6 +113,7 @@ class LocalHomes:
 
     @staticmethod
     def _mount(image: Path, home: Path, meta: dict) -> None:
+        images.detach_stale(image)  # the loop device of its last mount is gone
         # first what it was grown to while mounted, where online growing is not allowed
         images.grow_offline(image, meta["size_bytes"])
         meta.pop("grow_pending", None)
