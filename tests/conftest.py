@@ -12,7 +12,9 @@
   ``.s3_endpoint``, ``.s3_admin_access_key``, ``.s3_admin_secret_key``.
 """
 
+import functools
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -28,6 +30,31 @@ pytest_plugins = ["k8sfixture"]  # the kubernetes backend's test cluster and hub
 SHARED_SETTINGS = {
     "gpus": {"ids": ["0", "1", "2"], "per_user": 2, "users": {"lab": 4}, "groups": {"team": 1}},
 }
+
+
+CLUSTER_USE = re.compile(r"def \w+\([^)]*\b(ceph|kube|k8s|k8s_hub)\b|fakekube")
+"""A module on Ceph or a fake cluster: a fixture or test that takes one, or its import."""
+
+
+@functools.cache
+def _on_the_cluster(path: str) -> bool:
+    return bool(CLUSTER_USE.search((REPO / path).read_text()))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``scripts/test`` runs modules in parallel workers (``--dist loadfile``), and every
+    module on Ceph or a fake cluster in one of them: Ceph and the cluster start once, and
+    two clusters never share this host's mount points."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class ModulesAndTheCluster(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "cluster" if _on_the_cluster(path) else path
+
+    return ModulesAndTheCluster(config, log)
 
 
 def pytest_configure(config):
