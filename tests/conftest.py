@@ -86,6 +86,11 @@ def clean_hub(hub: Hub) -> None:
     from hubfixture import wait_for
 
     wait_for(lambda: hub.gpus()["free"] == hub.gpus()["total"], 60, "every GPU to be free")
+    wait_for(
+        lambda: not any(u["servers"] for u in hub.admin.get(hub.api("/users"), timeout=10).json()),
+        60,
+        "every server to be stopped",
+    )
 
 
 @pytest.fixture
