@@ -45,7 +45,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
-from .ledger import _sqlite_immediate_transactions
+from .ledger import sqlite_immediate_transactions
 from .storage import StorageError
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ class NameRegistry:
             **({"poolclass": StaticPool} if memory else {}),
         )
         if url.startswith("sqlite"):
-            _sqlite_immediate_transactions(self.engine)
+            sqlite_immediate_transactions(self.engine)
         if url.startswith("sqlite:///") and not memory:
             path = url.split("///", 1)[1]
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

@@ -13,9 +13,9 @@ import jsonschema
 import pytest
 import yaml
 
-from gpulab.hub import settings as settings_module
 from gpulab.hub import settings_schema
 from gpulab.hub.settings import SettingsError, load_settings
+from gpulab.hub.settings import sections as settings_module
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART_VALUES = ROOT / "helm" / "gpulab" / "values.yaml"

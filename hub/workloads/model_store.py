@@ -24,7 +24,7 @@ from sqlalchemy import (
     update,
 )
 
-from gpulab.hub.ledger import _utc, utcnow
+from gpulab.hub.ledger import as_utc, utcnow
 
 from .model_spec import MODEL_PREFIX, ModelSpec
 
@@ -185,8 +185,8 @@ class ModelStore:
                 r.token,
                 json.loads(r.replicas),
                 json.loads(r.versions),
-                _utc(r.created),
-                _utc(r.updated),
+                as_utc(r.created),
+                as_utc(r.updated),
             )
             for r in rows
         ]

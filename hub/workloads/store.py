@@ -26,7 +26,7 @@ from sqlalchemy import (
     update,
 )
 
-from gpulab.hub.ledger import WORKLOAD_PREFIX, _utc, utcnow
+from gpulab.hub.ledger import WORKLOAD_PREFIX, as_utc, utcnow
 
 metadata = MetaData()
 
@@ -114,8 +114,8 @@ class Replica:
             r.pid,
             r.pid_started,
             r.message,
-            _utc(r.started),
-            _utc(r.finished),
+            as_utc(r.started),
+            as_utc(r.finished),
         )
 
     def as_json(self) -> dict:
@@ -310,6 +310,16 @@ class JobStore:
                 if event:
                     self._event(conn, job_id, event, name)
 
+    def stop_replicas(self, job: Job, state: str) -> None:
+        """Mark the job's replicas that had not ended ``state`` (``stopped``), now."""
+        now = utcnow()
+        unfinished = ("pending", "running", "restarting")
+        changes = {
+            r.name: {"state": state, "finished": now} for r in job.replicas if r.state in unfinished
+        }
+        if changes:
+            self.update_replicas(job.id, changes)
+
     def event(self, job_id: int, message: str, replica: str = "") -> None:
         with self.engine.begin() as conn:
             self._event(conn, job_id, message, replica)
@@ -329,7 +339,7 @@ class JobStore:
         )
         with self.engine.connect() as conn:
             return [
-                {"at": _utc(r.at).isoformat(), "replica": r.replica or None, "message": r.message}
+                {"at": as_utc(r.at).isoformat(), "replica": r.replica or None, "message": r.message}
                 for r in conn.execute(q)
             ]
 
@@ -364,9 +374,9 @@ class JobStore:
                     r.waiter,
                     json.loads(r.params),
                     json.loads(r.metrics),
-                    _utc(r.created),
-                    _utc(r.started),
-                    _utc(r.finished),
+                    as_utc(r.created),
+                    as_utc(r.started),
+                    as_utc(r.finished),
                     reps,
                 )
             )

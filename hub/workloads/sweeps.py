@@ -30,7 +30,7 @@ from sqlalchemy import (
     update,
 )
 
-from gpulab.hub.ledger import _utc, utcnow
+from gpulab.hub.ledger import as_utc, utcnow
 
 from .runner import JobError
 from .spec import NAME_RE, SpecError, parse_job
@@ -354,8 +354,8 @@ class SweepManager:
             "total_trials": len(spec["trials"]),
             "trials": ranked,
             "best": best,
-            "created": _utc(row.created).isoformat(),
-            "finished": _utc(row.finished).isoformat() if row.finished else None,
+            "created": as_utc(row.created).isoformat(),
+            "finished": as_utc(row.finished).isoformat() if row.finished else None,
         }
 
     async def cancel(self, user: str, name: str) -> dict:

@@ -1,32 +1,21 @@
-"""gpulab settings: one YAML file plus ``GPULAB_*`` environment overrides.
+"""The settings as dataclasses: ``Settings``, the whole of ``gpulab.yaml``, and one class
+per section of it (``hub``, ``gpus``, ``servers``, ``storage``, ``jobs``, ``serving``,
+``kubernetes``; ``Profile`` for each of ``profiles``).
 
-The file is found at ``$GPULAB_CONFIG``, else ``./gpulab.yaml``, else
-``/etc/gpulab/gpulab.yaml``; with none of them the defaults below apply.
-
-Every field can be overridden from the environment: ``GPULAB_`` followed by the
-field's path in upper case with ``__`` between levels, for example
-``GPULAB_DATA_ROOT=/srv/gpulab``, ``GPULAB_HUB__PORT=8080``,
-``GPULAB_GPUS__IDS=0,1``. Lists are comma-separated; mappings are written as
-``key=value,key=value``.
+This is the one description of gpulab's settings: each field's type and default, and
+its meaning in the string literal under it, from which :mod:`gpulab.hub.settings_schema`
+generates the JSON Schema, the chart's ``values.schema.json`` and the tables of
+``docs/configuration.md``. Sizes and durations stay text here; the ``*_bytes`` and
+``*_seconds`` properties parse them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-ENV_PREFIX = "GPULAB_"
-
-
-class SettingsError(ValueError):
-    """The settings file or an override is invalid; the message says where."""
+from .units import SettingsError, parse_duration, parse_size
 
 
 @dataclass
@@ -132,7 +121,9 @@ class HubSettings:
     """With the gpulab authenticator: new sign-ups may log in without admin approval."""
     extra_config: str = ""
     """Path of a Python file run after gpulab's own configuration, with ``c`` (the
-    JupyterHub config) and ``settings`` in scope."""
+    JupyterHub config) and ``settings`` in scope. Add to what gpulab set rather than
+    replace it: ``c.JupyterHub.tornado_settings.update({...})`` keeps gpulab's SameSite
+    cookies."""
 
 
 @dataclass
@@ -200,73 +191,6 @@ class StorageSettings:
     def s3_quota_bytes(self) -> int | None:
         n = parse_size(self.s3_quota, "storage.s3_quota", allow_unlimited=True)
         return None if n < 0 else n
-
-
-_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-MAX_DURATION_SECONDS = 100 * 365 * 86400
-MAX_SIZE_BYTES = 2**60
-
-
-def parse_duration(value: object, where: str = "duration") -> float:
-    """``90``, ``90s``, ``30m``, ``2h``, ``1d`` -> seconds; empty means 0 (never)."""
-    text = str(value).strip().lower()
-    if not text:
-        return 0.0
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd]?)", text)
-    if not m:
-        raise SettingsError(f"{where}: expected a duration like 90s, 30m or 2h, got {value!r}")
-    seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-    if seconds > MAX_DURATION_SECONDS:  # 400 nines is inf: no JSON can hold it
-        days = MAX_DURATION_SECONDS // 86400
-        raise SettingsError(f"{where}: at most {days} days, got {text[:24]}")
-    return seconds
-
-
-_UNITS = {
-    "": 1,
-    "B": 1,
-    "K": 1000,
-    "KB": 1000,
-    "KIB": 1024,
-    "M": 10**6,
-    "MB": 10**6,
-    "MIB": 2**20,
-    "G": 10**9,
-    "GB": 10**9,
-    "GIB": 2**30,
-    "T": 10**12,
-    "TB": 10**12,
-    "TIB": 2**40,
-}
-
-
-def parse_size(value: object, where: str = "size", allow_unlimited: bool = False) -> int:
-    """``10GiB``, ``500 MB``, ``1048576`` -> bytes; ``-1`` means no limit where allowed."""
-    text = str(value).strip()
-    if allow_unlimited and text == "-1":
-        return -1
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([A-Za-z]*)", text)
-    if not m or m.group(2).upper() not in _UNITS:
-        raise SettingsError(f"{where}: expected a size like 10GiB or 500MB, got {value!r}")
-    number = float(m.group(1)) * _UNITS[m.group(2).upper()]
-    if number > MAX_SIZE_BYTES:  # 400 digits is inf, which int() cannot take
-        raise SettingsError(f"{where}: at most 1 EiB, got {text[:24]}")
-    n = int(number)
-    if n <= 0:
-        raise SettingsError(f"{where}: a size must be more than 0, got {value!r}")
-    return n
-
-
-def format_size(n: int | None) -> str:
-    """Bytes for people: ``1.5 GiB``; None or negative: ``unlimited``."""
-    if n is None or n < 0:
-        return "unlimited"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 @dataclass
@@ -413,201 +337,3 @@ class Settings:
                 return p
         known = ", ".join(p.slug for p in self.profiles)
         raise SettingsError(f"unknown profile {slug!r}; known profiles: {known}")
-
-
-def config_path(environ: typing.Mapping[str, str] | None = None) -> Path | None:
-    environ = os.environ if environ is None else environ
-    if environ.get("GPULAB_CONFIG"):
-        return Path(environ["GPULAB_CONFIG"])
-    for candidate in (Path("gpulab.yaml"), Path("/etc/gpulab/gpulab.yaml")):
-        if candidate.exists():
-            return candidate
-    return None
-
-
-def load_settings(
-    path: str | Path | None = None, environ: typing.Mapping[str, str] | None = None
-) -> Settings:
-    """Read the settings file (if any), apply environment overrides, validate."""
-    environ = os.environ if environ is None else environ
-    path = Path(path) if path else config_path(environ)
-    raw: dict = {}
-    if path is not None:
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except OSError as e:
-            raise SettingsError(f"cannot read settings file {path}: {e.strerror}") from e
-        except yaml.YAMLError as e:
-            raise SettingsError(f"settings file {path} is not valid YAML: {e}") from e
-        if not isinstance(raw, dict):
-            raise SettingsError(f"settings file {path} must hold a mapping at the top")
-    settings = _build(Settings, raw, "")
-    _apply_env(settings, environ)
-    _validate(settings)
-    return settings
-
-
-def _build(cls, raw, where: str):
-    if not isinstance(raw, dict):
-        raise SettingsError(f"{where or 'settings'}: expected a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(raw) - names
-    if unknown:
-        raise SettingsError(
-            f"{where or 'settings'}: unknown key(s) {', '.join(sorted(unknown))}; "
-            f"known: {', '.join(sorted(names))}"
-        )
-    kwargs = {k: _coerce(hints[k], v, f"{where}{k}") for k, v in raw.items()}
-    try:
-        return cls(**kwargs)
-    except TypeError as e:
-        raise SettingsError(f"{where or 'settings'}: {e}") from e
-
-
-def _coerce(tp, value, where: str):
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType) and type(None) in args:
-        if value is None or str(value).lower() in ("", "null", "none"):
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, where)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where + ".")
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list):
-            raise SettingsError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        _, vt = typing.get_args(tp)
-        if isinstance(value, str):
-            pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
-            if any(len(p) != 2 for p in pairs):
-                raise SettingsError(f"{where}: expected key=value pairs, got {value!r}")
-            value = {k.strip(): v.strip() for k, v in pairs}
-        if not isinstance(value, dict):
-            raise SettingsError(f"{where}: expected a mapping, got {value!r}")
-        return {str(k): _coerce(vt, v, f"{where}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if str(value).lower() in ("1", "true", "yes", "on"):
-            return True
-        if str(value).lower() in ("0", "false", "no", "off", ""):
-            return False
-        raise SettingsError(f"{where}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise SettingsError(f"{where}: expected a whole number, got {value!r}")
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise SettingsError(f"{where}: expected a whole number, got {value!r}") from None
-    if tp is str:
-        if isinstance(value, (dict, list)):
-            raise SettingsError(f"{where}: expected text, got {value!r}")
-        return "" if value is None else str(value)
-    return value
-
-
-def _apply_env(obj, environ, prefix: str = ENV_PREFIX) -> None:
-    hints = typing.get_type_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        name = prefix + f.name.upper()
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            _apply_env(getattr(obj, f.name), environ, name + "__")
-        elif name in environ and f.name != "profiles":
-            setattr(obj, f.name, _coerce(tp, environ[name], name))
-
-
-def _validate(s: Settings) -> None:
-    if s.backend not in ("local", "kubernetes"):
-        raise SettingsError(f"backend: unknown backend {s.backend!r}; known: local, kubernetes")
-    if s.backend == "kubernetes" and not s.kubernetes.image:
-        raise SettingsError(
-            "kubernetes.image: the notebook image must be set with the kubernetes backend"
-        )
-    for name in ("unschedulable_timeout", "delete_grace_period"):
-        if getattr(s.kubernetes, name) < 0:
-            raise SettingsError(f"kubernetes.{name}: must be 0 seconds or more")
-    if not s.profiles:
-        raise SettingsError("profiles: at least one profile is needed")
-    slugs = [p.slug for p in s.profiles]
-    dupes = {x for x in slugs if slugs.count(x) > 1}
-    if dupes:
-        raise SettingsError(f"profiles: duplicate slug(s) {', '.join(sorted(dupes))}")
-    for p in s.profiles:
-        if p.gpus < 0:
-            raise SettingsError(f"profiles.{p.slug}.gpus: must be 0 or more, got {p.gpus}")
-        if not p.display_name:
-            p.display_name = p.slug
-    if sum(p.default for p in s.profiles) > 1:
-        raise SettingsError("profiles: only one profile may be the default")
-    if len(set(s.gpus.ids)) != len(s.gpus.ids):
-        raise SettingsError("gpus.ids: the same device id is listed twice")
-    for p in s.profiles:
-        p.idle_return_seconds  # noqa: B018 -- raises SettingsError when malformed
-        _validate_tolerations(p.tolerations, f"profiles.{p.slug}.tolerations")
-    _validate_tolerations(s.kubernetes.gpu_tolerations, "kubernetes.gpu_tolerations")
-    for name in ("acquire_timeout", "reclaim_interval"):
-        if getattr(s.gpus, name) < 1:
-            raise SettingsError(f"gpus.{name}: must be 1 second or more")
-    if not 1 <= s.gpus.checkpoint_generations <= 100:
-        raise SettingsError("gpus.checkpoint_generations: 1 to 100 checkpoints per notebook")
-    if not 0 <= s.gpus.idle_utilization <= 100:
-        raise SettingsError("gpus.idle_utilization: a percentage, 0 to 100")
-    if s.gpus.kernel_checkpoint not in ("auto", "driver", "namespace"):
-        raise SettingsError(
-            f"gpus.kernel_checkpoint: auto, driver or namespace, not {s.gpus.kernel_checkpoint!r}"
-        )
-    for name, n in {**s.gpus.users, **s.gpus.groups}.items():
-        if n < 0:
-            raise SettingsError(f"gpus: the limit for {name!r} must be 0 or more, got {n}")
-    s.storage.home_size_bytes, s.storage.home_max_size_bytes, s.storage.s3_quota_bytes  # noqa: B018
-    st = s.storage
-    if st.s3_endpoint and not (
-        (st.s3_admin_access_key or st.s3_admin_access_key_file)
-        and (st.s3_admin_secret_key or st.s3_admin_secret_key_file)
-    ):
-        raise SettingsError(
-            "storage: s3_endpoint needs s3_admin_access_key and s3_admin_secret_key "
-            "(or their _file settings)"
-        )
-    s.jobs.restart_backoff_seconds, s.jobs.stop_grace_seconds  # noqa: B018
-    if s.jobs.log_copy_limit_bytes < 2**20:
-        raise SettingsError("jobs.log_copy_limit: at least 1MiB")
-    s.serving.poll_seconds, s.serving.start_timeout_seconds  # noqa: B018
-    if not 1 <= s.serving.max_replicas <= 64:
-        raise SettingsError("serving.max_replicas: from 1 to 64")
-    if not s.hub.admin_users:
-        raise SettingsError("hub.admin_users: at least one admin is needed")
-
-
-_TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
-
-
-def _validate_tolerations(tolerations: list, field_name: str) -> None:
-    for i, t in enumerate(tolerations):
-        where = f"{field_name}[{i}]"
-        if not isinstance(t, dict):
-            raise SettingsError(f"{where}: expected a mapping, got {t!r}")
-        unknown = set(t) - _TOLERATION_KEYS
-        if unknown:
-            raise SettingsError(
-                f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
-                f"known: {', '.join(sorted(_TOLERATION_KEYS))}"
-            )
-        if t.get("operator", "Equal") not in ("Equal", "Exists"):
-            raise SettingsError(f"{where}.operator: Equal or Exists, got {t['operator']!r}")
-        if t.get("effect", "") not in ("", "NoSchedule", "PreferNoSchedule", "NoExecute"):
-            raise SettingsError(
-                f"{where}.effect: NoSchedule, PreferNoSchedule or NoExecute, got {t['effect']!r}"
-            )
-        seconds = t.get("tolerationSeconds")
-        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, int)):
-            raise SettingsError(f"{where}.tolerationSeconds: a whole number, got {seconds!r}")

@@ -1,10 +1,8 @@
-"""The GPU ledger: the one authority for who holds which GPU.
+"""``GpuLedger``: grants, the queue of Get GPU requests and Return GPU / Get GPU
+operations, over the tables of :mod:`.tables`.
 
-Grants live in an SQLite database (SQLAlchemy core) so they outlive hub restarts.
-A grant's primary key is the GPU id, so the database itself refuses to hand one
-GPU out twice; every change runs in a ``BEGIN IMMEDIATE`` transaction, which
-serialises reservations across threads and processes. Reads take no lock: they run in a
-deferred transaction on SQLite's write-ahead log, and what the hub asks of the ledger
+Every change runs in a ``BEGIN IMMEDIATE`` transaction. Reads take no lock: they run in
+a deferred transaction on SQLite's write-ahead log, and what the hub asks of the ledger
 most (a server's GPU status, from every open lab) comes from a ``Snapshot`` kept until
 the next change.
 """
@@ -17,276 +15,37 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
-from sqlalchemy import (
-    Column,
-    DateTime,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    create_engine,
-    delete,
-    event,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import create_engine, delete, event, insert, select, update
 from sqlalchemy.engine import Connection
 
-from .inventory import Gpu
-from .settings import GpuSettings
+from ..inventory import Gpu
+from ..settings import GpuSettings
+from .placement import by_node, choose_each
+from .records import (
+    WORKLOAD_PREFIX,
+    Event,
+    Grant,
+    InvalidRequest,
+    NoGpuFree,
+    Operation,
+    QuotaExceeded,
+    Snapshot,
+    Waiter,
+    as_utc,
+    utcnow,
+)
+from .tables import (
+    READ_ONLY,
+    events_table,
+    grants_table,
+    metadata,
+    operations_table,
+    queue_table,
+    sqlite_immediate_transactions,
+)
 
 log = logging.getLogger(__name__)
-
-metadata = MetaData()
-
-WORKLOAD_PREFIX = "job/"
-"""Grants and queue entries whose server starts with this belong to a job's replicas
-(``job/<id>/<replica>``); a model's replicas hold ``model/<id>/replica-<n>``."""
-
-
-def is_workload(server: str) -> bool:
-    """Whether a grant's holder is a workload's replica, not a notebook server:
-    JupyterHub server names never hold a ``/``."""
-    return "/" in server
-
-
-grants_table = Table(
-    "gpu_grants",
-    metadata,
-    Column("gpu_id", String(128), primary_key=True),
-    Column("user", String(255), nullable=False, index=True),
-    Column("server", String(255), nullable=False, default=""),
-    Column("groups", Text, nullable=False, default="[]"),
-    Column("granted_at", DateTime(timezone=True), nullable=False),
-    Column("pid", Integer, nullable=True),
-    Column("pid_started", String(253), nullable=True),
-)
-
-events_table = Table(
-    "gpu_events",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("at", DateTime(timezone=True), nullable=False, index=True),
-    Column("action", String(32), nullable=False),
-    Column("user", String(255), nullable=False, index=True),
-    Column("server", String(255), nullable=False, default=""),
-    Column("gpu_id", String(128), nullable=False),
-    Column("reason", Text, nullable=False, default=""),
-)
-
-
-queue_table = Table(
-    "gpu_queue",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("user", String(255), nullable=False),
-    Column("server", String(255), nullable=False, default=""),
-    Column("count", Integer, nullable=False),
-    Column("since", DateTime(timezone=True), nullable=False),
-)
-
-# the last Return GPU / Get GPU of each server, so a hub restart can finish or undo it
-operations_table = Table(
-    "gpu_operations",
-    metadata,
-    Column("user", String(255), primary_key=True),
-    Column("server", String(255), primary_key=True, default=""),
-    Column("kind", String(16), nullable=False),
-    Column("state", String(16), nullable=False),
-    Column("gpus", Integer, nullable=False, default=0),
-    Column("reason", Text, nullable=False, default=""),
-    Column("message", Text, nullable=False, default=""),
-    Column("started", DateTime(timezone=True), nullable=False),
-    Column("deadline", DateTime(timezone=True), nullable=True),
-    Column("finished", DateTime(timezone=True), nullable=True),
-    Column("detail", Text, nullable=False, default="{}"),
-)
-
-
-READ_ONLY = "gpulab_read_only"
-"""Execution option of a connection that only reads: its transaction takes no lock."""
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class LedgerError(Exception):
-    """A reservation the ledger refuses; ``status`` is the HTTP status to answer with."""
-
-    status = 409
-
-    def message_for(self, admin: bool) -> str:
-        return str(self)
-
-
-class InvalidRequest(LedgerError):
-    status = 400
-
-
-class NoGpuFree(LedgerError):
-    """Fewer GPUs are free than asked for (or the free ones are promised to the queue)."""
-
-    def __init__(
-        self,
-        wanted: int,
-        free: int,
-        total: int,
-        holders: dict[str, int],
-        queued: int = 0,
-        most_on_one_node: int | None = None,
-    ):
-        self.wanted, self.free, self.total, self.holders = wanted, free, total, holders
-        self.queued = queued
-        self.most_on_one_node = most_on_one_node
-        """Set when enough GPUs are free, but spread over nodes so that none has enough."""
-        super().__init__(self.message_for(admin=False))
-
-    def message_for(self, admin: bool) -> str:
-        base = f"not enough GPUs free: asked for {self.wanted}, {self.free} of {self.total} free"
-        if self.most_on_one_node is not None:
-            base += f", at most {self.most_on_one_node} on one node"
-        if self.queued:
-            base += f", {self.queued} request(s) waiting in the queue first"
-        if self.total == 0:
-            return f"asked for {self.wanted} GPU(s), but this hub has no GPUs"
-        if admin and self.holders:
-            held = ", ".join(f"{user} ({n})" for user, n in sorted(self.holders.items()))
-            return f"{base}; {self.total - self.free} held by {held}"
-        return base
-
-
-class QuotaExceeded(LedgerError):
-    status = 403
-
-
-@dataclass(frozen=True)
-class Grant:
-    gpu_id: str
-    user: str
-    server: str
-    groups: tuple[str, ...]
-    granted_at: datetime
-    pid: int | None = None
-    pid_started: str | None = None
-
-    @classmethod
-    def from_row(cls, row) -> Grant:
-        return cls(
-            gpu_id=row.gpu_id,
-            user=row.user,
-            server=row.server,
-            groups=tuple(json.loads(row.groups)),
-            granted_at=_utc(row.granted_at),
-            pid=row.pid,
-            pid_started=row.pid_started,
-        )
-
-
-@dataclass(frozen=True)
-class Waiter:
-    id: int
-    user: str
-    server: str
-    count: int
-    since: datetime
-
-
-@dataclass(frozen=True)
-class Operation:
-    """A Return GPU or Get GPU of one server: ``kind`` return|acquire, ``state`` one of
-    queued, checkpointing, restoring, done, failed, cancelled."""
-
-    user: str
-    server: str
-    kind: str
-    state: str
-    gpus: int
-    reason: str
-    message: str
-    started: datetime
-    deadline: datetime | None
-    finished: datetime | None
-    detail: dict
-
-    ACTIVE = ("queued", "checkpointing", "restoring")
-
-    @property
-    def active(self) -> bool:
-        return self.state in self.ACTIVE
-
-    @classmethod
-    def from_row(cls, row) -> Operation:
-        return cls(
-            user=row.user,
-            server=row.server,
-            kind=row.kind,
-            state=row.state,
-            gpus=row.gpus,
-            reason=row.reason,
-            message=row.message,
-            started=_utc(row.started),
-            deadline=_utc(row.deadline),
-            finished=_utc(row.finished),
-            detail=json.loads(row.detail),
-        )
-
-    def as_json(self) -> dict:
-        return {
-            "kind": self.kind,
-            "state": self.state,
-            "gpus": self.gpus,
-            "reason": self.reason,
-            "message": self.message,
-            "started": self.started.isoformat(),
-            "deadline": self.deadline.isoformat() if self.deadline else None,
-            "finished": self.finished.isoformat() if self.finished else None,
-            "path": self.detail.get("path"),
-            "detail": self.detail,
-        }
-
-
-@dataclass(frozen=True)
-class Event:
-    at: datetime
-    action: str
-    user: str
-    server: str
-    gpu_id: str
-    reason: str
-
-    def as_json(self) -> dict:
-        return {
-            "at": self.at.replace(tzinfo=self.at.tzinfo or UTC).isoformat(),
-            "action": self.action,
-            "user": self.user,
-            "server": self.server,
-            "gpu": self.gpu_id,
-            "reason": self.reason,
-        }
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """The ledger as of one ``version``: the pool, the queue and each server's last
-    operation, read in one transaction."""
-
-    version: int
-    pool: list[tuple[Gpu, Grant | None]]
-    queue: list[Waiter]
-    operations: dict[tuple[str, str], Operation] = field(default_factory=dict)
-
-    def held_by(self, user: str, server: str) -> list[Gpu]:
-        return [gpu for gpu, g in self.pool if g and (g.user, g.server) == (user, server)]
-
-    @property
-    def free(self) -> int:
-        return sum(g is None for _, g in self.pool)
 
 
 class GpuLedger:
@@ -302,7 +61,7 @@ class GpuLedger:
         self.engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         path = url.split("///", 1)[-1] if url.startswith("sqlite:///") else ":memory:"
         if url.startswith("sqlite"):
-            _sqlite_immediate_transactions(self.engine)
+            sqlite_immediate_transactions(self.engine)
         if path != ":memory:":
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         metadata.create_all(self.engine)
@@ -474,14 +233,14 @@ class GpuLedger:
             ahead = [w for w in queue if waiter is None or w.id < waiter]
             promised = sum(w.count for w in ahead) if waiter is None else 0
             allowed = len(free) - promised >= total and not (waiter is not None and ahead)
-            chosen = _choose_each(free, wants) if allowed else None
+            chosen = choose_each(free, wants) if allowed else None
             if chosen is None:
                 holders: dict[str, int] = {}
                 for g in held:
                     holders[g.user] = holders.get(g.user, 0) + 1
                 spread = None
                 if allowed:
-                    spread = max(len(gpus) for gpus in _by_node(free).values())
+                    spread = max(len(gpus) for gpus in by_node(free).values())
                 raise NoGpuFree(total, len(free), len(self.inventory), holders, len(ahead), spread)
             now = utcnow()
             for server, gpus in chosen.items():
@@ -647,7 +406,7 @@ class GpuLedger:
 
     def _queue(self, conn: Connection) -> list[Waiter]:
         rows = conn.execute(select(queue_table).order_by(queue_table.c.id))
-        return [Waiter(r.id, r.user, r.server, r.count, _utc(r.since)) for r in rows]
+        return [Waiter(r.id, r.user, r.server, r.count, as_utc(r.since)) for r in rows]
 
     def _release(self, conn: Connection, user: str, server: str, reason: str) -> list[str]:
         where = (grants_table.c.user == user, grants_table.c.server == server)
@@ -669,63 +428,5 @@ class GpuLedger:
             )
 
 
-def _by_node(gpus: list[Gpu]) -> dict[str, list[Gpu]]:
-    nodes: dict[str, list[Gpu]] = {}
-    for gpu in gpus:
-        nodes.setdefault(gpu.node, []).append(gpu)
-    return nodes
-
-
-def _choose(free: list[Gpu], count: int) -> list[Gpu] | None:
-    """``count`` of the free GPUs that one server can use, or None.
-
-    GPUs without a node (this machine's) all go together. On a cluster a server's GPUs
-    must share a node: take the node with the fewest free GPUs that still fits the
-    request (best fit), so whole nodes stay free for bigger requests.
-    """
-    fitting = [gpus for gpus in _by_node(free).values() if len(gpus) >= count]
-    if not fitting:
-        return None
-    return min(fitting, key=len)[:count]
-
-
-def _choose_each(free: list[Gpu], wants: list[tuple[str, int]]) -> dict[str, list[Gpu]] | None:
-    """GPUs for every ``(server, count)``, each on one node, biggest requests first."""
-    chosen: dict[str, list[Gpu]] = {server: [] for server, _ in wants}
-    left = list(free)
-    for server, count in sorted(wants, key=lambda w: -w[1]):
-        if count == 0:
-            continue
-        picked = _choose(left, count)
-        if picked is None:
-            return None
-        chosen[server] = picked
-        left = [gpu for gpu in left if gpu not in picked]
-    return chosen
-
-
-def _utc(at: datetime | None) -> datetime | None:
-    """SQLite drops the zone; the ledger only ever stores UTC."""
-    return at.replace(tzinfo=UTC) if at is not None and at.tzinfo is None else at
-
-
 def _label(user: str, server: str) -> str:
     return f"{user}/{server}" if server else user
-
-
-def _sqlite_immediate_transactions(engine) -> None:
-    """Make every transaction that may write take SQLite's write lock up front (no lost
-    updates); reads see a consistent snapshot of the write-ahead log without a lock."""
-
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_connection, _record):
-        dbapi_connection.isolation_level = None  # let SQLAlchemy's BEGIN below be the only one
-        dbapi_connection.execute("PRAGMA journal_mode=WAL")
-        # durable across a crash of the hub; a power loss ends every holder anyway
-        dbapi_connection.execute("PRAGMA synchronous=NORMAL")
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn):
-        conn.exec_driver_sql(
-            "BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE"
-        )

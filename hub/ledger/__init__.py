@@ -1,0 +1,48 @@
+"""The GPU ledger: the one authority for who holds which GPU.
+
+Grants live in an SQLite database (SQLAlchemy core) so they outlive hub restarts.
+A grant's primary key is the GPU id, so the database itself refuses to hand one
+GPU out twice; every change runs in a ``BEGIN IMMEDIATE`` transaction, which
+serialises reservations across threads and processes. Reads take no lock: they run in a
+deferred transaction on SQLite's write-ahead log, and what the hub asks of the ledger
+most (a server's GPU status, from every open lab) comes from a ``Snapshot`` kept until
+the next change.
+
+- :mod:`.records`: the record types (``Grant``, ``Waiter``, ``Operation``, ``Event``,
+  ``Snapshot``) and the errors (``LedgerError`` and its subclasses);
+- :mod:`.tables`: the tables, and the engine's locking (``BEGIN IMMEDIATE``);
+- :mod:`.placement`: which free GPUs a reservation gets (one node per server, best fit);
+- :mod:`.gpu_ledger`: ``GpuLedger``, grants, the Get GPU queue and operations.
+"""
+
+from .gpu_ledger import GpuLedger
+from .records import (
+    WORKLOAD_PREFIX,
+    Grant,
+    InvalidRequest,
+    LedgerError,
+    NoGpuFree,
+    Operation,
+    QuotaExceeded,
+    Waiter,
+    as_utc,
+    is_workload,
+    utcnow,
+)
+from .tables import sqlite_immediate_transactions
+
+__all__ = [
+    "WORKLOAD_PREFIX",
+    "GpuLedger",
+    "Grant",
+    "InvalidRequest",
+    "LedgerError",
+    "NoGpuFree",
+    "Operation",
+    "QuotaExceeded",
+    "Waiter",
+    "sqlite_immediate_transactions",
+    "as_utc",
+    "is_workload",
+    "utcnow",
+]
