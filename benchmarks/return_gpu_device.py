@@ -187,7 +187,7 @@ async def measure_driver_path(km, switch, kernel, visible, checksum, nvml, idle)
     (not when this driver cannot park: then the namespace path is taken, and said)."""
     os.environ["GPULAB_KERNEL_CHECKPOINT"] = "driver"
     await run_code(km, kernel, "batches = (i * i for i in range(10)); next(batches)")
-    pid = switch._pid(kernel)
+    pid = switch.calls.pid(kernel)
     await asyncio.sleep(1)
     held = nvml.used()
     t0 = time.perf_counter()
@@ -204,7 +204,7 @@ async def measure_driver_path(km, switch, kernel, visible, checksum, nvml, idle)
     t1 = time.perf_counter()
     going_on = await run_code(km, kernel, "print(next(batches), sum(range(10)))", timeout=30)
     cpu_code = time.perf_counter() - t1
-    same = switch._pid(kernel) == pid
+    same = switch.calls.pid(kernel) == pid
     t0 = time.perf_counter()
     back = await switch.switch(visible, wait_restore=True)
     got_back = time.perf_counter() - t0

@@ -17,7 +17,8 @@ import sys
 import pytest
 
 from gpulab.extensions.server import cudackpt
-from gpulab.extensions.server.kernels import KernelReport, gpu_pairs, to_park
+from gpulab.extensions.server.parking import gpu_pairs, to_park
+from gpulab.extensions.server.records import KernelReport
 from gpulab.hub.movers import where_kernels_run
 
 

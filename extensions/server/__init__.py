@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import os
 
-# The hub's side of the internal API (``gpulab/internal/*``): it proves itself with a
-# secret made for this one server at spawn, never with a token that is good at the hub,
-# since the server process is the user's and sees every header it is sent.
-INTERNAL_SECRET_ENV = "GPULAB_INTERNAL_SECRET"
-"""The environment variable the spawner puts the server's secret in."""
-INTERNAL_SECRET_HEADER = "X-Gpulab-Internal-Secret"
-"""The request header the hub sends it in."""
+from .secret import INTERNAL_SECRET_ENV, INTERNAL_SECRET_HEADER, INTERNAL_SECRET_SETTING
+
+__all__ = ["INTERNAL_SECRET_ENV", "INTERNAL_SECRET_HEADER"]
 
 
 def _jupyter_server_extension_points():
@@ -39,7 +35,7 @@ def _load_jupyter_server_extension(serverapp):
             web_app.settings.get("kernel_websocket_connection_class"),
         )
     # kept by the extension alone: kernels and terminals started from here do not inherit it
-    web_app.settings["gpulab_internal_secret"] = os.environ.pop(INTERNAL_SECRET_ENV, "")
+    web_app.settings[INTERNAL_SECRET_SETTING] = os.environ.pop(INTERNAL_SECRET_ENV, "")
     # a server that replaces a moved one (Return GPU on kubernetes) starts its notebooks
     # again, with their variables
     serverapp.io_loop.add_callback(switch.start_resume)

@@ -42,9 +42,12 @@ from jupyter_server.auth.decorator import allow_unauthenticated
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
-from . import INTERNAL_SECRET_HEADER, gpuinfo
+from .gpuinfo import stats as gpu_stats
 from .hubstatus import HubStatus, hub_request, server_gpu
-from .kernels import KernelSwitch, SwitchError, visible_devices
+from .kernels import KernelSwitch
+from .processes import visible_devices
+from .records import SwitchError
+from .secret import INTERNAL_SECRET_HEADER, INTERNAL_SECRET_SETTING
 
 
 class _Base(APIHandler):
@@ -91,7 +94,7 @@ class GpuHandler(_Base):
             raise web.HTTPError(405)
         status, model = await self.hub_status.get()
         if status == 200:
-            stats = gpuinfo.stats([g["id"] for g in model.get("gpus", [])])
+            stats = gpu_stats([g["id"] for g in model.get("gpus", [])])
             for gpu in model.get("gpus", []):
                 gpu.update(stats.get(gpu["id"], {}))
             model["visible"] = visible_devices()
@@ -152,7 +155,7 @@ class _HubOnly(_Base):
     (``INTERNAL_SECRET_HEADER``); no hub token is ever asked for or accepted here."""
 
     async def prepare(self):
-        secret = self.settings.get("gpulab_internal_secret", "")
+        secret = self.settings.get(INTERNAL_SECRET_SETTING, "")
         offered = self.request.headers.get(INTERNAL_SECRET_HEADER, "")
         if not secret or not hmac.compare_digest(offered.encode(), secret.encode()):
             raise web.HTTPError(403, "only the hub may call this")
@@ -241,7 +244,7 @@ class ActivityHandler(_HubOnly):
     async def get(self):
         visible = visible_devices()
         ids = [v for v in visible.split(",") if v]
-        stats = gpuinfo.stats(ids)
+        stats = gpu_stats(ids)
         utilisation = [s["utilization"] for s in stats.values() if s.get("utilization") is not None]
         self.finish(
             json.dumps(
