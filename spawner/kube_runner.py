@@ -19,31 +19,22 @@ unchanged above the seam (``gpulab.hub.workloads.runner``):
 - ``stop``: delete with the grace period and wait for the pod to be gone, so a GPU goes
   back to the ledger only once no container holds it.
 - logs: the hub follows each pod's container log into a copy under its data root
-  (``workload-logs/<user>/<path on the home>``) that ``read_log`` reads, so a job's logs
-  stay readable through the API after its pods are gone; a copy keeps at most
-  ``jobs.log_copy_limit`` (the newer output). Files a process hands back (a
-  job's metrics) arrive on its log's last lines, base64, and are kept beside it.
+  that ``read_log`` reads, with the files a process hands back (``workload_logs``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
-import logging
 import math
 import signal
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from urllib.parse import quote
 
 from gpulab.hub.kube import api_call, api_reason, core_api, follow_pods, namespace, owned_object
 from gpulab.hub.workloads.runner import Launch, WorkloadError
 
-from . import objects
-
-log = logging.getLogger(__name__)
+from . import objects, workload_objects
+from .workload_logs import LogCopies
+from .workload_objects import CONTAINER
 
 DEVICE_VARIABLES = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")
 """Left to the device plugin: it decides which GPUs a container sees."""
@@ -56,9 +47,6 @@ STUCK = {
     "RunContainerError",
 }
 """Waiting reasons of a container that will not start by itself."""
-CONTAINER = "main"
-MAX_LINE = 1 << 20
-"""The longest line the hub waits for the end of; a longer one is copied as it comes."""
 
 
 @dataclass
@@ -96,7 +84,6 @@ class KubeRunner:
         self.settings = settings
         self.k8s = settings.kubernetes
         self.namespace = namespace(self.k8s)
-        self.logs = settings.data_path / "workload-logs"
         self._groups: dict[str, _Group] = {}
         self._pods: dict[str, dict] = {}
         self._expected: set[str] = set()
@@ -104,7 +91,13 @@ class KubeRunner:
         self._listed = asyncio.Event()
         self._changed = asyncio.Event()
         self._watch: asyncio.Task | None = None
-        self._copies: dict[str, asyncio.Task] = {}
+        self.log_copies = LogCopies(
+            settings.data_path / "workload-logs",
+            self.namespace,
+            settings.jobs.log_copy_limit_bytes,
+            self._until_started,
+            self._ended,
+        )
 
     # -- names --------------------------------------------------------------------------
 
@@ -137,10 +130,10 @@ class KubeRunner:
         service = await self._api("read the job's Service", core.read_namespaced_service,
                                   name, ns, missing_ok=True)  # fmt: skip
         if service is None:
-            body = objects.workload_service(name, ns, group, {}, notes)
+            body = workload_objects.workload_service(name, ns, group, {}, notes)
             service = await self._api("create the job's Service", core.create_namespaced_service,
                                       ns, body)  # fmt: skip
-        owner = objects.owner_reference("v1", "Service", name, service.metadata.uid)
+        owner = workload_objects.owner_reference("v1", "Service", name, service.metadata.uid)
         secret = objects.env_secret(name, ns, env, {}, notes, component="workload-env",
                                     owner=owner)  # fmt: skip
         if await self._api("read the job's Secret", core.read_namespaced_secret, name, ns,
@@ -177,7 +170,7 @@ class KubeRunner:
             if k not in DEVICE_VARIABLES and group.env.get(k) != v
         }
         k8s = self.k8s
-        body = objects.workload_pod(
+        body = workload_objects.workload_pod(
             f"{self.service(launch.group)}-{launch.name}-",
             self.namespace,
             group=launch.group,
@@ -217,14 +210,14 @@ class KubeRunner:
             raise OSError(f"could not start {launch.name}: {api_reason(e)}") from None
         pod = created.metadata.name
         self._expected.add(pod)
-        self._copy_log(user, launch.log, pod, fresh=True)
+        self.log_copies.follow(user, launch.log, pod, fresh=True)
         return PodProcess(self, user, launch.log, pod)
 
     def adopt(self, user: str, log: str, pid: int | None, pid_started: str | None) -> PodProcess:
         self._ensure_watch()
         pod = pid_started or ""
         if pod:
-            self._copy_log(user, log, pod, fresh=False)
+            self.log_copies.follow(user, log, pod, fresh=False)
         return PodProcess(self, user, log, pod)
 
     async def wait(self, process: PodProcess) -> int:
@@ -236,11 +229,11 @@ class KubeRunner:
             changed = self._changed
             pod = self._pods.get(process.pod)
             if pod is None and process.pod not in self._expected:
-                await self._copied(process.pod)
+                await self.log_copies.finished(process.pod)
                 return -signal.SIGKILL  # deleted by someone else
             code = _exit_code(pod) if pod is not None else None
             if code is not None:
-                await self._copied(process.pod)
+                await self.log_copies.finished(process.pod)
                 return code
             stuck = _stuck(pod) if pod is not None else None
             if stuck is None:
@@ -263,164 +256,12 @@ class KubeRunner:
         ends = loop.time() + grace + 60
         while process.pod in self._pods and loop.time() < ends:
             await _next(self._changed)
-        await self._copied(process.pod)
+        await self.log_copies.finished(process.pod)
 
     # -- logs -------------------------------------------------------------------------------
 
     def read_log(self, user: str, path: str, offset: int = 0, limit: int = 1 << 20) -> bytes:
-        try:
-            with self._copy_path(user, path).open("rb") as f:
-                f.seek(offset)
-                return f.read(limit)
-        except (FileNotFoundError, ValueError):
-            return b""
-
-    def _copy_path(self, user: str, path: str) -> Path:
-        """Where the hub keeps its copy of a file of the user's home."""
-        rel = PurePosixPath(path)
-        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
-            raise ValueError(f"not a path in the home: {path}")
-        return self.logs / quote(user, safe="") / rel
-
-    def _copy_log(self, user: str, log_path: str, pod: str, fresh: bool) -> None:
-        """Follow ``pod``'s container log into the copy of ``log_path``. The copy's index
-        says where each pod's part of it begins; a pod followed again (after a hub
-        restart) is copied again from there."""
-        target = self._copy_path(user, log_path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        index_path = target.with_name(target.name + ".pods")
-        try:
-            index = json.loads(index_path.read_text())
-        except (OSError, ValueError):
-            index = {}
-        size = target.stat().st_size if target.exists() else 0
-        if fresh or pod not in index:
-            index[pod] = size
-        else:
-            with target.open("ab") as f:
-                f.truncate(min(index[pod], size))
-        index_path.write_text(json.dumps(index))
-        old = self._copies.pop(pod, None)
-        if old is not None:
-            old.cancel()
-        self._copies[pod] = asyncio.ensure_future(self._follow_log(user, pod, target))
-
-    async def _follow_log(self, user: str, pod: str, target: Path) -> None:
-        core = core_api()
-        taken = 0  # bytes of the container log already copied
-        partial = b""
-        while True:
-            if not await self._until_started(pod):
-                break
-            try:
-                response = await core.read_namespaced_pod_log(
-                    pod, self.namespace, container=CONTAINER, follow=True,
-                    _preload_content=False, _request_timeout=None,
-                )  # fmt: skip
-                skip = taken
-                try:
-                    async for chunk in response.content.iter_any():
-                        if skip:  # a stream again from the start: what was copied
-                            dropped = min(skip, len(chunk))
-                            chunk, skip = chunk[dropped:], skip - dropped
-                        taken += len(chunk)
-                        partial = self._append(user, target, partial + chunk)
-                finally:
-                    response.release()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001 -- not started yet, or the API is away
-                status = getattr(e, "status", None)
-                if status == 404:
-                    break
-                log.debug("Following the log of pod %s: %s", pod, api_reason(e))
-                await asyncio.sleep(0.5)
-                continue
-            if self._ended(pod):
-                break
-            await asyncio.sleep(0.2)  # the stream broke while the container runs: again
-        if partial:
-            self._append(user, target, partial + b"\n")
-
-    def _append(self, user: str, target: Path, data: bytes) -> bytes:
-        """Write the whole lines of ``data`` to the copy (a handed-back file's line to
-        that file's copy instead); the incomplete last line is returned, unless it is
-        longer than a line may be (then it is written as it is)."""
-        *lines, rest = data.split(b"\n")
-        if len(rest) > MAX_LINE:
-            lines.append(rest)
-            rest = b""
-        kept = []
-        marker = objects.HANDED_BACK.encode()
-        for line in lines:
-            if line.startswith(marker):
-                self._handed_back(user, target, line[len(marker) :])
-            else:
-                kept.append(line + b"\n")
-        if kept:
-            with target.open("ab") as f:
-                f.write(b"".join(kept))
-                size = f.tell()
-            if size > self.settings.jobs.log_copy_limit_bytes:
-                self._drop_oldest(target, size)
-        return rest
-
-    def _drop_oldest(self, target: Path, size: int) -> None:
-        """Keep the newer half of a copy that outgrew ``jobs.log_copy_limit`` (the hub's
-        disk is shared; the whole log stays on the user's home)."""
-        with target.open("rb") as f:
-            f.seek(size // 2)
-            newer = f.read()
-        start = newer.find(b"\n") + 1  # from a line's start, if one begins there
-        if 0 < start < len(newer):
-            newer = newer[start:]
-        note = (
-            b"==> gpulab: earlier output dropped from the hub's copy "
-            b"(jobs.log_copy_limit); the whole log is on the home\n"
-        )
-        target.write_bytes(note + newer)
-        index_path = target.with_name(target.name + ".pods")
-        try:
-            index = json.loads(index_path.read_text())
-        except (OSError, ValueError):
-            return
-        index_path.write_text(json.dumps({pod: 0 for pod in index}))
-
-    def _handed_back(self, user: str, log_copy: Path, line: bytes) -> None:
-        """Keep a file a pod handed back, if it is one it may hand back: beside its log
-        (a job's metrics file), never a log or an index (a process can print such a
-        line itself)."""
-        path, _, encoded = line.decode(errors="replace").partition(" ")
-        try:
-            data = base64.b64decode(encoded.strip(), validate=True)
-            target = self._copy_path(user, path)
-        except (binascii.Error, ValueError):
-            target = None
-        if (
-            target is None
-            or target.parent != log_copy.parent
-            or target.suffix
-            in (
-                ".log",
-                ".pods",
-            )
-        ):
-            log.warning("A workload of %s handed back a file it may not: %.200s", user, path)
-            return
-        target.write_bytes(data)
-
-    async def _copied(self, pod: str) -> None:
-        """Wait (a while) for the log of an ended pod to be copied whole."""
-        task = self._copies.pop(pod, None)
-        if task is None:
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(task), 15)
-        except TimeoutError:
-            task.cancel()
-            log.warning("Copying the log of pod %s did not finish", pod)
-        except Exception:  # noqa: BLE001 -- a broken copy is logged, never fatal
-            log.exception("Copying the log of pod %s failed", pod)
+        return self.log_copies.read(user, path, offset, limit)
 
     async def _until_started(self, pod: str) -> bool:
         """Wait until the pod's container has started; False when it never will."""
@@ -475,9 +316,9 @@ class KubeRunner:
         self._notify()
 
     def _pods_of(self, group: str, process: str | None = None) -> list[str]:
-        labels = {objects.LABEL_GROUP: group}
+        labels = {workload_objects.LABEL_GROUP: group}
         if process is not None:
-            labels[objects.LABEL_PROCESS] = process
+            labels[workload_objects.LABEL_PROCESS] = process
         return [
             name
             for name, pod in self._pods.items()

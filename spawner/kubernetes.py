@@ -3,33 +3,32 @@
 The ledger stays the authority: it grants GPU slots (``<node>/<n>``, one per GPU a node
 advertises) and the pod asks for that many of ``kubernetes.gpu_resource`` on that node.
 The home is a PersistentVolumeClaim on the ceph-csi RBD StorageClass, made before the
-pod, kept when it stops, grown when the home size grows; S3 keys come from a Secret.
-Every manifest gpulab adds is built in ``objects``.
+pod, kept when it stops, grown when the home size grows; S3 keys come from a Secret
+(both made by ``kube_user_objects``). Every manifest gpulab adds is built in
+``objects``. The spawners wait on their pods through ``kube_reflector``; the hub's own
+watch that frees the grants of pods that are gone is in ``kube_grants``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from urllib.parse import urlparse
 
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
-from kubespawner.spawner import PodReflector
 from tornado import web
-from traitlets import default, validate
+from traitlets import default
 
 from gpulab.hub.inventory import Gpu
-from gpulab.hub.kube import api_reason, core_api, follow_pods, namespace
-from gpulab.hub.ledger import is_workload
+from gpulab.hub.kube import api_reason, core_api, namespace
 from gpulab.hub.names import K8S_POD, K8S_PVC, K8S_SECRET, NameConflict, registry
 from gpulab.hub.settings import KubernetesSettings
 
 from . import objects
 from .base import GpuSpawnerMixin
-
-log = logging.getLogger(__name__)
+from .kube_reflector import WakingPodReflector
+from .kube_user_objects import UserObjects
 
 SWAP_GRACE_SECONDS = 1
 """The grace period of a pod replaced by Return GPU / Get GPU: its kernels were
@@ -41,70 +40,6 @@ class Unschedulable(web.HTTPError):
 
     def __init__(self, message: str):
         super().__init__(503, message)
-
-
-class _Notifying(dict):
-    """A reflector's resources, calling ``changed(key)`` after each change the watch
-    makes (it sets and pops keys)."""
-
-    def __init__(self, items, changed):
-        super().__init__(items)
-        self._changed = changed
-
-    def __setitem__(self, key, value):
-        super().__setitem__(key, value)
-        self._changed(key)
-
-    def pop(self, key, *default):
-        value = super().pop(key, *default)
-        self._changed(key)
-        return value
-
-
-class WakingPodReflector(PodReflector):
-    """KubeSpawner's pod reflector, which also wakes whoever waits on a pod
-    (``changed``) as soon as the watch brings news of it: KubeSpawner itself polls its
-    reflector with a growing backoff (up to seconds between looks)."""
-
-    def __init__(self, *args, **kwargs):
-        self._waiters: dict[str, list[asyncio.Future]] = {}
-        super().__init__(*args, **kwargs)
-
-    @validate("resources")
-    def _notifying(self, proposal):
-        """A new list (at the start, and when a watch cannot resume): it wakes the
-        waiters of the pods it changed."""
-        new, old = proposal["value"], self.resources
-        for key in list(self._waiters):
-            if new.get(key) != old.get(key):
-                self._changed(key)
-        return _Notifying(new, self._changed)
-
-    def _changed(self, key: str) -> None:
-        for future in self._waiters.pop(key, ()):
-            if not future.done():
-                future.set_result(None)
-
-    def changed(self, key: str) -> asyncio.Future:
-        """A future done at the next change of the pod ``key`` (namespace/name)."""
-        future = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(key, []).append(future)
-
-        def forget(done: asyncio.Future) -> None:  # cancelled by a waiter that gave up
-            if done in self._waiters.get(key, ()):
-                self._waiters[key].remove(done)
-                if not self._waiters[key]:
-                    del self._waiters[key]
-
-        future.add_done_callback(forget)
-        return future
-
-    async def next_change(self, key: str, timeout: float) -> None:
-        """Until the pod ``key`` changes, for ``timeout`` seconds at most."""
-        try:
-            await asyncio.wait_for(self.changed(key), timeout)
-        except TimeoutError:
-            pass
 
 
 class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
@@ -191,15 +126,6 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
             self.report(100, f"Spawn failed: {e}")
             raise web.HTTPError(409, str(e)) from None
 
-    def _refuse_if_not_ours(self, what: str, name: str, annotations: dict | None) -> None:
-        """An existing object made for another hub user (from before the registry) is
-        not this user's to use."""
-        owner = (annotations or {}).get(objects.ANNOTATION_USER)
-        if owner is not None and owner != self.user.name:
-            message = f"the {what} {name} belongs to another hub user; refusing to share it"
-            self.report(100, f"Spawn failed: {message}")
-            raise web.HTTPError(409, message)
-
     def _pod_is_ours(self) -> bool:
         """Whether the pod named ``pod_name`` may be deleted by this spawner."""
         owner = registry(self.gpulab.settings.data_path).owner(K8S_POD, self.pod_name)
@@ -253,116 +179,27 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
 
     # -- objects beside the pod ------------------------------------------------------
 
-    @property
-    def core(self):
-        return core_api(host=self.k8s_api_host, ssl_ca_cert=self.k8s_api_ssl_ca_cert)
-
-    def _labels(self) -> dict[str, str]:
-        return self._build_common_labels({})
-
-    async def _api(self, what: str, call, *args, missing_ok: bool = False, **kwargs):
-        """One API call, retried with backoff while the API server answers 429 or 5xx
-        or not at all, for up to ``k8s_api_request_retry_timeout`` seconds; any other
-        failure is a 503 with the API server's message. ``missing_ok``: None for 404."""
-        delay = 0.1
-        deadline = time.monotonic() + self.k8s_api_request_retry_timeout
-        while True:
-            try:
-                return await asyncio.wait_for(call(*args, **kwargs), self.k8s_api_request_timeout)
-            except (TimeoutError, ApiException) as e:
-                status = getattr(e, "status", None)
-                if status == 404 and missing_ok:
-                    return None
-                retry = status is None or status == 429 or status >= 500
-                if not retry or time.monotonic() + delay > deadline:
-                    raise web.HTTPError(
-                        503, f"Kubernetes refused to {what}: {api_reason(e)}"
-                    ) from None
-                self.log.warning("Retrying to %s after %s", what, api_reason(e))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5)
+    def _user_objects(self) -> UserObjects:
+        return UserObjects(
+            core_api(host=self.k8s_api_host, ssl_ca_cert=self.k8s_api_ssl_ca_cert),
+            self.namespace,
+            self.user.name,
+            self._build_common_labels({}),
+            self.report,
+            self.log,
+            request_timeout=self.k8s_api_request_timeout,
+            retry_timeout=self.k8s_api_request_retry_timeout,
+        )
 
     async def ensure_home(self) -> None:
         """Make the user's home claim, or grow it to the configured home size."""
         size = self.gpulab.settings.storage.home_size_bytes
-        ns, name = self.namespace, self.pvc_name
-        pvc = await self._api(
-            f"read home volume {name}",
-            self.core.read_namespaced_persistent_volume_claim,
-            name,
-            ns,
-            missing_ok=True,
-        )
-        if pvc is not None:
-            self._refuse_if_not_ours("home volume claim", name, pvc.metadata.annotations)
-        if pvc is None:
-            self.report(30, f"Creating home volume {name} ({objects.quantity(size)})")
-            body = objects.home_pvc(
-                name,
-                ns,
-                size,
-                self.k8s.storage_class,
-                self._labels(),
-                objects.owner_annotations(self.user.name, ""),
-            )
-            try:
-                await self._api(
-                    f"create home volume {name}",
-                    self.core.create_namespaced_persistent_volume_claim,
-                    ns,
-                    body,
-                )
-            except web.HTTPError:  # made meanwhile by another spawn of this user's?
-                if not await self._exists(self.core.read_namespaced_persistent_volume_claim, name):
-                    raise
-        else:
-            requested = objects.parse_quantity(pvc.spec.resources.requests["storage"])
-            if requested < size:
-                self.report(30, f"Growing home volume {name} to {objects.quantity(size)}")
-                await self._api(
-                    f"grow home volume {name}",
-                    self.core.patch_namespaced_persistent_volume_claim,
-                    name,
-                    ns,
-                    objects.pvc_resize_patch(size),
-                )
+        await self._user_objects().ensure_home(self.pvc_name, size, self.k8s.storage_class)
         self._pvc_exists = True
-
-    async def _exists(self, read, name: str) -> bool:
-        return (
-            await self._api(f"read {name}", read, name, self.namespace, missing_ok=True) is not None
-        )
 
     async def ensure_s3_secret(self, env: dict[str, str]) -> None:
         """Put the user's S3 keys in their Secret (made, or replaced after a rotation)."""
-        name = self.s3_secret_name
-        body = objects.env_secret(
-            name,
-            self.namespace,
-            env,
-            self._labels(),
-            objects.owner_annotations(self.user.name, ""),
-        )
-        found = await self._api(
-            f"read secret {name}",
-            self.core.read_namespaced_secret,
-            name,
-            self.namespace,
-            missing_ok=True,
-        )
-        if found is not None:
-            self._refuse_if_not_ours("secret", name, found.metadata.annotations)
-            await self._api(
-                f"update secret {name}",
-                self.core.replace_namespaced_secret,
-                name,
-                self.namespace,
-                body,
-            )
-        else:
-            await self._api(
-                f"create secret {name}", self.core.create_namespaced_secret, self.namespace, body
-            )
+        await self._user_objects().ensure_s3_secret(self.s3_secret_name, env)
 
     # -- start and stop --------------------------------------------------------------
 
@@ -618,78 +455,3 @@ def unschedulable_reason(pod: dict | None) -> str | None:
         ):
             return condition.get("message") or "no node fits"
     return None
-
-
-# -- the ledger follows the pods ------------------------------------------------------
-
-
-def pod_owner(pod: dict) -> tuple[str, str] | None:
-    """The (user, server) a gpulab server pod belongs to, from its annotations."""
-    annotations = pod.get("metadata", {}).get("annotations") or {}
-    if objects.ANNOTATION_USER not in annotations:
-        return None
-    return annotations[objects.ANNOTATION_USER], annotations.get(objects.ANNOTATION_SERVER, "")
-
-
-def pod_holds_gpus(pod: dict) -> bool:
-    """Can this pod still be using its GPUs? Not once it has ended or is gone."""
-    return pod.get("status", {}).get("phase") not in ("Succeeded", "Failed")
-
-
-class PodGrantWatcher:
-    """Frees a server's grant when its pod is deleted, evicted or ends, by hand or not.
-
-    Lists the pods (releasing grants no pod holds, unless that server is starting),
-    then watches them from that list's resourceVersion; a pod's ``gpulab.io/gpus``
-    annotation must still match its server's grant, so a late event about an old pod
-    never frees a newer spawn's GPUs.
-    """
-
-    def __init__(self, ledger, namespace: str, is_starting, selector: str):
-        self.ledger = ledger
-        self.namespace = namespace
-        self.is_starting = is_starting
-        """``(user, server) -> bool``: the hub is spawning that server (no pod yet)."""
-        self.selector = selector
-
-    def _held(self, user: str, server: str) -> list[str]:
-        return sorted(g.gpu_id for g in self.ledger.grants(user) if g.server == server)
-
-    def resync(self, pods: list[dict]) -> list[str]:
-        """Release grants no live pod holds; the GPU ids freed."""
-        live = {pod_owner(p) for p in pods if pod_owner(p) and pod_holds_gpus(p)}
-        freed = []
-        for grant in self.ledger.grants():
-            if is_workload(grant.server):  # a workload's, not a server's pod
-                continue
-            owner = (grant.user, grant.server)
-            if owner not in live and not self.is_starting(*owner):
-                freed += self.ledger.release(grant.user, grant.server, "its pod is gone")
-        return freed
-
-    def on_event(self, kind: str, pod: dict) -> list[str]:
-        """A watch event; the GPU ids it freed."""
-        owner = pod_owner(pod)
-        if owner is None or (kind != "DELETED" and pod_holds_gpus(pod)):
-            return []
-        annotated = (pod["metadata"].get("annotations") or {}).get(objects.ANNOTATION_GPUS, "")
-        held = self._held(*owner)
-        if not held or held != sorted(filter(None, annotated.split(","))):
-            return []
-        if self.is_starting(*owner):
-            return []
-        status = pod.get("status") or {}
-        why = "its pod was deleted" if kind == "DELETED" else f"its pod {status.get('phase')}"
-        if status.get("reason"):
-            why += f" ({status['reason']})"
-        return self.ledger.release(owner[0], owner[1], why)
-
-    async def run(self, core) -> None:
-        """Forever: list and resync, then follow the watch (``kube.follow_pods``)."""
-
-        def resynced(pods: list[dict]) -> None:
-            for gpu in self.resync(pods):
-                log.warning("Freed GPU %s: no pod holds it", gpu)
-
-        await follow_pods(core, self.namespace, self.selector, resynced, self.on_event,
-                          "GPU grants")  # fmt: skip

@@ -15,7 +15,7 @@ import pytest
 import requests
 from test_jobs import TORCH_ALLREDUCE, job, logs, submit, wait_job
 
-from gpulab.spawner import objects
+from gpulab.spawner import objects, workload_objects
 from hubfixture import wait_for
 from k8sfixture import GPU_TOLERATION, NAMESPACE, NODE, kube_get, kube_post, pods
 
@@ -58,7 +58,9 @@ def with_home_claim(hub, kube, name: str):
 def job_pods(kube, job_id: int) -> list[dict]:
     group = f"job-{job_id}"
     return [
-        p for p in pods(kube) if p["metadata"].get("labels", {}).get(objects.LABEL_GROUP) == group
+        p
+        for p in pods(kube)
+        if p["metadata"].get("labels", {}).get(workload_objects.LABEL_GROUP) == group
     ]
 
 

@@ -21,9 +21,10 @@ from gpulab.hub.app import Context
 from gpulab.hub.inventory import Gpu, slots_of_nodes
 from gpulab.hub.ledger import GpuLedger, NoGpuFree
 from gpulab.hub.settings import Profile, Settings, SettingsError, load_settings
-from gpulab.spawner import objects
+from gpulab.spawner import model_objects, objects, workload_objects
 from gpulab.spawner.kube_backend import KubernetesBackend
-from gpulab.spawner.kubernetes import GpuKubeSpawner, PodGrantWatcher, unschedulable_reason
+from gpulab.spawner.kube_grants import PodGrantWatcher
+from gpulab.spawner.kubernetes import GpuKubeSpawner, unschedulable_reason
 
 KUBERNETES_VERSION = "1.34.0"
 """The Kubernetes version whose API the manifests are checked against."""
@@ -293,20 +294,22 @@ def test_model_serving_objects_are_valid_and_wire_tf_serving_together():
     text = to_text([serving_config(spec, "/home/jovyan")])
     assert parse_text(text)[0].base_path == "/home/jovyan/models/line"
     owner = objects.owner_annotations("ada@lab", "")
-    config = valid(objects.model_config_map("model-ada-line", "gpulab", text, {}, owner))
+    config = valid(model_objects.model_config_map("model-ada-line", "gpulab", text, {}, owner))
     assert config["data"] == {"models.config": text}
 
     pod_labels = {"gpulab.io/model-id": "7", "gpulab.io/replica": "0"}
     service = valid(
-        objects.model_service("model-ada-line", "gpulab", {"gpulab.io/model-id": "7"}, {}, owner)
+        model_objects.model_service(
+            "model-ada-line", "gpulab", {"gpulab.io/model-id": "7"}, {}, owner
+        )
     )
     assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
         ("grpc", 8500, "grpc"),
         ("http", 8501, "http"),
     ]
-    volumes, mounts = objects.model_home_volume("home-ada", "/home/jovyan")
+    volumes, mounts = model_objects.model_home_volume("home-ada", "/home/jovyan")
     deployment = valid(
-        objects.model_deployment(
+        model_objects.model_deployment(
             "model-ada-line-0",
             "gpulab",
             image="tensorflow/serving:2.21.0-gpu",
@@ -343,7 +346,7 @@ def test_model_serving_objects_are_valid_and_wire_tf_serving_together():
         {"name": "home", "mountPath": "/home/jovyan", "readOnly": True}
     ]
     assert template["spec"]["nodeSelector"] == {"kubernetes.io/hostname": "node-2"}
-    cpu = objects.model_deployment(
+    cpu = model_objects.model_deployment(
         "m", "gpulab", image="tensorflow/serving:2.21.0", pull_policy="Always", model_name="m",
         config_map="m", config_hash="h", labels={}, annotations={}, pod_labels={"a": "b"},
     )  # fmt: skip
@@ -351,13 +354,13 @@ def test_model_serving_objects_are_valid_and_wire_tf_serving_together():
 
 
 def test_a_model_from_s3_gets_a_sync_sidecar_beside_tf_serving():
-    volumes, mounts = objects.model_sync_volume("/models")
-    sync = objects.model_sync_container(
+    volumes, mounts = model_objects.model_sync_volume("/models")
+    sync = model_objects.model_sync_container(
         "registry.example/gpulab/notebook:1", "IfNotPresent", "s3://gpulab-ada/models/line",
         "/models", "line", 1.0, "gpulab-s3-ada",
     )  # fmt: skip
     deployment = valid(
-        objects.model_deployment(
+        model_objects.model_deployment(
             "gpulab-model-3-0",
             "gpulab",
             image="tensorflow/serving:2.21.0",
@@ -394,13 +397,15 @@ def workload_pod(**changes) -> dict:
         uid=1000, gid=100, gpus=2, node="node-2", ports=(23456,), grace_seconds=5,
         tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         labels={}, annotations={"gpulab.io/user": "ada@lab"},
-        owner=objects.owner_reference("v1", "Service", "gpulab-job-5", "uid-1"),
+        owner=workload_objects.owner_reference("v1", "Service", "gpulab-job-5", "uid-1"),
     )  # fmt: skip
-    return objects.workload_pod("gpulab-job-5-worker-1-", "gpulab", **{**kwargs, **changes})
+    return workload_objects.workload_pod(
+        "gpulab-job-5-worker-1-", "gpulab", **{**kwargs, **changes}
+    )
 
 
 def test_a_job_is_a_headless_service_and_a_pod_per_replica():
-    service = valid(objects.workload_service("gpulab-job-5", "gpulab", "job-5", {}, {}))
+    service = valid(workload_objects.workload_service("gpulab-job-5", "gpulab", "job-5", {}, {}))
     assert service["spec"] == {
         "clusterIP": "None",
         "selector": {"gpulab.io/group": "job-5"},
@@ -511,29 +516,29 @@ def test_the_hubs_copy_of_a_pod_log_keeps_lines_files_and_its_limit(tmp_path):
     settings.jobs.log_copy_limit = "1MiB"
     runner = KubeRunner(settings)
     log = ".gpulab/jobs/1-a/worker-0.log"
-    target = runner._copy_path("ada@lab", log)
+    target = runner.log_copies._copy_path("ada@lab", log)
     target.parent.mkdir(parents=True)
     # whole lines are copied, a partial one waits; a handed-back file goes beside
     metrics = base64.b64encode(b'{"loss": 1}').decode()
-    rest = runner._append("ada@lab", target, b"one\ntwo\n==> gpulab: file .gpulab/jobs/1-a/m.json "
-                          + metrics.encode() + b"\nthr")  # fmt: skip
+    handed_back = b"==> gpulab: file .gpulab/jobs/1-a/m.json " + metrics.encode()
+    rest = runner.log_copies._append("ada@lab", target, b"one\ntwo\n" + handed_back + b"\nthr")
     assert rest == b"thr" and target.read_bytes() == b"one\ntwo\n"
     assert runner.read_log("ada@lab", ".gpulab/jobs/1-a/m.json") == b'{"loss": 1}'
     assert runner.read_log("ada@lab", "../../etc/passwd") == b""
     # a process cannot hand back a log, or a file outside its log's folder
     for path in (".gpulab/jobs/1-a/worker-1.log", ".gpulab/jobs/2-b/m.json", "../x"):
-        runner._append("ada@lab", target, f"==> gpulab: file {path} eHg=\n".encode())
+        runner.log_copies._append("ada@lab", target, f"==> gpulab: file {path} eHg=\n".encode())
         assert runner.read_log("ada@lab", path) == b""
     # past the limit, the older half goes, with a line saying so
     line = b"x" * 99 + b"\n"
     for _ in range(30):
-        runner._append("ada@lab", target, line * 1000)
+        runner.log_copies._append("ada@lab", target, line * 1000)
     kept = target.read_bytes()
     assert len(kept) <= 2**20 and kept.endswith(line)
     assert kept.startswith(b"==> gpulab: earlier output dropped from the hub's copy")
     assert b"one\n" not in kept
     # a line longer than a line may be is copied without waiting for its end
-    assert runner._append("ada@lab", target, b"y" * (2**20 + 1)) == b""
+    assert runner.log_copies._append("ada@lab", target, b"y" * (2**20 + 1)) == b""
     assert target.read_bytes().endswith(b"y\n")
 
 

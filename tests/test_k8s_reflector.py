@@ -18,7 +18,7 @@ async def test_the_spawners_pod_reflector_wakes_waiters_at_each_change(
 ) -> None:
     """What lets a spawn or stop end as soon as the watch reports its pod running or
     gone, rather than at KubeSpawner's next look (gpulab's ``WakingPodReflector``)."""
-    from gpulab.spawner.kubernetes import WakingPodReflector
+    from gpulab.spawner.kube_reflector import WakingPodReflector
 
     key = "default/jupyter-ada"
     with FakeKube() as kube, kubespawner_configured(kube, monkeypatch):

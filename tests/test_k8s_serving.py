@@ -22,7 +22,7 @@ from fakekube import FakeKube
 from fakekube.tests.helpers import apis, eventually
 from gpulab.hub.workloads.model_spec import ModelSpec, serving_config
 from gpulab.serving.config import to_text
-from gpulab.spawner import objects
+from gpulab.spawner import model_objects, objects
 from hubfixture import export_line, free_port
 from k8sfixture import CEPH_RBD
 
@@ -41,11 +41,13 @@ async def test_the_built_deployment_serves_the_model_on_the_fake_cluster(tmp_pat
     labels = {"app": "gpulab"}
     pod_labels = {"gpulab.io/model-id": "1", "gpulab.io/replica": "0"}
     grpc_port, rest_port = free_port(), free_port()
-    volumes, mounts = objects.model_home_volume("home-ada", str(home))
+    volumes, mounts = model_objects.model_home_volume("home-ada", str(home))
     manifests = [
-        objects.model_config_map("model-line", "default", text, labels, {}),
-        objects.model_service("model-line", "default", {"gpulab.io/model-id": "1"}, labels, {}),
-        objects.model_deployment(
+        model_objects.model_config_map("model-line", "default", text, labels, {}),
+        model_objects.model_service(
+            "model-line", "default", {"gpulab.io/model-id": "1"}, labels, {}
+        ),
+        model_objects.model_deployment(
             "model-line-0",
             "default",
             image="tensorflow/serving:2.21.0",
