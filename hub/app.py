@@ -1,10 +1,20 @@
-"""The hub process's gpulab context: settings, backend, inventory and ledger, made once."""
+"""The services of a hub process: settings, backend, inventory, ledger, S3 accounts, and
+the GPU switch, job manager and model manager built on them.
+
+``hubconfig.configure`` builds one ``Context`` when the hub reads its configuration and
+puts it in the hub's tornado settings (``settings["gpulab"]``), where the API handlers
+(``self.settings``), the spawners (``self.user.settings``) and the background tasks find
+it. Nothing below this layer (the backends, the workloads) imports it: they are handed
+what they need.
+"""
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from gpulab.spawner.backend import Backend, backend_for
 
 from .inventory import Gpu
 from .ledger import GpuLedger
@@ -14,10 +24,12 @@ from .settings import Settings, load_settings
 from .storage.s3 import RgwAccounts
 
 if TYPE_CHECKING:
-    from gpulab.spawner.backend import Backend
+    from .gpuswitch import GpuSwitch
+    from .workloads.jobs import JobManager
+    from .workloads.models import ModelManager
 
 
-@dataclass
+@dataclass(eq=False)
 class Context:
     settings: Settings
     backend: Backend
@@ -27,12 +39,38 @@ class Context:
     s3: RgwAccounts | None
     """Per-user S3 on Ceph RGW, when storage.s3_endpoint is set."""
 
+    @functools.cached_property
+    def switch(self) -> GpuSwitch:
+        """Return GPU, Get GPU and idle reclaim for running servers."""
+        from .gpuswitch import GpuSwitch
 
-@functools.cache
-def context() -> Context:
-    """Settings, the backend, the GPU inventory and the ledger of this process (read once)."""
-    from gpulab.spawner.backend import backend_for
+        return GpuSwitch(self.ledger, self.settings)
 
+    @functools.cached_property
+    def jobs(self) -> JobManager:
+        """Training jobs and sweeps, run by the backend's runner: processes on this
+        machine, or pods (which run the image's ``python``)."""
+        from .workloads.jobs import JobManager
+
+        return JobManager(self.ledger, self.settings, *self.backend.job_runner(), s3=self.s3)
+
+    @functools.cached_property
+    def models(self) -> ModelManager:
+        """Model deployments, with the backend's way of running replicas."""
+        from .workloads.models import ModelManager
+
+        manager = ModelManager(self.ledger, self.settings, s3=self.s3)
+        manager.backend = self.backend.model_backend(manager)
+        return manager
+
+    def __deepcopy__(self, memo) -> Context:
+        # traitlets deep-copies configuration values (tornado_settings among them) into
+        # the application; a process has one set of services, shared, never copied
+        return self
+
+
+def build_context() -> Context:
+    """Read the settings (and the secrets files they name) and build the services."""
     settings = load_settings()
     read_secret_files(settings)
     backend = backend_for(settings)

@@ -22,7 +22,6 @@ calls to the server are in ``servercalls.py``.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import json
 import logging
@@ -30,7 +29,6 @@ import time
 from collections import defaultdict
 from datetime import timedelta
 
-from .app import context
 from .ledger import GpuLedger, LedgerError, NoGpuFree, Operation, Waiter, utcnow
 from .movers import MOVERS, Mover
 from .servercalls import (
@@ -487,10 +485,3 @@ def _duration(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
-
-
-@functools.cache
-def gpu_switch() -> GpuSwitch:
-    """The hub's one GpuSwitch (over the ledger of ``context()``)."""
-    ctx = context()
-    return GpuSwitch(ctx.ledger, ctx.settings)

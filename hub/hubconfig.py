@@ -10,7 +10,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from .app import context
+from .app import build_context
+from .background import start_background
 from .secretfiles import refuse_exposed_secrets
 from .settings import config_path
 
@@ -59,7 +60,7 @@ def configure(c) -> None:
 
     # hub state (ledger, hub database, tokens) is for root's eyes only
     os.umask(0o077)
-    ctx = context()
+    ctx = build_context()
     s = ctx.settings
     backend = ctx.backend
     if backend.shares_machine:
@@ -90,7 +91,7 @@ def configure(c) -> None:
     # user servers outlive the hub: a hub restart re-attaches to them
     c.JupyterHub.cleanup_servers = False
 
-    backend.configure_hub(c)
+    backend.configure_hub(c, ctx)
     c.JupyterHub.extra_handlers = [
         *gpus.default_handlers,
         *gpu.default_handlers,
@@ -130,71 +131,15 @@ def configure(c) -> None:
             grant.user,
         )
 
-    start_gpu_switch()
-    start_jobs()
-    start_models()  # also follows a kubernetes backend's model pods again after a restart
+    # settle interrupted Return/Get GPU operations, then watch for idle GPUs
+    start_background(lambda app: ctx.switch.run_background(app))
+    # settle the jobs a restart interrupted, then schedule
+    start_background(lambda app: ctx.jobs.run_background())
+    # take over the model servers (or pods) an earlier hub process started
+    start_background(lambda app: ctx.models.run_background())
 
     if s.hub.extra_config:
         runpy.run_path(s.hub.extra_config, init_globals={"c": c, "settings": s})
-
-
-def start_gpu_switch() -> None:
-    """Settle interrupted Return/Get GPU operations and check for idle GPUs, in the hub.
-
-    JupyterHub reads its configuration inside its running event loop; the task waits
-    there until the hub has started.
-    """
-    from .gpuswitch import gpu_switch
-
-    start_background(lambda app: gpu_switch().run_background(app))
-
-
-def start_jobs() -> None:
-    """Run the job manager in the hub: settle jobs a restart interrupted, then schedule."""
-    from .workloads.jobs import job_manager
-
-    start_background(lambda app: job_manager().run_background())
-
-
-def start_models() -> None:
-    """Take over the model servers an earlier hub process started, in the hub."""
-    from .workloads.models import model_manager
-
-    start_background(lambda app: model_manager().run_background())
-
-
-def start_background(run) -> None:
-    """Run ``run(app)`` as a task of the hub, once it has started."""
-    import asyncio
-
-    from jupyterhub.app import JupyterHub
-
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:  # configuration read outside a hub (tests, tools)
-        return
-    app = JupyterHub.instance()
-
-    async def when_started():
-        while getattr(app, "http_server", None) is None:
-            await asyncio.sleep(0.2)
-        share_hub_log(app)
-        await run(app)
-
-    task = loop.create_task(when_started())
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-
-
-_background: set = set()
-
-
-def share_hub_log(app) -> None:
-    """gpulab's own messages (the ``gpulab.*`` loggers) go where the hub's go, at its level:
-    without this they had no handler, and only warnings reached the hub's output, bare."""
-    if log.handlers or not app.log.handlers:
-        return
-    for handler in app.log.handlers:
-        log.addHandler(handler)
-    log.setLevel(app.log.level)
-    log.propagate = False
+    # the services, for the API handlers and the spawners (hub/app.py); set last, so an
+    # extra config that replaces tornado_settings does not take them away
+    c.JupyterHub.tornado_settings.update({"gpulab": ctx})

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from gpulab.hub.app import Context
     from gpulab.hub.inventory import Gpu
     from gpulab.hub.ledger import GpuLedger, Grant
     from gpulab.hub.settings import Settings
@@ -37,9 +38,9 @@ class Backend(Protocol):
     def inventory(self) -> list[Gpu]:
         """The GPUs the ledger hands out."""
 
-    def configure_hub(self, c) -> None:
+    def configure_hub(self, c, ctx: Context) -> None:
         """The JupyterHub configuration that goes with this backend (spawner class, hub
-        address, proxy lifetime, background watches)."""
+        address, proxy lifetime, background watches over ``ctx``'s ledger)."""
 
     def settle(self, ledger: GpuLedger) -> list[Grant]:
         """At hub start: release grants whose holder ended while the hub was down."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import object_session
 from tornado import web
@@ -13,12 +14,14 @@ from traitlets import List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from gpulab.extensions.server import INTERNAL_SECRET_ENV
-from gpulab.hub.app import Context, context
 from gpulab.hub.inventory import visible_devices_env
 from gpulab.hub.ledger import LedgerError
 from gpulab.hub.storage import StorageError
 
 from . import profiles
+
+if TYPE_CHECKING:
+    from gpulab.hub.app import Context
 
 
 class GpuSpawnerMixin(LoggingConfigurable):
@@ -39,7 +42,8 @@ class GpuSpawnerMixin(LoggingConfigurable):
 
     @property
     def gpulab(self) -> Context:
-        return context()
+        """The hub's services (``gpulab.hub.app``), from the hub's tornado settings."""
+        return self.user.settings["gpulab"]
 
     @default("default_url")
     def _default_url_default(self):

@@ -3,9 +3,12 @@ on Ceph RBD (ceph-csi), the GPUs those the nodes advertise (or configured slots)
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from gpulab.hub.settings import Settings
 
-from .backend import Check
+if TYPE_CHECKING:
+    from .backend import Check
 
 
 class KubernetesBackend:
@@ -29,10 +32,10 @@ class KubernetesBackend:
             return configured(self.settings.gpus.ids)
         return cluster_gpus(k8s.gpu_resource, k8s.gpu_type_label)
 
-    def configure_hub(self, c) -> None:
+    def configure_hub(self, c, ctx) -> None:
         """User servers as pods: the hub listens where pods can reach it, and the ledger
         follows the pods (a pod deleted or evicted by hand frees its GPUs)."""
-        from gpulab.hub.hubconfig import start_background
+        from gpulab.hub.background import start_background
 
         s = self.settings
         c.JupyterHub.spawner_class = "gpulab-kubernetes"
@@ -42,7 +45,7 @@ class KubernetesBackend:
         # pod's connection back to itself; user pods reach the hub at the Service.
         c.JupyterHub.hub_connect_ip = "127.0.0.1"
         c.Spawner.hub_connect_url = f"http://{s.kubernetes.hub_connect_ip}:{s.hub.hub_port}"
-        start_background(watch_pods)
+        start_background(lambda app: watch_pods(app, ctx))
 
     def settle(self, ledger):
         return []  # the pod watch frees the GPUs of pods that ended
@@ -124,12 +127,11 @@ class KubernetesBackend:
         return result, "; ".join(detail)
 
 
-async def watch_pods(app) -> None:
+async def watch_pods(app, ctx) -> None:
     """Follow the user servers' pods: the ledger frees the GPUs of a pod that ended."""
-    from gpulab.hub.app import context
     from gpulab.hub.kube import core_api, namespace
 
-    from .kubernetes import PodGrantWatcher
+    from .kube_grants import PodGrantWatcher
 
     def is_starting(user: str, server: str) -> bool:
         try:
@@ -139,7 +141,6 @@ async def watch_pods(app) -> None:
         # spawning, or having its pod replaced (Return GPU / Get GPU)
         return spawner is not None and (spawner.pending == "spawn" or spawner.swapping)
 
-    ctx = context()
     watcher = PodGrantWatcher(
         ctx.ledger, namespace(ctx.settings.kubernetes), is_starting, "component=singleuser-server"
     )

@@ -1,7 +1,7 @@
 """Model serving on the kubernetes backend: each replica a Deployment of the official
 ``tensorflow/serving`` image, behind one Service per model.
 
-The manifests come from ``gpulab.spawner.objects``. A replica's Deployment is pinned to
+The manifests come from ``gpulab.spawner.model_objects``. A replica's Deployment is pinned to
 the node of its GPUs (the ledger grants them per node) and mounts the owner's home
 claim read-only, where the model's version folders are; TF Serving's model config,
 written by the hub, arrives through a ConfigMap, and a changed config (labels, version
@@ -21,13 +21,12 @@ import hashlib
 import logging
 from dataclasses import replace
 
-from gpulab.hub.app import context
 from gpulab.hub.kube import api_call, core_api, namespace, owned_object
 from gpulab.hub.workloads.model_spec import ModelError, ModelSpec
 from gpulab.hub.workloads.model_store import Deployment
 from gpulab.hub.workloads.models import ModelManager
 
-from . import objects
+from . import model_objects, objects
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ class KubeModels:
     # -- the backend's part ----------------------------------------------------------------
 
     async def check(self, user: str, spec: ModelSpec) -> None:
-        if spec.on_s3 and context().s3 is None:
+        if spec.on_s3 and self.manager.s3 is None:
             raise ModelError(400, "base_path: this hub has no S3 storage configured")
 
     def _config_text(self, model: Deployment) -> str:
@@ -82,12 +81,12 @@ class KubeModels:
         """(volumes, TF Serving's mounts, sidecars) of the model's pods."""
         if not model.spec.on_s3:
             claim = await self._home_claim(model.user)
-            volumes, mounts = objects.model_home_volume(claim, self.k8s.home_mount)
+            volumes, mounts = model_objects.model_home_volume(claim, self.k8s.home_mount)
             return volumes, mounts, []
         secret = await self._owned(model.user, "secrets", "s3-credentials", "S3 keys")
         folder = self.settings.serving.sync_folder.rstrip("/")
-        volumes, mounts = objects.model_sync_volume(folder)
-        sync = objects.model_sync_container(
+        volumes, mounts = model_objects.model_sync_volume(folder)
+        sync = model_objects.model_sync_container(
             self.k8s.image, self.k8s.image_pull_policy, model.spec.base_path, folder,
             model.name, self.settings.serving.poll_seconds, secret,
         )  # fmt: skip
@@ -98,10 +97,10 @@ class KubeModels:
         sources = await self._sources(model)
         text = self._config_text(model)
         name, ns = self._name(model), self.namespace
-        config_map = objects.model_config_map(name, ns, text, {}, self._annotations(model))
+        config_map = model_objects.model_config_map(name, ns, text, {}, self._annotations(model))
         await self._call("create the model's ConfigMap", core.create_namespaced_config_map,
                          ns, config_map)  # fmt: skip
-        service = objects.model_service(
+        service = model_objects.model_service(
             name, ns, {LABEL_MODEL: str(model.id)}, {}, self._annotations(model)
         )
         await self._call("create the model's Service", core.create_namespaced_service, ns,
@@ -119,11 +118,11 @@ class KubeModels:
             core.patch_namespaced_config_map,
             name,
             ns,
-            {"data": {objects.MODEL_CONFIG_KEY: text}},
+            {"data": {model_objects.MODEL_CONFIG_KEY: text}},
         )
         patch = {
             "spec": {"template": {"metadata": {"annotations": {
-                objects.ANNOTATION_CONFIG_HASH: _hash(text)}}}}
+                model_objects.ANNOTATION_CONFIG_HASH: _hash(text)}}}}
         }  # fmt: skip
         gone = {r["index"] for r in removed}
         for record in model.replicas:
@@ -184,7 +183,7 @@ class KubeModels:
         volumes, mounts, sidecars = sources
         serving = self.settings.serving
         node = {objects.HOSTNAME_LABEL: record["node"]} if record.get("node") else None
-        body = objects.model_deployment(
+        body = model_objects.model_deployment(
             self._name(model, record["index"]),
             self.namespace,
             image=serving.gpu_image if spec.gpus else serving.image,

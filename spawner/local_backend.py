@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 from gpulab.hub.settings import Settings, SettingsError
 
 from .accounts import privileged
-from .backend import Check
+
+if TYPE_CHECKING:
+    from .backend import Check
 
 log = logging.getLogger("gpulab")
 
@@ -33,7 +36,7 @@ class LocalBackend:
 
         return discover(self.settings.gpus.ids)
 
-    def configure_hub(self, c) -> None:
+    def configure_hub(self, c, ctx) -> None:
         c.JupyterHub.spawner_class = "gpulab-local"
         # the proxy serves on across hub restarts (hub/proxy.py adopts it), writing its own log
         c.JupyterHub.cleanup_proxy = False

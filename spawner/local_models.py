@@ -9,7 +9,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gpulab.hub.app import context
 from gpulab.hub.inventory import visible_devices_env
 from gpulab.hub.ledger import utcnow
 from gpulab.hub.workloads.model_spec import ModelError, ModelSpec
@@ -259,7 +258,7 @@ class LocalModels:
         await asyncio.to_thread(self._listen_dir, model.user)  # closed again, should it be open
         rest, grpc, _ = self._sockets(model, record["index"])
         home = env["HOME"]
-        s3 = context().s3
+        s3 = self.manager.s3
         if s3 is not None:
             account = await asyncio.to_thread(s3.ensure, model.user)
             env.update(account.env())

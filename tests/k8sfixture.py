@@ -50,7 +50,7 @@ c.GpuKubeSpawner.pre_spawn_hook = own_port
 c.GpuKubeSpawner.cmd = [{singleuser!r}]
 c.GpuKubeSpawner.k8s_api_request_retry_timeout = 5
 # answer spawn requests at once; the tests follow the progress stream
-c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}
+c.JupyterHub.tornado_settings.update({{"slow_spawn_timeout": 0}})
 """
 
 

@@ -32,6 +32,20 @@ ABOVE_CORE = (
     "gpulab.hub.client",
 )
 
+BELOW_SERVICES = (
+    "gpulab.spawner",
+    "gpulab.hub.workloads",
+    "gpulab.hub.gpuswitch",
+    "gpulab.hub.movers",
+    "gpulab.hub.storage",
+)
+SERVICES_AND_ABOVE = (
+    "gpulab.hub.app",
+    "gpulab.hub.api",
+    "gpulab.hub.hubconfig",
+    "gpulab.hub.client",
+)
+
 
 def module_name(path: Path) -> str:
     parts = path.relative_to(REPO).with_suffix("").parts
@@ -40,12 +54,14 @@ def module_name(path: Path) -> str:
     return ".".join(("gpulab", *parts))
 
 
-def imports(path: Path) -> set[str]:
-    """The gpulab modules ``path`` imports, wherever in the file (relative ones resolved)."""
+def imports(path: Path, runtime: bool = False) -> set[str]:
+    """The gpulab modules ``path`` imports, wherever in the file (relative ones resolved),
+    and the names it imports from them (``gpulab.hub.app.Context``). ``runtime``: leave
+    out what is imported only for type checking (``if TYPE_CHECKING:``)."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in _walk(ast.parse(path.read_text(), str(path)), runtime):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -58,12 +74,85 @@ def imports(path: Path) -> set[str]:
     return {m for m in found if m.startswith("gpulab.")}
 
 
-def graph() -> dict[str, set[str]]:
+def _walk(node: ast.AST, runtime: bool):
+    yield node
+    for child in ast.iter_child_nodes(node):
+        if runtime and isinstance(child, ast.If) and _is_type_checking(child.test):
+            yield from (n for other in child.orelse for n in _walk(other, runtime))
+            continue
+        yield from _walk(child, runtime)
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def graph(runtime: bool = False) -> dict[str, set[str]]:
     return {
-        module_name(path): imports(path)
+        module_name(path): imports(path, runtime)
         for package in PACKAGES
         for path in sorted((REPO / package).rglob("*.py"))
     }
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Which gpulab modules each one imports when it runs (type-checking imports left
+    out). ``from . import gpuinfo`` is an edge to ``gpuinfo``, not to the package that
+    holds it; ``from gpulab.hub.ledger import Grant`` one to ``gpulab.hub.ledger``."""
+    edges = graph(runtime=True)
+    modules = set(edges)
+
+    def module_of(name: str) -> str:
+        while name not in modules and "." in name:
+            name = name.rpartition(".")[0]
+        return name
+
+    return {
+        a: {module_of(t) for t in targets if module_of(t) in modules}
+        - {a}
+        - {p for p in modules if _only_as_package(p, targets, modules)}
+        for a, targets in edges.items()
+    }
+
+
+def _only_as_package(package: str, targets: set[str], modules: set[str]) -> bool:
+    """Whether ``package`` is among ``targets`` only as where submodules come from."""
+    names = {t for t in targets if t.rpartition(".")[0] == package}
+    return package in targets and bool(names) and all(t in modules for t in names)
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return found
 
 
 def within(module: str, prefixes: tuple[str, ...]) -> bool:
@@ -80,13 +169,20 @@ def breaches(edges: dict[str, set[str]], lower: tuple[str, ...], upper: tuple[st
     )
 
 
-def test_the_graph_sees_relative_and_deferred_imports():
+def test_the_graph_sees_relative_deferred_and_type_checking_imports():
     edges = graph()
-    # "from .kernels import KernelSwitch" in the extension, "from gpulab.hub.app import
-    # context" inside a function in the kubernetes backend
+    # "from .kernels import KernelSwitch" in the extension; "from .kubernetes import
+    # PodGrantWatcher" inside a function of the kubernetes backend
     assert "gpulab.extensions.server.kernels" in edges["gpulab.extensions.server.handlers"]
-    assert "gpulab.hub.app" in edges["gpulab.spawner.kube_backend"]
+    assert "gpulab.hub.kube" in edges["gpulab.spawner.kube_backend"]
     assert breaches({"gpulab.serving.x": {"gpulab.hub.settings"}}, USER_SIDE, SERVER_SIDE)
+    # "if TYPE_CHECKING: from gpulab.hub.app import Context" in the spawners' base: seen,
+    # and left out of what runs
+    assert "gpulab.hub.app" in edges["gpulab.spawner.base"]
+    assert "gpulab.hub.app" not in module_graph()["gpulab.spawner.base"]
+    # the cycle finder finds one
+    planted = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(planted) == [["a", "b", "c"]]
 
 
 def test_what_runs_in_users_processes_imports_nothing_of_the_hub():
@@ -95,3 +191,13 @@ def test_what_runs_in_users_processes_imports_nothing_of_the_hub():
 
 def test_the_core_imports_nothing_of_the_layers_above_it():
     assert breaches(graph(), CORE, ABOVE_CORE) == []
+
+
+def test_the_backends_and_workloads_are_handed_the_hubs_services():
+    # the hub's services (hub/app.py), API, wiring and CLI sit above the backends and the
+    # workloads, which get what they need (the ledger, S3 accounts) when they are made
+    assert breaches(graph(runtime=True), BELOW_SERVICES, SERVICES_AND_ABOVE) == []
+
+
+def test_no_module_imports_itself_through_others():
+    assert cycles(module_graph()) == []

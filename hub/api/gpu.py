@@ -28,10 +28,10 @@ import re
 
 from tornado import web
 
-from gpulab.hub.gpuswitch import OWNER, SwitchError, gpu_switch
+from gpulab.hub.gpuswitch import OWNER, SwitchError
 from gpulab.hub.ledger import Operation
 
-from .gpus import NO_USER, GpulabAPIHandler
+from .base import NO_USER, GpulabAPIHandler
 
 MAX_WAIT = 120
 """The longest ``GET ?wait=`` holds a request open, in seconds."""
@@ -68,8 +68,8 @@ class GpuHandler(GpulabAPIHandler):
         wait = self.query_int("wait", 0, 0, MAX_WAIT)
         etag = self.get_argument("etag", "")
         if not (wait and etag):
-            return self.write_json(gpu_switch().status(spawner))
-        self.watch = asyncio.ensure_future(gpu_switch().status_change(spawner, etag, wait))
+            return self.write_json(self.gpulab.switch.status(spawner))
+        self.watch = asyncio.ensure_future(self.gpulab.switch.status_change(spawner, etag, wait))
         try:
             model = await self.watch
         except asyncio.CancelledError:
@@ -88,7 +88,7 @@ class GpuHandler(GpulabAPIHandler):
         by = OWNER if actor == spawner.user.name else f"admin {actor}"
         try:
             if action == "/return":
-                result = await gpu_switch().give_back(
+                result = await self.gpulab.switch.give_back(
                     spawner,
                     f"returned by {by}",
                     interrupt=bool(body.get("interrupt", False)),
@@ -98,7 +98,7 @@ class GpuHandler(GpulabAPIHandler):
                 op = result.get("operation") or {}
                 return self.answer(result, 202 if op.get("state") in Operation.ACTIVE else 200)
             if action == "/acquire":
-                result = await gpu_switch().acquire(
+                result = await self.gpulab.switch.acquire(
                     spawner, body.get("gpus", 1), body.get("timeout"), f"Get GPU by {by}"
                 )
                 op = result.get("operation") or {}
@@ -112,7 +112,7 @@ class GpuHandler(GpulabAPIHandler):
         if action != "/acquire":
             raise web.HTTPError(404, "DELETE /hub/api/gpulab/gpu/acquire cancels a Get GPU")
         spawner, _ = self.spawner()
-        self.write_json(gpu_switch().cancel(spawner))
+        self.write_json(self.gpulab.switch.cancel(spawner))
 
 
 class CheckpointsHandler(GpuHandler):
@@ -124,7 +124,7 @@ class CheckpointsHandler(GpuHandler):
             raise web.HTTPError(404, f"there is no checkpoint {ident!r}")
         path = f"/{ident}{action}" if ident else ""
         try:
-            return await gpu_switch().checkpoint_request(spawner, method, path, body)
+            return await self.gpulab.switch.checkpoint_request(spawner, method, path, body)
         except SwitchError as e:
             self.set_status(e.status)
             self.write_json({"status": e.status, "message": e.message, **e.detail})

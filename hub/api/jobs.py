@@ -12,49 +12,27 @@ from __future__ import annotations
 
 import asyncio
 
-from tornado import web
 from tornado.iostream import StreamClosedError
 
-from gpulab.hub.workloads.jobs import job_manager
-from gpulab.hub.workloads.runner import WorkloadError
-
-from .gpus import GpulabAPIHandler
-
-MAX_LOG_OFFSET = 2**62
-"""The largest log offset asked for: beyond any file, and within what lseek takes."""
+from .base import MAX_LOG_OFFSET, GpulabAPIHandler, mapped
 
 
 class JobsAPIHandler(GpulabAPIHandler):
     def job(self, name: str):
-        return mapped(job_manager().get, self.subject(), name)
-
-
-def mapped(fn, *args):
-    """Call ``fn``; a WorkloadError becomes the HTTP error it names."""
-    try:
-        return fn(*args)
-    except WorkloadError as e:
-        raise web.HTTPError(e.status, str(e)) from None
-
-
-async def amapped(fn, *args):
-    try:
-        return await fn(*args)
-    except WorkloadError as e:
-        raise web.HTTPError(e.status, str(e)) from None
+        return mapped(self.gpulab.jobs.get, self.subject(), name)
 
 
 class JobListHandler(JobsAPIHandler):
     async def get(self):
         me, admin = self.prepare_gpulab()
         only = self.target_user(me, admin)
-        manager = job_manager()
+        manager = self.gpulab.jobs
         jobs = manager.store.list(user=only, sweep=self.get_argument("sweep", None))
         self.write_json({"jobs": manager.models(jobs)})
 
     async def post(self):
         user = self.subject()
-        manager = job_manager()
+        manager = self.gpulab.jobs
         spec = mapped(manager.parse, self.body())
         job = mapped(manager.submit, user, self.groups_of(user), spec)
         self.set_status(201)
@@ -64,17 +42,17 @@ class JobListHandler(JobsAPIHandler):
 class JobHandler(JobsAPIHandler):
     async def get(self, name):
         job = self.job(name)
-        manager = job_manager()
+        manager = self.gpulab.jobs
         self.write_json({**manager.model(job), "events": manager.store.events(job.id)})
 
     async def delete(self, name):
-        await job_manager().delete(self.job(name))
+        await self.gpulab.jobs.delete(self.job(name))
         self.set_status(204)
 
 
 class JobCancelHandler(JobsAPIHandler):
     async def post(self, name):
-        manager = job_manager()
+        manager = self.gpulab.jobs
         job = await manager.cancel(self.job(name), "cancelled by the user")
         self.write_json(manager.model(job))
 
@@ -82,7 +60,7 @@ class JobCancelHandler(JobsAPIHandler):
 class JobLogsHandler(JobsAPIHandler):
     async def get(self, name):
         job = self.job(name)
-        manager = job_manager()
+        manager = self.gpulab.jobs
         first = job.replicas[0].name if job.replicas else ""
         replica = self.get_argument("replica", first)
         follow = self.get_argument("follow", "0").lower() in ("1", "true", "yes")

@@ -25,11 +25,9 @@ from tornado import web
 from tornado.httpclient import HTTPClientError, HTTPRequest
 
 from gpulab.hub.workloads.model_spec import TOKEN_HEADER, token_header
-from gpulab.hub.workloads.models import model_manager
 from gpulab.hub.workloads.replica_http import ReplicaHTTPClient
 
-from .gpus import GpulabAPIHandler
-from .jobs import MAX_LOG_OFFSET, amapped, mapped
+from .base import MAX_LOG_OFFSET, GpulabAPIHandler, amapped, mapped
 
 MAX_CALL_BYTES = 64 << 20
 """The largest body of a call passed to a model (a batch of inputs), below tornado's 100 MB."""
@@ -37,7 +35,7 @@ MAX_CALL_BYTES = 64 << 20
 
 class ModelsAPIHandler(GpulabAPIHandler):
     def model(self, name: str):
-        return mapped(model_manager().get, self.subject(), name)
+        return mapped(self.gpulab.models.get, self.subject(), name)
 
     def may_see_token(self, model) -> bool:
         me, admin = self.prepare_gpulab()
@@ -48,12 +46,12 @@ class ModelListHandler(ModelsAPIHandler):
     async def get(self):
         me, admin = self.prepare_gpulab()
         only = self.target_user(me, admin)
-        models = model_manager().store.list(user=only)
+        models = self.gpulab.models.store.list(user=only)
         self.write_json({"models": [m.as_json() for m in models]})
 
     async def post(self):
         user = self.subject()
-        manager = model_manager()
+        manager = self.gpulab.models
         spec = mapped(manager.parse, self.body())
         model = await amapped(manager.deploy, user, self.groups_of(user), spec)
         self.set_status(201)
@@ -68,12 +66,12 @@ class ModelHandler(ModelsAPIHandler):
     async def patch(self, name):
         model = self.model(name)
         changed = await amapped(
-            model_manager().update, model, self.body(), self.groups_of(model.user)
+            self.gpulab.models.update, model, self.body(), self.groups_of(model.user)
         )
         self.write_json(changed.as_json(with_token=True))
 
     async def delete(self, name):
-        await model_manager().undeploy(self.model(name))
+        await self.gpulab.models.undeploy(self.model(name))
         self.set_status(204)
 
 
@@ -82,7 +80,7 @@ class ModelLogsHandler(ModelsAPIHandler):
         model = self.model(name)
         replica = self.query_int("replica", 0, 0, 1_000)
         offset = self.query_int("offset", 0, 0, MAX_LOG_OFFSET)
-        data = await amapped(model_manager().read_log, model, replica, offset)
+        data = await amapped(self.gpulab.models.read_log, model, replica, offset)
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish(data)
 
@@ -109,7 +107,7 @@ class ModelCallHandler(GpulabAPIHandler):
         return None, False, token
 
     def owner_model(self, owner: str, name: str):
-        manager = model_manager()
+        manager = self.gpulab.models
         me, admin, token = self.caller()
         model = manager.store.get(owner, name)
         groups = self.groups_of(me) if me else []
@@ -121,7 +119,7 @@ class ModelCallHandler(GpulabAPIHandler):
 
     async def forward(self, model, rest: str) -> None:
         """Send the request to the model's replicas in turn until one answers."""
-        manager = model_manager()
+        manager = self.gpulab.models
         targets = manager.targets(model)
         if not targets:
             raise web.HTTPError(503, f"model {model.name} has no running server: {model.message}")

@@ -16,11 +16,10 @@ import asyncio
 
 from tornado import web
 
-from gpulab.hub.app import context
 from gpulab.hub.settings import SettingsError, format_size, parse_size
 from gpulab.hub.storage import HomeVolumes, StorageError
 
-from .gpus import GpulabAPIHandler
+from .base import GpulabAPIHandler
 
 
 class StorageAPIHandler(GpulabAPIHandler):
@@ -28,7 +27,7 @@ class StorageAPIHandler(GpulabAPIHandler):
         found = self.find_user(user)
         running = bool(found and found.active)  # read here: the hub's ORM is not thread-safe
         try:
-            return await context().backend.homes(user, running)
+            return await self.gpulab.backend.homes(user, running)
         except StorageError as e:
             raise web.HTTPError(e.status, str(e)) from None
 
@@ -43,7 +42,7 @@ class StorageAPIHandler(GpulabAPIHandler):
 class StorageHandler(StorageAPIHandler):
     async def get(self):
         user = self.subject()
-        ctx = context()
+        ctx = self.gpulab
         try:
             volume = (await self.run((await self.homes(user)).info, user)).as_json()
         except web.HTTPError as e:
@@ -81,7 +80,7 @@ class ResizeHandler(StorageAPIHandler):
             size_bytes = parse_size(size, "size")
         except SettingsError as e:
             raise web.HTTPError(400, str(e)) from None
-        limit = context().settings.storage.home_max_size_bytes
+        limit = self.gpulab.settings.storage.home_max_size_bytes
         if size_bytes > limit and not self.acting_as_admin:
             raise web.HTTPError(
                 403, f"Homes grow to at most {format_size(limit)}; ask an admin for more"
@@ -123,7 +122,7 @@ class SnapshotHandler(StorageAPIHandler):
 class RotateKeysHandler(StorageAPIHandler):
     async def post(self):
         user = self.subject()
-        s3 = context().s3
+        s3 = self.gpulab.s3
         if s3 is None:
             raise web.HTTPError(404, "S3 is not configured on this hub")
         account = await self.run(s3.rotate_keys, user)

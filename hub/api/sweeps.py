@@ -9,20 +9,19 @@ DELETE /hub/api/gpulab/sweeps/NAME          cancel, then forget it and its trial
 
 from __future__ import annotations
 
-from gpulab.hub.workloads.jobs import job_manager
-
-from .jobs import JobsAPIHandler, amapped, mapped
+from .base import amapped, mapped
+from .jobs import JobsAPIHandler
 
 
 class SweepListHandler(JobsAPIHandler):
     async def get(self):
         me, admin = self.prepare_gpulab()
         only = self.target_user(me, admin)
-        self.write_json({"sweeps": job_manager().sweeps.list(user=only)})
+        self.write_json({"sweeps": self.gpulab.jobs.sweeps.list(user=only)})
 
     async def post(self):
         user = self.subject()
-        sweeps = job_manager().sweeps
+        sweeps = self.gpulab.jobs.sweeps
         spec = mapped(sweeps.parse, self.body())
         model = mapped(sweeps.submit, user, self.groups_of(user), spec)
         self.set_status(201)
@@ -31,18 +30,18 @@ class SweepListHandler(JobsAPIHandler):
 
 class SweepHandler(JobsAPIHandler):
     async def get(self, name):
-        self.write_json(mapped(job_manager().sweeps.model, self.subject(), name))
+        self.write_json(mapped(self.gpulab.jobs.sweeps.model, self.subject(), name))
 
     async def delete(self, name):
         user = self.subject()
-        await amapped(job_manager().sweeps.delete, user, name)
+        await amapped(self.gpulab.jobs.sweeps.delete, user, name)
         self.set_status(204)
 
 
 class SweepCancelHandler(JobsAPIHandler):
     async def post(self, name):
         user = self.subject()
-        self.write_json(await amapped(job_manager().sweeps.cancel, user, name))
+        self.write_json(await amapped(self.gpulab.jobs.sweeps.cancel, user, name))
 
 
 default_handlers = [

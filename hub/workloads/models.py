@@ -18,14 +18,12 @@ back only when it is undeployed.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import secrets
 
 from tornado.httpclient import HTTPClientError, HTTPRequest
 
-from gpulab.hub.app import context
 from gpulab.hub.ledger import GpuLedger, LedgerError, NoGpuFree, QuotaExceeded
 
 from .model_spec import (
@@ -62,9 +60,11 @@ class ModelManager:
     replicas (``gpulab.spawner.local_models.LocalModels`` on this machine,
     ``gpulab.spawner.kube_models.KubeModels`` on Kubernetes)."""
 
-    def __init__(self, ledger: GpuLedger, settings, backend=None):
+    def __init__(self, ledger: GpuLedger, settings, backend=None, s3=None):
         self.ledger = ledger
         self.settings = settings
+        self.s3 = s3
+        """Per-user S3 accounts (``RgwAccounts``): models are read from their user's bucket."""
         self.store = ModelStore(ledger.engine)
         self.backend = backend
         self._ports = PortPool()
@@ -350,13 +350,3 @@ class ModelManager:
                      model.name)  # fmt: skip
         except Exception:  # noqa: BLE001 -- the hub must run on
             log.exception("Taking over model %s/%s after a restart failed", model.user, model.name)
-
-
-@functools.cache
-def model_manager() -> ModelManager:
-    """The hub's one ModelManager, over the ledger of ``context()``, with the backend's
-    way of running replicas."""
-    ctx = context()
-    manager = ModelManager(ctx.ledger, ctx.settings)
-    manager.backend = ctx.backend.model_backend(manager)
-    return manager
