@@ -171,8 +171,8 @@ def breaches(edges: dict[str, set[str]], lower: tuple[str, ...], upper: tuple[st
 
 def test_the_graph_sees_relative_deferred_and_type_checking_imports():
     edges = graph()
-    # "from .kernels import KernelSwitch" in the extension; "from .kubernetes import
-    # PodGrantWatcher" inside a function of the kubernetes backend
+    # "from .kernels import KernelSwitch" in the extension; "from gpulab.hub.kube import
+    # core_api, namespace" inside a function of the kubernetes backend
     assert "gpulab.extensions.server.kernels" in edges["gpulab.extensions.server.handlers"]
     assert "gpulab.hub.kube" in edges["gpulab.spawner.kube_backend"]
     assert breaches({"gpulab.serving.x": {"gpulab.hub.settings"}}, USER_SIDE, SERVER_SIDE)

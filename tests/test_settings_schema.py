@@ -1,4 +1,4 @@
-"""The settings' JSON Schema, generated from hub/settings.py: the chart's values.schema.json
+"""The settings' JSON Schema, generated from hub/settings/: the chart's values.schema.json
 and the tables of docs/configuration.md are what the generator makes now, and the schema
 accepts and refuses what gpulab's own loader accepts and refuses."""
 
@@ -53,7 +53,7 @@ def merged(base: dict, extra: dict) -> dict:
 def test_the_chart_schema_and_the_docs_tables_are_current() -> None:
     stale = settings_schema.stale_files()
     assert stale == [], (
-        f"generated from hub/settings.py but not current: {', '.join(stale)}; "
+        f"generated from hub/settings/ but not current: {', '.join(stale)}; "
         f"run: {settings_schema.COMMAND}"
     )
     assert settings_schema.main(["--check"]) == 0
