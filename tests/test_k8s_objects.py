@@ -180,8 +180,10 @@ def kube_spawner(monkeypatch, tmp_path, settings: Settings, inventory: list[Gpu]
     load_config.cache_clear()
     ledger = GpuLedger("sqlite://", inventory, settings.gpus)
     ctx = Context(settings, KubernetesBackend(settings), inventory, ledger, None)
-    monkeypatch.setattr(GpuKubeSpawner, "gpulab", property(lambda self: ctx))
-    user = SimpleNamespace(name="ada", id=1, url="/user/ada/", groups=[], admin=False)
+    # the hub's services, where a hub's users find them (hub/app.py)
+    user = SimpleNamespace(
+        name="ada", id=1, url="/user/ada/", groups=[], admin=False, settings={"gpulab": ctx}
+    )
     return GpuKubeSpawner(_mock=True, user=user)
 
 

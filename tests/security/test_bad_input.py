@@ -21,7 +21,7 @@ NINES = "9" * 400
 # every route of the gpulab API that reads a JSON body (default_handlers of hub/api/*.py)
 BODY_ROUTES = [
     ("POST", "/gpulab/gpu/return"),
-    ("POST", "/gpulab/gpu/acquire"),
+    ("POST", "/gpulab/gpu/get"),
     ("POST", "/gpulab/storage/volume/resize"),
     ("POST", "/gpulab/storage/volume/snapshots"),
     ("POST", "/gpulab/jobs"),
@@ -175,7 +175,7 @@ def test_a_120_mb_body_gets_413(hub):
 
 
 def test_a_number_json_cannot_hold_stored_before_the_limits_is_written_as_null():
-    from gpulab.hub.api.gpus import finite
+    from gpulab.hub.api.base import finite
 
     stored = {"jobs": [{"active_deadline": float("inf"), "metrics": {"loss": float("nan")}}]}
     assert json.dumps(finite(stored), allow_nan=False) == (
