@@ -115,7 +115,7 @@ def main() -> int:
 
     with cluster_hub() if moves else local_hub() as (hub, gpu_id):
         user = hub.create_user("bench")
-        free, restored, acquired, stops = [], [], [], []
+        free, restored, gets, stops = [], [], [], []
         for i in range(args.rounds + 1):  # round 0 warms caches up and is not counted
             user.spawn(profile="gpu-1")
             paths = [f"nb{k}.ipynb" for k in range(2)]
@@ -143,9 +143,9 @@ def main() -> int:
             assert back == sums, (back, sums)
 
             t0 = time.perf_counter()
-            r = user.session.post(hub.api("/gpulab/gpu/acquire"), json={"gpus": 1}, timeout=60)
+            r = user.session.post(hub.api("/gpulab/gpu/get"), json={"gpus": 1}, timeout=60)
             assert r.status_code in (200, 202), r.text
-            t_acquired = state_back("Get GPU") - t0
+            t_get = state_back("Get GPU") - t0
             kernels = notebook_kernels(user, paths)
             back = [run_in_kernel(user.server_url, k, user.token, CHECK, 60) for k in kernels]
             assert back == sums, (back, sums)
@@ -161,12 +161,12 @@ def main() -> int:
                 continue
             free.append(t_free)
             restored.append(t_restored)
-            acquired.append(t_acquired)
+            gets.append(t_get)
             stops.append(t_stop)
             print(
                 f"round {i}: free {t_free:.3f}s (kernels checkpointed and ended after "
                 f"{t_checkpoint:.3f}s), state back on CPU {t_restored:.3f}s, "
-                f"Get GPU with state {t_acquired:.3f}s; stop server {t_stop:.3f}s",
+                f"Get GPU with state {t_get:.3f}s; stop server {t_stop:.3f}s",
                 flush=True,
             )
 
@@ -174,10 +174,10 @@ def main() -> int:
     print(f"backend: {args.backend}" + (" (the fake cluster; a new pod per move)" * moves))
     print(f"median click -> GPU free in the ledger: {med(free):.3f} s (goal <= 1 s, 0.3 s local)")
     print(f"median click -> variables back on the CPU: {med(restored):.3f} s")
-    print(f"median Get GPU -> variables back on the GPU: {med(acquired):.3f} s (goal <= 3 s)")
+    print(f"median Get GPU -> variables back on the GPU: {med(gets):.3f} s (goal <= 3 s)")
     print(f"median stop server -> GPU free (reference, loses state): {med(stops):.3f} s")
     print(f"return_vs_stop_ratio: {med(free) / med(stops):.3f}")
-    print(f"get_gpu_state_back_seconds: {med(acquired):.3f}")
+    print(f"get_gpu_state_back_seconds: {med(gets):.3f}")
     print(f"return_gpu{'_k8s' * moves}_seconds: {med(free):.3f}")
     return 0
 

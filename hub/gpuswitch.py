@@ -134,7 +134,7 @@ class GpuSwitch:
         model = op.as_json()
         model["by_owner"] = op.reason.endswith(f" by {OWNER}")
         model["position"] = None
-        if op.kind == "acquire" and op.state == "queued":
+        if op.kind == "get" and op.state == "queued":
             waiting = [
                 (w.user, w.server) for w in (self.ledger.queue() if queue is None else queue)
             ]
@@ -167,7 +167,7 @@ class GpuSwitch:
 
     # -- Return GPU --------------------------------------------------------------------
 
-    async def give_back(
+    async def return_gpu(
         self,
         spawner,
         reason: str,
@@ -214,7 +214,7 @@ class GpuSwitch:
                 message="Checkpointing kernels…",
                 detail={"gpu_ids": held},
             )
-            returning = await self.mover(spawner).give_back(spawner, reason, interrupt, force, t0)
+            returning = await self.mover(spawner).return_gpu(spawner, reason, interrupt, force, t0)
             if returning.result is not None:
                 return returning.result
             freed, task = returning.freed, returning.task
@@ -239,7 +239,7 @@ class GpuSwitch:
 
     # -- Get GPU -----------------------------------------------------------------------
 
-    async def acquire(self, spawner, count: int, timeout: float | None, reason: str) -> dict:
+    async def get_gpu(self, spawner, count: int, timeout: float | None, reason: str) -> dict:
         """Queue a request for GPUs; the returned operation is followed with ``status``."""
         user, server = spawner.user.name, spawner.name
         key = (user, server)
@@ -291,7 +291,7 @@ class GpuSwitch:
             self.ledger.begin_operation(
                 user,
                 server,
-                "acquire",
+                "get",
                 state="queued" if gpus is None else "restoring",
                 gpus=count,
                 reason=reason,
@@ -299,7 +299,7 @@ class GpuSwitch:
                 deadline=deadline,
             )
             task = asyncio.ensure_future(
-                self._acquire(spawner, count, groups, waiter, gpus, before)
+                self._get_gpu(spawner, count, groups, waiter, gpus, before)
             )
             self._waits[key] = task
             return {"operation": self.operation_json(self.ledger.operation(user, server))}
@@ -328,7 +328,7 @@ class GpuSwitch:
             return []
         return list(op.detail.get("gpu_ids") or [])
 
-    async def _acquire(self, spawner, count, groups, waiter, gpus, before) -> None:
+    async def _get_gpu(self, spawner, count, groups, waiter, gpus, before) -> None:
         user, server = spawner.user.name, spawner.name
         try:
             while gpus is None:
@@ -448,7 +448,7 @@ class GpuSwitch:
                 continue
             idle = _duration(now - since)
             try:
-                await self.give_back(spawner, f"reclaimed: GPU idle for {idle}")
+                await self.return_gpu(spawner, f"reclaimed: GPU idle for {idle}")
             except SwitchError as e:
                 log.warning("Could not reclaim %s's idle GPU: %s", label(user, server), e)
                 continue

@@ -46,7 +46,7 @@ class Mover(ABC):
         self.ledger = switch.ledger
 
     @abstractmethod
-    async def give_back(
+    async def return_gpu(
         self, spawner, why: str, interrupt: bool, force: bool, t0: float
     ) -> Returning:
         """Take the server's kernels off its GPUs (refusals raise ``SwitchError``)."""
@@ -62,7 +62,7 @@ class Mover(ABC):
 
 
 class KernelMover(Mover):
-    async def give_back(
+    async def return_gpu(
         self, spawner, why: str, interrupt: bool, force: bool, t0: float
     ) -> Returning:
         user, server = spawner.user.name, spawner.name
@@ -123,11 +123,11 @@ class KernelMover(Mover):
             spawner.gpus_changed([])
             message = f"Returned GPU {', '.join(released)} (finished after a hub restart)"
             self.ledger.update_operation(op.user, op.server, state="done", message=message)
-        elif op.kind == "acquire" and held and uses == set(held):
+        elif op.kind == "get" and held and uses == set(held):
             self.ledger.update_operation(
                 op.user, op.server, state="done", message="Got the GPU (after a hub restart)"
             )
-        elif op.kind == "acquire":
+        elif op.kind == "get":
             await self.undo_grant(spawner, "Interrupted by a hub restart; try again")
         else:
             self.ledger.update_operation(
@@ -149,7 +149,7 @@ class KernelMover(Mover):
 
 
 class PodMover(Mover):
-    async def give_back(
+    async def return_gpu(
         self, spawner, why: str, interrupt: bool, force: bool, t0: float
     ) -> Returning:
         # refusals (busy notebooks, other GPU processes) are answered here
@@ -253,7 +253,7 @@ class PodMover(Mover):
             await self._stop_server(spawner, "Interrupted by a hub restart while moving")
             return
         if on_pod == old:  # the move did not get as far as deleting the pod
-            if op.kind == "acquire":
+            if op.kind == "get":
                 self.ledger.release(user, server, "Get GPU rolled back")
                 spawner.gpus_changed([])
             await self._resume_in_place(spawner)

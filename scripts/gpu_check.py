@@ -97,7 +97,7 @@ def main() -> int:
         for k in op["detail"].get("kernels", []):
             print(f"  {k['path']}: kept by {k['kept_by']}. {k['note']}")
 
-        r = user.session.post(hub.api("/gpulab/gpu/acquire"), json={"gpus": 1}, timeout=60)
+        r = user.session.post(hub.api("/gpulab/gpu/get"), json={"gpus": 1}, timeout=60)
         t0 = time.perf_counter()
 
         def done():
@@ -111,7 +111,7 @@ def main() -> int:
         device, again = json.loads(run_in_kernel(user.server_url, kernel, user.token, CHECK, 120))
         intact = abs(float(checksum) - again) <= 1e-6 * max(1.0, abs(float(checksum)))
         print(f"Get GPU with the kernel's state back after {t_back:.3f} s, tensor on {device}")
-        print(f"tensor values intact after re-acquire: {'yes' if intact else 'NO'}")
+        print(f"tensor values intact after Get GPU: {'yes' if intact else 'NO'}")
         return 0 if intact else 1
     finally:
         hub.cleanup()

@@ -93,7 +93,7 @@ def test_open_labs_are_answered_by_their_server_and_follow_changes(hub):
     assert r.status_code == 200, r.text
     wait_for(lambda: lab_state(nils)["gpus"] == [], 10, "the lab to see the GPU returned")
     # a change made through the server: its own answer, then the status, agree at once
-    r = nils.session.post(nils.server_url + "/gpulab/gpu/acquire", json={"gpus": 1}, timeout=60)
+    r = nils.session.post(nils.server_url + "/gpulab/gpu/get", json={"gpus": 1}, timeout=60)
     assert r.status_code in (200, 202), r.text
     wait_for(lambda: len(lab_state(nils)["gpus"]) == 1, 60, "the GPU back in the lab")
     wait_for(lambda: lab_state(nils)["followed"], 30, "the server to follow again")

@@ -152,7 +152,7 @@ def test_return_gpu_moves_the_server_to_a_cpu_pod_and_get_gpu_moves_it_back(k8s,
     assert user_pod(kube, "eve")["metadata"]["uid"] == cpu_pod["metadata"]["uid"]
 
     # Get GPU: a GPU pod again, on the granted node, with the variables as left on the CPU
-    r = eve.session.post(hub.api("/gpulab/gpu/acquire"), json={"gpus": 1}, timeout=30)
+    r = eve.session.post(hub.api("/gpulab/gpu/get"), json={"gpus": 1}, timeout=30)
     assert r.status_code in (200, 202), r.text
     op = wait_op_ended(eve)
     assert op["state"] == "done", op
@@ -233,7 +233,7 @@ def test_get_gpu_that_cannot_be_scheduled_goes_back_to_a_cpu_pod(k8s, kube):
     path = f"/api/v1/namespaces/{NAMESPACE}/pods/outside-trainer"
     wait_for(lambda: kube_get(kube, path)["spec"].get("nodeName"), 30, "the outside pod")
     try:
-        r = fay.session.post(hub.api("/gpulab/gpu/acquire"), json={"gpus": 1}, timeout=30)
+        r = fay.session.post(hub.api("/gpulab/gpu/get"), json={"gpus": 1}, timeout=30)
         assert r.status_code in (200, 202), r.text
         op = wait_op_ended(fay, timeout=120)
         # the scheduler's reason, the grant given back, and the server on the CPU again

@@ -86,6 +86,16 @@ def test_grants_survive_reopening(tmp_path):
     assert [(g.user, g.gpu_id) for g in reopened.grants()] == [("alice", "gpu0")]
 
 
+def test_a_get_gpu_stored_as_acquire_by_an_earlier_version_reads_back_as_get(tmp_path):
+    earlier = make_ledger(tmp_path)
+    earlier.begin_operation("alice", "", "acquire", state="restoring", gpus=1)
+    earlier.begin_operation("bob", "", "return", state="checkpointing", gpus=1)
+    reopened = make_ledger(tmp_path)
+    kinds = {(op.user, op.kind, op.state) for op in reopened.operations(active_only=True)}
+    assert kinds == {("alice", "get", "restoring"), ("bob", "return", "checkpointing")}
+    assert reopened.operation("alice", "").as_json()["kind"] == "get"
+
+
 def test_reconcile_frees_grants_of_dead_holders(tmp_path):
     ledger = make_ledger(tmp_path)
     ledger.reserve("alice", "", 1)

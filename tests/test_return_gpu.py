@@ -158,7 +158,7 @@ print(r.returncode)
     )
 
     # Get GPU while bob holds one: alice gets another
-    r = alice.session.post(alice.server_url + "/gpulab/gpu/acquire", json={"gpus": 1}, timeout=60)
+    r = alice.session.post(alice.server_url + "/gpulab/gpu/get", json={"gpus": 1}, timeout=60)
     assert r.status_code in (200, 202), r.text
     op = wait_op(alice)
     assert op["state"] == "done", op["message"]
@@ -181,7 +181,7 @@ print(r.returncode)
     r = alice.session.post(alice.server_url + "/gpulab/gpu/return", json={}, timeout=60)
     assert r.status_code == 200 and r.json()["released"] == ["1"], r.text
     wait_restored(alice)
-    r = alice.session.post(alice.server_url + "/gpulab/gpu/acquire", json={"gpus": 1}, timeout=60)
+    r = alice.session.post(alice.server_url + "/gpulab/gpu/get", json={"gpus": 1}, timeout=60)
     assert r.status_code in (200, 202), r.text
     assert wait_op(alice)["state"] == "done"
     assert hub.holders() == {"1": "alice"} and check(alice, kernel)["gpus"] == "1"
@@ -196,13 +196,13 @@ def test_return_and_get_are_idempotent_and_authorised(hub):
     # someone else's server: 403, and nothing changes
     r = bob.session.post(url + "/return?user=alice", json={}, timeout=30)
     assert r.status_code == 403 and "alice" in r.json()["message"]
-    r = bob.session.post(url + "/acquire?user=alice", json={"gpus": 1}, timeout=30)
+    r = bob.session.post(url + "/get?user=alice", json={"gpus": 1}, timeout=30)
     assert r.status_code == 403
     assert hub.holders() == {"0": "alice"}
 
     # bad input: clear 4xx
     for body, status in (({"gpus": 0}, 400), ({"gpus": "two"}, 400), ({"gpus": 5}, 409)):
-        r = alice.session.post(url + "/acquire", json=body, timeout=30)
+        r = alice.session.post(url + "/get", json=body, timeout=30)
         assert r.status_code == status, (body, r.text)
         assert r.json()["message"]
     r = alice.session.post(url + "/return", data="not json", timeout=30)
@@ -232,17 +232,17 @@ def test_return_and_get_are_idempotent_and_authorised(hub):
 
     # beyond the user's quota (2), or the pool (3) for a user allowed 4: refused at
     # once, not left in the queue
-    r = alice.session.post(url + "/acquire", json={"gpus": 3}, timeout=30)
+    r = alice.session.post(url + "/get", json={"gpus": 3}, timeout=30)
     assert r.status_code == 403 and "quota" in r.json()["message"]
     lab = hub.create_user("lab")
     assert lab.spawn(profile="cpu").status_code in (201, 202)
-    r = lab.session.post(url + "/acquire", json={"gpus": 4}, timeout=30)
+    r = lab.session.post(url + "/get", json={"gpus": 4}, timeout=30)
     assert r.status_code == 400, r.text
     assert r.json()["message"] == "Get GPU asks for 4 GPU(s); this hub has 3"
     assert gpu_state(lab)["queue"] == 0 and gpu_state(lab)["operation"] is None
 
     # an admin may return anyone's GPU
-    r = alice.session.post(url + "/acquire", json={"gpus": 1}, timeout=30)
+    r = alice.session.post(url + "/get", json={"gpus": 1}, timeout=30)
     assert r.status_code in (200, 202)
     assert wait_op(alice)["state"] == "done"
     r = root.session.post(url + "/return?user=alice", json={}, timeout=60)
@@ -259,7 +259,7 @@ def test_get_gpu_waits_in_a_queue_and_can_be_cancelled(hub):
     kernel = open_notebook(carol, "c.ipynb")
     run(carol, kernel, "x = 41")
 
-    r = carol.session.post(carol.server_url + "/gpulab/gpu/acquire", json={"gpus": 1}, timeout=30)
+    r = carol.session.post(carol.server_url + "/gpulab/gpu/get", json={"gpus": 1}, timeout=30)
     assert r.status_code == 202, r.text
     op = gpu_state(carol)["operation"]
     assert op["state"] == "queued" and op["position"] == 1
@@ -274,11 +274,11 @@ def test_get_gpu_waits_in_a_queue_and_can_be_cancelled(hub):
 
     # waiting again, then cancelled: nothing granted, the queue empty
     carol.session.post(hub.api("/gpulab/gpu/return"), json={}, timeout=60)
-    bob.session.post(hub.api("/gpulab/gpu/acquire"), json={"gpus": 1}, timeout=30)
+    bob.session.post(hub.api("/gpulab/gpu/get"), json={"gpus": 1}, timeout=30)
     assert wait_op(bob)["state"] == "done"
-    r = carol.session.post(carol.server_url + "/gpulab/gpu/acquire", json={"gpus": 1}, timeout=30)
+    r = carol.session.post(carol.server_url + "/gpulab/gpu/get", json={"gpus": 1}, timeout=30)
     assert gpu_state(carol)["operation"]["state"] == "queued"
-    r = carol.session.delete(carol.server_url + "/gpulab/gpu/acquire", timeout=30)
+    r = carol.session.delete(carol.server_url + "/gpulab/gpu/get", timeout=30)
     assert r.status_code == 200 and r.json()["operation"]["state"] == "cancelled"
     assert gpu_state(carol)["queue"] == 0
     assert "carol" not in hub.holders().values()
@@ -446,7 +446,7 @@ def test_hub_restart_in_the_middle_of_a_return_completes_it(make_hub):
     got = {}
     getting = threading.Thread(
         target=lambda: got.update(
-            r=alice.session.post(url + "/acquire", json={"gpus": 1}, timeout=120)
+            r=alice.session.post(url + "/get", json={"gpus": 1}, timeout=120)
         ),
         daemon=True,
     )
@@ -464,10 +464,10 @@ def test_hub_restart_in_the_middle_of_a_return_completes_it(make_hub):
     getting.join()
     r = got["r"]
     assert r.status_code in (200, 202), r.text
-    assert r.json()["operation"]["kind"] == "acquire", r.json()
+    assert r.json()["operation"]["kind"] == "get", r.json()
     assert finished is None or "after a hub restart" in finished["message"], finished
     op = wait_op(alice)
-    assert op["kind"] == "acquire" and op["state"] == "done", op
+    assert op["kind"] == "get" and op["state"] == "done", op
     assert hub.holders() == {"0": "alice"}
     wait_restored(alice)
     assert json.loads(

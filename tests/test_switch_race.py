@@ -129,7 +129,7 @@ def test_cells_sent_while_the_gpu_moves_run_once_in_order_with_their_variables(h
         for _ in range(50):
             time.sleep(rng.uniform(0, 0.3))  # the click lands anywhere among the cells
             state = wait_for(lambda: settled(user), 120, "the last switch to be over")
-            action = "return" if state["gpus"] else "acquire"
+            action = "return" if state["gpus"] else "get"
             r = user.session.post(f"{user.server_url}/gpulab/gpu/{action}", json={}, timeout=120)
             assert r.status_code in (200, 202), r.text
             switches.append(action)
@@ -147,7 +147,7 @@ def test_cells_sent_while_the_gpu_moves_run_once_in_order_with_their_variables(h
             stdout, errors = dict(client.stdout), dict(client.errors)
     finally:
         client.close()
-    assert switches.count("return") == 25 and switches.count("acquire") == 25
+    assert switches.count("return") == 25 and switches.count("get") == 25
     assert len(sent) > 200, "too few cells ran during the switches to prove anything"
     # exactly one reply for each cell, in the order they were sent
     assert [parent for parent, _ in replies] == sent
@@ -198,7 +198,7 @@ def test_a_restore_that_fails_keeps_its_checkpoint_says_why_and_runs_no_cell_wit
     assert "No module named 'thing'" in kept[0]["why"]
 
     # the next switch saves an empty kernel: it must not take the place of the kept one
-    r = user.session.post(user.server_url + "/gpulab/gpu/acquire", json={}, timeout=120)
+    r = user.session.post(user.server_url + "/gpulab/gpu/get", json={}, timeout=120)
     assert r.status_code in (200, 202), r.text
     wait_for(lambda: settled(user) and settled(user)["gpus"], 120, "Get GPU")
     listing = gpulab(hub, user.token, "gpu", "checkpoints", "--json")
@@ -255,7 +255,7 @@ def test_a_checkpoint_restores_into_a_full_home_and_a_switch_says_why_it_cannot_
     assert run(gus, kernel, "print(x, steps)").strip() == "41 [0, 1, 2, 3, 4]"
 
     # a switch cannot save the kernel now: it says why, and nothing changes
-    r = gus.session.post(gus.server_url + "/gpulab/gpu/acquire", json={}, timeout=120)
+    r = gus.session.post(gus.server_url + "/gpulab/gpu/get", json={}, timeout=120)
     assert r.status_code in (200, 202), r.text
     op = wait_for(lambda: (s := settled(gus)) and s["operation"], 120, "Get GPU to end")
     assert op["state"] == "failed" and "Free some space in your home" in op["message"], op

@@ -5,7 +5,7 @@ For the browser (the JupyterLab frontend), authenticated as the server's user:
 - ``GET  gpulab/gpu``: this server's GPUs (with NVML memory and utilisation when there
   is a driver), the pool, the operation in progress and the last restore report;
 - ``POST gpulab/gpu/return`` ``{"interrupt": false, "force": false}``;
-- ``POST gpulab/gpu/acquire`` ``{"gpus": 1, "timeout": 600}``; ``DELETE`` cancels it.
+- ``POST gpulab/gpu/get`` ``{"gpus": 1, "timeout": 600}``; ``DELETE`` cancels it.
 
 These forward to the hub's ``/hub/api/gpulab/gpu`` API with the server's own token: the
 hub keeps the ledger and decides. The lab's workloads panel reads the user's own jobs,
@@ -106,8 +106,8 @@ class GpuHandler(_Base):
 
     @web.authenticated
     async def post(self, action: str = ""):
-        if action not in ("/return", "/acquire"):
-            raise web.HTTPError(404, "POST gpulab/gpu/return or gpulab/gpu/acquire")
+        if action not in ("/return", "/get"):
+            raise web.HTTPError(404, "POST gpulab/gpu/return or gpulab/gpu/get")
         try:
             answer = await server_gpu("POST", action, self.body(), SWITCH_RELAY_TIMEOUT)
         finally:
@@ -116,8 +116,8 @@ class GpuHandler(_Base):
 
     @web.authenticated
     async def delete(self, action: str = ""):
-        if action != "/acquire":
-            raise web.HTTPError(404, "DELETE gpulab/gpu/acquire cancels a waiting Get GPU")
+        if action != "/get":
+            raise web.HTTPError(404, "DELETE gpulab/gpu/get cancels a waiting Get GPU")
         try:
             answer = await server_gpu("DELETE", action)
         finally:
@@ -266,7 +266,7 @@ def handlers(base_url: str) -> list:
         return base_url.rstrip("/") + "/gpulab/" + path
 
     return [
-        (url(r"gpu(/return|/acquire)?"), GpuHandler),
+        (url(r"gpu(/return|/get)?"), GpuHandler),
         # a name: the hub's own rule (lower-case letters, digits and '-'); then its parts
         (
             url(r"hub/(jobs|sweeps|models)((?:/[a-z][a-z0-9-]*(?:/logs|/cancel)?)?)"),

@@ -5,9 +5,9 @@
 - ``POST   /hub/api/gpulab/gpu/return`` ``{"interrupt": false, "force": false,
   "wait": true}``: answers once the GPUs are free (202 while a new pod still starts, on
   the kubernetes backend; ``"wait": false`` answers at once);
-- ``POST   /hub/api/gpulab/gpu/acquire`` ``{"gpus": 1, "timeout": 600}`` (202: follow
+- ``POST   /hub/api/gpulab/gpu/get`` ``{"gpus": 1, "timeout": 600}`` (202: follow
   it with GET);
-- ``DELETE /hub/api/gpulab/gpu/acquire``: cancel a waiting Get GPU;
+- ``DELETE /hub/api/gpulab/gpu/get``: cancel a waiting Get GPU;
 - ``GET    /hub/api/gpulab/gpu/checkpoints``: the checkpoints of the server's kernels on
   its home (the server must run); ``POST .../checkpoints/ID/restore`` ``{"notebook":
   "path"}`` loads one into a notebook's kernel; ``DELETE .../checkpoints/ID`` removes it.
@@ -88,7 +88,7 @@ class GpuHandler(GpulabAPIHandler):
         by = OWNER if actor == spawner.user.name else f"admin {actor}"
         try:
             if action == "/return":
-                result = await self.gpulab.switch.give_back(
+                result = await self.gpulab.switch.return_gpu(
                     spawner,
                     f"returned by {by}",
                     interrupt=bool(body.get("interrupt", False)),
@@ -97,8 +97,8 @@ class GpuHandler(GpulabAPIHandler):
                 )
                 op = result.get("operation") or {}
                 return self.answer(result, 202 if op.get("state") in Operation.ACTIVE else 200)
-            if action == "/acquire":
-                result = await self.gpulab.switch.acquire(
+            if action == "/get":
+                result = await self.gpulab.switch.get_gpu(
                     spawner, body.get("gpus", 1), body.get("timeout"), f"Get GPU by {by}"
                 )
                 op = result.get("operation") or {}
@@ -106,11 +106,11 @@ class GpuHandler(GpulabAPIHandler):
         except SwitchError as e:
             self.set_status(e.status)
             return self.write_json({"status": e.status, "message": e.message, **e.detail})
-        raise web.HTTPError(404, "POST /hub/api/gpulab/gpu/return or /gpu/acquire")
+        raise web.HTTPError(404, "POST /hub/api/gpulab/gpu/return or /gpu/get")
 
     async def delete(self, action: str = ""):
-        if action != "/acquire":
-            raise web.HTTPError(404, "DELETE /hub/api/gpulab/gpu/acquire cancels a Get GPU")
+        if action != "/get":
+            raise web.HTTPError(404, "DELETE /hub/api/gpulab/gpu/get cancels a Get GPU")
         spawner, _ = self.spawner()
         self.write_json(self.gpulab.switch.cancel(spawner))
 
@@ -159,6 +159,6 @@ CHECKPOINT_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z-]{0,63}")
 """A checkpoint's id (as the server names them): never a path."""
 
 default_handlers = [
-    (r"/api/gpulab/gpu(/return|/acquire)?", GpuHandler),
+    (r"/api/gpulab/gpu(/return|/get)?", GpuHandler),
     (r"/api/gpulab/gpu/checkpoints(?:/([^/]+))?(/restore)?", CheckpointsHandler),
 ]

@@ -146,10 +146,10 @@ class GpulabClient:
     ) -> dict:
         """Ask for GPUs for a running server; follow the operation with ``gpu_status``."""
         body = {"gpus": gpus, **({"timeout": timeout} if timeout is not None else {})}
-        return self._gpu("POST", "/acquire", user, server, body)
+        return self._gpu("POST", "/get", user, server, body)
 
     def cancel_get_gpu(self, user: str | None = None, server: str = "") -> dict:
-        return self._gpu("DELETE", "/acquire", user, server)
+        return self._gpu("DELETE", "/get", user, server)
 
     def checkpoints(self, user: str | None = None, server: str = "") -> list[dict]:
         """The checkpoints of the server's kernels on its home, newest first."""

@@ -65,6 +65,14 @@ class GpuLedger:
         if path != ":memory:":
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            # Get GPU was stored as kind "acquire" before it was named "get" everywhere;
+            # rename those so operations of an earlier version are still settled
+            conn.execute(
+                update(operations_table)
+                .where(operations_table.c.kind == "acquire")
+                .values(kind="get")
+            )
         if url.startswith("sqlite:///") and path != ":memory:":
             os.chmod(path, 0o600)  # grants name users; only the hub reads them
         self.version = 0

@@ -123,7 +123,7 @@ class Waiter:
 
 @dataclass(frozen=True)
 class Operation:
-    """A Return GPU or Get GPU of one server: ``kind`` return|acquire, ``state`` one of
+    """A Return GPU or Get GPU of one server: ``kind`` return|get, ``state`` one of
     queued, checkpointing, restoring, done, failed, cancelled."""
 
     user: str

@@ -20,8 +20,8 @@ ENDPOINTS = [
     ("GET", "/gpulab/events?user=alice"),
     ("GET", "/gpulab/gpu?user=alice"),
     ("POST", "/gpulab/gpu/return?user=alice"),
-    ("POST", "/gpulab/gpu/acquire?user=alice"),
-    ("DELETE", "/gpulab/gpu/acquire?user=alice"),
+    ("POST", "/gpulab/gpu/get?user=alice"),
+    ("DELETE", "/gpulab/gpu/get?user=alice"),
     ("GET", "/gpulab/storage?user=alice"),
     ("GET", "/gpulab/storage/volume?user=alice"),
     ("POST", "/gpulab/storage/volume/resize?user=alice"),
@@ -67,7 +67,7 @@ def test_another_users_name_opens_nothing(hub):
     )
 
     for method, path in ENDPOINTS:
-        body = {"gpus": 1} if "acquire" in path else {"instances": [1]} if "predict" in path else {}
+        body = {"gpus": 1} if "gpu/get" in path else {"instances": [1]} if "predict" in path else {}
         r = bob.session.request(method, hub.api(path), json=body, timeout=60)
         assert r.status_code in (400, 401, 403, 404, 405), (method, path, r.status_code, r.text)
         assert MARKER not in r.text, (method, path, r.text)

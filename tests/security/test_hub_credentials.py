@@ -73,7 +73,7 @@ def test_nothing_the_hub_sends_a_server_is_a_credential_at_the_hub(hub):
     capturing_server(mallory, "cpu")
 
     url = mallory.server_url + "/gpulab/gpu"
-    r = mallory.session.post(url + "/acquire", json={"gpus": 1}, timeout=120)
+    r = mallory.session.post(url + "/get", json={"gpus": 1}, timeout=120)
     assert r.status_code in (200, 202), r.text
 
     def settled():

@@ -19,7 +19,7 @@ export type OperationState =
   'queued' | 'checkpointing' | 'releasing' | 'restoring' | 'done' | 'failed' | 'cancelled';
 
 export interface IOperation {
-  kind: 'return' | 'acquire';
+  kind: 'return' | 'get';
   state: OperationState;
   position: number | null;
   gpus: number;
@@ -92,7 +92,7 @@ export interface IGpuProcess {
   command: string;
 }
 
-export interface IAcquireResult {
+export interface IGetGpuResult {
   operation: IOperation | null;
   message?: string;
 }
@@ -143,12 +143,12 @@ export class GpuApi {
     return this.request<IReturnResult>('POST', 'return', { interrupt, force, wait });
   }
 
-  acquire(gpus: number, timeout = 600): Promise<IAcquireResult> {
-    return this.request<IAcquireResult>('POST', 'acquire', { gpus, timeout });
+  getGpu(gpus: number, timeout = 600): Promise<IGetGpuResult> {
+    return this.request<IGetGpuResult>('POST', 'get', { gpus, timeout });
   }
 
-  cancelAcquire(): Promise<IAcquireResult> {
-    return this.request<IAcquireResult>('DELETE', 'acquire');
+  cancelGetGpu(): Promise<IGetGpuResult> {
+    return this.request<IGetGpuResult>('DELETE', 'get');
   }
 
   private request<T>(method: string, path: string, body?: object): Promise<T> {

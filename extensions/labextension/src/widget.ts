@@ -217,7 +217,7 @@ export class GpuWidget extends Widget {
     }
     await this._act('Asking for a GPU…', 'Getting GPU…', async () => {
       try {
-        const result = await this.api.acquire(count);
+        const result = await this.api.getGpu(count);
         const op = result.operation;
         if (op && ACTIVE_STATES.has(op.state)) {
           this._followed = op.started;
@@ -234,7 +234,7 @@ export class GpuWidget extends Widget {
   async cancelGet(): Promise<void> {
     await this._act('Cancelling…', 'Cancelling…', async () => {
       try {
-        const result = await this.api.cancelAcquire();
+        const result = await this.api.cancelGetGpu();
         this._followed = null;
         this._notify(result.message || 'Get GPU cancelled');
       } catch (error) {
@@ -482,7 +482,7 @@ export class GpuWidget extends Widget {
     this._cancel.hidden = !(
       this._active &&
       !this._pending &&
-      op?.kind === 'acquire' &&
+      op?.kind === 'get' &&
       op.state === 'queued'
     );
     this._dismiss.hidden = !(this._notice && !this._active && !this._pending);
