@@ -11,11 +11,11 @@ import { WorkloadsPanel } from './panel';
 import { GpuWidget, gpuIcon } from './widget';
 import { WorkloadsApi } from './workloads';
 
-namespace CommandIDs {
-  export const returnGpu = 'gpulab:return-gpu';
-  export const getGpu = 'gpulab:get-gpu';
-  export const showWorkloads = 'gpulab:show-workloads';
-}
+const CommandIDs = {
+  returnGpu: 'gpulab:return-gpu',
+  getGpu: 'gpulab:get-gpu',
+  showWorkloads: 'gpulab:show-workloads'
+} as const;
 
 const plugin: JupyterFrontEndPlugin<void> = {
   id: '@gpulab/lab:plugin',

@@ -9,6 +9,7 @@ import { LabIcon } from '@jupyterlab/ui-components';
 import { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 
+import { jobSummary, modelSummary, sweepSummary } from './summary';
 import { ACTIVE, IJob, IModel, ISweep, WorkloadsApi } from './workloads';
 
 const JOBS_SVG = `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 24 24">
@@ -44,66 +45,6 @@ function el<K extends keyof HTMLElementTagNameMap>(
   }
   parent?.appendChild(node);
   return node;
-}
-
-/** "42s", "3m 5s", "2h 4m" from two ISO times (the second: now when null). */
-export function duration(from: string | null, to: string | null): string {
-  if (!from) {
-    return '';
-  }
-  const end = Date.parse(to ?? '') || Date.now();
-  const s = Math.max(0, Math.round((end - Date.parse(from)) / 1000));
-  if (s < 60) {
-    return `${s}s`;
-  }
-  if (s < 3600) {
-    return `${Math.floor(s / 60)}m ${s % 60}s`;
-  }
-  return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
-}
-
-function metrics(values: { [name: string]: number }): string {
-  return Object.entries(values)
-    .map(([k, v]) => `${k}=${Number.isInteger(v) ? v : Number(v.toPrecision(4))}`)
-    .join(' ');
-}
-
-/** What a job's row says after its state: the queue, GPUs, how long, its metrics. */
-export function jobSummary(job: IJob): string {
-  const parts: string[] = [];
-  if (job.state === 'queued' && job.queue_position) {
-    parts.push(`#${job.queue_position} in the queue`);
-  }
-  parts.push(`${job.replicas.length} replica${job.replicas.length === 1 ? '' : 's'}`);
-  if (job.gpus) {
-    parts.push(`${job.gpus} GPU${job.gpus === 1 ? '' : 's'}`);
-  }
-  const took = duration(job.started, job.finished);
-  if (took) {
-    parts.push(took);
-  }
-  const m = metrics(job.metrics || {});
-  if (m) {
-    parts.push(m);
-  }
-  return parts.join(' · ');
-}
-
-export function sweepSummary(sweep: ISweep): string {
-  const done = sweep.trials.filter(t => !ACTIVE.has(t.state)).length;
-  const parts = [`${done}/${sweep.total_trials} trials`];
-  if (sweep.best && sweep.best.metric !== null) {
-    parts.push(`best ${sweep.best.name}: ${sweep.objective.metric}=${sweep.best.metric}`);
-  }
-  return parts.join(' · ');
-}
-
-export function modelSummary(model: IModel): string {
-  const serving = model.replica_status.filter(r => r.state === 'available').length;
-  const versions = model.model_versions
-    .map(v => `v${v.version} ${v.state.toLowerCase()}`)
-    .join(', ');
-  return [`${serving}/${model.replicas} serving`, versions].filter(Boolean).join(' · ');
 }
 
 export class WorkloadsPanel extends Widget {
@@ -196,7 +137,10 @@ export class WorkloadsPanel extends Widget {
         kind === 'job'
           ? 'Every replica is stopped and its GPUs go back. Its logs stay on your home.'
           : 'Its running trials are stopped; finished trials and their results stay.',
-      buttons: [Dialog.cancelButton({ label: 'Keep running' }), Dialog.warnButton({ label: `Cancel ${kind}` })]
+      buttons: [
+        Dialog.cancelButton({ label: 'Keep running' }),
+        Dialog.warnButton({ label: `Cancel ${kind}` })
+      ]
     });
     if (!result.button.accept) {
       return;
@@ -229,12 +173,20 @@ export class WorkloadsPanel extends Widget {
     if (pre) {
       pre.scrollTop = atEnd || scroll === undefined ? pre.scrollHeight : scroll;
     }
-    const status = this._notice ?? this._error ?? (this._updated ? `Updated ${this._updated.toLocaleTimeString()}` : 'Loading…');
+    const status =
+      this._notice ??
+      this._error ??
+      (this._updated ? `Updated ${this._updated.toLocaleTimeString()}` : 'Loading…');
     this._status.textContent = status;
     this._status.dataset.level = this._error ? 'error' : 'info';
   }
 
-  private _section<T>(title: string, items: T[], empty: string, row: (item: T) => HTMLElement): void {
+  private _section<T>(
+    title: string,
+    items: T[],
+    empty: string,
+    row: (item: T) => HTMLElement
+  ): void {
     const section = el('section', 'gpulab-wl-section', '', this._body);
     section.dataset.kind = title.toLowerCase();
     el('h3', 'gpulab-wl-heading', `${title} (${items.length})`, section);
@@ -324,7 +276,8 @@ export class WorkloadsPanel extends Widget {
 
   private _modelRow(model: IModel): HTMLElement {
     const li = this._row(model.name, model.state, modelSummary(model));
-    (li.firstElementChild as HTMLElement).title = `${model.message}\n${model.endpoints.predict}`.trim();
+    (li.firstElementChild as HTMLElement).title =
+      `${model.message}\n${model.endpoints.predict}`.trim();
     return li;
   }
 
@@ -336,7 +289,10 @@ export class WorkloadsPanel extends Widget {
       this._jobs.some(j => ACTIVE.has(j.state)) ||
       this._sweeps.some(s => s.state === 'running') ||
       this._models.some(m => m.state !== 'available' && m.state !== 'failed');
-    this._timer = window.setTimeout(() => void this.refresh(), busy ? POLL_ACTIVE_MS : POLL_IDLE_MS);
+    this._timer = window.setTimeout(
+      () => void this.refresh(),
+      busy ? POLL_ACTIVE_MS : POLL_IDLE_MS
+    );
   }
 
   private _clearTimer(): void {

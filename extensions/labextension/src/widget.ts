@@ -9,8 +9,10 @@ import { Widget } from '@lumino/widgets';
 
 import { ACTIVE_STATES, GpuApi, GpuApiError, IGpuState, IReturnOptions } from './api';
 import * as format from './format';
+import * as topbar from './topbar';
+import { NoticeLevel, WidgetState } from './topbar';
 
-export type WidgetState = 'gpu' | 'nogpu' | 'busy' | 'error' | 'reconnecting';
+export type { WidgetState } from './topbar';
 
 const GPU_SVG = `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 24 24">
   <g class="jp-icon3" fill="#616161">
@@ -28,7 +30,7 @@ const POLL_HIDDEN_MS = 15000;
 interface INotice {
   text: string;
   title: string;
-  level: 'info' | 'warn' | 'error';
+  level: NoticeLevel;
 }
 
 /** What the page does around a move of the server to a new pod (kubernetes). */
@@ -100,19 +102,7 @@ export class GpuWidget extends Widget {
   }
 
   get state(): WidgetState {
-    if (this._pending || this._active || this._moving) {
-      return 'busy';
-    }
-    if (this._error) {
-      return 'error';
-    }
-    if (this._away && this._state) {
-      return 'reconnecting';
-    }
-    if (!this._state) {
-      return 'busy';
-    }
-    return this._state.gpus.length ? 'gpu' : 'nogpu';
+    return topbar.widgetState(this._state, this._page);
   }
 
   get canReturn(): boolean {
@@ -251,15 +241,16 @@ export class GpuWidget extends Widget {
 
   /** An operation or a restore is under way on the server. */
   private get _active(): boolean {
-    const s = this._state;
-    if (!s || this._error) {
-      return false;
-    }
-    return (
-      (!!s.operation && ACTIVE_STATES.has(s.operation.state)) ||
-      s.restore?.state === 'restoring' ||
-      !!s.switching
-    );
+    return topbar.active(this._state, !!this._error);
+  }
+
+  /** What this page is doing, for the decisions of what the top bar shows. */
+  private get _page(): topbar.IPage {
+    return {
+      switching: !!(this._pending || this._active || this._moving),
+      error: !!this._error,
+      away: !!this._away
+    };
   }
 
   /**
@@ -351,12 +342,12 @@ export class GpuWidget extends Widget {
       this._notice = {
         text: format.outcome(op, state.restore),
         title: state.restore ? format.restoreDetails(state.restore) : '',
-        level: op.state === 'failed' ? 'error' : state.restore?.state === 'failed' ? 'warn' : 'info'
+        level: topbar.outcomeLevel(op, state.restore)
       };
     }
   }
 
-  private _notify(text: string, level: INotice['level'] = 'info'): void {
+  private _notify(text: string, level: NoticeLevel = 'info'): void {
     this._notice = { text, title: '', level };
   }
 
@@ -416,10 +407,10 @@ export class GpuWidget extends Widget {
   }
 
   private _render(): void {
-    const state = this.state;
+    const page = this._page;
     const s = this._state;
-    const switching = !!(this._pending || this._active || this._moving);
-    this.node.dataset.gpulabState = state;
+    const switching = page.switching;
+    this.node.dataset.gpulabState = topbar.widgetState(s, page);
 
     if (this._lost) {
       this._label.textContent = 'GPU…';
@@ -438,25 +429,15 @@ export class GpuWidget extends Widget {
       this.node.title = 'Checking this server’s GPU';
     }
 
-    const holds = !!s?.gpus.length;
-    this._button.hidden =
-      !s || !!this._error || !!s.switch_unavailable || (!holds && !s.total);
-    // never an action that cannot be taken: while a switch runs, what it is doing
-    if (switching) {
-      this._button.textContent =
-        this._doing ?? format.doing(s?.operation ?? null, s?.restore ?? null);
-      this._button.title = 'Wait until this is done';
-    } else {
-      this._button.textContent = holds ? 'Return GPU' : 'Get GPU';
-      this._button.title = holds
-        ? 'Give the GPU back to the pool; your files, notebooks and variables are kept'
-        : `Ask for ${Math.max(1, s?.profile_gpus || 0)} GPU(s) and move your kernels onto it`;
-    }
-    this._button.disabled = state === 'busy' || state === 'reconnecting';
+    const button = topbar.button(s, page, this._doing);
+    this._button.hidden = button.hidden;
+    this._button.textContent = button.text;
+    this._button.title = button.title;
+    this._button.disabled = button.disabled;
 
     let text = '';
     let title = '';
-    let level: INotice['level'] = 'info';
+    let level: NoticeLevel = 'info';
     if (this._lost) {
       text = MOVING_TEXT;
     } else if (this._away && s) {
@@ -478,13 +459,7 @@ export class GpuWidget extends Widget {
     this._status.classList.toggle('gpulab-mod-warn', level === 'warn');
     this._status.classList.toggle('gpulab-mod-error', level === 'error');
 
-    const op = s?.operation;
-    this._cancel.hidden = !(
-      this._active &&
-      !this._pending &&
-      op?.kind === 'get' &&
-      op.state === 'queued'
-    );
+    this._cancel.hidden = !topbar.canCancel(s?.operation, this._active, !!this._pending);
     this._dismiss.hidden = !(this._notice && !this._active && !this._pending);
     this._changed.emit();
   }

@@ -1,0 +1,205 @@
+import { ServerConnection } from '@jupyterlab/services';
+
+import { GpuApi, GpuApiError, requestJson } from '../api';
+import { WorkloadsApi } from '../workloads';
+
+const BASE = 'http://lab.example/user/ann/';
+
+/** A request as the server sees it. */
+interface ISent {
+  method: string;
+  path: string;
+  query: URLSearchParams;
+  contentType: string | null;
+  body: unknown;
+}
+
+/**
+ * Settings whose fetch records each request and answers with `answer` (a Response, or an
+ * error to throw as the network would).
+ */
+function server(answer: () => Response | Error): {
+  settings: ServerConnection.ISettings;
+  sent: ISent[];
+} {
+  const sent: ISent[] = [];
+  const fetch = async (request: Request): Promise<Response> => {
+    const url = new URL(request.url);
+    const text = await request.text();
+    sent.push({
+      method: request.method,
+      path: url.pathname,
+      query: url.searchParams,
+      contentType: request.headers.get('Content-Type'),
+      body: text ? JSON.parse(text) : undefined
+    });
+    const result = answer();
+    if (result instanceof Error) {
+      throw result;
+    }
+    return result;
+  };
+  const settings = ServerConnection.makeSettings({
+    baseUrl: BASE,
+    fetch: fetch as typeof globalThis.fetch
+  });
+  return { settings, sent };
+}
+
+function json(body: unknown, status = 200, statusText = 'OK'): () => Response {
+  return () => new Response(JSON.stringify(body), { status, statusText });
+}
+
+/** The error `promise` rejects with. */
+async function failure(promise: Promise<unknown>): Promise<GpuApiError> {
+  const error = await promise.then(
+    () => null,
+    (e: unknown) => e
+  );
+  expect(error).toBeInstanceOf(GpuApiError);
+  return error as GpuApiError;
+}
+
+describe('GpuApi requests', () => {
+  it("reads the state under the server's base URL", async () => {
+    const { settings, sent } = server(json({ gpus: [], free: 1, total: 1 }));
+    expect(await new GpuApi(settings).state()).toEqual({ gpus: [], free: 1, total: 1 });
+    expect(sent.map(s => [s.method, s.path, s.body])).toEqual([
+      ['GET', '/user/ann/gpulab/gpu', undefined]
+    ]);
+  });
+
+  it('returns the GPU waiting for it by default, refusing busy notebooks', async () => {
+    const { settings, sent } = server(json({ released: ['0'], message: '', operation: null }));
+    await new GpuApi(settings).returnGpu();
+    expect(sent[0]).toMatchObject({
+      method: 'POST',
+      path: '/user/ann/gpulab/gpu/return',
+      contentType: 'application/json',
+      body: { interrupt: false, force: false, wait: true }
+    });
+  });
+
+  it('passes the choices made after a refusal', async () => {
+    const { settings, sent } = server(json({ released: [], message: '', operation: null }));
+    await new GpuApi(settings).returnGpu({ interrupt: true, force: true, wait: false });
+    expect(sent[0].body).toEqual({ interrupt: true, force: true, wait: false });
+  });
+
+  it('asks for a number of GPUs with a timeout, and cancels with DELETE', async () => {
+    const { settings, sent } = server(json({ operation: null }));
+    const api = new GpuApi(settings);
+    await api.getGpu(2);
+    await api.getGpu(1, 30);
+    await api.cancelGetGpu();
+    expect(sent.map(s => [s.method, s.path, s.body])).toEqual([
+      ['POST', '/user/ann/gpulab/gpu/get', { gpus: 2, timeout: 600 }],
+      ['POST', '/user/ann/gpulab/gpu/get', { gpus: 1, timeout: 30 }],
+      ['DELETE', '/user/ann/gpulab/gpu/get', undefined]
+    ]);
+  });
+});
+
+describe('GpuApi errors', () => {
+  it("takes the server's message, with the notebooks still running code", async () => {
+    const { settings } = server(
+      json(
+        { status: 409, message: 'notebooks are running code', busy: ['a.ipynb', 'b.ipynb'] },
+        409
+      )
+    );
+    const error = await failure(new GpuApi(settings).returnGpu());
+    expect([error.message, error.status, error.busy, error.processes]).toEqual([
+      'notebooks are running code',
+      409,
+      ['a.ipynb', 'b.ipynb'],
+      []
+    ]);
+  });
+
+  it('lists the processes outside the notebooks that use the GPU', async () => {
+    const processes = [{ pid: 4242, command: 'python train.py' }];
+    const { settings } = server(json({ message: 'other processes use the GPU', processes }, 409));
+    const error = await failure(new GpuApi(settings).returnGpu());
+    expect(error.processes).toEqual(processes);
+    expect(error.busy).toEqual([]);
+  });
+
+  it('falls back to the status line when the answer has no message', async () => {
+    const { settings } = server(
+      () => new Response('<html>Bad Gateway</html>', { status: 502, statusText: 'Bad Gateway' })
+    );
+    const error = await failure(new GpuApi(settings).state());
+    expect([error.message, error.status, error.body]).toEqual([
+      'the server answered 502 Bad Gateway',
+      502,
+      {}
+    ]);
+    const { settings: empty } = server(json({ message: '' }, 500, ''));
+    expect((await failure(new GpuApi(empty).state())).message).toBe('the server answered 500');
+  });
+
+  it('says when the server cannot be reached, with status 0', async () => {
+    const { settings } = server(() => new TypeError('Failed to fetch'));
+    const error = await failure(new GpuApi(settings).state());
+    expect(error.status).toBe(0);
+    expect(error.message).toMatch(/^cannot reach the server: .*Failed to fetch/);
+  });
+
+  it('refuses an answer that is not a JSON object', async () => {
+    const { settings: text } = server(() => new Response('ok'));
+    expect((await failure(requestJson(text, 'GET', 'x'))).message).toBe(
+      'the server answered with something other than JSON'
+    );
+    const { settings: list } = server(json([1, 2]));
+    expect((await failure(requestJson(list, 'GET', 'x'))).message).toBe(
+      'the server answered with something other than a JSON object'
+    );
+    const { settings: nothing } = server(() => new Response(''));
+    expect(await requestJson(nothing, 'POST', 'x')).toEqual({});
+  });
+
+  it('refuses a state without a list of GPUs', async () => {
+    const { settings } = server(json({ free: 1, total: 1 }));
+    expect((await failure(new GpuApi(settings).state())).message).toBe(
+      'the server answered without a list of GPUs'
+    );
+  });
+});
+
+describe('WorkloadsApi', () => {
+  it("reads a replica's log from an offset, the job's name escaped", async () => {
+    const { settings, sent } = server(() => new Response('epoch 3\n'));
+    expect(await new WorkloadsApi(settings).jobLog('my job', 'worker-1', 120)).toBe('epoch 3\n');
+    expect(sent[0].method).toBe('GET');
+    expect(sent[0].path).toBe('/user/ann/gpulab/hub/jobs/my%20job/logs');
+    expect([sent[0].query.get('replica'), sent[0].query.get('offset')]).toEqual([
+      'worker-1',
+      '120'
+    ]);
+  });
+
+  it('cancels jobs and sweeps with POST', async () => {
+    const { settings, sent } = server(json({ name: 'x', state: 'cancelled' }));
+    const api = new WorkloadsApi(settings);
+    await api.cancelJob('train');
+    await api.cancelSweep('lr');
+    expect(sent.map(s => [s.method, s.path, s.body])).toEqual([
+      ['POST', '/user/ann/gpulab/hub/jobs/train/cancel', {}],
+      ['POST', '/user/ann/gpulab/hub/sweeps/lr/cancel', {}]
+    ]);
+  });
+
+  it("reads the lists, empty when the hub's answer has none", async () => {
+    const { settings, sent } = server(json({ jobs: [{ name: 'train' }] }));
+    const api = new WorkloadsApi(settings);
+    expect(await api.jobs()).toEqual([{ name: 'train' }]);
+    expect(await api.sweeps()).toEqual([]);
+    expect(await api.models()).toEqual([]);
+    expect(sent.map(s => s.path)).toEqual([
+      '/user/ann/gpulab/hub/jobs',
+      '/user/ann/gpulab/hub/sweeps',
+      '/user/ann/gpulab/hub/models'
+    ]);
+  });
+});
