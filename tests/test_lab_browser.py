@@ -17,7 +17,6 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from hubfixture import REPO, open_notebook, run_in_kernel, wait_for
-from k8sfixture import user_pod
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -356,50 +355,6 @@ def test_the_server_relays_only_the_users_own_workload_reads_and_cancels(hub):
     assert user.session.post(base + "/models/m/cancel", json={}, timeout=30).status_code == 404
     assert user.session.get(user.server_url + "/gpulab/hub/users", timeout=30).status_code == 404
     assert user.session.get(base + "/jobs/../users", timeout=30).status_code == 404
-
-
-def test_on_kubernetes_return_gpu_reloads_the_page_from_the_new_pod(k8s, kube, page):
-    hub = k8s
-    user = hub.create_user("ken")
-    assert user.spawn(profile="gpu-1").status_code in (201, 202)
-    notebook = "ken-probe.ipynb"
-    widget = open_in_lab(page, hub, user, notebook)
-    label = widget.locator(".gpulab-gpu-label")
-    button = widget.locator(".gpulab-gpu-button")
-    cell = run_cell(page, "kept = 41\nprint('set')")
-    expect(cell.locator(".jp-OutputArea-output")).to_contain_text("set", timeout=60_000)
-    page.evaluate("window.gpulabBeforeMove = true")
-
-    # Return GPU: the server moves to a CPU pod, and the page loads again from it
-    button.click()
-    page.wait_for_function("() => window.gpulabBeforeMove === undefined", timeout=90_000)
-    expect(widget).to_have_attribute("data-gpulab-state", "nogpu", timeout=60_000)
-    expect(label).to_have_text("No GPU · 2 of 2 free")
-    # the reloaded page says how the move went, and what was restored
-    status = widget.locator(".gpulab-gpu-status")
-    expect(status).to_contain_text("moved to a new pod without a GPU")
-    expect(status).to_contain_text(re.compile(r"Restored \d+ variables? in 1 notebook"))
-    assert hub.gpus()["free"] == 2
-    (container,) = user_pod(kube, "ken")["spec"]["containers"]
-    assert "nvidia.com/gpu" not in ((container.get("resources") or {}).get("limits") or {})
-    # the file browser lists the home of the new server: the same files
-    expect(page.locator(".jp-DirListing-item", has_text=notebook)).to_be_visible()
-    shot(page, "k8s-1-moved-to-cpu")
-
-    # the reopened notebook runs in the restored kernel: its variable is there
-    cell = run_cell(page, "print(kept + 1)")
-    expect(cell.locator(".jp-OutputArea-output")).to_contain_text("42", timeout=60_000)
-    shot(page, "k8s-2-variable-kept")
-
-    # Get GPU: back onto a GPU pod, the page again from it
-    page.evaluate("window.gpulabBeforeMove = true")
-    button.click()
-    page.wait_for_function("() => window.gpulabBeforeMove === undefined", timeout=90_000)
-    expect(widget).to_have_attribute("data-gpulab-state", "gpu", timeout=60_000)
-    assert [g["user"] for g in hub.gpus()["gpus"] if g.get("user")] == ["ken"]
-    cell = run_cell(page, "print(kept * 2)")
-    expect(cell.locator(".jp-OutputArea-output")).to_contain_text("82", timeout=60_000)
-    shot(page, "k8s-3-back-on-gpu")
 
 
 EMPTY_NOTEBOOK = {

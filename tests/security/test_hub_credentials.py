@@ -90,29 +90,6 @@ def test_nothing_the_hub_sends_a_server_is_a_credential_at_the_hub(hub):
     assert_no_credential(hub, internal, victim)
 
 
-def test_nothing_the_hub_sends_a_pod_is_a_credential_at_the_hub(k8s):
-    """The same on Kubernetes, where Return GPU checkpoints the pod before replacing it."""
-    hub = k8s
-    victim = hub.create_user("victim")
-    mallory = hub.create_user("mallory")
-    assert victim.spawn(profile="cpu").status_code in (201, 202)
-    capturing_server(mallory, "gpu-1")
-
-    r = mallory.session.post(hub.api("/gpulab/gpu/return"), json={}, timeout=120)
-    assert r.status_code in (200, 202), r.text
-    wait_for(
-        lambda: (
-            mallory.session.get(hub.api("/gpulab/gpu"), timeout=10).json()["operation"]["state"]
-            == "done"
-        ),
-        90,
-        "Mallory's server to move to a CPU pod",
-    )
-    internal = captured_internal_calls(mallory)
-    assert {c["path"].rsplit("/", 1)[1] for c in internal} >= {"checkpoint"}, internal
-    assert_no_credential(hub, internal, victim)
-
-
 def test_a_server_obeys_only_the_hub(hub):
     """A user's own token, another user's, or none: the internal API refuses them all."""
     alice = hub.create_user("alice")
