@@ -7,6 +7,7 @@ import json
 import subprocess
 import uuid
 
+import k8sfixture
 from hubfixture import BIN
 
 S3_PROBE = """
@@ -30,16 +31,9 @@ print(json.dumps(result))
 
 
 def s3_settings(ceph, prefix: str) -> dict:
-    return {
-        "gpus": {"ids": ["0"]},
-        "storage": {
-            "s3_endpoint": ceph.s3_endpoint,
-            "s3_admin_access_key": ceph.s3_admin_access_key,
-            "s3_admin_secret_key": ceph.s3_admin_secret_key,
-            "s3_prefix": prefix,
-            "s3_quota": "64MiB",
-        },
-    }
+    """A hub on the suite's Ceph RGW, its accounts and buckets named with ``prefix``."""
+    storage = {**k8sfixture.s3_settings(ceph), "s3_prefix": prefix, "s3_quota": "64MiB"}
+    return {"gpus": {"ids": ["0"]}, "storage": storage}
 
 
 def test_servers_get_their_own_bucket_with_no_arguments_needed(ceph, make_hub):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from test_serving import deploy, predict, wait_available
 
 from hubfixture import export_line, wait_for
+from k8sfixture import s3_settings
 
 
 def test_a_model_in_the_users_bucket_is_served_and_new_versions_found(ceph, make_hub, tmp_path):
@@ -19,17 +20,8 @@ def test_a_model_in_the_users_bucket_is_served_and_new_versions_found(ceph, make
     from gpulab.hub.storage.s3 import RgwAccounts
 
     prefix = "gls-"
-    hub = make_hub(
-        {
-            "storage": {
-                "s3_endpoint": ceph.s3_endpoint,
-                "s3_admin_access_key": ceph.s3_admin_access_key,
-                "s3_admin_secret_key": ceph.s3_admin_secret_key,
-                "s3_prefix": prefix,
-                "s3_quota": "64MiB",
-            }
-        }
-    ).start()
+    storage = {**s3_settings(ceph), "s3_prefix": prefix, "s3_quota": "64MiB"}
+    hub = make_hub({"storage": storage}).start()
     fay = hub.create_user("sv-fay")
     account = RgwAccounts(
         ceph.s3_endpoint,
