@@ -186,9 +186,10 @@ def profiling(hub: Hub, path: str | None):
     if not path:
         yield
         return
+    # --nonblocking: py-spy would otherwise stop the hub at every sample, and slow it
     spy = subprocess.Popen(
         [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(hub.proc.pid),
-         "--format", "raw", "--rate", "200", "--output", path],
+         "--format", "raw", "--rate", "200", "--nonblocking", "--output", path],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
     time.sleep(1)  # py-spy attaches
@@ -218,7 +219,7 @@ def main() -> int:
         "--profile",
         metavar="FILE",
         help="record gpulab's hub with py-spy during the spawns at once (collapsed stacks, "
-        "for flame graphs; py-spy from PyPI)",
+        "for flame graphs; py-spy from PyPI; it samples without stopping the hub)",
     )
     args = ap.parse_args()
     if args.servers > NODES * GPUS_PER_NODE or not args.spawns <= args.servers <= args.users:
