@@ -58,20 +58,26 @@ def imports(path: Path, runtime: bool = False) -> set[str]:
     """The gpulab modules ``path`` imports, wherever in the file (relative ones resolved),
     and the names it imports from them (``gpulab.hub.app.Context``). ``runtime``: leave
     out what is imported only for type checking (``if TYPE_CHECKING:``)."""
+    found = set()
+    for base, names in _statements(path, runtime):
+        found.add(base)
+        found.update(f"{base}.{n}" for n in names)
+    return {m for m in found if m.startswith("gpulab.")}
+
+
+def _statements(path: Path, runtime: bool):
+    """Each import of ``path`` as (module, names imported from it; none for ``import``)."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found = set()
     for node in _walk(ast.parse(path.read_text(), str(path)), runtime):
         if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
+            yield from ((a.name, ()) for a in node.names)
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
                 base = ".".join([*anchor, base] if base else anchor)
-            found.add(base)
-            found.update(f"{base}.{a.name}" for a in node.names)
-    return {m for m in found if m.startswith("gpulab.")}
+            yield base, [a.name for a in node.names]
 
 
 def _walk(node: ast.AST, runtime: bool):
@@ -101,26 +107,24 @@ def module_graph() -> dict[str, set[str]]:
     """Which gpulab modules each one imports when it runs (type-checking imports left
     out). ``from . import gpuinfo`` is an edge to ``gpuinfo``, not to the package that
     holds it; ``from gpulab.hub.ledger import Grant`` one to ``gpulab.hub.ledger``."""
-    edges = graph(runtime=True)
-    modules = set(edges)
+    paths = {
+        module_name(path): path for package in PACKAGES for path in (REPO / package).rglob("*.py")
+    }
 
     def module_of(name: str) -> str:
-        while name not in modules and "." in name:
+        while name not in paths and "." in name:
             name = name.rpartition(".")[0]
         return name
 
-    return {
-        a: {module_of(t) for t in targets if module_of(t) in modules}
-        - {a}
-        - {p for p in modules if _only_as_package(p, targets, modules)}
-        for a, targets in edges.items()
-    }
-
-
-def _only_as_package(package: str, targets: set[str], modules: set[str]) -> bool:
-    """Whether ``package`` is among ``targets`` only as where submodules come from."""
-    names = {t for t in targets if t.rpartition(".")[0] == package}
-    return package in targets and bool(names) and all(t in modules for t in names)
+    edges = {}
+    for a, path in paths.items():
+        targets = set()
+        for base, names in _statements(path, runtime=True):
+            # each name is a submodule of its own, or a name of the module it comes from
+            for full in [f"{base}.{n}" for n in names] or [base]:
+                targets.add(full if full in paths else module_of(base))
+        edges[a] = {t for t in targets if t in paths} - {a}
+    return edges
 
 
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
