@@ -58,7 +58,7 @@ TOLERATION: dict = {
 }
 
 # What settings.loading._validate refuses beyond the types, by path ("*": any list item or
-# mapping value); tests/test_settings_schema.py checks each against load_settings.
+# mapping value); tests/unit/test_settings_schema.py checks each against load_settings.
 CONSTRAINTS: dict[str, dict] = {
     "backend": {"enum": ["local", "kubernetes"]},
     "hub.admin_users": {"minItems": 1},

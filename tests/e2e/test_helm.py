@@ -35,7 +35,7 @@ from k8sfixture import (
     pods,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "gpulab"
 HELM = BIN / "helm"
 KUBERNETES_VERSION = "1.34.0"

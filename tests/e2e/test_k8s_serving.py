@@ -16,7 +16,7 @@ import sys
 
 import requests
 from kubernetes_asyncio import client
-from test_k8s_objects import valid
+from kubeschema import valid
 
 from fakekube import FakeKube
 from fakekube.tests.helpers import apis, eventually

@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-import kubernetes_validate
 import pytest
 import yaml
 from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.config import kube_config
+from kubeschema import valid
 from kubespawner.clients import load_config
 
 from gpulab.hub.app import Context
@@ -25,14 +25,6 @@ from gpulab.spawner import model_objects, objects, workload_objects
 from gpulab.spawner.kube_backend import KubernetesBackend
 from gpulab.spawner.kube_grants import PodGrantWatcher
 from gpulab.spawner.kubernetes import GpuKubeSpawner, unschedulable_reason
-
-KUBERNETES_VERSION = "1.34.0"
-"""The Kubernetes version whose API the manifests are checked against."""
-
-
-def valid(manifest: dict) -> dict:
-    kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
-    return manifest
 
 
 def test_home_claim_is_a_literal_rbd_claim():
@@ -544,7 +536,7 @@ def test_the_hubs_copy_of_a_pod_log_keeps_lines_files_and_its_limit(tmp_path):
     assert target.read_bytes().endswith(b"y\n")
 
 
-RBAC = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes" / "rbac.yaml"
+RBAC = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes" / "rbac.yaml"
 
 
 def test_the_shipped_rbac_manifests_are_valid_objects():

@@ -17,7 +17,7 @@ from gpulab.hub import settings_schema
 from gpulab.hub.settings import SettingsError, load_settings
 from gpulab.hub.settings import sections as settings_module
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHART_VALUES = ROOT / "helm" / "gpulab" / "values.yaml"
 SCHEMA = settings_schema.settings_schema()
 VALUES_SCHEMA = settings_schema.values_schema()
@@ -125,7 +125,7 @@ def test_the_charts_values_are_valid_and_their_settings_are_gpulabs(tmp_path: Pa
 
 
 SETTINGS_DOCUMENTS = [
-    # tests/test_settings.py's
+    # tests/unit/test_settings.py's
     """
 data_root: /srv/gpulab
 hub: {port: 9000}
