@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # the tests' hub harness and fake cluster
 
 from fakekube import FakeKube  # noqa: E402
-from hubfixture import BIN, Hub, open_notebook, run_in_kernel, wait_for  # noqa: E402
+from hubfixture import Hub, open_notebook, run_in_kernel, wait_for  # noqa: E402
 from k8sfixture import CEPH_RBD, EXTRA_CONFIG, NAMESPACE, kubernetes_settings  # noqa: E402
 
 NODE = "gpu-node-1"
@@ -80,7 +80,7 @@ def cluster_hub():
     home.chmod(0o1777)
     scratch.chmod(0o755)
     extra = scratch / "extra_config.py"
-    extra.write_text(EXTRA_CONFIG.format(singleuser=str(BIN / "jupyterhub-singleuser")))
+    extra.write_text(EXTRA_CONFIG.format())
     image_env = {k: v for k, v in os.environ.items() if k != "HOME"}
     nodes = [{"name": NODE, "gpus": 1}]
     try:

@@ -60,6 +60,11 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
     def _image_default(self):
         return self.k8s.image
 
+    @default("cmd")
+    def _cmd_default(self):
+        # the image's jupyterhub-singleuser, through gpulab's entry point (a second sooner)
+        return ["python", "-m", "gpulab.extensions.server.singleuser"]
+
     @default("image_pull_policy")
     def _image_pull_policy_default(self):
         return self.k8s.image_pull_policy

@@ -73,8 +73,9 @@ class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner):
 
     @default("cmd")
     def _cmd_default(self):
-        # the environment gpulab is installed in, not whatever is first on PATH
-        return [os.path.join(sys.prefix, "bin", "jupyterhub-singleuser")]
+        # jupyterhub-singleuser of the environment gpulab is installed in (not whatever is
+        # first on PATH), through gpulab's entry point, which starts it a second sooner
+        return [sys.executable, "-m", "gpulab.extensions.server.singleuser"]
 
     @property
     def account(self) -> Account:

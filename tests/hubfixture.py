@@ -102,7 +102,8 @@ class Hub:
         """Start the hub process, its output into ``log_path``, without waiting for it."""
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [str(BIN / "jupyterhub"), "-f", str(REPO / "jupyterhub_config.py")],
+                # as ``gpulab up`` starts it
+                [sys.executable, "-m", "gpulab.hub", "-f", str(REPO / "jupyterhub_config.py")],
                 cwd=self.data_root,
                 env=self.env,
                 stdout=log,

@@ -47,7 +47,6 @@ def own_port(spawner):
         spawner.port = s.getsockname()[1]
 
 c.GpuKubeSpawner.pre_spawn_hook = own_port
-c.GpuKubeSpawner.cmd = [{singleuser!r}]
 c.GpuKubeSpawner.k8s_api_request_retry_timeout = 5
 # answer spawn requests at once; the tests follow the progress stream
 c.JupyterHub.tornado_settings.update({{"slow_spawn_timeout": 0}})
@@ -167,7 +166,7 @@ def k8s_hub(kube, ceph):
     home = Path(tempfile.mkdtemp(prefix="gpulab-k8s-home-"))
     home.chmod(0o1777)
     extra = home.parent / f"{home.name}-config.py"
-    extra.write_text(EXTRA_CONFIG.format(singleuser=str(BIN / "jupyterhub-singleuser")))
+    extra.write_text(EXTRA_CONFIG.format())
     kubeconfig = apply_rbac(kube)  # the hub has the shipped RBAC rights, no more
     hub = Hub(
         {

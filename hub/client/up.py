@@ -40,7 +40,6 @@ def cmd_up(args, settings: Settings) -> int:
     except OSError as e:
         err.print(f"[red]gpulab: cannot create the data root {data}:[/red] {e.strerror}")
         return 1
-    jupyterhub = Path(sys.prefix) / "bin" / "jupyterhub"
     host = settings.hub.ip or "localhost"
     console.print(
         f"gpulab: starting the hub at [bold]http://{host}:{settings.hub.port}[/bold] "
@@ -48,7 +47,8 @@ def cmd_up(args, settings: Settings) -> int:
     )
     os.chdir(data)
     extra = [a for a in args.jupyterhub_args if a != "--"]
-    os.execv(str(jupyterhub), [str(jupyterhub), "-f", str(JUPYTERHUB_CONFIG), *extra])
+    hub = [sys.executable, "-m", "gpulab.hub", "-f", str(JUPYTERHUB_CONFIG), *extra]
+    os.execv(sys.executable, hub)
     return 0  # not reached
 
 

@@ -394,7 +394,7 @@ def test_the_installed_hub_serves_a_user_and_an_upgrade_keeps_their_server(kube)
             "storage": {"home_size": "1GiB"},
             "profiles": [{"slug": "cpu", "default": True}],
         },
-        "extraConfig": EXTRA_CONFIG.format(singleuser=str(BIN / "jupyterhub-singleuser")),
+        "extraConfig": EXTRA_CONFIG.format(),
         "secrets": {"adminPassword": password},
         "hub": {
             "ports": ports,
