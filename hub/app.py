@@ -11,6 +11,8 @@ what they need.
 from __future__ import annotations
 
 import functools
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,13 +40,15 @@ class Context:
     ledger: GpuLedger
     s3: RgwAccounts | None
     """Per-user S3 on Ceph RGW, when storage.s3_endpoint is set."""
+    clock: Callable[[], float] = time.time
+    """The wall clock of what happens after a time (idle reclaim)."""
 
     @functools.cached_property
     def switch(self) -> GpuSwitch:
         """Return GPU, Get GPU and idle reclaim for running servers."""
         from .gpuswitch import GpuSwitch
 
-        return GpuSwitch(self.ledger, self.settings)
+        return GpuSwitch(self.ledger, self.settings, clock=self.clock)
 
     @functools.cached_property
     def jobs(self) -> JobManager:

@@ -27,6 +27,7 @@ import json
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import timedelta
 
 from .ledger import GpuLedger, LedgerError, NoGpuFree, Operation, Waiter, utcnow
@@ -50,10 +51,15 @@ OWNER = "user"
 user", "Get GPU by user" (an admin is "admin NAME"; the idle reclaim has its own)."""
 
 
+Clock = Callable[[], float]
+
+
 class GpuSwitch:
-    def __init__(self, ledger: GpuLedger, settings: Settings):
+    def __init__(self, ledger: GpuLedger, settings: Settings, clock: Clock = time.time):
         self.ledger = ledger
         self.settings = settings
+        self.clock = clock
+        """The wall clock idle reclaim reads (seconds since the epoch, as the ledger's)."""
         self._locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._waits: dict[tuple[str, str], asyncio.Task] = {}
         self._changed = asyncio.Event()  # set (and replaced) at every ledger change
@@ -417,7 +423,7 @@ class GpuSwitch:
     async def reclaim_idle(self, find_spawner) -> list[str]:
         """Return the GPUs of servers whose profile's ``idle_return`` has passed."""
         returned = []
-        now = time.time()
+        now = self.clock()
         holders = {(g.user, g.server): g for g in self.ledger.grants()}
         for (user, server), grant in holders.items():
             spawner = find_spawner(user, server)
@@ -429,7 +435,7 @@ class GpuSwitch:
             if not limit or (op is not None and op.active):
                 continue
             try:
-                activity = await call_server(spawner, "GET", "activity", timeout=30)
+                activity = await self.activity(spawner)
             except SwitchError as e:
                 log.warning("Idle check of %s failed: %s", label(user, server), e)
                 continue
@@ -455,6 +461,11 @@ class GpuSwitch:
             self._last_busy.pop(key, None)
             returned.append(label(user, server))
         return returned
+
+    async def activity(self, spawner) -> dict:
+        """What the server's extension says of its kernels: busy ones, the last activity,
+        a restore under way, GPU utilisation (``GET /gpulab/activity``)."""
+        return await call_server(spawner, "GET", "activity", timeout=30)
 
     async def run_background(self, app) -> None:
         """At hub start: settle interrupted operations, then check for idle GPUs forever."""

@@ -32,27 +32,33 @@ SHARED_SETTINGS = {
 }
 
 
-CLUSTER_USE = re.compile(r"def \w+\([^)]*\b(ceph|kube|k8s|k8s_hub)\b|fakekube")
-"""A module on Ceph or a fake cluster: a fixture or test that takes one, or its import."""
+ON_THE_CLUSTER = re.compile(r"def \w+\([^)]*\b(kube|k8s|k8s_hub)\b")
+"""A module on the fake cluster (and its Ceph): a fixture or test that takes one."""
+ON_CEPH = re.compile(r"def \w+\([^)]*\bceph\b")
+"""A module on Ceph alone."""
 
 
 @functools.cache
-def _on_the_cluster(path: str) -> bool:
-    return bool(CLUSTER_USE.search((REPO / path).read_text()))
+def _scope(path: str) -> str:
+    text = (REPO / path).read_text()
+    if path.startswith("tests/fakekube/"):  # the fake's own tests: clusters of their own
+        return path
+    if ON_THE_CLUSTER.search(text):
+        return "the fake cluster"
+    return "ceph" if ON_CEPH.search(text) else path
 
 
 def pytest_xdist_make_scheduler(config, log):
-    """``scripts/test`` runs modules in parallel workers (``--dist loadfile``), and every
-    module on Ceph or a fake cluster in one of them: Ceph and the cluster start once, and
-    two clusters never share this host's mount points."""
+    """``scripts/test`` runs modules in parallel workers (``--dist loadfile``): the modules
+    on the fake cluster all in one worker, which starts the cluster, its Ceph and its hub
+    once, and those on Ceph alone in one (which may be another, with a Ceph of its own)."""
     if config.getoption("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
 
     class ModulesAndTheCluster(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            path = nodeid.split("::", 1)[0]
-            return "cluster" if _on_the_cluster(path) else path
+            return _scope(nodeid.split("::", 1)[0])
 
     return ModulesAndTheCluster(config, log)
 

@@ -492,7 +492,7 @@ def test_idle_gpu_is_reclaimed_keeping_state(make_hub):
             "gpus": {"ids": ["0", "1"], "reclaim_interval": 1},
             "profiles": [
                 {"slug": "cpu", "gpus": 0, "default": True},
-                {"slug": "gpu-idle", "gpus": 1, "idle_return": "8s"},
+                {"slug": "gpu-idle", "gpus": 1, "idle_return": "4s"},
                 {"slug": "gpu-keep", "gpus": 1},
             ],
         }
@@ -502,16 +502,8 @@ def test_idle_gpu_is_reclaimed_keeping_state(make_hub):
     assert alice.spawn(profile="gpu-idle").status_code in (201, 202)
     kernel = open_notebook(alice, "idle.ipynb")
     run(alice, kernel, "answer = 42")
-    # a kernel running code is not idle, however long it runs
-    busy = threading.Thread(
-        target=lambda: _ignore_errors(lambda: run(alice, kernel, "import time; time.sleep(12)")),
-        daemon=True,
-    )
-    busy.start()
-    time.sleep(10)
-    assert "alice" in hub.holders().values()
-    busy.join()
-
+    # that a running cell is not idle however long it runs, the server's answer and the
+    # reclaim's decision on it, is tested in tests/serverext and tests/unit (with a clock)
     wait_for(lambda: "alice" not in hub.holders().values(), 40, "alice's idle GPU to be reclaimed")
     events = hub.admin.get(hub.api("/gpulab/events?user=alice"), timeout=10).json()["events"]
     assert events[0]["action"] == "release"

@@ -1,0 +1,117 @@
+"""Idle reclaim decides on the clock the hub gives it: a GPU whose server has done
+nothing for its profile's ``idle_return`` is returned, one whose kernels run or whose GPU
+is busy is not, however long that lasts. The ledger is real (SQLite); the servers'
+answers and the Return GPU itself are recorded."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+
+from gpulab.hub.gpuswitch import GpuSwitch
+from gpulab.hub.inventory import Gpu
+from gpulab.hub.ledger import GpuLedger
+from gpulab.hub.settings import GpuSettings, Profile, Settings
+
+START = 1_800_000_000.0
+
+
+class Clock:
+    def __init__(self, now: float):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class RecordingSwitch(GpuSwitch):
+    """The switch with servers that answer ``activity`` from a table, and a Return GPU
+    that releases the grant as the real one does at its end, and records why."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.answers: dict[str, dict] = {}
+        self.returned: list[tuple[str, str]] = []
+
+    async def activity(self, spawner) -> dict:
+        return self.answers[spawner.user.name]
+
+    async def return_gpu(self, spawner, reason: str, interrupt=False, force=False):
+        self.returned.append((spawner.user.name, reason))
+        self.ledger.release(spawner.user.name, spawner.name, reason=reason)
+
+
+@pytest.fixture
+def hub(tmp_path):
+    settings = Settings(
+        gpus=GpuSettings(ids=["0", "1"], reclaim_interval=1),
+        profiles=[
+            Profile(slug="cpu", default=True),
+            Profile(slug="gpu-idle", gpus=1, idle_return="8s"),
+            Profile(slug="gpu-keep", gpus=1),
+        ],
+    )
+    ledger = GpuLedger(
+        f"sqlite:///{tmp_path / 'ledger.sqlite'}",
+        [Gpu(id="0", index=0), Gpu(id="1", index=1)],
+        settings.gpus,
+    )
+    clock = Clock(START)
+    switch = RecordingSwitch(ledger, settings, clock=clock)
+    spawners = {}
+
+    def spawn(user: str, profile: str, **activity) -> None:
+        ledger.reserve(user, "", 1)
+        spawners[user] = SimpleNamespace(
+            user=SimpleNamespace(name=user), name="", ready=True, pending=None,
+            profile_slug=profile,
+        )  # fmt: skip
+        switch.answers[user] = {
+            "busy_kernels": 0, "restoring": False, "gpu_utilization": 0,
+            "started": clock.now, "last_activity": clock.now, **activity,
+        }  # fmt: skip
+
+    def check(after: float) -> list[str]:
+        clock.now += after
+        return asyncio.run(switch.reclaim_idle(lambda user, server: spawners.get(user)))
+
+    # the grant's own time is the ledger's clock: line the test's clock up with it
+    ledger.reserve("nobody", "", 1)
+    clock.now = ledger.grants("nobody")[0].granted_at.timestamp()
+    ledger.release("nobody", "")
+    return SimpleNamespace(switch=switch, ledger=ledger, clock=clock, spawn=spawn, check=check)
+
+
+def test_an_idle_gpu_is_returned_once_its_profiles_time_has_passed(hub):
+    hub.spawn("alice", "gpu-idle")
+    hub.spawn("bob", "gpu-keep")
+    assert hub.check(after=7) == []
+    assert hub.check(after=2) == ["alice"]
+    assert hub.switch.returned == [("alice", "reclaimed: GPU idle for 9s")]
+    # a profile without idle_return keeps its GPU for ever
+    assert hub.check(after=86_400) == []
+    assert [g.user for g in hub.ledger.grants()] == ["bob"]
+
+
+@pytest.mark.parametrize(
+    "busy",
+    [{"busy_kernels": 1}, {"gpu_utilization": 95}, {"restoring": True}],
+    ids=["a cell runs", "the GPU computes", "a restore runs"],
+)
+def test_a_busy_server_keeps_its_gpu_however_long_and_is_idle_from_when_it_stopped(hub, busy):
+    hub.spawn("alice", "gpu-idle", **busy)
+    for _ in range(10):
+        assert hub.check(after=3600) == []  # ten hours of a running cell
+    hub.switch.answers["alice"].update(busy_kernels=0, gpu_utilization=0, restoring=False)
+    assert hub.check(after=5) == []  # idle since the last check that saw it busy
+    assert hub.check(after=4) == ["alice"]
+
+
+def test_activity_in_the_server_restarts_the_count(hub):
+    hub.spawn("alice", "gpu-idle")
+    assert hub.check(after=6) == []
+    hub.switch.answers["alice"]["last_activity"] = hub.clock.now  # a cell ran just now
+    assert hub.check(after=6) == []
+    assert hub.check(after=3) == ["alice"]
