@@ -11,6 +11,10 @@ Passwords need ``minimum_password_length`` characters (8) and must not be on
 NativeAuthenticator's list of common passwords. Approving, un-approving and discarding
 an account take a POST from the admin's /hub/authorize page with JupyterHub's xsrf
 token: a GET (an image or a link on another site) changes nothing.
+
+The accounts (NativeAuthenticator's ``users_info`` table) are read and written through
+the authenticator's own database session on the hub's database (``db``), never the
+hub's: each write commits there, so the hub sees it at once.
 """
 
 from __future__ import annotations
@@ -29,21 +33,45 @@ from nativeauthenticator.handlers import LocalBase
 from nativeauthenticator.handlers import LoginHandler as NativeLoginHandler
 from nativeauthenticator.handlers import SignUpHandler as NativeSignUpHandler
 from nativeauthenticator.orm import UserInfo
+from sqlalchemy.orm import Session
 from tornado import web
 from tornado.escape import url_escape
 from tornado.httputil import url_concat
 from traitlets import Unicode, default
 
+from .authapi import GpulabApiMixin
+
 TEMPLATES = Path(__file__).with_name("templates")
 
 
-class GpulabAuthenticator(NativeAuthenticator):
+class OwnSession(Session):
+    """The authenticator's session: a commit that fails is rolled back at once, as the
+    hub's handlers roll back their session, so one error does not leave every later
+    login facing a session that waits for a rollback."""
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        except Exception:
+            self.rollback()
+            raise
+
+
+class GpulabAuthenticator(GpulabApiMixin, NativeAuthenticator):
     bootstrap_admin = Unicode(
         "", config=True, help="Admin account created with a password on first start."
     ).tag(config=True)
     bootstrap_password = Unicode(
         "", config=True, help="Its password; empty: generate one and print it once."
     ).tag(config=True)
+
+    @default("db")
+    def _own_db(self) -> Session:
+        """A session of its own on the hub's database (JupyterHub deprecates the one it
+        shares with authenticators). It makes NativeAuthenticator's table if missing."""
+        hub = self.parent
+        factory = orm.new_session_factory(hub.db_url, **hub.db_kwargs)
+        return OwnSession(**factory.kw)
 
     @default("minimum_password_length")
     def _default_minimum_password_length(self) -> int:
@@ -131,6 +159,16 @@ class TemplatesFirst(LocalBase):
 class AuthorizationAreaHandler(TemplatesFirst, NativeAuthorizationArea):
     """/hub/authorize, whose buttons are forms that POST with the xsrf token."""
 
+    @needs_scope("admin:users")
+    async def get(self) -> None:
+        # the accounts as the authenticator's session has them (not the hub's session)
+        html = await self.render_template(
+            "authorization-area.html",
+            ask_email=self.authenticator.ask_email_on_signup,
+            users=UserInfo.all_users(self.authenticator.db),
+        )
+        self.finish(html)
+
 
 class PostOnly(TemplatesFirst):
     """A page that changes an account: it acts on a POST only, which JupyterHub checks for
@@ -164,7 +202,7 @@ class ApprovalHandler(PostOnly):
             raise web.HTTPError(400, "action must be approve or unapprove.")
         info = self.account(name)
         info.is_authorized = action == "approve"
-        self.db.commit()
+        self.authenticator.db.commit()  # the account is the authenticator's session's
         self.back_to_list(info)
 
 

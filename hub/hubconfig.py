@@ -10,7 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .app import build_context
+from .app import Context, build_context
 from .background import start_background
 from .secretfiles import refuse_exposed_secrets
 from .settings import config_path
@@ -40,6 +40,30 @@ def secret_file(path: Path) -> str:
     return path.read_text().strip()
 
 
+def admin_scopes() -> list[str]:
+    """The scopes of JupyterHub's admin role, as this JupyterHub defines it."""
+    from jupyterhub.roles import get_default_roles
+
+    return next(r["scopes"] for r in get_default_roles() if r["name"] == "admin")
+
+
+def authenticator_with_api(authenticator_class: str | type) -> type:
+    """The authenticator class JupyterHub would load for ``authenticator_class``, serving
+    gpulab's REST API; a name that names none ends the hub with a settings error."""
+    from traitlets import TraitError
+
+    from .authapi import with_gpulab_api
+    from .settings import SettingsError
+
+    try:
+        return with_gpulab_api(authenticator_class)
+    except TraitError as e:
+        raise SettingsError(
+            f"hub.authenticator {authenticator_class!r} names no JupyterHub authenticator "
+            f"(an entry-point name such as 'dummy' or 'pam', or a dotted class path): {e}"
+        ) from None
+
+
 def configure_hub(c) -> None:
     """``configure`` for a hub's config file: bad settings end the hub with their message
     (a traceback would bury it)."""
@@ -52,15 +76,14 @@ def configure_hub(c) -> None:
         sys.exit(1)
 
 
-def configure(c) -> None:
-    """Fill the JupyterHub config object ``c`` from gpulab settings."""
+def configure(c, ctx: Context | None = None) -> None:
+    """Fill the JupyterHub config object ``c`` from gpulab settings: the services of
+    ``ctx``, or of the settings file (what a hub process does)."""
     from gpulab.spawner.accounts import prepare_data_root
-
-    from .api import gpu, gpus, jobs, models, openapi, storage, sweeps
 
     # hub state (ledger, hub database, tokens) is for root's eyes only
     os.umask(0o077)
-    ctx = build_context()
+    ctx = ctx or build_context()
     s = ctx.settings
     backend = ctx.backend
     if backend.shares_machine:
@@ -92,15 +115,6 @@ def configure(c) -> None:
     c.JupyterHub.cleanup_servers = False
 
     backend.configure_hub(c, ctx)
-    c.JupyterHub.extra_handlers = [
-        *gpus.default_handlers,
-        *gpu.default_handlers,
-        *storage.default_handlers,
-        *jobs.default_handlers,
-        *sweeps.default_handlers,
-        *models.default_handlers,
-        *openapi.default_handlers,
-    ]
 
     admins = set(s.hub.admin_users)
     c.Authenticator.admin_users = admins
@@ -118,11 +132,20 @@ def configure(c) -> None:
     c.JupyterHub.services = [
         {"name": CLI_SERVICE, "api_token": secret_file(data / "cli-token")},
     ]
-    # in the admin role itself: JupyterHub lets only a principal with the admin flag, which
-    # the role sets, create admin users. (JupyterHub warns that admin_users are given
-    # beside the role; listing them in the role instead would take admin away, at each
-    # restart, from users an admin made admin in /hub/admin.)
-    c.JupyterHub.load_roles = [{"name": "admin", "services": [CLI_SERVICE]}]
+    # A role of its own with the admin role's scopes, not the admin role: any admin role in
+    # load_roles beside Authenticator.admin_users makes JupyterHub warn, and listing the
+    # human admins in it instead would take admin away, at each restart, from users an
+    # admin made admin in /hub/admin. Without the admin flag, which only the admin role
+    # sets, the token cannot create admin users or change admins (JupyterHub asks for
+    # the flag there); the CLI does neither.
+    c.JupyterHub.load_roles = [
+        {
+            "name": CLI_SERVICE,
+            "description": "The gpulab CLI on the hub's machine: the admin role's scopes",
+            "scopes": admin_scopes(),
+            "services": [CLI_SERVICE],
+        }
+    ]
 
     for grant in backend.settle(ctx.ledger):
         log.warning(
@@ -140,6 +163,9 @@ def configure(c) -> None:
 
     if s.hub.extra_config:
         runpy.run_path(s.hub.extra_config, init_globals={"c": c, "settings": s})
+    # gpulab's REST API is served by the authenticator (hub/authapi.py), whichever one
+    # the settings or the extra config chose
+    c.JupyterHub.authenticator_class = authenticator_with_api(c.JupyterHub.authenticator_class)
     # the services, for the API handlers and the spawners (hub/app.py); set last, so an
     # extra config that replaces tornado_settings does not take them away
     c.JupyterHub.tornado_settings.update({"gpulab": ctx})

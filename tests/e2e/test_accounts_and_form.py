@@ -46,6 +46,31 @@ def logged_in(s: requests.Session, hub) -> bool:
     return r.status_code == 200
 
 
+DEPRECATED_HOOKS = (
+    "JupyterHub.extra_handlers is deprecated",
+    "The shared database session at Authenticator.db is deprecated",
+    "Configuration specifies both admin_users and users in the admin role specification",
+)
+"""What JupyterHub logs at start when gpulab leans on a hook a later release removes."""
+
+
+def deprecation_warnings(hub) -> list[str]:
+    log = hub.log_path.read_text(errors="replace")
+    return [warning for warning in DEPRECATED_HOOKS if warning in log]
+
+
+def test_the_hub_starts_without_deprecation_warnings_and_serves_its_api(hub):
+    assert deprecation_warnings(hub) == []
+    # gpulab's REST API, registered in the hub's process, answers at the same paths
+    r = hub.admin.get(hub.api("/gpulab/gpus"), timeout=10)
+    assert r.status_code == 200 and r.json()["total"] == 3, r.text
+    r = hub.admin.get(hub.api("/gpulab/openapi.json"), timeout=10)
+    assert r.status_code == 200 and "/gpulab/gpus" in r.text
+    # and JupyterHub's 404 for unknown API paths is still JupyterHub's
+    r = hub.admin.get(hub.api("/gpulab-nothing-here"), timeout=10)
+    assert r.status_code == 404
+
+
 def test_bootstrapped_admin_logs_in_and_wrong_passwords_do_not(hub):
     admin = login(hub, "admin", hub.admin_password)
     assert admin.login_status == 302 and logged_in(admin, hub)
@@ -160,3 +185,7 @@ def test_another_authenticator_by_configuration(make_hub, tmp_path):
     assert not logged_in(login(hub, "zoe", "wrong"), hub)
     # gpulab's own sign-up pages belong to the gpulab authenticator only
     assert requests.get(hub.url + "/hub/signup", timeout=10).status_code == 404
+    # its REST API is served beside any authenticator's pages
+    r = hub.admin.get(hub.api("/gpulab/gpus"), timeout=10)
+    assert r.status_code == 200 and r.json()["total"] == 1, r.text
+    assert deprecation_warnings(hub) == []
