@@ -1,18 +1,29 @@
-"""What a model deployment is: its spec as users write it (checked), the config the
-model servers read, and who may call it."""
+"""What a model deployment is: its spec as users write it (``ModelBody`` and
+``ModelChanges``, pydantic models, see ``bodies``), checked, the config the model
+servers read, and who may call it."""
 
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from gpulab.serving.config import ModelConfig
 
+from .bodies import Body, FieldError, SpecError, Wanted, shapes, shown, validated, whole
 from .replica_http import socket_of
 from .runner import WorkloadError
-from .spec import NAME_RE, SpecError, home_path
+from .spec import NAME_HELP, Name, home_path
 
 if TYPE_CHECKING:
     from .model_store import Deployment
@@ -87,120 +98,151 @@ class ModelSpec(ModelConfig):
         )
 
 
-DEPLOY_FIELDS = ("name", "base_path", "versions", "latest", "labels", "replicas", "gpus", "access")
-CHANGE_FIELDS = ("versions", "latest", "labels", "replicas", "access")
+# -- what a client may send ------------------------------------------------------------------
+
+MAX_VERSION = 2**62
+MAX_REPLICAS = 64
+"""The most replicas of a model any hub allows (``serving.max_replicas`` is at most this)."""
+VERSIONS_HELP = "'latest', 'all', or a list of version numbers"
+BASE_PATH_HELP = "the folder holding the model's numbered version folders"
+
+Version = whole(0, MAX_VERSION)
+Versions = Annotated[
+    shapes(
+        VERSIONS_HELP,
+        string=Literal["latest", "all"],
+        integer=Version,
+        array=Annotated[list[Version], Field(min_length=1)],
+    ),
+    Wanted(VERSIONS_HELP),
+    Field(description="latest (the newest `latest` of them), all, or the ones to serve."),
+]
+Labels = Annotated[
+    dict[
+        Annotated[
+            str,
+            Field(pattern=LABEL_RE.pattern),
+            Wanted("a label: a letter, then letters, digits, _ or -"),
+        ],
+        Version,
+    ],
+    Field(description="Version labels (label: version number), each of a version served."),
+]
+Latest = Annotated[whole(1, 100), Field(description="With versions: latest, how many.")]
+Access = Annotated[
+    str,
+    Field(pattern=r"^(private|public|group:.+)$", description=f"Who may call it: {ACCESS_HELP}."),
+    Wanted(ACCESS_HELP),
+]
+
+
+def _base_path(value: str) -> str:
+    """A home-relative folder, or an S3 prefix with its bucket."""
+    if value.startswith("s3://"):
+        bucket, _, _ = value[5:].partition("/")
+        if not bucket:
+            raise FieldError(f"{shown(value)} names no bucket (s3://BUCKET/PREFIX)")
+        return value.rstrip("/")
+    path = home_path(value)
+    if not path:
+        raise FieldError("give the model's folder, not the whole home")
+    return path
+
+
+Replicas = Annotated[int, Field(ge=1, le=MAX_REPLICAS, description="At most serving.max_replicas.")]
+
+
+def _no_defaults(schema: dict) -> None:
+    for prop in schema["properties"].values():
+        prop.pop("default", None)
+
+
+class _Served(Body):
+    """What a deployment and a change share: replicas, at most the hub's
+    ``serving.max_replicas`` (the validation context's ``max_replicas``)."""
+
+    @field_validator("replicas", mode="wrap", check_fields=False)
+    @classmethod
+    def _at_most_max(cls, value: object, handler, info: ValidationInfo) -> int:
+        most = (info.context or {}).get("max_replicas", MAX_REPLICAS)
+        try:
+            count = handler(value)
+        except ValidationError:
+            count = None
+        if count is None or count > most:
+            raise FieldError(f"a whole number from 1 to {most}", got=True)
+        return count
+
+
+class ModelBody(_Served):
+    """A model deployment (docs/serving.md): a SavedModel's folder, served by replicas."""
+
+    name: Name = Field(description=f"Unique per user: {NAME_HELP}.")
+    base_path: Annotated[
+        str, Field(pattern=r"\S"), Wanted(BASE_PATH_HELP), AfterValidator(_base_path)
+    ] = Field(description="Relative to the home, or s3://BUCKET/PREFIX: " + BASE_PATH_HELP + ".")
+    versions: Versions = "latest"
+    latest: Latest = 1
+    labels: Labels = {}
+    replicas: Replicas = 1
+    gpus: whole(0, 16) = Field(0, description="GPUs per replica.")
+    access: Access = "private"
+
+
+class ModelChanges(_Served):
+    """Changes to a deployed model; a field left out stays as it is."""
+
+    model_config = ConfigDict(json_schema_extra=_no_defaults)
+    versions: Versions = None
+    latest: Latest = None
+    labels: Labels = None
+    replicas: Replicas = None
+    access: Access = None
+
+    @classmethod
+    def check_fields(cls, data: dict) -> None:
+        fixed = sorted(set(data) & {"name", "base_path", "gpus"})
+        if fixed:
+            raise FieldError(
+                f"{', '.join(fixed)}: cannot change on a deployed model; undeploy it and deploy again"
+            )
+        super().check_fields(data)
 
 
 def parse_model(body: object, max_replicas: int) -> ModelSpec:
     """A checked ModelSpec from a deploy request, or SpecError naming the field."""
-    if not isinstance(body, dict):
-        raise SpecError("a model deployment is a JSON object")
-    _known(body, DEPLOY_FIELDS)
-    name = body.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise SpecError(
-            f"name: 1-40 lower-case letters, digits and '-', starting with a letter (got {name!r})"
-        )
-    raw_path = body.get("base_path")
-    if not isinstance(raw_path, str) or not raw_path.strip():
-        raise SpecError("base_path: the folder holding the model's numbered version folders")
-    if raw_path.startswith("s3://"):
-        bucket, _, _ = raw_path[5:].partition("/")
-        if not bucket:
-            raise SpecError(f"base_path: {raw_path!r} names no bucket (s3://BUCKET/PREFIX)")
-        base_path = raw_path.rstrip("/")
-    else:
-        base_path = home_path(raw_path, "base_path")
-        if not base_path:
-            raise SpecError("base_path: give the model's folder, not the whole home")
-    spec = ModelSpec(name=name, base_path=base_path)
-    return _apply(spec, body, max_replicas, gpus=True)
+    model = validated(ModelBody, body, "a model deployment is", max_replicas=max_replicas)
+    return _apply(ModelSpec(name=model.name, base_path=model.base_path), model)
 
 
 def parse_changes(spec: ModelSpec, body: object, max_replicas: int) -> ModelSpec:
     """``spec`` with the changes of a PATCH applied (versions, labels, replicas, access)."""
-    if not isinstance(body, dict):
-        raise SpecError("changes to a model are a JSON object")
-    fixed = sorted(set(body) & {"name", "base_path", "gpus"})
-    if fixed:
-        raise SpecError(
-            f"{', '.join(fixed)}: cannot change on a deployed model; undeploy it and deploy again"
-        )
-    _known(body, CHANGE_FIELDS)
-    return _apply(spec, body, max_replicas, gpus=False)
+    changes = validated(ModelChanges, body, "changes to a model are", max_replicas=max_replicas)
+    return _apply(spec, changes)
 
 
-def _known(body: dict, fields: tuple[str, ...]) -> None:
-    unknown = sorted(set(body) - set(fields))
-    if unknown:
-        raise SpecError(f"unknown field(s): {', '.join(unknown)}; known: {', '.join(fields)}")
+def _apply(spec: ModelSpec, body: ModelBody | ModelChanges) -> ModelSpec:
+    """``spec`` with the fields ``body`` gives; labels must name versions it serves."""
+    given = {k: getattr(body, k) for k in body.model_fields_set - {"name", "base_path"}}
+    policy, versions = spec.policy, spec.versions
+    if "versions" in given:
+        policy, versions = _policy(given.pop("versions"))
+    if "labels" in given and policy == "specific":
+        stray = [(k, v) for k, v in given["labels"].items() if v not in versions]
+        if stray:
+            label, version = stray[0]
+            raise SpecError(
+                f"labels.{label}: version {version} is not among the versions served "
+                f"({', '.join(map(str, versions))})"
+            )
+    return replace(spec, policy=policy, versions=versions, **given)
 
 
-def _apply(spec: ModelSpec, body: dict, max_replicas: int, gpus: bool) -> ModelSpec:
-    policy, latest, versions = spec.policy, spec.latest, spec.versions
-    if "versions" in body:
-        raw = body["versions"]
-        if raw in ("latest", "all"):
-            policy, versions = raw, ()
-        else:
-            items = [raw] if isinstance(raw, int) and not isinstance(raw, bool) else raw
-            if (
-                not isinstance(items, list)
-                or not items
-                or any(
-                    isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 2**62
-                    for v in items
-                )
-            ):
-                raise SpecError(
-                    f"versions: 'latest', 'all', or a list of version numbers (got {raw!r})"
-                )
-            policy, versions = "specific", tuple(sorted(set(items)))
-    if "latest" in body:
-        latest = _whole(body["latest"], "latest", 1, 100)
-    labels = spec.labels
-    if "labels" in body:
-        raw = body["labels"]
-        if not isinstance(raw, dict):
-            raise SpecError("labels: an object of label: version number")
-        labels = {}
-        for label, version in raw.items():
-            if not LABEL_RE.match(str(label)):
-                raise SpecError(
-                    f"labels: {label!r} is not a label (a letter, then letters, digits, _ or -)"
-                )
-            labels[str(label)] = _whole(version, f"labels.{label}", 0, 2**62)
-        if policy == "specific":
-            stray = {k: v for k, v in labels.items() if v not in versions}
-            if stray:
-                label, version = next(iter(stray.items()))
-                raise SpecError(
-                    f"labels.{label}: version {version} is not among the versions served "
-                    f"({', '.join(map(str, versions))})"
-                )
-    replicas = spec.replicas
-    if "replicas" in body:
-        replicas = _whole(body["replicas"], "replicas", 1, max_replicas)
-    count = spec.gpus
-    if gpus and "gpus" in body:
-        count = _whole(body["gpus"], "gpus", 0, 16)
-    access = spec.access
-    if "access" in body:
-        access = body["access"]
-        if not isinstance(access, str) or not (
-            access in ("private", "public")
-            or (access.startswith("group:") and len(access) > len("group:"))
-        ):
-            raise SpecError(f"access: {ACCESS_HELP} (got {access!r})")
-    return ModelSpec(
-        spec.name, spec.base_path, policy, latest, versions, labels, replicas, count, access
-    )
-
-
-def _whole(value: object, where: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise SpecError(f"{where}: a whole number from {low} to {high} (got {value!r})")
-    return value
+def _policy(versions: str | int | list[int]) -> tuple[str, tuple[int, ...]]:
+    """TF Serving's version policy and versions of what a body's ``versions`` says."""
+    if isinstance(versions, str):
+        return versions, ()
+    return "specific", tuple(sorted({versions} if isinstance(versions, int) else set(versions)))
 
 
 def serving_config(spec: ModelSpec, home: str) -> ModelConfig:

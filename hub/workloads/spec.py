@@ -2,8 +2,10 @@
 
 A job is a group of replica groups (``chief``, ``worker``, ``ps``, ``evaluator`` for
 TensorFlow; ``worker`` for PyTorch and plain jobs), each with a count, GPUs per replica
-and a restart policy. ``parse_job`` turns the JSON a client sent into a ``JobSpec`` or
-raises ``SpecError`` naming the field; ``cluster_env`` gives every replica the variables
+and a restart policy. ``JobBody`` is what a client may send (a pydantic model, which
+the API's OpenAPI document is generated from); ``parse_job`` checks the JSON a client
+sent with it and builds a ``JobSpec``, or raises ``SpecError`` naming the field (one
+line, see ``bodies``); ``cluster_env`` gives every replica the variables
 its framework reads (``TF_CONFIG``; ``MASTER_ADDR``/``RANK``/... and torchrun's
 ``PET_*``). Pure functions: no processes, no database.
 """
@@ -15,8 +17,23 @@ import posixpath
 import re
 import shlex
 from dataclasses import asdict, dataclass, field
+from typing import Annotated
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from gpulab.hub.settings import SettingsError, parse_duration
+
+from .bodies import Body, FieldError, Wanted, one_of, shapes, shown, validated, whole
+from .bodies import SpecError as SpecError  # where callers have always found it
 
 FRAMEWORKS = ("tensorflow", "pytorch", "plain")
 ROLES = {
@@ -51,10 +68,6 @@ RESERVED_ENV = frozenset(
         "USER",
     }
 )
-
-
-class SpecError(ValueError):
-    """A job spec that cannot run; the message names the field."""
 
 
 @dataclass(frozen=True)
@@ -126,212 +139,270 @@ def replica_name(role: str, index: int) -> str:
 
 # -- parsing -----------------------------------------------------------------------------
 
+NAME_HELP = "1-40 lower-case letters, digits and '-', starting with a letter"
+COMMAND_HELP = "a non-empty list of strings, or a shell-style string"
+DEADLINE_HELP = "seconds, or a duration like 90s, 30m, 2h or 1d: more than 0, at most 366 days"
+DURATION_PATTERN = r"^\s*[0-9]+(\.[0-9]+)?\s*[smhdSMHD]?\s*$"
+"""What ``parse_duration`` reads (it also takes a number of seconds)."""
+
+
+def home_path(value: object, where: str = "") -> str:
+    """A path inside the user's home, normalised and relative ("" for the home); else a
+    FieldError (a SpecError) about the field ``where``."""
+    if not isinstance(value, str):
+        raise FieldError(f"a string (got {shown(value)})", at=where)
+    if "\0" in value:
+        raise FieldError("not a valid path", at=where)
+    path = value
+    for prefix in ("~/", "$HOME/"):
+        path = path.removeprefix(prefix)
+    if path.startswith("/"):
+        raise FieldError(
+            f"{shown(value)} is outside your home; give a path relative to it", at=where
+        )
+    normal = posixpath.normpath(path) if path else "."
+    if normal == ".." or normal.startswith("../"):
+        raise FieldError(f"{shown(value)} is outside your home", at=where)
+    return "" if normal == "." else normal
+
+
+def _words(command: str) -> list[str]:
+    """A shell-style command, split into its words."""
+    try:
+        words = shlex.split(command)
+    except ValueError as e:  # No closing quotation
+        raise FieldError(str(e)) from None
+    if not words:
+        raise FieldError(COMMAND_HELP, got=True)
+    return words
+
+
+def _unset_if_empty(value: object) -> object:
+    """An empty command, script or module is none given."""
+    return None if value in ("", []) else value
+
+
+def _settable(name: str) -> str:
+    if name in RESERVED_ENV:
+        raise FieldError(f"{name} is set by gpulab for each replica")
+    return name
+
+
+def _seconds(value: float | str) -> float:
+    try:
+        seconds = parse_duration(value, "active_deadline")
+    except SettingsError:  # more days than any deadline
+        raise FieldError(DEADLINE_HELP, got=True) from None
+    if not 0 < seconds <= MAX_DEADLINE_SECONDS:
+        raise FieldError(DEADLINE_HELP, got=True)
+    return seconds
+
+
+Name = Annotated[str, Field(pattern=NAME_RE.pattern), Wanted(NAME_HELP)]
+HomePath = Annotated[str, AfterValidator(home_path)]
+Module = Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*$"), Wanted("a Python module name")]
+Scalar = Annotated[str | int | float, WithJsonSchema({"type": ["string", "number"]})]
+Command = Annotated[
+    shapes(
+        COMMAND_HELP,
+        string=Annotated[str, AfterValidator(_words)],
+        array=Annotated[list[str], Field(min_length=1), Wanted(COMMAND_HELP)],
+    )
+    | None,
+    BeforeValidator(_unset_if_empty),
+]
+EnvName = Annotated[
+    str,
+    Field(pattern=ENV_NAME_RE.pattern, json_schema_extra={"not": {"enum": sorted(RESERVED_ENV)}}),
+    Wanted("a variable name: letters, digits and _, not starting with a digit"),
+    AfterValidator(_settable),
+]
+Deadline = Annotated[
+    shapes(
+        DEADLINE_HELP,
+        number=Annotated[float, Field(gt=0, le=MAX_DEADLINE_SECONDS), Wanted(DEADLINE_HELP)],
+        string=Annotated[str, Field(pattern=DURATION_PATTERN), Wanted(DEADLINE_HELP)],
+    ),
+    AfterValidator(_seconds),
+]
+
+
+def _python(command: list[str] | None, python: str) -> list[str]:
+    """``command`` with a leading ``python`` or ``python3`` run by ``python``."""
+    if command and command[0] in ("python", "python3"):
+        return [python, *command[1:]]
+    return list(command or ())
+
+
+class ReplicaGroupBody(Body):
+    """A group of identical replicas (a whole number is that many, with the defaults)."""
+
+    count: whole(1, MAX_REPLICAS) = 1
+    gpus: whole(0, 64) = Field(0, description="GPUs per replica, on one node.")
+    restart_policy: one_of(RESTART_POLICIES) = "Never"
+    backoff_limit: whole(0, 100) = Field(3, description="Restarts before the job fails.")
+    command: Command = Field(None, description="This group's own command; none: the job's.")
+
+
+Group = shapes(
+    "a count or an object", integer=whole(1, MAX_REPLICAS, at="count"), object=ReplicaGroupBody
+)
+
+
+class ReplicasBody(Body):
+    """The replica groups by role: TensorFlow's chief, worker, ps and evaluator; a
+    PyTorch or plain job's worker."""
+
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+    chief: Group | None = None
+    worker: Group | None = None
+    ps: Group | None = None
+    evaluator: Group | None = None
+
+    def groups(self) -> list[tuple[str, ReplicaGroupBody]]:
+        """(role, group) of each role given, chief first: it starts (and is scheduled)
+        first."""
+        given = [(role, getattr(self, role)) for role in ROLES["tensorflow"]]
+        return [
+            (role, ReplicaGroupBody(count=g) if isinstance(g, int) else g)
+            for role, g in given
+            if g is not None
+        ]
+
+    @model_validator(mode="after")
+    def _some_role(self) -> ReplicasBody:
+        if not self.groups():
+            raise FieldError("a count, or an object of role: {count, gpus, ...}")
+        return self
+
+
+class TorchrunBody(Body):
+    nproc_per_node: Annotated[int, Field(ge=1), Wanted("a whole number of 1 or more")] = 1
+
+
+class JobBody(Body):
+    """A job (docs/jobs.md): what it runs, as how many replicas of which roles."""
+
+    name: Name = Field(description=f"Unique per user: {NAME_HELP}.")
+    framework: one_of(FRAMEWORKS) = "plain"
+    command: Command = Field(None, description="Run as it is; a leading python is gpulab's.")
+    script: Annotated[HomePath | None, BeforeValidator(_unset_if_empty)] = Field(
+        None, description="Run as python SCRIPT ARGS; relative to the home."
+    )
+    module: Annotated[Module | None, BeforeValidator(_unset_if_empty)] = Field(
+        None, description="Run as python -m MODULE ARGS."
+    )
+    args: Annotated[list[Scalar], Wanted("a list of strings")] = []
+    replicas: shapes(
+        "a count, or an object of role: {count, gpus, ...}",
+        integer=whole(1, MAX_REPLICAS),
+        object=ReplicasBody,
+    ) = Field(1, description="A number of workers, or the replica groups by role.")
+    workdir: HomePath = Field("", description="Relative to the home; empty: the home.")
+    env: dict[EnvName, Annotated[Scalar, Wanted("a string or number")]] = {}
+    package: HomePath = Field("", description="A wheel or sdist on the home, installed first.")
+    image: str = Field("", description="The replicas' image (kubernetes backend).")
+    success_policy: one_of(SUCCESS_POLICIES) = "default"
+    active_deadline: Deadline | None = Field(None, description="The longest the job may run.")
+    torchrun: shapes(
+        "true, processes per replica, or {nproc_per_node: N}",
+        boolean=bool,
+        integer=Annotated[int, Field(ge=0), Wanted("a whole number of 0 or more")],
+        object=TorchrunBody,
+    ) = Field(0, description="PyTorch: processes torchrun starts per replica.")
+
+    @field_validator("replicas", mode="before")
+    @classmethod
+    def _roles_of_framework(cls, value: object, info: ValidationInfo) -> object:
+        framework = info.data.get("framework")
+        if isinstance(value, dict) and framework in ROLES:
+            roles = ROLES[framework]
+            unknown = sorted(str(k) for k in value if k not in roles)
+            if unknown:
+                raise FieldError(
+                    f"{', '.join(unknown)} is not a role of a {framework} job "
+                    f"(roles: {', '.join(roles)})"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _one_command(self) -> JobBody:
+        given = [k for k in ("command", "script", "module") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise FieldError(
+                f"give one of command, script or module, not {' and '.join(given)}", at=given[-1]
+            )
+        if self.args and not given:
+            raise FieldError("give them with a command, script or module", at="args")
+        if not given and any(not g.command for _, g in self.groups()):
+            raise FieldError("give the job a command (or script / module)", at="command")
+        return self
+
+    @model_validator(mode="after")
+    def _replica_rules(self) -> JobBody:
+        groups = dict(self.groups())
+        total = sum(g.count for g in groups.values())
+        if total > MAX_REPLICAS:
+            raise FieldError(f"at most {MAX_REPLICAS} in one job (asked for {total})", "replicas")
+        if self.framework == "tensorflow":
+            _tensorflow_rules(groups)
+        if self.nproc() and self.framework != "pytorch":
+            raise FieldError("only for PyTorch jobs", at="torchrun")
+        return self
+
+    def groups(self) -> list[tuple[str, ReplicaGroupBody]]:
+        if isinstance(self.replicas, int):
+            return [("worker", ReplicaGroupBody(count=self.replicas))]
+        return self.replicas.groups()
+
+    def nproc(self) -> int:
+        if isinstance(self.torchrun, TorchrunBody):
+            return self.torchrun.nproc_per_node
+        return int(self.torchrun)
+
+    def run(self, python: str) -> list[str]:
+        """The job's command, with its args ([] where each group has its own)."""
+        args = [str(a) for a in self.args]
+        if self.script is not None:
+            return [python, self.script, *args]
+        if self.module is not None:
+            return [python, "-m", self.module, *args]
+        return [*_python(self.command, python), *args] if self.command else []
+
+
+def _tensorflow_rules(groups: dict[str, ReplicaGroupBody]) -> None:
+    if "chief" not in groups and "worker" not in groups:
+        raise FieldError("a TensorFlow job needs a chief or at least one worker", at="replicas")
+    for role in ("chief", "evaluator"):
+        if role in groups and groups[role].count != 1:
+            raise FieldError(f"a TensorFlow job has at most one {role}", f"replicas.{role}.count")
+
 
 def parse_job(body: object, python: str = "python") -> JobSpec:
-    """A checked JobSpec from a client's JSON object, or SpecError.
+    """A checked JobSpec from a client's JSON object, or SpecError naming the field.
 
     ``python`` replaces a leading ``python`` of the command (the environment's own
     interpreter); ``script`` and ``module`` are shorthands for ``python SCRIPT ARGS`` and
     ``python -m MODULE ARGS``.
     """
-    if not isinstance(body, dict):
-        raise SpecError("a job is a JSON object")
-    known = {
-        "name", "framework", "command", "script", "module", "args", "workdir", "env",
-        "package", "image", "replicas", "success_policy", "active_deadline", "torchrun",
-    }  # fmt: skip
-    unknown = sorted(set(body) - known)
-    if unknown:
-        raise SpecError(
-            f"unknown field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )
-    name = body.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise SpecError(
-            f"name: 1-40 lower-case letters, digits and '-', starting with a letter (got {name!r})"
-        )
-    framework = body.get("framework", "plain")
-    if framework not in FRAMEWORKS:
-        raise SpecError(f"framework: one of {', '.join(FRAMEWORKS)} (got {framework!r})")
-    command = _command(body, python)
-    groups = _groups(body.get("replicas", 1), framework, python)
-    if framework == "tensorflow":
-        if not any(g.role in ("chief", "worker") for g in groups):
-            raise SpecError("replicas: a TensorFlow job needs a chief or at least one worker")
-        chief = next((g for g in groups if g.role == "chief"), None)
-        if chief is not None and chief.count != 1:
-            raise SpecError("replicas.chief.count: a TensorFlow job has at most one chief")
-        evaluator = next((g for g in groups if g.role == "evaluator"), None)
-        if evaluator is not None and evaluator.count != 1:
-            raise SpecError("replicas.evaluator.count: a TensorFlow job has at most one evaluator")
-    if not command and any(not g.command for g in groups):
-        raise SpecError("command: give the job a command (or script / module)")
-    success = body.get("success_policy", "default")
-    if success not in SUCCESS_POLICIES:
-        raise SpecError(f"success_policy: one of {', '.join(SUCCESS_POLICIES)} (got {success!r})")
-    deadline = body.get("active_deadline")
-    if deadline is not None:
-        try:
-            deadline = parse_duration(deadline, "active_deadline")
-        except SettingsError as e:
-            raise SpecError(str(e)) from None
-        if deadline <= 0:
-            raise SpecError("active_deadline: must be more than 0 seconds")
-        if deadline > MAX_DEADLINE_SECONDS:
-            raise SpecError("active_deadline: at most 366 days (366d)")
-    torchrun = body.get("torchrun", 0)
-    if torchrun and framework != "pytorch":
-        raise SpecError("torchrun: only for PyTorch jobs")
-    if isinstance(torchrun, dict):
-        torchrun = torchrun.get("nproc_per_node", 1)
-    if torchrun is True:
-        torchrun = 1
-    if isinstance(torchrun, bool) or not isinstance(torchrun, int) or torchrun < 0:
-        raise SpecError(f"torchrun.nproc_per_node: a whole number of 1 or more (got {torchrun!r})")
-    return JobSpec(
-        name=name,
-        framework=framework,
-        command=tuple(command),
-        groups=tuple(groups),
-        workdir=home_path(body.get("workdir", ""), "workdir"),
-        env=_env(body.get("env", {})),
-        package=home_path(body.get("package", ""), "package"),
-        image=_string(body.get("image", ""), "image"),
-        success_policy=success,
-        active_deadline=deadline,
-        torchrun_nproc=torchrun,
+    job = validated(JobBody, body, "a job is")
+    groups = tuple(
+        ReplicaGroup(role, **{**g.model_dump(), "command": tuple(_python(g.command, python))})
+        for role, g in job.groups()
     )
-
-
-def home_path(value: object, where: str) -> str:
-    """A path inside the user's home, normalised and relative ("" for the home)."""
-    value = _string(value, where)
-    if not value:
-        return ""
-    if "\0" in value:
-        raise SpecError(f"{where}: not a valid path")
-    path = value
-    for prefix in ("~/", "$HOME/"):
-        if path.startswith(prefix):
-            path = path[len(prefix) :]
-    if path.startswith("/"):
-        raise SpecError(f"{where}: {value!r} is outside your home; give a path relative to it")
-    normal = posixpath.normpath(path)
-    if normal == ".." or normal.startswith("../"):
-        raise SpecError(f"{where}: {value!r} is outside your home")
-    return "" if normal == "." else normal
-
-
-def _string(value: object, where: str) -> str:
-    if not isinstance(value, str):
-        raise SpecError(f"{where}: a string (got {value!r})")
-    return value
-
-
-def _command(body: dict, python: str) -> list[str]:
-    given = [k for k in ("command", "script", "module") if body.get(k)]
-    if len(given) > 1:
-        raise SpecError(f"give one of command, script or module, not {' and '.join(given)}")
-    args = body.get("args", [])
-    if not isinstance(args, list) or not all(isinstance(a, str | int | float) for a in args):
-        raise SpecError("args: a list of strings")
-    args = [str(a) for a in args]
-    if "script" in given:
-        return [python, home_path(body["script"], "script"), *args]
-    if "module" in given:
-        module = _string(body["module"], "module")
-        if not re.match(r"^[A-Za-z_][\w.]*$", module):
-            raise SpecError(f"module: not a Python module name: {module!r}")
-        return [python, "-m", module, *args]
-    if "command" not in given:
-        if args:
-            raise SpecError("args: give them with a command, script or module")
-        return []
-    return [*_split(body["command"], "command", python), *args]
-
-
-def _split(command: object, where: str, python: str) -> list[str]:
-    if isinstance(command, str):
-        try:
-            command = shlex.split(command)
-        except ValueError as e:
-            raise SpecError(f"{where}: {e}") from None
-    if not isinstance(command, list) or not command or not all(isinstance(c, str) for c in command):
-        raise SpecError(f"{where}: a non-empty list of strings, or a shell-style string")
-    if command[0] in ("python", "python3"):
-        command = [python, *command[1:]]
-    return command
-
-
-def _env(env: object) -> dict[str, str]:
-    if not isinstance(env, dict):
-        raise SpecError("env: an object of NAME: value")
-    out = {}
-    for k, v in env.items():
-        if not ENV_NAME_RE.match(k):
-            raise SpecError(f"env: {k!r} is not a variable name")
-        if k in RESERVED_ENV:
-            raise SpecError(f"env: {k} is set by gpulab for each replica")
-        if not isinstance(v, str | int | float) or isinstance(v, bool):
-            raise SpecError(f"env.{k}: a string or number")
-        out[k] = str(v)
-    return out
-
-
-def _groups(replicas: object, framework: str, python: str) -> list[ReplicaGroup]:
-    roles = ROLES[framework]
-    if isinstance(replicas, int) and not isinstance(replicas, bool):
-        replicas = {"worker": {"count": replicas}}
-    if not isinstance(replicas, dict) or not replicas:
-        raise SpecError("replicas: a count, or an object of role: {count, gpus, ...}")
-    groups = []
-    for role in roles:  # a fixed order: chief first, so it starts (and is scheduled) first
-        if role not in replicas:
-            continue
-        raw = replicas[role]
-        where = f"replicas.{role}"
-        if isinstance(raw, int) and not isinstance(raw, bool):
-            raw = {"count": raw}
-        if not isinstance(raw, dict):
-            raise SpecError(f"{where}: a count or an object")
-        extra = sorted(set(raw) - {"count", "gpus", "restart_policy", "backoff_limit", "command"})
-        if extra:
-            raise SpecError(f"{where}: unknown field(s) {', '.join(extra)}")
-        count = _whole(raw.get("count", 1), f"{where}.count", 1, MAX_REPLICAS)
-        gpus = _whole(raw.get("gpus", 0), f"{where}.gpus", 0, 64)
-        policy = raw.get("restart_policy", "Never")
-        if policy not in RESTART_POLICIES:
-            raise SpecError(
-                f"{where}.restart_policy: one of {', '.join(RESTART_POLICIES)} (got {policy!r})"
-            )
-        backoff = _whole(raw.get("backoff_limit", 3), f"{where}.backoff_limit", 0, 100)
-        command = raw.get("command")
-        groups.append(
-            ReplicaGroup(
-                role=role,
-                count=count,
-                gpus=gpus,
-                restart_policy=policy,
-                backoff_limit=backoff,
-                command=tuple(_split(command, f"{where}.command", python)) if command else (),
-            )
-        )
-    unknown = sorted(set(replicas) - set(roles))
-    if unknown:
-        raise SpecError(
-            f"replicas: {', '.join(unknown)} is not a role of a {framework} job "
-            f"(roles: {', '.join(roles)})"
-        )
-    total = sum(g.count for g in groups)
-    if total > MAX_REPLICAS:
-        raise SpecError(f"replicas: at most {MAX_REPLICAS} in one job (asked for {total})")
-    return groups
-
-
-def _whole(value: object, where: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise SpecError(f"{where}: a whole number from {low} to {high} (got {value!r})")
-    return value
+    return JobSpec(
+        name=job.name,
+        framework=job.framework,
+        command=tuple(job.run(python)),
+        groups=groups,
+        workdir=job.workdir,
+        env={k: str(v) for k, v in job.env.items()},
+        package=job.package,
+        image=job.image,
+        success_policy=job.success_policy,
+        active_deadline=job.active_deadline,
+        torchrun_nproc=job.nproc(),
+    )
 
 
 # -- restart policy ------------------------------------------------------------------------

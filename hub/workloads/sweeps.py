@@ -4,18 +4,23 @@ Each trial is an ordinary job named ``<sweep>-<n>`` that gets its parameters as
 ``--name=value`` arguments and as ``GPULAB_PARAM_<NAME>`` variables, and reports its
 metrics by printing ``gpulab-metric: loss=0.25`` or writing ``$GPULAB_METRICS_FILE``.
 At most ``max_parallel`` trials are active at once; the sweep's results are its trials
-sorted by the objective, failed trials included.
+sorted by the objective, failed trials included. ``SweepBody`` is what a client may send
+(a pydantic model, see ``bodies``); ``parse_sweep`` checks it and draws the trials.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Any
 
+from pydantic import BeforeValidator, Field, WithJsonSchema, model_validator
+from pydantic.json_schema import SkipJsonSchema
 from sqlalchemy import (
     Column,
     DateTime,
@@ -32,8 +37,9 @@ from sqlalchemy import (
 
 from gpulab.hub.ledger import as_utc, utcnow
 
+from .bodies import Body, FieldError, SpecError, Wanted, one_of, shapes, validated, whole
 from .runner import JobError
-from .spec import NAME_RE, SpecError, parse_job
+from .spec import NAME_RE, JobBody, parse_job
 from .store import ACTIVE, metadata
 
 if TYPE_CHECKING:
@@ -75,81 +81,169 @@ class SweepSpec:
         return asdict(self)
 
 
+SWEEP_NAME_HELP = f"1-{MAX_SWEEP_NAME} lower-case letters, digits and '-', starting with a letter"
+PARAMETERS_HELP = "an object of name: [values] or name: {min, max}"
+Values = Annotated[list[Any], Field(min_length=1), Wanted("a list of at least one value")]
+Number = Annotated[int | float, WithJsonSchema({"type": "number"}), Wanted("a number")]
+
+
+class ValuesParameter(Body):
+    values: Values
+
+
+class RangeParameter(Body):
+    """Random sweeps only: a number drawn from min to max."""
+
+    min: Number
+    max: Number
+    scale: one_of(("linear", "log"), "linear or log") = "linear"
+    type: one_of(("int", "float"), "int or float") | None = Field(
+        None, description="Default: int where min and max are whole numbers, else float."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RangeParameter:
+        if self.min > self.max:
+            raise FieldError("min is above max")
+        if not math.isfinite(self.max - self.min):
+            raise FieldError("min and max are too far apart")
+        if self.scale == "log" and self.min <= 0:
+            raise FieldError("a log scale needs min above 0")
+        return self
+
+    def draw(self, rng: random.Random) -> Callable[[], float | int]:
+        """A function that draws the parameter's next value from ``rng``."""
+        ints = isinstance(self.min, int) and isinstance(self.max, int)
+        whole = (self.type or ("int" if ints else "float")) == "int"
+        log = self.scale == "log"
+        low, high = (math.log(self.min), math.log(self.max)) if log else (self.min, self.max)
+
+        def draw() -> float | int:
+            value = rng.uniform(low, high)
+            value = math.exp(value) if log else value
+            return round(value) if whole else float(f"{value:.6g}")
+
+        return draw
+
+
+def _parameter_kind(value: object) -> str | None:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "values" if "values" in value else "range"
+    return None
+
+
+Parameter = shapes(
+    "a list of values, or {min, max[, scale, type]}",
+    kind=_parameter_kind,
+    array=Values,
+    values=ValuesParameter,
+    range=RangeParameter,
+)
+ParameterName = Annotated[
+    str,
+    Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"),
+    Wanted("a parameter name: letters, digits and _, not starting with a digit"),
+]
+
+
+def _some(value: object) -> object:
+    if not isinstance(value, dict) or not value:
+        raise FieldError(PARAMETERS_HELP, got=True)
+    return value
+
+
+def _a_job(value: object) -> object:
+    if not isinstance(value, dict):
+        raise FieldError("the job every trial runs, as a job spec without a name", got=True)
+    return value
+
+
+class JobTemplate(JobBody):
+    """The job every trial runs: a job spec without a name (trials are ``<sweep>-<n>``)."""
+
+    name: SkipJsonSchema[None] = None
+
+    @classmethod
+    def check_fields(cls, data: dict) -> None:
+        if "name" in data:
+            raise FieldError("trials are named after the sweep; leave the name out", at="name")
+        super().check_fields(data)
+
+    @classmethod
+    def known(cls) -> set[str]:
+        return super().known() - {"name"}
+
+
+class ObjectiveBody(Body):
+    metric: str = Field(description="A metric the trials report, as gpulab-metric: NAME=VALUE.")
+    goal: one_of(("minimize", "maximize"), "minimize or maximize") = "minimize"
+
+
+class SweepBody(Body):
+    """A sweep (docs/jobs.md#sweeps): one job over a grid or a random sample of parameters."""
+
+    name: Annotated[
+        str, Field(pattern=NAME_RE.pattern, max_length=MAX_SWEEP_NAME), Wanted(SWEEP_NAME_HELP)
+    ] = Field(description=f"Unique per user: {SWEEP_NAME_HELP}.")
+    job: Annotated[JobTemplate, BeforeValidator(_a_job)] = Field(
+        description="The job every trial runs, its parameters appended as --name=value."
+    )
+    parameters: Annotated[
+        dict[ParameterName, Parameter], Field(min_length=1), BeforeValidator(_some)
+    ] = Field(description=f"Their values: {PARAMETERS_HELP}.")
+    algorithm: one_of(("grid", "random"), "grid or random") = "grid"
+    trials: whole(1, MAX_TRIALS) | None = Field(None, description="Random: how many to draw.")
+    seed: int = Field(0, description="Random: the same seed draws the same trials.")
+    max_parallel: whole(1, 64) = 1
+    objective: ObjectiveBody = Field(description="What ranks the trials.")
+
+    @model_validator(mode="after")
+    def _rules(self) -> SweepBody:
+        if self.algorithm == "random":
+            if self.trials is None:
+                raise FieldError(
+                    f"required for random: a whole number from 1 to {MAX_TRIALS}", "trials"
+                )
+            return self
+        if self.trials is not None:
+            raise FieldError("a grid runs every combination; trials is for random", at="trials")
+        _grid_rules(self.parameters)
+        return self
+
+
+def _grid_rules(parameters: dict) -> None:
+    ranges = [k for k, p in parameters.items() if isinstance(p, RangeParameter)]
+    if ranges:
+        raise FieldError("a grid needs a list of values", at=f"parameters.{ranges[0]}")
+    size = math.prod(len(_values(p)) for p in parameters.values())
+    if size > MAX_TRIALS:
+        raise FieldError(f"the grid has {size} combinations; at most {MAX_TRIALS}", "parameters")
+
+
 def parse_sweep(body: object, python: str = "python") -> SweepSpec:
     """A checked SweepSpec from a client's JSON, or SpecError naming the field."""
-    if not isinstance(body, dict):
-        raise SpecError("a sweep is a JSON object")
-    known = {
-        "name",
-        "job",
-        "parameters",
-        "algorithm",
-        "trials",
-        "seed",
-        "max_parallel",
-        "objective",
-    }
-    unknown = sorted(set(body) - known)
-    if unknown:
-        raise SpecError(
-            f"unknown field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )
-    name = body.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > MAX_SWEEP_NAME:
-        raise SpecError(
-            f"name: 1-{MAX_SWEEP_NAME} lower-case letters, digits and '-', starting with a "
-            f"letter (got {name!r})"
-        )
-    job = body.get("job")
-    if not isinstance(job, dict):
-        raise SpecError("job: the job every trial runs, as a job spec without a name")
-    if "name" in job:
-        raise SpecError("job.name: trials are named after the sweep; leave the name out")
-    parameters = body.get("parameters")
-    if not isinstance(parameters, dict) or not parameters:
-        raise SpecError("parameters: an object of name: [values] or name: {min, max}")
-    for key in parameters:
-        if not isinstance(key, str) or not key.isidentifier():
-            raise SpecError(f"parameters: {key!r} is not a valid parameter name")
-    algorithm = body.get("algorithm", "grid")
-    if algorithm not in ("grid", "random"):
-        raise SpecError(f"algorithm: grid or random (got {algorithm!r})")
-    seed = body.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise SpecError(f"seed: a whole number (got {seed!r})")
-    if algorithm == "grid":
-        if "trials" in body:
-            raise SpecError("trials: a grid runs every combination; trials is for random")
-        trials = _grid(parameters)
+    sweep = validated(SweepBody, body, "a sweep is")
+    if sweep.algorithm == "grid":
+        keys, lists = list(sweep.parameters), [_values(p) for p in sweep.parameters.values()]
+        trials = [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*lists)]
     else:
-        count = body.get("trials")
-        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_TRIALS:
-            raise SpecError(f"trials: a whole number from 1 to {MAX_TRIALS} (got {count!r})")
-        trials = _sample(parameters, count, random.Random(seed))
-    max_parallel = body.get("max_parallel", 1)
-    if (
-        isinstance(max_parallel, bool)
-        or not isinstance(max_parallel, int)
-        or not 1 <= max_parallel <= 64
-    ):
-        raise SpecError(f"max_parallel: a whole number from 1 to 64 (got {max_parallel!r})")
-    objective = body.get("objective", {})
-    if not isinstance(objective, dict) or not isinstance(objective.get("metric"), str):
-        raise SpecError('objective: {"metric": NAME, "goal": "minimize" | "maximize"}')
-    goal = objective.get("goal", "minimize")
-    if goal not in ("minimize", "maximize"):
-        raise SpecError(f"objective.goal: minimize or maximize (got {goal!r})")
-    # every trial's job must be a valid job: check the first one now
-    parse_job(trial_job(job, f"{name}-1", trials[0]), python)
+        trials = _sample(sweep.parameters, sweep.trials, random.Random(sweep.seed))
+    job = body["job"]
+    try:  # every trial's job must be a valid job: check the first one now
+        parse_job(trial_job(job, f"{sweep.name}-1", trials[0]), python)
+    except SpecError as e:
+        raise SpecError(f"job.{e}") from None
     return SweepSpec(
-        name=name,
+        name=sweep.name,
         job=job,
-        parameters=parameters,
-        algorithm=algorithm,
+        parameters=body["parameters"],
+        algorithm=sweep.algorithm,
         trials=trials,
-        max_parallel=max_parallel,
-        metric=objective["metric"],
-        goal=goal,
+        max_parallel=sweep.max_parallel,
+        metric=sweep.objective.metric,
+        goal=sweep.objective.goal,
     )
 
 
@@ -163,59 +257,17 @@ def _text(value) -> str:
     return json.dumps(value) if isinstance(value, bool | list | dict) else str(value)
 
 
-def _values(key: str, spec) -> list:
-    if isinstance(spec, dict) and "values" in spec:
-        spec = spec["values"]
-    if isinstance(spec, list):
-        if not spec:
-            raise SpecError(f"parameters.{key}: give at least one value")
-        return spec
-    raise SpecError(f"parameters.{key}: a grid needs a list of values")
-
-
-def _grid(parameters: dict) -> list[dict]:
-    keys = list(parameters)
-    lists = [_values(k, parameters[k]) for k in keys]
-    size = math.prod(len(v) for v in lists)
-    if size > MAX_TRIALS:
-        raise SpecError(f"parameters: the grid has {size} combinations; at most {MAX_TRIALS}")
-    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*lists)]
+def _values(parameter: list | ValuesParameter) -> list:
+    return parameter.values if isinstance(parameter, ValuesParameter) else parameter
 
 
 def _sample(parameters: dict, count: int, rng: random.Random) -> list[dict]:
     draws = {}
-    for key, spec in parameters.items():
-        where = f"parameters.{key}"
-        if isinstance(spec, list) or (isinstance(spec, dict) and "values" in spec):
-            values = _values(key, spec)
-            draws[key] = lambda values=values: rng.choice(values)
-            continue
-        if not isinstance(spec, dict) or not {"min", "max"} <= set(spec):
-            raise SpecError(f"{where}: a list of values, or {{min, max[, scale, type]}}")
-        low, high = spec["min"], spec["max"]
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)):
-            raise SpecError(f"{where}: min and max are numbers")
-        if low > high:
-            raise SpecError(f"{where}: min is above max")
-        scale = spec.get("scale", "linear")
-        if scale not in ("linear", "log"):
-            raise SpecError(f"{where}.scale: linear or log (got {scale!r})")
-        if scale == "log" and low <= 0:
-            raise SpecError(f"{where}: a log scale needs min above 0")
-        whole = spec.get(
-            "type", "int" if isinstance(low, int) and isinstance(high, int) else "float"
-        )
-        if whole not in ("int", "float"):
-            raise SpecError(f"{where}.type: int or float (got {whole!r})")
-
-        def draw(low=low, high=high, scale=scale, whole=whole):
-            if scale == "log":
-                value = math.exp(rng.uniform(math.log(low), math.log(high)))
-            else:
-                value = rng.uniform(low, high)
-            return round(value) if whole == "int" else float(f"{value:.6g}")
-
-        draws[key] = draw
+    for key, parameter in parameters.items():
+        if isinstance(parameter, RangeParameter):
+            draws[key] = parameter.draw(rng)
+        else:
+            draws[key] = functools.partial(rng.choice, _values(parameter))
     return [{k: draw() for k, draw in draws.items()} for _ in range(count)]
 
 
