@@ -23,13 +23,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from hubfixture import REPO, Hub, free_port
+from hubfixture import REPO, SHARED_SETTINGS, Hub, clean_hub, free_port
 
 pytest_plugins = ["k8sfixture"]  # the kubernetes backend's test cluster and hub
-
-SHARED_SETTINGS = {
-    "gpus": {"ids": ["0", "1", "2"], "per_user": 2, "users": {"lab": 4}, "groups": {"team": 1}},
-}
 
 
 ON_THE_CLUSTER = re.compile(r"def \w+\([^)]*\b(kube|k8s|k8s_hub)\b")
@@ -82,21 +78,6 @@ def shared_hub():
 def hub(shared_hub):
     yield shared_hub
     clean_hub(shared_hub)
-
-
-def clean_hub(hub: Hub) -> None:
-    """Stop every server so the next test starts from a free pool."""
-    for user in hub.admin.get(hub.api("/users"), timeout=10).json():
-        for server in user.get("servers", {}):
-            hub.admin.delete(hub.api(f"/users/{user['name']}/servers/{server}"), timeout=60)
-    from hubfixture import wait_for
-
-    wait_for(lambda: hub.gpus()["free"] == hub.gpus()["total"], 60, "every GPU to be free")
-    wait_for(
-        lambda: not any(u["servers"] for u in hub.admin.get(hub.api("/users"), timeout=10).json()),
-        60,
-        "every server to be stopped",
-    )
 
 
 @pytest.fixture

@@ -182,7 +182,15 @@ class Hub:
         return f"{self.url}/hub/api{path}"
 
     def create_user(self, name: str, admin: bool = False, groups: tuple[str, ...] = ()) -> User:
-        r = self.admin.post(self.api(f"/users/{name}"), json={"admin": admin}, timeout=10)
+        creator = self.admin
+        if admin:  # only a user with the admin flag (hub.admin_users) makes admins
+            first = self.settings["hub"]["admin_users"][0]
+            r = self.admin.post(
+                self.api(f"/users/{first}/tokens"), json={"note": "test"}, timeout=10
+            )
+            creator = requests.Session()
+            creator.headers["Authorization"] = f"token {r.json()['token']}"
+        r = creator.post(self.api(f"/users/{name}"), json={"admin": admin}, timeout=10)
         assert r.status_code in (201, 409), r.text
         for group in groups:
             self.admin.post(self.api(f"/groups/{group}"), timeout=10)
@@ -442,3 +450,23 @@ def export_line(path, a: float = 0.5, b: float = 2.0, **run) -> None:
         [sys.executable, "-c", LINE_MODEL, str(path), str(a), str(b)],
         check=True, capture_output=True, timeout=120, **run,
     )  # fmt: skip
+
+
+# -- the suite's shared hubs -------------------------------------------------------
+
+SHARED_SETTINGS = {
+    "gpus": {"ids": ["0", "1", "2"], "per_user": 2, "users": {"lab": 4}, "groups": {"team": 1}},
+}
+
+
+def clean_hub(hub: Hub) -> None:
+    """Stop every server so the next test starts from a free pool."""
+    for user in hub.admin.get(hub.api("/users"), timeout=10).json():
+        for server in user.get("servers", {}):
+            hub.admin.delete(hub.api(f"/users/{user['name']}/servers/{server}"), timeout=60)
+    wait_for(lambda: hub.gpus()["free"] == hub.gpus()["total"], 60, "every GPU to be free")
+    wait_for(
+        lambda: not any(u["servers"] for u in hub.admin.get(hub.api("/users"), timeout=10).json()),
+        60,
+        "every server to be stopped",
+    )

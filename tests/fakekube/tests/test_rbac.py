@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 from typing import Any
 
@@ -553,7 +554,8 @@ async def test_pods_see_their_volumes_and_reach_the_api_as_their_service_account
                     text = await v1.read_namespaced_pod_log("client", "apps")
                 except ApiException:
                     return ""
-                return text if "secrets:" in text or "Traceback" in text else ""
+                # the last line whole: read while it is written, it can end at "secrets:"
+                return text if re.search(r"secrets: .*\n", text) or "Traceback" in text else ""
 
             assert await eventually(log, timeout=30, what="the pod's output") == (
                 "namespace: apps\n"
