@@ -20,7 +20,6 @@ Regenerate both files, or check that they are current::
 
 from __future__ import annotations
 
-import argparse
 import ast
 import copy
 import dataclasses
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import yaml
 
+from gpulab.hub.generated import generator_cli
 from gpulab.hub.settings import Settings, units
 from gpulab.hub.settings import sections as settings_module
 
@@ -426,25 +426,17 @@ def stale_files(root: Path = ROOT, write: bool = False) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    return generator_cli(
+        argv,
         prog="python -m gpulab.hub.settings_schema",
         description=f"Generate {VALUES_SCHEMA} and the tables of {CONFIGURATION_MD} "
         "from hub/settings/sections.py; without an option, print the settings' JSON Schema.",
+        write_help="write both files",
+        check_help="exit 1 when either is stale",
+        show=lambda: _json(settings_schema()),
+        stale=lambda write: stale_files(write=write),
+        command=COMMAND,
     )
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--write", action="store_true", help="write both files")
-    mode.add_argument("--check", action="store_true", help="exit 1 when either is stale")
-    args = parser.parse_args(argv)
-    if not (args.write or args.check):
-        print(_json(settings_schema()))
-        return 0
-    problems = stale_files(write=args.write)
-    for problem in problems:
-        print(("updated: " if args.write else "stale: ") + problem)
-    if args.check and problems:
-        print(f"run: {COMMAND}", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

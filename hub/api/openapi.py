@@ -14,7 +14,6 @@ body names its model's schema. Regenerate them, or check that they are current::
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import sys
@@ -26,6 +25,7 @@ from jupyterhub.apihandlers.base import APIHandler
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, models_json_schema
 
+from gpulab.hub.generated import generator_cli
 from gpulab.hub.workloads.model_spec import ModelBody, ModelChanges
 from gpulab.hub.workloads.spec import JobBody
 from gpulab.hub.workloads.sweeps import SweepBody
@@ -148,27 +148,18 @@ def stale_document(path: Path = DOCUMENT, write: bool = False) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    return generator_cli(
+        argv,
         prog="python -m gpulab.hub.api.openapi",
         description=f"Generate the request bodies' schemas in {DOCUMENT.name} from their "
         "models; without an option, print them as JSON.",
+        write_help="write them into the document",
+        check_help="exit 1 when the document is stale",
+        show=lambda: json.dumps(body_schemas(), indent=2),
+        stale=lambda write: stale_document(write=write),
+        command=COMMAND,
+        fixable=lambda problem: problem == GENERATED,
     )
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--write", action="store_true", help="write them into the document")
-    mode.add_argument("--check", action="store_true", help="exit 1 when the document is stale")
-    args = parser.parse_args(argv)
-    if not (args.write or args.check):
-        print(json.dumps(body_schemas(), indent=2))
-        return 0
-    problems = stale_document(write=args.write)
-    for problem in problems:
-        fixed = args.write and problem == GENERATED
-        print(("updated: " if fixed else "stale: ") + problem)
-    if any(not args.write or p != GENERATED for p in problems):
-        if args.check:
-            print(f"run: {COMMAND}", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":
