@@ -9,9 +9,11 @@ the pod's port). Two phases, in one run:
    request to the hub calling the server ready (the POST returns then): gpulab's
    GpuKubeSpawner, and as the reference plain KubeSpawner asking for the same GPU,
    each on its own hub against the same cluster, both hubs holding the same ``--users``
-   users (a hub's work per spawn grows with them). Every spawn must succeed. Before that,
-   on each hub, ``--single`` spawns one after another: a spawn's time with nothing
-   else going on, the nearest figure to the hub's own overhead.
+   users (a hub's work per spawn grows with them). Every spawn must succeed. Before
+   that, on each hub, ``--single`` spawns one after another: a spawn's time with nothing
+   else going on, the nearest figure to the hub's own overhead. A second reference is
+   KubeSpawner as zero-to-jupyterhub configures it by default, with a home claim per
+   user made by the first spawn, as gpulab makes one (``..._vs_kubespawner_with_home``).
 2. On gpulab's hub, with ``--users`` users and ``--servers`` servers running: latency
    of the hub API a lab page and the CLI use (``/gpulab/gpus``, ``/gpulab/gpu``,
    ``/gpulab/events``, ``/users/<name>``), sequentially, p50/p99.
@@ -72,6 +74,20 @@ c.KubeSpawner.extra_resource_guarantees = {{"nvidia.com/gpu": "1"}}
 """
 
 
+HOME = """
+c.KubeSpawner.storage_pvc_ensure = True
+c.KubeSpawner.pvc_name_template = "claim-{{username}}"
+c.KubeSpawner.storage_class = "ceph-rbd"
+c.KubeSpawner.storage_capacity = "10Gi"
+c.KubeSpawner.volumes = [
+    {{"name": "home", "persistentVolumeClaim": {{"claimName": "claim-{{username}}"}}}}
+]
+c.KubeSpawner.volume_mounts = [{{"name": "home", "mountPath": "/home/jovyan"}}]
+"""
+"""What zero-to-jupyterhub configures by default (``singleuser.storage.type: dynamic``): a
+home claim per user, made by the first spawn, as gpulab makes one."""
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
@@ -99,6 +115,14 @@ def add_users(hub: Hub, names: list[str]) -> None:
     for i in range(0, len(names), 200):
         r = hub.admin.post(hub.api("/users"), json={"usernames": names[i : i + 200]}, timeout=120)
         assert r.status_code == 201, r.text
+
+
+def no_pods(kube: FakeKube) -> None:
+    def gone():
+        r = requests.get(f"{kube.url}/api/v1/namespaces/{NAMESPACE}/pods", timeout=10)
+        return not r.json()["items"]
+
+    wait_for(gone, 120, "the reference's pods to go")
 
 
 def spawn_all(hub: Hub, names: list[str]) -> tuple[list[float], list[str], float]:
@@ -219,7 +243,8 @@ def main() -> int:
         "--profile",
         metavar="FILE",
         help="record gpulab's hub with py-spy during the spawns at once (collapsed stacks, "
-        "for flame graphs; py-spy from PyPI; it samples without stopping the hub)",
+        "for flame graphs; py-spy from PyPI; it samples without stopping the hub), and the "
+        "reference's hub into FILE.plain",
     )
     args = ap.parse_args()
     if args.servers > NODES * GPUS_PER_NODE or not args.spawns <= args.servers <= args.users:
@@ -263,21 +288,31 @@ def main() -> int:
             plain_single, plain_single_failed = spawn_one_by_one(plain, single)
             report("plain KubeSpawner spawn alone", plain_single)
             print(f"plain KubeSpawner: {args.spawns} spawns at once", flush=True)
-            plain_times, plain_failed, plain_cpu = spawn_all(plain, batch)
+            with profiling(plain, args.profile and f"{args.profile}.plain"):
+                plain_times, plain_failed, plain_cpu = spawn_all(plain, batch)
             report("plain KubeSpawner spawn", plain_times)
             print(f"  hub CPU per spawn: {plain_cpu * 1000:.0f} ms", flush=True)
             stop_all(plain, batch)
             plain.cleanup()
             hubs.remove(plain)
-            wait_for(
-                lambda: (
-                    not requests.get(
-                        f"{kube.url}/api/v1/namespaces/{NAMESPACE}/pods", timeout=10
-                    ).json()["items"]
-                ),
-                120,
-                "the reference's pods to go",
+            no_pods(kube)
+
+            homes = start_hub(
+                kube,
+                scratch,
+                "homes",
+                base + (PLAIN + HOME).format(image=IMAGE, namespace=NAMESPACE),
             )
+            hubs.append(homes)
+            add_users(homes, names)
+            print(f"KubeSpawner with a home claim: {args.spawns} spawns at once", flush=True)
+            homes_times, homes_failed, homes_cpu = spawn_all(homes, batch)
+            report("KubeSpawner with a home claim spawn", homes_times)
+            print(f"  hub CPU per spawn: {homes_cpu * 1000:.0f} ms", flush=True)
+            stop_all(homes, batch)
+            homes.cleanup()
+            hubs.remove(homes)
+            no_pods(kube)
 
             hub = start_hub(kube, scratch, "gpulab", base)
             hubs.append(hub)
@@ -306,7 +341,7 @@ def main() -> int:
         responder.wait()
 
     ours = alone_failed + failed + more_failed
-    for failure in (plain_single_failed + plain_failed + ours)[:10]:
+    for failure in (plain_single_failed + plain_failed + homes_failed + ours)[:10]:
         print(f"failed: {failure}")
     p50 = percentile(times, 50) * 1000
     plain_p50 = percentile(plain_times, 50) * 1000
@@ -318,9 +353,12 @@ def main() -> int:
     print(f"k8s_hub_cpu_per_spawn_ratio_vs_kubespawner: {cpu / plain_cpu:.2f}")
     print(f"k8s_spawn_alone_p50_ms: {alone_p50:.0f}")
     print(f"k8s_spawn_alone_p50_ratio_vs_kubespawner: {alone_p50 / plain_alone_p50:.2f}")
+    homes_p50 = percentile(homes_times, 50) * 1000
+    print(f"k8s_hub_cpu_per_spawn_ratio_vs_kubespawner_with_home: {cpu / homes_cpu:.2f}")
+    print(f"k8s_spawn_p50_ratio_vs_kubespawner_with_home: {p50 / homes_p50:.2f}")
     print(f"k8s_spawn_p50_ratio_vs_kubespawner: {p50 / plain_p50:.2f}")
     print(f"k8s_spawn_overhead_p50_ms: {p50:.0f}")
-    return 0 if not (ours or plain_failed or plain_single_failed) else 1
+    return 0 if not (ours or plain_failed or plain_single_failed or homes_failed) else 1
 
 
 if __name__ == "__main__":
