@@ -188,6 +188,8 @@ class NameRegistry:
         """(kind, owner) -> name, and (below) (kind, name) -> owner: claims made here."""
         self._owners: dict[tuple[str, str], str] = {}
         self._guard = threading.Lock()  # one claim at a time in this process (StaticPool)
+        self._kinds: set[str] = set()
+        """Kinds in use: recorded in the database, for good."""
 
     def name_for(
         self,
@@ -217,12 +219,19 @@ class NameRegistry:
     def claim(self, kind: str, owner: str, name: str) -> None:
         """Record that ``name`` (an object name someone else chose, as a pod's) is
         ``owner``'s; ``NameConflict`` when it is another hub name's."""
-        if self._owners.get((kind, name)) == owner:
+        self.claim_all([(kind, owner, name)])
+
+    def claim_all(self, claims: list[tuple[str, str, str]]) -> None:
+        """``claim`` each (kind, owner, name), in one transaction: all are recorded, or
+        none (``NameConflict`` for the first that is another hub name's)."""
+        todo = [c for c in claims if self._owners.get((c[0], c[2])) != c[1]]
+        if not todo:
             return
         with self._guard, self.engine.begin() as conn:
-            self._first_use(conn, kind, None)
-            self._insert(conn, kind, owner, name)
-        self._owners[(kind, name)] = owner
+            for kind, owner, name in todo:
+                self._first_use(conn, kind, None)
+                self._insert(conn, kind, owner, name)
+        self._owners.update({(kind, name): owner for kind, owner, name in todo})
 
     def owner(self, kind: str, name: str) -> str | None:
         """The hub name that owns ``name`` of this kind, if any."""
@@ -256,7 +265,10 @@ class NameRegistry:
     def _first_use(self, conn, kind: str, legacy: Callable[[str], str] | None) -> None:
         """The first time a kind is used, existing hub users get their names by the rule
         they had, oldest first (a later user whose name collided gets none here)."""
+        if kind in self._kinds:
+            return
         if conn.execute(select(kinds_table.c.kind).where(kinds_table.c.kind == kind)).first():
+            self._kinds.add(kind)
             return
         conn.execute(insert(kinds_table).values(kind=kind, since=datetime.now(UTC)))
         if legacy is None:

@@ -58,10 +58,13 @@ class UserObjects:
             self.report(100, f"Spawn failed: {message}")
             raise web.HTTPError(409, message)
 
-    async def _api(self, what: str, call, *args, missing_ok: bool = False, **kwargs):
+    async def _api(
+        self, what: str, call, *args, missing_ok: bool = False, conflict_ok: bool = False, **kwargs
+    ):
         """One API call, retried with backoff while the API server answers 429 or 5xx
         or not at all, for up to ``retry_timeout`` seconds; any other failure is a 503
-        with the API server's message. ``missing_ok``: None for 404."""
+        with the API server's message. ``missing_ok``: None for 404; ``conflict_ok``: None
+        for 409 (it exists already)."""
         delay = 0.1
         deadline = time.monotonic() + self.retry_timeout
         while True:
@@ -69,7 +72,7 @@ class UserObjects:
                 return await asyncio.wait_for(call(*args, **kwargs), self.request_timeout)
             except (TimeoutError, ApiException) as e:
                 status = getattr(e, "status", None)
-                if status == 404 and missing_ok:
+                if (status == 404 and missing_ok) or (status == 409 and conflict_ok):
                     return None
                 retry = status is None or status == 429 or status >= 500
                 if not retry or time.monotonic() + delay > deadline:
@@ -80,9 +83,29 @@ class UserObjects:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5)
 
-    async def ensure_home(self, name: str, size: int, storage_class: str) -> None:
-        """Make the user's home claim ``name`` of ``size`` bytes, or grow it to that."""
+    async def ensure_home(
+        self, name: str, size: int, storage_class: str, likely_new: bool = False
+    ) -> None:
+        """Make the user's home claim ``name`` of ``size`` bytes, or grow it to that.
+
+        ``likely_new``: no spawn of this hub process has seen the claim yet (a burst of
+        first spawns, a class starting): ask to make it at once, one call when there is
+        none, and look at the one there is only when the API server says so."""
         ns = self.namespace
+        body = objects.home_pvc(
+            name, ns, size, storage_class, self.labels, objects.owner_annotations(self.user, "")
+        )
+        if likely_new:
+            made = await self._api(
+                f"create home volume {name}",
+                self.core.create_namespaced_persistent_volume_claim,
+                ns,
+                body,
+                conflict_ok=True,
+            )
+            if made is not None:
+                self.report(30, f"Created home volume {name} ({objects.quantity(size)})")
+                return
         pvc = await self._api(
             f"read home volume {name}",
             self.core.read_namespaced_persistent_volume_claim,
@@ -94,14 +117,6 @@ class UserObjects:
             self._refuse_if_not_ours("home volume claim", name, pvc.metadata.annotations)
         if pvc is None:
             self.report(30, f"Creating home volume {name} ({objects.quantity(size)})")
-            body = objects.home_pvc(
-                name,
-                ns,
-                size,
-                storage_class,
-                self.labels,
-                objects.owner_annotations(self.user, ""),
-            )
             try:
                 await self._api(
                     f"create home volume {name}",

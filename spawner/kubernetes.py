@@ -124,9 +124,13 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
         brute-forced) fails the spawn with 409 instead of sharing their objects."""
         names = registry(self.gpulab.settings.data_path)
         try:
-            names.claim(K8S_PVC, self.user.name, self.pvc_name)
-            names.claim(K8S_SECRET, self.user.name, self.s3_secret_name)
-            names.claim(K8S_POD, self._pod_owner, self.pod_name)
+            names.claim_all(
+                [
+                    (K8S_PVC, self.user.name, self.pvc_name),
+                    (K8S_SECRET, self.user.name, self.s3_secret_name),
+                    (K8S_POD, self._pod_owner, self.pod_name),
+                ]
+            )
         except NameConflict as e:
             self.report(100, f"Spawn failed: {e}")
             raise web.HTTPError(409, str(e)) from None
@@ -199,7 +203,9 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
     async def ensure_home(self) -> None:
         """Make the user's home claim, or grow it to the configured home size."""
         size = self.gpulab.settings.storage.home_size_bytes
-        await self._user_objects().ensure_home(self.pvc_name, size, self.k8s.storage_class)
+        await self._user_objects().ensure_home(
+            self.pvc_name, size, self.k8s.storage_class, likely_new=not self._pvc_exists
+        )
         self._pvc_exists = True
 
     async def ensure_s3_secret(self, env: dict[str, str]) -> None:
