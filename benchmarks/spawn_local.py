@@ -10,7 +10,8 @@ uncompiled). Two clocks start at the spawn request:
 - "answers": the server process answers HTTP on its port (probed every 20 ms);
 - "hub ready": the hub marks the server ready. JupyterHub finds that out by probing
   with exponential back-off (0.2 s doubling to 5 s, jittered), so this clock moves in
-  steps of 1-3 s for both spawners alike and is printed for reference only.
+  steps of 1-3 s for plain JupyterHub; gpulab's spawner returns only once the server
+  accepts connections, so the hub's first look finds it up (``spawn_ready_ratio``).
 
     .venv/bin/python benchmarks/spawn_local.py [--spawns 10]
 
@@ -230,6 +231,7 @@ def main() -> None:
                 f"{label}: median {answers[key]:.3f}s to answer, "
                 f"{ready[key]:.3f}s to hub ready, over {args.spawns}"
             )
+        print(f"spawn_ready_ratio: {ready['gpulab'] / ready['plain']:.3f}")
         print(f"spawn_ratio: {answers['gpulab'] / answers['plain']:.3f}")
     finally:
         for hub in hubs:

@@ -163,10 +163,29 @@ class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner):
             )
             self._record_start(ip, port)
             self.report(60, "Server process started; waiting for it to answer")
+            await self._until_listening(ip, port)
             return ip, port
         except BaseException:
             self.release_gpus("spawn failed")
             raise
+
+    async def _until_listening(self, ip: str, port: int, every: float = 0.05) -> None:
+        """Return once the server accepts connections on its port, or its process ended,
+        or ``start_timeout`` passed. JupyterHub then checks it over HTTP: with its back-off
+        (0.2 s, doubling) a server that starts in 1.5 s was called ready only at its
+        fourth look, half a second late; its first look now finds it up."""
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline and self._process_runs():
+            try:
+                _, writer = await asyncio.open_connection(ip or "127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(every)
+                continue
+            writer.close()
+            return
+
+    def _process_runs(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def gpus_changed(self, ids: list[str]) -> None:
         super().gpus_changed(ids)
