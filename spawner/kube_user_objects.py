@@ -10,6 +10,7 @@ failing (5xx) or not at all are retried with backoff; any other refusal is a 503
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -95,17 +96,18 @@ class UserObjects:
         body = objects.home_pvc(
             name, ns, size, storage_class, self.labels, objects.owner_annotations(self.user, "")
         )
-        if likely_new:
-            made = await self._api(
-                f"create home volume {name}",
-                self.core.create_namespaced_persistent_volume_claim,
-                ns,
-                body,
-                conflict_ok=True,
-            )
-            if made is not None:
-                self.report(30, f"Created home volume {name} ({objects.quantity(size)})")
-                return
+        # a 409 is a claim made already (or meanwhile, by another spawn of this user's)
+        create = functools.partial(
+            self._api,
+            f"create home volume {name}",
+            self.core.create_namespaced_persistent_volume_claim,
+            ns,
+            body,
+            conflict_ok=True,
+        )
+        if likely_new and await create() is not None:
+            self.report(30, f"Created home volume {name} ({objects.quantity(size)})")
+            return
         pvc = await self._api(
             f"read home volume {name}",
             self.core.read_namespaced_persistent_volume_claim,
@@ -113,21 +115,11 @@ class UserObjects:
             ns,
             missing_ok=True,
         )
-        if pvc is not None:
-            self._refuse_if_not_ours("home volume claim", name, pvc.metadata.annotations)
         if pvc is None:
             self.report(30, f"Creating home volume {name} ({objects.quantity(size)})")
-            try:
-                await self._api(
-                    f"create home volume {name}",
-                    self.core.create_namespaced_persistent_volume_claim,
-                    ns,
-                    body,
-                )
-            except web.HTTPError:  # made meanwhile by another spawn of this user's?
-                if not await self._exists(self.core.read_namespaced_persistent_volume_claim, name):
-                    raise
+            await create()
         else:
+            self._refuse_if_not_ours("home volume claim", name, pvc.metadata.annotations)
             requested = objects.parse_quantity(pvc.spec.resources.requests["storage"])
             if requested < size:
                 self.report(30, f"Growing home volume {name} to {objects.quantity(size)}")
@@ -138,11 +130,6 @@ class UserObjects:
                     ns,
                     objects.pvc_resize_patch(size),
                 )
-
-    async def _exists(self, read, name: str) -> bool:
-        return (
-            await self._api(f"read {name}", read, name, self.namespace, missing_ok=True) is not None
-        )
 
     async def ensure_s3_secret(self, name: str, env: dict[str, str]) -> None:
         """Put the user's S3 keys in their Secret ``name`` (made, or replaced after a
