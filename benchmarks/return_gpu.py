@@ -82,6 +82,8 @@ def cluster_hub():
     extra = scratch / "extra_config.py"
     extra.write_text(EXTRA_CONFIG.format())
     image_env = {k: v for k, v in os.environ.items() if k != "HOME"}
+    # the "image": gpulab's environment (its gpulab-singleuser) first on PATH
+    image_env["PATH"] = f"{Path(sys.executable).parent}:{image_env.get('PATH', '/usr/bin:/bin')}"
     nodes = [{"name": NODE, "gpus": 1}]
     try:
         with FakeKube(nodes=nodes, run_containers=True, storage_classes=[CEPH_RBD],

@@ -3,8 +3,7 @@
 Runs two hubs side by side on this machine (as root), each with configurable-http-proxy,
 and times N spawns each, alternating A/B so drift hits both alike. Both run
 jupyterhub-singleuser from the same environment as the same unix account, each as its
-hub starts it (gpulab's through its entry point, ``python -m
-gpulab.extensions.server.singleuser``, which leaves jsonschema's IRI grammars
+hub starts it (gpulab's through its command, ``gpulab-singleuser``, which leaves jsonschema's IRI grammars
 uncompiled). Two clocks start at the spawn request:
 
 - "answers": the server process answers HTTP on its port (probed every 20 ms);

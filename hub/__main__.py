@@ -1,14 +1,20 @@
-"""``python -m gpulab.hub -f CONFIG``: the hub process (what ``gpulab up`` runs).
+"""``gpulab-hub -f CONFIG``: the hub process (what ``gpulab up`` runs).
 
 JupyterHub, started as its ``jupyterhub`` command starts it, without the second of CPU
 its import spends compiling IRI grammars nothing in it uses
-(``gpulab.extensions.server.singleuser``).
+(``gpulab.extensions.server.singleuser``). A console script, not ``python -m``: that
+would put the working directory first on the import path.
 """
 
 from gpulab.extensions.server.singleuser import defer_iri_grammars
 
-defer_iri_grammars()
 
-from jupyterhub.app import main  # noqa: E402 (after the stand-in is in place)
+def main() -> None:
+    defer_iri_grammars()
+    from jupyterhub.app import main as jupyterhub
 
-main()
+    jupyterhub()
+
+
+if __name__ == "__main__":
+    main()

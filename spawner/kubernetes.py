@@ -63,7 +63,7 @@ class GpuKubeSpawner(GpuSpawnerMixin, KubeSpawner):
     @default("cmd")
     def _cmd_default(self):
         # the image's jupyterhub-singleuser, through gpulab's entry point (a second sooner)
-        return ["python", "-m", "gpulab.extensions.server.singleuser"]
+        return ["gpulab-singleuser"]
 
     @default("image_pull_policy")
     def _image_pull_policy_default(self):

@@ -74,8 +74,9 @@ class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner):
     @default("cmd")
     def _cmd_default(self):
         # jupyterhub-singleuser of the environment gpulab is installed in (not whatever is
-        # first on PATH), through gpulab's entry point, which starts it a second sooner
-        return [sys.executable, "-m", "gpulab.extensions.server.singleuser"]
+        # first on PATH), through gpulab's command, which starts it a second sooner (a
+        # script, so the user's home, its working directory, is not on its import path)
+        return [os.path.join(sys.prefix, "bin", "gpulab-singleuser")]
 
     @property
     def account(self) -> Account:

@@ -189,7 +189,7 @@ class RecordingBackend(LocalBackend):
 
 
 class HubApp(JupyterHub):
-    """JupyterHub as ``python -m gpulab.hub`` runs it, in a thread of the test process:
+    """JupyterHub as ``gpulab-hub`` runs it, in a thread of the test process:
     configured from ``ctx`` instead of a config file, no signal handlers."""
 
     ctx: Context

@@ -103,7 +103,7 @@ class Hub:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 # as ``gpulab up`` starts it
-                [sys.executable, "-m", "gpulab.hub", "-f", str(REPO / "jupyterhub_config.py")],
+                [str(BIN / "gpulab-hub"), "-f", str(REPO / "jupyterhub_config.py")],
                 cwd=self.data_root,
                 env=self.env,
                 stdout=log,

@@ -95,6 +95,8 @@ def kube(ceph):
     shim("python", sys.executable)
     shim("python3", sys.executable)
     shim("gpulab", str(BIN / "gpulab"))  # the Helm chart's hub pod runs `gpulab up`
+    shim("gpulab-hub", str(BIN / "gpulab-hub"))  # which runs this
+    shim("gpulab-singleuser", str(BIN / "gpulab-singleuser"))  # a user's server
     image_env = {k: v for k, v in os.environ.items() if k != "HOME"}
     image_env["PATH"] = f"{shims}:{image_env['PATH']}"
     with FakeKube(

@@ -47,8 +47,8 @@ def cmd_up(args, settings: Settings) -> int:
     )
     os.chdir(data)
     extra = [a for a in args.jupyterhub_args if a != "--"]
-    hub = [sys.executable, "-m", "gpulab.hub", "-f", str(JUPYTERHUB_CONFIG), *extra]
-    os.execv(sys.executable, hub)
+    hub = Path(sys.prefix) / "bin" / "gpulab-hub"
+    os.execv(hub, [str(hub), "-f", str(JUPYTERHUB_CONFIG), *extra])
     return 0  # not reached
 
 

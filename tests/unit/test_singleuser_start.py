@@ -1,10 +1,12 @@
 """The user's server and the hub start without compiling IRI grammars (a second of CPU
-each), and schemas that name the ``iri`` formats are still checked."""
+each), schemas that name the ``iri`` formats are still checked, and nothing in the
+user's home (the server's working directory) comes before the server's own modules."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 START = """
 import sys
@@ -37,3 +39,14 @@ def test_without_the_stand_in_the_grammars_are_compiled_at_import():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "True", out.stdout + out.stderr
+
+
+def test_a_module_in_the_users_home_is_not_imported_by_their_server(tmp_path):
+    # the server runs in the home: a file there named as a module the server imports
+    # (tornado.py, jupyterhub/) would replace it and break the server
+    (tmp_path / "tornado.py").write_text("raise SystemExit('the home module was imported')\n")
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("gpulab-singleuser")), "--help"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0 and "home module" not in out.stdout + out.stderr, out.stderr
