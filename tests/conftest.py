@@ -18,7 +18,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 
@@ -27,10 +26,6 @@ import pytest
 from hubfixture import REPO, SHARED_SETTINGS, Hub, clean_hub, free_port
 
 pytest_plugins = ["k8sfixture"]  # the kubernetes backend's test cluster and hub
-
-# the attack tests (tests/security) use the e2e modules' browser and sign-up helpers,
-# whichever folder a run starts from
-sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
 
 ON_THE_CLUSTER = re.compile(r"def \w+\([^)]*\b(kube|k8s|k8s_hub)\b")

@@ -6,37 +6,8 @@ import sys
 
 import requests
 
+from browsing import login, sign_up
 from hubfixture import BIN, wait_for
-
-
-def browser(hub) -> requests.Session:
-    s = requests.Session()
-    s.get(hub.url + "/hub/login", timeout=10)  # sets the _xsrf cookie
-    return s
-
-
-def login(hub, name: str, password: str) -> requests.Session:
-    s = browser(hub)
-    r = s.post(
-        hub.url + "/hub/login",
-        data={"username": name, "password": password, "_xsrf": s.cookies.get("_xsrf")},
-        allow_redirects=False,
-        timeout=10,
-    )
-    s.login_status, s.login_page = r.status_code, r.text
-    s.login_response = r
-    return s
-
-
-def sign_up(hub, name: str, password: str) -> requests.Response:
-    s = browser(hub)
-    data = {
-        "username": name,
-        "signup_password": password,
-        "signup_password_confirmation": password,
-        "_xsrf": s.cookies.get("_xsrf"),
-    }
-    return s.post(hub.url + "/hub/signup", data=data, timeout=10)
 
 
 def logged_in(s: requests.Session, hub) -> bool:

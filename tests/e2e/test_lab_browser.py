@@ -16,17 +16,9 @@ import uuid
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
+from browsing import CHROMIUM, CHROMIUM_ARGS
 from hubfixture import REPO, open_notebook, run_in_kernel, wait_for
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ARTIFACTS = REPO / "tests" / "artifacts"
 
 pytestmark = pytest.mark.timeout(180)

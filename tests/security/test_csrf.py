@@ -22,9 +22,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 from playwright.sync_api import expect, sync_playwright
-from test_accounts_and_form import login, sign_up
-from test_lab_browser import CHROMIUM, CHROMIUM_ARGS
 
+from browsing import CHROMIUM, CHROMIUM_ARGS, login, sign_up
 from hubfixture import wait_for
 
 EVIL = "evil.test"

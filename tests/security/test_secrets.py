@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_accounts_and_form import login
 
+from browsing import login
 from hubfixture import BIN, free_port
 
 KEY = "SECRETKEY" + "x" * 31

@@ -1,0 +1,45 @@
+"""The hub's pages as a browser uses them, shared by the e2e and attack tests: a
+requests session that signs up and logs in through the hub's forms (with their xsrf
+token), and Debian's Chromium for Playwright."""
+
+import requests
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def browser(hub) -> requests.Session:
+    s = requests.Session()
+    s.get(hub.url + "/hub/login", timeout=10)  # sets the _xsrf cookie
+    return s
+
+
+def login(hub, name: str, password: str) -> requests.Session:
+    s = browser(hub)
+    r = s.post(
+        hub.url + "/hub/login",
+        data={"username": name, "password": password, "_xsrf": s.cookies.get("_xsrf")},
+        allow_redirects=False,
+        timeout=10,
+    )
+    s.login_status, s.login_page = r.status_code, r.text
+    s.login_response = r
+    return s
+
+
+def sign_up(hub, name: str, password: str) -> requests.Response:
+    s = browser(hub)
+    data = {
+        "username": name,
+        "signup_password": password,
+        "signup_password_confirmation": password,
+        "_xsrf": s.cookies.get("_xsrf"),
+    }
+    return s.post(hub.url + "/hub/signup", data=data, timeout=10)
