@@ -117,6 +117,25 @@ def add_users(hub: Hub, names: list[str]) -> None:
         assert r.status_code == 201, r.text
 
 
+def spawn_burst(hub: Hub, label: str, batch: list[str], profile: str | None):
+    """``batch``'s spawns at once on ``hub``, reported: the times, the failures, the hub's
+    CPU seconds per spawn (``profile``: py-spy's record of the hub meanwhile)."""
+    print(f"{label}: {len(batch)} spawns at once", flush=True)
+    with profiling(hub, profile):
+        times, failed, cpu = spawn_all(hub, batch)
+    report(f"{label} spawn", times)
+    print(f"  hub CPU per spawn: {cpu * 1000:.0f} ms", flush=True)
+    return times, failed, cpu
+
+
+def retire(hub: Hub, hubs: list[Hub], kube: FakeKube, batch: list[str]) -> None:
+    """Stop ``batch``'s servers and the hub, and wait until the cluster has no pod left."""
+    stop_all(hub, batch)
+    hub.cleanup()
+    hubs.remove(hub)
+    no_pods(kube)
+
+
 def no_pods(kube: FakeKube) -> None:
     def gone():
         r = requests.get(f"{kube.url}/api/v1/namespaces/{NAMESPACE}/pods", timeout=10)
@@ -287,15 +306,10 @@ def main() -> int:
             print(f"plain KubeSpawner: {args.single} spawns one by one", flush=True)
             plain_single, plain_single_failed = spawn_one_by_one(plain, single)
             report("plain KubeSpawner spawn alone", plain_single)
-            print(f"plain KubeSpawner: {args.spawns} spawns at once", flush=True)
-            with profiling(plain, args.profile and f"{args.profile}.plain"):
-                plain_times, plain_failed, plain_cpu = spawn_all(plain, batch)
-            report("plain KubeSpawner spawn", plain_times)
-            print(f"  hub CPU per spawn: {plain_cpu * 1000:.0f} ms", flush=True)
-            stop_all(plain, batch)
-            plain.cleanup()
-            hubs.remove(plain)
-            no_pods(kube)
+            plain_times, plain_failed, plain_cpu = spawn_burst(
+                plain, "plain KubeSpawner", batch, args.profile and f"{args.profile}.plain"
+            )
+            retire(plain, hubs, kube, batch)
 
             homes = start_hub(
                 kube,
@@ -305,14 +319,10 @@ def main() -> int:
             )
             hubs.append(homes)
             add_users(homes, names)
-            print(f"KubeSpawner with a home claim: {args.spawns} spawns at once", flush=True)
-            homes_times, homes_failed, homes_cpu = spawn_all(homes, batch)
-            report("KubeSpawner with a home claim spawn", homes_times)
-            print(f"  hub CPU per spawn: {homes_cpu * 1000:.0f} ms", flush=True)
-            stop_all(homes, batch)
-            homes.cleanup()
-            hubs.remove(homes)
-            no_pods(kube)
+            homes_times, homes_failed, homes_cpu = spawn_burst(
+                homes, "KubeSpawner with a home claim", batch, None
+            )
+            retire(homes, hubs, kube, batch)
 
             hub = start_hub(kube, scratch, "gpulab", base)
             hubs.append(hub)
@@ -320,13 +330,9 @@ def main() -> int:
             print(f"gpulab GpuKubeSpawner: {args.single} spawns one by one", flush=True)
             alone, alone_failed = spawn_one_by_one(hub, single)
             report("gpulab GpuKubeSpawner spawn alone", alone)
-            print(f"gpulab GpuKubeSpawner: {args.spawns} spawns at once", flush=True)
-            with profiling(hub, args.profile):
-                times, failed, cpu = spawn_all(hub, batch)
+            times, failed, cpu = spawn_burst(hub, "gpulab GpuKubeSpawner", batch, args.profile)
             if failed:
                 print(errors(hub), flush=True)
-            report("gpulab GpuKubeSpawner spawn", times)
-            print(f"  hub CPU per spawn: {cpu * 1000:.0f} ms", flush=True)
 
             more = names[args.spawns : args.servers]
             print(f"{len(more)} more servers, {args.users} users: hub API latency", flush=True)
