@@ -16,7 +16,6 @@ import sys
 
 import requests
 from kubernetes_asyncio import client
-from kubeschema import valid
 
 from fakekube import FakeKube
 from fakekube.tests.helpers import apis, eventually
@@ -25,6 +24,7 @@ from gpulab.serving.config import to_text
 from gpulab.spawner import model_objects, objects
 from hubfixture import export_line, free_port
 from k8sfixture import CEPH_RBD
+from kubeschema import valid
 
 
 async def test_the_built_deployment_serves_the_model_on_the_fake_cluster(tmp_path):

@@ -14,7 +14,6 @@ import pytest
 import yaml
 from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.config import kube_config
-from kubeschema import valid
 from kubespawner.clients import load_config
 
 from gpulab.hub.app import Context
@@ -25,6 +24,7 @@ from gpulab.spawner import model_objects, objects, workload_objects
 from gpulab.spawner.kube_backend import KubernetesBackend
 from gpulab.spawner.kube_grants import PodGrantWatcher
 from gpulab.spawner.kubernetes import GpuKubeSpawner, unschedulable_reason
+from kubeschema import valid
 
 
 def test_home_claim_is_a_literal_rbd_claim():
