@@ -29,10 +29,19 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.prefix) / "bin"
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free just now, never one this process handed out before: the kernel may
+    give a closed port again at once, and a hub's two ports once collided that way."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def _tail(path: Path, n: int) -> str:
