@@ -11,10 +11,13 @@ from __future__ import annotations
 
 
 def api_handlers() -> list[tuple]:
-    """Every handler of gpulab's REST API, paths under /api/gpulab/ (before the prefix)."""
-    from .api import gpu, gpus, jobs, models, openapi, storage, sweeps
+    """Every handler of gpulab's REST API, paths under /api/gpulab/ (before the prefix),
+    and gpulab's rules in front of JupyterHub's sharing API (``api/sharing.py``)."""
+    from .api import gpu, gpus, jobs, models, openapi, sharing, storage, sweeps
 
     return [
+        *sharing.hub_handlers,
+        *sharing.default_handlers,
         *gpus.default_handlers,
         *gpu.default_handlers,
         *storage.default_handlers,
@@ -28,9 +31,9 @@ def api_handlers() -> list[tuple]:
 class GpulabApiMixin:
     """An Authenticator mixin: its handlers are gpulab's API, then the authenticator's own.
 
-    First, so no other handler shadows them; they match only /api/gpulab/..., so they
-    shadow none of the authenticator's pages nor JupyterHub's (its ``/api/(.*)`` 404
-    comes after every one of them)."""
+    First, so no other handler shadows them; they match only /api/gpulab/... (and
+    JupyterHub's sharing paths, whose handlers they extend), so they shadow none of the
+    authenticator's pages (JupyterHub's ``/api/(.*)`` 404 comes after every one of them)."""
 
     def get_handlers(self, app):
         return [*api_handlers(), *super().get_handlers(app)]

@@ -40,11 +40,54 @@ def secret_file(path: Path) -> str:
     return path.read_text().strip()
 
 
-def admin_scopes() -> list[str]:
-    """The scopes of JupyterHub's admin role, as this JupyterHub defines it."""
+def default_role_scopes(name: str) -> list[str]:
+    """The scopes of JupyterHub's default role ``name`` (admin, user, server), as this
+    JupyterHub defines it."""
     from jupyterhub.roles import get_default_roles
 
-    return next(r["scopes"] for r in get_default_roles() if r["name"] == "admin")
+    return next(r["scopes"] for r in get_default_roles() if r["name"] == name)
+
+
+SHARE_SCOPES = ["shares!user", "read:shares!user"]
+DIRECTORY_SCOPES = ["list:users", "read:users:name", "list:groups", "read:groups:name"]
+
+
+def sharing_roles(sharing) -> list[dict]:
+    """JupyterHub roles for ``sharing`` (docs/sharing.md): the scopes to make share links
+    and shares of one's own servers, for every user or for the members of
+    ``sharing.groups``; the names of users and groups with ``sharing.user_directory``."""
+    directory = DIRECTORY_SCOPES if sharing.user_directory else []
+    everyone = sharing.enabled and not sharing.groups
+    roles = [
+        {
+            "name": "user",
+            "description": "Every user: their own account and servers"
+            + (", which they may share" if everyone else ""),
+            "scopes": [
+                *default_role_scopes("user"),
+                *(SHARE_SCOPES if everyone else []),
+                *directory,
+            ],
+        }
+    ]
+    if sharing.enabled and sharing.groups:
+        roles.append(
+            {
+                "name": "gpulab-sharing",
+                "description": "Members of sharing.groups: they may share their own servers",
+                "scopes": SHARE_SCOPES,
+                "groups": list(sharing.groups),
+            }
+        )
+    return roles
+
+
+def server_token_scopes(sharing) -> list[str]:
+    """The scopes of a server's own token: JupyterHub's server role, and the owner's
+    sharing of this server (the lab's Share dialog goes through the server extension).
+    JupyterHub gives the token only those the owner holds."""
+    directory = DIRECTORY_SCOPES if sharing.user_directory else []
+    return [*default_role_scopes("server"), "shares!server", "read:shares!server", *directory]
 
 
 def authenticator_with_api(authenticator_class: str | type) -> type:
@@ -111,6 +154,9 @@ def configure(c, ctx: Context | None = None) -> None:
             "xsrf_cookie_kwargs": {"samesite": "Lax", "httponly": True},
         }
     )
+    # gpulab's versions of JupyterHub's pages first (the share link's and the OAuth
+    # confirmation a guest sees, in plain words)
+    c.JupyterHub.template_paths = [str(Path(__file__).with_name("templates"))]
     # user servers outlive the hub: a hub restart re-attaches to them
     c.JupyterHub.cleanup_servers = False
 
@@ -142,10 +188,14 @@ def configure(c, ctx: Context | None = None) -> None:
         {
             "name": CLI_SERVICE,
             "description": "The gpulab CLI on the hub's machine: the admin role's scopes",
-            "scopes": admin_scopes(),
+            "scopes": default_role_scopes("admin"),
             "services": [CLI_SERVICE],
-        }
+        },
+        *sharing_roles(s.sharing),
     ]
+    c.Spawner.server_token_scopes = server_token_scopes(s.sharing)
+    # the token a guest's browser gets for a shared server reaches that server, nothing else
+    c.Spawner.oauth_client_allowed_scopes = []
 
     for grant in backend.settle(ctx.ledger):
         log.warning(

@@ -39,7 +39,20 @@ from gpulab.hub.ledger import GpuLedger
 from gpulab.hub.settings import load_settings
 from gpulab.spawner.base import GpuSpawnerMixin
 from gpulab.spawner.local_backend import LocalBackend
-from hubfixture import Hub, wait_for
+from hubfixture import SHARED_SETTINGS, Hub, wait_for
+
+API_SETTINGS = {
+    # what the tier's modules need: GPUs and quotas, idle reclaim every second
+    **SHARED_SETTINGS,
+    "gpus": {**SHARED_SETTINGS["gpus"], "reclaim_interval": 1},
+    "profiles": [
+        {"slug": "cpu", "display_name": "CPU only", "default": True},
+        {"slug": "gpu-1", "display_name": "1 GPU", "gpus": 1},
+        {"slug": "gpu-2", "display_name": "2 GPUs", "gpus": 2},
+        {"slug": "gpu-idle", "display_name": "1 GPU, returned after an idle hour", "gpus": 1,
+         "idle_return": "1h"},
+    ],
+}  # fmt: skip
 
 
 @dataclass
@@ -110,6 +123,8 @@ class _Answer(web.RequestHandler):
                     "switching": False,
                 }
             )
+        elif (method, internal) == ("POST", "guests/end"):
+            self.finish({"closed": 0})
         else:
             self.set_status(404)
             self.finish({"message": f"a recorded server has no {internal}"})

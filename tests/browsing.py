@@ -2,6 +2,8 @@
 requests session that signs up and logs in through the hub's forms (with their xsrf
 token), and Debian's Chromium for Playwright."""
 
+import re
+
 import requests
 
 CHROMIUM = "/usr/bin/chromium"
@@ -43,3 +45,21 @@ def sign_up(hub, name: str, password: str) -> requests.Response:
         "_xsrf": s.cookies.get("_xsrf"),
     }
     return s.post(hub.url + "/hub/signup", data=data, timeout=10)
+
+
+def submit_form(s: requests.Session, page: requests.Response) -> requests.Response:
+    """Submit the one form of a hub page (its hidden fields: xsrf, code, scopes) as a
+    browser does when its button is pressed."""
+    fields = re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page.text)
+    return s.post(page.url, data=fields, timeout=30)
+
+
+def accept_share(s: requests.Session, hub, link: str) -> requests.Response:
+    """Follow a share link as a logged-in teammate: accept it, confirm opening the
+    owner's server, and land where the link leads (the last answer)."""
+    page = s.get(link if link.startswith("http") else hub.url + link, timeout=30)
+    assert page.status_code == 200, page.text
+    answer = submit_form(s, page)
+    if "/hub/api/oauth2/authorize" in answer.url:  # "Open alice's server"
+        answer = submit_form(s, answer)
+    return answer

@@ -479,3 +479,12 @@ def clean_hub(hub: Hub) -> None:
         60,
         "every server to be stopped",
     )
+
+
+def end_sharing(hub: Hub) -> None:
+    """Revoke every share and share link on the hub, so users named alike in later tests
+    start with servers nobody else may reach."""
+    for user in hub.admin.get(hub.api("/users"), timeout=10).json():
+        for server in user.get("servers", {}) or [""]:
+            for kind in ("shares", "share-codes"):
+                hub.admin.delete(hub.api(f"/{kind}/{user['name']}/{server}"), timeout=30)

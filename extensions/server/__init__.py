@@ -22,6 +22,7 @@ def _load_jupyter_server_extension(serverapp):
     from .handlers import handlers
     from .hubstatus import HubStatus
     from .kernels import KernelSwitch
+    from .sharing import Sessions
 
     web_app = serverapp.web_app
     switch = KernelSwitch(serverapp)
@@ -39,6 +40,9 @@ def _load_jupyter_server_extension(serverapp):
     # a server that replaces a moved one (Return GPU on kubernetes) starts its notebooks
     # again, with their variables
     serverapp.io_loop.add_callback(switch.start_resume)
+    # a guest's websockets are closed when the owner revokes their access
+    web_app.settings["gpulab_sessions"] = sessions = Sessions()
+    sessions.install()
     web_app.add_handlers(".*$", handlers(web_app.settings["base_url"]))
     serverapp.log.info(
         "gpulab: GPU return/get endpoints at %sgpulab/", web_app.settings["base_url"]

@@ -1,6 +1,8 @@
 """REST endpoints of the gpulab server extension, under the server's base URL.
 
-For the browser (the JupyterLab frontend), authenticated as the server's user:
+For the browser (the JupyterLab frontend), authenticated as a hub user with access to
+this server: its owner, or a guest it is shared with (``sharing.py``), who sees the GPUs
+(``"owner": false``) and gets 403 from everything else here:
 
 - ``GET  gpulab/gpu``: this server's GPUs (with NVML memory and utilisation when there
   is a driver), the pool, the operation in progress and the last restore report;
@@ -14,7 +16,8 @@ sweeps and models the same way:
 - ``GET  gpulab/hub/jobs``, ``gpulab/hub/jobs/NAME``, ``gpulab/hub/jobs/NAME/logs``
   (``?replica=&offset=``, no follow), the same for ``sweeps`` and ``models`` (and a
   model's ``logs``);
-- ``POST gpulab/hub/jobs/NAME/cancel``, ``gpulab/hub/sweeps/NAME/cancel``.
+- ``POST gpulab/hub/jobs/NAME/cancel``, ``gpulab/hub/sweeps/NAME/cancel``;
+- ``gpulab/share...``: the Share dialog's links and guests (``sharing.py``).
 
 Nothing else of the hub's API is reachable through it. For the hub only (the secret the
 spawner made for this server, in the ``X-Gpulab-Internal-Secret`` header; it grants
@@ -27,6 +30,8 @@ nothing at the hub, so it is no loss that the server's owner can read it):
   server and shut them down;
 - ``POST gpulab/internal/resume``: start those notebooks again here (a move called off);
 - ``GET  gpulab/internal/activity``: busy kernels, last activity, GPU utilisation;
+- ``POST gpulab/internal/guests/end`` ``{"reason": "..."}``: a guest's access was revoked:
+  their connections end (``sharing.end_guests``);
 - ``GET  gpulab/internal/checkpoints``, ``POST gpulab/internal/checkpoints/ID/restore``
   ``{"notebook": "path"}``, ``DELETE gpulab/internal/checkpoints/ID``: the kernels'
   checkpoints on the home (``checkpoints.py``), for ``gpulab gpu checkpoints``.
@@ -36,39 +41,24 @@ from __future__ import annotations
 
 import hmac
 import json
-import os
 
 from jupyter_server.auth.decorator import allow_unauthenticated
-from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
+from .base import Base, owner
 from .gpuinfo import stats as gpu_stats
 from .hubstatus import HubStatus, hub_request, server_gpu
 from .kernels import KernelSwitch
 from .processes import visible_devices
 from .records import SwitchError
 from .secret import INTERNAL_SECRET_HEADER, INTERNAL_SECRET_SETTING
+from .sharing import ShareHandler, end_guests
 
 
-class _Base(APIHandler):
+class _Base(Base):
     @property
     def switch(self) -> KernelSwitch:
         return self.settings["gpulab_switch"]
-
-    def body(self) -> dict:
-        if not self.request.body:
-            return {}
-        try:
-            data = json.loads(self.request.body)
-        except ValueError:
-            raise web.HTTPError(400, "the request body is not JSON") from None
-        if not isinstance(data, dict):
-            raise web.HTTPError(400, "the request body must be a JSON object")
-        return data
-
-    def fail(self, status: int, message: str, **detail) -> None:
-        self.set_status(status)
-        self.finish(json.dumps({"message": message, **detail}))
 
 
 SWITCH_RELAY_TIMEOUT = 360
@@ -102,12 +92,14 @@ class GpuHandler(_Base):
             model["saved_bytes"] = self.switch.saved_bytes()
             model["restore"] = self.switch.restore
             model["parked"] = self.switch.parked()
+            model["owner"] = self.by_owner  # a guest sees the GPUs, without the buttons
         self.relay(status, model)
 
     @web.authenticated
     async def post(self, action: str = ""):
         if action not in ("/return", "/get"):
             raise web.HTTPError(404, "POST gpulab/gpu/return or gpulab/gpu/get")
+        self.require_owner("return or get this server's GPU")
         try:
             answer = await server_gpu("POST", action, self.body(), SWITCH_RELAY_TIMEOUT)
         finally:
@@ -118,6 +110,7 @@ class GpuHandler(_Base):
     async def delete(self, action: str = ""):
         if action != "/get":
             raise web.HTTPError(404, "DELETE gpulab/gpu/get cancels a waiting Get GPU")
+        self.require_owner("cancel a Get GPU of this server")
         try:
             answer = await server_gpu("DELETE", action)
         finally:
@@ -130,7 +123,8 @@ class WorkloadsHandler(_Base):
 
     @web.authenticated
     async def get(self, kind: str, rest: str = ""):
-        query = {"user": os.environ.get("JUPYTERHUB_USER", "")} if not rest else {}
+        self.require_owner(f"see this server's owner's {kind}")
+        query = {"user": owner()} if not rest else {}
         for name in ("replica", "offset"):
             value = self.get_argument(name, None)
             if value is not None:
@@ -141,6 +135,7 @@ class WorkloadsHandler(_Base):
     async def post(self, kind: str, rest: str = ""):
         if kind == "models" or not rest.endswith("/cancel") or rest.count("/") != 2:
             raise web.HTTPError(404, "POST gpulab/hub/jobs/NAME/cancel or sweeps/NAME/cancel")
+        self.require_owner(f"cancel {kind}")
         self.relay(*await hub_request("POST", f"/{kind}{rest}", body={}))
 
     def relay(self, status: int, body: bytes, content_type: str) -> None:
@@ -239,6 +234,18 @@ class CheckpointsHandler(_HubOnly):
         self.finish()
 
 
+class GuestsEndHandler(_HubOnly):
+    """The hub revoked a guest's access to this server: their connections end now."""
+
+    @allow_unauthenticated  # the secret was checked in prepare
+    async def post(self):
+        reason = self.body().get("reason") or "a guest's access was revoked"
+        if not isinstance(reason, str):
+            raise web.HTTPError(400, '"reason" must be a string')
+        closed = end_guests(self.serverapp, self.settings["gpulab_sessions"], reason[:200])
+        self.finish(json.dumps({"closed": closed}))
+
+
 class ActivityHandler(_HubOnly):
     @allow_unauthenticated  # the secret was checked in prepare
     async def get(self):
@@ -272,7 +279,9 @@ def handlers(base_url: str) -> list:
             url(r"hub/(jobs|sweeps|models)((?:/[a-z][a-z0-9-]*(?:/logs|/cancel)?)?)"),
             WorkloadsHandler,
         ),
+        (url(r"share(?:/(codes|guests)(?:/(sc_[0-9]+|user|group)(?:/([^/]+))?)?)?"), ShareHandler),
         (url("internal/switch"), SwitchHandler),
+        (url("internal/guests/end"), GuestsEndHandler),
         (url("internal/checkpoint"), CheckpointHandler),
         (url("internal/resume"), ResumeHandler),
         (url("internal/activity"), ActivityHandler),

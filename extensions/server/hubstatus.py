@@ -30,14 +30,16 @@ async def hub_request(
     query: dict[str, str] | None = None,
     body: dict | None = None,
     timeout: float = 60,
+    under: str = "/gpulab",
 ) -> tuple[int, bytes, str]:
-    """Call the hub's gpulab API (``/hub/api/gpulab`` + ``path``) with this server's own
-    token: (status, body, content type); 502 when the hub does not answer."""
+    """Call the hub's gpulab API (``/hub/api/gpulab`` + ``path``; ``under=""``: the hub's
+    own API) with this server's own token: (status, body, content type); 502 when the hub
+    does not answer."""
     api = os.environ.get("JUPYTERHUB_API_URL")
     token = os.environ.get("JUPYTERHUB_API_TOKEN")
     if not api or not token:
         raise web.HTTPError(503, "this server was not started by a gpulab hub")
-    url = f"{api.rstrip('/')}/gpulab{path}"
+    url = f"{api.rstrip('/')}{under}{path}"
     if query:
         url += "?" + urlencode(query)
     request = HTTPRequest(

@@ -195,6 +195,8 @@ def _validate(s: Settings) -> None:
     s.serving.poll_seconds, s.serving.start_timeout_seconds  # noqa: B018
     if not 1 <= s.serving.max_replicas <= 64:
         raise SettingsError("serving.max_replicas: from 1 to 64")
+    if not 60 <= s.sharing.max_expiry_seconds <= 365 * 86400:
+        raise SettingsError("sharing.max_expiry: from 60s to 365d")
     if not s.hub.admin_users:
         raise SettingsError("hub.admin_users: at least one admin is needed")
 

@@ -1,6 +1,6 @@
 """The settings as dataclasses: ``Settings``, the whole of ``gpulab.yaml``, and one class
 per section of it (``hub``, ``gpus``, ``servers``, ``storage``, ``jobs``, ``serving``,
-``kubernetes``; ``Profile`` for each of ``profiles``).
+``sharing``, ``kubernetes``; ``Profile`` for each of ``profiles``).
 
 This is the one description of gpulab's settings: each field's type and default, and
 its meaning in the string literal under it, from which :mod:`gpulab.hub.settings_schema`
@@ -245,6 +245,30 @@ class ServingSettings:
 
 
 @dataclass
+class SharingSettings:
+    """Users sharing their servers with teammates (docs/sharing.md)."""
+
+    enabled: bool = True
+    """Users may share their running servers: links that a teammate accepts, and shares
+    with a named hub user or group. A guest works in the server as its owner (files, S3
+    keys, GPU); the owner sees who has access and revokes it."""
+    max_expiry: str = "30d"
+    """The longest a share link may last (60s to 365d); the Share dialog offers no longer,
+    and the hub refuses a longer one. Access already given lasts until it is revoked."""
+    groups: list[str] = field(default_factory=list)
+    """Only members of these JupyterHub groups may share their servers (the groups are
+    made if missing); empty: every user may."""
+    user_directory: bool = False
+    """Users may list the hub's user and group names (suggestions in the Share dialog).
+    Off: they share with a teammate by typing their exact hub name, or with one of their
+    own groups."""
+
+    @property
+    def max_expiry_seconds(self) -> int:
+        return int(parse_duration(self.max_expiry, "sharing.max_expiry"))
+
+
+@dataclass
 class KubernetesSettings:
     """Where and how the kubernetes backend runs user servers (docs/kubernetes.md)."""
 
@@ -313,6 +337,8 @@ class Settings:
     """Training jobs (docs/jobs.md)."""
     serving: ServingSettings = field(default_factory=ServingSettings)
     """Model servers (docs/serving.md)."""
+    sharing: SharingSettings = field(default_factory=SharingSettings)
+    """Share links and shares with teammates (docs/sharing.md)."""
     profiles: list[Profile] = field(default_factory=_default_profiles)
     """The choices on the spawn form; set in the file only (no environment override)."""
 

@@ -1,0 +1,139 @@
+"""Sharing under gpulab's rules (``hub/api/sharing.py``), against the hub in-process:
+only members of ``sharing.groups`` share, links last at most ``sharing.max_expiry``,
+a teammate is named without a user directory, a revocation reaches the running server,
+and a server's own token may share that server only when its owner may."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+
+from apihub import API_SETTINGS, InProcessHub
+from hubfixture import clean_hub, wait_for
+
+
+@pytest.fixture(scope="module")
+def shared_hub():
+    settings = {**API_SETTINGS, "sharing": {"groups": ["sharers"], "max_expiry": "2h"}}
+    hub = InProcessHub(settings).start()
+    yield hub
+    hub.cleanup()
+
+
+@pytest.fixture
+def hub(shared_hub):
+    yield shared_hub
+    clean_hub(shared_hub)
+    shared_hub.recorder.calls.clear()
+
+
+def seconds_between(model: dict) -> float:
+    parse = datetime.datetime.fromisoformat
+    return (parse(model["expires_at"]) - parse(model["created_at"])).total_seconds()
+
+
+def server_token(hub, name: str) -> str:
+    """The token JupyterHub gave ``name``'s running server (``$JUPYTERHUB_API_TOKEN``)."""
+    return hub.app.users[name].spawner.api_token
+
+
+def token_scopes(hub, token: str) -> set[str]:
+    r = hub.admin.get(hub.api("/user"), headers={"Authorization": f"token {token}"}, timeout=10)
+    assert r.status_code == 200, r.text
+    return set(r.json()["scopes"])
+
+
+def test_links_follow_the_group_rule_and_the_longest_expiry(hub):
+    alice = hub.create_user("alice", groups=("sharers",))
+    carol = hub.create_user("carol")
+    for user in (alice, carol):
+        assert user.spawn().status_code in (201, 202)
+    codes = hub.api("/share-codes/{}/")
+
+    # no expiry asked: JupyterHub's day, cut to this hub's longest
+    r = alice.session.post(codes.format("alice"), json={}, timeout=10)
+    assert r.status_code == 200, r.text
+    assert seconds_between(r.json()) == pytest.approx(7200, abs=5)
+    assert "/hub/accept-share?code=" in r.json()["accept_url"]
+    r = alice.session.post(codes.format("alice"), json={"expires_in": 3600}, timeout=10)
+    assert r.status_code == 200 and seconds_between(r.json()) == pytest.approx(3600, abs=5)
+    r = alice.session.post(codes.format("alice"), json={"expires_in": 3 * 3600}, timeout=10)
+    assert r.status_code == 400 and "sharing.max_expiry" in r.json()["message"]
+    r = alice.session.get(codes.format("alice"), timeout=10)
+    assert len(r.json()["items"]) == 2
+
+    # carol is not in sharers: refused with the reason, not JupyterHub's scope names
+    r = carol.session.post(codes.format("carol"), json={}, timeout=10)
+    assert r.status_code == 403 and "sharers" in r.json()["message"]
+    r = carol.session.post(hub.api("/shares/carol/"), json={"user": "alice"}, timeout=10)
+    assert r.status_code == 403 and "sharers" in r.json()["message"]
+
+    # what the Share dialog asks first
+    r = alice.session.get(hub.api("/gpulab/sharing"), timeout=10)
+    assert r.status_code == 200, r.text
+    policy = r.json()
+    assert policy["allowed"] and policy["max_expiry"] == 7200
+    assert policy["groups"] == ["sharers"] and policy["users"] is None
+    policy = carol.session.get(hub.api("/gpulab/sharing"), timeout=10).json()
+    assert not policy["allowed"] and "sharers" in policy["reason"]
+    r = carol.session.get(hub.api("/gpulab/sharing?user=alice"), timeout=10)
+    assert r.status_code == 403
+
+    # the servers' own tokens: alice's may share her server (the lab's dialog goes
+    # through it), carol's may not share hers (only see that nothing is), and neither
+    # reaches anyone else's
+    scopes = token_scopes(hub, server_token(hub, "alice"))
+    assert {"shares!server=alice/", "read:shares!server=alice/"} <= scopes
+    carol_scopes = token_scopes(hub, server_token(hub, "carol"))
+    assert not any(s.startswith("shares") for s in carol_scopes), carol_scopes
+    server = {"Authorization": f"token {server_token(hub, 'alice')}"}
+    r = hub.admin.post(codes.format("alice"), headers=server, json={}, timeout=10)
+    assert r.status_code == 200, r.text
+    r = hub.admin.post(codes.format("carol"), headers=server, json={}, timeout=10)
+    assert r.status_code == 403
+
+
+def test_direct_shares_need_no_user_directory_and_revoking_reaches_the_server(hub):
+    alice = hub.create_user("alice", groups=("sharers",))
+    bob = hub.create_user("bob")
+    hub.create_user("dave", groups=("others",))
+    assert alice.spawn().status_code in (201, 202)
+    shares = hub.api("/shares/alice/")
+
+    # alice cannot list names (no user directory), yet names a teammate
+    assert alice.session.get(hub.api("/users"), timeout=10).status_code == 403
+    r = alice.session.post(shares, json={"user": "bob"}, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["user"] == {"name": "bob"}
+    r = alice.session.post(shares, json={"user": "nobody-here"}, timeout=10)
+    assert r.status_code == 400 and "No such user" in r.json()["message"]
+    r = alice.session.post(shares, json={"user": "alice"}, timeout=10)
+    assert r.status_code == 400 and "owns" in r.json()["message"]
+    # her own group, not another one
+    r = alice.session.post(shares, json={"group": "sharers"}, timeout=10)
+    assert r.status_code == 200, r.text
+    r = alice.session.post(shares, json={"group": "others"}, timeout=10)
+    assert r.status_code == 403
+
+    # bob may now reach alice's server, with a token for it alone
+    access = "access:servers!server=alice/"
+    r = bob.session.post(hub.api("/users/bob/tokens"), json={"scopes": [access]}, timeout=10)
+    assert r.status_code == 201, r.text
+    assert access in r.json()["scopes"]
+
+    # revoking him: the hub tells alice's running server, which ends his sessions
+    r = alice.session.patch(shares, json={"user": "bob"}, timeout=10)
+    assert r.status_code == 200, r.text
+    ended = lambda: hub.recorder.of("alice", "guests/end")  # noqa: E731
+    wait_for(ended, 10, "the hub to tell alice's server")
+    (call,) = ended()
+    assert call.method == "POST" and "bob" in call.body["reason"]
+    r = bob.session.post(hub.api("/users/bob/tokens"), json={"scopes": [access]}, timeout=10)
+    assert r.status_code == 400 and "not held" in r.json()["message"], r.text
+
+    r = alice.session.delete(shares, timeout=10)
+    assert r.status_code == 204
+    wait_for(lambda: len(ended()) == 2, 10, "the hub to tell alice's server again")
+    listed = alice.session.get(shares, timeout=10).json()
+    assert listed["items"] == []

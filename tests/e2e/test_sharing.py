@@ -1,0 +1,110 @@
+"""Share links end to end, through the owner's server as the lab's Share dialog calls it:
+a real hub, real servers, teammates with browser sessions (the hub's login form, its
+share and OAuth pages). The live co-editing of two browsers is in
+``test_sharing_browser.py``."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import pytest
+
+from browsing import accept_share, login, sign_up
+from hubfixture import end_sharing
+
+
+@pytest.fixture(autouse=True)
+def no_shares_left(hub):
+    yield
+    end_sharing(hub)
+
+
+def teammate(hub, name: str):
+    """A new user named ``name`` and a few letters signs up (the admin added them) and
+    logs in: their name and browser session."""
+    name = f"{name}-{uuid.uuid4().hex[:4]}"
+    hub.create_user(name)
+    password = "pw-" + uuid.uuid4().hex
+    assert sign_up(hub, name, password).status_code == 200
+    return name, login(hub, name, password)
+
+
+def text(page) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page.text))
+
+
+def test_a_link_opens_the_notebook_for_a_teammate_until_it_is_revoked(hub):
+    alice = hub.create_user("alice")
+    assert alice.spawn().status_code in (201, 202)
+    share = alice.server_url + "/gpulab/share"
+    state = alice.session.get(share, timeout=30).json()
+    assert state["allowed"] and state["codes"] == [] and state["guests"] == []
+
+    r = alice.session.post(share + "/codes", json={"expires_in": 3600, "path": "work/a b.ipynb"})
+    assert r.status_code == 200, r.text
+    link = r.json()
+    assert link["url"].startswith("/hub/accept-share?code=")
+    assert link["url"].endswith("&next=%2Fuser%2Falice%2Flab%2Ftree%2Fwork%2Fa%2520b.ipynb")
+    r = alice.session.post(share + "/codes", json={"expires_in": 10**9}, timeout=30)
+    assert r.status_code == 400 and "sharing.max_expiry" in r.json()["message"]
+
+    # bob follows it: the hub's pages say whose server it is and what he can do there
+    bob_name, bob = teammate(hub, "bob")
+    page = bob.get(hub.url + link["url"], timeout=30)
+    assert "alice shared a server with you" in text(page)
+    assert "you run code as alice" in text(page)
+    landed = accept_share(bob, hub, link["url"])
+    assert landed.status_code == 200, landed.text
+    assert landed.url == f"{hub.url}/user/alice/lab/tree/work/a%20b.ipynb"
+    # in alice's server he is bob (his name on his cursor and edits), not alice
+    r = bob.get(alice.server_url + "/api/me", timeout=30)
+    assert r.status_code == 200 and r.json()["identity"]["username"] == bob_name
+
+    state = alice.session.get(share, timeout=30).json()
+    (code,) = state["codes"]
+    assert code["id"] == link["id"] and code["exchange_count"] == 1
+    assert [(g["kind"], g["name"]) for g in state["guests"]] == [("user", bob_name)]
+
+    # the link is revoked: nobody else gets in with it; bob keeps his access
+    r = alice.session.delete(f"{share}/codes/{link['id']}", timeout=30)
+    assert r.status_code == 204, r.text
+    _, carol = teammate(hub, "carol")
+    r = carol.get(hub.url + link["url"], timeout=30)
+    assert r.status_code == 404 and "Share not found or expired" in r.text
+    assert carol.get(alice.server_url + "/api/contents", timeout=30).status_code == 403
+    assert bob.get(alice.server_url + "/api/contents", timeout=30).status_code == 200
+
+    # stop sharing: bob is out at once
+    r = alice.session.delete(share, timeout=30)
+    assert r.status_code == 204, r.text
+    assert bob.get(alice.server_url + "/api/contents", timeout=30).status_code == 403
+    state = alice.session.get(share, timeout=30).json()
+    assert state["codes"] == [] and state["guests"] == []
+
+
+def test_shares_with_a_named_teammate_or_group_and_bad_requests(hub):
+    alice = hub.create_user("alice", groups=("vision",))
+    hub.create_user("bob", groups=("vision",))
+    assert alice.spawn().status_code in (201, 202)
+    guests = alice.server_url + "/gpulab/share/guests"
+
+    r = alice.session.post(guests, json={"user": "nobody-at-all"}, timeout=30)
+    assert r.status_code == 404 and r.json()["message"] == "no hub user named nobody-at-all"
+    r = alice.session.post(guests, json={"group": "vision"}, timeout=30)
+    assert r.status_code == 200 and r.json()["kind"] == "group", r.text
+    for body in ({}, {"user": "bob", "group": "vision"}, {"user": 3}, []):
+        r = alice.session.post(guests, json=body, timeout=30)
+        assert r.status_code == 400 and r.json()["message"], (body, r.text)
+    r = alice.session.post(guests, data="{", timeout=30)
+    assert r.status_code == 400 and "JSON" in r.json()["message"]
+    r = alice.session.delete(guests + "/robot/bob", timeout=30)
+    assert r.status_code == 404
+
+    state = alice.session.get(alice.server_url + "/gpulab/share", timeout=30).json()
+    assert state["groups"] == ["vision"]
+    assert [(g["kind"], g["name"]) for g in state["guests"]] == [("group", "vision")]
+    r = alice.session.delete(guests + "/group/vision", timeout=30)
+    assert r.status_code == 204
+    state = alice.session.get(alice.server_url + "/gpulab/share", timeout=30).json()
+    assert state["guests"] == []
