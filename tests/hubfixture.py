@@ -488,3 +488,15 @@ def end_sharing(hub: Hub) -> None:
         for server in user.get("servers", {}) or [""]:
             for kind in ("shares", "share-codes"):
                 hub.admin.delete(hub.api(f"/{kind}/{user['name']}/{server}"), timeout=30)
+
+
+def guest_session(hub, guest, owner: str) -> requests.Session:
+    """A session of ``guest`` with a token for ``owner``'s default server alone."""
+    access = f"access:servers!server={owner}/"
+    r = guest.session.post(
+        hub.api(f"/users/{guest.name}/tokens"), json={"scopes": [access]}, timeout=10
+    )
+    assert r.status_code == 201, r.text
+    s = requests.Session()
+    s.headers["Authorization"] = f"token {r.json()['token']}"
+    return s

@@ -99,13 +99,31 @@ class SharesHandler(_PolicyMixin, ServerShareAPIHandler):
             self._owner = user_name
         return await super().post(user_name, server_name)
 
+    _held: list | None = None
+    """While JupyterHub's revocation runs: the answer it gave, sent once the server knows."""
+
     async def patch(self, user_name, server_name=None):
-        await super().patch(user_name, server_name)
+        """A revocation, answered once the running server has ended the guests' sessions
+        (a guest's next request is then refused, whoever sends it first)."""
+        self._held = []
+        try:
+            await super().patch(user_name, server_name)
+        finally:
+            held, self._held = self._held, None
         model = self.get_json_body() or {}
         who = model.get("user") or (f"group {model['group']}" if model.get("group") else "")
         await self.end_guests(user_name, server_name, f"{user_name} revoked {who}'s access")
+        if held:
+            self.finish(*held)
+
+    def finish(self, *args, **kwargs):
+        if self._held is not None:
+            self._held.extend(args)
+            return None
+        return super().finish(*args, **kwargs)
 
     async def delete(self, user_name, server_name=None):
+        # JupyterHub's sets 204 and lets tornado answer once this returns
         await super().delete(user_name, server_name)
         await self.end_guests(user_name, server_name, f"{user_name} stopped sharing")
 

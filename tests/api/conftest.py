@@ -2,7 +2,7 @@
 servers recorded. ``hub`` here is that hub, shared by a module and cleaned after each
 test as the e2e one is. JupyterHub is one application per process: a module has one
 hub at a time, with ``apihub.API_SETTINGS`` (a module that needs other settings starts
-its own, as ``test_sharing.py`` does)."""
+its own, as ``test_sharing_api.py`` does)."""
 
 import pytest
 

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from gpulab.spawner import objects
-from hubfixture import BIN, export_line, wait_for
+from hubfixture import BIN, end_sharing, export_line, guest_session, wait_for
 from k8sfixture import (
     GPU_TOLERATION,
     NAMESPACE,
@@ -248,6 +248,26 @@ def test_storage_api_works_on_the_rbd_image_behind_the_home_claim(hub, kube):
         30,
         "fay's claim to be deleted",
     )
+
+
+def test_a_shared_pod_keeps_the_owners_gpu_hers_and_a_revoked_guest_out(hub):
+    ida, jo = hub.create_user("ida"), hub.create_user("jo")
+    spawned(ida, profile="gpu-1")
+    try:
+        share = ida.server_url + "/gpulab/share"
+        r = ida.session.post(share + "/guests", json={"user": "jo"}, timeout=30)
+        assert r.status_code == 200, r.text
+        guest = guest_session(hub, jo, "ida")
+        assert guest.get(ida.server_url + "/api/contents", timeout=30).status_code == 200
+        r = guest.post(ida.server_url + "/gpulab/gpu/return", json={}, timeout=30)
+        assert r.status_code == 403 and "Only ida can" in r.json()["message"]
+        assert list(hub.holders().values()) == ["ida"]
+        # revoked: the hub tells the pod's server, which stops trusting its cached answer
+        r = ida.session.delete(share + "/guests/user/jo", timeout=30)
+        assert r.status_code == 204, r.text
+        assert guest.get(ida.server_url + "/api/contents", timeout=30).status_code == 403
+    finally:
+        end_sharing(hub)
 
 
 def test_doctor_checks_the_cluster(hub):

@@ -17,28 +17,15 @@ from __future__ import annotations
 import json
 
 import pytest
-import requests
 import websocket
 
-from hubfixture import end_sharing, wait_for
+from hubfixture import end_sharing, guest_session, wait_for
 
 
 @pytest.fixture(autouse=True)
 def no_shares_left(hub):
     yield
     end_sharing(hub)
-
-
-def guest_session(hub, guest, owner: str) -> requests.Session:
-    """A session of ``guest`` with a token for ``owner``'s default server alone."""
-    access = f"access:servers!server={owner}/"
-    r = guest.session.post(
-        hub.api(f"/users/{guest.name}/tokens"), json={"scopes": [access]}, timeout=10
-    )
-    assert r.status_code == 201, r.text
-    s = requests.Session()
-    s.headers["Authorization"] = f"token {r.json()['token']}"
-    return s
 
 
 def test_a_guest_cannot_use_the_owners_gpu_jobs_or_sharing(hub):
