@@ -3,8 +3,10 @@ requests session that signs up and logs in through the hub's forms (with their x
 token), and Debian's Chromium for Playwright."""
 
 import re
+import uuid
 
 import requests
+from playwright.sync_api import expect
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -63,3 +65,20 @@ def accept_share(s: requests.Session, hub, link: str) -> requests.Response:
     if "/hub/api/oauth2/authorize" in answer.url:  # "Open alice's server"
         answer = submit_form(s, answer)
     return answer
+
+
+def log_in(page, hub, name: str) -> None:
+    """In a Playwright ``page``: sign up (the admin added the user, so no approval is
+    needed), then log in."""
+    password = "pw-" + uuid.uuid4().hex
+    page.goto(hub.url + "/hub/signup")
+    page.fill("#username_input", name)
+    page.fill("#password_input", password)
+    page.fill("#password_confirmation_input", password)
+    page.click("#signup_submit")
+    expect(page.locator("body")).to_contain_text("The signup was successful")
+    page.goto(hub.url + "/hub/login")
+    page.fill("#username_input", name)
+    page.fill("#password_input", password)
+    page.click("#login_submit")
+    page.wait_for_url(lambda url: "/hub/login" not in url)

@@ -12,8 +12,9 @@ import time
 import pytest
 import test_lab_browser
 from playwright.sync_api import expect
-from test_lab_browser import held_by, log_in
+from test_lab_browser import held_by
 
+from browsing import log_in
 from hubfixture import wait_for
 
 page = test_lab_browser.page  # the fixture: a page in Debian's Chromium

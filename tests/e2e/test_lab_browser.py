@@ -11,12 +11,11 @@ hub's ledger is checked after every click. Screenshots of each step go to
 import os
 import re
 import threading
-import uuid
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from browsing import CHROMIUM, CHROMIUM_ARGS
+from browsing import CHROMIUM, CHROMIUM_ARGS, log_in
 from hubfixture import REPO, open_notebook, run_in_kernel, wait_for
 
 ARTIFACTS = REPO / "tests" / "artifacts"
@@ -42,22 +41,6 @@ def page():
 
 def shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"lab-{name}.png"))
-
-
-def log_in(page, hub, name: str) -> None:
-    """Sign up (the admin added the user, so no approval is needed), then log in."""
-    password = "pw-" + uuid.uuid4().hex
-    page.goto(hub.url + "/hub/signup")
-    page.fill("#username_input", name)
-    page.fill("#password_input", password)
-    page.fill("#password_confirmation_input", password)
-    page.click("#signup_submit")
-    expect(page.locator("body")).to_contain_text("The signup was successful")
-    page.goto(hub.url + "/hub/login")
-    page.fill("#username_input", name)
-    page.fill("#password_input", password)
-    page.click("#login_submit")
-    page.wait_for_url(lambda url: "/hub/login" not in url)
 
 
 def open_palette(page):

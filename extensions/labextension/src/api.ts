@@ -70,6 +70,8 @@ export interface IGpuState {
    * moves to a new pod ('pod', kubernetes), which this page cannot follow without a reload.
    */
   switch_mode?: 'kernels' | 'pod';
+  /** False when this page is a guest's (the server was shared with them): not theirs to switch. */
+  owner?: boolean;
 }
 
 export interface IReturnResult {

@@ -9,6 +9,7 @@ import { LabIcon } from '@jupyterlab/ui-components';
 import { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 
+import { GpuApiError } from './api';
 import { jobSummary, modelSummary, sweepSummary } from './summary';
 import { ACTIVE, IJob, IModel, ISweep, WorkloadsApi } from './workloads';
 
@@ -80,12 +81,15 @@ export class WorkloadsPanel extends Widget {
       this._models = models;
       await this._readLog();
       this._error = null;
+      this._refused = false;
       this._updated = new Date();
     } catch (error) {
       if (seq !== this._seq || this.isDisposed) {
         return;
       }
       this._error = error instanceof Error ? error.message : String(error);
+      // a guest of a shared server: the hub keeps its owner's workloads from them
+      this._refused = error instanceof GpuApiError && error.status === 403;
     }
     this._render();
     this._schedule();
@@ -164,6 +168,11 @@ export class WorkloadsPanel extends Widget {
       return !pre || pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
     })();
     body.replaceChildren();
+    this._status.dataset.level = this._error && !this._refused ? 'error' : 'info';
+    if (this._refused) {
+      this._status.textContent = this._error;
+      return;
+    }
     this._section('Jobs', this._jobs, 'No jobs yet: gpulab job submit job.yaml', job =>
       this._jobRow(job)
     );
@@ -178,7 +187,6 @@ export class WorkloadsPanel extends Widget {
       this._error ??
       (this._updated ? `Updated ${this._updated.toLocaleTimeString()}` : 'Loading…');
     this._status.textContent = status;
-    this._status.dataset.level = this._error ? 'error' : 'info';
   }
 
   private _section<T>(
@@ -282,7 +290,7 @@ export class WorkloadsPanel extends Widget {
   }
 
   private _schedule(): void {
-    if (!this.isVisible || this.isDisposed) {
+    if (!this.isVisible || this.isDisposed || this._refused) {
       return;
     }
     const busy =
@@ -309,6 +317,8 @@ export class WorkloadsPanel extends Widget {
   private _models: IModel[] = [];
   private _log: ILogView | null = null;
   private _error: string | null = null;
+  /** The hub refused with 403 (a guest of this server): say why, and ask no more. */
+  private _refused = false;
   private _notice: string | null = null;
   private _updated: Date | null = null;
   private _timer: number | null = null;

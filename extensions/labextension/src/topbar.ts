@@ -59,12 +59,18 @@ export function widgetState(state: IGpuState | null, page: IPage): WidgetState {
 
 /**
  * The button, never offering an action that cannot be taken: hidden where there is no
- * state, it failed, the server cannot switch, or the hub has no GPU to get; while a switch
- * runs, what it is doing (`doing`: what the request being sent does, if one is).
+ * state, it failed, the server cannot switch, the hub has no GPU to get, or the page is a
+ * guest's (the server was shared with them); while a switch runs, what it is doing
+ * (`doing`: what the request being sent does, if one is).
  */
 export function button(state: IGpuState | null, page: IPage, doing: string | null): IButton {
   const holds = !!state?.gpus.length;
-  const hidden = !state || page.error || !!state.switch_unavailable || (!holds && !state.total);
+  const hidden =
+    !state ||
+    page.error ||
+    !!state.switch_unavailable ||
+    (!holds && !state.total) ||
+    state.owner === false;
   const shown = widgetState(state, page);
   const disabled = shown === 'busy' || shown === 'reconnecting';
   if (page.switching) {

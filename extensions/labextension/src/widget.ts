@@ -105,13 +105,14 @@ export class GpuWidget extends Widget {
     return topbar.widgetState(this._state, this._page);
   }
 
+  /** Not for a guest of the server (it was shared with them): the GPU is its owner's. */
   get canReturn(): boolean {
-    return this.state === 'gpu';
+    return this.state === 'gpu' && this._state?.owner !== false;
   }
 
-  /** Not on a hub without GPUs: there is nothing to wait for. */
+  /** Not on a hub without GPUs: there is nothing to wait for; nor for a guest. */
   get canGet(): boolean {
-    return this.state === 'nogpu' && !!this._state?.total;
+    return this.state === 'nogpu' && !!this._state?.total && this._state.owner !== false;
   }
 
   /** Fetch the state now, show it, and schedule the next poll. */

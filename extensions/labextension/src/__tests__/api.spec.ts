@@ -1,7 +1,9 @@
 import { ServerConnection } from '@jupyterlab/services';
 
 import { GpuApi, GpuApiError, requestJson } from '../api';
+import { ShareApi } from '../share';
 import { WorkloadsApi } from '../workloads';
+import { shareState } from './fixtures';
 
 const BASE = 'http://lab.example/user/ann/';
 
@@ -201,5 +203,62 @@ describe('WorkloadsApi', () => {
       '/user/ann/gpulab/hub/sweeps',
       '/user/ann/gpulab/hub/models'
     ]);
+  });
+});
+
+describe('ShareApi', () => {
+  it("reads what is shared under the server's base URL, lists never missing", async () => {
+    const { settings, sent } = server(
+      json({ ...shareState(), groups: undefined, codes: null, guests: undefined })
+    );
+    const state = await new ShareApi(settings).state();
+    expect([state.owner, state.groups, state.codes, state.guests, state.users]).toEqual([
+      'alice',
+      [],
+      [],
+      [],
+      null
+    ]);
+    expect(sent.map(s => [s.method, s.path])).toEqual([['GET', '/user/ann/gpulab/share']]);
+  });
+
+  it('creates links, opening a notebook when given one, and revokes them', async () => {
+    const { settings, sent } = server(json({ id: 'sc_4', url: '/hub/accept-share?code=X' }));
+    const api = new ShareApi(settings);
+    expect((await api.createLink(3600, 'work/a.ipynb')).id).toBe('sc_4');
+    await api.createLink(86400);
+    await api.revokeLink('sc_4');
+    expect(sent.map(s => [s.method, s.path, s.body])).toEqual([
+      ['POST', '/user/ann/gpulab/share/codes', { expires_in: 3600, path: 'work/a.ipynb' }],
+      ['POST', '/user/ann/gpulab/share/codes', { expires_in: 86400 }],
+      ['DELETE', '/user/ann/gpulab/share/codes/sc_4', undefined]
+    ]);
+  });
+
+  it('adds and removes users and groups, their names escaped, and stops sharing', async () => {
+    const { settings, sent } = server(() => new Response(null, { status: 204 }));
+    const api = new ShareApi(settings);
+    await api.addGuest('user', 'bob');
+    await api.addGuest('group', 'team-a');
+    await api.removeGuest('user', 'bob@example.org');
+    await api.removeGuest('group', 'team a');
+    await api.stopSharing();
+    expect(sent.map(s => [s.method, s.path, s.body])).toEqual([
+      ['POST', '/user/ann/gpulab/share/guests', { user: 'bob' }],
+      ['POST', '/user/ann/gpulab/share/guests', { group: 'team-a' }],
+      ['DELETE', '/user/ann/gpulab/share/guests/user/bob%40example.org', undefined],
+      ['DELETE', '/user/ann/gpulab/share/guests/group/team%20a', undefined],
+      ['DELETE', '/user/ann/gpulab/share', undefined]
+    ]);
+  });
+
+  it("refuses a guest with the server's message", async () => {
+    const { settings } = server(json({ message: 'only alice can share this server' }, 403));
+    const error = await failure(new ShareApi(settings).state());
+    expect([error.message, error.status]).toEqual(['only alice can share this server', 403]);
+    const { settings: missing } = server(json({ message: 'no hub user named bob' }, 404));
+    expect((await failure(new ShareApi(missing).addGuest('user', 'bob'))).message).toBe(
+      'no hub user named bob'
+    );
   });
 });

@@ -2,6 +2,7 @@
  * Builders of the API's answers for the tests: a plausible default, overridden per test.
  */
 import { IGpu, IGpuState, IOperation, IRestore } from '../api';
+import { IShareCode, IShareGuest, IShareState } from '../share';
 
 export const GIB = 1024 ** 3;
 export const MIB = 1024 ** 2;
@@ -51,4 +52,36 @@ export function operation(overrides: Partial<IOperation> = {}): IOperation {
 
 export function restore(overrides: Partial<IRestore> = {}): IRestore {
   return { state: 'done', message: '', kernels: [], ...overrides };
+}
+
+export function shareCode(overrides: Partial<IShareCode> = {}): IShareCode {
+  return {
+    id: 'sc_3',
+    created_at: '2026-12-07T10:00:00Z',
+    expires_at: '2026-12-08T10:00:00Z',
+    exchange_count: 0,
+    last_exchanged_at: null,
+    ...overrides
+  };
+}
+
+export function shareGuest(overrides: Partial<IShareGuest> = {}): IShareGuest {
+  return { kind: 'user', name: 'bob', created_at: '2026-12-07T10:05:00Z', ...overrides };
+}
+
+export function shareState(overrides: Partial<IShareState> = {}): IShareState {
+  return {
+    owner: 'alice',
+    server: '',
+    enabled: true,
+    allowed: true,
+    reason: '',
+    max_expiry: 604800,
+    user_directory: false,
+    users: null,
+    groups: ['team-a'],
+    codes: [],
+    guests: [],
+    ...overrides
+  };
 }

@@ -85,6 +85,12 @@ describe('button', () => {
     expect(button(gpuState({ free: 0, total: 0 }), idle, null).hidden).toBe(true);
   });
 
+  it("is hidden from a guest of the server: the GPU is its owner's", () => {
+    expect(button(gpuState({ gpus: [gpu()], owner: false }), idle, null).hidden).toBe(true);
+    expect(button(gpuState({ owner: false }), idle, null).hidden).toBe(true);
+    expect(button(gpuState({ gpus: [gpu()], owner: true }), idle, null).hidden).toBe(false);
+  });
+
   it('shows Get GPU when every GPU is taken: it queues', () => {
     const full = button(gpuState({ free: 0, total: 3 }), idle, null);
     expect([full.text, full.hidden, full.disabled]).toEqual(['Get GPU', false, false]);

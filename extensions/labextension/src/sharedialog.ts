@@ -1,0 +1,516 @@
+/**
+ * The Share dialog: make a link to this server (optionally opening a notebook), share it
+ * with hub users and groups, see and revoke the active links and the people with access,
+ * or stop sharing altogether; a status line says what is happening.
+ */
+import { Dialog, showDialog } from '@jupyterlab/apputils';
+import { Widget } from '@lumino/widgets';
+
+import { GuestKind, IShareState, ShareApi } from './share';
+import * as sharing from './sharing';
+
+/** Said at the top of the dialog, whatever else it shows. */
+export const SHARE_WARNING =
+  'Anyone you share with works in your server as you: they can run code, read and change ' +
+  'your files, use your S3 keys and your GPU.';
+
+/** A link made in the dialog, kept on show until it is revoked. */
+export interface ICreatedLinkView {
+  id: string;
+  url: string;
+  expires: string;
+}
+
+/** What the dialog starts with, and what a dialog opened again keeps from the one before. */
+export interface IShareChoices {
+  /** The notebook a link may open. */
+  path?: string;
+  /** The link opens `path`. */
+  openNotebook: boolean;
+  /** The expiry chosen, in seconds. */
+  expiry?: number;
+  /** The link made last. */
+  link?: ICreatedLinkView | null;
+  /** Stop sharing at once (the owner has just confirmed it). */
+  stopping?: boolean;
+}
+
+type Level = 'info' | 'error';
+
+let datalists = 0;
+
+function errorText(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+function el<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  cls: string,
+  text = '',
+  parent?: HTMLElement
+): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  node.className = cls;
+  if (text) {
+    node.textContent = text;
+  }
+  parent?.appendChild(node);
+  return node;
+}
+
+/**
+ * The dialog's body. `onStop` is called with what the owner chose so far when they press
+ * Stop sharing: the opener closes the dialog, asks for confirmation, and opens it again.
+ */
+export class ShareBody extends Widget {
+  constructor(
+    private readonly api: ShareApi,
+    state: IShareState,
+    choices: IShareChoices,
+    private readonly onStop: (choices: IShareChoices) => void
+  ) {
+    super();
+    this.addClass('gpulab-ShareDialog');
+    this.node.tabIndex = -1; // keeps the focus in the dialog when a pressed button goes
+    this._state = state;
+    this._choices = choices;
+    this._build();
+    if (choices.stopping && state.allowed) {
+      void this.stop();
+    }
+  }
+
+  /** What the dialog last read of what is shared. */
+  get state(): IShareState {
+    return this._state;
+  }
+
+  /** Read what is shared again and show it. */
+  async refresh(): Promise<void> {
+    const seq = ++this._seq;
+    try {
+      const state = await this.api.state();
+      if (seq !== this._seq || this.isDisposed) {
+        return;
+      }
+      const rebuild = state.allowed !== this._state.allowed;
+      this._state = state;
+      if (rebuild) {
+        this._choices = this._current();
+        this._build();
+      } else {
+        this._renderLists();
+      }
+    } catch (error) {
+      if (seq !== this._seq || this.isDisposed) {
+        return;
+      }
+      const before = this._statusText ? `${this._statusText}. ` : '';
+      this._say(`${before}The lists could not be updated: ${errorText(error)}`, 'error');
+    }
+  }
+
+  /** Revoke every link and every guest (the owner has confirmed it). */
+  async stop(): Promise<void> {
+    if (!this._stopButton) {
+      return;
+    }
+    await this._act(
+      this._stopButton,
+      'Stopping…',
+      async () => {
+        await this.api.stopSharing();
+        return 'Stopped sharing: every link and every guest is revoked';
+      },
+      'Could not stop sharing'
+    );
+  }
+
+  private _build(): void {
+    const node = this.node;
+    node.replaceChildren();
+    this._stopButton = null;
+    el('p', 'gpulab-share-warning', SHARE_WARNING, node);
+    if (!this._state.allowed) {
+      el('p', 'gpulab-share-reason', this._state.reason || 'You may not share this server.', node);
+      return;
+    }
+    this._buildLink();
+    this._buildDirect();
+
+    let section = el('section', 'gpulab-share-section', '', node);
+    el('h3', 'gpulab-share-heading', 'Active links', section);
+    this._codes = el('ul', 'gpulab-share-list gpulab-share-codes', '', section);
+    section = el('section', 'gpulab-share-section', '', node);
+    el('h3', 'gpulab-share-heading', 'People with access', section);
+    this._guests = el('ul', 'gpulab-share-list gpulab-share-guests', '', section);
+
+    const footer = el('div', 'gpulab-share-footer', '', node);
+    this._status = el('div', 'gpulab-share-status', '', footer);
+    this._status.setAttribute('role', 'status');
+    this._stopButton = el('button', 'gpulab-share-stop', 'Stop sharing', footer);
+    this._stopButton.title = 'Revoke every link and every guest';
+    this._stopButton.addEventListener('click', () => this.onStop(this._current()));
+    this._say(this._statusText, this._statusLevel);
+    this._renderLists();
+  }
+
+  private _buildLink(): void {
+    const section = el('section', 'gpulab-share-section', '', this.node);
+    el('h3', 'gpulab-share-heading', 'Share a link', section);
+    el(
+      'p',
+      'gpulab-share-hint',
+      'Whoever opens the link and signs in to the hub can use your server until it expires.',
+      section
+    );
+    const row = el('div', 'gpulab-share-row', '', section);
+    const label = el('label', 'gpulab-share-label', '', row);
+    el('span', '', 'Expires after', label);
+    this._expiry = el('select', 'gpulab-share-expiry', '', label);
+    const { options, selected } = sharing.expiryOptions(this._state.max_expiry);
+    for (const option of options) {
+      el('option', '', option.label, this._expiry).value = String(option.seconds);
+    }
+    const kept = options.some(o => o.seconds === this._choices.expiry)
+      ? this._choices.expiry
+      : selected;
+    this._expiry.value = String(kept);
+    this._openNotebook = null;
+    if (this._choices.path) {
+      const open = el('label', 'gpulab-share-label', '', row);
+      this._openNotebook = el('input', 'gpulab-share-open-notebook', '', open);
+      this._openNotebook.type = 'checkbox';
+      this._openNotebook.checked = this._choices.openNotebook;
+      el('span', '', `Open ${this._choices.path} for them`, open);
+    }
+    const create = el('button', 'gpulab-share-create', 'Create link', row);
+    create.addEventListener('click', () => void this._create(create));
+
+    this._result = el('div', 'gpulab-share-row gpulab-share-result', '', section);
+    this._url = el('input', 'gpulab-share-url', '', this._result);
+    this._url.readOnly = true;
+    this._url.setAttribute('aria-label', 'Link');
+    this._url.addEventListener('focus', () => this._url.select());
+    const copy = el('button', 'gpulab-share-copy', 'Copy', this._result);
+    copy.addEventListener('click', () => void this._copy());
+    this._expires = el('span', 'gpulab-share-expires', '', this._result);
+    this._showLink(this._choices.link ?? null);
+  }
+
+  private _buildDirect(): void {
+    const section = el('section', 'gpulab-share-section', '', this.node);
+    el('h3', 'gpulab-share-heading', 'Share with a user or group', section);
+    const row = el('div', 'gpulab-share-row', '', section);
+    this._kind = el('select', 'gpulab-share-kind', '', row);
+    this._kind.setAttribute('aria-label', 'Share with a');
+    for (const kind of sharing.guestKinds(this._state.groups)) {
+      el('option', '', kind.label, this._kind).value = kind.value;
+    }
+    this._who = el('input', 'gpulab-share-who', '', row);
+    this._who.type = 'text';
+    this._who.autocomplete = 'off';
+    this._who.spellcheck = false;
+    this._names = el('datalist', '', '', row);
+    this._names.id = `gpulab-share-names-${++datalists}`;
+    const add = el('button', 'gpulab-share-add', 'Share', row);
+    add.addEventListener('click', () => void this._add(add));
+    this._who.addEventListener('keydown', event => {
+      if (event.key === 'Enter' && !add.disabled) {
+        event.preventDefault();
+        void this._add(add);
+      }
+    });
+    this._kind.addEventListener('change', () => this._suggest());
+    this._suggest();
+  }
+
+  /** The input's placeholder and suggestions follow the kind of guest chosen. */
+  private _suggest(): void {
+    const kind = this._kind.value as GuestKind;
+    this._who.placeholder = kind === 'group' ? 'Group name' : 'Hub user name';
+    const names = sharing.suggestions(this._state, kind);
+    this._names.replaceChildren(
+      ...names.map(name => {
+        const option = document.createElement('option');
+        option.value = name;
+        return option;
+      })
+    );
+    if (names.length) {
+      this._who.setAttribute('list', this._names.id);
+    } else {
+      this._who.removeAttribute('list');
+    }
+  }
+
+  private _renderLists(): void {
+    if (!this._state.allowed) {
+      return;
+    }
+    const now = new Date();
+    const { codes, guests } = this._state;
+    this._codes.replaceChildren();
+    if (!codes.length) {
+      el('li', 'gpulab-share-empty', 'No active links.', this._codes);
+    }
+    for (const code of codes) {
+      const li = el('li', 'gpulab-share-item gpulab-share-code', '', this._codes);
+      li.dataset.id = code.id;
+      el('span', 'gpulab-share-text', sharing.codeText(code, now), li);
+      const revoke = el('button', 'gpulab-share-revoke', 'Revoke', li);
+      revoke.title = 'The link stops working';
+      revoke.addEventListener('click', () => {
+        void this._act(
+          revoke,
+          'Revoking the link…',
+          async () => {
+            await this.api.revokeLink(code.id);
+            return 'Link revoked: it no longer works';
+          },
+          'Could not revoke the link'
+        );
+      });
+    }
+
+    this._guests.replaceChildren();
+    if (!guests.length) {
+      el('li', 'gpulab-share-empty', 'Nobody else has access.', this._guests);
+    }
+    for (const guest of guests) {
+      const li = el('li', 'gpulab-share-item gpulab-share-guest', '', this._guests);
+      li.dataset.name = guest.name;
+      li.dataset.kind = guest.kind;
+      el('span', 'gpulab-share-name', sharing.guestLabel(guest), li);
+      el('span', 'gpulab-share-since', sharing.sinceText(guest, now), li);
+      const revoke = el('button', 'gpulab-share-revoke', 'Revoke', li);
+      revoke.title = `${sharing.guestLabel(guest)} loses access; open tabs lose the connection`;
+      revoke.addEventListener('click', () => {
+        void this._act(
+          revoke,
+          `Removing ${sharing.guestLabel(guest)}…`,
+          async () => {
+            await this.api.removeGuest(guest.kind, guest.name);
+            return sharing.removedText(guest);
+          },
+          `Could not remove ${sharing.guestLabel(guest)}`
+        );
+      });
+    }
+
+    if (this._link && !codes.some(code => code.id === this._link?.id)) {
+      this._showLink(null); // revoked: it no longer works
+    }
+    if (this._stopButton) {
+      this._stopButton.hidden = !sharing.isSharing(this._state);
+    }
+  }
+
+  /**
+   * Run a request with `button` disabled and the status line saying `pending`; then say
+   * what it did (or `failed`, with the server's message) and read the lists again.
+   */
+  private async _act(
+    button: HTMLButtonElement,
+    pending: string,
+    action: () => Promise<string>,
+    failed: string
+  ): Promise<void> {
+    button.disabled = true;
+    this._say(pending);
+    try {
+      this._say(await action());
+    } catch (error) {
+      this._say(`${failed}: ${errorText(error)}`, 'error');
+    }
+    await this.refresh();
+    button.disabled = false;
+    if (!this.isDisposed && !this.node.contains(document.activeElement)) {
+      // the button lost the focus while disabled (or went with its row): keep it in the
+      // dialog, where Escape and Tab work
+      (button.isConnected ? button : this.node).focus();
+    }
+  }
+
+  private async _create(button: HTMLButtonElement): Promise<void> {
+    const seconds = Number(this._expiry.value);
+    const path = this._openNotebook?.checked ? this._choices.path : undefined;
+    await this._act(
+      button,
+      'Creating link…',
+      async () => {
+        const answer = await this.api.createLink(seconds, path);
+        this._showLink({
+          id: answer.id,
+          url: sharing.absoluteLink(answer, window.location.origin),
+          expires: answer.expires_at
+        });
+        return 'Link created: copy it and send it to the people you trust';
+      },
+      'Could not create the link'
+    );
+    if (this._link) {
+      this._url.focus();
+      this._url.select();
+    }
+  }
+
+  private async _copy(): Promise<void> {
+    const url = this._url.value;
+    let copied = false;
+    try {
+      await navigator.clipboard.writeText(url);
+      copied = true;
+    } catch {
+      // no clipboard API here (a page not served over https): the browser's copy command
+      this._url.focus();
+      this._url.select();
+      try {
+        copied = document.execCommand('copy');
+      } catch {
+        copied = false;
+      }
+    }
+    if (copied) {
+      this._say('Link copied');
+    } else {
+      this._url.focus();
+      this._url.select();
+      this._say(
+        'The link could not be copied: it is selected, press Ctrl+C (⌘C on a Mac)',
+        'error'
+      );
+    }
+  }
+
+  private async _add(button: HTMLButtonElement): Promise<void> {
+    const kind = this._kind.value as GuestKind;
+    const name = this._who.value.trim();
+    if (!name) {
+      this._say(kind === 'group' ? 'Type the name of a group' : 'Type a hub user name', 'error');
+      this._who.focus();
+      return;
+    }
+    const label = sharing.guestLabel({ kind, name });
+    await this._act(
+      button,
+      `Sharing with ${label}…`,
+      async () => {
+        const guest = await this.api.addGuest(kind, name);
+        this._who.value = '';
+        return sharing.addedText(guest.name ? guest : { kind, name });
+      },
+      `Could not share with ${label}`
+    );
+  }
+
+  private _showLink(link: ICreatedLinkView | null): void {
+    this._link = link;
+    this._result.hidden = !link;
+    this._url.value = link?.url ?? '';
+    this._expires.textContent = link ? sharing.expiresText(link.expires) : '';
+  }
+
+  private _say(text: string, level: Level = 'info'): void {
+    this._statusText = text;
+    this._statusLevel = level;
+    if (this._status) {
+      this._status.textContent = text;
+      this._status.dataset.level = level;
+    }
+  }
+
+  /** What the owner chose so far, for the dialog opened after this one. */
+  private _current(): IShareChoices {
+    return {
+      path: this._choices.path,
+      openNotebook: this._openNotebook ? this._openNotebook.checked : this._choices.openNotebook,
+      expiry: this._expiry ? Number(this._expiry.value) : this._choices.expiry,
+      link: this._link
+    };
+  }
+
+  private _state: IShareState;
+  private _choices: IShareChoices;
+  private _expiry!: HTMLSelectElement;
+  private _openNotebook: HTMLInputElement | null = null;
+  private _result!: HTMLDivElement;
+  private _url!: HTMLInputElement;
+  private _expires!: HTMLSpanElement;
+  private _link: ICreatedLinkView | null = null;
+  private _kind!: HTMLSelectElement;
+  private _who!: HTMLInputElement;
+  private _names!: HTMLDataListElement;
+  private _codes!: HTMLUListElement;
+  private _guests!: HTMLUListElement;
+  private _stopButton: HTMLButtonElement | null = null;
+  private _status: HTMLDivElement | null = null;
+  private _statusText = '';
+  private _statusLevel: Level = 'info';
+  private _seq = 0;
+}
+
+/** JupyterLab's dialog, except that Enter in the body's fields is theirs, not Close's. */
+class ShareDialog extends Dialog<unknown> {
+  handleEvent(event: Event): void {
+    if (
+      event.type === 'keydown' &&
+      (event as KeyboardEvent).key === 'Enter' &&
+      event.target instanceof Element &&
+      event.target.closest('.gpulab-ShareDialog')
+    ) {
+      return;
+    }
+    super.handleEvent(event);
+  }
+}
+
+/**
+ * Open the Share dialog (with `path`: offering a link that opens that notebook). Stop
+ * sharing closes it for JupyterLab's confirmation, then opens it again to do it. Resolves
+ * once the dialog is closed.
+ */
+export async function openShareDialog(api: ShareApi, path?: string): Promise<void> {
+  let state: IShareState;
+  try {
+    state = await api.state();
+  } catch (error) {
+    await showDialog({
+      title: 'Share this server',
+      body: errorText(error),
+      buttons: [Dialog.cancelButton({ label: 'Close' })]
+    });
+    return;
+  }
+  let choices: IShareChoices = { path, openNotebook: !!path };
+  for (;;) {
+    const asked: { stop: IShareChoices | null } = { stop: null };
+    let dialog: ShareDialog | null = null;
+    const body = new ShareBody(api, state, choices, chosen => {
+      asked.stop = chosen;
+      dialog?.resolve();
+    });
+    dialog = new ShareDialog({
+      title: sharing.shareTitle(state),
+      body,
+      buttons: [Dialog.cancelButton({ label: 'Close' })]
+    });
+    dialog.addClass('gpulab-ShareWindow');
+    await dialog.launch();
+    state = body.state;
+    if (!asked.stop) {
+      return;
+    }
+    const answer = await showDialog({
+      title: 'Stop sharing?',
+      body:
+        'Every link stops working and everyone you shared with loses access: their open ' +
+        'tabs lose the connection within seconds.',
+      buttons: [
+        Dialog.cancelButton({ label: 'Keep sharing' }),
+        Dialog.warnButton({ label: 'Stop sharing' })
+      ]
+    });
+    choices = { ...asked.stop, stopping: answer.button.accept };
+  }
+}

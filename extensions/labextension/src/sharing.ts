@@ -1,0 +1,206 @@
+/**
+ * What the Share dialog and the top bar's Share button say and offer, decided from the
+ * answers of the `gpulab/share` API (pure: no DOM, no requests).
+ */
+import { GuestKind, ICreatedLink, IShareCode, IShareGuest, IShareState } from './share';
+
+/** A choice of how long a new link lasts. */
+export interface IExpiry {
+  seconds: number;
+  label: string;
+}
+
+/** The expiries offered, and the one chosen at first. */
+export interface IExpiryOptions {
+  options: IExpiry[];
+  selected: number;
+}
+
+/** How times are written: the browser's locale and time zone unless given (the tests give them). */
+export interface ITimeFormat {
+  locale?: string;
+  timeZone?: string;
+}
+
+/** Whether sharing can be offered on this page. */
+export type Availability = 'available' | 'unavailable' | 'unknown';
+
+const HOUR = 3600;
+const DAY = 24 * HOUR;
+
+/** The expiries a link may have, shortest first. */
+export const EXPIRIES: readonly IExpiry[] = [
+  { seconds: HOUR, label: '1 hour' },
+  { seconds: DAY, label: '1 day' },
+  { seconds: 7 * DAY, label: '7 days' },
+  { seconds: 30 * DAY, label: '30 days' },
+  { seconds: 365 * DAY, label: '1 year' }
+];
+
+function plural(count: number, word: string): string {
+  return `${count} ${word}${count === 1 ? '' : 's'}`;
+}
+
+/** "90 minutes", "2 hours", "3 days": a number of seconds in the largest whole unit. */
+export function durationLabel(seconds: number): string {
+  const units: [number, string][] = [
+    [DAY, 'day'],
+    [HOUR, 'hour'],
+    [60, 'minute']
+  ];
+  for (const [size, word] of units) {
+    if (seconds >= size && seconds % size === 0) {
+      return plural(seconds / size, word);
+    }
+  }
+  return plural(seconds, 'second');
+}
+
+/**
+ * The expiries no longer than `maxExpiry` seconds (all of them without a positive limit;
+ * exactly `maxExpiry` when none fits), with 1 day chosen if offered, else the longest.
+ */
+export function expiryOptions(maxExpiry: number | null | undefined): IExpiryOptions {
+  const limit = typeof maxExpiry === 'number' && maxExpiry > 0 ? Math.floor(maxExpiry) : null;
+  let options = EXPIRIES.filter(e => limit === null || e.seconds <= limit);
+  if (!options.length && limit !== null) {
+    options = [{ seconds: limit, label: durationLabel(limit) }];
+  }
+  const selected = options.some(e => e.seconds === DAY) ? DAY : options[options.length - 1].seconds;
+  return { options, selected };
+}
+
+/** The link to show and copy: the hub's full URL when it knows it, else `url` on `origin`. */
+export function absoluteLink(answer: ICreatedLink, origin: string): string {
+  if (answer.full_url) {
+    return answer.full_url;
+  }
+  return new URL(answer.url, origin).href;
+}
+
+/** "not used yet", "used once", "used 3 times". */
+export function usedText(count: number): string {
+  if (!count) {
+    return 'not used yet';
+  }
+  return count === 1 ? 'used once' : `used ${count} times`;
+}
+
+/** "bob" for a user, "group team-a" for a group. */
+export function guestLabel(guest: Pick<IShareGuest, 'kind' | 'name'>): string {
+  return guest.kind === 'group' ? `group ${guest.name}` : guest.name;
+}
+
+function dayOf(date: Date, format: ITimeFormat): string {
+  return date.toLocaleDateString('en-CA', { timeZone: format.timeZone });
+}
+
+function yearOf(date: Date, format: ITimeFormat): string {
+  return date.toLocaleDateString('en-CA', { timeZone: format.timeZone, year: 'numeric' });
+}
+
+/**
+ * A time, as short as it can be next to `now`: "10:05 AM" today, "Dec 8, 10:00 AM" this
+ * year, "Dec 8, 2027, 10:00 AM" in another (in the locale's words); unparsable: as given.
+ */
+export function when(iso: string, now: Date, format: ITimeFormat = {}): string {
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) {
+    return iso;
+  }
+  const time: Intl.DateTimeFormatOptions = {
+    timeZone: format.timeZone,
+    hour: 'numeric',
+    minute: '2-digit'
+  };
+  if (dayOf(date, format) === dayOf(now, format)) {
+    return date.toLocaleTimeString(format.locale, time);
+  }
+  const day: Intl.DateTimeFormatOptions = { month: 'short', day: 'numeric' };
+  if (yearOf(date, format) !== yearOf(now, format)) {
+    day.year = 'numeric';
+  }
+  return date.toLocaleString(format.locale, { ...day, ...time });
+}
+
+/** "Expires Dec 8, 2026, 10:00 AM": a new link's end, with its date, in the locale's words. */
+export function expiresText(iso: string, format: ITimeFormat = {}): string {
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) {
+    return `Expires ${iso}`;
+  }
+  const text = date.toLocaleString(format.locale, {
+    timeZone: format.timeZone,
+    dateStyle: 'medium',
+    timeStyle: 'short'
+  });
+  return `Expires ${text}`;
+}
+
+/** "Link made 10:00 AM, expires Dec 8, 10:00 AM, used 2 times": an active link's row. */
+export function codeText(code: IShareCode, now: Date, format: ITimeFormat = {}): string {
+  return (
+    `Link made ${when(code.created_at, now, format)}, ` +
+    `expires ${when(code.expires_at, now, format)}, ${usedText(code.exchange_count)}`
+  );
+}
+
+/** "since 10:05 AM": when a guest got access. */
+export function sinceText(guest: IShareGuest, now: Date, format: ITimeFormat = {}): string {
+  return `since ${when(guest.created_at, now, format)}`;
+}
+
+/** The dialog's title: "Share alice's server" (a named server: "Share alice's server gpu"). */
+export function shareTitle(state: Pick<IShareState, 'owner' | 'server'>): string {
+  const title = `Share ${state.owner}'s server`;
+  return state.server ? `${title} ${state.server}` : title;
+}
+
+/** Something is shared: a link or a guest (Stop sharing is offered). */
+export function isSharing(state: Pick<IShareState, 'codes' | 'guests'>): boolean {
+  return state.codes.length > 0 || state.guests.length > 0;
+}
+
+/** The kinds of guest offered: users, and groups when the owner is in any. */
+export function guestKinds(groups: string[]): { value: GuestKind; label: string }[] {
+  const kinds: { value: GuestKind; label: string }[] = [{ value: 'user', label: 'User' }];
+  if (groups.length) {
+    kinds.push({ value: 'group', label: 'Group' });
+  }
+  return kinds;
+}
+
+/** The names suggested for a guest of `kind`: the owner's groups, or the hub's users if listed. */
+export function suggestions(
+  state: Pick<IShareState, 'user_directory' | 'users' | 'groups'>,
+  kind: GuestKind
+): string[] {
+  if (kind === 'group') {
+    return state.groups;
+  }
+  return state.user_directory && state.users ? state.users : [];
+}
+
+/** What the status line says once a guest is added. */
+export function addedText(guest: Pick<IShareGuest, 'kind' | 'name'>): string {
+  return guest.kind === 'group'
+    ? `Members of group ${guest.name} can now open your server`
+    : `${guest.name} can now open your server`;
+}
+
+/** What the status line says once a guest is removed. */
+export function removedText(guest: Pick<IShareGuest, 'kind' | 'name'>): string {
+  return `${guestLabel(guest)} no longer has access`;
+}
+
+/**
+ * Whether the Share button shows, from the answer to `GET gpulab/share`: its state, or the
+ * status of its failure. A guest (403), a server without the API (404) or a hub that does
+ * not share: unavailable; another failure: unknown (it may answer later).
+ */
+export function availability(answer: Pick<IShareState, 'enabled'> | number): Availability {
+  if (typeof answer === 'number') {
+    return answer === 403 || answer === 404 ? 'unavailable' : 'unknown';
+  }
+  return answer.enabled ? 'available' : 'unavailable';
+}
