@@ -27,6 +27,7 @@ from .storage.s3 import RgwAccounts
 
 if TYPE_CHECKING:
     from .gpuswitch import GpuSwitch
+    from .views import ViewLinks
     from .workloads.jobs import JobManager
     from .workloads.models import ModelManager
 
@@ -66,6 +67,13 @@ class Context:
         manager = ModelManager(self.ledger, self.settings, s3=self.s3)
         manager.backend = self.backend.model_backend(manager)
         return manager
+
+    @functools.cached_property
+    def views(self) -> ViewLinks:
+        """Read-only links to users' notebooks (``hub/views.py``)."""
+        from .views import ViewLinks
+
+        return ViewLinks(self.ledger.engine)
 
     def __deepcopy__(self, memo) -> Context:
         # traitlets deep-copies configuration values (tornado_settings among them) into

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 def api_handlers() -> list[tuple]:
     """Every handler of gpulab's REST API, paths under /api/gpulab/ (before the prefix),
-    and gpulab's rules in front of JupyterHub's sharing API (``api/sharing.py``)."""
-    from .api import gpu, gpus, jobs, models, openapi, sharing, storage, sweeps
+    gpulab's rules in front of JupyterHub's sharing API (``api/sharing.py``), and the
+    pages of read-only links (``/gpulab/view/...``, ``api/views.py``)."""
+    from .api import gpu, gpus, jobs, models, openapi, sharing, storage, sweeps, views
 
     return [
         *sharing.hub_handlers,
         *sharing.default_handlers,
+        *views.default_handlers,
+        *views.page_handlers,
         *gpus.default_handlers,
         *gpu.default_handlers,
         *storage.default_handlers,

@@ -32,6 +32,8 @@ nothing at the hub, so it is no loss that the server's owner can read it):
 - ``GET  gpulab/internal/activity``: busy kernels, last activity, GPU utilisation;
 - ``POST gpulab/internal/guests/end`` ``{"reason": "..."}``: a guest's access was revoked:
   their connections end (``sharing.end_guests``);
+- ``GET  gpulab/internal/notebook?path=&content=1``: a notebook for a read-only link
+  (``gpulab.hub.views``): when it was last saved, and its content;
 - ``GET  gpulab/internal/checkpoints``, ``POST gpulab/internal/checkpoints/ID/restore``
   ``{"notebook": "path"}``, ``DELETE gpulab/internal/checkpoints/ID``: the kernels'
   checkpoints on the home (``checkpoints.py``), for ``gpulab gpu checkpoints``.
@@ -42,6 +44,7 @@ from __future__ import annotations
 import hmac
 import json
 
+from jupyter_core.utils import ensure_async
 from jupyter_server.auth.decorator import allow_unauthenticated
 from tornado import web
 
@@ -234,6 +237,33 @@ class CheckpointsHandler(_HubOnly):
         self.finish()
 
 
+MAX_NOTEBOOK_BYTES = 20 * 2**20
+"""The largest notebook sent to the hub for a read-only link."""
+
+
+class NotebookHandler(_HubOnly):
+    """A notebook of this server, for a read-only link the owner made (the hub renders
+    it): its version (when last saved) and, with ``content=1``, its content."""
+
+    @allow_unauthenticated  # the secret was checked in prepare
+    async def get(self):
+        path = self.get_argument("path", "")
+        cm = self.contents_manager
+        try:
+            model = await ensure_async(cm.get(path, content=False))
+        except web.HTTPError as e:
+            return self.fail(e.status_code, f"{path}: {e.log_message or 'not readable'}")
+        if model.get("type") != "notebook":
+            return self.fail(400, f"{path} is not a notebook")
+        if (model.get("size") or 0) > MAX_NOTEBOOK_BYTES:
+            return self.fail(413, f"{path} is larger than {MAX_NOTEBOOK_BYTES >> 20} MiB")
+        answer = {"path": model["path"], "last_modified": str(model.get("last_modified"))}
+        if self.get_argument("content", "0") == "1":
+            full = await ensure_async(cm.get(path, content=True, type="notebook"))
+            answer["content"] = full["content"]
+        self.finish(json.dumps(answer, default=str))
+
+
 class GuestsEndHandler(_HubOnly):
     """The hub revoked a guest's access to this server: their connections end now."""
 
@@ -279,9 +309,15 @@ def handlers(base_url: str) -> list:
             url(r"hub/(jobs|sweeps|models)((?:/[a-z][a-z0-9-]*(?:/logs|/cancel)?)?)"),
             WorkloadsHandler,
         ),
-        (url(r"share(?:/(codes|guests)(?:/(sc_[0-9]+|user|group)(?:/([^/]+))?)?)?"), ShareHandler),
+        (
+            url(
+                r"share(?:/(codes|guests|views)(?:/(sc_[0-9]+|v_[0-9]+|user|group)(?:/([^/]+))?)?)?"
+            ),
+            ShareHandler,
+        ),
         (url("internal/switch"), SwitchHandler),
         (url("internal/guests/end"), GuestsEndHandler),
+        (url("internal/notebook"), NotebookHandler),
         (url("internal/checkpoint"), CheckpointHandler),
         (url("internal/resume"), ResumeHandler),
         (url("internal/activity"), ActivityHandler),

@@ -10,7 +10,9 @@ server's own token:
   (``path``: it opens that notebook); ``DELETE gpulab/share/codes/sc_N``: revoke one;
 - ``POST gpulab/share/guests`` ``{"user": "bob"}`` or ``{"group": "team"}``: share
   directly; ``DELETE gpulab/share/guests/user/bob`` (or ``group/team``): revoke;
-- ``DELETE gpulab/share``: stop sharing (every link and every share).
+- ``POST gpulab/share/views`` ``{"path": "a.ipynb", "expires_in": 86400}``: a read-only
+  link to one notebook (``gpulab.hub.views``); ``DELETE gpulab/share/views/v_N``: revoke;
+- ``DELETE gpulab/share``: stop sharing (every link, read-only link and share).
 
 A guest's access ends with its share, but the server would still know them for minutes
 (the single-user server caches the hub's answer about a token, and an open websocket is
@@ -112,7 +114,7 @@ class ShareHandler(Base):
 
     async def state(self) -> dict:
         status, policy = await self.hub("GET", "/gpulab/sharing")
-        codes, guests = [], []
+        codes, guests, views = [], [], []
         if policy.get("enabled"):
             # JupyterHub answers these only to an owner who may share
             found = await asyncio.gather(
@@ -123,6 +125,7 @@ class ShareHandler(Base):
             if not any(isinstance(f, BaseException) for f in found):
                 codes = [code_model(c) for c in items(found[0][1])]
                 guests = [guest_model(s) for s in items(found[1][1])]
+            views = await self.views()
         return {
             "owner": owner(),
             "server": server_name(),
@@ -130,7 +133,14 @@ class ShareHandler(Base):
             **{k: policy.get(k) for k in ("user_directory", "users", "groups")},
             "codes": codes,
             "guests": guests,
+            "views": views,
         }
+
+    async def views(self) -> list[dict]:
+        """This server's read-only links (``gpulab.hub.views``)."""
+        _, model = await self.hub("GET", "/gpulab/views", server=server_name())
+        keep = ("id", "path", "created_at", "expires_at", "view_count", "last_viewed_at")
+        return [{k: v.get(k) for k in keep} for v in model.get("views", [])]
 
     @web.authenticated
     async def get(self, *parts):
@@ -145,8 +155,13 @@ class ShareHandler(Base):
             self.answer(200, await self.new_link(body))
         elif what == "guests" and kind is None:
             self.answer(200, await self.add_guest(body))
+        elif what == "views" and kind is None:
+            request = {k: body[k] for k in ("path", "expires_in") if k in body}
+            _, model = await self.hub("POST", "/gpulab/views", {**request, "server": server_name()})
+            keep = ("id", "path", "expires_at", "url")
+            self.answer(200, {k: model.get(k) for k in keep})
         else:
-            raise web.HTTPError(404, "POST gpulab/share/codes or gpulab/share/guests")
+            raise web.HTTPError(404, "POST gpulab/share/codes, guests or views")
 
     @web.authenticated
     async def delete(self, what: str | None = None, kind=None, name=None):
@@ -155,12 +170,18 @@ class ShareHandler(Base):
         if what is None:
             await self.hub("DELETE", f"/share-codes/{path}")
             await self.hub("DELETE", f"/shares/{path}")
+            for view in await self.views():
+                await self.hub("DELETE", f"/gpulab/views/{view['id']}")
         elif what == "codes" and kind and name is None:
             await self.hub("DELETE", f"/share-codes/{path}", id=kind)
         elif what == "guests" and kind in ("user", "group") and name:
             await self.hub("PATCH", f"/shares/{path}", {kind: name})
+        elif what == "views" and kind and name is None:
+            await self.hub("DELETE", f"/gpulab/views/{kind}")
         else:
-            raise web.HTTPError(404, "DELETE gpulab/share/codes/ID or guests/user|group/NAME")
+            raise web.HTTPError(
+                404, "DELETE gpulab/share/codes/ID, views/ID or guests/user|group/NAME"
+            )
         self.set_status(204)
         self.finish()
 

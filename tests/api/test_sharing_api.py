@@ -136,3 +136,31 @@ def test_direct_shares_need_no_user_directory_and_revoking_reaches_the_server(hu
     assert len(hub.recorder.of("alice", "guests/end")) == 2
     listed = alice.session.get(shares, timeout=10).json()
     assert listed["items"] == []
+
+
+def test_read_only_links_follow_the_same_rules_and_are_the_owners_alone(hub):
+    alice = hub.create_user("alice", groups=("sharers",))
+    carol = hub.create_user("carol")
+    views = hub.api("/gpulab/views")
+
+    r = alice.session.post(views, json={"path": "/work/a.ipynb"}, timeout=10)
+    assert r.status_code == 200, r.text
+    made = r.json()
+    assert made["path"] == "work/a.ipynb" and made["url"].startswith("/hub/gpulab/view/")
+    assert seconds_between(made) == pytest.approx(7200, abs=5)  # the longest, under a day
+    r = alice.session.post(views, json={"path": "a.ipynb", "expires_in": 3 * 3600}, timeout=10)
+    assert r.status_code == 400 and "sharing.max_expiry" in r.json()["message"]
+    for bad in (30, True, "1h"):
+        r = alice.session.post(views, json={"path": "a.ipynb", "expires_in": bad}, timeout=10)
+        assert r.status_code == 400, (bad, r.text)
+    r = carol.session.post(views, json={"path": "c.ipynb"}, timeout=10)
+    assert r.status_code == 403 and "sharers" in r.json()["message"]
+
+    # listed without the token; nobody else sees or revokes it
+    (listed,) = alice.session.get(views, timeout=10).json()["views"]
+    assert listed["id"] == made["id"] and "url" not in listed and listed["view_count"] == 0
+    assert carol.session.get(views, timeout=10).json()["views"] == []
+    assert carol.session.get(views + "?user=alice", timeout=10).status_code == 403
+    assert carol.session.delete(f"{views}/{made['id']}", timeout=10).status_code == 404
+    assert alice.session.delete(f"{views}/{made['id']}", timeout=10).status_code == 204
+    assert alice.session.get(views, timeout=10).json()["views"] == []

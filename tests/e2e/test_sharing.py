@@ -9,6 +9,7 @@ import re
 import uuid
 
 import pytest
+import requests
 
 from browsing import accept_share, login, sign_up
 from hubfixture import end_sharing
@@ -108,3 +109,66 @@ def test_shares_with_a_named_teammate_or_group_and_bad_requests(hub):
     assert r.status_code == 204
     state = alice.session.get(alice.server_url + "/gpulab/share", timeout=30).json()
     assert state["guests"] == []
+
+
+def test_a_read_only_link_shows_one_notebook_rendered_sandboxed_and_following_edits(hub):
+    alice = hub.create_user("alice")
+    assert alice.spawn().status_code in (201, 202)
+    notebook = {
+        "type": "notebook",
+        "content": {
+            "nbformat": 4, "nbformat_minor": 5, "metadata": {},
+            "cells": [
+                {"cell_type": "code", "id": "c1", "metadata": {}, "execution_count": 1,
+                 "source": "answer = 6 * 7", "outputs": [
+                     {"output_type": "display_data", "metadata": {},
+                      "data": {"text/html": "<b>forty-two</b><script>parent.stolen = 1</script>"}},
+                 ]},
+            ],
+        },
+    }  # fmt: skip
+    r = alice.session.put(alice.server_url + "/api/contents/report.ipynb", json=notebook)
+    assert r.status_code in (200, 201), r.text
+    views = alice.server_url + "/gpulab/share/views"
+    for body in ({"path": "../../etc/passwd.ipynb"}, {"path": "notes.txt"}, {"path": 5}):
+        r = alice.session.post(views, json=body, timeout=30)
+        assert r.status_code == 400 and r.json()["message"], (body, r.text)
+    r = alice.session.post(views, json={"path": "report.ipynb", "expires_in": 3600})
+    assert r.status_code == 200, r.text
+    link = r.json()
+    assert link["url"].startswith("/hub/gpulab/view/") and link["path"] == "report.ipynb"
+
+    # any logged-in hub user with the link; nobody without a login
+    assert requests.get(hub.url + link["url"], allow_redirects=False).status_code == 302
+    _, viewer = teammate(hub, "viewer")
+    page = viewer.get(hub.url + link["url"], timeout=30)
+    assert page.status_code == 200 and 'sandbox=""' in page.text, page.text[-500:]
+    content = viewer.get(hub.url + link["url"] + "/content", timeout=60)
+    assert content.status_code == 200, content.text[-500:]
+    assert "answer" in content.text and "forty-two" in content.text
+    policy = content.headers["Content-Security-Policy"]
+    assert policy.startswith("sandbox;") and "script-src" not in policy
+    assert "default-src 'none'" in policy
+    # the viewer reaches nothing else of alice's
+    assert viewer.get(alice.server_url + "/api/contents", timeout=30).status_code == 403
+
+    # the page follows the owner's edits
+    before = viewer.get(hub.url + link["url"] + "/version", timeout=30).json()["version"]
+    notebook["content"]["cells"][0]["source"] = "answer = 'edited'"
+    alice.session.put(alice.server_url + "/api/contents/report.ipynb", json=notebook)
+    after = viewer.get(hub.url + link["url"] + "/version", timeout=30).json()["version"]
+    assert after != before
+    assert "edited" in viewer.get(hub.url + link["url"] + "/content", timeout=60).text
+
+    state = alice.session.get(alice.server_url + "/gpulab/share", timeout=30).json()
+    (listed,) = state["views"]
+    assert listed["id"] == link["id"] and listed["view_count"] == 1
+
+    # the owner's server stops: the page says so; revoked: gone
+    alice.stop()
+    r = viewer.get(hub.url + link["url"] + "/content", timeout=30)
+    assert r.status_code == 409 and "not running" in r.text
+    r = alice.session.delete(f"{hub.api('/gpulab/views')}/{link['id']}", timeout=30)
+    assert r.status_code == 204
+    r = viewer.get(hub.url + link["url"], timeout=30)
+    assert r.status_code == 404 and "revoked or has expired" in r.text
