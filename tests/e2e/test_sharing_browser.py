@@ -2,7 +2,8 @@
 the owner shares the notebook from JupyterLab's Share dialog, the teammate opens the
 link, accepts, and lands in it; each sees the other's edits, cursor (with their hub
 name) and cell outputs; a cut connection reconnects without duplicating anything; the
-owner revokes the teammate, who is out at once."""
+owner revokes the teammate, who is out at once, and then sees the notebook only through
+a read-only link."""
 
 from __future__ import annotations
 
@@ -161,3 +162,17 @@ def test_the_owner_shares_a_notebook_and_both_edit_it_live_until_revoked(hub, ch
         return json.dumps(sources).count("after_the_cut = 1") == 1
 
     wait_for(saved_once, 30, "the notebook saved with the guest's cell, once")
+
+    # a read-only link to the notebook: the guest, out of the server now, sees it
+    # rendered, following the owner's edits, and nothing of it runs
+    dialog.get_by_role("button", name="Close").click()
+    first_cell(ann).click(button="right")
+    ann.get_by_text("Share this notebook…").click()
+    dialog = ann.locator(".jp-Dialog")
+    dialog.locator(".gpulab-share-create-view").click()
+    view = dialog.locator(".gpulab-share-view-url")
+    expect(view).to_have_value(re.compile(r"/hub/gpulab/view/"))
+    ben.goto(view.input_value())
+    rendered = ben.frame_locator("#gpulab-view-frame").locator("body")
+    expect(rendered).to_contain_text("after_the_cut = 1", timeout=60_000)
+    expect(ben.locator("#gpulab-view-status")).to_contain_text("follows the owner's edits")

@@ -1,12 +1,12 @@
 /**
- * Sharing this server with teammates (JupyterHub's sharing), as the server extension's
- * `gpulab/share` API offers it to the server's owner, typed. A guest of the server (someone
- * it was shared with) is refused with 403.
+ * Sharing this server with teammates (JupyterHub's sharing), and read-only links to one
+ * notebook, as the server extension's `gpulab/share` API offers them to the server's owner,
+ * typed. A guest of the server (someone it was shared with) is refused with 403.
  */
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
-import { requestJson } from './api';
+import { GpuApiError, requestJson } from './api';
 
 /** Whom a server is shared with directly: one hub user, or every member of a hub group. */
 export type GuestKind = 'user' | 'group';
@@ -19,6 +19,21 @@ export interface IShareCode {
   /** How many people have opened the link. */
   exchange_count: number;
   last_exchanged_at: string | null;
+}
+
+/**
+ * A read-only link: whoever is logged in to the hub and has it sees the notebook at `path`
+ * rendered (no kernel, nothing else of the owner's), while the owner's server runs.
+ */
+export interface IShareView {
+  id: string;
+  /** The notebook shown, relative to the server's root. */
+  path: string;
+  created_at: string;
+  expires_at: string;
+  /** How many times the notebook was viewed through the link. */
+  view_count: number;
+  last_viewed_at: string | null;
 }
 
 /** A hub user or group the server is shared with. */
@@ -48,6 +63,8 @@ export interface IShareState {
   groups: string[];
   codes: IShareCode[];
   guests: IShareGuest[];
+  /** The owner's read-only links. */
+  views: IShareView[];
 }
 
 /** A link just made: `full_url` when the hub knows its public address, else `url` (absolute path). */
@@ -58,9 +75,20 @@ export interface ICreatedLink {
   full_url: string | null;
 }
 
+/** A read-only link just made: `url` is an absolute path on the hub. */
+export interface ICreatedView {
+  id: string;
+  path: string;
+  expires_at: string;
+  url: string;
+}
+
 const SHARE = 'gpulab/share';
 
-/** The owner's side of sharing: what is shared, links, guests; GpuApiError on a refusal. */
+/**
+ * The owner's side of sharing: what is shared, links, guests, read-only links; GpuApiError
+ * on a refusal.
+ */
 export class ShareApi {
   constructor(private readonly settings: ServerConnection.ISettings) {}
 
@@ -72,7 +100,8 @@ export class ShareApi {
       users: Array.isArray(state.users) ? state.users : null,
       groups: Array.isArray(state.groups) ? state.groups : [],
       codes: Array.isArray(state.codes) ? state.codes : [],
-      guests: Array.isArray(state.guests) ? state.guests : []
+      guests: Array.isArray(state.guests) ? state.guests : [],
+      views: Array.isArray(state.views) ? state.views : []
     };
   }
 
@@ -97,9 +126,39 @@ export class ShareApi {
     await this.request('DELETE', URLExt.join('guests', kind, encodeURIComponent(name)));
   }
 
-  /** Revoke every link and every guest. */
-  async stopSharing(): Promise<void> {
+  /**
+   * A new read-only link to the notebook at `path`, valid for `expiresIn` seconds (400 for a
+   * path that is not a notebook, 403 when the owner may not share).
+   */
+  createView(path: string, expiresIn: number): Promise<ICreatedView> {
+    return this.request<ICreatedView>('POST', 'views', { path, expires_in: expiresIn });
+  }
+
+  /** The read-only link stops working. */
+  async revokeView(id: string): Promise<void> {
+    await this.request('DELETE', URLExt.join('views', encodeURIComponent(id)));
+  }
+
+  /**
+   * Revoke every link and every guest, then every read-only link still listed (read again,
+   * so that those made in another tab go too); resolves to how many read-only links it revoked.
+   */
+  async stopSharing(): Promise<number> {
     await this.request('DELETE', '');
+    const { views } = await this.state();
+    let revoked = 0;
+    for (const view of views) {
+      try {
+        await this.revokeView(view.id);
+        revoked++;
+      } catch (error) {
+        // a 404: it went meanwhile
+        if (!(error instanceof GpuApiError && error.status === 404)) {
+          throw error;
+        }
+      }
+    }
+    return revoked;
   }
 
   private request<T>(method: string, path: string, body?: object): Promise<T> {

@@ -1,7 +1,8 @@
 /**
- * The Share dialog: make a link to this server (optionally opening a notebook), share it
- * with hub users and groups, see and revoke the active links and the people with access,
- * or stop sharing altogether; a status line says what is happening.
+ * The Share dialog: make a link to this server (optionally opening a notebook) or a
+ * read-only link to a notebook, share the server with hub users and groups, see and revoke
+ * the active links, the read-only links and the people with access, or stop sharing
+ * altogether; a status line says what is happening.
  */
 import { Dialog, showDialog } from '@jupyterlab/apputils';
 import { Widget } from '@lumino/widgets';
@@ -14,7 +15,7 @@ export const SHARE_WARNING =
   'Anyone you share with works in your server as you: they can run code, read and change ' +
   'your files, use your S3 keys and your GPU.';
 
-/** A link made in the dialog, kept on show until it is revoked. */
+/** A link (or read-only link) made in the dialog, kept on show until it is revoked. */
 export interface ICreatedLinkView {
   id: string;
   url: string;
@@ -31,6 +32,8 @@ export interface IShareChoices {
   expiry?: number;
   /** The link made last. */
   link?: ICreatedLinkView | null;
+  /** The read-only link made last. */
+  view?: ICreatedLinkView | null;
   /** Stop sharing at once (the owner has just confirmed it). */
   stopping?: boolean;
 }
@@ -110,7 +113,7 @@ export class ShareBody extends Widget {
     }
   }
 
-  /** Revoke every link and every guest (the owner has confirmed it). */
+  /** Revoke every link, every guest and every read-only link (the owner has confirmed it). */
   async stop(): Promise<void> {
     if (!this._stopButton) {
       return;
@@ -118,10 +121,7 @@ export class ShareBody extends Widget {
     await this._act(
       this._stopButton,
       'Stopping…',
-      async () => {
-        await this.api.stopSharing();
-        return 'Stopped sharing: every link and every guest is revoked';
-      },
+      async () => sharing.stoppedText(await this.api.stopSharing()),
       'Could not stop sharing'
     );
   }
@@ -141,6 +141,9 @@ export class ShareBody extends Widget {
     let section = el('section', 'gpulab-share-section', '', node);
     el('h3', 'gpulab-share-heading', 'Active links', section);
     this._codes = el('ul', 'gpulab-share-list gpulab-share-codes', '', section);
+    section = el('section', 'gpulab-share-section', '', node);
+    el('h3', 'gpulab-share-heading', 'Read-only links', section);
+    this._views = el('ul', 'gpulab-share-list gpulab-share-views', '', section);
     section = el('section', 'gpulab-share-section', '', node);
     el('h3', 'gpulab-share-heading', 'People with access', section);
     this._guests = el('ul', 'gpulab-share-list gpulab-share-guests', '', section);
@@ -164,6 +167,17 @@ export class ShareBody extends Widget {
       'Whoever opens the link and signs in to the hub can use your server until it expires.',
       section
     );
+    const path = this._choices.path;
+    if (path) {
+      el(
+        'p',
+        'gpulab-share-hint gpulab-share-view-hint',
+        `A read-only link shows ${path} to whoever is logged in to the hub and has it, ` +
+          'updated as you edit it while your server runs: they cannot run code or see ' +
+          'anything else of yours.',
+        section
+      );
+    }
     const row = el('div', 'gpulab-share-row', '', section);
     const label = el('label', 'gpulab-share-label', '', row);
     el('span', '', 'Expires after', label);
@@ -177,15 +191,21 @@ export class ShareBody extends Widget {
       : selected;
     this._expiry.value = String(kept);
     this._openNotebook = null;
-    if (this._choices.path) {
+    if (path) {
       const open = el('label', 'gpulab-share-label', '', row);
       this._openNotebook = el('input', 'gpulab-share-open-notebook', '', open);
       this._openNotebook.type = 'checkbox';
       this._openNotebook.checked = this._choices.openNotebook;
-      el('span', '', `Open ${this._choices.path} for them`, open);
+      el('span', '', `Open ${path} for them`, open);
     }
     const create = el('button', 'gpulab-share-create', 'Create link', row);
     create.addEventListener('click', () => void this._create(create));
+    if (path) {
+      // a read-only link is of one notebook
+      const view = el('button', 'gpulab-share-create-view', 'Create read-only link', row);
+      view.title = `A link that shows ${path} rendered, without a kernel or your other files`;
+      view.addEventListener('click', () => void this._createView(view, path));
+    }
 
     this._result = el('div', 'gpulab-share-row gpulab-share-result', '', section);
     this._url = el('input', 'gpulab-share-url', '', this._result);
@@ -193,9 +213,19 @@ export class ShareBody extends Widget {
     this._url.setAttribute('aria-label', 'Link');
     this._url.addEventListener('focus', () => this._url.select());
     const copy = el('button', 'gpulab-share-copy', 'Copy', this._result);
-    copy.addEventListener('click', () => void this._copy());
+    copy.addEventListener('click', () => void this._copy(this._url, 'link'));
     this._expires = el('span', 'gpulab-share-expires', '', this._result);
     this._showLink(this._choices.link ?? null);
+
+    this._viewResult = el('div', 'gpulab-share-row gpulab-share-view-result', '', section);
+    this._viewUrl = el('input', 'gpulab-share-view-url', '', this._viewResult);
+    this._viewUrl.readOnly = true;
+    this._viewUrl.setAttribute('aria-label', 'Read-only link');
+    this._viewUrl.addEventListener('focus', () => this._viewUrl.select());
+    const copyView = el('button', 'gpulab-share-copy-view', 'Copy', this._viewResult);
+    copyView.addEventListener('click', () => void this._copy(this._viewUrl, 'read-only link'));
+    this._viewExpires = el('span', 'gpulab-share-view-expires', '', this._viewResult);
+    this._showView(path ? (this._choices.view ?? null) : null);
   }
 
   private _buildDirect(): void {
@@ -249,7 +279,7 @@ export class ShareBody extends Widget {
       return;
     }
     const now = new Date();
-    const { codes, guests } = this._state;
+    const { codes, guests, views } = this._state;
     this._codes.replaceChildren();
     if (!codes.length) {
       el('li', 'gpulab-share-empty', 'No active links.', this._codes);
@@ -269,6 +299,29 @@ export class ShareBody extends Widget {
             return 'Link revoked: it no longer works';
           },
           'Could not revoke the link'
+        );
+      });
+    }
+
+    this._views.replaceChildren();
+    if (!views.length) {
+      el('li', 'gpulab-share-empty', 'No read-only links.', this._views);
+    }
+    for (const view of views) {
+      const li = el('li', 'gpulab-share-item gpulab-share-view', '', this._views);
+      li.dataset.id = view.id;
+      el('span', 'gpulab-share-text', sharing.viewText(view, now), li);
+      const revoke = el('button', 'gpulab-share-revoke', 'Revoke', li);
+      revoke.title = 'The read-only link stops working';
+      revoke.addEventListener('click', () => {
+        void this._act(
+          revoke,
+          'Revoking the read-only link…',
+          async () => {
+            await this.api.revokeView(view.id);
+            return 'Read-only link revoked: it no longer works';
+          },
+          'Could not revoke the read-only link'
         );
       });
     }
@@ -300,6 +353,9 @@ export class ShareBody extends Widget {
 
     if (this._link && !codes.some(code => code.id === this._link?.id)) {
       this._showLink(null); // revoked: it no longer works
+    }
+    if (this._view && !views.some(view => view.id === this._view?.id)) {
+      this._showView(null);
     }
     if (this._stopButton) {
       this._stopButton.hidden = !sharing.isSharing(this._state);
@@ -355,16 +411,39 @@ export class ShareBody extends Widget {
     }
   }
 
-  private async _copy(): Promise<void> {
-    const url = this._url.value;
+  private async _createView(button: HTMLButtonElement, path: string): Promise<void> {
+    const seconds = Number(this._expiry.value);
+    await this._act(
+      button,
+      'Creating read-only link…',
+      async () => {
+        const answer = await this.api.createView(path, seconds);
+        this._showView({
+          id: answer.id,
+          url: sharing.absoluteLink(answer, window.location.origin),
+          expires: answer.expires_at
+        });
+        return sharing.viewReadyText(answer.path || path);
+      },
+      'Could not create the read-only link'
+    );
+    if (this._view) {
+      this._viewUrl.focus();
+      this._viewUrl.select();
+    }
+  }
+
+  /** Copy the URL in `input` (`what`: "link" or "read-only link", for the status line). */
+  private async _copy(input: HTMLInputElement, what: string): Promise<void> {
+    const url = input.value;
     let copied = false;
     try {
       await navigator.clipboard.writeText(url);
       copied = true;
     } catch {
       // no clipboard API here (a page not served over https): the browser's copy command
-      this._url.focus();
-      this._url.select();
+      input.focus();
+      input.select();
       try {
         copied = document.execCommand('copy');
       } catch {
@@ -372,12 +451,12 @@ export class ShareBody extends Widget {
       }
     }
     if (copied) {
-      this._say('Link copied');
+      this._say(`${what[0].toUpperCase()}${what.slice(1)} copied`);
     } else {
-      this._url.focus();
-      this._url.select();
+      input.focus();
+      input.select();
       this._say(
-        'The link could not be copied: it is selected, press Ctrl+C (⌘C on a Mac)',
+        `The ${what} could not be copied: it is selected, press Ctrl+C (⌘C on a Mac)`,
         'error'
       );
     }
@@ -411,6 +490,13 @@ export class ShareBody extends Widget {
     this._expires.textContent = link ? sharing.expiresText(link.expires) : '';
   }
 
+  private _showView(view: ICreatedLinkView | null): void {
+    this._view = view;
+    this._viewResult.hidden = !view;
+    this._viewUrl.value = view?.url ?? '';
+    this._viewExpires.textContent = view ? sharing.expiresText(view.expires) : '';
+  }
+
   private _say(text: string, level: Level = 'info'): void {
     this._statusText = text;
     this._statusLevel = level;
@@ -426,7 +512,8 @@ export class ShareBody extends Widget {
       path: this._choices.path,
       openNotebook: this._openNotebook ? this._openNotebook.checked : this._choices.openNotebook,
       expiry: this._expiry ? Number(this._expiry.value) : this._choices.expiry,
-      link: this._link
+      link: this._link,
+      view: this._view
     };
   }
 
@@ -438,10 +525,15 @@ export class ShareBody extends Widget {
   private _url!: HTMLInputElement;
   private _expires!: HTMLSpanElement;
   private _link: ICreatedLinkView | null = null;
+  private _viewResult!: HTMLDivElement;
+  private _viewUrl!: HTMLInputElement;
+  private _viewExpires!: HTMLSpanElement;
+  private _view: ICreatedLinkView | null = null;
   private _kind!: HTMLSelectElement;
   private _who!: HTMLInputElement;
   private _names!: HTMLDataListElement;
   private _codes!: HTMLUListElement;
+  private _views!: HTMLUListElement;
   private _guests!: HTMLUListElement;
   private _stopButton: HTMLButtonElement | null = null;
   private _status: HTMLDivElement | null = null;
@@ -466,9 +558,9 @@ class ShareDialog extends Dialog<unknown> {
 }
 
 /**
- * Open the Share dialog (with `path`: offering a link that opens that notebook). Stop
- * sharing closes it for JupyterLab's confirmation, then opens it again to do it. Resolves
- * once the dialog is closed.
+ * Open the Share dialog (with `path`: offering a link that opens that notebook, and a
+ * read-only link to it). Stop sharing closes it for JupyterLab's confirmation, then opens
+ * it again to do it. Resolves once the dialog is closed.
  */
 export async function openShareDialog(api: ShareApi, path?: string): Promise<void> {
   let state: IShareState;

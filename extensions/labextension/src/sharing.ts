@@ -2,7 +2,7 @@
  * What the Share dialog and the top bar's Share button say and offer, decided from the
  * answers of the `gpulab/share` API (pure: no DOM, no requests).
  */
-import { GuestKind, ICreatedLink, IShareCode, IShareGuest, IShareState } from './share';
+import { GuestKind, ICreatedLink, IShareCode, IShareGuest, IShareState, IShareView } from './share';
 
 /** A choice of how long a new link lasts. */
 export interface IExpiry {
@@ -70,8 +70,14 @@ export function expiryOptions(maxExpiry: number | null | undefined): IExpiryOpti
   return { options, selected };
 }
 
-/** The link to show and copy: the hub's full URL when it knows it, else `url` on `origin`. */
-export function absoluteLink(answer: ICreatedLink, origin: string): string {
+/**
+ * The link to show and copy: the hub's full URL when it knows it, else `url` on `origin`
+ * (a read-only link has only `url`).
+ */
+export function absoluteLink(
+  answer: Pick<ICreatedLink, 'url'> & Partial<Pick<ICreatedLink, 'full_url'>>,
+  origin: string
+): string {
   if (answer.full_url) {
     return answer.full_url;
   }
@@ -84,6 +90,14 @@ export function usedText(count: number): string {
     return 'not used yet';
   }
   return count === 1 ? 'used once' : `used ${count} times`;
+}
+
+/** "not viewed yet", "viewed once", "viewed 3 times". */
+export function viewedText(count: number): string {
+  if (!count) {
+    return 'not viewed yet';
+  }
+  return count === 1 ? 'viewed once' : `viewed ${count} times`;
 }
 
 /** "bob" for a user, "group team-a" for a group. */
@@ -145,6 +159,32 @@ export function codeText(code: IShareCode, now: Date, format: ITimeFormat = {}):
   );
 }
 
+/**
+ * "work/a.ipynb: made 10:00 AM, expires Dec 8, 10:00 AM, viewed 2 times": a read-only
+ * link's row.
+ */
+export function viewText(view: IShareView, now: Date, format: ITimeFormat = {}): string {
+  return (
+    `${view.path}: made ${when(view.created_at, now, format)}, ` +
+    `expires ${when(view.expires_at, now, format)}, ${viewedText(view.view_count)}`
+  );
+}
+
+/** What the status line says once a read-only link to `path` is made. */
+export function viewReadyText(path: string): string {
+  return (
+    `Read-only link ready: anyone logged in to the hub with it sees ${path}, ` +
+    'without running anything'
+  );
+}
+
+/** What the status line says once sharing stopped, `views` read-only links revoked with it. */
+export function stoppedText(views: number): string {
+  return views
+    ? 'Stopped sharing: every link, every read-only link and every guest is revoked'
+    : 'Stopped sharing: every link and every guest is revoked';
+}
+
 /** "since 10:05 AM": when a guest got access. */
 export function sinceText(guest: IShareGuest, now: Date, format: ITimeFormat = {}): string {
   return `since ${when(guest.created_at, now, format)}`;
@@ -156,9 +196,9 @@ export function shareTitle(state: Pick<IShareState, 'owner' | 'server'>): string
   return state.server ? `${title} ${state.server}` : title;
 }
 
-/** Something is shared: a link or a guest (Stop sharing is offered). */
-export function isSharing(state: Pick<IShareState, 'codes' | 'guests'>): boolean {
-  return state.codes.length > 0 || state.guests.length > 0;
+/** Something is shared: a link, a guest or a read-only link (Stop sharing is offered). */
+export function isSharing(state: Pick<IShareState, 'codes' | 'guests' | 'views'>): boolean {
+  return state.codes.length > 0 || state.guests.length > 0 || state.views.length > 0;
 }
 
 /** The kinds of guest offered: users, and groups when the owner is in any. */

@@ -3,7 +3,7 @@ import { ServerConnection } from '@jupyterlab/services';
 import { GpuApi, GpuApiError, requestJson } from '../api';
 import { ShareApi } from '../share';
 import { WorkloadsApi } from '../workloads';
-import { shareState } from './fixtures';
+import { shareState, shareView } from './fixtures';
 
 const BASE = 'http://lab.example/user/ann/';
 
@@ -209,16 +209,17 @@ describe('WorkloadsApi', () => {
 describe('ShareApi', () => {
   it("reads what is shared under the server's base URL, lists never missing", async () => {
     const { settings, sent } = server(
-      json({ ...shareState(), groups: undefined, codes: null, guests: undefined })
+      json({ ...shareState(), groups: undefined, codes: null, guests: undefined, views: undefined })
     );
     const state = await new ShareApi(settings).state();
-    expect([state.owner, state.groups, state.codes, state.guests, state.users]).toEqual([
-      'alice',
-      [],
-      [],
-      [],
-      null
-    ]);
+    expect([
+      state.owner,
+      state.groups,
+      state.codes,
+      state.guests,
+      state.users,
+      state.views
+    ]).toEqual(['alice', [], [], [], null, []]);
     expect(sent.map(s => [s.method, s.path])).toEqual([['GET', '/user/ann/gpulab/share']]);
   });
 
@@ -235,6 +236,69 @@ describe('ShareApi', () => {
     ]);
   });
 
+  it('creates read-only links to a notebook and revokes them, their ids escaped', async () => {
+    const made = {
+      id: 'v_4',
+      path: 'work/a.ipynb',
+      expires_at: '2026-12-08T10:00:00Z',
+      url: '/hub/gpulab/view/TOKEN'
+    };
+    const { settings, sent } = server(json(made));
+    const api = new ShareApi(settings);
+    expect(await api.createView('work/a.ipynb', 86400)).toEqual(made);
+    await api.revokeView('v_4');
+    await api.revokeView('v/5');
+    expect(sent.map(s => [s.method, s.path, s.body])).toEqual([
+      ['POST', '/user/ann/gpulab/share/views', { path: 'work/a.ipynb', expires_in: 86400 }],
+      ['DELETE', '/user/ann/gpulab/share/views/v_4', undefined],
+      ['DELETE', '/user/ann/gpulab/share/views/v%2F5', undefined]
+    ]);
+  });
+
+  it("refuses a read-only link to what is not a notebook with the server's message", async () => {
+    const { settings } = server(json({ message: 'work/a.py is not a notebook' }, 400));
+    const error = await failure(new ShareApi(settings).createView('work/a.py', 3600));
+    expect([error.message, error.status]).toEqual(['work/a.py is not a notebook', 400]);
+  });
+
+  it('stops sharing, then revokes the read-only links still listed', async () => {
+    const views = [shareView(), shareView({ id: 'v_5' }), shareView({ id: 'v_6' })];
+    const answers = [
+      () => new Response(null, { status: 204 }),
+      json(shareState({ views })),
+      () => new Response(null, { status: 204 }),
+      json({ message: 'no read-only link v_5' }, 404), // gone meanwhile
+      () => new Response(null, { status: 204 })
+    ];
+    const { settings, sent } = server(() => answers[sent.length - 1]());
+    expect(await new ShareApi(settings).stopSharing()).toBe(2);
+    expect(sent.map(s => [s.method, s.path])).toEqual([
+      ['DELETE', '/user/ann/gpulab/share'],
+      ['GET', '/user/ann/gpulab/share'],
+      ['DELETE', '/user/ann/gpulab/share/views/v_3'],
+      ['DELETE', '/user/ann/gpulab/share/views/v_5'],
+      ['DELETE', '/user/ann/gpulab/share/views/v_6']
+    ]);
+  });
+
+  it('stops sharing without more requests when no read-only link is left', async () => {
+    const answers = [() => new Response(null, { status: 204 }), json(shareState())];
+    const { settings, sent } = server(() => answers[sent.length - 1]());
+    expect(await new ShareApi(settings).stopSharing()).toBe(0);
+    expect(sent.map(s => s.method)).toEqual(['DELETE', 'GET']);
+  });
+
+  it('fails to stop sharing when a read-only link cannot be revoked', async () => {
+    const answers = [
+      () => new Response(null, { status: 204 }),
+      json(shareState({ views: [shareView()] })),
+      json({ message: 'the hub is not answering' }, 502)
+    ];
+    const { settings, sent } = server(() => answers[sent.length - 1]());
+    const error = await failure(new ShareApi(settings).stopSharing());
+    expect([error.message, error.status]).toEqual(['the hub is not answering', 502]);
+  });
+
   it('adds and removes users and groups, their names escaped, and stops sharing', async () => {
     const { settings, sent } = server(() => new Response(null, { status: 204 }));
     const api = new ShareApi(settings);
@@ -248,7 +312,8 @@ describe('ShareApi', () => {
       ['POST', '/user/ann/gpulab/share/guests', { group: 'team-a' }],
       ['DELETE', '/user/ann/gpulab/share/guests/user/bob%40example.org', undefined],
       ['DELETE', '/user/ann/gpulab/share/guests/group/team%20a', undefined],
-      ['DELETE', '/user/ann/gpulab/share', undefined]
+      ['DELETE', '/user/ann/gpulab/share', undefined],
+      ['GET', '/user/ann/gpulab/share', undefined]
     ]);
   });
 

@@ -2,7 +2,7 @@
  * Builders of the API's answers for the tests: a plausible default, overridden per test.
  */
 import { IGpu, IGpuState, IOperation, IRestore } from '../api';
-import { IShareCode, IShareGuest, IShareState } from '../share';
+import { IShareCode, IShareGuest, IShareState, IShareView } from '../share';
 
 export const GIB = 1024 ** 3;
 export const MIB = 1024 ** 2;
@@ -65,6 +65,18 @@ export function shareCode(overrides: Partial<IShareCode> = {}): IShareCode {
   };
 }
 
+export function shareView(overrides: Partial<IShareView> = {}): IShareView {
+  return {
+    id: 'v_3',
+    path: 'work/a.ipynb',
+    created_at: '2026-12-07T10:00:00Z',
+    expires_at: '2026-12-08T10:00:00Z',
+    view_count: 0,
+    last_viewed_at: null,
+    ...overrides
+  };
+}
+
 export function shareGuest(overrides: Partial<IShareGuest> = {}): IShareGuest {
   return { kind: 'user', name: 'bob', created_at: '2026-12-07T10:05:00Z', ...overrides };
 }
@@ -82,6 +94,7 @@ export function shareState(overrides: Partial<IShareState> = {}): IShareState {
     groups: ['team-a'],
     codes: [],
     guests: [],
+    views: [],
     ...overrides
   };
 }

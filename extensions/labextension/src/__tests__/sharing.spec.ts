@@ -13,11 +13,15 @@ import {
   removedText,
   shareTitle,
   sinceText,
+  stoppedText,
   suggestions,
   usedText,
+  viewReadyText,
+  viewText,
+  viewedText,
   when
 } from '../sharing';
-import { shareCode, shareGuest, shareState } from './fixtures';
+import { shareCode, shareGuest, shareState, shareView } from './fixtures';
 
 /** Times in the tests' own words: US English, UTC, whatever the machine's. */
 const US = { locale: 'en-US', timeZone: 'UTC' };
@@ -95,6 +99,13 @@ describe('absoluteLink', () => {
     const full = 'https://hub.example/hub/accept-share?code=XYZ';
     expect(absoluteLink({ ...answer, full_url: full }, 'https://lab.example')).toBe(full);
   });
+
+  it("makes a read-only link's path absolute on the page's origin", () => {
+    const view = { id: 'v_4', path: 'work/a.ipynb', expires_at: '', url: '/hub/gpulab/view/TOK' };
+    expect(absoluteLink(view, 'https://lab.example')).toBe(
+      'https://lab.example/hub/gpulab/view/TOK'
+    );
+  });
 });
 
 describe('usedText', () => {
@@ -102,6 +113,14 @@ describe('usedText', () => {
     expect(usedText(0)).toBe('not used yet');
     expect(usedText(1)).toBe('used once');
     expect(usedText(2)).toBe('used 2 times');
+  });
+});
+
+describe('viewedText', () => {
+  it('counts the views through a read-only link', () => {
+    expect(viewedText(0)).toBe('not viewed yet');
+    expect(viewedText(1)).toBe('viewed once');
+    expect(viewedText(5)).toBe('viewed 5 times');
   });
 });
 
@@ -168,6 +187,37 @@ describe('codeText', () => {
   });
 });
 
+describe('viewText', () => {
+  it('names the notebook, says when the link was made, expires and how often it was viewed', () => {
+    expect(viewText(shareView({ view_count: 2 }), NOW, US)).toMatch(
+      spaced('work/a.ipynb: made 10:00 AM, expires Dec 8, 10:00 AM, viewed 2 times')
+    );
+    expect(viewText(shareView(), NOW, US)).toMatch(/, not viewed yet$/);
+    expect(viewText(shareView({ view_count: 1 }), NOW, US)).toMatch(/, viewed once$/);
+    expect(viewText(shareView({ path: 'b.ipynb', expires_at: 'later' }), NOW, US)).toMatch(
+      /^b\.ipynb: made .*, expires later, not viewed yet$/
+    );
+  });
+});
+
+describe('viewReadyText', () => {
+  it('says who sees the notebook, and that nothing runs', () => {
+    expect(viewReadyText('work/a.ipynb')).toBe(
+      'Read-only link ready: anyone logged in to the hub with it sees work/a.ipynb, ' +
+        'without running anything'
+    );
+  });
+});
+
+describe('stoppedText', () => {
+  it('says what stopping revoked, read-only links when there were any', () => {
+    expect(stoppedText(0)).toBe('Stopped sharing: every link and every guest is revoked');
+    expect(stoppedText(2)).toBe(
+      'Stopped sharing: every link, every read-only link and every guest is revoked'
+    );
+  });
+});
+
 describe('shareTitle', () => {
   it("names the owner's server, and a named server", () => {
     expect(shareTitle(shareState())).toBe("Share alice's server");
@@ -176,10 +226,11 @@ describe('shareTitle', () => {
 });
 
 describe('isSharing', () => {
-  it('is true with a link or a guest', () => {
+  it('is true with a link, a guest or a read-only link', () => {
     expect(isSharing(shareState())).toBe(false);
     expect(isSharing(shareState({ codes: [shareCode()] }))).toBe(true);
     expect(isSharing(shareState({ guests: [shareGuest()] }))).toBe(true);
+    expect(isSharing(shareState({ views: [shareView()] }))).toBe(true);
   });
 });
 
