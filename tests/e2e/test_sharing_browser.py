@@ -121,6 +121,11 @@ def test_the_owner_shares_a_notebook_and_both_edit_it_live_until_revoked(hub, ch
     expect(first_cell(ann)).to_contain_text("print(shared.replace('ann', 'ben'))")
     expect(ann.locator(".jp-remote-userFlag-name", has_text=guest_name)).to_have_count(1)
     expect(ben.locator(".jp-remote-userFlag-name", has_text=owner_name)).to_have_count(1)
+    # and the name stays shown once its owner pauses (not only on hover)
+    flag = ann.locator(".jp-remote-userFlag", has_text=guest_name)
+    expect(flag).to_have_class(re.compile(r"\bjp-mod-idle\b"))
+    settled = "async e => { await Promise.all(e.getAnimations().map(a => a.finished)); return getComputedStyle(e).opacity; }"
+    assert float(flag.evaluate(settled)) >= 0.5
 
     # the guest runs the cell: its output shows for the owner too
     ben.keyboard.press("Shift+Enter")
