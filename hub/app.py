@@ -27,7 +27,7 @@ from .storage.s3 import RgwAccounts
 
 if TYPE_CHECKING:
     from .gpuswitch import GpuSwitch
-    from .views import ViewLinks
+    from .sharing import UseLimits, ViewLinks
     from .workloads.jobs import JobManager
     from .workloads.models import ModelManager
 
@@ -70,10 +70,17 @@ class Context:
 
     @functools.cached_property
     def views(self) -> ViewLinks:
-        """Read-only links to users' notebooks (``hub/views.py``)."""
-        from .views import ViewLinks
+        """Read-only links to users' notebooks (``hub/sharing.py``)."""
+        from .sharing import ViewLinks
 
         return ViewLinks(self.ledger.engine)
+
+    @functools.cached_property
+    def use_limits(self) -> UseLimits:
+        """How many times each share link may be used (``hub/sharing.py``)."""
+        from .sharing import UseLimits
+
+        return UseLimits(self.ledger.engine)
 
     def __deepcopy__(self, memo) -> Context:
         # traitlets deep-copies configuration values (tornado_settings among them) into

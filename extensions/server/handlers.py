@@ -33,7 +33,7 @@ nothing at the hub, so it is no loss that the server's owner can read it):
 - ``POST gpulab/internal/guests/end`` ``{"reason": "..."}``: a guest's access was revoked:
   their connections end (``sharing.end_guests``);
 - ``GET  gpulab/internal/notebook?path=&content=1``: a notebook for a read-only link
-  (``gpulab.hub.views``): when it was last saved, and its content;
+  (``gpulab.hub.sharing``): when it was last saved, and its content;
 - ``GET  gpulab/internal/checkpoints``, ``POST gpulab/internal/checkpoints/ID/restore``
   ``{"notebook": "path"}``, ``DELETE gpulab/internal/checkpoints/ID``: the kernels'
   checkpoints on the home (``checkpoints.py``), for ``gpulab gpu checkpoints``.

@@ -6,12 +6,13 @@ server's own token:
 
 - ``GET gpulab/share``: what the owner may do (``/hub/api/gpulab/sharing``), the links
   (share codes, with their use counts) and who has access (users and groups);
-- ``POST gpulab/share/codes`` ``{"expires_in": 3600, "path": "a.ipynb"}``: a new link
-  (``path``: it opens that notebook); ``DELETE gpulab/share/codes/sc_N``: revoke one;
+- ``POST gpulab/share/codes`` ``{"expires_in": 3600, "path": "a.ipynb", "max_uses": 1}``:
+  a new link (``path``: it opens that notebook; ``max_uses``: how many people may use
+  it); ``DELETE gpulab/share/codes/sc_N``: revoke one;
 - ``POST gpulab/share/guests`` ``{"user": "bob"}`` or ``{"group": "team"}``: share
   directly; ``DELETE gpulab/share/guests/user/bob`` (or ``group/team``): revoke;
 - ``POST gpulab/share/views`` ``{"path": "a.ipynb", "expires_in": 86400}``: a read-only
-  link to one notebook (``gpulab.hub.views``); ``DELETE gpulab/share/views/v_N``: revoke;
+  link to one notebook (``gpulab.hub.sharing``); ``DELETE gpulab/share/views/v_N``: revoke;
 - ``DELETE gpulab/share``: stop sharing (every link, read-only link and share).
 
 A guest's access ends with its share, but the server would still know them for minutes
@@ -137,7 +138,7 @@ class ShareHandler(Base):
         }
 
     async def views(self) -> list[dict]:
-        """This server's read-only links (``gpulab.hub.views``)."""
+        """This server's read-only links (``gpulab.hub.sharing``)."""
         _, model = await self.hub("GET", "/gpulab/views", server=server_name())
         keep = ("id", "path", "created_at", "expires_at", "view_count", "last_viewed_at")
         return [{k: v.get(k) for k in keep} for v in model.get("views", [])]
@@ -186,9 +187,7 @@ class ShareHandler(Base):
         self.finish()
 
     async def new_link(self, body: dict) -> dict:
-        request = {}
-        if "expires_in" in body:
-            request["expires_in"] = body["expires_in"]
+        request = {k: body[k] for k in ("expires_in", "max_uses") if k in body}
         notebook = body.get("path")
         if notebook is not None and (not isinstance(notebook, str) or "\x00" in notebook):
             raise web.HTTPError(400, '"path" must be the path of a file in the server')
@@ -203,6 +202,7 @@ class ShareHandler(Base):
         return {
             "id": model.get("id"),
             "expires_at": model.get("expires_at"),
+            "max_uses": model.get("max_uses"),
             "url": url,
             "full_url": full,
         }
@@ -227,7 +227,7 @@ def items(answer) -> list:
 
 
 def code_model(code: dict) -> dict:
-    keep = ("id", "created_at", "expires_at", "exchange_count", "last_exchanged_at")
+    keep = ("id", "created_at", "expires_at", "exchange_count", "last_exchanged_at", "max_uses")
     return {k: code.get(k) for k in keep}
 
 

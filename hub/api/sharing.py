@@ -9,6 +9,8 @@ the same paths, subclasses that apply ``sharing`` in ``gpulab.yaml``:
 - ``sharing.groups``: only servers of those groups' members may be shared;
 - ``sharing.max_expiry``: no link lasts longer (a link asked without an expiry gets
   JupyterHub's day, or the maximum when that is shorter);
+- a link may say how many people may use it (``max_uses``, which JupyterHub does not
+  have: gpulab keeps it, and its ``/hub/accept-share`` says when a link is used up);
 - without ``sharing.user_directory`` a user may still share with a teammate whose exact
   name they type, or with one of their own groups, though they cannot list names.
 
@@ -18,11 +20,13 @@ server) what they may do.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 
 from jupyterhub import orm
 from jupyterhub.apihandlers.shares import ServerShareAPIHandler, ServerShareCodeAPIHandler
+from jupyterhub.handlers.pages import AcceptShareHandler as BaseAcceptShareHandler
 from tornado import web
 
 from gpulab.hub.servercalls import call_server, reason
@@ -50,7 +54,11 @@ def refusal(settings, owner) -> str:
 
 
 class _PolicyMixin:
-    """Refuses new shares of a server its owner may not share (``refusal``)."""
+    """Refuses new shares of a server its owner may not share (``refusal``), and keeps
+    what JupyterHub's handler answers (``answer_of``) so it can be added to, or sent
+    only once something else is done."""
+
+    _held: list | None = None
 
     def check_policy(self, user_name: str) -> None:
         owner = self.find_user(user_name)
@@ -60,28 +68,117 @@ class _PolicyMixin:
         if reason:
             raise web.HTTPError(403, reason)
 
+    async def answer_of(self, call) -> dict | list | None:
+        """Run JupyterHub's ``call()`` and give its JSON answer instead of sending it
+        (None if it answered nothing); an error it raises is sent as usual."""
+        self._held = []
+        try:
+            result = call()
+            if inspect.isawaitable(result):
+                await result
+        finally:
+            held, self._held = self._held, None
+        body = b"".join(c if isinstance(c, bytes) else str(c).encode() for c in held if c)
+        return json.loads(body) if body else None
+
+    def finish(self, *args, **kwargs):
+        if self._held is not None:
+            self._held.extend(args)
+            return None
+        return super().finish(*args, **kwargs)
+
+    def send(self, model) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(model))
+
+
+MAX_USES = 1000
+
 
 class ShareCodesHandler(_PolicyMixin, ServerShareCodeAPIHandler):
-    """``/hub/api/share-codes/{user}/{server}``: JupyterHub's, with the expiry bounded."""
+    """``/hub/api/share-codes/{user}/{server}``: JupyterHub's, with the expiry bounded
+    and an optional use limit (``max_uses``, kept by gpulab: ``UseLimits``)."""
+
+    @property
+    def limits(self):
+        return self.settings["gpulab"].use_limits
 
     async def post(self, user_name, server_name=None):
-        if server_name is not None:
-            self.check_policy(user_name)
-            longest = self.settings["gpulab"].settings.sharing.max_expiry_seconds
-            model = self.get_json_body() or {}
-            if not isinstance(model, dict):
-                raise web.HTTPError(400, "the request body must be a JSON object")
-            expires = model.get("expires_in")
-            if expires is None:
-                model["expires_in"] = min(DEFAULT_EXPIRY, longest)
-                self.request.body = json.dumps(model).encode()
-            elif isinstance(expires, int) and expires > longest:
-                raise web.HTTPError(
-                    400,
-                    f"expires_in: a share link lasts at most {longest} seconds on this hub "
-                    "(sharing.max_expiry)",
-                )
-        return await super().post(user_name, server_name)
+        if server_name is None:
+            return await super().post(user_name, server_name)  # JupyterHub's 405
+        self.check_policy(user_name)
+        longest = self.settings["gpulab"].settings.sharing.max_expiry_seconds
+        model = self.get_json_body() or {}
+        if not isinstance(model, dict):
+            raise web.HTTPError(400, "the request body must be a JSON object")
+        expires = model.get("expires_in")
+        if expires is None:
+            model["expires_in"] = min(DEFAULT_EXPIRY, longest)
+        elif isinstance(expires, int) and expires > longest:
+            raise web.HTTPError(
+                400,
+                f"expires_in: a share link lasts at most {longest} seconds on this hub "
+                "(sharing.max_expiry)",
+            )
+        uses = model.pop("max_uses", None)
+        if uses is not None and (
+            not isinstance(uses, int) or isinstance(uses, bool) or not 1 <= uses <= MAX_USES
+        ):
+            raise web.HTTPError(400, f"max_uses: how many people may use the link, 1 to {MAX_USES}")
+        self.request.body = json.dumps(model).encode()
+        answer = await self.answer_of(
+            lambda: super(ShareCodesHandler, self).post(user_name, server_name)
+        )
+        if uses is not None:
+            self.limits.set(code_number(answer["id"]), uses)
+        self.send({**answer, "max_uses": uses})
+
+    async def get(self, user_name, server_name=None):
+        answer = await self.answer_of(
+            lambda: super(ShareCodesHandler, self).get(user_name, server_name)
+        )
+        items = answer.get("items", []) if isinstance(answer, dict) else answer or []
+        limits = self.limits.of([code_number(c["id"]) for c in items])
+        for code in items:
+            code["max_uses"] = limits.get(code_number(code["id"]))
+        self.send(answer)
+
+
+def code_number(ident: str) -> int:
+    """The database id in a share code's id as JupyterHub writes it (``sc_12``)."""
+    return int(ident.removeprefix("sc_"))
+
+
+class AcceptShareHandler(BaseAcceptShareHandler):
+    """``/hub/accept-share``: JupyterHub's, but a link used as many times as its owner
+    allowed says so (someone it already admitted passes: they have access anyway)."""
+
+    def check_uses(self) -> None:
+        code = orm.ShareCode.find(self.db, code=self.get_argument("code", ""))
+        if code is None or self.current_user is None:
+            return  # JupyterHub answers
+        limit = self.settings["gpulab"].use_limits.of([code.id]).get(code.id)
+        if limit is None or code.exchange_count < limit:
+            return
+        me = self.current_user.orm_user
+        if any(share.user == me for share in code.spawner.shares):
+            return
+        owner = code.owner.name
+        times = "once" if limit == 1 else f"{limit} times"
+        raise web.HTTPError(
+            410,
+            f"This link was already used {times}, as many as {owner} allowed: ask {owner} for a new one.",
+        )
+
+    @web.authenticated
+    async def get(self):
+        self.check_uses()
+        return await super().get()
+
+    @web.authenticated
+    async def post(self):
+        self.check_uses()
+        return super().post()
 
 
 class SharesHandler(_PolicyMixin, ServerShareAPIHandler):
@@ -99,28 +196,17 @@ class SharesHandler(_PolicyMixin, ServerShareAPIHandler):
             self._owner = user_name
         return await super().post(user_name, server_name)
 
-    _held: list | None = None
-    """While JupyterHub's revocation runs: the answer it gave, sent once the server knows."""
-
     async def patch(self, user_name, server_name=None):
         """A revocation, answered once the running server has ended the guests' sessions
         (a guest's next request is then refused, whoever sends it first)."""
-        self._held = []
-        try:
-            await super().patch(user_name, server_name)
-        finally:
-            held, self._held = self._held, None
+        answer = await self.answer_of(
+            lambda: super(SharesHandler, self).patch(user_name, server_name)
+        )
         model = self.get_json_body() or {}
         who = model.get("user") or (f"group {model['group']}" if model.get("group") else "")
         await self.end_guests(user_name, server_name, f"{user_name} revoked {who}'s access")
-        if held:
-            self.finish(*held)
-
-    def finish(self, *args, **kwargs):
-        if self._held is not None:
-            self._held.extend(args)
-            return None
-        return super().finish(*args, **kwargs)
+        if answer is not None:
+            self.send(answer)
 
     async def delete(self, user_name, server_name=None):
         # JupyterHub's sets 204 and lets tornado answer once this returns
@@ -186,6 +272,7 @@ hub_handlers = [
     (r"/api/shares/([^/]+)/([^/]*)", SharesHandler),
     (r"/api/share-codes/([^/]+)", ShareCodesHandler),
     (r"/api/share-codes/([^/]+)/([^/]*)", ShareCodesHandler),
+    (r"/accept-share", AcceptShareHandler),
 ]
 
 default_handlers = [(r"/api/gpulab/sharing", SharingPolicyHandler)]

@@ -1,4 +1,4 @@
-"""Read-only links (``hub/views.py``): the owner's API, and the pages a viewer opens.
+"""Read-only links (``hub/sharing.py``): the owner's API, and the pages a viewer opens.
 
 - ``GET /hub/api/gpulab/views`` (``?user=`` for admins, ``?server=``): the user's live
   links; ``POST`` ``{"path": "a.ipynb", "expires_in": 86400, "server": ""}``: a new one,
@@ -19,7 +19,7 @@ from jupyterhub.handlers.base import BaseHandler
 from tornado import web
 
 from gpulab.hub.servercalls import SwitchError, call_server
-from gpulab.hub.views import CONTENT_POLICY, ViewLink, ViewLinks, render
+from gpulab.hub.sharing import CONTENT_POLICY, ViewLink, ViewLinks, render
 
 from .base import GpulabAPIHandler
 from .sharing import DEFAULT_EXPIRY, refusal

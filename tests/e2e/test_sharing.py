@@ -172,3 +172,30 @@ def test_a_read_only_link_shows_one_notebook_rendered_sandboxed_and_following_ed
     assert r.status_code == 204
     r = viewer.get(hub.url + link["url"], timeout=30)
     assert r.status_code == 404 and "revoked or has expired" in r.text
+
+
+def test_a_single_use_link_admits_one_teammate_then_says_it_is_used_up(hub):
+    alice = hub.create_user("alice")
+    assert alice.spawn().status_code in (201, 202)
+    share = alice.server_url + "/gpulab/share"
+    for bad in (0, 1001, "one", True):
+        r = alice.session.post(share + "/codes", json={"max_uses": bad}, timeout=30)
+        assert r.status_code == 400 and "max_uses" in r.json()["message"], (bad, r.text)
+    r = alice.session.post(share + "/codes", json={"expires_in": 3600, "max_uses": 1})
+    assert r.status_code == 200 and r.json()["max_uses"] == 1, r.text
+    link = r.json()["url"]
+
+    first_name, first = teammate(hub, "first")
+    assert accept_share(first, hub, link).url == f"{hub.url}/user/alice/lab"
+    # the one admitted may come back by it; the next person is told it is used up
+    assert first.get(hub.url + link, timeout=30).status_code == 200
+    _, second = teammate(hub, "second")
+    r = second.get(hub.url + link, timeout=30)
+    assert r.status_code == 410 and "already used once" in text(r), text(r)[-300:]
+    assert second.get(alice.server_url + "/api/contents", timeout=30).status_code == 403
+
+    (code,) = alice.session.get(share, timeout=30).json()["codes"]
+    assert (code["max_uses"], code["exchange_count"]) == (1, 1)
+    assert [g["name"] for g in alice.session.get(share, timeout=30).json()["guests"]] == [
+        first_name
+    ]

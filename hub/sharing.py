@@ -1,4 +1,7 @@
-"""Read-only links: one notebook of a user's server, rendered for whoever has the link.
+"""gpulab's own records of sharing, beside JupyterHub's: read-only links (``ViewLinks``)
+and how many times each share link may be used (``UseLimits``).
+
+Read-only links: one notebook of a user's server, rendered for whoever has the link.
 
 JupyterHub's sharing gives a guest the whole server, as its owner. A read-only link
 gives one notebook and nothing else: the hub asks the owner's running server for the
@@ -64,6 +67,35 @@ views_table = Table(
     Column("views", Integer, nullable=False, default=0),
     Column("last_viewed", DateTime(timezone=True), nullable=True),
 )
+
+
+limits_table = Table(
+    "share_code_limits",
+    metadata,
+    Column("code_id", Integer, primary_key=True),
+    Column("max_uses", Integer, nullable=False),
+)
+
+
+class UseLimits:
+    """How many times a share link (a JupyterHub share code, by its id) may be used; a
+    link without one works until it expires or is revoked, as in JupyterHub."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        metadata.create_all(engine)
+
+    def set(self, code_id: int, max_uses: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(limits_table).where(limits_table.c.code_id == code_id))
+            conn.execute(insert(limits_table).values(code_id=code_id, max_uses=max_uses))
+
+    def of(self, code_ids: list[int]) -> dict[int, int]:
+        if not code_ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(limits_table).where(limits_table.c.code_id.in_(code_ids)))
+            return {r.code_id: r.max_uses for r in rows}
 
 
 def token_hash(token: str) -> str:
