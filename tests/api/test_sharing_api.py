@@ -10,22 +10,15 @@ import datetime
 import pytest
 
 from apihub import API_SETTINGS, InProcessHub
-from hubfixture import clean_hub
 
 
 @pytest.fixture(scope="module")
 def shared_hub():
+    """This module's hub (the tier's ``hub`` fixture cleans it after each test)."""
     settings = {**API_SETTINGS, "sharing": {"groups": ["sharers"], "max_expiry": "2h"}}
     hub = InProcessHub(settings).start()
     yield hub
     hub.cleanup()
-
-
-@pytest.fixture
-def hub(shared_hub):
-    yield shared_hub
-    clean_hub(shared_hub)
-    shared_hub.recorder.calls.clear()
 
 
 def seconds_between(model: dict) -> float:
