@@ -11,11 +11,13 @@ import json
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 import requests
 
+from browsing import login, sign_up
 from gpulab.spawner import objects
 from hubfixture import BIN, end_sharing, export_line, guest_session, wait_for
 from k8sfixture import (
@@ -250,7 +252,7 @@ def test_storage_api_works_on_the_rbd_image_behind_the_home_claim(hub, kube):
     )
 
 
-def test_a_shared_pod_keeps_the_owners_gpu_hers_and_a_revoked_guest_out(hub):
+def test_a_shared_pod_keeps_the_owners_gpu_hers_and_a_revoked_guest_out_and_shows_read_only(hub):
     ida, jo = hub.create_user("ida"), hub.create_user("jo")
     spawned(ida, profile="gpu-1")
     try:
@@ -266,6 +268,21 @@ def test_a_shared_pod_keeps_the_owners_gpu_hers_and_a_revoked_guest_out(hub):
         r = ida.session.delete(share + "/guests/user/jo", timeout=30)
         assert r.status_code == 204, r.text
         assert guest.get(ida.server_url + "/api/contents", timeout=30).status_code == 403
+        # a read-only link: the hub reads the notebook from the pod's server
+        notebook = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+            {"cell_type": "markdown", "id": "m", "metadata": {}, "source": "pod-notes"}]}  # fmt: skip
+        r = ida.session.put(ida.server_url + "/api/contents/k.ipynb",
+                            json={"type": "notebook", "content": notebook}, timeout=30)  # fmt: skip
+        assert r.status_code in (200, 201), r.text
+        r = ida.session.post(share + "/views", json={"path": "k.ipynb"}, timeout=30)
+        assert r.status_code == 200, r.text
+        viewer = f"viewer-{uuid.uuid4().hex[:4]}"
+        hub.create_user(viewer)
+        assert sign_up(hub, viewer, "pw-" + viewer + "-x1").status_code == 200
+        page = login(hub, viewer, "pw-" + viewer + "-x1").get(
+            hub.url + r.json()["url"] + "/content", timeout=60
+        )
+        assert page.status_code == 200 and "pod-notes" in page.text, page.text[-300:]
     finally:
         end_sharing(hub)
 
