@@ -90,6 +90,7 @@ def test_the_owner_shares_a_notebook_and_both_edit_it_live_until_revoked(hub, ch
     dialog = ann.locator(".jp-Dialog")
     expect(dialog).to_contain_text("they can run code")
     expect(dialog.locator(".gpulab-share-open-notebook")).to_be_checked()
+    dialog.locator(".gpulab-share-uses").select_option(label="One person")
     dialog.locator(".gpulab-share-create").click()
     link = dialog.locator(".gpulab-share-url")
     expect(link).to_have_value(re.compile(r"/hub/accept-share\?code=.*&next="))
@@ -153,6 +154,7 @@ def test_the_owner_shares_a_notebook_and_both_edit_it_live_until_revoked(hub, ch
 
     # the owner revokes the guest: out at once
     dialog = open_dialog(ann)
+    expect(dialog.locator(".gpulab-share-code")).to_contain_text("used 1 of 1 (used up)")
     guest = dialog.locator(f'.gpulab-share-guest[data-name="{guest_name}"]')
     expect(guest).to_be_visible()
     guest.locator(".gpulab-share-revoke").click()

@@ -10,6 +10,7 @@ import { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 
 import { GpuApiError } from './api';
+import { el } from './dom';
 import { jobSummary, modelSummary, sweepSummary } from './summary';
 import { ACTIVE, IJob, IModel, ISweep, WorkloadsApi } from './workloads';
 
@@ -31,21 +32,6 @@ interface ILogView {
   replica: string;
   text: string;
   offset: number;
-}
-
-function el<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  cls: string,
-  text = '',
-  parent?: HTMLElement
-): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  node.className = cls;
-  if (text) {
-    node.textContent = text;
-  }
-  parent?.appendChild(node);
-  return node;
 }
 
 export class WorkloadsPanel extends Widget {

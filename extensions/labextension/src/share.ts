@@ -11,7 +11,10 @@ import { GpuApiError, requestJson } from './api';
 /** Whom a server is shared with directly: one hub user, or every member of a hub group. */
 export type GuestKind = 'user' | 'group';
 
-/** A share code: a link that gives whoever opens it (and signs in) access until it expires. */
+/**
+ * A share code: a link that gives whoever opens it (and signs in) access until it expires,
+ * or until `max_uses` people have used it.
+ */
 export interface IShareCode {
   id: string;
   created_at: string;
@@ -19,6 +22,8 @@ export interface IShareCode {
   /** How many people have opened the link. */
   exchange_count: number;
   last_exchanged_at: string | null;
+  /** How many people may use the link; null: anyone with it. */
+  max_uses: number | null;
 }
 
 /**
@@ -71,6 +76,8 @@ export interface IShareState {
 export interface ICreatedLink {
   id: string;
   expires_at: string;
+  /** How many people may use the link; null: anyone with it. */
+  max_uses: number | null;
   url: string;
   full_url: string | null;
 }
@@ -105,9 +112,20 @@ export class ShareApi {
     };
   }
 
-  /** A new link valid for `expiresIn` seconds; with `path`, it opens that notebook. */
-  createLink(expiresIn: number, path?: string): Promise<ICreatedLink> {
-    const body = path ? { expires_in: expiresIn, path } : { expires_in: expiresIn };
+  /**
+   * A new link valid for `expiresIn` seconds; with `path`, it opens that notebook; with
+   * `maxUses`, no more than that many people may use it (without: anyone with it).
+   */
+  createLink(expiresIn: number, path?: string, maxUses?: number | null): Promise<ICreatedLink> {
+    const body: { expires_in: number; path?: string; max_uses?: number } = {
+      expires_in: expiresIn
+    };
+    if (path) {
+      body.path = path;
+    }
+    if (maxUses) {
+      body.max_uses = maxUses;
+    }
     return this.request<ICreatedLink>('POST', 'codes', body);
   }
 

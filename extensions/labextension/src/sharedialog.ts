@@ -7,6 +7,7 @@
 import { Dialog, showDialog } from '@jupyterlab/apputils';
 import { Widget } from '@lumino/widgets';
 
+import { el } from './dom';
 import { GuestKind, IShareState, ShareApi } from './share';
 import * as sharing from './sharing';
 
@@ -30,6 +31,8 @@ export interface IShareChoices {
   openNotebook: boolean;
   /** The expiry chosen, in seconds. */
   expiry?: number;
+  /** How many people a link may admit, as chosen (null: anyone with it). */
+  maxUses?: number | null;
   /** The link made last. */
   link?: ICreatedLinkView | null;
   /** The read-only link made last. */
@@ -44,21 +47,6 @@ let datalists = 0;
 
 function errorText(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
-}
-
-function el<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  cls: string,
-  text = '',
-  parent?: HTMLElement
-): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  node.className = cls;
-  if (text) {
-    node.textContent = text;
-  }
-  parent?.appendChild(node);
-  return node;
 }
 
 /**
@@ -190,6 +178,13 @@ export class ShareBody extends Widget {
       ? this._choices.expiry
       : selected;
     this._expiry.value = String(kept);
+    this._uses = el('select', 'gpulab-share-uses', '', row);
+    this._uses.setAttribute('aria-label', 'Who may use the link');
+    this._uses.title = 'How many people may use the link (a read-only link has no limit)';
+    for (const option of sharing.USES) {
+      el('option', '', option.label, this._uses).value = sharing.usesValue(option.maxUses);
+    }
+    this._uses.value = sharing.usesValue(sharing.keptUses(this._choices.maxUses));
     this._openNotebook = null;
     if (path) {
       const open = el('label', 'gpulab-share-label', '', row);
@@ -287,6 +282,10 @@ export class ShareBody extends Widget {
     for (const code of codes) {
       const li = el('li', 'gpulab-share-item gpulab-share-code', '', this._codes);
       li.dataset.id = code.id;
+      li.classList.toggle(
+        'gpulab-mod-used-up',
+        sharing.isUsedUp(code.exchange_count, code.max_uses)
+      );
       el('span', 'gpulab-share-text', sharing.codeText(code, now), li);
       const revoke = el('button', 'gpulab-share-revoke', 'Revoke', li);
       revoke.title = 'The link stops working';
@@ -391,11 +390,12 @@ export class ShareBody extends Widget {
   private async _create(button: HTMLButtonElement): Promise<void> {
     const seconds = Number(this._expiry.value);
     const path = this._openNotebook?.checked ? this._choices.path : undefined;
+    const maxUses = sharing.maxUsesOf(this._uses.value);
     await this._act(
       button,
       'Creating link…',
       async () => {
-        const answer = await this.api.createLink(seconds, path);
+        const answer = await this.api.createLink(seconds, path, maxUses);
         this._showLink({
           id: answer.id,
           url: sharing.absoluteLink(answer, window.location.origin),
@@ -512,6 +512,7 @@ export class ShareBody extends Widget {
       path: this._choices.path,
       openNotebook: this._openNotebook ? this._openNotebook.checked : this._choices.openNotebook,
       expiry: this._expiry ? Number(this._expiry.value) : this._choices.expiry,
+      maxUses: this._uses ? sharing.maxUsesOf(this._uses.value) : this._choices.maxUses,
       link: this._link,
       view: this._view
     };
@@ -520,6 +521,7 @@ export class ShareBody extends Widget {
   private _state: IShareState;
   private _choices: IShareChoices;
   private _expiry!: HTMLSelectElement;
+  private _uses!: HTMLSelectElement;
   private _openNotebook: HTMLInputElement | null = null;
   private _result!: HTMLDivElement;
   private _url!: HTMLInputElement;

@@ -10,6 +10,12 @@ export interface IExpiry {
   label: string;
 }
 
+/** A choice of how many people may use a new link: `maxUses` null for anyone with it. */
+export interface IUses {
+  maxUses: number | null;
+  label: string;
+}
+
 /** The expiries offered, and the one chosen at first. */
 export interface IExpiryOptions {
   options: IExpiry[];
@@ -35,6 +41,14 @@ export const EXPIRIES: readonly IExpiry[] = [
   { seconds: 7 * DAY, label: '7 days' },
   { seconds: 30 * DAY, label: '30 days' },
   { seconds: 365 * DAY, label: '1 year' }
+];
+
+/** How many people a link may admit, anyone with it first (the choice at first). */
+export const USES: readonly IUses[] = [
+  { maxUses: null, label: 'Anyone with the link' },
+  { maxUses: 1, label: 'One person' },
+  { maxUses: 5, label: 'Up to 5 people' },
+  { maxUses: 20, label: 'Up to 20 people' }
 ];
 
 function plural(count: number, word: string): string {
@@ -90,6 +104,46 @@ export function usedText(count: number): string {
     return 'not used yet';
   }
   return count === 1 ? 'used once' : `used ${count} times`;
+}
+
+/** A use limit as a link's `max_uses`: a positive whole number, else null (no limit). */
+function limitOf(maxUses: number | null | undefined): number | null {
+  return typeof maxUses === 'number' && Number.isInteger(maxUses) && maxUses > 0 ? maxUses : null;
+}
+
+/** The value of a use limit's option: "" for no limit, else the number ("5"). */
+export function usesValue(maxUses: number | null | undefined): string {
+  const limit = limitOf(maxUses);
+  return limit === null ? '' : String(limit);
+}
+
+/** The use limit an option's value stands for: null for "" (or anything not a limit). */
+export function maxUsesOf(value: string): number | null {
+  return value.trim() ? limitOf(Number(value)) : null;
+}
+
+/** The use limit to choose at first: `kept` when it is offered, else none. */
+export function keptUses(kept: number | null | undefined): number | null {
+  return USES.some(u => u.maxUses === kept) ? (kept ?? null) : null;
+}
+
+/** The link admits nobody new: `count` people have used it, as many as `maxUses` allows. */
+export function isUsedUp(count: number, maxUses: number | null | undefined): boolean {
+  const limit = limitOf(maxUses);
+  return limit !== null && count >= limit;
+}
+
+/**
+ * "used 0 of 5", "used 1 of 1 (used up)": the uses of a link with a limit; without one,
+ * `usedText`'s words.
+ */
+export function usesText(count: number, maxUses: number | null | undefined): string {
+  const limit = limitOf(maxUses);
+  if (limit === null) {
+    return usedText(count);
+  }
+  const text = `used ${count} of ${limit}`;
+  return isUsedUp(count, limit) ? `${text} (used up)` : text;
 }
 
 /** "not viewed yet", "viewed once", "viewed 3 times". */
@@ -151,11 +205,15 @@ export function expiresText(iso: string, format: ITimeFormat = {}): string {
   return `Expires ${text}`;
 }
 
-/** "Link made 10:00 AM, expires Dec 8, 10:00 AM, used 2 times": an active link's row. */
+/**
+ * "Link made 10:00 AM, expires Dec 8, 10:00 AM, used 2 times" (with a use limit: "used 2
+ * of 5"): an active link's row.
+ */
 export function codeText(code: IShareCode, now: Date, format: ITimeFormat = {}): string {
   return (
     `Link made ${when(code.created_at, now, format)}, ` +
-    `expires ${when(code.expires_at, now, format)}, ${usedText(code.exchange_count)}`
+    `expires ${when(code.expires_at, now, format)}, ` +
+    usesText(code.exchange_count, code.max_uses)
   );
 }
 

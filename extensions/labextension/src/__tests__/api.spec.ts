@@ -236,6 +236,22 @@ describe('ShareApi', () => {
     ]);
   });
 
+  it('sends the use limit of a link, none when there is none', async () => {
+    const made = { id: 'sc_4', expires_at: '', max_uses: 5, url: '/hub/accept-share?code=X' };
+    const { settings, sent } = server(json(made));
+    const api = new ShareApi(settings);
+    expect((await api.createLink(3600, undefined, 5)).max_uses).toBe(5);
+    await api.createLink(3600, 'work/a.ipynb', 1);
+    await api.createLink(3600, undefined, null);
+    await api.createLink(3600, 'work/a.ipynb');
+    expect(sent.map(s => s.body)).toEqual([
+      { expires_in: 3600, max_uses: 5 },
+      { expires_in: 3600, path: 'work/a.ipynb', max_uses: 1 },
+      { expires_in: 3600 },
+      { expires_in: 3600, path: 'work/a.ipynb' }
+    ]);
+  });
+
   it('creates read-only links to a notebook and revokes them, their ids escaped', async () => {
     const made = {
       id: 'v_4',

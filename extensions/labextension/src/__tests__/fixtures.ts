@@ -61,6 +61,7 @@ export function shareCode(overrides: Partial<IShareCode> = {}): IShareCode {
     expires_at: '2026-12-08T10:00:00Z',
     exchange_count: 0,
     last_exchanged_at: null,
+    max_uses: null,
     ...overrides
   };
 }

@@ -1,5 +1,6 @@
 import {
   EXPIRIES,
+  USES,
   absoluteLink,
   addedText,
   availability,
@@ -10,12 +11,17 @@ import {
   guestKinds,
   guestLabel,
   isSharing,
+  isUsedUp,
+  keptUses,
+  maxUsesOf,
   removedText,
   shareTitle,
   sinceText,
   stoppedText,
   suggestions,
   usedText,
+  usesText,
+  usesValue,
   viewReadyText,
   viewText,
   viewedText,
@@ -116,6 +122,57 @@ describe('usedText', () => {
   });
 });
 
+describe('use limits', () => {
+  it('offers anyone with the link first, then one person, 5 and 20', () => {
+    expect(USES.map(u => [usesValue(u.maxUses), u.label])).toEqual([
+      ['', 'Anyone with the link'],
+      ['1', 'One person'],
+      ['5', 'Up to 5 people'],
+      ['20', 'Up to 20 people']
+    ]);
+  });
+
+  it("reads an option's value back as the limit, none for anything else", () => {
+    for (const uses of USES) {
+      expect(maxUsesOf(usesValue(uses.maxUses))).toBe(uses.maxUses);
+    }
+    expect(maxUsesOf('')).toBeNull();
+    expect(maxUsesOf(' ')).toBeNull();
+    expect(maxUsesOf('0')).toBeNull();
+    expect(maxUsesOf('-3')).toBeNull();
+    expect(maxUsesOf('2.5')).toBeNull();
+    expect(maxUsesOf('many')).toBeNull();
+    expect(usesValue(undefined)).toBe('');
+    expect(usesValue(0)).toBe('');
+  });
+
+  it('keeps a limit chosen before when it is offered, else chooses none', () => {
+    expect(keptUses(5)).toBe(5);
+    expect(keptUses(null)).toBeNull();
+    expect(keptUses(undefined)).toBeNull();
+    expect(keptUses(7)).toBeNull();
+  });
+
+  it('is used up once as many people used the link as it admits', () => {
+    expect(isUsedUp(0, 1)).toBe(false);
+    expect(isUsedUp(1, 1)).toBe(true);
+    expect(isUsedUp(4, 5)).toBe(false);
+    expect(isUsedUp(6, 5)).toBe(true);
+    expect(isUsedUp(100, null)).toBe(false);
+    expect(isUsedUp(100, undefined)).toBe(false);
+  });
+
+  it('counts the uses of a link against its limit, in the usual words without one', () => {
+    expect(usesText(0, 1)).toBe('used 0 of 1');
+    expect(usesText(1, 1)).toBe('used 1 of 1 (used up)');
+    expect(usesText(3, 5)).toBe('used 3 of 5');
+    expect(usesText(21, 20)).toBe('used 21 of 20 (used up)');
+    expect(usesText(0, null)).toBe('not used yet');
+    expect(usesText(1, undefined)).toBe('used once');
+    expect(usesText(2, null)).toBe('used 2 times');
+  });
+});
+
 describe('viewedText', () => {
   it('counts the views through a read-only link', () => {
     expect(viewedText(0)).toBe('not viewed yet');
@@ -184,6 +241,16 @@ describe('codeText', () => {
     );
     expect(codeText(shareCode(), NOW, US)).toMatch(/, not used yet$/);
     expect(codeText(shareCode({ exchange_count: 1 }), NOW, US)).toMatch(/, used once$/);
+  });
+
+  it('counts the uses against the limit of a link that has one', () => {
+    expect(codeText(shareCode({ max_uses: 5, exchange_count: 2 }), NOW, US)).toMatch(
+      spaced('Link made 10:00 AM, expires Dec 8, 10:00 AM, used 2 of 5')
+    );
+    expect(codeText(shareCode({ max_uses: 1 }), NOW, US)).toMatch(/, used 0 of 1$/);
+    expect(codeText(shareCode({ max_uses: 1, exchange_count: 1 }), NOW, US)).toMatch(
+      /, used 1 of 1 \(used up\)$/
+    );
   });
 });
 
