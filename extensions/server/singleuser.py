@@ -1,5 +1,6 @@
 """The user's Jupyter server process: ``jupyterhub-singleuser``, started without
-compiling grammars that nothing in it uses.
+compiling grammars that nothing in it uses, and ended without waiting for idle threads
+(``exit_now``).
 
 jsonschema's format checkers import ``rfc3987_syntax`` at once, and that module builds
 some 35 Earley parsers as it is imported: about a second of CPU in every server start
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
+import os
 import sys
 import types
 
@@ -44,11 +47,29 @@ def defer_iri_grammars() -> None:
     sys.modules[SLOW] = stand_in
 
 
+def exit_now(code) -> None:
+    """End the process once the server has shut down, without waiting for idle threads.
+
+    A server where a notebook was opened in the lab (jupyter-collaboration's document
+    rooms) leaves an idle AnyIO worker thread that nothing stops (anyio's threads are
+    not daemons; pycrdt-websocket's server task never ends, y-crdt/pycrdt-websocket#148):
+    Python would wait for it forever at exit, so every stop of such a server took the
+    hub's SIGTERM and SIGKILL, 15 s later. Kernels, documents and logs are all closed by
+    then."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+
+
 def main() -> None:
     defer_iri_grammars()
     from jupyterhub.singleuser import main as singleuser
 
-    sys.exit(singleuser())
+    exit_now(singleuser())
 
 
 if __name__ == "__main__":

@@ -182,3 +182,9 @@ def test_the_owner_shares_a_notebook_and_both_edit_it_live_until_revoked(hub, ch
     rendered = ben.frame_locator("#gpulab-view-frame").locator("body")
     expect(rendered).to_contain_text("after_the_cut = 1", timeout=60_000)
     expect(ben.locator("#gpulab-view-status")).to_contain_text("follows the owner's edits")
+
+    # the owner stops the server, a notebook still open in two browsers: it ends on its
+    # own, at once (JupyterHub answers 202 "still stopping" after 10 s, as it did while
+    # the collaboration's idle thread kept the process alive until SIGKILL)
+    r = owner.session.delete(hub.api(f"/users/{owner_name}/server"), timeout=60)
+    assert r.status_code == 204, r.text

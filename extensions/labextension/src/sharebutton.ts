@@ -1,13 +1,16 @@
 /**
- * The Share button in JupyterLab's top bar: it opens the Share dialog, and shows only where
- * sharing can be offered (the hub shares, and this page is the owner's, not a guest's).
+ * The Share button in JupyterLab's top bar: it opens the Share dialog (`openShareDialog`,
+ * with the body from sharedialog.ts), and shows only where sharing can be offered (the hub
+ * shares, and this page is the owner's, not a guest's).
  */
+import { Dialog, showDialog } from '@jupyterlab/apputils';
 import { ISignal, Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
 
 import { GpuApiError } from './api';
-import { ShareApi } from './share';
-import { openShareDialog } from './sharedialog';
+import { IShareState, ShareApi } from './share';
+import { IShareChoices, ShareBody, errorText } from './sharedialog';
+import * as sharing from './sharing';
 import { Availability, availability } from './sharing';
 
 /** The top bar's Share button (hidden until the server says sharing can be offered). */
@@ -68,4 +71,69 @@ export class ShareButton extends Widget {
   private _availability: Availability = 'unknown';
   private _open = false;
   private _changed = new Signal<this, void>(this);
+}
+
+/** JupyterLab's dialog, except that Enter in the body's fields is theirs, not Close's. */
+class ShareDialog extends Dialog<unknown> {
+  handleEvent(event: Event): void {
+    if (
+      event.type === 'keydown' &&
+      (event as KeyboardEvent).key === 'Enter' &&
+      event.target instanceof Element &&
+      event.target.closest('.gpulab-ShareDialog')
+    ) {
+      return;
+    }
+    super.handleEvent(event);
+  }
+}
+
+/**
+ * Open the Share dialog (with `path`: offering a link that opens that notebook, and a
+ * read-only link to it). Stop sharing closes it for JupyterLab's confirmation, then opens
+ * it again to do it. Resolves once the dialog is closed.
+ */
+export async function openShareDialog(api: ShareApi, path?: string): Promise<void> {
+  let state: IShareState;
+  try {
+    state = await api.state();
+  } catch (error) {
+    await showDialog({
+      title: 'Share this server',
+      body: errorText(error),
+      buttons: [Dialog.cancelButton({ label: 'Close' })]
+    });
+    return;
+  }
+  let choices: IShareChoices = { path, openNotebook: !!path };
+  for (;;) {
+    const asked: { stop: IShareChoices | null } = { stop: null };
+    let dialog: ShareDialog | null = null;
+    const body = new ShareBody(api, state, choices, chosen => {
+      asked.stop = chosen;
+      dialog?.resolve();
+    });
+    dialog = new ShareDialog({
+      title: sharing.shareTitle(state),
+      body,
+      buttons: [Dialog.cancelButton({ label: 'Close' })]
+    });
+    dialog.addClass('gpulab-ShareWindow');
+    await dialog.launch();
+    state = body.state;
+    if (!asked.stop) {
+      return;
+    }
+    const answer = await showDialog({
+      title: 'Stop sharing?',
+      body:
+        'Every link stops working and everyone you shared with loses access: their open ' +
+        'tabs lose the connection within seconds.',
+      buttons: [
+        Dialog.cancelButton({ label: 'Keep sharing' }),
+        Dialog.warnButton({ label: 'Stop sharing' })
+      ]
+    });
+    choices = { ...asked.stop, stopping: answer.button.accept };
+  }
 }

@@ -1,27 +1,20 @@
 /**
- * The Share dialog: make a link to this server (optionally opening a notebook) or a
+ * The Share dialog's body (sharebutton.ts opens it): make a link to this server (optionally opening a notebook) or a
  * read-only link to a notebook, share the server with hub users and groups, see and revoke
  * the active links, the read-only links and the people with access, or stop sharing
  * altogether; a status line says what is happening.
  */
-import { Dialog, showDialog } from '@jupyterlab/apputils';
 import { Widget } from '@lumino/widgets';
 
 import { el } from './dom';
 import { GuestKind, IShareState, ShareApi } from './share';
+import { ICreatedLinkView, LINK_RESULT, LinkResult, VIEW_RESULT } from './sharelink';
 import * as sharing from './sharing';
 
 /** Said at the top of the dialog, whatever else it shows. */
 export const SHARE_WARNING =
   'Anyone you share with works in your server as you: they can run code, read and change ' +
   'your files, use your S3 keys and your GPU.';
-
-/** A link (or read-only link) made in the dialog, kept on show until it is revoked. */
-export interface ICreatedLinkView {
-  id: string;
-  url: string;
-  expires: string;
-}
 
 /** What the dialog starts with, and what a dialog opened again keeps from the one before. */
 export interface IShareChoices {
@@ -43,9 +36,21 @@ export interface IShareChoices {
 
 type Level = 'info' | 'error';
 
+/** One row of a list in the dialog: what it shows, and how its Revoke button revokes it. */
+interface IRow {
+  cls: string;
+  data: Record<string, string>;
+  usedUp?: boolean;
+  texts: [string, string][];
+  revokeTitle: string;
+  pending: string;
+  revoke: () => Promise<string>;
+  failed: string;
+}
+
 let datalists = 0;
 
-function errorText(error: unknown): string {
+export function errorText(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
@@ -202,25 +207,11 @@ export class ShareBody extends Widget {
       view.addEventListener('click', () => void this._createView(view, path));
     }
 
-    this._result = el('div', 'gpulab-share-row gpulab-share-result', '', section);
-    this._url = el('input', 'gpulab-share-url', '', this._result);
-    this._url.readOnly = true;
-    this._url.setAttribute('aria-label', 'Link');
-    this._url.addEventListener('focus', () => this._url.select());
-    const copy = el('button', 'gpulab-share-copy', 'Copy', this._result);
-    copy.addEventListener('click', () => void this._copy(this._url, 'link'));
-    this._expires = el('span', 'gpulab-share-expires', '', this._result);
-    this._showLink(this._choices.link ?? null);
-
-    this._viewResult = el('div', 'gpulab-share-row gpulab-share-view-result', '', section);
-    this._viewUrl = el('input', 'gpulab-share-view-url', '', this._viewResult);
-    this._viewUrl.readOnly = true;
-    this._viewUrl.setAttribute('aria-label', 'Read-only link');
-    this._viewUrl.addEventListener('focus', () => this._viewUrl.select());
-    const copyView = el('button', 'gpulab-share-copy-view', 'Copy', this._viewResult);
-    copyView.addEventListener('click', () => void this._copy(this._viewUrl, 'read-only link'));
-    this._viewExpires = el('span', 'gpulab-share-view-expires', '', this._viewResult);
-    this._showView(path ? (this._choices.view ?? null) : null);
+    const say = (text: string, level?: Level) => this._say(text, level);
+    this._link = new LinkResult(section, LINK_RESULT, 'link', say);
+    this._link.show(this._choices.link ?? null);
+    this._view = new LinkResult(section, VIEW_RESULT, 'read-only link', say);
+    this._view.show(path ? (this._choices.view ?? null) : null);
   }
 
   private _buildDirect(): void {
@@ -275,89 +266,85 @@ export class ShareBody extends Widget {
     }
     const now = new Date();
     const { codes, guests, views } = this._state;
-    this._codes.replaceChildren();
-    if (!codes.length) {
-      el('li', 'gpulab-share-empty', 'No active links.', this._codes);
-    }
-    for (const code of codes) {
-      const li = el('li', 'gpulab-share-item gpulab-share-code', '', this._codes);
-      li.dataset.id = code.id;
-      li.classList.toggle(
-        'gpulab-mod-used-up',
-        sharing.isUsedUp(code.exchange_count, code.max_uses)
-      );
-      el('span', 'gpulab-share-text', sharing.codeText(code, now), li);
-      const revoke = el('button', 'gpulab-share-revoke', 'Revoke', li);
-      revoke.title = 'The link stops working';
-      revoke.addEventListener('click', () => {
-        void this._act(
-          revoke,
-          'Revoking the link…',
-          async () => {
-            await this.api.revokeLink(code.id);
-            return 'Link revoked: it no longer works';
-          },
-          'Could not revoke the link'
-        );
-      });
-    }
+    this._fill(this._codes, codes, 'No active links.', code => ({
+      cls: 'gpulab-share-code',
+      data: { id: code.id },
+      usedUp: sharing.isUsedUp(code.exchange_count, code.max_uses),
+      texts: [['gpulab-share-text', sharing.codeText(code, now)]],
+      revokeTitle: 'The link stops working',
+      pending: 'Revoking the link…',
+      revoke: async () => {
+        await this.api.revokeLink(code.id);
+        return 'Link revoked: it no longer works';
+      },
+      failed: 'Could not revoke the link'
+    }));
+    this._fill(this._views, views, 'No read-only links.', view => ({
+      cls: 'gpulab-share-view',
+      data: { id: view.id },
+      texts: [['gpulab-share-text', sharing.viewText(view, now)]],
+      revokeTitle: 'The read-only link stops working',
+      pending: 'Revoking the read-only link…',
+      revoke: async () => {
+        await this.api.revokeView(view.id);
+        return 'Read-only link revoked: it no longer works';
+      },
+      failed: 'Could not revoke the read-only link'
+    }));
+    this._fill(this._guests, guests, 'Nobody else has access.', guest => {
+      const label = sharing.guestLabel(guest);
+      return {
+        cls: 'gpulab-share-guest',
+        data: { name: guest.name, kind: guest.kind },
+        texts: [
+          ['gpulab-share-name', label],
+          ['gpulab-share-since', sharing.sinceText(guest, now)]
+        ],
+        revokeTitle: `${label} loses access; open tabs lose the connection`,
+        pending: `Removing ${label}…`,
+        revoke: async () => {
+          await this.api.removeGuest(guest.kind, guest.name);
+          return sharing.removedText(guest);
+        },
+        failed: `Could not remove ${label}`
+      };
+    });
 
-    this._views.replaceChildren();
-    if (!views.length) {
-      el('li', 'gpulab-share-empty', 'No read-only links.', this._views);
+    if (this._link.current && !codes.some(code => code.id === this._link.current?.id)) {
+      this._link.show(null); // revoked: it no longer works
     }
-    for (const view of views) {
-      const li = el('li', 'gpulab-share-item gpulab-share-view', '', this._views);
-      li.dataset.id = view.id;
-      el('span', 'gpulab-share-text', sharing.viewText(view, now), li);
-      const revoke = el('button', 'gpulab-share-revoke', 'Revoke', li);
-      revoke.title = 'The read-only link stops working';
-      revoke.addEventListener('click', () => {
-        void this._act(
-          revoke,
-          'Revoking the read-only link…',
-          async () => {
-            await this.api.revokeView(view.id);
-            return 'Read-only link revoked: it no longer works';
-          },
-          'Could not revoke the read-only link'
-        );
-      });
-    }
-
-    this._guests.replaceChildren();
-    if (!guests.length) {
-      el('li', 'gpulab-share-empty', 'Nobody else has access.', this._guests);
-    }
-    for (const guest of guests) {
-      const li = el('li', 'gpulab-share-item gpulab-share-guest', '', this._guests);
-      li.dataset.name = guest.name;
-      li.dataset.kind = guest.kind;
-      el('span', 'gpulab-share-name', sharing.guestLabel(guest), li);
-      el('span', 'gpulab-share-since', sharing.sinceText(guest, now), li);
-      const revoke = el('button', 'gpulab-share-revoke', 'Revoke', li);
-      revoke.title = `${sharing.guestLabel(guest)} loses access; open tabs lose the connection`;
-      revoke.addEventListener('click', () => {
-        void this._act(
-          revoke,
-          `Removing ${sharing.guestLabel(guest)}…`,
-          async () => {
-            await this.api.removeGuest(guest.kind, guest.name);
-            return sharing.removedText(guest);
-          },
-          `Could not remove ${sharing.guestLabel(guest)}`
-        );
-      });
-    }
-
-    if (this._link && !codes.some(code => code.id === this._link?.id)) {
-      this._showLink(null); // revoked: it no longer works
-    }
-    if (this._view && !views.some(view => view.id === this._view?.id)) {
-      this._showView(null);
+    if (this._view.current && !views.some(view => view.id === this._view.current?.id)) {
+      this._view.show(null);
     }
     if (this._stopButton) {
       this._stopButton.hidden = !sharing.isSharing(this._state);
+    }
+  }
+
+  /** Fill `list` with a row per item (`row` says what it shows and how it is revoked). */
+  private _fill<T>(
+    list: HTMLUListElement,
+    items: T[],
+    empty: string,
+    row: (item: T) => IRow
+  ): void {
+    list.replaceChildren();
+    if (!items.length) {
+      el('li', 'gpulab-share-empty', empty, list);
+    }
+    for (const item of items) {
+      const r = row(item);
+      const li = el('li', `gpulab-share-item ${r.cls}`, '', list);
+      Object.assign(li.dataset, r.data);
+      li.classList.toggle('gpulab-mod-used-up', !!r.usedUp);
+      for (const [cls, text] of r.texts) {
+        el('span', cls, text, li);
+      }
+      const revoke = el('button', 'gpulab-share-revoke', 'Revoke', li);
+      revoke.title = r.revokeTitle;
+      revoke.addEventListener('click', () => {
+        void this._act(revoke, r.pending, r.revoke, r.failed);
+      });
     }
   }
 
@@ -396,7 +383,7 @@ export class ShareBody extends Widget {
       'Creating link…',
       async () => {
         const answer = await this.api.createLink(seconds, path, maxUses);
-        this._showLink({
+        this._link.show({
           id: answer.id,
           url: sharing.absoluteLink(answer, window.location.origin),
           expires: answer.expires_at
@@ -405,10 +392,7 @@ export class ShareBody extends Widget {
       },
       'Could not create the link'
     );
-    if (this._link) {
-      this._url.focus();
-      this._url.select();
-    }
+    this._link.select();
   }
 
   private async _createView(button: HTMLButtonElement, path: string): Promise<void> {
@@ -418,7 +402,7 @@ export class ShareBody extends Widget {
       'Creating read-only link…',
       async () => {
         const answer = await this.api.createView(path, seconds);
-        this._showView({
+        this._view.show({
           id: answer.id,
           url: sharing.absoluteLink(answer, window.location.origin),
           expires: answer.expires_at
@@ -427,39 +411,7 @@ export class ShareBody extends Widget {
       },
       'Could not create the read-only link'
     );
-    if (this._view) {
-      this._viewUrl.focus();
-      this._viewUrl.select();
-    }
-  }
-
-  /** Copy the URL in `input` (`what`: "link" or "read-only link", for the status line). */
-  private async _copy(input: HTMLInputElement, what: string): Promise<void> {
-    const url = input.value;
-    let copied = false;
-    try {
-      await navigator.clipboard.writeText(url);
-      copied = true;
-    } catch {
-      // no clipboard API here (a page not served over https): the browser's copy command
-      input.focus();
-      input.select();
-      try {
-        copied = document.execCommand('copy');
-      } catch {
-        copied = false;
-      }
-    }
-    if (copied) {
-      this._say(`${what[0].toUpperCase()}${what.slice(1)} copied`);
-    } else {
-      input.focus();
-      input.select();
-      this._say(
-        `The ${what} could not be copied: it is selected, press Ctrl+C (⌘C on a Mac)`,
-        'error'
-      );
-    }
+    this._view.select();
   }
 
   private async _add(button: HTMLButtonElement): Promise<void> {
@@ -483,20 +435,6 @@ export class ShareBody extends Widget {
     );
   }
 
-  private _showLink(link: ICreatedLinkView | null): void {
-    this._link = link;
-    this._result.hidden = !link;
-    this._url.value = link?.url ?? '';
-    this._expires.textContent = link ? sharing.expiresText(link.expires) : '';
-  }
-
-  private _showView(view: ICreatedLinkView | null): void {
-    this._view = view;
-    this._viewResult.hidden = !view;
-    this._viewUrl.value = view?.url ?? '';
-    this._viewExpires.textContent = view ? sharing.expiresText(view.expires) : '';
-  }
-
   private _say(text: string, level: Level = 'info'): void {
     this._statusText = text;
     this._statusLevel = level;
@@ -513,8 +451,8 @@ export class ShareBody extends Widget {
       openNotebook: this._openNotebook ? this._openNotebook.checked : this._choices.openNotebook,
       expiry: this._expiry ? Number(this._expiry.value) : this._choices.expiry,
       maxUses: this._uses ? sharing.maxUsesOf(this._uses.value) : this._choices.maxUses,
-      link: this._link,
-      view: this._view
+      link: this._link.current,
+      view: this._view.current
     };
   }
 
@@ -523,14 +461,8 @@ export class ShareBody extends Widget {
   private _expiry!: HTMLSelectElement;
   private _uses!: HTMLSelectElement;
   private _openNotebook: HTMLInputElement | null = null;
-  private _result!: HTMLDivElement;
-  private _url!: HTMLInputElement;
-  private _expires!: HTMLSpanElement;
-  private _link: ICreatedLinkView | null = null;
-  private _viewResult!: HTMLDivElement;
-  private _viewUrl!: HTMLInputElement;
-  private _viewExpires!: HTMLSpanElement;
-  private _view: ICreatedLinkView | null = null;
+  private _link!: LinkResult;
+  private _view!: LinkResult;
   private _kind!: HTMLSelectElement;
   private _who!: HTMLInputElement;
   private _names!: HTMLDataListElement;
@@ -542,69 +474,4 @@ export class ShareBody extends Widget {
   private _statusText = '';
   private _statusLevel: Level = 'info';
   private _seq = 0;
-}
-
-/** JupyterLab's dialog, except that Enter in the body's fields is theirs, not Close's. */
-class ShareDialog extends Dialog<unknown> {
-  handleEvent(event: Event): void {
-    if (
-      event.type === 'keydown' &&
-      (event as KeyboardEvent).key === 'Enter' &&
-      event.target instanceof Element &&
-      event.target.closest('.gpulab-ShareDialog')
-    ) {
-      return;
-    }
-    super.handleEvent(event);
-  }
-}
-
-/**
- * Open the Share dialog (with `path`: offering a link that opens that notebook, and a
- * read-only link to it). Stop sharing closes it for JupyterLab's confirmation, then opens
- * it again to do it. Resolves once the dialog is closed.
- */
-export async function openShareDialog(api: ShareApi, path?: string): Promise<void> {
-  let state: IShareState;
-  try {
-    state = await api.state();
-  } catch (error) {
-    await showDialog({
-      title: 'Share this server',
-      body: errorText(error),
-      buttons: [Dialog.cancelButton({ label: 'Close' })]
-    });
-    return;
-  }
-  let choices: IShareChoices = { path, openNotebook: !!path };
-  for (;;) {
-    const asked: { stop: IShareChoices | null } = { stop: null };
-    let dialog: ShareDialog | null = null;
-    const body = new ShareBody(api, state, choices, chosen => {
-      asked.stop = chosen;
-      dialog?.resolve();
-    });
-    dialog = new ShareDialog({
-      title: sharing.shareTitle(state),
-      body,
-      buttons: [Dialog.cancelButton({ label: 'Close' })]
-    });
-    dialog.addClass('gpulab-ShareWindow');
-    await dialog.launch();
-    state = body.state;
-    if (!asked.stop) {
-      return;
-    }
-    const answer = await showDialog({
-      title: 'Stop sharing?',
-      body:
-        'Every link stops working and everyone you shared with loses access: their open ' +
-        'tabs lose the connection within seconds.',
-      buttons: [
-        Dialog.cancelButton({ label: 'Keep sharing' }),
-        Dialog.warnButton({ label: 'Stop sharing' })
-      ]
-    });
-    choices = { ...asked.stop, stopping: answer.button.accept };
-  }
 }
