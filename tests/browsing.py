@@ -2,11 +2,13 @@
 requests session that signs up and logs in through the hub's forms (with their xsrf
 token), and Debian's Chromium for Playwright."""
 
+import contextlib
+import os
 import re
 import uuid
 
 import requests
-from playwright.sync_api import expect
+from playwright.sync_api import expect, sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -17,6 +19,20 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+
+
+@contextlib.contextmanager
+def chromium(args: list[str] = CHROMIUM_ARGS):
+    """Debian's Chromium under Playwright (``args``: its command line), closed after;
+    expectations wait up to 30 s, for a busy machine."""
+    assert os.access(CHROMIUM, os.X_OK), f"{CHROMIUM} is missing: run scripts/install --test"
+    expect.set_options(timeout=30_000)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 def browser(hub) -> requests.Session:

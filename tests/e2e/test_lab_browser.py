@@ -8,14 +8,14 @@ hub's ledger is checked after every click. Screenshots of each step go to
 ``tests/artifacts/``.
 """
 
-import os
 import re
 import threading
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-from browsing import CHROMIUM, CHROMIUM_ARGS, log_in
+import browsing
+from browsing import log_in
 from hubfixture import REPO, open_notebook, run_in_kernel, wait_for
 
 ARTIFACTS = REPO / "tests" / "artifacts"
@@ -25,18 +25,12 @@ pytestmark = pytest.mark.timeout(180)
 
 @pytest.fixture
 def page():
-    assert os.access(CHROMIUM, os.X_OK), f"{CHROMIUM} is missing: run scripts/install --test"
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / ".gitignore").write_text("*\n")  # screenshots are never committed
-    expect.set_options(timeout=30_000)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 800})
-            page.set_default_timeout(30_000)
-            yield page
-        finally:
-            browser.close()
+    with browsing.chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 800})
+        page.set_default_timeout(30_000)
+        yield page
 
 
 def shot(page, name: str) -> None:

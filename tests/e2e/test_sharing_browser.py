@@ -12,9 +12,10 @@ import re
 import uuid
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-from browsing import CHROMIUM, CHROMIUM_ARGS, log_in
+import browsing
+from browsing import log_in
 from hubfixture import end_sharing, wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -37,13 +38,8 @@ NOTEBOOK = {
 
 @pytest.fixture
 def chromium():
-    expect.set_options(timeout=30_000)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with browsing.chromium() as browser:
+        yield browser
 
 
 @pytest.fixture(autouse=True)

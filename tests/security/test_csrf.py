@@ -12,7 +12,6 @@ aimed at is exactly as it was in the hub's database. The admin's own clicks on
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
 import threading
@@ -21,9 +20,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-from browsing import CHROMIUM, CHROMIUM_ARGS, login, sign_up
+import browsing
+from browsing import CHROMIUM_ARGS, login, sign_up
 from hubfixture import wait_for
 
 EVIL = "evil.test"
@@ -77,14 +77,8 @@ def evil():
 
 @pytest.fixture(scope="module")
 def chromium():
-    assert os.access(CHROMIUM, os.X_OK), f"{CHROMIUM} is missing: run scripts/install --test"
-    expect.set_options(timeout=30_000)
-    with sync_playwright() as p:
-        instance = p.chromium.launch(executable_path=CHROMIUM, args=ATTACK_ARGS)
-        try:
-            yield instance
-        finally:
-            instance.close()
+    with browsing.chromium(ATTACK_ARGS) as instance:
+        yield instance
 
 
 @pytest.fixture(scope="module")
