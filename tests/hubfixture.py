@@ -29,19 +29,33 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.prefix) / "bin"
 
 
-_handed_out: set[int] = set()
+PORTS_FROM = 20000
+"""Test ports come from below the kernel's ephemeral range (32768 up), where users'
+servers take their random ports and every connection its local port."""
+PORTS_PER_WORKER = 2000
+_next_port: int | None = None
 
 
 def free_port() -> int:
-    """A port free just now, never one this process handed out before: the kernel may
-    give a closed port again at once, and a hub's two ports once collided that way."""
-    while True:
+    """A port free just now, never one handed out before in this run: each parallel
+    worker counts up through a range of its own, below the ephemeral ports. (A port from
+    the kernel, bound to port 0, could be handed again at once to any process: a hub's two
+    ports once collided that way, and a port closed here could become another worker's
+    server's before this one bound it.)"""
+    global _next_port
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    first = PORTS_FROM + (int(worker) if worker.isdigit() else 0) * PORTS_PER_WORKER
+    if _next_port is None:
+        _next_port = first
+    while _next_port < first + PORTS_PER_WORKER:
+        port, _next_port = _next_port, _next_port + 1
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # something else holds it
+        return port
+    raise RuntimeError(f"no free port left in {first}..{first + PORTS_PER_WORKER - 1}")
 
 
 def _tail(path: Path, n: int) -> str:
