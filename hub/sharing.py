@@ -22,6 +22,7 @@ viewer's hub session), framed by a hub page whose only script reloads it.
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -43,7 +44,13 @@ from gpulab.hub.ledger import as_utc, utcnow
 
 ID_PREFIX = "v_"
 MAX_NOTEBOOK_BYTES = 20 * 2**20
-"""The largest notebook the hub renders (a server refuses to send a larger one)."""
+"""The largest notebook the hub renders. The owner's server refuses to send a larger
+one, but that server is the owner's to change: the hub checks too."""
+
+
+class NotebookTooLarge(ValueError):
+    """What a server sent is larger than ``MAX_NOTEBOOK_BYTES``."""
+
 
 CONTENT_POLICY = (
     "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
@@ -224,10 +231,13 @@ class ViewLinks:
 
 def render(notebook: dict) -> str:
     """The notebook as a standalone HTML page (nbconvert's lab look), to be served under
-    ``CONTENT_POLICY``. A notebook nbformat cannot read raises ValueError."""
+    ``CONTENT_POLICY``. A notebook nbformat cannot read raises ValueError, one larger
+    than ``MAX_NOTEBOOK_BYTES`` ``NotebookTooLarge``, before any work on it."""
     import nbformat
     from nbconvert import HTMLExporter
 
+    if len(json.dumps(notebook)) > MAX_NOTEBOOK_BYTES:
+        raise NotebookTooLarge(f"the notebook is larger than {MAX_NOTEBOOK_BYTES >> 20} MiB")
     try:
         html, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.from_dict(notebook))
     except Exception as e:  # noqa: BLE001 -- nbformat and nbconvert raise many kinds

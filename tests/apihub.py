@@ -125,6 +125,8 @@ class _Answer(web.RequestHandler):
             )
         elif (method, internal) == ("POST", "guests/end"):
             self.finish({"closed": 0})
+        elif (method, internal) == ("GET", "notebook"):  # what the server chose to send
+            self.finish({"last_modified": "recorded", "content": self.server.notebook})
         else:
             self.set_status(404)
             self.finish({"message": f"a recorded server has no {internal}"})
@@ -144,6 +146,8 @@ class RecordedServer:
         self.spawner, self.recorder = spawner, recorder
         self.visible = ",".join(spawner.gpu_ids)
         self.started = time.time()
+        self.notebook: dict = {}
+        """What it answers for any notebook a read-only link asks for."""
         app = web.Application([(r"/.*", _Answer, {"server": self})])
         sockets = bind_sockets(0, "127.0.0.1", family=socket.AF_INET)
         self.port = sockets[0].getsockname()[1]

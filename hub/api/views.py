@@ -19,7 +19,7 @@ from jupyterhub.handlers.base import BaseHandler
 from tornado import web
 
 from gpulab.hub.servercalls import SwitchError, call_server
-from gpulab.hub.sharing import CONTENT_POLICY, ViewLink, ViewLinks, render
+from gpulab.hub.sharing import CONTENT_POLICY, NotebookTooLarge, ViewLink, ViewLinks, render
 
 from .base import GpulabAPIHandler
 from .sharing import DEFAULT_EXPIRY, refusal
@@ -134,6 +134,8 @@ class ViewContent(_ViewBase):
         if html is None:
             try:
                 html = await asyncio.to_thread(render, answer.get("content") or {})
+            except NotebookTooLarge as e:
+                raise web.HTTPError(413, str(e)) from None
             except ValueError as e:
                 raise web.HTTPError(422, str(e)) from None
             while len(self.cache) >= 16:

@@ -10,6 +10,7 @@ import datetime
 import pytest
 
 from apihub import API_SETTINGS, InProcessHub
+from browsing import login, sign_up
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +158,20 @@ def test_read_only_links_follow_the_same_rules_and_are_the_owners_alone(hub):
     assert carol.session.delete(f"{views}/{made['id']}", timeout=10).status_code == 404
     assert alice.session.delete(f"{views}/{made['id']}", timeout=10).status_code == 204
     assert alice.session.get(views, timeout=10).json()["views"] == []
+
+
+def test_the_hub_renders_no_oversized_notebook_whatever_the_owners_server_sends(hub):
+    """The owner controls their server: it may answer a read-only link with a notebook
+    far over the limit its extension keeps, to make the hub render it for minutes."""
+    mallory = hub.create_user("mallory", groups=("sharers",))
+    assert mallory.spawn().status_code in (201, 202)
+    big = {"cell_type": "markdown", "id": "x", "metadata": {}, "source": "x" * 2**20}
+    server = hub.app.users["mallory"].spawner.recorded()
+    server.notebook = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [big] * 21}
+    r = mallory.session.post(hub.api("/gpulab/views"), json={"path": "big.ipynb"}, timeout=10)
+    assert r.status_code == 200, r.text
+    password = "pw-mallory-1234"
+    assert sign_up(hub, "mallory", password).status_code == 200
+    browser = login(hub, "mallory", password)
+    r = browser.get(hub.url + r.json()["url"] + "/content", timeout=60)
+    assert r.status_code == 413 and "larger than 20 MiB" in r.text
