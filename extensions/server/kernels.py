@@ -43,6 +43,7 @@ from pathlib import Path
 
 from .checkpoints import CheckpointNotFound, Checkpoints, keep_from_environment
 from .checkpoints import remove as remove_checkpoint
+from .documents import save_open_documents
 from .gate import INTERNAL, KernelGate
 from .kernelcalls import KernelCalls
 from .move import MOVING, EndAtOnce, pending_manifest, take_manifest, write_manifest
@@ -185,6 +186,8 @@ class KernelSwitch:
         """
         with self.gate.holding(self.km):
             result = await self._checkpoint_for_move(interrupt, force)
+        # co-edited documents: the server has the latest of each, the next one loads the file
+        result.update(await save_open_documents(self.app))
         self._end_at_once.arm()
         return result
 

@@ -10,6 +10,7 @@ import re
 
 import pytest
 import test_lab_browser
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from playwright.sync_api import expect
 from test_lab_browser import open_in_lab, run_cell, shot
 
@@ -18,6 +19,24 @@ from k8sfixture import user_pod
 page = test_lab_browser.page  # the fixture: a page in Debian's Chromium
 
 pytestmark = pytest.mark.timeout(180)
+
+NO_AUTOSAVE = (
+    "import json, pathlib; c = pathlib.Path.home() / '.jupyter'; c.mkdir(exist_ok=True); "
+    "(c / 'jupyter_server_config.json').write_text("
+    "json.dumps({'YDocExtension': {'document_save_delay': None}}))"
+)
+"""A cell's line: the user's next servers write co-edited documents only when asked."""
+
+
+def reloaded_from_new_pod(page, widget) -> None:
+    """Wait for the page to load again (from the server's new pod); if it does not, say
+    what it showed instead."""
+    try:
+        page.wait_for_function("() => window.gpulabBeforeMove === undefined", timeout=90_000)
+    except PlaywrightTimeoutError:
+        status = widget.locator(".gpulab-gpu-status").all_inner_texts()
+        dialogs = page.locator(".jp-Dialog").all_inner_texts()
+        raise AssertionError(f"the page stayed: top bar {status}, dialogs {dialogs}") from None
 
 
 def test_on_kubernetes_return_gpu_reloads_the_page_from_the_new_pod(k8s, kube, page):
@@ -28,13 +47,13 @@ def test_on_kubernetes_return_gpu_reloads_the_page_from_the_new_pod(k8s, kube, p
     widget = open_in_lab(page, hub, user, notebook)
     label = widget.locator(".gpulab-gpu-label")
     button = widget.locator(".gpulab-gpu-button")
-    cell = run_cell(page, "kept = 41\nprint('set')")
+    cell = run_cell(page, f"kept = 41\n{NO_AUTOSAVE}\nprint('set')")
     expect(cell.locator(".jp-OutputArea-output")).to_contain_text("set", timeout=60_000)
     page.evaluate("window.gpulabBeforeMove = true")
 
     # Return GPU: the server moves to a CPU pod, and the page loads again from it
     button.click()
-    page.wait_for_function("() => window.gpulabBeforeMove === undefined", timeout=90_000)
+    reloaded_from_new_pod(page, widget)
     expect(widget).to_have_attribute("data-gpulab-state", "nogpu", timeout=60_000)
     expect(label).to_have_text("No GPU · 2 of 2 free")
     # the reloaded page says how the move went, and what was restored
@@ -56,9 +75,12 @@ def test_on_kubernetes_return_gpu_reloads_the_page_from_the_new_pod(k8s, kube, p
     # Get GPU: back onto a GPU pod, the page again from it
     page.evaluate("window.gpulabBeforeMove = true")
     button.click()
-    page.wait_for_function("() => window.gpulabBeforeMove === undefined", timeout=90_000)
+    reloaded_from_new_pod(page, widget)
     expect(widget).to_have_attribute("data-gpulab-state", "gpu", timeout=60_000)
     assert [g["user"] for g in hub.gpus()["gpus"] if g.get("user")] == ["ken"]
+    # the output of the last cell on the CPU pod was written to the file before the move,
+    # by that server (its documents are not saved on a timer any more, nor by this page)
+    expect(page.locator(".jp-NotebookPanel .jp-OutputArea-output", has_text="42")).to_be_visible()
     cell = run_cell(page, "print(kept * 2)")
     expect(cell.locator(".jp-OutputArea-output")).to_contain_text("82", timeout=60_000)
     shot(page, "k8s-3-back-on-gpu")

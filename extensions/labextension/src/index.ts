@@ -6,11 +6,13 @@
  */
 import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { ICommandPalette } from '@jupyterlab/apputils';
+import { IDocumentManager } from '@jupyterlab/docmanager';
 import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
 import { INotebookTracker } from '@jupyterlab/notebook';
 
 import { GpuApi } from './api';
 import { WorkloadsPanel } from './panel';
+import { saveBeforeMove } from './saving';
 import { ShareApi } from './share';
 import { ShareButton } from './sharebutton';
 import { GpuWidget, gpuIcon } from './widget';
@@ -92,18 +94,21 @@ const plugin: JupyterFrontEndPlugin<void> = {
   description:
     "The server's GPU in the top bar, with Return GPU and Get GPU; sharing the server with teammates.",
   autoStart: true,
-  optional: [ICommandPalette, INotebookTracker, IDefaultFileBrowser],
+  optional: [ICommandPalette, INotebookTracker, IDefaultFileBrowser, IDocumentManager],
   activate: (
     app: JupyterFrontEnd,
     palette: ICommandPalette | null,
     notebooks: INotebookTracker | null,
-    fileBrowser: IDefaultFileBrowser | null
+    fileBrowser: IDefaultFileBrowser | null,
+    documents: IDocumentManager | null
   ) => {
     const widget = new GpuWidget(new GpuApi(app.serviceManager.serverSettings), {
-      // the server moves to a new pod (kubernetes): nothing unsaved may stay behind
+      // the server moves to a new pod (kubernetes): nothing unsaved may stay behind (the
+      // server writes the co-edited documents; this page the others)
       beforeMove: async () => {
-        if (app.commands.hasCommand('docmanager:save-all')) {
-          await app.commands.execute('docmanager:save-all');
+        if (documents) {
+          const open = Array.from(app.shell.widgets('main'));
+          await saveBeforeMove(open.map(w => documents.contextForWidget(w)));
         }
       },
       reload: () => window.location.reload()
