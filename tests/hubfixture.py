@@ -58,6 +58,17 @@ def free_port() -> int:
     raise RuntimeError(f"no free port left in {first}..{first + PORTS_PER_WORKER - 1}")
 
 
+def listening(port: int) -> str:
+    """Which process listens on ``port`` (for a hub whose port another one answered)."""
+    try:
+        out = subprocess.run(
+            ["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except OSError as e:  # no iproute2
+        out = f"(ss: {e})"
+    return f"listening on {port}: {out or 'nothing'}"
+
+
 def _tail(path: Path, n: int) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
@@ -138,12 +149,21 @@ class Hub:
     def start(self) -> Hub:
         self.launch()
 
+        token = self.data_root / "cli-token"
+
         def up():
             if self.proc.poll() is not None:
                 raise RuntimeError(f"hub exited with {self.proc.returncode}:\n{self.log_tail()}")
-            return requests.get(self.url + "/hub/api/", timeout=2).status_code == 200
+            if not token.exists():  # written as the hub loads its configuration
+                return False
+            # this hub, not another process on its port: it knows its own CLI token
+            auth = {"Authorization": f"token {token.read_text().strip()}"}
+            return requests.get(self.api("/user"), headers=auth, timeout=2).status_code == 200
 
-        wait_for(up, 60, "the hub to answer", interval=0.05)  # at once: tests race it
+        try:
+            wait_for(up, 60, "the hub to answer", interval=0.05)  # at once: tests race it
+        except TimeoutError as e:
+            raise RuntimeError(f"{e}\n{listening(self.port)}\n{self.log_tail()}") from None
         return self
 
     def kill(self) -> None:
