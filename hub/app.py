@@ -20,6 +20,7 @@ from gpulab.spawner.backend import Backend, backend_for
 
 from .inventory import Gpu
 from .ledger import GpuLedger
+from .metrics import GpuCollector, serve
 from .names import registry
 from .secretfiles import read_secret_files
 from .settings import Settings, load_settings
@@ -43,6 +44,10 @@ class Context:
     """Per-user S3 on Ceph RGW, when storage.s3_endpoint is set."""
     clock: Callable[[], float] = time.time
     """The wall clock of what happens after a time (idle reclaim)."""
+
+    def __post_init__(self) -> None:
+        # /hub/metrics serves the ledger's GPU series (a process: those of its latest hub)
+        serve(GpuCollector(self.ledger, self.settings))
 
     @functools.cached_property
     def switch(self) -> GpuSwitch:

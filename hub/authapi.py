@@ -14,7 +14,7 @@ def api_handlers() -> list[tuple]:
     """Every handler of gpulab's REST API, paths under /api/gpulab/ (before the prefix),
     gpulab's rules in front of JupyterHub's sharing API (``api/sharing.py``), and the
     pages of read-only links (``/gpulab/view/...``, ``api/views.py``)."""
-    from .api import gpu, gpus, jobs, models, openapi, sharing, storage, sweeps, views
+    from .api import gpu, gpus, jobs, models, openapi, sharing, storage, sweeps, usage, views
 
     return [
         *sharing.hub_handlers,
@@ -22,6 +22,7 @@ def api_handlers() -> list[tuple]:
         *views.default_handlers,
         *views.page_handlers,
         *gpus.default_handlers,
+        *usage.default_handlers,
         *gpu.default_handlers,
         *storage.default_handlers,
         *jobs.default_handlers,

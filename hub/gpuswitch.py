@@ -30,7 +30,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from datetime import timedelta
 
-from .ledger import GpuLedger, LedgerError, NoGpuFree, Operation, Waiter, utcnow
+from .ledger import GpuLedger, LedgerError, NoGpuFree, Operation, Waiter, is_workload, utcnow
 from .movers import MOVERS, Mover
 from .servercalls import (
     SwitchError,
@@ -66,6 +66,8 @@ class GpuSwitch:
         self._loop: asyncio.AbstractEventLoop | None = None  # the hub's, once someone waits
         ledger.on_change(self._ledger_changed)
         self._last_busy: dict[tuple[str, str], float] = {}
+        self._sampled: dict[tuple[str, str], float] = {}
+        """When each server's utilisation was last sampled for usage accounting."""
         self.settled = asyncio.Event()
         """Set once the operations a hub restart interrupted are finished or undone (at
         once on a fresh hub). New ones wait for it: settling clears the queue of GPU
@@ -153,9 +155,8 @@ class GpuSwitch:
         return model
 
     def _profile(self, spawner):
-        slug = getattr(spawner, "profile_slug", "") or None
         try:
-            return self.settings.profile(slug)
+            return self.settings.profile(_slug(spawner) or None)
         except Exception:  # noqa: BLE001 -- a profile removed from the settings since
             return None
 
@@ -286,7 +287,14 @@ class GpuSwitch:
             waiter = self.ledger.enqueue(user, server, count)
             try:
                 gpus = self.ledger.reserve(
-                    user, server, count, groups, reason, waiter=waiter, prefer=before
+                    user,
+                    server,
+                    count,
+                    groups,
+                    reason,
+                    waiter=waiter,
+                    prefer=before,
+                    profile=_slug(spawner),
                 )
             except NoGpuFree:
                 gpus = None
@@ -357,7 +365,14 @@ class GpuSwitch:
                     return
                 try:
                     gpus = self.ledger.reserve(
-                        user, server, count, groups, op.reason, waiter=waiter, prefer=before
+                        user,
+                        server,
+                        count,
+                        groups,
+                        op.reason,
+                        waiter=waiter,
+                        prefer=before,
+                        profile=_slug(spawner),
                     )
                 except NoGpuFree:
                     await self._wait_change(0.5)
@@ -421,10 +436,13 @@ class GpuSwitch:
     # -- idle reclaim --------------------------------------------------------------------
 
     async def reclaim_idle(self, find_spawner) -> list[str]:
-        """Return the GPUs of servers whose profile's ``idle_return`` has passed."""
+        """Sample the utilisation of every server's GPUs for usage accounting, and return
+        the GPUs of servers whose profile's ``idle_return`` has passed."""
         returned = []
         now = self.clock()
-        holders = {(g.user, g.server): g for g in self.ledger.grants()}
+        holders = {(g.user, g.server): g for g in self.ledger.grants() if not is_workload(g.server)}
+        for key in set(self._sampled) - set(holders):
+            del self._sampled[key]  # released since: its next grant is sampled afresh
         for (user, server), grant in holders.items():
             spawner = find_spawner(user, server)
             if spawner is None or not spawner.ready or spawner.pending or unavailable(spawner):
@@ -432,7 +450,7 @@ class GpuSwitch:
             profile = self._profile(spawner)
             limit = profile.idle_return_seconds if profile else 0
             op = self.ledger.operation(user, server)
-            if not limit or (op is not None and op.active):
+            if op is not None and op.active:
                 continue
             try:
                 activity = await self.activity(spawner)
@@ -440,7 +458,11 @@ class GpuSwitch:
                 log.warning("Idle check of %s failed: %s", label(user, server), e)
                 continue
             key = (user, server)
-            busy_gpu = (activity.get("gpu_utilization") or 0) > self.settings.gpus.idle_utilization
+            utilization = activity.get("gpu_utilization") or 0
+            self._sample(key, grant, utilization, now)
+            if not limit:
+                continue
+            busy_gpu = utilization > self.settings.gpus.idle_utilization
             if activity["busy_kernels"] or activity["restoring"] or busy_gpu:
                 self._last_busy[key] = now
             since = max(
@@ -461,6 +483,16 @@ class GpuSwitch:
             self._last_busy.pop(key, None)
             returned.append(label(user, server))
         return returned
+
+    def _sample(self, key: tuple[str, str], grant, utilization: float, now: float) -> None:
+        """Account the time since the server's last sample (at most two rounds: a longer
+        gap, a hub restart say, is not counted) at the utilisation seen now."""
+        since = max(self._sampled.get(key, 0), grant.granted_at.timestamp())
+        seconds = min(now - since, 2 * self.settings.gpus.reclaim_interval)
+        self._sampled[key] = now
+        if seconds > 0:
+            busy = utilization > self.settings.gpus.idle_utilization
+            self.ledger.sample(*key, seconds=seconds, utilization=utilization, busy=busy)
 
     async def activity(self, spawner) -> dict:
         """What the server's extension says of its kernels: busy ones, the last activity,
@@ -488,6 +520,11 @@ class GpuSwitch:
                 await self.reclaim_idle(find_spawner)
             except Exception:  # noqa: BLE001 -- try again next round
                 log.exception("Idle GPU check failed")
+
+
+def _slug(spawner) -> str:
+    """The slug of the profile the server was started with ("" when none was chosen)."""
+    return getattr(spawner, "profile_slug", "") or ""
 
 
 def _duration(seconds: float) -> str:

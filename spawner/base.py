@@ -130,7 +130,9 @@ class GpuSpawnerMixin(LoggingConfigurable):
         self.report(5, f"Profile {request.profile.display_name}: asking for {request.gpus} GPU(s)")
         groups = [g.name for g in self.user.groups]
         try:
-            gpus = self.gpulab.ledger.reserve(self.user.name, self.name, request.gpus, groups)
+            gpus = self.gpulab.ledger.reserve(
+                self.user.name, self.name, request.gpus, groups, profile=request.profile.slug
+            )
         except LedgerError as e:
             message = e.message_for(admin=self.user.admin)
             self.report(100, f"Spawn failed: {message}")

@@ -118,7 +118,7 @@ class _Answer(web.RequestHandler):
                     "busy_kernels": 0,
                     "last_activity": None,
                     "started": self.server.started,
-                    "gpu_utilization": None,
+                    "gpu_utilization": self.server.utilization,
                     "restoring": False,
                     "switching": False,
                 }
@@ -148,6 +148,8 @@ class RecordedServer:
         self.started = time.time()
         self.notebook: dict = {}
         """What it answers for any notebook a read-only link asks for."""
+        self.utilization: float | None = None
+        """Its GPUs' utilisation in percent, as NVML would say (None: no NVML)."""
         app = web.Application([(r"/.*", _Answer, {"server": self})])
         sockets = bind_sockets(0, "127.0.0.1", family=socket.AF_INET)
         self.port = sockets[0].getsockname()[1]

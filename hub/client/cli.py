@@ -11,13 +11,13 @@ from pathlib import Path
 from rich.markup import escape
 
 from ..settings import SettingsError, load_settings
-from . import doctor, gpu, jobs, models, status, storage, sweeps, tensorboard, up
+from . import doctor, gpu, jobs, models, status, storage, sweeps, tensorboard, up, usage
 from .api import ClientError
 from .output import err
 from .specfile import SpecFileError
 
 # the command groups, in the order ``gpulab --help`` lists them
-GROUPS = (up, status, storage, gpu, doctor, jobs, sweeps, models)
+GROUPS = (up, status, storage, gpu, usage, doctor, jobs, sweeps, models)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,8 @@ the next change.
   ``Snapshot``) and the errors (``LedgerError`` and its subclasses);
 - :mod:`.tables`: the tables, and the engine's locking (``BEGIN IMMEDIATE``);
 - :mod:`.placement`: which free GPUs a reservation gets (one node per server, best fit);
-- :mod:`.gpu_ledger`: ``GpuLedger``, grants, the Get GPU queue and operations.
+- :mod:`.gpu_ledger`: ``GpuLedger``, grants, the Get GPU queue and operations;
+- :mod:`.usage`: usage accounting, each GPU's holdings and their totals by period.
 """
 
 from .gpu_ledger import GpuLedger

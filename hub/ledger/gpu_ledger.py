@@ -15,8 +15,9 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 
-from sqlalchemy import create_engine, delete, event, insert, select, update
+from sqlalchemy import create_engine, delete, event, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from ..inventory import Gpu
@@ -43,7 +44,9 @@ from .tables import (
     operations_table,
     queue_table,
     sqlite_immediate_transactions,
+    usage_table,
 )
+from .usage import Holding
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +76,33 @@ class GpuLedger:
                 .where(operations_table.c.kind == "acquire")
                 .values(kind="get")
             )
+            self._account_earlier_grants(conn)
         if url.startswith("sqlite:///") and path != ":memory:":
             os.chmod(path, 0o600)  # grants name users; only the hub reads them
         self.version = 0
         self._snapshot: Snapshot | None = None
         self._on_change: list[Callable[[], None]] = []
         event.listen(self.engine, "commit", self._committed)
+
+    def _account_earlier_grants(self, conn: Connection) -> None:
+        """Grants made before usage accounting (a ledger of an earlier version) get their
+        holding, from the grant on."""
+        accounted = set(
+            conn.scalars(select(usage_table.c.gpu_id).where(usage_table.c.end.is_(None)))
+        )
+        models = {gpu.id: gpu.model for gpu in self.inventory}
+        for grant in map(Grant.from_row, conn.execute(select(grants_table))):
+            if grant.gpu_id not in accounted:
+                conn.execute(
+                    insert(usage_table).values(
+                        gpu_id=grant.gpu_id,
+                        gpu_model=models.get(grant.gpu_id, ""),
+                        user=grant.user,
+                        server=grant.server,
+                        groups=json.dumps(grant.groups),
+                        start=grant.granted_at,
+                    )
+                )
 
     def on_change(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` after every committed change (in the committing thread)."""
@@ -140,6 +164,16 @@ class GpuLedger:
                 Event(r.at, r.action, r.user, r.server, r.gpu_id, r.reason) for r in conn.execute(q)
             ]
 
+    def usage(self, start: datetime, end: datetime, user: str | None = None) -> list[Holding]:
+        """Every holding of a GPU that overlaps ``start``..``end`` (open ones included),
+        of ``user`` or everyone."""
+        c = usage_table.c
+        q = select(usage_table).where(c.start < end, or_(c.end.is_(None), c.end > start))
+        if user is not None:
+            q = q.where(c.user == user)
+        with self._reading() as conn:
+            return [Holding.from_row(r) for r in conn.execute(q.order_by(c.start, c.id))]
+
     def user_limit(self, user: str) -> int | None:
         limit = self.quotas.users.get(user, self.quotas.per_user)
         return None if limit is None or limit < 0 else limit
@@ -193,6 +227,7 @@ class GpuLedger:
         reason: str = "spawn",
         waiter: int | None = None,
         prefer: Iterable[str] = (),
+        profile: str = "",
     ) -> list[Gpu]:
         """Grant ``count`` GPUs to ``user``'s ``server``, atomically, or raise LedgerError.
 
@@ -200,9 +235,10 @@ class GpuLedger:
         waiting in the queue come first: ``waiter`` (the id ``enqueue`` gave) may only
         take GPUs at the head of the queue, and anyone else only GPUs the queue does not
         need. Of the free GPUs, those in ``prefer`` (the ones a server had before Return
-        GPU) are taken first.
+        GPU) are taken first. ``profile``: the server's, for usage accounting.
         """
-        return self.reserve_many(user, [(server, count)], groups, reason, waiter, prefer)[server]
+        chosen = self.reserve_many(user, [(server, count)], groups, reason, waiter, prefer, profile)
+        return chosen[server]
 
     def reserve_many(
         self,
@@ -212,6 +248,7 @@ class GpuLedger:
         reason: str = "spawn",
         waiter: int | None = None,
         prefer: Iterable[str] = (),
+        profile: str = "",
     ) -> dict[str, list[Gpu]]:
         """Grant each ``(server, count)`` of ``wants`` at once, or none of them.
 
@@ -262,6 +299,17 @@ class GpuLedger:
                             granted_at=now,
                         )
                     )
+                    conn.execute(
+                        insert(usage_table).values(
+                            gpu_id=gpu.id,
+                            gpu_model=gpu.model,
+                            user=user,
+                            server=server,
+                            groups=json.dumps(groups),
+                            profile=profile,
+                            start=now,
+                        )
+                    )
                 if gpus:
                     self._record(conn, "grant", user, server, [g.id for g in gpus], reason)
             if waiter is not None:
@@ -291,6 +339,25 @@ class GpuLedger:
                 "Released GPU(s) %s from %s (%s)", ",".join(released), _label(user, server), reason
             )
         return released
+
+    def sample(
+        self, user: str, server: str, seconds: float, utilization: float, busy: bool
+    ) -> None:
+        """Account ``seconds`` of the server's GPUs at ``utilization`` percent (the hub's
+        sample of it), busy or idle as the idle reclaim judges it."""
+        seconds = max(0.0, seconds)
+        utilization = min(100.0, max(0.0, utilization))
+        c = usage_table.c
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(usage_table)
+                .where(c.user == user, c.server == server, c.end.is_(None))
+                .values(
+                    sampled_seconds=c.sampled_seconds + seconds,
+                    busy_seconds=c.busy_seconds + (seconds if busy else 0.0),
+                    utilization_seconds=c.utilization_seconds + seconds * utilization / 100,
+                )
+            )
 
     # -- the queue of Get GPU requests ---------------------------------------------------
 
@@ -422,6 +489,12 @@ class GpuLedger:
         if ids:
             conn.execute(delete(grants_table).where(*where))
             self._record(conn, "release", user, server, ids, reason)
+            conn.execute(
+                update(usage_table)
+                .where(usage_table.c.user == user, usage_table.c.server == server)
+                .where(usage_table.c.end.is_(None))
+                .values(end=utcnow())
+            )
         return ids
 
     def _record(

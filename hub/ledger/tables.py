@@ -1,6 +1,6 @@
 """The ledger's SQLite tables and how its engine takes locks.
 
-Grants, events, the Get GPU queue and each server's last operation, as SQLAlchemy core
+Grants, events, usage, the Get GPU queue and each server's last operation, as SQLAlchemy core
 tables. A grant's primary key is the GPU id, so the database itself refuses to hand one
 GPU out twice. ``sqlite_immediate_transactions`` makes every transaction that may write
 a ``BEGIN IMMEDIATE`` one, which serialises reservations across threads and processes;
@@ -10,7 +10,7 @@ takes no lock.
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, event
+from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table, Text, event
 
 metadata = MetaData()
 
@@ -38,6 +38,26 @@ events_table = Table(
     Column("reason", Text, nullable=False, default=""),
 )
 
+# one row per GPU per holding: from its grant to its release (open while held), with
+# what the hub's samples of the holder's utilisation saw meanwhile (usage accounting)
+usage_table = Table(
+    "gpu_usage",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("gpu_id", String(128), nullable=False),
+    Column("gpu_model", String(255), nullable=False, default=""),
+    Column("user", String(255), nullable=False, index=True),
+    Column("server", String(255), nullable=False, default=""),
+    Column("groups", Text, nullable=False, default="[]"),
+    Column("profile", String(255), nullable=False, default=""),
+    Column("start", DateTime(timezone=True), nullable=False, index=True),
+    Column("end", DateTime(timezone=True), nullable=True, index=True),
+    # seconds covered by samples, those the GPU was busy in, and the utilisation's
+    # integral (GPU-seconds at 100%)
+    Column("sampled_seconds", Float, nullable=False, default=0.0),
+    Column("busy_seconds", Float, nullable=False, default=0.0),
+    Column("utilization_seconds", Float, nullable=False, default=0.0),
+)
 
 queue_table = Table(
     "gpu_queue",

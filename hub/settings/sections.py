@@ -77,9 +77,11 @@ class GpuSettings:
     acquire_timeout: int = 600
     """Seconds a Get GPU waits in the queue by default (a request may ask for less)."""
     reclaim_interval: int = 60
-    """Seconds between checks for idle GPUs (profiles' ``idle_return``)."""
+    """Seconds between checks for idle GPUs (profiles' ``idle_return``), which are also the
+    samples of each server's GPU utilisation for usage accounting (docs/usage.md)."""
     idle_utilization: int = 5
-    """A GPU busier than this (percent, from NVML) is not idle."""
+    """A GPU busier than this (percent, from NVML) is not idle, and counts as busy in usage
+    accounting."""
     kernel_checkpoint: str = "auto"
     """How Return GPU keeps a kernel on the local backend: ``auto`` parks with the CUDA
     driver (r570+) the kernels whose variables cannot all be saved, ``driver`` every

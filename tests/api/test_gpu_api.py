@@ -123,4 +123,5 @@ def test_an_idle_gpu_is_reclaimed_on_the_hubs_clock(hub):
     assert events[0]["action"] == "release"
     assert events[0]["reason"] == "reclaimed: GPU idle for 2.0 h"
     assert list(hub.holders().values()) == ["bob"]  # no idle_return: kept
-    assert hub.recorder.of("bob", "activity") == []  # and never asked
+    # bob's server is asked how busy its GPU is (usage accounting), and never returned
+    assert hub.recorder.of("bob", "activity") and hub.recorder.of("bob", "switch") == []

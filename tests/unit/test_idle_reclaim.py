@@ -6,6 +6,7 @@ answers and the Return GPU itself are recorded."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
@@ -115,3 +116,27 @@ def test_activity_in_the_server_restarts_the_count(hub):
     hub.switch.answers["alice"]["last_activity"] = hub.clock.now  # a cell ran just now
     assert hub.check(after=6) == []
     assert hub.check(after=3) == ["alice"]
+
+
+def test_every_round_accounts_each_servers_gpu_time_busy_or_idle(hub):
+    """Usage accounting: the rounds sample every server holding a GPU (with or without an
+    idle_return), busy while its GPU computes above ``gpus.idle_utilization``."""
+    hub.spawn("alice", "gpu-keep", gpu_utilization=80)
+    hub.spawn("bob", "gpu-keep", gpu_utilization=2)
+    granted = {g.user: g.granted_at.timestamp() for g in hub.ledger.grants()}
+    hub.clock.now = max(granted.values())  # the first round counts from each grant
+    for _ in range(3):
+        hub.check(after=1)
+    hub.switch.answers["alice"]["gpu_utilization"] = 0
+    hub.check(after=1)
+    # of a gap longer than two rounds (the hub was down), two rounds are counted
+    hub.check(after=3600)
+    late = {user: hub.clock.now - 3600 - 4 - at for user, at in granted.items()}
+    now = hub.ledger.grants()[0].granted_at + timedelta(days=1)
+    rows = {h.user: h for h in hub.ledger.usage(now - timedelta(days=2), now)}
+    assert rows["alice"].sampled_seconds == pytest.approx(4 + 2 + late["alice"])
+    assert rows["alice"].busy_seconds == pytest.approx(3 + late["alice"])
+    assert rows["alice"].utilization_seconds == pytest.approx((3 + late["alice"]) * 0.8)
+    assert rows["bob"].sampled_seconds == pytest.approx(4 + 2 + late["bob"])
+    assert rows["bob"].busy_seconds == 0
+    assert rows["alice"].profile == "" and rows["alice"].kind == "server"

@@ -1,0 +1,101 @@
+"""gpulab's series at the hub's ``/hub/metrics`` (Prometheus), read from the ledger at
+each scrape: the GPU-seconds held, and sampled busy, by user, group and profile since the
+ledger began (so they outlive hub restarts), the pool's free and held GPUs, and the
+queue of Get GPU requests.
+
+JupyterHub serves prometheus_client's default registry there to tokens with the
+``read:metrics`` scope (admins have it), or to anyone where
+``JupyterHub.authenticate_prometheus`` is turned off: the series name users and groups.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from .ledger import GpuLedger, utcnow
+from .ledger.usage import Totals
+from .settings import Settings
+
+ALL_TIME = datetime.min.replace(tzinfo=UTC)
+"""The start of the period the counters cover: before any holding."""
+
+LABELS = ("user", "group", "profile")
+"""The labels of the held and busy counters."""
+
+
+class GpuCollector:
+    """The ledger's GPU series, computed at each scrape: one read of its holdings, and the
+    pool and queue as of its last change."""
+
+    def __init__(self, ledger: GpuLedger, settings: Settings):
+        self.ledger = ledger
+        self.settings = settings
+
+    def describe(self) -> Iterator[Metric]:
+        # the names a registry checks for duplicates; without it, registering would
+        # read the ledger
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        held, busy, gpus, queue = self._families()
+        now = utcnow()
+        totals: dict[tuple[str, str, str], Totals] = {}
+        for holding in self.ledger.usage(ALL_TIME, now):
+            for group in holding.keys("group"):
+                key = (holding.user, group, holding.profile)
+                totals.setdefault(key, Totals()).add(holding, ALL_TIME, now, now)
+        for key, total in sorted(totals.items()):
+            held.add_metric(key, total.held_seconds)
+            busy.add_metric(key, total.busy_seconds)
+        snapshot = self.ledger.snapshot()
+        gpus.add_metric(["free"], snapshot.free)
+        gpus.add_metric(["held"], len(snapshot.pool) - snapshot.free)
+        queue.add_metric([], len(snapshot.queue))
+        return iter((held, busy, gpus, queue))
+
+    def _families(self) -> tuple[Metric, ...]:
+        return (
+            CounterMetricFamily(
+                "gpulab_gpu_held_seconds",
+                "GPU-seconds held, since the ledger began. A holding of a user in several "
+                "groups counts in each group's series, so a sum over groups counts it once "
+                'per group; group="" is a holder in no group.',
+                labels=LABELS,
+            ),
+            CounterMetricFamily(
+                "gpulab_gpu_busy_seconds",
+                "GPU-seconds the hub's samples found busy (utilisation above "
+                f"{self.settings.gpus.idle_utilization}%), since the ledger began; only "
+                "notebook servers are sampled, not jobs' or models' replicas. Groups as in "
+                "gpulab_gpu_held_seconds_total.",
+                labels=LABELS,
+            ),
+            GaugeMetricFamily("gpulab_gpus", "GPUs of the pool, free or held.", labels=["state"]),
+            GaugeMetricFamily(
+                "gpulab_gpu_queue_length",
+                "Requests waiting in the queue for GPUs: servers' Get GPU, and jobs.",
+                labels=[],
+            ),
+        )
+
+
+_served: weakref.WeakKeyDictionary[CollectorRegistry, GpuCollector] = weakref.WeakKeyDictionary()
+_serving = threading.Lock()
+
+
+def serve(collector: GpuCollector, registry: CollectorRegistry = REGISTRY) -> None:
+    """Add ``collector`` to ``registry`` (``/hub/metrics`` serves the default one), in
+    place of the one a hub this process ran before added: that one's series would have
+    the same names, from a ledger that is no longer this hub's."""
+    with _serving:
+        earlier = _served.get(registry)
+        if earlier is not None:
+            registry.unregister(earlier)
+        registry.register(collector)
+        _served[registry] = collector
