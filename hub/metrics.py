@@ -1,7 +1,9 @@
 """gpulab's series at the hub's ``/hub/metrics`` (Prometheus), read from the ledger at
 each scrape: the GPU-seconds held, and sampled busy, by user, group and profile since the
 ledger began (so they outlive hub restarts), the pool's free and held GPUs, and the
-queue of Get GPU requests.
+queue of Get GPU requests. And, counted by this hub process as they end (``observe``):
+how long Return GPU and Get GPU took, how soon a returned GPU was free, and how many
+GPUs the idle reclaim took back.
 
 JupyterHub serves prometheus_client's default registry there to tokens with the
 ``read:metrics`` scope (admins have it), or to anyone where
@@ -15,10 +17,10 @@ import weakref
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .ledger import GpuLedger, utcnow
+from .ledger import GpuLedger, Operation, utcnow
 from .ledger.usage import Totals
 from .settings import Settings
 
@@ -83,6 +85,40 @@ class GpuCollector:
                 labels=[],
             ),
         )
+
+
+SWITCH_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, float("inf"))
+"""Seconds: a Return GPU frees its GPU within a second; a Get GPU may wait in the queue."""
+
+OPERATION_SECONDS = Histogram(
+    "gpulab_gpu_operation_seconds",
+    "Seconds from a Return or Get GPU's request to its end (a Get GPU's wait in the queue "
+    "included), by kind (return, get) and how it ended (done, failed, cancelled).",
+    ["kind", "state"],
+    buckets=SWITCH_BUCKETS,
+)
+RETURN_FREE_SECONDS = Histogram(
+    "gpulab_gpu_return_free_seconds",
+    "Seconds from a Return GPU's request until its GPUs were free for others.",
+    buckets=SWITCH_BUCKETS,
+)
+RECLAIMS = Counter(
+    "gpulab_gpu_reclaims",
+    "Return GPUs the idle reclaim made (a profile's idle_return passed), done.",
+)
+
+
+def observe(op: Operation) -> None:
+    """Count a Return or Get GPU that ended (``GpuLedger.on_operation_finished``)."""
+    if op.finished is not None:
+        seconds = (op.finished - op.started).total_seconds()
+        OPERATION_SECONDS.labels(op.kind, op.state).observe(max(0.0, seconds))
+    if op.kind == "return" and op.state == "done":
+        free = op.detail.get("free_seconds")
+        if isinstance(free, int | float) and not isinstance(free, bool):
+            RETURN_FREE_SECONDS.observe(max(0.0, free))
+        if op.reason.startswith("reclaimed"):
+            RECLAIMS.inc()
 
 
 _served: weakref.WeakKeyDictionary[CollectorRegistry, GpuCollector] = weakref.WeakKeyDictionary()

@@ -75,7 +75,8 @@ class KernelMover(Mover):
         seconds = round(time.monotonic() - t0, 3)
         spawner.gpus_changed([])
         message = f"Returned GPU {', '.join(released)}; " + where_kernels_run(result)
-        result.update(gpu_ids=released, seconds=seconds)
+        # the GPU is free once the kernels let go of it: at the end, here
+        result.update(gpu_ids=released, seconds=seconds, free_seconds=seconds)
         op = self.ledger.update_operation(
             user, server, state="done", message=message, detail=result
         )

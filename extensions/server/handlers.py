@@ -17,6 +17,7 @@ sweeps and models the same way:
   (``?replica=&offset=``, no follow), the same for ``sweeps`` and ``models`` (and a
   model's ``logs``);
 - ``POST gpulab/hub/jobs/NAME/cancel``, ``gpulab/hub/sweeps/NAME/cancel``;
+- ``GET  gpulab/hub/usage``: the owner's GPU usage (``?by=&from=&to=``, docs/usage.md);
 - ``gpulab/share...``: the Share dialog's links and guests (``sharing.py``).
 
 Nothing else of the hub's API is reachable through it. For the hub only (the secret the
@@ -122,13 +123,15 @@ class GpuHandler(_Base):
 
 
 class WorkloadsHandler(_Base):
-    """The user's own jobs, sweeps and models, read from the hub (and cancel)."""
+    """The user's own jobs, sweeps, models and GPU usage, read from the hub (and cancel)."""
 
     @web.authenticated
     async def get(self, kind: str, rest: str = ""):
+        if kind == "usage" and rest:
+            raise web.HTTPError(404, "GET gpulab/hub/usage[?by=&from=&to=]")
         self.require_owner(f"see this server's owner's {kind}")
         query = {"user": owner()} if not rest else {}
-        for name in ("replica", "offset"):
+        for name in ("replica", "offset", "by", "from", "to"):
             value = self.get_argument(name, None)
             if value is not None:
                 query[name] = value
@@ -306,7 +309,7 @@ def handlers(base_url: str) -> list:
         (url(r"gpu(/return|/get)?"), GpuHandler),
         # a name: the hub's own rule (lower-case letters, digits and '-'); then its parts
         (
-            url(r"hub/(jobs|sweeps|models)((?:/[a-z][a-z0-9-]*(?:/logs|/cancel)?)?)"),
+            url(r"hub/(jobs|sweeps|models|usage)((?:/[a-z][a-z0-9-]*(?:/logs|/cancel)?)?)"),
             WorkloadsHandler,
         ),
         (

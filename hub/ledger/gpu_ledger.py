@@ -50,6 +50,9 @@ from .usage import Holding
 
 log = logging.getLogger(__name__)
 
+FINAL_STATES = ("done", "failed", "cancelled")
+"""States of an operation that has ended."""
+
 
 class GpuLedger:
     """Grants GPUs from an inventory to (user, server) pairs, within quotas.
@@ -82,6 +85,7 @@ class GpuLedger:
         self.version = 0
         self._snapshot: Snapshot | None = None
         self._on_change: list[Callable[[], None]] = []
+        self._on_finished: list[Callable[[Operation], None]] = []
         event.listen(self.engine, "commit", self._committed)
 
     def _account_earlier_grants(self, conn: Connection) -> None:
@@ -107,6 +111,11 @@ class GpuLedger:
     def on_change(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` after every committed change (in the committing thread)."""
         self._on_change.append(callback)
+
+    def on_operation_finished(self, callback: Callable[[Operation], None]) -> None:
+        """Call ``callback(operation)`` once each Return or Get GPU ends (done, failed or
+        cancelled), after the change is committed."""
+        self._on_finished.append(callback)
 
     def _committed(self, conn: Connection) -> None:
         if conn.get_execution_options().get(READ_ONLY):
@@ -438,15 +447,23 @@ class GpuLedger:
     def update_operation(self, user: str, server: str, **fields) -> Operation:
         if "detail" in fields:
             fields["detail"] = json.dumps(fields["detail"])
-        if fields.get("state") in ("done", "failed", "cancelled"):
+        ending = fields.get("state") in FINAL_STATES
+        if ending:
             fields.setdefault("finished", utcnow())
+        where = (operations_table.c.user == user, operations_table.c.server == server)
         with self.engine.begin() as conn:
-            conn.execute(
-                update(operations_table)
-                .where(operations_table.c.user == user, operations_table.c.server == server)
-                .values(**fields)
-            )
-        return self.operation(user, server)
+            before = conn.scalar(select(operations_table.c.state).where(*where))
+            conn.execute(update(operations_table).where(*where).values(**fields))
+        op = self.operation(user, server)
+        if ending and before not in FINAL_STATES and op is not None:
+            for callback in list(self._on_finished):
+                try:
+                    callback(op)
+                except Exception:  # noqa: BLE001 -- an observer's fault is not the operation's
+                    log.exception(
+                        "Reporting the end of %s's %s failed", _label(user, server), op.kind
+                    )
+        return op
 
     def reconcile(self, is_alive: Callable[[Grant], bool]) -> list[Grant]:
         """Release grants whose holder is gone (``is_alive`` says so); returns them."""

@@ -51,6 +51,7 @@ def test_a_guest_cannot_use_the_owners_gpu_jobs_or_sharing(hub):
         ("DELETE", "/gpulab/gpu/get", None),
         ("GET", "/gpulab/hub/jobs", None),
         ("GET", "/gpulab/hub/models", None),
+        ("GET", "/gpulab/hub/usage", None),
         ("POST", "/gpulab/hub/jobs/train/cancel", {}),
         ("GET", "/gpulab/share", None),
         ("POST", "/gpulab/share/codes", {"expires_in": 3600}),

@@ -113,3 +113,36 @@ def test_a_restarted_hub_serves_the_same_totals_in_place_of_the_earlier_ones(tmp
 
     restarted.reserve("bob", "", 3)  # the new hub's ledger is the one scraped
     assert 'gpulab_gpus{state="held"} 3.0\n' in scrape(registry)[0]
+
+
+def test_each_return_and_get_is_counted_once_as_it_ends(tmp_path):
+    """The durations of Return and Get GPU, how soon a GPU was free, the reclaims: counted
+    by the hub as each operation ends, once."""
+    from prometheus_client import REGISTRY
+
+    from gpulab.hub.metrics import observe
+
+    ledger = make_ledger(tmp_path)
+    ledger.on_operation_finished(observe)
+
+    def value(name: str, **labels) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    returns = value("gpulab_gpu_operation_seconds_count", kind="return", state="done")
+    gets = value("gpulab_gpu_operation_seconds_count", kind="get", state="failed")
+    free = value("gpulab_gpu_return_free_seconds_count")
+    fast = value("gpulab_gpu_return_free_seconds_bucket", le="0.5")
+    reclaims = value("gpulab_gpu_reclaims_total")
+
+    ledger.begin_operation("alice", "", "return", reason="reclaimed: GPU idle for 2.0 h")
+    ledger.update_operation("alice", "", state="done", detail={"free_seconds": 0.4})
+    ledger.update_operation("alice", "", message="seen again")  # not a second end
+    ledger.update_operation("alice", "", state="done")
+    ledger.begin_operation("bob", "", "get", state="queued")
+    ledger.update_operation("bob", "", state="failed", message="No GPU became free")
+
+    assert value("gpulab_gpu_operation_seconds_count", kind="return", state="done") == returns + 1
+    assert value("gpulab_gpu_operation_seconds_count", kind="get", state="failed") == gets + 1
+    assert value("gpulab_gpu_return_free_seconds_count") == free + 1
+    assert value("gpulab_gpu_return_free_seconds_bucket", le="0.5") == fast + 1
+    assert value("gpulab_gpu_reclaims_total") == reclaims + 1

@@ -11,7 +11,7 @@ import { Widget } from '@lumino/widgets';
 
 import { GpuApiError } from './api';
 import { el } from './dom';
-import { jobSummary, modelSummary, sweepSummary } from './summary';
+import { jobSummary, modelSummary, sweepSummary, usageSummary } from './summary';
 import { ACTIVE, IJob, IModel, ISweep, WorkloadsApi } from './workloads';
 
 const JOBS_SVG = `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 24 24">
@@ -45,6 +45,8 @@ export class WorkloadsPanel extends Widget {
     el('h2', 'gpulab-wl-title', 'Workloads', header);
     const refresh = el('button', 'gpulab-wl-refresh', 'Refresh', header);
     refresh.addEventListener('click', () => void this.refresh());
+    this._usage = el('div', 'gpulab-wl-usage', '', this.node);
+    this._usage.title = 'Your GPU time this month (UTC), from the hub’s ledger';
     this._body = el('div', 'gpulab-wl-body', '', this.node);
     this._status = el('div', 'gpulab-wl-status', 'Loading…', this.node);
   }
@@ -54,10 +56,15 @@ export class WorkloadsPanel extends Widget {
     this._clearTimer();
     const seq = ++this._seq;
     try {
-      const [jobs, sweeps, models] = await Promise.all([
+      const [jobs, sweeps, models, usage] = await Promise.all([
         this.api.jobs(),
         this.api.sweeps(),
-        this.api.models()
+        this.api.models(),
+        // the month's usage is a line of its own: the workloads show without it
+        this.api.usage().then(
+          answer => usageSummary(answer),
+          () => ''
+        )
       ]);
       if (seq !== this._seq || this.isDisposed) {
         return;
@@ -65,6 +72,7 @@ export class WorkloadsPanel extends Widget {
       this._jobs = jobs.filter(j => !j.sweep);
       this._sweeps = sweeps;
       this._models = models;
+      this._usage.textContent = usage;
       await this._readLog();
       this._error = null;
       this._refused = false;
@@ -298,6 +306,7 @@ export class WorkloadsPanel extends Widget {
 
   private _body: HTMLDivElement;
   private _status: HTMLDivElement;
+  private _usage: HTMLDivElement;
   private _jobs: IJob[] = [];
   private _sweeps: ISweep[] = [];
   private _models: IModel[] = [];

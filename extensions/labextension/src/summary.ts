@@ -2,7 +2,7 @@
  * What the workloads panel says about each job, sweep and model, after its name and
  * state: words and numbers from the hub's answers.
  */
-import { ACTIVE, IJob, IModel, ISweep } from './workloads';
+import { ACTIVE, IJob, IModel, ISweep, IUsage } from './workloads';
 
 /** "42s", "3m 5s", "2h 4m" from two ISO times (the second: now when null). */
 export function duration(from: string | null, to: string | null): string {
@@ -64,4 +64,39 @@ export function modelSummary(model: IModel): string {
     .map(v => `v${v.version} ${v.state.toLowerCase()}`)
     .join(', ');
   return [`${serving}/${model.replicas} serving`, versions].filter(Boolean).join(' · ');
+}
+
+/** GPU-hours with one decimal ("12.3"), "<0.1" for a little. */
+function gpuHours(seconds: number): string {
+  const hours = seconds / 3600;
+  return hours > 0 && hours < 0.05 ? '<0.1' : hours.toFixed(1);
+}
+
+const KIND_WORDS: { [kind: string]: string } = {
+  server: 'notebooks',
+  job: 'jobs',
+  model: 'models'
+};
+
+/**
+ * The panel's line of the user's month: GPU-hours held, by kind when more than one held
+ * GPUs, and the share of the sampled time the GPUs were busy.
+ */
+export function usageSummary(usage: IUsage): string {
+  const total = usage.total;
+  if (!total.holdings) {
+    return 'This month: no GPU held yet';
+  }
+  let held = `This month: ${gpuHours(total.held_seconds)} GPU-hours held`;
+  const kinds = usage.rows.filter(r => r.held_seconds > 0);
+  if (kinds.length > 1) {
+    const parts = kinds.map(
+      r => `${KIND_WORDS[r.kind ?? ''] ?? r.kind} ${gpuHours(r.held_seconds)}`
+    );
+    held += ` (${parts.join(', ')})`;
+  }
+  if (total.busy_share === null) {
+    return held;
+  }
+  return `${held} · busy ${Math.round(total.busy_share * 100)}% of the time sampled`;
 }

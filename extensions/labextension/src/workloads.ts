@@ -1,11 +1,27 @@
 /**
- * The user's training jobs, sweeps and models, as the hub's API shows them (through the
+ * The user's training jobs, sweeps, models and GPU usage, as the hub's API shows them (through the
  * server extension's `gpulab/hub/...`, with the server's own token), typed.
  */
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
 import { requestJson, requestText } from './api';
+
+/** GPU time over a period (`GET /hub/api/gpulab/usage`, docs/usage.md). */
+export interface IUsageTotals {
+  held_seconds: number;
+  sampled_seconds: number;
+  busy_seconds: number;
+  busy_share: number | null;
+  holdings: number;
+}
+
+export interface IUsage {
+  from: string;
+  to: string;
+  rows: (IUsageTotals & { kind?: string })[];
+  total: IUsageTotals;
+}
 
 export interface IReplica {
   name: string;
@@ -129,6 +145,11 @@ export class WorkloadsApi {
   async models(): Promise<IModel[]> {
     const answer = await this.get<{ models: IModel[] }>('models');
     return Array.isArray(answer.models) ? answer.models : [];
+  }
+
+  /** This month's GPU usage so far, by kind of holder (server, job, model). */
+  usage(): Promise<IUsage> {
+    return this.get<IUsage>('usage?by=kind');
   }
 
   private get<T>(path: string): Promise<T> {

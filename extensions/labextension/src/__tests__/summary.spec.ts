@@ -1,5 +1,5 @@
-import { duration, jobSummary, modelSummary, sweepSummary } from '../summary';
-import { IJob, IModel, IReplica, ISweep, ITrial } from '../workloads';
+import { duration, jobSummary, modelSummary, sweepSummary, usageSummary } from '../summary';
+import { IJob, IModel, IReplica, ISweep, ITrial, IUsage, IUsageTotals } from '../workloads';
 
 function job(overrides: Partial<IJob> = {}): IJob {
   return {
@@ -123,5 +123,56 @@ describe('modelSummary', () => {
     } as IModel;
     expect(modelSummary(model)).toBe('1/2 serving · v1 end, v2 available');
     expect(modelSummary({ ...model, model_versions: [] })).toBe('1/2 serving');
+  });
+});
+
+function totals(held: number, busy: number | null, holdings = 1): IUsageTotals {
+  return {
+    held_seconds: held,
+    sampled_seconds: busy === null ? 0 : held,
+    busy_seconds: busy ?? 0,
+    busy_share: busy === null ? null : busy / held,
+    holdings
+  };
+}
+
+function usage(rows: [string, IUsageTotals][], total: IUsageTotals): IUsage {
+  return {
+    from: '2026-12-01T00:00:00+00:00',
+    to: '2026-12-07T14:00:00+00:00',
+    rows: rows.map(([kind, t]) => ({ kind, ...t })),
+    total
+  };
+}
+
+describe('usageSummary', () => {
+  it('says how many GPU-hours the month held and how busy they were', () => {
+    const month = usage(
+      [['server', totals(12.34 * 3600, 7.4 * 3600)]],
+      totals(12.34 * 3600, 7.4 * 3600)
+    );
+    expect(usageSummary(month)).toBe(
+      'This month: 12.3 GPU-hours held · busy 60% of the time sampled'
+    );
+  });
+
+  it('splits the hours by kind when jobs or models held GPUs too', () => {
+    const month = usage(
+      [
+        ['server', totals(10 * 3600, 3600)],
+        ['job', totals(2.25 * 3600, null)]
+      ],
+      { ...totals(12.25 * 3600, 3600, 2), sampled_seconds: 10 * 3600, busy_share: 0.1 }
+    );
+    expect(usageSummary(month)).toBe(
+      'This month: 12.3 GPU-hours held (notebooks 10.0, jobs 2.3) · busy 10% of the time sampled'
+    );
+  });
+
+  it('leaves out the busy share when nothing was sampled, and says when nothing was held', () => {
+    expect(usageSummary(usage([['job', totals(60, null)]], totals(60, null)))).toBe(
+      'This month: <0.1 GPU-hours held'
+    );
+    expect(usageSummary(usage([], totals(0, null, 0)))).toBe('This month: no GPU held yet');
   });
 });
