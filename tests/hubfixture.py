@@ -6,6 +6,7 @@ and each user's Jupyter server API (kernels over websockets) through the proxy.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
@@ -32,22 +33,46 @@ BIN = Path(sys.prefix) / "bin"
 PORTS_FROM = 20000
 """Test ports come from below the kernel's ephemeral range (32768 up), where users'
 servers take their random ports and every connection its local port."""
-PORTS_PER_WORKER = 2000
+PORTS_PER_PROCESS = 1000
+SLOTS = 12
+"""Ranges of ``PORTS_PER_PROCESS`` ports from ``PORTS_FROM``: 20000..31999."""
+_ports: range | None = None
 _next_port: int | None = None
+_slot_lock = None  # held open for the life of the process
+
+
+def _port_range() -> range:
+    """This test process's ports: the first range no other test process on this machine
+    holds (a lock file each), from its parallel worker's number on. Two suites, or a
+    module run beside the suite, never hand out the same ports."""
+    global _slot_lock
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    first = int(worker) if worker.isdigit() else 0
+    for i in range(SLOTS):
+        slot = (first + i) % SLOTS
+        lock = open(f"/tmp/gpulab-test-ports.{slot}.lock", "w")  # noqa: SIM115 -- kept open
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        _slot_lock = lock
+        start = PORTS_FROM + slot * PORTS_PER_PROCESS
+        return range(start, start + PORTS_PER_PROCESS)
+    raise RuntimeError(f"all {SLOTS} ranges of test ports are held by other test processes")
 
 
 def free_port() -> int:
-    """A port free just now, never one handed out before in this run: each parallel
-    worker counts up through a range of its own, below the ephemeral ports. (A port from
-    the kernel, bound to port 0, could be handed again at once to any process: a hub's two
+    """A port free just now, never one handed out before in this run: each test process
+    counts up through a range of its own, below the ephemeral ports. (A port from the
+    kernel, bound to port 0, could be handed again at once to any process: a hub's two
     ports once collided that way, and a port closed here could become another worker's
     server's before this one bound it.)"""
-    global _next_port
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-    first = PORTS_FROM + (int(worker) if worker.isdigit() else 0) * PORTS_PER_WORKER
-    if _next_port is None:
-        _next_port = first
-    while _next_port < first + PORTS_PER_WORKER:
+    global _ports, _next_port
+    if _ports is None:
+        _ports = _port_range()
+        _next_port = _ports.start
+    while _next_port < _ports.stop:
         port, _next_port = _next_port, _next_port + 1
         with socket.socket() as s:
             try:
@@ -55,7 +80,7 @@ def free_port() -> int:
             except OSError:
                 continue  # something else holds it
         return port
-    raise RuntimeError(f"no free port left in {first}..{first + PORTS_PER_WORKER - 1}")
+    raise RuntimeError(f"no free port left in {_ports.start}..{_ports.stop - 1}")
 
 
 def listening(port: int) -> str:
