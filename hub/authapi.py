@@ -12,11 +12,25 @@ from __future__ import annotations
 
 def api_handlers() -> list[tuple]:
     """Every handler of gpulab's REST API, paths under /api/gpulab/ (before the prefix),
-    gpulab's rules in front of JupyterHub's sharing API (``api/sharing.py``), and the
-    pages of read-only links (``/gpulab/view/...``, ``api/views.py``)."""
-    from .api import gpu, gpus, jobs, models, openapi, sharing, storage, sweeps, usage, views
+    gpulab's rules in front of JupyterHub's sharing API (``api/sharing.py``), the pages
+    of read-only links (``/gpulab/view/...``, ``api/views.py``) and the admins' GPU page
+    (``/gpulab/admin``, ``api/admin_page.py``)."""
+    from .api import (
+        admin_page,
+        gpu,
+        gpus,
+        jobs,
+        models,
+        openapi,
+        sharing,
+        storage,
+        sweeps,
+        usage,
+        views,
+    )
 
     return [
+        *admin_page.page_handlers,
         *sharing.hub_handlers,
         *sharing.default_handlers,
         *views.default_handlers,

@@ -157,6 +157,10 @@ def configure(c, ctx: Context | None = None) -> None:
     # gpulab's versions of JupyterHub's pages first (the share link's and the OAuth
     # confirmation a guest sees, in plain words)
     c.JupyterHub.template_paths = [str(Path(__file__).with_name("templates"))]
+    # admins' nav bar (templates/page.html): the GPU page, and the accounts waiting for approval
+    from .api.admin_page import pending_signups
+
+    c.JupyterHub.template_vars.update({"gpulab_pending_signups": pending_signups})
     # user servers outlive the hub: a hub restart re-attaches to them
     c.JupyterHub.cleanup_servers = False
 

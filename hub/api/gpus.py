@@ -1,6 +1,8 @@
 """GET /hub/api/gpulab/gpus and /hub/api/gpulab/events: the GPU pool and its history.
 
-Admins (tokens with ``admin:users``) see every holder; users see the whole pool but
+Admins (tokens with ``admin:users``) see every holder and the queue of requests waiting
+for GPUs (``queue``: servers' Get GPU and jobs, first come first served; with ``?user=``
+that user's entries, at their places in the whole queue); users see the whole pool but
 only their own grants by name, and only their own events.
 """
 
@@ -33,6 +35,8 @@ class GpusHandler(GpulabAPIHandler):
             "free": sum(g["state"] == "free" for g in gpus),
             "gpus": gpus,
         }
+        if admin:
+            model["queue"] = self.queue(only, names)
         if only is not None:
             model["user"] = {
                 "name": only,
@@ -41,10 +45,25 @@ class GpusHandler(GpulabAPIHandler):
             }
         self.write_json(model)
 
+    def queue(self, only: str | None, names: dict[str, str]) -> list[dict]:
+        """The requests waiting for GPUs, in order (``only``: that user's)."""
+        return [
+            {
+                "user": w.user,
+                "server": w.server,
+                "holder": self.holder_label(w.server, names),
+                "count": w.count,
+                "since": w.since.isoformat(),
+                "position": n,
+            }
+            for n, w in enumerate(self.gpulab.ledger.queue(), 1)
+            if only is None or w.user == only
+        ]
+
     def holder_label(self, server: str, names: dict[str, str]) -> str:
-        """Who holds a grant, in words: ``job mnist (worker-0)``, ``model line (replica
-        0)``, else the server's name (``""`` for a user's default server). ``names``:
-        workloads' names already looked up."""
+        """Who holds a grant or waits in the queue, in words: ``job mnist (worker-0)``,
+        ``model line (replica 0)``, ``job mnist`` (a job waiting), else the server's name
+        (``""`` for a user's default server). ``names``: workloads' names already looked up."""
         if not is_workload(server):
             return server
         kind, _, rest = server.partition("/")
@@ -52,6 +71,8 @@ class GpusHandler(GpulabAPIHandler):
         key = f"{kind}/{ident}"
         if key not in names:
             names[key] = self._workload_name(kind, ident)
+        if not part:
+            return f"{kind} {names[key]}"
         return f"{kind} {names[key]} ({part.replace('replica-', 'replica ')})"
 
     def _workload_name(self, kind: str, ident: str) -> str:
