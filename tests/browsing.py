@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import uuid
+from pathlib import Path
 
 import requests
 from playwright.sync_api import expect, sync_playwright
@@ -33,6 +34,17 @@ def chromium(args: list[str] = CHROMIUM_ARGS):
             yield browser
         finally:
             browser.close()
+
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+"""Screenshots of the browser tests, for a person to look at (never committed)."""
+
+
+def screenshot(page, name: str, full_page: bool = False) -> None:
+    """Save what ``page`` shows as ``tests/artifacts/<name>.png``."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / ".gitignore").write_text("*\n")
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
 
 
 def browser(hub) -> requests.Session:

@@ -18,17 +18,13 @@ from playwright.sync_api import expect
 
 import browsing
 from browsing import log_in, sign_up
-from hubfixture import REPO, wait_for
-
-ARTIFACTS = REPO / "tests" / "artifacts"
+from hubfixture import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
 def browser():
-    ARTIFACTS.mkdir(exist_ok=True)
-    (ARTIFACTS / ".gitignore").write_text("*\n")  # screenshots are never committed
     with browsing.chromium() as chromium:
         yield chromium
 
@@ -40,7 +36,7 @@ def new_page(browser):
 
 
 def shot(page, name: str) -> None:
-    page.screenshot(path=str(ARTIFACTS / f"admin-{name}.png"), full_page=True)
+    browsing.screenshot(page, f"admin-{name}", full_page=True)
 
 
 def test_an_admin_sees_the_pool_returns_a_gpu_and_reads_usage(hub, browser):

@@ -16,17 +16,13 @@ from playwright.sync_api import expect
 
 import browsing
 from browsing import log_in
-from hubfixture import REPO, open_notebook, run_in_kernel, wait_for
-
-ARTIFACTS = REPO / "tests" / "artifacts"
+from hubfixture import open_notebook, run_in_kernel, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture
 def page():
-    ARTIFACTS.mkdir(exist_ok=True)
-    (ARTIFACTS / ".gitignore").write_text("*\n")  # screenshots are never committed
     with browsing.chromium() as browser:
         page = browser.new_page(viewport={"width": 1400, "height": 800})
         page.set_default_timeout(30_000)
@@ -34,7 +30,7 @@ def page():
 
 
 def shot(page, name: str) -> None:
-    page.screenshot(path=str(ARTIFACTS / f"lab-{name}.png"))
+    browsing.screenshot(page, f"lab-{name}")
 
 
 def open_palette(page):
