@@ -55,7 +55,9 @@ class Context:
         """Return GPU, Get GPU and idle reclaim for running servers."""
         from .gpuswitch import GpuSwitch
 
-        return GpuSwitch(self.ledger, self.settings, clock=self.clock)
+        return GpuSwitch(
+            self.ledger, self.settings, clock=self.clock, utilization=self.backend.utilization()
+        )
 
     @functools.cached_property
     def jobs(self) -> JobManager:

@@ -42,6 +42,7 @@ from .servercalls import (
     unavailable,
 )
 from .settings import Settings
+from .utilization import ServerReported, Utilization, readings
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,19 @@ Clock = Callable[[], float]
 
 
 class GpuSwitch:
-    def __init__(self, ledger: GpuLedger, settings: Settings, clock: Clock = time.time):
+    def __init__(
+        self,
+        ledger: GpuLedger,
+        settings: Settings,
+        clock: Clock = time.time,
+        utilization: Utilization | None = None,
+    ):
         self.ledger = ledger
         self.settings = settings
         self.clock = clock
         """The wall clock idle reclaim reads (seconds since the epoch, as the ledger's)."""
+        self.utilization = utilization or ServerReported()
+        """Where idle reclaim and usage accounting read how busy each GPU is."""
         self._locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._waits: dict[tuple[str, str], asyncio.Task] = {}
         self._changed = asyncio.Event()  # set (and replaced) at every ledger change
@@ -440,10 +449,14 @@ class GpuSwitch:
         the GPUs of servers whose profile's ``idle_return`` has passed."""
         returned = []
         now = self.clock()
-        holders = {(g.user, g.server): g for g in self.ledger.grants() if not is_workload(g.server)}
+        holders: dict[tuple[str, str], list] = {}
+        for g in self.ledger.grants():
+            if not is_workload(g.server):
+                holders.setdefault((g.user, g.server), []).append(g)
         for key in set(self._sampled) - set(holders):
             del self._sampled[key]  # released since: its next grant is sampled afresh
-        for (user, server), grant in holders.items():
+        for (user, server), grants in holders.items():
+            grant = grants[0]
             spawner = find_spawner(user, server)
             if spawner is None or not spawner.ready or spawner.pending or unavailable(spawner):
                 continue
@@ -458,8 +471,10 @@ class GpuSwitch:
                 log.warning("Idle check of %s failed: %s", label(user, server), e)
                 continue
             key = (user, server)
-            utilization = activity.get("gpu_utilization") or 0
-            self._sample(key, grant, utilization, now)
+            gpus = [g.gpu_id for g in grants]
+            by_gpu = readings(self.utilization, gpus, activity.get("gpu_utilization"))
+            utilization = max(by_gpu.values(), default=0.0)
+            self._sample(key, grant, by_gpu, now)
             if not limit:
                 continue
             busy_gpu = utilization > self.settings.gpus.idle_utilization
@@ -484,15 +499,19 @@ class GpuSwitch:
             returned.append(label(user, server))
         return returned
 
-    def _sample(self, key: tuple[str, str], grant, utilization: float, now: float) -> None:
+    def _sample(self, key: tuple[str, str], grant, by_gpu: dict[str, float], now: float) -> None:
         """Account the time since the server's last sample (at most two rounds: a longer
-        gap, a hub restart say, is not counted) at the utilisation seen now."""
+        gap, a hub restart say, is not counted) at each GPU's utilisation seen now."""
         since = max(self._sampled.get(key, 0), grant.granted_at.timestamp())
         seconds = min(now - since, 2 * self.settings.gpus.reclaim_interval)
         self._sampled[key] = now
-        if seconds > 0:
-            busy = utilization > self.settings.gpus.idle_utilization
-            self.ledger.sample(*key, seconds=seconds, utilization=utilization, busy=busy)
+        if seconds <= 0:
+            return
+        idle = self.settings.gpus.idle_utilization
+        for gpu, utilization in by_gpu.items():
+            self.ledger.sample(
+                *key, seconds=seconds, utilization=utilization, busy=utilization > idle, gpu_id=gpu
+            )
 
     async def activity(self, spawner) -> dict:
         """What the server's extension says of its kernels: busy ones, the last activity,

@@ -4,8 +4,8 @@ A ``Backend`` is everything that differs between this machine (``local``: proces
 unix accounts, directory homes) and a cluster (``kubernetes``: pods, claims on Ceph RBD):
 the GPUs to hand out, the JupyterHub configuration (spawner class and what goes with it),
 what to settle when the hub starts, how job and model replicas run, the home volumes,
-and the checks ``gpulab doctor`` makes. ``backend_for`` picks one from the settings; no
-other code asks which backend runs.
+where GPU utilisation is read, and the checks ``gpulab doctor`` makes. ``backend_for``
+picks one from the settings; no other code asks which backend runs.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from gpulab.hub.ledger import GpuLedger, Grant
     from gpulab.hub.settings import Settings
     from gpulab.hub.storage import HomeVolumes
+    from gpulab.hub.utilization import Utilization
     from gpulab.hub.workloads.models import ModelManager
     from gpulab.hub.workloads.runner import Runner
 
@@ -56,6 +57,9 @@ class Backend(Protocol):
 
     def doctor(self) -> list[Check]:
         """This backend's rows of ``gpulab doctor``."""
+
+    def utilization(self) -> Utilization:
+        """Where the hub reads how busy each GPU is (``gpulab.hub.utilization``)."""
 
 
 def backend_for(settings: Settings) -> Backend:

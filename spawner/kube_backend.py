@@ -65,6 +65,11 @@ class KubernetesBackend:
 
         return await claim_volumes(self.settings, user, running)
 
+    def utilization(self):
+        from gpulab.hub.utilization import ServerReported
+
+        return ServerReported()  # the GPUs are on the nodes: each server reports its own
+
     def doctor(self) -> list[Check]:
         ids = self.settings.gpus.ids
         gpus = (

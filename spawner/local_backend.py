@@ -71,6 +71,11 @@ class LocalBackend:
 
         return local_homes(self.settings, in_use=lambda _user: running)
 
+    def utilization(self):
+        from gpulab.hub.utilization import NvmlUtilization
+
+        return NvmlUtilization()  # the hub reads the GPUs of its own machine
+
     def doctor(self) -> list[Check]:
         return [
             ("GPUs", self._check_gpus()),

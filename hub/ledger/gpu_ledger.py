@@ -58,11 +58,19 @@ class GpuLedger:
     """Grants GPUs from an inventory to (user, server) pairs, within quotas.
 
     ``version`` counts the changes this process committed (the hub is the ledger's one
-    writer); ``on_change`` callbacks run after each, in the committing thread.
+    writer); ``on_change`` callbacks run after each, in the committing thread. ``clock``
+    stamps every time the ledger writes (grants, events, usage, the queue, operations).
     """
 
-    def __init__(self, url: str, inventory: Iterable[Gpu], quotas: GpuSettings | None = None):
+    def __init__(
+        self,
+        url: str,
+        inventory: Iterable[Gpu],
+        quotas: GpuSettings | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ):
         self.inventory = list(inventory)
+        self.clock = clock
         self.quotas = quotas or GpuSettings()
         self.engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         path = url.split("///", 1)[-1] if url.startswith("sqlite:///") else ":memory:"
@@ -296,7 +304,7 @@ class GpuLedger:
                 if allowed:
                     spread = max(len(gpus) for gpus in by_node(free).values())
                 raise NoGpuFree(total, len(free), len(self.inventory), holders, len(ahead), spread)
-            now = utcnow()
+            now = self.clock()
             for server, gpus in chosen.items():
                 for gpu in gpus:
                     conn.execute(
@@ -350,17 +358,27 @@ class GpuLedger:
         return released
 
     def sample(
-        self, user: str, server: str, seconds: float, utilization: float, busy: bool
+        self,
+        user: str,
+        server: str,
+        seconds: float,
+        utilization: float,
+        busy: bool,
+        gpu_id: str | None = None,
     ) -> None:
-        """Account ``seconds`` of the server's GPUs at ``utilization`` percent (the hub's
-        sample of it), busy or idle as the idle reclaim judges it."""
+        """Account ``seconds`` of the server's GPUs (or of its GPU ``gpu_id``) at
+        ``utilization`` percent (the hub's sample of it), busy or idle as the idle reclaim
+        judges it."""
         seconds = max(0.0, seconds)
         utilization = min(100.0, max(0.0, utilization))
         c = usage_table.c
+        where = [c.user == user, c.server == server, c.end.is_(None)]
+        if gpu_id is not None:
+            where.append(c.gpu_id == gpu_id)
         with self.engine.begin() as conn:
             conn.execute(
                 update(usage_table)
-                .where(c.user == user, c.server == server, c.end.is_(None))
+                .where(*where)
                 .values(
                     sampled_seconds=c.sampled_seconds + seconds,
                     busy_seconds=c.busy_seconds + (seconds if busy else 0.0),
@@ -379,7 +397,9 @@ class GpuLedger:
                 conn.execute(update(queue_table).where(*where).values(count=count))
                 return row.id
             result = conn.execute(
-                insert(queue_table).values(user=user, server=server, count=count, since=utcnow())
+                insert(queue_table).values(
+                    user=user, server=server, count=count, since=self.clock()
+                )
             )
             return result.inserted_primary_key[0]
 
@@ -433,7 +453,7 @@ class GpuLedger:
             gpus=fields.pop("gpus", 0),
             reason=fields.pop("reason", ""),
             message=fields.pop("message", ""),
-            started=utcnow(),
+            started=self.clock(),
             deadline=fields.pop("deadline", None),
             finished=None,
             detail=json.dumps(fields.pop("detail", {})),
@@ -449,7 +469,7 @@ class GpuLedger:
             fields["detail"] = json.dumps(fields["detail"])
         ending = fields.get("state") in FINAL_STATES
         if ending:
-            fields.setdefault("finished", utcnow())
+            fields.setdefault("finished", self.clock())
         where = (operations_table.c.user == user, operations_table.c.server == server)
         with self.engine.begin() as conn:
             before = conn.scalar(select(operations_table.c.state).where(*where))
@@ -510,14 +530,14 @@ class GpuLedger:
                 update(usage_table)
                 .where(usage_table.c.user == user, usage_table.c.server == server)
                 .where(usage_table.c.end.is_(None))
-                .values(end=utcnow())
+                .values(end=self.clock())
             )
         return ids
 
     def _record(
         self, conn: Connection, action: str, user: str, server: str, ids: list[str], reason: str
     ) -> None:
-        now = utcnow()
+        now = self.clock()
         for gpu_id in ids:
             conn.execute(
                 insert(events_table).values(

@@ -44,6 +44,17 @@ class RecordingSwitch(GpuSwitch):
         self.ledger.release(spawner.user.name, spawner.name, reason=reason)
 
 
+class HubReadings:
+    """What the hub reads of each GPU itself (NVML on its machine); none by default, so
+    each server's own report counts."""
+
+    def __init__(self):
+        self.values: dict[str, float] = {}
+
+    def read(self, gpu_ids):
+        return {gpu: self.values[gpu] for gpu in gpu_ids if gpu in self.values}
+
+
 @pytest.fixture
 def hub(tmp_path):
     settings = Settings(
@@ -60,7 +71,8 @@ def hub(tmp_path):
         settings.gpus,
     )
     clock = Clock(START)
-    switch = RecordingSwitch(ledger, settings, clock=clock)
+    nvml = HubReadings()
+    switch = RecordingSwitch(ledger, settings, clock=clock, utilization=nvml)
     spawners = {}
 
     def spawn(user: str, profile: str, **activity) -> None:
@@ -82,7 +94,9 @@ def hub(tmp_path):
     ledger.reserve("nobody", "", 1)
     clock.now = ledger.grants("nobody")[0].granted_at.timestamp()
     ledger.release("nobody", "")
-    return SimpleNamespace(switch=switch, ledger=ledger, clock=clock, spawn=spawn, check=check)
+    return SimpleNamespace(
+        switch=switch, ledger=ledger, clock=clock, spawn=spawn, check=check, nvml=nvml
+    )
 
 
 def test_an_idle_gpu_is_returned_once_its_profiles_time_has_passed(hub):
@@ -140,3 +154,50 @@ def test_every_round_accounts_each_servers_gpu_time_busy_or_idle(hub):
     assert rows["bob"].sampled_seconds == pytest.approx(4 + 2 + late["bob"])
     assert rows["bob"].busy_seconds == 0
     assert rows["alice"].profile == "" and rows["alice"].kind == "server"
+
+
+def test_the_hubs_own_reading_of_a_gpu_counts_over_what_the_server_says(hub):
+    """Where the hub reads NVML itself (the local backend), a user's server cannot keep an
+    idle GPU by saying it computes, nor have its busy GPU accounted idle."""
+    hub.spawn("mallory", "gpu-idle", gpu_utilization=99)  # her server says: busy
+    hub.spawn("alice", "gpu-idle", gpu_utilization=0)  # hers says: idle
+    mallory, alice = (hub.ledger.grants(u)[0].gpu_id for u in ("mallory", "alice"))
+    hub.nvml.values = {mallory: 0.0, alice: 70.0}  # what the GPUs actually do
+    granted = max(g.granted_at.timestamp() for g in hub.ledger.grants())
+    hub.clock.now = granted
+    assert hub.check(after=5) == []
+    assert hub.check(after=4) == ["mallory"]  # idle for its 8 s, whatever it said
+    now = hub.ledger.grants()[0].granted_at + timedelta(hours=1)
+    rows = {h.user: h for h in hub.ledger.usage(now - timedelta(hours=2), now)}
+    assert rows["mallory"].busy_seconds == 0 and rows["mallory"].sampled_seconds > 0
+    assert rows["alice"].busy_seconds == rows["alice"].sampled_seconds > 0
+    assert rows["alice"].utilization_seconds == pytest.approx(rows["alice"].sampled_seconds * 0.7)
+
+
+def test_a_server_with_two_gpus_is_accounted_gpu_by_gpu(tmp_path):
+    """One GPU of two computing: one busy holding, one idle (not both busy)."""
+    settings = Settings(
+        gpus=GpuSettings(ids=["0", "1"], reclaim_interval=60),
+        profiles=[Profile(slug="gpu-2", gpus=2, default=True)],
+    )
+    ledger = GpuLedger(
+        f"sqlite:///{tmp_path / 'ledger.sqlite'}",
+        [Gpu(id="0", index=0), Gpu(id="1", index=1)],
+        settings.gpus,
+    )
+    nvml = HubReadings()
+    nvml.values = {"0": 80.0}  # GPU 1 unread: the server's own report (3%) counts for it
+    ledger.reserve("bob", "", 2, profile="gpu-2")
+    clock = Clock(ledger.grants()[0].granted_at.timestamp())
+    switch = RecordingSwitch(ledger, settings, clock=clock, utilization=nvml)
+    spawner = SimpleNamespace(
+        user=SimpleNamespace(name="bob"), name="", ready=True, pending=None, profile_slug="gpu-2"
+    )
+    switch.answers["bob"] = {"busy_kernels": 0, "restoring": False, "gpu_utilization": 3}
+    clock.now += 30
+    asyncio.run(switch.reclaim_idle(lambda user, server: spawner))
+    now = ledger.grants()[0].granted_at + timedelta(hours=1)
+    by_gpu = {h.gpu_id: h for h in ledger.usage(now - timedelta(hours=2), now)}
+    assert by_gpu["0"].busy_seconds == pytest.approx(30)
+    assert by_gpu["1"].busy_seconds == 0
+    assert by_gpu["1"].utilization_seconds == pytest.approx(0.9)
