@@ -13,7 +13,9 @@ A. JupyterHub with jupyterhub-idle-culler as zero-to-jupyterhub sets it up (``cu
 B. gpulab's idle reclaim, decided by gpulab's own code: a real ``GpuLedger`` (SQLite in a
    temporary folder, stamped by the virtual clock) with its queue (``enqueue``,
    ``reserve(..., waiter=)``), and the real ``GpuSwitch.reclaim_idle`` every
-   ``gpus.reclaim_interval`` (60 s), with ``idle_return: 10m`` on profile ``gpu-1``: the
+   ``gpus.reclaim_interval`` (60 s), with ``idle_return: 10m`` on profile ``gpu-1`` and the
+   hub's ``gpus.idle_return_when_queued`` (2 min: while requests wait for more GPUs than
+   are free, the idlest servers idle that long give theirs back, as many as are lacking): the
    thought between the cells of a session lasts minutes (at most 10 in the day below),
    so a session never loses its GPU half-way; the tens of minutes between sessions,
    lunch, meetings and the night give it back. The replay answers the switch's
@@ -66,7 +68,7 @@ Goals: held-but-idle GPU-hours of B at most 20% of A's (-80%); no state lost in 
 median wait for a GPU in B <= 30 s.
 
     .venv/bin/python benchmarks/gpu_day.py [--seed 1] [--users 50] [--gpus 8] [--hours 24]
-        [--idle-return 10m]
+        [--idle-return 10m] [--when-queued 2m]
 
 Last line: ``idle_gpu_hours_saved_ratio: <held-but-idle GPU-hours of B / those of A>``.
 """
@@ -652,13 +654,22 @@ class ReclaimDay(Replay):
 
     policy = "B: gpulab reclaim"
 
-    def __init__(self, plans: list[Plan], gpus: int, hours: float, idle_return: str, folder):
+    def __init__(
+        self,
+        plans: list[Plan],
+        gpus: int,
+        hours: float,
+        idle_return: str,
+        when_queued: str,
+        folder,
+    ):
         super().__init__(plans, gpus, hours)
         self.settings = Settings(
             gpus=GpuSettings(
                 ids=[str(i) for i in range(gpus)],
                 reclaim_interval=RECLAIM_INTERVAL,
                 acquire_timeout=ACQUIRE_TIMEOUT,
+                idle_return_when_queued=when_queued,
             ),
             profiles=[Profile(slug="gpu-1", gpus=1, default=True, idle_return=idle_return)],
         )
@@ -919,7 +930,7 @@ def replay(args: argparse.Namespace) -> tuple[list[Plan], Figures, Figures]:
     cull_phase = rng.uniform(0, CULL_EVERY)  # the culler's rounds start with the hub
     a = asyncio.run(CullerDay(plans, args.gpus, args.hours, cull_phase).run())
     with tempfile.TemporaryDirectory(prefix="gpulab-day-") as folder:
-        day = ReclaimDay(plans, args.gpus, args.hours, args.idle_return, folder)
+        day = ReclaimDay(plans, args.gpus, args.hours, args.idle_return, args.when_queued, folder)
         b = asyncio.run(day.run())
         day.ledger.engine.dispose()
     return plans, a, b
@@ -935,7 +946,8 @@ def report(args: argparse.Namespace, plans: list[Plan], a: Figures, b: Figures) 
     jobs = [job for p in plans for _, job in p.jobs]
     out(
         f"gpu_day: {args.users} users, {args.gpus} GPUs, 08:00 + {args.hours:g} h, "
-        f"seed {args.seed}; B: idle_return {args.idle_return}, reclaim every "
+        f"seed {args.seed}; B: idle_return {args.idle_return} "
+        f"({args.when_queued or 'unchanged'} while others wait), reclaim every "
         f"{RECLAIM_INTERVAL} s"
     )
     out(
@@ -1023,6 +1035,11 @@ def main(argv: list[str] | None = None) -> DayResult:
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--hours", type=float, default=24.0, help="the window, from 08:00")
     parser.add_argument("--idle-return", default="10m", help="profile gpu-1's idle_return (B)")
+    parser.add_argument(
+        "--when-queued",
+        default=GpuSettings.idle_return_when_queued,
+        help="gpus.idle_return_when_queued (B; default: the hub's; '' turns it off)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.users <= 10_000:
         parser.error("--users: 1 to 10000")
@@ -1033,6 +1050,7 @@ def main(argv: list[str] | None = None) -> DayResult:
     try:
         if not parse_duration(args.idle_return, "--idle-return"):
             parser.error("--idle-return: more than 0 (without it nothing is reclaimed)")
+        parse_duration(args.when_queued, "--when-queued")
     except SettingsError as e:
         parser.error(str(e))
     plans, a, b = replay(args)

@@ -28,6 +28,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 
 from .ledger import GpuLedger, LedgerError, NoGpuFree, Operation, Waiter, is_workload, utcnow
@@ -446,8 +447,9 @@ class GpuSwitch:
 
     async def reclaim_idle(self, find_spawner) -> list[str]:
         """Sample the utilisation of every server's GPUs for usage accounting, and return
-        the GPUs of servers whose profile's ``idle_return`` has passed."""
-        returned = []
+        the GPUs of servers whose profile's ``idle_return`` has passed; while requests
+        wait for more GPUs than are free, also those idle ``gpus.idle_return_when_queued``
+        (the idlest first, as many as the queue lacks)."""
         now = self.clock()
         holders: dict[tuple[str, str], list] = {}
         for g in self.ledger.grants():
@@ -455,49 +457,78 @@ class GpuSwitch:
                 holders.setdefault((g.user, g.server), []).append(g)
         for key in set(self._sampled) - set(holders):
             del self._sampled[key]  # released since: its next grant is sampled afresh
-        for (user, server), grants in holders.items():
-            grant = grants[0]
-            spawner = find_spawner(user, server)
-            if spawner is None or not spawner.ready or spawner.pending or unavailable(spawner):
-                continue
-            profile = self._profile(spawner)
-            limit = profile.idle_return_seconds if profile else 0
-            op = self.ledger.operation(user, server)
-            if op is not None and op.active:
-                continue
-            try:
-                activity = await self.activity(spawner)
-            except SwitchError as e:
-                log.warning("Idle check of %s failed: %s", label(user, server), e)
-                continue
-            key = (user, server)
-            gpus = [g.gpu_id for g in grants]
-            by_gpu = readings(self.utilization, gpus, activity.get("gpu_utilization"))
-            utilization = max(by_gpu.values(), default=0.0)
-            self._sample(key, grant, by_gpu, now)
-            if not limit:
-                continue
-            busy_gpu = utilization > self.settings.gpus.idle_utilization
-            if activity["busy_kernels"] or activity["restoring"] or busy_gpu:
-                self._last_busy[key] = now
-            since = max(
-                grant.granted_at.timestamp(),
-                activity.get("started") or 0,
-                activity.get("last_activity") or 0,
-                self._last_busy.get(key, 0),
-                op.finished.timestamp() if op is not None and op.finished else 0,
-            )
-            if now - since < limit:
-                continue
-            idle = _duration(now - since)
-            try:
-                await self.return_gpu(spawner, f"reclaimed: GPU idle for {idle}")
-            except SwitchError as e:
-                log.warning("Could not reclaim %s's idle GPU: %s", label(user, server), e)
-                continue
-            self._last_busy.pop(key, None)
-            returned.append(label(user, server))
+        idle: list[_Idle] = []
+        for key, grants in holders.items():
+            found = await self._idle_check(find_spawner, key, grants, now)
+            if found is not None:
+                idle.append(found)
+        returned = []
+        for server in idle:
+            if server.seconds >= server.limit and await self._reclaim(server, ""):
+                returned.append(label(*server.key))
+        when_queued = self.settings.gpus.idle_return_when_queued_seconds
+        snapshot = self.ledger.snapshot()
+        short = sum(w.count for w in snapshot.queue) - snapshot.free
+        if when_queued and short > 0:
+            waited = f" while {short} more GPU(s) were waited for"
+            for server in sorted(idle, key=lambda s: -s.seconds):
+                if short <= 0:
+                    break
+                if (
+                    server.seconds < min(server.limit, when_queued)
+                    or server.seconds >= server.limit
+                ):
+                    continue  # not idle long enough; or already returned above
+                if await self._reclaim(server, waited):
+                    returned.append(label(*server.key))
+                    short -= server.gpus
         return returned
+
+    async def _idle_check(self, find_spawner, key, grants, now: float) -> _Idle | None:
+        """Sample a server's GPUs; how long it has been idle, if it may be reclaimed at all
+        (its profile has an ``idle_return``)."""
+        user, server = key
+        grant = grants[0]
+        spawner = find_spawner(user, server)
+        if spawner is None or not spawner.ready or spawner.pending or unavailable(spawner):
+            return None
+        profile = self._profile(spawner)
+        limit = profile.idle_return_seconds if profile else 0
+        op = self.ledger.operation(user, server)
+        if op is not None and op.active:
+            return None
+        try:
+            activity = await self.activity(spawner)
+        except SwitchError as e:
+            log.warning("Idle check of %s failed: %s", label(user, server), e)
+            return None
+        gpus = [g.gpu_id for g in grants]
+        by_gpu = readings(self.utilization, gpus, activity.get("gpu_utilization"))
+        self._sample(key, grant, by_gpu, now)
+        if not limit:
+            return None
+        busy_gpu = max(by_gpu.values(), default=0.0) > self.settings.gpus.idle_utilization
+        if activity["busy_kernels"] or activity["restoring"] or busy_gpu:
+            self._last_busy[key] = now
+        since = max(
+            grant.granted_at.timestamp(),
+            activity.get("started") or 0,
+            activity.get("last_activity") or 0,
+            self._last_busy.get(key, 0),
+            op.finished.timestamp() if op is not None and op.finished else 0,
+        )
+        return _Idle(key, spawner, now - since, limit, len(gpus))
+
+    async def _reclaim(self, server: _Idle, why: str) -> bool:
+        try:
+            await self.return_gpu(
+                server.spawner, f"reclaimed: GPU idle for {_duration(server.seconds)}{why}"
+            )
+        except SwitchError as e:
+            log.warning("Could not reclaim %s's idle GPU: %s", label(*server.key), e)
+            return False
+        self._last_busy.pop(server.key, None)
+        return True
 
     def _sample(self, key: tuple[str, str], grant, by_gpu: dict[str, float], now: float) -> None:
         """Account the time since the server's last sample (at most two rounds: a longer
@@ -539,6 +570,18 @@ class GpuSwitch:
                 await self.reclaim_idle(find_spawner)
             except Exception:  # noqa: BLE001 -- try again next round
                 log.exception("Idle GPU check failed")
+
+
+@dataclass(frozen=True)
+class _Idle:
+    """A server the idle reclaim may return the GPUs of: idle ``seconds``, its profile's
+    ``limit`` (its ``idle_return``), how many GPUs it holds."""
+
+    key: tuple[str, str]
+    spawner: object
+    seconds: float
+    limit: float
+    gpus: int
 
 
 def _slug(spawner) -> str:

@@ -165,6 +165,7 @@ def _validate(s: Settings) -> None:
         p.idle_return_seconds  # noqa: B018 -- raises SettingsError when malformed
         _validate_tolerations(p.tolerations, f"profiles.{p.slug}.tolerations")
     _validate_tolerations(s.kubernetes.gpu_tolerations, "kubernetes.gpu_tolerations")
+    s.gpus.idle_return_when_queued_seconds  # noqa: B018 -- raises SettingsError when malformed
     for name in ("acquire_timeout", "reclaim_interval"):
         if getattr(s.gpus, name) < 1:
             raise SettingsError(f"gpus.{name}: must be 1 second or more")

@@ -79,6 +79,11 @@ class GpuSettings:
     reclaim_interval: int = 60
     """Seconds between checks for idle GPUs (profiles' ``idle_return``), which are also the
     samples of each server's GPU utilisation for usage accounting (docs/usage.md)."""
+    idle_return_when_queued: str = "2m"
+    """While requests wait in the queue for GPUs, a server of a profile with an
+    ``idle_return`` gives its GPUs back (keeping its state) once idle this long, if that
+    is sooner than its profile's; empty or ``0``: the profile's alone
+    (docs/return-gpu.md)."""
     idle_utilization: int = 5
     """A GPU busier than this (percent, from NVML) is not idle, and counts as busy in usage
     accounting."""
@@ -91,6 +96,10 @@ class GpuSettings:
     """How many of a notebook's kernel checkpoints its server keeps on the home, in
     ``~/.gpulab/checkpoints``, once one was restored (``gpulab gpu checkpoints`` lists and
     restores them); one whose restore failed is kept until its owner restores or deletes it."""
+
+    @property
+    def idle_return_when_queued_seconds(self) -> float:
+        return parse_duration(self.idle_return_when_queued, "gpus.idle_return_when_queued")
 
 
 @dataclass

@@ -58,16 +58,17 @@ class HubReadings:
 @pytest.fixture
 def hub(tmp_path):
     settings = Settings(
-        gpus=GpuSettings(ids=["0", "1"], reclaim_interval=1),
+        gpus=GpuSettings(ids=["0", "1", "2"], reclaim_interval=1),
         profiles=[
             Profile(slug="cpu", default=True),
             Profile(slug="gpu-idle", gpus=1, idle_return="8s"),
             Profile(slug="gpu-keep", gpus=1),
+            Profile(slug="gpu-long", gpus=1, idle_return="1h"),
         ],
     )
     ledger = GpuLedger(
         f"sqlite:///{tmp_path / 'ledger.sqlite'}",
-        [Gpu(id="0", index=0), Gpu(id="1", index=1)],
+        [Gpu(id="0", index=0), Gpu(id="1", index=1), Gpu(id="2", index=2)],
         settings.gpus,
     )
     clock = Clock(START)
@@ -201,3 +202,33 @@ def test_a_server_with_two_gpus_is_accounted_gpu_by_gpu(tmp_path):
     assert by_gpu["0"].busy_seconds == pytest.approx(30)
     assert by_gpu["1"].busy_seconds == 0
     assert by_gpu["1"].utilization_seconds == pytest.approx(0.9)
+
+
+def test_while_others_wait_the_idlest_servers_give_back_as_many_gpus_as_the_queue_lacks(hub):
+    """gpus.idle_return_when_queued (2 min by default): a profile's hour of idle_return is
+    cut short while requests wait, for the idlest servers first, no more than needed; a
+    profile without idle_return keeps its GPU."""
+    hub.spawn("alice", "gpu-long")
+    hub.clock.now += 60
+    hub.spawn("bob", "gpu-long")
+    hub.spawn("dave", "gpu-keep")
+    hub.switch.answers["dave"]["last_activity"] = hub.clock.now - 86_400  # idle for a day
+    assert hub.check(after=240) == []  # idle 5 and 4 min: nobody waits, the hour holds
+    hub.ledger.enqueue("carol", "", 1)  # carol asks for a GPU; none is free
+    assert hub.check(after=1) == ["alice"]  # the idlest, and only one
+    assert hub.switch.returned[-1][1].startswith("reclaimed: GPU idle for 5 min while")
+    hub.ledger.reserve("carol", "", 1, waiter=hub.ledger.queue()[0].id)
+    assert hub.check(after=1) == []  # nobody waits any more
+    hub.ledger.enqueue("erin", "", 1)
+    assert hub.check(after=1) == ["bob"]
+    assert hub.check(after=3600) == []  # dave's profile keeps its GPU, whoever waits
+    assert [g.user for g in hub.ledger.grants("dave")] == ["dave"]
+
+
+def test_a_server_idle_less_than_the_queued_limit_keeps_its_gpu(hub):
+    hub.spawn("alice", "gpu-long")
+    hub.spawn("bob", "gpu-long")
+    hub.spawn("dave", "gpu-long")
+    hub.ledger.enqueue("carol", "", 1)
+    assert hub.check(after=60) == []  # a minute idle: under the 2 min
+    assert hub.check(after=61)  # now one goes
