@@ -170,6 +170,18 @@ class GpuSwitch:
         except Exception:  # noqa: BLE001 -- a profile removed from the settings since
             return None
 
+    def _reclaim_profile(self, spawner, held: int):
+        """The profile whose ``idle_return`` holds for a server's ``held`` GPUs: its own;
+        for a server of a profile without GPUs that got some with Get GPU, the first
+        profile that grants as many (else the first with GPUs at all), so a CPU profile
+        is no way around the reclaim."""
+        profile = self._profile(spawner)
+        if profile is None or profile.gpus:
+            return profile
+        with_gpus = [p for p in self.settings.profiles if p.gpus]
+        fits = [p for p in with_gpus if p.gpus >= held]
+        return (fits or with_gpus or [profile])[0]
+
     def mover(self, spawner) -> Mover:
         """How this server's kernels move off and onto GPUs (``movers.py``)."""
         return MOVERS[switch_mode(spawner)](self)
@@ -492,7 +504,7 @@ class GpuSwitch:
         spawner = find_spawner(user, server)
         if spawner is None or not spawner.ready or spawner.pending or unavailable(spawner):
             return None
-        profile = self._profile(spawner)
+        profile = self._reclaim_profile(spawner, len(grants))
         limit = profile.idle_return_seconds if profile else 0
         op = self.ledger.operation(user, server)
         if op is not None and op.active:

@@ -232,3 +232,11 @@ def test_a_server_idle_less_than_the_queued_limit_keeps_its_gpu(hub):
     hub.ledger.enqueue("carol", "", 1)
     assert hub.check(after=60) == []  # a minute idle: under the 2 min
     assert hub.check(after=61)  # now one goes
+
+
+def test_a_cpu_server_that_got_a_gpu_is_reclaimed_as_a_gpu_profile_would_be(hub):
+    """Starting on the CPU profile (no idle_return) and pressing Get GPU is no way to
+    keep a GPU for ever: the first profile granting one GPU (gpu-idle, 8 s) holds."""
+    hub.spawn("mallory", "cpu")  # then Get GPU gave her server a GPU
+    assert hub.check(after=7) == []
+    assert hub.check(after=2) == ["mallory"]
