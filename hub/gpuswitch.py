@@ -458,17 +458,26 @@ class GpuSwitch:
     # -- idle reclaim --------------------------------------------------------------------
 
     async def reclaim_idle(self, find_spawner) -> list[str]:
-        """Sample the utilisation of every server's GPUs for usage accounting, and return
-        the GPUs of servers whose profile's ``idle_return`` has passed; while requests
-        wait for more GPUs than are free, also those idle ``gpus.idle_return_when_queued``
-        (the idlest first, as many as the queue lacks)."""
+        """Sample the utilisation of every server's GPUs (and of workload replicas', where
+        the hub reads GPUs itself) for usage accounting, and return the GPUs of servers
+        whose profile's ``idle_return`` has passed; while requests wait for more GPUs than
+        are free, also those idle ``gpus.idle_return_when_queued`` (the idlest first, as
+        many as the queue lacks)."""
         now = self.clock()
         holders: dict[tuple[str, str], list] = {}
+        replicas: dict[tuple[str, str], list] = {}
         for g in self.ledger.grants():
-            if not is_workload(g.server):
-                holders.setdefault((g.user, g.server), []).append(g)
-        for key in set(self._sampled) - set(holders):
+            (replicas if is_workload(g.server) else holders).setdefault(
+                (g.user, g.server), []
+            ).append(g)
+        for key in set(self._sampled) - set(holders) - set(replicas):
             del self._sampled[key]  # released since: its next grant is sampled afresh
+        for key, grants in replicas.items():
+            # a job's or model's replica: sampled where the hub reads the GPUs itself (it
+            # has no server to ask), never reclaimed
+            by_gpu = self.utilization.read([g.gpu_id for g in grants])
+            if by_gpu:
+                self._sample(key, grants[0], by_gpu, now)
         idle: list[_Idle] = []
         for key, grants in holders.items():
             found = await self._idle_check(find_spawner, key, grants, now)

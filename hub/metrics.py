@@ -73,8 +73,8 @@ class GpuCollector:
             CounterMetricFamily(
                 "gpulab_gpu_busy_seconds",
                 "GPU-seconds the hub's samples found busy (utilisation above "
-                f"{self.settings.gpus.idle_utilization}%), since the ledger began; only "
-                "notebook servers are sampled, not jobs' or models' replicas. Groups as in "
+                f"{self.settings.gpus.idle_utilization}%), since the ledger began; job and "
+                "model replicas only where the hub reads the GPUs itself. Groups as in "
                 "gpulab_gpu_held_seconds_total.",
                 labels=LABELS,
             ),

@@ -7,8 +7,9 @@ that overlap a period into rows by user, group, profile, kind of holder, GPU mod
 
 A holding cut by the period's ends counts the held seconds inside it; its sampled, busy
 and utilisation seconds are taken in the same proportion (samples are kept as totals per
-holding, not one by one). Workload replicas (jobs, models) are not sampled yet: their
-rows have held seconds and ``sampled_seconds`` 0.
+holding, not one by one). Workload replicas (jobs, models) are sampled only where the
+hub reads the GPUs itself (``Backend.utilization``); elsewhere their rows have held
+seconds and ``sampled_seconds`` 0.
 """
 
 from __future__ import annotations

@@ -279,7 +279,7 @@ def test_workloads_panel_follows_a_job_shows_its_log_and_cancels_it(hub, page):
         "No models deployed"
     )
     expect(panel.locator(".gpulab-wl-status")).to_contain_text("Updated")
-    # the month's GPU time: the job's two GPUs (replicas are held, not sampled: no share)
+    # the month's GPU time: the job's two GPUs (no NVML here: nothing sampled, no share)
     expect(panel.locator(".gpulab-wl-usage")).to_have_text(
         re.compile(r"^This month: (<0\.1|\d+\.\d) GPU-hours held$")
     )

@@ -240,3 +240,20 @@ def test_a_cpu_server_that_got_a_gpu_is_reclaimed_as_a_gpu_profile_would_be(hub)
     hub.spawn("mallory", "cpu")  # then Get GPU gave her server a GPU
     assert hub.check(after=7) == []
     assert hub.check(after=2) == ["mallory"]
+
+
+def test_job_replicas_are_sampled_where_the_hub_reads_the_gpus_and_never_reclaimed(hub):
+    hub.ledger.reserve_many("alice", [("job/7/worker-0", 1), ("job/7/worker-1", 1)])
+    hub.clock.now = hub.ledger.grants()[0].granted_at.timestamp()
+    worker0, worker1 = (g.gpu_id for g in sorted(hub.ledger.grants(), key=lambda g: g.server))
+    assert hub.check(after=1) == []  # nothing the hub reads: held, not sampled
+    hub.nvml.values = {worker0: 90.0, worker1: 0.0}
+    assert hub.check(after=1) == []  # never reclaimed, however idle
+    assert hub.check(after=3600) == []
+    now = hub.ledger.grants()[0].granted_at + timedelta(hours=2)
+    by_gpu = {h.gpu_id: h for h in hub.ledger.usage(now - timedelta(hours=3), now)}
+    # two seconds since the grant, then two (a round's gap is counted up to two rounds)
+    assert by_gpu[worker0].busy_seconds == pytest.approx(4)
+    assert by_gpu[worker1].busy_seconds == 0
+    assert by_gpu[worker1].sampled_seconds == pytest.approx(4)
+    assert len(hub.ledger.grants("alice")) == 2
