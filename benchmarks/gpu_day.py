@@ -82,6 +82,7 @@ import itertools
 import math
 import random
 import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -342,7 +343,7 @@ class Request:
     """B: the reservation in the ledger for the queue entry with this id."""
 
 
-class Replay:
+class Replay(ABC):
     """The day's events on a virtual clock (seconds since midnight). Each user's plan runs
     as a script (a generator) that yields what it waits for; the policy decides how a
     server gets a GPU and when it loses it."""
@@ -504,18 +505,21 @@ class Replay:
 
     # -- the policy's part
 
+    @abstractmethod
     def start(self) -> None:
         """Schedule the policy's own rounds."""
 
+    @abstractmethod
     def need_gpu(self, person: Person) -> None:
-        raise NotImplementedError
+        """The person needs a GPU for their next cell: spawn, respawn or Get GPU."""
 
+    @abstractmethod
     def cancel(self, person: Person) -> None:
         """The person stops waiting for a GPU."""
-        raise NotImplementedError
 
+    @abstractmethod
     def submit(self, person: Person, job: Job) -> None:
-        raise NotImplementedError
+        """A batch job asks for its GPUs."""
 
     def finish(self) -> Figures:
         f = self.figures
