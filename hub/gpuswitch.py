@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from .ledger import GpuLedger, LedgerError, NoGpuFree, Operation, Waiter, is_workload, utcnow
+from .ledger.usage import Sample
 from .movers import MOVERS, Mover
 from .servercalls import (
     SwitchError,
@@ -466,23 +467,27 @@ class GpuSwitch:
         now = self.clock()
         holders: dict[tuple[str, str], list] = {}
         replicas: dict[tuple[str, str], list] = {}
-        for g in self.ledger.grants():
+        held = self.ledger.grants()
+        for g in held:
             (replicas if is_workload(g.server) else holders).setdefault(
                 (g.user, g.server), []
             ).append(g)
         for key in set(self._sampled) - set(holders) - set(replicas):
             del self._sampled[key]  # released since: its next grant is sampled afresh
+        # the hub's own reading of every held GPU, once a round (none on kubernetes)
+        read = self.utilization.read([g.gpu_id for g in held])
+        samples: list[Sample] = []
         for key, grants in replicas.items():
             # a job's or model's replica: sampled where the hub reads the GPUs itself (it
             # has no server to ask), never reclaimed
-            by_gpu = self.utilization.read([g.gpu_id for g in grants])
-            if by_gpu:
-                self._sample(key, grants[0], by_gpu, now)
+            by_gpu = {g.gpu_id: read[g.gpu_id] for g in grants if g.gpu_id in read}
+            samples += self._sample(key, grants[0], by_gpu, now)
         idle: list[_Idle] = []
         for key, grants in holders.items():
-            found = await self._idle_check(find_spawner, key, grants, now)
+            found = await self._idle_check(find_spawner, key, grants, now, read, samples)
             if found is not None:
                 idle.append(found)
+        self.ledger.sample(samples)  # before any reclaim below closes a holding
         returned = []
         for server in idle:
             if server.seconds >= server.limit and await self._reclaim(server, ""):
@@ -505,9 +510,12 @@ class GpuSwitch:
                     short -= server.gpus
         return returned
 
-    async def _idle_check(self, find_spawner, key, grants, now: float) -> _Idle | None:
-        """Sample a server's GPUs; how long it has been idle, if it may be reclaimed at all
-        (its profile has an ``idle_return``)."""
+    async def _idle_check(
+        self, find_spawner, key, grants, now: float, read: dict[str, float], samples: list
+    ) -> _Idle | None:
+        """Sample a server's GPUs (into ``samples``; ``read``: the hub's own readings);
+        how long it has been idle, if it may be reclaimed at all (its profile has an
+        ``idle_return``)."""
         user, server = key
         grant = grants[0]
         spawner = find_spawner(user, server)
@@ -524,8 +532,8 @@ class GpuSwitch:
             log.warning("Idle check of %s failed: %s", label(user, server), e)
             return None
         gpus = [g.gpu_id for g in grants]
-        by_gpu = readings(self.utilization, gpus, activity.get("gpu_utilization"))
-        self._sample(key, grant, by_gpu, now)
+        by_gpu = readings(read, gpus, activity.get("gpu_utilization"))
+        samples += self._sample(key, grant, by_gpu, now)
         if not limit:
             return None
         busy_gpu = max(by_gpu.values(), default=0.0) > self.settings.gpus.idle_utilization
@@ -551,19 +559,23 @@ class GpuSwitch:
         self._last_busy.pop(server.key, None)
         return True
 
-    def _sample(self, key: tuple[str, str], grant, by_gpu: dict[str, float], now: float) -> None:
-        """Account the time since the server's last sample (at most two rounds: a longer
-        gap, a hub restart say, is not counted) at each GPU's utilisation seen now."""
+    def _sample(
+        self, key: tuple[str, str], grant, by_gpu: dict[str, float], now: float
+    ) -> list[Sample]:
+        """The time since the server's last sample (at most two rounds: a longer gap, a
+        hub restart say, is not counted) at each GPU's utilisation seen now."""
+        if not by_gpu:
+            return []
         since = max(self._sampled.get(key, 0), grant.granted_at.timestamp())
         seconds = min(now - since, 2 * self.settings.gpus.reclaim_interval)
         self._sampled[key] = now
         if seconds <= 0:
-            return
+            return []
         idle = self.settings.gpus.idle_utilization
-        for gpu, utilization in by_gpu.items():
-            self.ledger.sample(
-                *key, seconds=seconds, utilization=utilization, busy=utilization > idle, gpu_id=gpu
-            )
+        return [
+            Sample(*key, seconds=seconds, utilization=u, busy=u > idle, gpu_id=gpu)
+            for gpu, u in by_gpu.items()
+        ]
 
     async def activity(self, spawner) -> dict:
         """What the server's extension says of its kernels: busy ones, the last activity,

@@ -41,9 +41,8 @@ class ServerReported:
 
 
 def readings(
-    source: Utilization, gpu_ids: Sequence[str], reported: float | None
+    read: dict[str, float], gpu_ids: Sequence[str], reported: float | None
 ) -> dict[str, float]:
-    """Each of ``gpu_ids``'s utilisation: the source's reading, else the server's own
-    report (``reported``; 0 when it has none)."""
-    read = source.read(gpu_ids) if gpu_ids else {}
+    """Each of ``gpu_ids``'s utilisation: the hub's own reading (``read``), else the
+    server's report (``reported``; 0 when it has none)."""
     return {gpu: read.get(gpu, reported or 0.0) for gpu in gpu_ids}

@@ -37,6 +37,7 @@ from .records import (
     utcnow,
 )
 from .tables import (
+    ACCOUNTING,
     READ_ONLY,
     events_table,
     grants_table,
@@ -46,7 +47,7 @@ from .tables import (
     sqlite_immediate_transactions,
     usage_table,
 )
-from .usage import Holding
+from .usage import Holding, Sample
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,8 @@ class GpuLedger:
         self._on_finished.append(callback)
 
     def _committed(self, conn: Connection) -> None:
-        if conn.get_execution_options().get(READ_ONLY):
+        options = conn.get_execution_options()
+        if options.get(READ_ONLY) or options.get(ACCOUNTING):
             return
         self.version += 1
         for callback in list(self._on_change):
@@ -357,34 +359,28 @@ class GpuLedger:
             )
         return released
 
-    def sample(
-        self,
-        user: str,
-        server: str,
-        seconds: float,
-        utilization: float,
-        busy: bool,
-        gpu_id: str | None = None,
-    ) -> None:
-        """Account ``seconds`` of the server's GPUs (or of its GPU ``gpu_id``) at
-        ``utilization`` percent (the hub's sample of it), busy or idle as the idle reclaim
-        judges it."""
-        seconds = max(0.0, seconds)
-        utilization = min(100.0, max(0.0, utilization))
+    def sample(self, samples: Iterable[Sample]) -> None:
+        """Add a round of the hub's samples to the open holdings, in one transaction that
+        wakes no one (``ACCOUNTING``: no grant, queue entry or operation changes)."""
         c = usage_table.c
-        where = [c.user == user, c.server == server, c.end.is_(None)]
-        if gpu_id is not None:
-            where.append(c.gpu_id == gpu_id)
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(usage_table)
-                .where(*where)
-                .values(
-                    sampled_seconds=c.sampled_seconds + seconds,
-                    busy_seconds=c.busy_seconds + (seconds if busy else 0.0),
-                    utilization_seconds=c.utilization_seconds + seconds * utilization / 100,
-                )
-            )
+        with self.engine.connect() as conn:
+            conn.execution_options(**{ACCOUNTING: True})
+            with conn.begin():
+                for one in samples:
+                    seconds = max(0.0, one.seconds)
+                    utilization = min(100.0, max(0.0, one.utilization))
+                    where = [c.user == one.user, c.server == one.server, c.end.is_(None)]
+                    if one.gpu_id is not None:
+                        where.append(c.gpu_id == one.gpu_id)
+                    conn.execute(
+                        update(usage_table)
+                        .where(*where)
+                        .values(
+                            sampled_seconds=c.sampled_seconds + seconds,
+                            busy_seconds=c.busy_seconds + (seconds if one.busy else 0.0),
+                            utilization_seconds=c.utilization_seconds + seconds * utilization / 100,
+                        )
+                    )
 
     # -- the queue of Get GPU requests ---------------------------------------------------
 

@@ -90,6 +90,10 @@ operations_table = Table(
 READ_ONLY = "gpulab_read_only"
 """Execution option of a connection that only reads: its transaction takes no lock."""
 
+ACCOUNTING = "gpulab_accounting"
+"""Execution option of a connection that only adds to usage accounting: it writes, but
+changes nothing anyone waits on (no grant, queue entry or operation)."""
+
 
 def sqlite_immediate_transactions(engine) -> None:
     """Make every transaction that may write take SQLite's write lock up front (no lost

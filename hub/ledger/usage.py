@@ -29,6 +29,19 @@ NO_GROUP = ""
 
 
 @dataclass(frozen=True)
+class Sample:
+    """``seconds`` of a server's GPUs (or of its GPU ``gpu_id`` alone) at ``utilization``
+    percent, busy or idle as the idle reclaim judged it."""
+
+    user: str
+    server: str
+    seconds: float
+    utilization: float
+    busy: bool
+    gpu_id: str | None = None
+
+
+@dataclass(frozen=True)
 class Holding:
     gpu_id: str
     gpu_model: str

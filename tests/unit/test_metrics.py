@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gpulab.hub.inventory import Gpu
 from gpulab.hub.ledger import GpuLedger, utcnow
+from gpulab.hub.ledger.usage import Sample
 from gpulab.hub.metrics import ALL_TIME, GpuCollector, serve
 from gpulab.hub.settings import GpuSettings, Settings
 
@@ -45,12 +46,12 @@ def test_a_scrape_has_the_held_and_busy_seconds_the_pool_and_the_queue(tmp_path)
 
     # alice (two groups) held two GPUs, busy for 30 of the 40 sampled seconds
     ledger.reserve("alice", "", 2, groups=["team", "vision"], profile="gpu-2")
-    ledger.sample("alice", "", 30, utilization=80, busy=True)
-    ledger.sample("alice", "", 10, utilization=0, busy=False)
+    ledger.sample([Sample("alice", "", 30, 80, True)])
+    ledger.sample([Sample("alice", "", 10, 0, False)])
     ledger.release("alice", "")
     # bob (no group) holds one, sampled idle; a job's replica holds one, never sampled
     ledger.reserve("bob", "", 1, profile="gpu-1")
-    ledger.sample("bob", "", 20, utilization=1, busy=False)
+    ledger.sample([Sample("bob", "", 20, 1, False)])
     ledger.reserve("carol", "job/7/worker-0", 1)
     ledger.enqueue("dave", "", 2)
     holdings = ledger.usage(ALL_TIME, utcnow())
@@ -93,7 +94,7 @@ def test_a_scrape_has_the_held_and_busy_seconds_the_pool_and_the_queue(tmp_path)
 def test_a_restarted_hub_serves_the_same_totals_in_place_of_the_earlier_ones(tmp_path):
     ledger = make_ledger(tmp_path)
     ledger.reserve("alice", "", 1, groups=["team"], profile="gpu-1")
-    ledger.sample("alice", "", 12.5, utilization=90, busy=True)
+    ledger.sample([Sample("alice", "", 12.5, 90, True)])
     ledger.release("alice", "")
     (holding,) = ledger.usage(ALL_TIME, utcnow())
     registry = CollectorRegistry()

@@ -10,7 +10,7 @@ import pytest
 
 from gpulab.hub.inventory import Gpu
 from gpulab.hub.ledger import GpuLedger
-from gpulab.hub.ledger.usage import Holding, summarize, total
+from gpulab.hub.ledger.usage import Holding, Sample, summarize, total
 
 T0 = datetime(2026, 12, 1, 22, 0, tzinfo=UTC)
 H = timedelta(hours=1)
@@ -94,7 +94,10 @@ def test_the_ledger_keeps_a_holding_per_gpu_from_grant_to_release(tmp_path):
         [Gpu(id="0", index=0, model="H100"), Gpu(id="1", index=1, model="H100")],
     )
     ledger.reserve("alice", "", 2, groups=["nlp"], profile="gpu-2")
-    ledger.sample("alice", "", seconds=60, utilization=50, busy=True)
+    woken = []
+    ledger.on_change(lambda: woken.append(ledger.version))
+    ledger.sample([Sample("alice", "", 60, 50, True)])
+    assert woken == []  # a round of samples wakes no waiting lab nor Get GPU
     ledger.release("alice", "")
     ledger.reserve("alice", "", 1, profile="gpu-1")  # a new holding, sampled afresh
     now = datetime.now(UTC)
