@@ -15,25 +15,22 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .ledger import GpuLedger, Operation, utcnow
-from .ledger.usage import Totals
+from .ledger.usage import NO_GROUP
 from .settings import Settings
-
-ALL_TIME = datetime.min.replace(tzinfo=UTC)
-"""The start of the period the counters cover: before any holding."""
 
 LABELS = ("user", "group", "profile")
 """The labels of the held and busy counters."""
 
 
 class GpuCollector:
-    """The ledger's GPU series, computed at each scrape: one read of its holdings, and the
-    pool and queue as of its last change."""
+    """The ledger's GPU series, computed at each scrape: its all-time totals (the ended
+    holdings summed by the database, the open ones counted here), and the pool and
+    queue as of its last change."""
 
     def __init__(self, ledger: GpuLedger, settings: Settings):
         self.ledger = ledger
@@ -46,15 +43,15 @@ class GpuCollector:
 
     def collect(self) -> Iterator[Metric]:
         held, busy, gpus, queue = self._families()
-        now = utcnow()
-        totals: dict[tuple[str, str, str], Totals] = {}
-        for holding in self.ledger.usage(ALL_TIME, now):
-            for group in holding.keys("group"):
-                key = (holding.user, group, holding.profile)
-                totals.setdefault(key, Totals()).add(holding, ALL_TIME, now, now)
-        for key, total in sorted(totals.items()):
-            held.add_metric(key, total.held_seconds)
-            busy.add_metric(key, total.busy_seconds)
+        by_group: dict[tuple[str, str, str], list[float]] = {}
+        for total in self.ledger.usage_totals(utcnow()):
+            for group in total.groups or (NO_GROUP,):
+                sums = by_group.setdefault((total.user, group, total.profile), [0.0, 0.0])
+                sums[0] += total.held_seconds
+                sums[1] += total.busy_seconds
+        for key, (held_seconds, busy_seconds) in sorted(by_group.items()):
+            held.add_metric(key, held_seconds)
+            busy.add_metric(key, busy_seconds)
         snapshot = self.ledger.snapshot()
         gpus.add_metric(["free"], snapshot.free)
         gpus.add_metric(["held"], len(snapshot.pool) - snapshot.free)

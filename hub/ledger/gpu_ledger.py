@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 
-from sqlalchemy import create_engine, delete, event, insert, or_, select, update
+from sqlalchemy import create_engine, delete, event, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from ..inventory import Gpu
@@ -47,7 +47,7 @@ from .tables import (
     sqlite_immediate_transactions,
     usage_table,
 )
-from .usage import Holding, Sample
+from .usage import Holding, Sample, UsageTotal
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +192,30 @@ class GpuLedger:
             q = q.where(c.user == user)
         with self._reading() as conn:
             return [Holding.from_row(r) for r in conn.execute(q.order_by(c.start, c.id))]
+
+    def usage_totals(self, now: datetime) -> list[UsageTotal]:
+        """All-time GPU-seconds held and busy by user, groups and profile: the ended
+        holdings summed in SQL, the open ones counted until ``now``."""
+        c = usage_table.c
+        key = (c.user, c.groups, c.profile)
+        ended = (
+            select(*key, func.sum(c.held_seconds), func.sum(c.busy_seconds))
+            .where(c.end.is_not(None))
+            .group_by(*key)
+        )
+        totals: dict[tuple[str, str, str], list[float]] = {}
+        with self._reading() as conn:
+            for user, groups, profile, held, busy in conn.execute(ended):
+                totals[(user, groups, profile)] = [held or 0.0, busy or 0.0]
+            for row in conn.execute(select(usage_table).where(c.end.is_(None))):
+                held = max(0.0, (now - as_utc(row.start)).total_seconds())
+                sums = totals.setdefault((row.user, row.groups, row.profile), [0.0, 0.0])
+                sums[0] += held
+                sums[1] += row.busy_seconds
+        return [
+            UsageTotal(user, tuple(json.loads(groups)), profile, held, busy)
+            for (user, groups, profile), (held, busy) in sorted(totals.items())
+        ]
 
     def user_limit(self, user: str) -> int | None:
         limit = self.quotas.users.get(user, self.quotas.per_user)
@@ -522,12 +546,14 @@ class GpuLedger:
         if ids:
             conn.execute(delete(grants_table).where(*where))
             self._record(conn, "release", user, server, ids, reason)
-            conn.execute(
-                update(usage_table)
-                .where(usage_table.c.user == user, usage_table.c.server == server)
-                .where(usage_table.c.end.is_(None))
-                .values(end=self.clock())
-            )
+            c = usage_table.c
+            now = self.clock()
+            held = select(c.id, c.start).where(c.user == user, c.server == server, c.end.is_(None))
+            for row in conn.execute(held).all():
+                seconds = (now - as_utc(row.start)).total_seconds()
+                conn.execute(
+                    update(usage_table).where(c.id == row.id).values(end=now, held_seconds=seconds)
+                )
         return ids
 
     def _record(

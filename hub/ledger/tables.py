@@ -52,6 +52,8 @@ usage_table = Table(
     Column("profile", String(255), nullable=False, default=""),
     Column("start", DateTime(timezone=True), nullable=False, index=True),
     Column("end", DateTime(timezone=True), nullable=True, index=True),
+    # end - start, written with the end: all-time totals sum it in SQL (hub/metrics.py)
+    Column("held_seconds", Float, nullable=True),
     # seconds covered by samples, those the GPU was busy in, and the utilisation's
     # integral (GPU-seconds at 100%)
     Column("sampled_seconds", Float, nullable=False, default=0.0),

@@ -42,6 +42,17 @@ class Sample:
 
 
 @dataclass(frozen=True)
+class UsageTotal:
+    """All-time GPU-seconds held and busy of one user, groups and profile."""
+
+    user: str
+    groups: tuple[str, ...]
+    profile: str
+    held_seconds: float
+    busy_seconds: float
+
+
+@dataclass(frozen=True)
 class Holding:
     gpu_id: str
     gpu_model: str

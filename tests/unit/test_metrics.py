@@ -4,14 +4,18 @@ GPU-seconds held and busy by user, group and profile, the pool, the queue."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpulab.hub.inventory import Gpu
 from gpulab.hub.ledger import GpuLedger, utcnow
 from gpulab.hub.ledger.usage import Sample
-from gpulab.hub.metrics import ALL_TIME, GpuCollector, serve
+from gpulab.hub.metrics import GpuCollector, serve
 from gpulab.hub.settings import GpuSettings, Settings
+
+ALL_TIME = datetime.min.replace(tzinfo=UTC)
 
 SETTINGS = Settings(gpus=GpuSettings(ids=["0", "1", "2"]))
 
