@@ -48,15 +48,13 @@ def pending_signups(user) -> Callable[[], int | None] | None:
         return None
 
     def count() -> int | None:
-        if not isinstance(authenticator, NativeAuthenticator):
-            return None
         try:
-            query = authenticator.db.query(UserInfo).filter(UserInfo.is_authorized == false())
-            return query.count()
+            waiting = waiting_accounts(authenticator)
         except SQLAlchemyError as e:  # the page still shows, without the number
             log.warning("gpulab: cannot count the accounts waiting for approval: %s", e)
             authenticator.db.rollback()
             return None
+        return None if waiting is None else len(waiting)
 
     return count
 
