@@ -10,8 +10,8 @@ the server has just written it (that dialog held up Return GPU until someone ans
 
 The rooms are jupyter-collaboration's own (``jupyter_server_ydoc.rooms.DocumentRoom``),
 saved as its manual save does, without the debounce; the version is pinned in
-``pyproject.toml``, and ``tests/e2e/test_k8s_return_gpu.py`` checks that a change made
-just before a move is in the moved server's file.
+``pyproject.toml``, and ``tests/e2e/test_lab_browser_k8s.py`` checks that an output
+made just before a move (timed writes off) is in the moved server's file.
 """
 
 from __future__ import annotations
