@@ -58,6 +58,9 @@ Clock = Callable[[], float]
 
 
 class GpuSwitch:
+    activity_timeout = 30.0
+    """Seconds a round of the idle reclaim waits for one server to say what it does."""
+
     def __init__(
         self,
         ledger: GpuLedger,
@@ -482,11 +485,15 @@ class GpuSwitch:
             # has no server to ask), never reclaimed
             by_gpu = {g.gpu_id: read[g.gpu_id] for g in grants if g.gpu_id in read}
             samples += self._sample(key, grants[0], by_gpu, now)
-        idle: list[_Idle] = []
-        for key, grants in holders.items():
-            found = await self._idle_check(find_spawner, key, grants, now, read, samples)
-            if found is not None:
-                idle.append(found)
+        # every server at once: one that is slow to answer (its user controls it) holds up
+        # no one else's sample or reclaim
+        checks = await asyncio.gather(
+            *(
+                self._idle_check(find_spawner, key, grants, now, read, samples)
+                for key, grants in holders.items()
+            )
+        )
+        idle = [found for found in checks if found is not None]
         self.ledger.sample(samples)  # before any reclaim below closes a holding
         returned = []
         for server in idle:
@@ -527,9 +534,9 @@ class GpuSwitch:
         if op is not None and op.active:
             return None
         try:
-            activity = await self.activity(spawner)
-        except SwitchError as e:
-            log.warning("Idle check of %s failed: %s", label(user, server), e)
+            activity = await asyncio.wait_for(self.activity(spawner), self.activity_timeout)
+        except (SwitchError, TimeoutError) as e:
+            log.warning("Idle check of %s failed: %s", label(user, server), e or "no answer")
             return None
         gpus = [g.gpu_id for g in grants]
         by_gpu = readings(read, gpus, activity.get("gpu_utilization"))

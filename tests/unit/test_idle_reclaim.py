@@ -257,3 +257,20 @@ def test_job_replicas_are_sampled_where_the_hub_reads_the_gpus_and_never_reclaim
     assert by_gpu[worker1].busy_seconds == 0
     assert by_gpu[worker1].sampled_seconds == pytest.approx(4)
     assert len(hub.ledger.grants("alice")) == 2
+
+
+def test_a_server_that_does_not_answer_holds_up_no_one_elses_reclaim(hub):
+    """A user controls their server: one that never answers the round's question (or
+    answers slowly) must not keep the other servers' idle GPUs from going back."""
+    answer = hub.switch.activity
+
+    async def activity(spawner):
+        if spawner.user.name == "mallory":
+            await asyncio.sleep(3600)
+        return await answer(spawner)
+
+    hub.switch.activity = activity
+    hub.switch.activity_timeout = 0.5
+    hub.spawn("mallory", "gpu-idle")
+    hub.spawn("alice", "gpu-idle")
+    assert hub.check(after=9) == ["alice"]
