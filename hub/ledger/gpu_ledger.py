@@ -88,6 +88,7 @@ class GpuLedger:
                 .where(operations_table.c.kind == "acquire")
                 .values(kind="get")
             )
+            _add_usage_lengths(conn)
             self._account_earlier_grants(conn)
         if url.startswith("sqlite:///") and path != ":memory:":
             os.chmod(path, 0o600)  # grants name users; only the hub reads them
@@ -566,6 +567,19 @@ class GpuLedger:
                     at=now, action=action, user=user, server=server, gpu_id=gpu_id, reason=reason
                 )
             )
+
+
+def _add_usage_lengths(conn: Connection) -> None:
+    """A usage table made before holdings kept their length (``held_seconds``) gets the
+    column, filled for the ended holdings (``create_all`` adds tables, not columns)."""
+    columns = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(gpu_usage)")}
+    if "held_seconds" in columns:
+        return
+    conn.exec_driver_sql("ALTER TABLE gpu_usage ADD COLUMN held_seconds FLOAT")
+    conn.exec_driver_sql(
+        'UPDATE gpu_usage SET held_seconds = (julianday("end") - julianday(start)) * 86400 '
+        'WHERE "end" IS NOT NULL'
+    )
 
 
 def _label(user: str, server: str) -> str:

@@ -135,3 +135,23 @@ def test_grants_made_before_accounting_are_accounted_from_their_grant(tmp_path):
         "alice", "0", "H100", ("nlp",), granted, None,
     )  # fmt: skip
     assert len(GpuLedger(url, inventory).usage(now - H, now + H)) == 1  # once only
+
+
+def test_a_usage_table_from_before_holdings_kept_their_length_is_brought_up_to_date(
+    tmp_path,
+):
+    """A ledger whose usage table has no held_seconds column (made by an earlier build)
+    opens, its ended holdings counted in the all-time totals."""
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    inventory = [Gpu(id="0", index=0)]
+    ledger = GpuLedger(url, inventory)
+    ledger.reserve("alice", "", 1)
+    ledger.release("alice", "")
+    (ended,) = ledger.usage(datetime.now(UTC) - H, datetime.now(UTC) + H)
+    with ledger.engine.begin() as conn:  # as the earlier build left it
+        conn.exec_driver_sql("ALTER TABLE gpu_usage DROP COLUMN held_seconds")
+    ledger.engine.dispose()
+    again = GpuLedger(url, inventory)
+    (total,) = again.usage_totals(datetime.now(UTC))
+    assert total.user == "alice"
+    assert total.held_seconds == pytest.approx((ended.end - ended.start).total_seconds(), abs=1e-3)
