@@ -609,8 +609,13 @@ def test_a_killed_replica_frees_its_gpu_at_once(hub):
     submit(ivy, spec)
     wait_for(lambda: job(ivy, "victim")["state"] == "running", 60, "the job to run")
     assert list(hub.holders().values()) == ["ivy"]
-    found = subprocess.run(["pgrep", "-f", "^sleep 302$"], capture_output=True, text=True)
-    victims = set(map(int, found.stdout.split())) & set(hub.unix_pids("ivy"))
+
+    def replica() -> set[int]:
+        # "running" once the runner started it; its command may not have begun yet
+        found = subprocess.run(["pgrep", "-f", "^sleep 302$"], capture_output=True, text=True)
+        return set(map(int, found.stdout.split())) & set(hub.unix_pids("ivy"))
+
+    victims = wait_for(replica, 30, "the replica's command to run")
     assert len(victims) == 1
     killed = time.monotonic()
     os.kill(victims.pop(), 9)
