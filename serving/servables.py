@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import ModelConfig
-from .errors import FAILED_PRECONDITION, INVALID_ARGUMENT, NOT_FOUND, UNKNOWN, ServingError
+from .errors import FAILED_PRECONDITION, INVALID_ARGUMENT, NOT_FOUND, OK, UNKNOWN, ServingError
 
 log = logging.getLogger("gpulab.serving")
 
@@ -51,7 +51,7 @@ class Servable:
 @dataclass
 class VersionState:
     state: str = START
-    error_code: str = "OK"
+    error_code: str = OK
     error_message: str = ""
     servable: Servable | None = None
     stamp: float | None = None
@@ -257,8 +257,9 @@ class ModelRegistry:
         state = model.versions.get(version)
         if state is not None and state.state == AVAILABLE:
             return
-        if state is not None and state.state == END and state.stamp == stamp:
-            return  # failed before and unchanged since
+        if state is not None and state.state == END and state.error_code != OK:
+            if state.stamp == stamp:
+                return  # failed to load before, and unchanged since
         state = VersionState(LOADING, stamp=stamp)
         with self.lock:
             model.versions[version] = state
