@@ -42,6 +42,9 @@ ROLES = {
     "plain": ("worker",),
 }
 RESTART_POLICIES = ("Never", "OnFailure", "ExitCode")
+RUNS = ("command", "script", "module", "notebook")
+"""What a job runs: one of these."""
+NOTEBOOK_RUNNER = "gpulab.hub.workloads.notebook_job"
 SUCCESS_POLICIES = ("default", "all_workers")
 
 # Kubeflow's exit-code policy: these mean "try again" (the process was interrupted or
@@ -97,6 +100,9 @@ class JobSpec:
     active_deadline: float | None = None
     torchrun_nproc: int = 0
     """PyTorch: processes torchrun starts per replica (``PET_NPROC_PER_NODE``); 0: not set."""
+    notebook: str = ""
+    """The notebook the replicas run top to bottom (``notebook_job``), relative to the
+    home; empty: the job runs a command."""
 
     @property
     def gpus(self) -> int:
@@ -178,7 +184,7 @@ def _words(command: str) -> list[str]:
 
 
 def _unset_if_empty(value: object) -> object:
-    """An empty command, script or module is none given."""
+    """An empty command, script, module or notebook is none given."""
     return None if value in ("", []) else value
 
 
@@ -292,6 +298,11 @@ class JobBody(Body):
     module: Annotated[Module | None, BeforeValidator(_unset_if_empty)] = Field(
         None, description="Run as python -m MODULE ARGS."
     )
+    notebook: Annotated[HomePath | None, BeforeValidator(_unset_if_empty)] = Field(
+        None,
+        description="Run this notebook top to bottom (relative to the home); ARGS are its "
+        "parameters, NAME=VALUE.",
+    )
     args: Annotated[list[Scalar], Wanted("a list of strings")] = []
     replicas: shapes(
         "a count, or an object of role: {count, gpus, ...}",
@@ -327,15 +338,18 @@ class JobBody(Body):
 
     @model_validator(mode="after")
     def _one_command(self) -> JobBody:
-        given = [k for k in ("command", "script", "module") if getattr(self, k) is not None]
+        given = [k for k in RUNS if getattr(self, k) is not None]
         if len(given) > 1:
             raise FieldError(
-                f"give one of command, script or module, not {' and '.join(given)}", at=given[-1]
+                f"give one of command, script, module or notebook, not {' and '.join(given)}",
+                at=given[-1],
             )
         if self.args and not given:
-            raise FieldError("give them with a command, script or module", at="args")
+            raise FieldError("give them with a command, script, module or notebook", at="args")
         if not given and any(not g.command for _, g in self.groups()):
-            raise FieldError("give the job a command (or script / module)", at="command")
+            raise FieldError("give the job a command (or script / module / notebook)", "command")
+        if self.notebook is not None:
+            _notebook_rules(self)
         return self
 
     @model_validator(mode="after")
@@ -367,7 +381,20 @@ class JobBody(Body):
             return [python, self.script, *args]
         if self.module is not None:
             return [python, "-m", self.module, *args]
+        if self.notebook is not None:
+            return [python, "-m", NOTEBOOK_RUNNER, self.notebook, *args]
         return [*_python(self.command, python), *args] if self.command else []
+
+
+def _notebook_rules(job: JobBody) -> None:
+    if not job.notebook.endswith(".ipynb"):
+        raise FieldError(f"a notebook (.ipynb) (got {shown(job.notebook)})", at="notebook")
+    for i, arg in enumerate(job.args):
+        name, eq, _ = str(arg).partition("=")
+        if not eq or not name.removeprefix("--").isidentifier():
+            raise FieldError(
+                f"a notebook's parameter, NAME=VALUE (got {shown(arg)})", at=f"args.{i}"
+            )
 
 
 def _tensorflow_rules(groups: dict[str, ReplicaGroupBody]) -> None:
@@ -402,6 +429,7 @@ def parse_job(body: object, python: str = "python") -> JobSpec:
         success_policy=job.success_policy,
         active_deadline=job.active_deadline,
         torchrun_nproc=job.nproc(),
+        notebook=job.notebook or "",
     )
 
 
@@ -472,12 +500,13 @@ def cluster_env(
 def success_roles(spec: JobSpec) -> tuple[str, list[int]] | None:
     """Which replicas' success is the job's success: (role, indexes); None: all of them.
 
-    TensorFlow: the chief, else worker 0 (or every worker with ``all_workers``);
-    PyTorch: worker 0 (rank 0), or every worker; plain jobs: every replica.
+    As Kubeflow's training operator decides it: TensorFlow: the chief, else worker 0
+    (or every worker with ``all_workers``); PyTorch (which has no master role here):
+    every worker, so no rank is stopped while it still runs; plain jobs: every replica.
     """
     if spec.framework == "plain":
         return None
-    if spec.success_policy == "all_workers":
+    if spec.framework == "pytorch" or spec.success_policy == "all_workers":
         worker = spec.group("worker")
         if worker is not None:
             return "worker", list(range(worker.count))

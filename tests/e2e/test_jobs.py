@@ -191,6 +191,47 @@ def test_pytorch_job_all_reduces_and_holds_gpus_from_the_ledger(hub):
     assert {e["action"] for e in events["events"]} == {"grant", "release"}
 
 
+TORCH_UNEVEN = textwrap.dedent(
+    """
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    dist.barrier()
+    dist.destroy_process_group()
+    if rank:  # rank 0 is done first; the others still have work to finish
+        with open(f"started-{rank}", "w"):
+            pass
+        import os, time
+        while not os.path.exists("finish"):
+            time.sleep(0.05)
+    print(f"rank {rank} done", flush=True)
+    """
+)
+
+
+def test_a_pytorch_job_ends_when_every_worker_has(hub):
+    """Kubeflow's rule for a PyTorch job with no master: all workers. Rank 0 ending first
+    stops no one, and the job succeeds only when the last worker does."""
+    pia = hub.create_user("pia")
+    put_file(hub, "pia", "uneven.py", TORCH_UNEVEN)
+    submit(pia, {"name": "uneven", "framework": "pytorch", "script": "uneven.py", "replicas": 3})
+    home = home_of(hub, "pia").home
+    wait_for(
+        lambda: all((home / f"started-{r}").exists() for r in (1, 2)),
+        120,
+        "ranks 1 and 2 to be past the barrier",
+    )
+    wait_for(lambda: "rank 0 done" in logs(pia, "uneven", "worker-0"), 60, "rank 0 to finish first")
+    assert job(pia, "uneven")["state"] == "running"  # ranks 1 and 2 still work
+    put_file(hub, "pia", "finish", "")
+    done = wait_job(pia, "uneven")
+    assert done["state"] == "succeeded", done["message"]
+    for rank in range(3):
+        assert logs(pia, "uneven", f"worker-{rank}").rstrip().endswith(f"rank {rank} done")
+    assert {r["state"] for r in done["replicas"]} == {"succeeded"}
+
+
 def test_restart_policies_and_failure_reasons(hub):
     carol = hub.create_user("carol")
     # worker-1 is killed (137) on its first attempt, then succeeds: retried by ExitCode
@@ -624,3 +665,76 @@ def test_a_killed_replica_frees_its_gpu_at_once(hub):
     print(f"killed replica to GPU free: {time.monotonic() - killed:.2f} s")
     ended = wait_job(ivy, "victim", timeout=60)
     assert ended["state"] == "failed" and "worker-0" in ended["message"], ended
+
+
+NOTEBOOK = {
+    "cells": [
+        {
+            "cell_type": "code",
+            "metadata": {"tags": ["parameters"]},
+            "source": "lr = 1.0",
+            "outputs": [],
+            "execution_count": None,
+        },
+        {
+            "cell_type": "code",
+            "metadata": {},
+            "source": "import os\nreplica = os.environ['GPULAB_REPLICA']\n"
+            "print('replica', replica, 'of', os.environ['GPULAB_REPLICAS'])\n"
+            "print(f'gpulab-metric: loss={(lr - 0.2) ** 2}')",
+            "outputs": [],
+            "execution_count": None,
+        },
+    ],
+    "metadata": {
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+    },
+    "nbformat": 4,
+    "nbformat_minor": 5,
+}
+
+
+def test_a_notebook_runs_as_a_job_and_as_a_sweep(hub):
+    import json
+
+    olga = hub.create_user("olga")
+    put_file(hub, "olga", "exp/train.ipynb", json.dumps(NOTEBOOK))
+    submitted = submit(
+        olga,
+        {"name": "nb", "notebook": "exp/train.ipynb", "args": ["lr=0.5"], "replicas": 2},
+    )
+    assert submitted["spec"]["notebook"] == "exp/train.ipynb"
+    done = wait_job(olga, "nb")
+    assert done["state"] == "succeeded", done["message"]
+    home = home_of(hub, "olga").home
+    folder = home / done["logs"].removeprefix("~/")
+    for replica in ("worker-0", "worker-1"):
+        # the cells' output in the log, as it came, and the notebook as it ran beside it
+        text = logs(olga, "nb", replica)
+        assert f"replica {replica} of 2" in text and "every cell ran" in text, text
+        executed = json.loads((folder / f"{replica}.ipynb").read_text())
+        assert "".join(executed["cells"][1]["source"]) == "# Parameters of this run\nlr = 0.5\n"
+        printed = "".join(executed["cells"][2]["outputs"][0]["text"])
+        assert f"replica {replica} of 2" in printed
+        assert (folder / f"{replica}.ipynb").stat().st_uid == home.stat().st_uid  # hers
+    assert done["metrics"]["loss"] == pytest.approx(0.09)
+
+    # a sweep gives each trial its parameters; the notebook's printed metric ranks them
+    spec = {
+        "name": "nbs",
+        "job": {"notebook": "exp/train.ipynb"},
+        "parameters": {"lr": [0.9, 0.3]},
+        "max_parallel": 2,
+        "objective": {"metric": "loss", "goal": "minimize"},
+    }
+    r = olga.session.post(hub.api("/gpulab/sweeps"), json=spec, timeout=30)
+    assert r.status_code == 201, r.text
+
+    def finished():
+        model = olga.session.get(hub.api("/gpulab/sweeps/nbs"), timeout=30).json()
+        return model["state"] != "running" and model
+
+    swept = wait_for(finished, 150, "the notebook sweep to finish")
+    assert swept["state"] == "succeeded", swept["message"]
+    assert [t["params"]["lr"] for t in swept["trials"]] == [0.3, 0.9]
+    assert swept["best"]["metric"] == pytest.approx(0.01)

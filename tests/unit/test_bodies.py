@@ -17,8 +17,8 @@ NAME_HELP = "1-40 lower-case letters, digits and '-', starting with a letter"
 DEADLINE_HELP = "seconds, or a duration like 90s, 30m, 2h or 1d: more than 0, at most 366 days"
 COMMAND_HELP = "a non-empty list of strings, or a shell-style string"
 JOB_FIELDS = (
-    "active_deadline, args, command, env, framework, image, module, name, package, replicas, "
-    "script, success_policy, torchrun, workdir"
+    "active_deadline, args, command, env, framework, image, module, name, notebook, package, "
+    "replicas, script, success_policy, torchrun, workdir"
 )
 REPLICAS_HELP = "a count, or an object of role: {count, gpus, ...}"
 
@@ -122,10 +122,21 @@ def test_a_good_job_becomes_its_spec(body, spec) -> None:
         ({"command": "", "script": "t.py"}, ("PY", "t.py")),  # empty: none given
         ({"command": [], "module": "m"}, ("PY", "-m", "m")),
         ({"command": None, "script": "t.py", "args": [1]}, ("PY", "t.py", "1")),
+        (
+            {"notebook": "~/exp/train.ipynb", "args": ["lr=0.1"]},
+            ("PY", "-m", "gpulab.hub.workloads.notebook_job", "exp/train.ipynb", "lr=0.1"),
+        ),
     ],
 )
 def test_the_command_of_a_job(fields, command) -> None:
     assert parse_job({"name": "a", **fields}, "PY").command == command
+
+
+def test_a_notebook_job_says_which_notebook_it_runs() -> None:
+    spec = parse_job({"name": "a", "notebook": "exp/train.ipynb"}, "PY")
+    assert spec.notebook == "exp/train.ipynb"
+    assert spec.as_json()["notebook"] == "exp/train.ipynb"
+    assert parse_job({"name": "a", "script": "t.py"}).notebook == ""
 
 
 def test_groups_may_each_run_their_own_command_instead_of_the_jobs() -> None:
@@ -209,15 +220,21 @@ BAD_JOBS = [
     (job(command="echo 'unclosed"), "command: No closing quotation"),
     (
         job(script="t.py"),
-        "script: give one of command, script or module, not command and script",
+        "script: give one of command, script, module or notebook, not command and script",
     ),
-    ({"name": "a", "args": ["x"]}, "args: give them with a command, script or module"),
-    ({"name": "a"}, "command: give the job a command (or script / module)"),
+    ({"name": "a", "args": ["x"]}, "args: give them with a command, script, module or notebook"),
+    ({"name": "a"}, "command: give the job a command (or script / module / notebook)"),
     (
         {"name": "a", "replicas": {"worker": {"command": "x"}, "ps": 1}, "framework": "tensorflow"},
-        "command: give the job a command (or script / module)",
+        "command: give the job a command (or script / module / notebook)",
     ),
     ({"name": "a", "module": "bad mod"}, "module: a Python module name (got 'bad mod')"),
+    ({"name": "a", "notebook": "t.py"}, "notebook: a notebook (.ipynb) (got 't.py')"),
+    ({"name": "a", "notebook": "/etc/x.ipynb"}, "notebook: '/etc/x.ipynb' is outside your home; give a path relative to it"),
+    (
+        {"name": "a", "notebook": "t.ipynb", "args": ["lr=1", "--epochs"]},
+        "args.1: a notebook's parameter, NAME=VALUE (got '--epochs')",
+    ),
     (job(args="x"), "args: a list of strings (got 'x')"),
     (job(args=[True]), "args: a list of strings (got [True])"),
     (job(args=[None]), "args: a list of strings (got [None])"),
@@ -533,10 +550,10 @@ BAD_SWEEPS = [
         sweep(job={"script": "t.py", "replicas": {"worker": {"gpus": "1"}}}),
         "job.replicas.worker.gpus: a whole number from 0 to 64 (got '1')",
     ),
-    (sweep(job={}), "job.command: give the job a command (or script / module)"),
+    (sweep(job={}), "job.command: give the job a command (or script / module / notebook)"),
     (  # every trial gets its parameters as arguments: they need the job's command
         sweep(job={"replicas": {"worker": {"command": "x"}}}),
-        "job.args: give them with a command, script or module",
+        "job.args: give them with a command, script, module or notebook",
     ),
 ]
 

@@ -198,7 +198,7 @@ def test_the_schema_agrees_with_the_hub(name, body, valid) -> None:
 # What only the hub checks: rules across fields, paths on the home, the hub's settings.
 BEYOND_THE_SCHEMA = [
     ("JobBody", {**JOB, "workdir": "../x"}, "outside your home"),
-    ("JobBody", {**JOB, "script": "t.py"}, "give one of command, script or module"),
+    ("JobBody", {**JOB, "script": "t.py"}, "give one of command, script, module or notebook"),
     ("JobBody", {"name": "a", "args": ["x"]}, "args: give them with a command"),
     ("JobBody", {"name": "a"}, "command: give the job a command"),
     (
