@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 from typing import TYPE_CHECKING
+from urllib.parse import urlencode
 
+from jupyterhub.utils import url_path_join
 from sqlalchemy.orm import object_session
 from tornado import web
 from traitlets import List, Unicode, default
@@ -60,17 +62,29 @@ class GpuSpawnerMixin(LoggingConfigurable):
         return self._render_options_form
 
     def _render_options_form(self, spawner) -> str:
-        ctx = self.gpulab
+        snap = self.gpulab.ledger.snapshot()
+        pool = profiles.Pool(
+            free=snap.free,
+            total=len(snap.pool),
+            waiting=len(snap.queue),
+            gpus=[gpu for gpu, _ in snap.pool],
+        )
         # a link may name the profile (/hub/spawn?profile=gpu-1): the form offers it
         handler = getattr(self, "handler", None)
         chosen = ""
+        live = None
         if handler is not None:
             chosen = handler.get_query_argument(
                 "opt-profile", handler.get_query_argument("profile", "")
             )
-        return profiles.render_form(
-            ctx.settings, ctx.ledger.free_count(), len(ctx.inventory), chosen
-        )
+            live = profiles.LiveStatus(url=self._gpu_status_url(), xsrf=handler.xsrf_token.decode())
+        return profiles.render_form(self.gpulab.settings, pool, chosen, live)
+
+    def _gpu_status_url(self) -> str:
+        """This server's GPU status in gpulab's API (free, total, queue; a long poll),
+        which its owner, and admins, may read: what the spawn form follows."""
+        query = urlencode({"user": self.user.name, "server": self.name})
+        return url_path_join(self.hub.base_url, "api/gpulab/gpu") + "?" + query
 
     def options_from_form(self, formdata):
         return profiles.options_from_form(formdata)
