@@ -101,8 +101,8 @@ class JobSpec:
     torchrun_nproc: int = 0
     """PyTorch: processes torchrun starts per replica (``PET_NPROC_PER_NODE``); 0: not set."""
     notebook: str = ""
-    """The notebook the replicas run top to bottom (``notebook_job``), relative to the
-    home; empty: the job runs a command."""
+    """The notebook the replicas run top to bottom (``notebook_job``), relative to
+    ``workdir``; empty: the job runs a command."""
 
     @property
     def gpus(self) -> int:
@@ -293,14 +293,14 @@ class JobBody(Body):
     framework: one_of(FRAMEWORKS) = "plain"
     command: Command = Field(None, description="Run as it is; a leading python is gpulab's.")
     script: Annotated[HomePath | None, BeforeValidator(_unset_if_empty)] = Field(
-        None, description="Run as python SCRIPT ARGS; relative to the home."
+        None, description="Run as python SCRIPT ARGS; relative to workdir."
     )
     module: Annotated[Module | None, BeforeValidator(_unset_if_empty)] = Field(
         None, description="Run as python -m MODULE ARGS."
     )
     notebook: Annotated[HomePath | None, BeforeValidator(_unset_if_empty)] = Field(
         None,
-        description="Run this notebook top to bottom (relative to the home); ARGS are its "
+        description="Run this notebook top to bottom (relative to workdir); ARGS are its "
         "parameters, NAME=VALUE.",
     )
     args: Annotated[list[Scalar], Wanted("a list of strings")] = []
