@@ -1,4 +1,5 @@
-"""The gpulab Jupyter server extension: GPU state, Return GPU / Get GPU, kernel checkpoints.
+"""The gpulab Jupyter server extension: GPU state, Return GPU / Get GPU, kernel checkpoints,
+and the welcome notebook of a new home.
 
 Enabled for every server of the environment by
 ``etc/jupyter/jupyter_server_config.d/gpulab.json``.
@@ -7,6 +8,7 @@ Enabled for every server of the environment by
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from .secret import INTERNAL_SECRET_ENV, INTERNAL_SECRET_HEADER, INTERNAL_SECRET_SETTING
 
@@ -23,11 +25,16 @@ def _load_jupyter_server_extension(serverapp):
     from .hubstatus import HubStatus
     from .kernels import KernelSwitch
     from .sharing import Sessions
+    from .tensorboards import TensorBoards
+    from .welcome import welcome
 
     web_app = serverapp.web_app
     switch = KernelSwitch(serverapp)
     web_app.settings["gpulab_switch"] = switch
     web_app.settings["gpulab_hub_status"] = HubStatus()
+    web_app.settings["gpulab_tensorboards"] = TensorBoards(
+        serverapp.root_dir, web_app.settings["base_url"]
+    )
     # cells sent while a switch moves the kernels wait for their variables to be back
     if not gate.install(serverapp, switch.gate):
         serverapp.log.warning(
@@ -44,6 +51,7 @@ def _load_jupyter_server_extension(serverapp):
     web_app.settings["gpulab_sessions"] = sessions = Sessions()
     sessions.install()
     web_app.add_handlers(".*$", handlers(web_app.settings["base_url"]))
+    welcome(Path(serverapp.root_dir), Path.home(), serverapp.log)
     serverapp.log.info(
         "gpulab: GPU return/get endpoints at %sgpulab/", web_app.settings["base_url"]
     )

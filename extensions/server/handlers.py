@@ -10,14 +10,19 @@ this server: its owner, or a guest it is shared with (``sharing.py``), who sees 
 - ``POST gpulab/gpu/get`` ``{"gpus": 1, "timeout": 600}``; ``DELETE`` cancels it.
 
 These forward to the hub's ``/hub/api/gpulab/gpu`` API with the server's own token: the
-hub keeps the ledger and decides. The lab's workloads panel reads the user's own jobs,
-sweeps and models the same way:
+hub keeps the ledger and decides. The lab's workloads panel, forms and Try it panel reach
+the owner's own jobs, sweeps and models the same way (``RELAYED`` below: exactly these):
 
 - ``GET  gpulab/hub/jobs``, ``gpulab/hub/jobs/NAME``, ``gpulab/hub/jobs/NAME/logs``
   (``?replica=&offset=``, no follow), the same for ``sweeps`` and ``models`` (and a
-  model's ``logs``);
+  model's ``logs`` and ``metadata``);
+- ``POST gpulab/hub/jobs``, ``sweeps``, ``models``: submit a job or sweep, deploy a model;
 - ``POST gpulab/hub/jobs/NAME/cancel``, ``gpulab/hub/sweeps/NAME/cancel``;
+- ``PATCH``, ``DELETE gpulab/hub/models/NAME``: update, undeploy;
+- ``POST gpulab/hub/models/NAME:predict`` (``/versions/N:predict``, ``/labels/L:predict``);
 - ``GET  gpulab/hub/usage``: the owner's GPU usage (``?by=&from=&to=``, docs/usage.md);
+- ``GET  gpulab/hub/gpus``: the pool, and the owner's GPUs and limit;
+- ``gpulab/tensorboard``: TensorBoards this server runs (``tensorboards.py``);
 - ``gpulab/share...``: the Share dialog's links and guests (``sharing.py``).
 
 Nothing else of the hub's API is reachable through it. For the hub only (the secret the
@@ -42,8 +47,10 @@ nothing at the hub, so it is no loss that the server's owner can read it):
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import re
 
 from jupyter_core.utils import ensure_async
 from jupyter_server.auth.decorator import allow_unauthenticated
@@ -53,10 +60,12 @@ from .base import Base, owner
 from .gpuinfo import stats as gpu_stats
 from .hubstatus import HubStatus, hub_request, server_gpu
 from .kernels import KernelSwitch
+from .origin import browser_origin, remember
 from .processes import visible_devices
 from .records import SwitchError
 from .secret import INTERNAL_SECRET_HEADER, INTERNAL_SECRET_SETTING
 from .sharing import ShareHandler, end_guests
+from .tensorboards import TensorBoardError, TensorBoards
 
 
 class _Base(Base):
@@ -97,6 +106,8 @@ class GpuHandler(_Base):
             model["restore"] = self.switch.restore
             model["parked"] = self.switch.parked()
             model["owner"] = self.by_owner  # a guest sees the GPUs, without the buttons
+            if self.by_owner:  # for links printed in the owner's terminals
+                remember(browser_origin(self.request.headers, self.request.protocol))
         self.relay(status, model)
 
     @web.authenticated
@@ -122,33 +133,111 @@ class GpuHandler(_Base):
         self.relay(*answer)
 
 
-class WorkloadsHandler(_Base):
-    """The user's own jobs, sweeps, models and GPU usage, read from the hub (and cancel)."""
+NAME = r"[A-Za-z0-9][A-Za-z0-9_-]{0,79}"
+"""A job's, sweep's or model's name as it may appear in a relayed path: the hub checks
+its own rules; this only keeps the path to the parts below."""
 
-    @web.authenticated
-    async def get(self, kind: str, rest: str = ""):
-        if kind == "usage" and rest:
-            raise web.HTTPError(404, "GET gpulab/hub/usage[?by=&from=&to=]")
-        self.require_owner(f"see this server's owner's {kind}")
-        query = {"user": owner()} if not rest else {}
-        for name in ("replica", "offset", "by", "from", "to"):
+RELAYED = {
+    "GET": (
+        r"(jobs|sweeps|models|usage|gpus)",
+        rf"(jobs|sweeps|models)/{NAME}",
+        rf"jobs/{NAME}/logs",
+        rf"models/{NAME}/(logs|metadata)",
+    ),
+    "POST": (
+        r"(jobs|sweeps|models)",
+        rf"(jobs|sweeps)/{NAME}/cancel",
+        rf"models/{NAME}(/versions/[0-9]{{1,18}}|/labels/{NAME})?:predict",
+    ),
+    "PATCH": (rf"models/{NAME}",),
+    "DELETE": (rf"models/{NAME}",),
+}
+"""What of the hub's gpulab API the lab reaches through this server (``gpulab/hub/`` +
+one of these), by method: the owner's own workloads, usage and the GPU pool."""
+
+RELAYED_QUERY = ("replica", "offset", "by", "from", "to")
+
+RELAY_TIMEOUT = 120
+"""Seconds a relayed call waits for the hub (a prediction from a model still loading)."""
+
+
+class WorkloadsHandler(_Base):
+    """The owner's jobs, sweeps, models, GPU usage and the pool, at the hub: read, submit,
+    cancel, deploy, update, undeploy, predict (``RELAYED``), with this server's token,
+    which acts for the owner alone; a guest of this server gets 403."""
+
+    async def relay_call(self, rest: str) -> None:
+        method = self.request.method
+        if not any(re.fullmatch(p, rest) for p in RELAYED.get(method, ())):
+            raise web.HTTPError(404, f"{method} gpulab/hub/{rest} is not relayed to the hub")
+        self.require_owner("use this server's owner's jobs, models and GPUs")
+        query = {"user": owner()} if method == "GET" and "/" not in rest else {}
+        for name in RELAYED_QUERY:
             value = self.get_argument(name, None)
             if value is not None:
                 query[name] = value
-        self.relay(*await hub_request("GET", f"/{kind}{rest}", query))
+        body = self.body() if method in ("POST", "PATCH") else None
+        self.relay(*await hub_request(method, f"/{rest}", query, body, RELAY_TIMEOUT))
 
     @web.authenticated
-    async def post(self, kind: str, rest: str = ""):
-        if kind == "models" or not rest.endswith("/cancel") or rest.count("/") != 2:
-            raise web.HTTPError(404, "POST gpulab/hub/jobs/NAME/cancel or sweeps/NAME/cancel")
-        self.require_owner(f"cancel {kind}")
-        self.relay(*await hub_request("POST", f"/{kind}{rest}", body={}))
+    async def get(self, rest: str):
+        await self.relay_call(rest)
+
+    @web.authenticated
+    async def post(self, rest: str):
+        await self.relay_call(rest)
+
+    @web.authenticated
+    async def patch(self, rest: str):
+        await self.relay_call(rest)
+
+    @web.authenticated
+    async def delete(self, rest: str):
+        await self.relay_call(rest)
 
     def relay(self, status: int, body: bytes, content_type: str) -> None:
         self.set_status(status)
         if content_type:
             self.set_header("Content-Type", content_type)
-        self.finish(body)
+        self.finish(body if status not in (204, 304) else None)
+
+
+class TensorBoardHandler(_Base):
+    """The owner's TensorBoards in this server (``tensorboards.py``): ``GET`` lists them,
+    ``POST {"logdir": "runs"}`` opens one on a folder of the home (the running one when
+    there is), ``DELETE gpulab/tensorboard/PORT`` stops one."""
+
+    @property
+    def boards(self) -> TensorBoards:
+        return self.settings["gpulab_tensorboards"]
+
+    @web.authenticated
+    async def get(self, port: str = ""):
+        if port:
+            raise web.HTTPError(405)
+        self.require_owner("see the TensorBoards of this server")
+        self.answer(200, {"tensorboards": self.boards.list()})
+
+    @web.authenticated
+    async def post(self, port: str = ""):
+        if port:
+            raise web.HTTPError(405)
+        self.require_owner("start TensorBoard in this server")
+        try:
+            board, started = self.boards.open(self.body().get("logdir", ""))
+        except TensorBoardError as e:
+            return self.fail(e.status, e.message)
+        self.answer(201 if started else 200, {**board, "started": started})
+
+    @web.authenticated
+    async def delete(self, port: str = ""):
+        if not port:
+            raise web.HTTPError(405)
+        self.require_owner("stop a TensorBoard of this server")
+        if not await asyncio.to_thread(self.boards.stop, int(port)):
+            return self.fail(404, f"no TensorBoard of this server listens on port {port}")
+        self.set_status(204)
+        self.finish()
 
 
 class _HubOnly(_Base):
@@ -307,11 +396,8 @@ def handlers(base_url: str) -> list:
 
     return [
         (url(r"gpu(/return|/get)?"), GpuHandler),
-        # a name: the hub's own rule (lower-case letters, digits and '-'); then its parts
-        (
-            url(r"hub/(jobs|sweeps|models|usage)((?:/[a-z][a-z0-9-]*(?:/logs|/cancel)?)?)"),
-            WorkloadsHandler,
-        ),
+        (url(r"hub/([^?]+)"), WorkloadsHandler),
+        (url(r"tensorboard(?:/([0-9]{1,5}))?"), TensorBoardHandler),
         (
             url(
                 r"share(?:/(codes|guests|views)(?:/(sc_[0-9]+|v_[0-9]+|user|group)(?:/([^/]+))?)?)?"

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import os
-import shutil
-import socket
+import re
+import signal
+import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from .output import console, err
+from gpulab.extensions.server.origin import remembered
+from gpulab.extensions.server.ports import TENSORBOARD_PORT, free_loopback_port, loopback_port_free
+from gpulab.extensions.server.tensorboards import end_with_parent, tensorboard_binary
 
-TENSORBOARD_PORT = 6006
+from .output import console, err
 
 
 def add_parsers(sub) -> None:
@@ -38,38 +40,13 @@ def _port(value: str) -> int:
     return port
 
 
-def _loopback_port_free(port: int) -> bool:
-    """Can a server listen on ``port`` on loopback (and is nobody there already)?
-
-    jupyter-server-proxy connects to ``localhost``, which may resolve to ::1 first: a
-    port someone holds on either loopback address would not reach our TensorBoard.
-    """
-    addresses = [(socket.AF_INET, "127.0.0.1")]
-    if socket.has_ipv6:
-        addresses.append((socket.AF_INET6, "::1"))
-    for family, host in addresses:
-        try:
-            sock = socket.socket(family, socket.SOCK_STREAM)
-        except OSError:
-            continue  # no such address family on this machine
-        with sock:
-            # what TensorBoard's server sets too: ports in TIME_WAIT are free to take
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((host, port))
-            except OSError as e:
-                if e.errno == errno.EADDRNOTAVAIL and family == socket.AF_INET6:
-                    continue  # IPv6 without a ::1 address
-                return False
-    return True
-
-
 def tensorboard_url(port: int, environ: Mapping[str, str] | None = None) -> str:
     """Where a browser opens TensorBoard on ``port``.
 
-    In a hub server, jupyter-server-proxy serves it at ``<server prefix>proxy/<port>/``;
-    JupyterHub sets the server's public URL when the hub knows its own (public_url,
-    subdomains), else only the path is known: it is relative to the hub's address.
+    In a hub server, jupyter-server-proxy serves it at ``<server prefix>proxy/<port>/``,
+    at the server's public URL when JupyterHub knows it (``public_url``, subdomains),
+    else at the address the owner's browser last reached the server at (the lab keeps
+    it, ``gpulab.extensions.server.origin``); only the path when neither is known.
     """
     environ = os.environ if environ is None else environ
     prefix = environ.get("JUPYTERHUB_SERVICE_PREFIX")
@@ -78,7 +55,7 @@ def tensorboard_url(port: int, environ: Mapping[str, str] | None = None) -> str:
     public = environ.get("JUPYTERHUB_PUBLIC_URL") or ""
     if public:
         return f"{public.rstrip('/')}/proxy/{port}/"
-    host = (environ.get("JUPYTERHUB_HOST") or "").rstrip("/")
+    host = (environ.get("JUPYTERHUB_HOST") or "").rstrip("/") or remembered()
     return f"{host}{prefix.rstrip('/')}/proxy/{port}/"
 
 
@@ -113,17 +90,14 @@ def cmd_tensorboard(argv: list[str]) -> int:
 
     if args.port is not None:
         port = args.port
-        if not _loopback_port_free(port):
+        if not loopback_port_free(port):
             err.print(
                 f"[red]gpulab tensorboard:[/red] port {port} is already in use; "
                 "give another --port, or none to take the next free one"
             )
             return 1
     else:
-        port = next(
-            (p for p in range(TENSORBOARD_PORT, TENSORBOARD_PORT + 100) if _loopback_port_free(p)),
-            None,
-        )
+        port = free_loopback_port()
         if port is None:
             err.print(
                 f"[red]gpulab tensorboard:[/red] ports {TENSORBOARD_PORT}-"
@@ -137,13 +111,10 @@ def cmd_tensorboard(argv: list[str]) -> int:
                 soft_wrap=True,
             )
 
-    binary = Path(sys.prefix) / "bin" / "tensorboard"
-    if not binary.exists():
-        found = shutil.which("tensorboard")
-        if not found:
-            err.print("[red]gpulab tensorboard:[/red] tensorboard is not installed here")
-            return 1
-        binary = Path(found)
+    binary = tensorboard_binary()
+    if binary is None:
+        err.print("[red]gpulab tensorboard:[/red] tensorboard is not installed here")
+        return 1
     command = [str(binary), "--port", str(port)]
     if logdir is not None:
         command += ["--logdir", logdir]
@@ -160,5 +131,29 @@ def cmd_tensorboard(argv: list[str]) -> int:
     console.print(f"TensorBoard: {url}{note}", highlight=False, soft_wrap=True, markup=False)
     console.print("Ctrl-C stops it.", highlight=False)
     sys.stdout.flush()
-    os.execv(str(binary), [*command, *extra])
-    return 0  # not reached
+    return _run([*command, *extra], f"{url}{note}" if url.startswith("/") else url)
+
+
+OWN_ADDRESS = re.compile(r"^(TensorBoard \S+ at )http://localhost:[0-9]+/(.*)$")
+"""TensorBoard's own "TensorBoard 2.x at http://localhost:6006/ (Press CTRL+C to quit)":
+its loopback address, which no browser of the user's reaches."""
+
+
+def _run(command: list[str], url: str) -> int:
+    """Run TensorBoard in the foreground, its own address line saying ``url`` instead;
+    its exit status. It runs in a process group of its own and gets the Ctrl-C (or
+    TERM, HUP) this process gets, once; it ends if this process dies."""
+    process = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        process_group=0,
+        preexec_fn=end_with_parent,  # noqa: PLW1509 -- prctl only, before exec
+    )
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda number, _: process.send_signal(number))
+    for raw in process.stderr:
+        line = raw.decode(errors="replace").rstrip("\n")
+        sys.stderr.write(OWN_ADDRESS.sub(lambda m: f"{m[1]}{url}{m[2]}", line) + "\n")
+        sys.stderr.flush()
+    return process.wait()

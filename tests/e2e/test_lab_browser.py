@@ -313,7 +313,7 @@ def test_workloads_panel_follows_a_job_shows_its_log_and_cancels_it(hub, page):
     shot(page, "workloads-2-cancelled")
 
 
-def test_the_server_relays_only_the_users_own_workload_reads_and_cancels(hub):
+def test_the_server_relays_the_users_own_workloads_and_nothing_else_of_the_hub(hub):
     user = hub.create_user("quin")
     assert user.spawn(profile="cpu").status_code in (201, 202)
     base = user.server_url + "/gpulab/hub"
@@ -321,11 +321,23 @@ def test_the_server_relays_only_the_users_own_workload_reads_and_cancels(hub):
     assert r.status_code == 200 and r.json() == {"jobs": []}
     r = user.session.get(base + "/jobs/nosuch", timeout=30)
     assert r.status_code == 404 and r.json()["message"] == "quin has no job named nosuch"
-    # nothing but reads and cancel: no submit, no model changes, no other hub API
-    assert user.session.post(base + "/jobs", json={}, timeout=30).status_code == 404
+    # what the lab's forms send: a job submitted through the server is the owner's
+    r = user.session.post(base + "/jobs", json={"name": "relayed", "command": "true"}, timeout=30)
+    assert r.status_code == 201, r.text
+    assert r.json()["user"] == "quin"
+    r = user.session.post(base + "/jobs", json={"name": "Bad Name", "command": "true"}, timeout=30)
+    assert r.status_code == 400 and r.json()["message"].startswith("name: "), r.text
+    r = user.session.get(base + "/gpus", timeout=30)
+    assert r.status_code == 200 and r.json()["user"]["name"] == "quin", r.text
+    r = user.session.delete(base + "/models/nosuch", timeout=30)
+    assert r.status_code == 404 and "nosuch" in r.json()["message"], r.text
+    # nothing else of the hub's API: no other methods or paths, no way out of gpulab's
     assert user.session.post(base + "/models/m/cancel", json={}, timeout=30).status_code == 404
+    assert user.session.patch(base + "/jobs/relayed", json={}, timeout=30).status_code == 404
+    assert user.session.delete(base + "/jobs/relayed", timeout=30).status_code == 404
     assert user.session.get(user.server_url + "/gpulab/hub/users", timeout=30).status_code == 404
     assert user.session.get(base + "/jobs/../users", timeout=30).status_code == 404
+    assert user.session.get(base + "/jobs%2F..%2F..%2Fusers", timeout=30).status_code == 404
 
 
 EMPTY_NOTEBOOK = {

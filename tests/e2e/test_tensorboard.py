@@ -196,11 +196,16 @@ def test_gpulab_tensorboard_prints_the_proxy_url_and_takes_the_next_free_port(hu
         assert status == 2, out
         assert "unrecognized arguments: --no_such_flag" in out
 
+        # once the lab has been open (it polls the GPU status), the link is a whole URL, at
+        # the address the browser used, and TensorBoard's own loopback line says it too
+        assert bob.session.get(bob.server_url + "/gpulab/gpu", timeout=30).status_code == 200
         second.run("gpulab tensorboard --logdir runs")
         second.expect(r"Port 6006 is in use; using port 6007")
         url = second.expect(r"TensorBoard: (\S+)").group(1)
-        assert url == "/user/bob/proxy/6007/"
-        wait_for_tensorboard(bob, hub.url + url)
+        assert url == f"{hub.url}/user/bob/proxy/6007/"
+        second.expect(rf"TensorBoard \S+ at {re.escape(url)} \(Press CTRL\+C to quit\)", 60)
+        assert "localhost:6007" not in second.output
+        wait_for_tensorboard(bob, url)
         check_run_through_proxy(bob, 6007, "second")
 
         # Ctrl-C stops it: the prompt is back, with TensorBoard's own exit status
@@ -214,6 +219,43 @@ def test_gpulab_tensorboard_prints_the_proxy_url_and_takes_the_next_free_port(hu
         second.close()
     stop_and_check_nothing_left(hub, bob)  # ...until the server stops
     assert loopback_port_free(6006)
+
+
+def test_the_lab_opens_a_tensorboard_per_folder_through_the_server(hub):
+    dana = start_with_run(hub, "dana", "fourth")
+    base = dana.server_url + "/gpulab/tensorboard"
+    r = dana.session.post(base, json={"logdir": "runs"}, timeout=30)
+    assert r.status_code == 201, r.text
+    board = r.json()
+    assert board["started"] is True and board["logdir"] == "runs"
+    assert board["url"] == f"/user/dana/proxy/{board['port']}/"
+    wait_for_tensorboard(dana, hub.url + board["url"])
+    check_run_through_proxy(dana, board["port"], "fourth")
+    # the same folder again: the one running; the list shows it
+    again = dana.session.post(base, json={"logdir": "./runs/"}, timeout=30)
+    assert again.status_code == 200 and again.json()["port"] == board["port"], again.text
+    listed = dana.session.get(base, timeout=30).json()["tensorboards"]
+    assert [(b["logdir"], b["port"], b["state"]) for b in listed] == [
+        ("runs", board["port"], "running")
+    ]
+    # folders outside the home, or none at all, are refused with a message
+    for logdir, status, words in [
+        ("../../etc", 400, "outside your home"),
+        ("/etc", 404, "is not a folder"),  # a path from the home's root, which has no etc
+        ("nosuch", 404, "nosuch is not a folder"),
+        (5, 400, "must be a folder"),
+    ]:
+        r = dana.session.post(base, json={"logdir": logdir}, timeout=30)
+        assert r.status_code == status and words in r.json()["message"], (logdir, r.text)
+    # stopped from the lab: its port is free again
+    assert dana.session.delete(f"{base}/{board['port']}", timeout=30).status_code == 204
+    assert loopback_port_free(board["port"])
+    assert dana.session.delete(f"{base}/{board['port']}", timeout=30).status_code == 404
+    assert dana.session.get(base, timeout=30).json()["tensorboards"] == []
+    # one left running ends with the server
+    r = dana.session.post(base, json={"logdir": ""}, timeout=30)
+    assert r.status_code == 201, r.text
+    stop_and_check_nothing_left(hub, dana)
 
 
 def execute_collecting_displays(user, kernel_id: str, code: str, timeout: float = 90) -> list:
