@@ -23,7 +23,7 @@ from gpulab.serving.config import ModelConfig
 from .bodies import Body, FieldError, SpecError, Wanted, shapes, shown, validated, whole
 from .replica_http import socket_of
 from .runner import WorkloadError
-from .spec import NAME_HELP, Name, home_path
+from .spec import home_path
 
 if TYPE_CHECKING:
     from .model_store import Deployment
@@ -33,6 +33,13 @@ log = logging.getLogger(__name__)
 
 
 MODEL_PREFIX = "model/"
+
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
+MODEL_NAME_HELP = "1-40 letters, digits, '_', '-' and '.', starting with a letter or digit"
+"""What TF Serving's own names use (``half_plus_two``, ``resnet-50``, ``bert.v2``), and what
+a URL path segment and a file name (a replica's socket) hold as it is; the cluster's
+objects are named after the deployment's id, not its name."""
+ModelName = Annotated[str, Field(pattern=MODEL_NAME_RE.pattern), Wanted(MODEL_NAME_HELP)]
 """Ledger grants of a deployment's replicas: ``model/<id>/replica-<n>``."""
 LABEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
 ACCESS_HELP = "private, public (anyone with the model's token) or group:NAME"
@@ -177,7 +184,7 @@ class _Served(Body):
 class ModelBody(_Served):
     """A model deployment (docs/serving.md): a SavedModel's folder, served by replicas."""
 
-    name: Name = Field(description=f"Unique per user: {NAME_HELP}.")
+    name: ModelName = Field(description=f"Unique per user: {MODEL_NAME_HELP}.")
     base_path: Annotated[
         str, Field(pattern=r"\S"), Wanted(BASE_PATH_HELP), AfterValidator(_base_path)
     ] = Field(description="Relative to the home, or s3://BUCKET/PREFIX: " + BASE_PATH_HELP + ".")

@@ -413,59 +413,64 @@ def test_gpu_replicas_hold_their_gpus_restart_when_they_die_and_free_them(hub):
 
 
 def test_cli_deploys_lists_calls_updates_and_undeploys(hub, tmp_path):
+    """Named as TF Serving's own example model is (an underscore in its name)."""
     from hubfixture import cells, gpulab, lines_with
 
     dave = hub.create_user("sv-cli")
     export(hub, dave.name, "models/cli/1", 0.5, 2.0)
     export(hub, dave.name, "models/cli/2", 2.0, 0.0)
 
-    done = gpulab(hub, dave.token, "model", "deploy", "cli", "models/cli", "--versions", "all",
-                  "--label", "stable=1")  # fmt: skip
+    done = gpulab(hub, dave.token, "model", "deploy", "half_plus_two", "models/cli",
+                  "--versions", "all", "--label", "stable=1")  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "Model cli serves: serving version 2, 1" in done.stdout
-    assert "Model cli: deploying" in done.stderr  # progress while it loads
-    assert f"/hub/api/gpulab/serving/{dave.name}/v1/models/cli" in done.stdout
+    assert "Model half_plus_two serves: serving version 2, 1" in done.stdout
+    assert "Model half_plus_two: deploying" in done.stderr  # progress while it loads
+    assert f"/hub/api/gpulab/serving/{dave.name}/v1/models/half_plus_two" in done.stdout
 
     listing = gpulab(hub, dave.token, "model", "list")
-    row = cells(lines_with(listing.stdout, " cli ")[0])
-    assert row[:5] == ["cli", "available", "2, 1", "1/1", "0"], listing.stdout
+    row = cells(lines_with(listing.stdout, " half_plus_two ")[0])
+    assert row[:5] == ["half_plus_two", "available", "2, 1", "1/1", "0"], listing.stdout
 
     request = tmp_path / "req.json"
     request.write_text(json.dumps({"instances": [1.0, 3.0]}))
-    out = gpulab(hub, dave.token, "predict", "cli", "--json", str(request))
+    out = gpulab(hub, dave.token, "predict", "half_plus_two", "--json", str(request))
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"predictions": [2.0, 6.0]}
-    out = gpulab(hub, dave.token, "predict", "cli", "--json", "-", "--label", "stable",
+    out = gpulab(hub, dave.token, "predict", "half_plus_two", "--json", "-", "--label", "stable",
                  stdin='{"inputs": [1.0]}')  # fmt: skip
     assert json.loads(out.stdout) == {"outputs": [2.5]}
-    out = gpulab(hub, dave.token, "predict", "cli", "--json", "-", stdin='{"instances": ["a"]}')
+    out = gpulab(
+        hub, dave.token, "predict", "half_plus_two", "--json", "-", stdin='{"instances": ["a"]}'
+    )
     assert out.returncode == 1 and "is not of expected type: float" in out.stderr
-    out = gpulab(hub, dave.token, "predict", "cli", "--json", "-", stdin="[1, 2")
+    out = gpulab(hub, dave.token, "predict", "half_plus_two", "--json", "-", stdin="[1, 2")
     assert out.returncode == 2 and "not valid JSON" in out.stderr
-    out = gpulab(hub, dave.token, "predict", "cli", "--json", str(tmp_path / "missing.json"))
+    out = gpulab(
+        hub, dave.token, "predict", "half_plus_two", "--json", str(tmp_path / "missing.json")
+    )
     assert out.returncode == 2 and "cannot read" in out.stderr
 
     # labels move without a restart: stable now names version 2
-    out = gpulab(hub, dave.token, "model", "update", "cli", "--label", "stable=2")
+    out = gpulab(hub, dave.token, "model", "update", "half_plus_two", "--label", "stable=2")
     assert out.returncode == 0, out.stderr
 
     def stable_is_v2():
-        r = predict(dave, "cli", {"instances": [1.0]}, "/labels/stable:predict")
+        r = predict(dave, "half_plus_two", {"instances": [1.0]}, "/labels/stable:predict")
         return r.status_code == 200 and r.json() == {"predictions": [2.0]}
 
     wait_for(stable_is_v2, 30, "the label to move")
-    status = gpulab(hub, dave.token, "model", "status", "cli", "--show-token")
+    status = gpulab(hub, dave.token, "model", "status", "half_plus_two", "--show-token")
     assert status.returncode == 0, status.stderr
-    assert "stable=2" in status.stdout and model(dave, "cli")["token"] in status.stdout
-    logs = gpulab(hub, dave.token, "model", "logs", "cli")
-    assert "Successfully loaded servable version {name: cli version: 2}" in logs.stdout
-    out = gpulab(hub, dave.token, "model", "update", "cli")
+    assert "stable=2" in status.stdout and model(dave, "half_plus_two")["token"] in status.stdout
+    logs = gpulab(hub, dave.token, "model", "logs", "half_plus_two")
+    assert "Successfully loaded servable version {name: half_plus_two version: 2}" in logs.stdout
+    out = gpulab(hub, dave.token, "model", "update", "half_plus_two")
     assert out.returncode == 2 and "nothing to change" in out.stderr
     out = gpulab(hub, dave.token, "model", "status", "nope")
     assert out.returncode == 1 and "has no model named nope" in out.stderr
 
-    out = gpulab(hub, dave.token, "model", "undeploy", "cli")
-    assert out.returncode == 0 and "Undeployed model cli" in out.stdout
+    out = gpulab(hub, dave.token, "model", "undeploy", "half_plus_two")
+    assert out.returncode == 0 and "Undeployed model half_plus_two" in out.stdout
     assert gpulab(hub, dave.token, "model", "list").stdout.strip() == "No models"
 
 

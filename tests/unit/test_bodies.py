@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpulab.hub.workloads.bodies import SpecError
-from gpulab.hub.workloads.model_spec import ModelSpec, parse_changes, parse_model
+from gpulab.hub.workloads.model_spec import MODEL_NAME_HELP, ModelSpec, parse_changes, parse_model
 from gpulab.hub.workloads.spec import JobSpec, ReplicaGroup, home_path, parse_job
 from gpulab.hub.workloads.sweeps import parse_sweep, trial_job
 
@@ -230,7 +230,10 @@ BAD_JOBS = [
     ),
     ({"name": "a", "module": "bad mod"}, "module: a Python module name (got 'bad mod')"),
     ({"name": "a", "notebook": "t.py"}, "notebook: a notebook (.ipynb) (got 't.py')"),
-    ({"name": "a", "notebook": "/etc/x.ipynb"}, "notebook: '/etc/x.ipynb' is outside your home; give a path relative to it"),
+    (
+        {"name": "a", "notebook": "/etc/x.ipynb"},
+        "notebook: '/etc/x.ipynb' is outside your home; give a path relative to it",
+    ),
     (
         {"name": "a", "notebook": "t.ipynb", "args": ["lr=1", "--epochs"]},
         "args.1: a notebook's parameter, NAME=VALUE (got '--epochs')",
@@ -607,6 +610,9 @@ def model(**fields) -> dict:
         ),
         (model(base_path="s3://bucket/prefix/"), ModelSpec("m", "s3://bucket/prefix")),
         (model(base_path="s3://bucket"), ModelSpec("m", "s3://bucket")),
+        # TF Serving's own names
+        (model(name="half_plus_two"), ModelSpec("half_plus_two", "models/m")),
+        (model(name="ResNet-50.v2"), ModelSpec("ResNet-50.v2", "models/m")),
     ],
 )
 def test_a_good_deployment_becomes_its_spec(body, spec) -> None:
@@ -624,8 +630,10 @@ BAD_MODELS = [
         "unknown field(s): colour; known: access, base_path, gpus, labels, "
         "latest, name, replicas, versions",
     ),
-    (model(name="Bad Name"), f"name: {NAME_HELP} (got 'Bad Name')"),
-    ({"base_path": "m"}, f"name: required (unique per user: {NAME_HELP})"),
+    (model(name="Bad Name"), f"name: {MODEL_NAME_HELP} (got 'Bad Name')"),
+    (model(name="_x"), f"name: {MODEL_NAME_HELP} (got '_x')"),
+    (model(name="a" * 41), f"name: {MODEL_NAME_HELP} (got '{'a' * 41}')"),
+    ({"base_path": "m"}, f"name: required (unique per user: {MODEL_NAME_HELP})"),
     (
         {"name": "m"},
         f"base_path: required (relative to the home, or s3://BUCKET/PREFIX: {BASE_PATH_HELP})",
