@@ -12,6 +12,8 @@ import asyncio
 import json
 import logging
 import math
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -356,7 +358,8 @@ class JobRun:
         """The metrics the deciding replica reported (the last value of each wins)."""
         role, indexes = specs.success_roles(self.spec) or ("worker", [0])
         metrics = parse_metrics(
-            self.runner.read_log(self.job.user, self.job.log_path(replica_name(role, indexes[0])))
+            self.runner.read_log(self.job.user, self.job.log_path(replica_name(role, indexes[0]))),
+            self.spec.metrics,
         )
         raw = self.runner.read_log(self.job.user, self.job.metrics_path)
         if raw:
@@ -370,18 +373,32 @@ class JobRun:
             self.store.update(self.job.id, metrics=metrics)
 
 
-def parse_metrics(output: bytes) -> dict[str, float]:
-    """``name=value`` pairs of every ``gpulab-metric:`` line; the last value of each wins."""
+STDOUT_METRIC = re.compile(
+    r"(?<![\w./-])([A-Za-z_][\w./-]*)\s*[=:]\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)(?![\w.])"
+)
+"""``name=value`` (Katib's StdOut collector's format) or ``name: value`` (Keras', most
+print statements'), anywhere in a line: ``epoch 3 - loss: 0.25 - val_loss=0.31``."""
+
+
+def parse_metrics(output: bytes, names: Iterable[str] = ()) -> dict[str, float]:
+    """The metrics in a replica's output: every ``gpulab-metric:`` line's ``name=value``
+    pairs, and the ``names`` asked for wherever ``STDOUT_METRIC`` finds them; the last
+    value of each wins."""
+    wanted = set(names)
     metrics: dict[str, float] = {}
     for line in output.decode(errors="replace").splitlines():
         line = line.strip()
-        if not line.startswith(METRIC_PREFIX):
-            continue
-        for pair in line[len(METRIC_PREFIX) :].replace(",", " ").split():
-            key, sep, value = pair.partition("=")
-            number = _number(value) if sep else None
-            if key and number is not None:
-                metrics[key] = number
+        if line.startswith(METRIC_PREFIX):
+            for pair in line[len(METRIC_PREFIX) :].replace(",", " ").split():
+                key, sep, value = pair.partition("=")
+                number = _number(value) if sep else None
+                if key and number is not None:
+                    metrics[key] = number
+        elif wanted:
+            for found in STDOUT_METRIC.finditer(line):
+                number = _number(found[2])
+                if found[1] in wanted and number is not None:
+                    metrics[found[1]] = number
     return metrics
 
 

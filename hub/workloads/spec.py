@@ -51,6 +51,7 @@ SUCCESS_POLICIES = ("default", "all_workers")
 # killed from outside); every other non-zero code is the program's own failure
 RETRYABLE_EXIT_CODES = frozenset({130, 137, 143})
 NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$")
+METRIC_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_./-]{0,63}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_REPLICAS = 64
 MAX_DEADLINE_SECONDS = 366 * 86400  # a job that should run longer has no deadline
@@ -103,6 +104,9 @@ class JobSpec:
     notebook: str = ""
     """The notebook the replicas run top to bottom (``notebook_job``), relative to
     ``workdir``; empty: the job runs a command."""
+    metrics: tuple[str, ...] = ()
+    """Metrics also read from plain output lines, ``name=value`` or ``name: value``
+    (Katib's StdOut collector), besides ``gpulab-metric:`` lines."""
 
     @property
     def gpus(self) -> int:
@@ -121,6 +125,7 @@ class JobSpec:
     def as_json(self) -> dict:
         model = asdict(self)
         model["command"] = list(self.command)
+        model["metrics"] = list(self.metrics)
         model["replicas"] = {g.role: {**asdict(g), "command": list(g.command)} for g in self.groups}
         for g in model["replicas"].values():
             del g["role"]
@@ -136,6 +141,7 @@ def spec_from_json(model: dict) -> JobSpec:
     )
     fields = {k: v for k, v in model.items() if k != "replicas"}
     fields["command"] = tuple(fields["command"])
+    fields["metrics"] = tuple(fields.get("metrics", ()))
     return JobSpec(groups=groups, **fields)
 
 
@@ -205,6 +211,11 @@ def _seconds(value: float | str) -> float:
 
 
 Name = Annotated[str, Field(pattern=NAME_RE.pattern), Wanted(NAME_HELP)]
+MetricName = Annotated[
+    str,
+    Field(pattern=METRIC_NAME_RE.pattern),
+    Wanted("a metric name: letters, digits, _ . / -, starting with a letter or _"),
+]
 HomePath = Annotated[str, AfterValidator(home_path)]
 Module = Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*$"), Wanted("a Python module name")]
 Scalar = Annotated[str | int | float, WithJsonSchema({"type": ["string", "number"]})]
@@ -315,6 +326,10 @@ class JobBody(Body):
     image: str = Field("", description="The replicas' image (kubernetes backend).")
     success_policy: one_of(SUCCESS_POLICIES) = "default"
     active_deadline: Deadline | None = Field(None, description="The longest the job may run.")
+    metrics: Annotated[list[MetricName], Field(max_length=16)] = Field(
+        [],
+        description="Metrics also read from plain output lines, name=value or name: value.",
+    )
     torchrun: shapes(
         "true, processes per replica, or {nproc_per_node: N}",
         boolean=bool,
@@ -430,6 +445,7 @@ def parse_job(body: object, python: str = "python") -> JobSpec:
         active_deadline=job.active_deadline,
         torchrun_nproc=job.nproc(),
         notebook=job.notebook or "",
+        metrics=tuple(dict.fromkeys(job.metrics)),
     )
 
 

@@ -39,7 +39,7 @@ from gpulab.hub.ledger import as_utc, utcnow
 
 from .bodies import Body, FieldError, SpecError, Wanted, one_of, shapes, validated, whole
 from .runner import JobError
-from .spec import NAME_RE, JobBody, parse_job
+from .spec import METRIC_NAME_RE, NAME_RE, JobBody, parse_job
 from .store import ACTIVE, metadata
 
 if TYPE_CHECKING:
@@ -176,8 +176,14 @@ class JobTemplate(JobBody):
         return super().known() - {"name"}
 
 
+METRIC_HELP = "a metric name: letters, digits, _ . / -, starting with a letter or _"
+
+
 class ObjectiveBody(Body):
-    metric: str = Field(description="A metric the trials report, as gpulab-metric: NAME=VALUE.")
+    metric: Annotated[str, Field(pattern=METRIC_NAME_RE.pattern), Wanted(METRIC_HELP)] = Field(
+        description="A metric the trials report: a NAME=VALUE or NAME: VALUE line, "
+        "a gpulab-metric: line, or $GPULAB_METRICS_FILE."
+    )
     goal: one_of(("minimize", "maximize"), "minimize or maximize") = "minimize"
 
 
@@ -232,7 +238,7 @@ def parse_sweep(body: object, python: str = "python") -> SweepSpec:
         trials = _sample(sweep.parameters, sweep.trials, random.Random(sweep.seed))
     job = body["job"]
     try:  # every trial's job must be a valid job: check the first one now
-        parse_job(trial_job(job, f"{sweep.name}-1", trials[0]), python)
+        parse_job(trial_job(job, f"{sweep.name}-1", trials[0], sweep.objective.metric), python)
     except SpecError as e:
         raise SpecError(f"job.{e}") from None
     return SweepSpec(
@@ -247,10 +253,16 @@ def parse_sweep(body: object, python: str = "python") -> SweepSpec:
     )
 
 
-def trial_job(template: dict, name: str, params: dict) -> dict:
-    """The job spec of one trial: the template, named, with its parameters as arguments."""
+def trial_job(template: dict, name: str, params: dict, metric: str = "") -> dict:
+    """The job spec of one trial: the template, named, with its parameters as arguments,
+    reading the objective's ``metric`` from its output as Katib's StdOut collector does
+    (``metric=value`` or ``metric: value`` lines) as well as from gpulab's own lines."""
     args = list(template.get("args", [])) + [f"--{k}={_text(v)}" for k, v in params.items()]
-    return {**template, "name": name, "args": args}
+    job = {**template, "name": name, "args": args}
+    if metric:
+        metrics = template.get("metrics", [])
+        job["metrics"] = [*metrics, metric] if isinstance(metrics, list) else metrics
+    return job
 
 
 def _text(value) -> str:
@@ -286,7 +298,7 @@ class SweepManager:
             raise JobError(400, str(e)) from None
 
     def submit(self, user: str, groups: list[str], spec: SweepSpec) -> dict:
-        first = self.jobs.parse(trial_job(spec.job, f"{spec.name}-1", spec.trials[0]))
+        first = self.jobs.parse(trial_job(spec.job, f"{spec.name}-1", spec.trials[0], spec.metric))
         self.jobs.check_fits(user, first, groups)
         names = {f"{spec.name}-{i + 1}" for i in range(len(spec.trials))}
         taken = sorted(names & {j.name for j in self.jobs.store.list(user=user)})
@@ -331,7 +343,7 @@ class SweepManager:
                 name = f"{row.name}-{submitted + 1}"
                 submitted += 1
                 try:
-                    job = self.jobs.parse(trial_job(spec["job"], name, params))
+                    job = self.jobs.parse(trial_job(spec["job"], name, params, spec["metric"]))
                     self.jobs.submit(row.user, json.loads(row.groups), job, row.name, params)
                 except JobError as e:
                     failed = f"Trial {name} could not start: {e}"

@@ -738,3 +738,43 @@ def test_a_notebook_runs_as_a_job_and_as_a_sweep(hub):
     assert swept["state"] == "succeeded", swept["message"]
     assert [t["params"]["lr"] for t in swept["trials"]] == [0.3, 0.9]
     assert swept["best"]["metric"] == pytest.approx(0.01)
+
+
+KATIB_STYLE = textwrap.dedent(
+    """
+    import argparse
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--lr", type=float, default=0.1)
+    lr = parser.parse_args().lr
+    for epoch in range(3):
+        print(f"Epoch {epoch + 1}/3 - loss: {(lr - 0.2) ** 2 + 1 / (epoch + 1):.4f}")
+    print(f"final_loss={(lr - 0.2) ** 2:.4f}")
+    """
+)
+
+
+def test_a_sweep_reads_the_metric_an_unchanged_script_prints(hub):
+    """Katib's StdOut collector: name=value (and name: value) lines, no gpulab words."""
+    quin = hub.create_user("quinn")
+    put_file(hub, "quinn", "plain.py", KATIB_STYLE)
+    spec = {
+        "name": "plain",
+        "job": {"script": "plain.py"},
+        "parameters": {"lr": [0.5, 0.3]},
+        "max_parallel": 2,
+        "objective": {"metric": "final_loss"},
+    }
+    r = quin.session.post(hub.api("/gpulab/sweeps"), json=spec, timeout=30)
+    assert r.status_code == 201, r.text
+
+    def finished():
+        model = quin.session.get(hub.api("/gpulab/sweeps/plain"), timeout=30).json()
+        return model["state"] != "running" and model
+
+    done = wait_for(finished, 120, "the sweep to finish")
+    assert done["state"] == "succeeded", done["message"]
+    assert [(t["params"]["lr"], t["metric"]) for t in done["trials"]] == [(0.3, 0.01), (0.5, 0.09)]
+    # a job that names its metrics gets them from the same lines
+    submit(quin, {"name": "named", "script": "plain.py", "metrics": ["loss", "final_loss"]})
+    named = wait_job(quin, "named")
+    assert named["metrics"] == {"loss": pytest.approx(0.3433), "final_loss": pytest.approx(0.01)}

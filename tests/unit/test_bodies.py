@@ -17,8 +17,8 @@ NAME_HELP = "1-40 lower-case letters, digits and '-', starting with a letter"
 DEADLINE_HELP = "seconds, or a duration like 90s, 30m, 2h or 1d: more than 0, at most 366 days"
 COMMAND_HELP = "a non-empty list of strings, or a shell-style string"
 JOB_FIELDS = (
-    "active_deadline, args, command, env, framework, image, module, name, notebook, package, "
-    "replicas, script, success_policy, torchrun, workdir"
+    "active_deadline, args, command, env, framework, image, metrics, module, name, notebook, "
+    "package, replicas, script, success_policy, torchrun, workdir"
 )
 REPLICAS_HELP = "a count, or an object of role: {count, gpus, ...}"
 
@@ -415,8 +415,27 @@ def test_a_grid_sweep_runs_every_combination_in_order() -> None:
     assert (spec.metric, spec.goal) == ("acc", "maximize")
     # what the client sent is what the sweep keeps and runs
     assert spec.job == body["job"] and spec.parameters == body["parameters"]
-    trial = parse_job(trial_job(spec.job, "lr-2", spec.trials[1]), "PY")
+    trial = parse_job(trial_job(spec.job, "lr-2", spec.trials[1], spec.metric), "PY")
     assert trial.command == ("PY", "train.py", "--lr=0.1", "--units=128", "--flag=true")
+    assert trial.metrics == ("acc",)  # read from its plain output lines too
+
+
+def test_metrics_are_read_from_gpulab_lines_and_plain_lines_for_the_names_asked() -> None:
+    from gpulab.hub.workloads.job_run import parse_metrics
+
+    output = (
+        b"Epoch 1/3 - loss: 0.5 - val_loss: 0.7\n"
+        b"step=3 final_loss=0.0384 acc=0.9\n"
+        b"gpulab-metric: accuracy=0.8 loss=0.4\n"
+        b"  loss:.25e-1 and no_loss=1.0, myloss: 9, loss_total: 3, loss=nan\n"
+    )
+    assert parse_metrics(output, ["loss", "final_loss", "val_loss"]) == {
+        "loss": 0.025,  # the last value wins; no_loss, myloss, loss_total and nan are not it
+        "val_loss": 0.7,
+        "final_loss": 0.0384,
+        "accuracy": 0.8,
+    }
+    assert parse_metrics(output) == {"accuracy": 0.8, "loss": 0.4}  # gpulab's lines alone
 
 
 def test_a_random_sweep_draws_within_the_bounds_and_its_seed_repeats_it() -> None:
@@ -532,7 +551,8 @@ BAD_SWEEPS = [
     ),
     (
         sweep(objective={}),
-        "objective.metric: required (a metric the trials report, as gpulab-metric: NAME=VALUE)",
+        "objective.metric: required (a metric the trials report: a NAME=VALUE or NAME: VALUE "
+        "line, a gpulab-metric: line, or $GPULAB_METRICS_FILE)",
     ),
     (sweep(objective=None), "objective: an object (got None)"),
     # the job every trial runs
