@@ -29,6 +29,9 @@ def _load_jupyter_server_extension(serverapp):
     from .welcome import welcome
 
     web_app = serverapp.web_app
+    # the lab opens files under hidden folders: a notebook job's output notebook is in
+    # ~/.gpulab/jobs/ (the file browser still hides them until View > Show Hidden Files)
+    serverapp.contents_manager.allow_hidden = True
     switch = KernelSwitch(serverapp)
     web_app.settings["gpulab_switch"] = switch
     web_app.settings["gpulab_hub_status"] = HubStatus()

@@ -11,8 +11,10 @@ import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
 import { INotebookTracker } from '@jupyterlab/notebook';
 
 import { GpuApi } from './api';
+import { activateJobForms } from './jobcommands';
 import { WorkloadsPanel } from './panel';
 import { saveBeforeMove } from './saving';
+import { activateServing } from './serving';
 import { ShareApi } from './share';
 import { ShareButton } from './sharebutton';
 import { GpuWidget, gpuIcon } from './widget';
@@ -114,7 +116,12 @@ const plugin: JupyterFrontEndPlugin<void> = {
       reload: () => window.location.reload()
     });
     app.shell.add(widget, 'top', { rank: 1000 });
-    const panel = new WorkloadsPanel(new WorkloadsApi(app.serviceManager.serverSettings));
+    const serving = activateServing(app, palette, fileBrowser);
+    const panel = new WorkloadsPanel(new WorkloadsApi(app.serviceManager.serverSettings), {
+      openPath: path => void app.commands.execute('docmanager:open', { path }),
+      tryModel: name => serving.openTryIt(name),
+      openTensorBoard: logdir => serving.openTensorBoard(logdir)
+    });
     app.shell.add(panel, 'left', { rank: 700 });
     app.commands.addCommand(CommandIDs.showWorkloads, {
       label: 'Show Jobs, Sweeps and Models',
@@ -147,6 +154,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       palette.addItem({ command: CommandIDs.showWorkloads, category });
     }
     activateSharing(app, palette, notebooks, fileBrowser);
+    activateJobForms(app, { palette, notebooks, fileBrowser, documents, panel });
   }
 };
 

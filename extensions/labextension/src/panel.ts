@@ -11,6 +11,7 @@ import { Widget } from '@lumino/widgets';
 
 import { GpuApiError } from './api';
 import { el } from './dom';
+import { outputNotebookButton, trialsTable } from './jobdetails';
 import { jobSummary, modelSummary, sweepSummary, usageSummary } from './summary';
 import { ACTIVE, IJob, IModel, ISweep, WorkloadsApi } from './workloads';
 
@@ -34,8 +35,21 @@ interface ILogView {
   offset: number;
 }
 
+/** What the panel's buttons open elsewhere in the lab. */
+export interface IPanelActions {
+  /** A file of the home (a notebook job's output notebook). */
+  openPath: (path: string) => void;
+  /** The Try it panel of a model. */
+  tryModel: (name: string) => void;
+  /** TensorBoard on a folder of the home. */
+  openTensorBoard: (logdir: string) => void;
+}
+
 export class WorkloadsPanel extends Widget {
-  constructor(private readonly api: WorkloadsApi) {
+  constructor(
+    private readonly api: WorkloadsApi,
+    private readonly actions: IPanelActions
+  ) {
     super();
     this.id = 'gpulab-workloads';
     this.addClass('gpulab-WorkloadsPanel');
@@ -96,6 +110,12 @@ export class WorkloadsPanel extends Widget {
     if (this._log?.job !== name || this._log.replica !== chosen) {
       this._log = { job: name, replica: chosen, text: '', offset: 0 };
     }
+    void this.refresh();
+  }
+
+  /** Open a sweep's details: its trials, ranked. */
+  showSweep(name: string): void {
+    this._sweep = name;
     void this.refresh();
   }
 
@@ -263,23 +283,50 @@ export class WorkloadsPanel extends Widget {
     select.value = this._log.replica;
     select.addEventListener('change', () => this.showJob(job.name, select.value));
     el('span', 'gpulab-wl-logpath', `${job.logs}/${this._log.replica}.log`, bar);
+    const output = outputNotebookButton(job, this._log.replica, this.actions.openPath);
+    if (output) {
+      bar.appendChild(output);
+    }
+    const board = el('button', 'gpulab-wl-tensorboard', 'TensorBoard', bar);
+    const workdir = job.spec?.workdir ?? '';
+    board.title = `TensorBoard on ~/${workdir}, the folder the job ran in`;
+    board.addEventListener('click', event => {
+      event.stopPropagation();
+      this.actions.openTensorBoard(workdir);
+    });
     el('pre', 'gpulab-wl-log', this._log.text || '(nothing logged yet)', details);
     return li;
   }
 
   private _sweepRow(sweep: ISweep): HTMLElement {
     const li = this._row(sweep.name, sweep.state, sweepSummary(sweep));
-    (li.firstElementChild as HTMLElement).title = sweep.message;
+    const line = li.firstElementChild as HTMLElement;
+    line.title = sweep.message;
+    line.addEventListener('click', () => {
+      this._sweep = this._sweep === sweep.name ? null : sweep.name;
+      this._render();
+    });
     if (sweep.state === 'running') {
       this._cancelButton(li, 'sweep', sweep.name);
+    }
+    if (this._sweep === sweep.name) {
+      const details = el('div', 'gpulab-wl-details', '', li);
+      el('div', 'gpulab-wl-message', sweep.message, details);
+      details.appendChild(trialsTable(sweep));
     }
     return li;
   }
 
   private _modelRow(model: IModel): HTMLElement {
     const li = this._row(model.name, model.state, modelSummary(model));
-    (li.firstElementChild as HTMLElement).title =
-      `${model.message}\n${model.endpoints.predict}`.trim();
+    const line = li.firstElementChild as HTMLElement;
+    line.title = `${model.message}\n${model.endpoints.predict}`.trim();
+    const tryIt = el('button', 'gpulab-wl-try', 'Try it', line);
+    tryIt.title = `Call ${model.name} with a request`;
+    tryIt.addEventListener('click', event => {
+      event.stopPropagation();
+      this.actions.tryModel(model.name);
+    });
     return li;
   }
 
@@ -311,6 +358,8 @@ export class WorkloadsPanel extends Widget {
   private _sweeps: ISweep[] = [];
   private _models: IModel[] = [];
   private _log: ILogView | null = null;
+  /** The sweep whose trials show. */
+  private _sweep: string | null = null;
   private _error: string | null = null;
   /** The hub refused with 403 (a guest of this server): say why, and ask no more. */
   private _refused = false;

@@ -53,6 +53,8 @@ export interface IJob {
   logs: string;
   replicas: IReplica[];
   queue_position: number | null;
+  /** What was submitted, as the hub keeps it (a notebook job names its notebook). */
+  spec?: { workdir?: string; notebook?: string; command?: string[] };
 }
 
 export interface ITrial {
