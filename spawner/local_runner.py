@@ -199,16 +199,19 @@ class LocalRunner:
 
 
 # $1 log, $2 header, $3 working folder (relative to the home), $4 where the exit code
-# goes (so a later hub learns how a replica it did not start ended), then the command
+# goes (so a later hub learns how a replica it did not start ended), then the command.
+# The hub's TERM (to the whole group) lets the command end; the shell then says so.
 LAUNCH_SCRIPT = """exec >>"$1" 2>&1 || exit 2
 : >"$4"
 [ -z "$2" ] || printf '%s\\n' "$2"
 if [ -n "$3" ]; then cd -- "$3" || { echo "gpulab: cannot enter ~/$3"; exit 2; }; fi
 status=$4
 shift 4
+trap 'stopped=1' TERM
 "$@"
 code=$?
 printf '%s\\n' "$code" >"$status"
+[ -z "$stopped" ] || printf '%s\\n' "==> gpulab: stopped by the hub (SIGTERM; exit code $code): its status at the hub says why"
 exit "$code"
 """
 

@@ -42,10 +42,12 @@ code=2
 if [ -z "$workdir" ] || cd -- "$HOME/$workdir"; then
   "$@" &
   child=$!
-  trap 'kill -TERM "$child" 2>/dev/null' TERM INT
+  trap 'stopped=1; kill -TERM "$child" 2>/dev/null' TERM INT
   wait "$child"
   code=$?
   while kill -0 "$child" 2>/dev/null; do wait "$child"; code=$?; done
+  [ -z "$stopped" ] ||
+    printf '%s\\n' "==> gpulab: stopped by the hub (SIGTERM; exit code $code): its status at the hub says why"
 else
   echo "gpulab: cannot enter ~/$workdir"
 fi

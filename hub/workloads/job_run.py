@@ -288,9 +288,12 @@ class JobRun:
             self.manager.ports.release(run.port)
         current = self.store.get_by_id(self.job.id)
         if current is not None:
-            self.store.stop_replicas(current, "stopped")
-            if current.active:  # not cancelled meanwhile
-                state, message = verdict or ("failed", "Failed: stopped by the hub")
+            state, message = verdict or ("failed", "Failed: stopped by the hub")
+            why = message if current.active else current.message  # cancelled meanwhile
+            self.store.stop_replicas(
+                current, "stopped", f"Stopped by the hub as the job ended: {why}"
+            )
+            if current.active:
                 self.store.update(self.job.id, state=state, message=message, event=message)
         self.manager.wake()
 

@@ -310,12 +310,15 @@ class JobStore:
                 if event:
                     self._event(conn, job_id, event, name)
 
-    def stop_replicas(self, job: Job, state: str) -> None:
-        """Mark the job's replicas that had not ended ``state`` (``stopped``), now."""
+    def stop_replicas(self, job: Job, state: str, message: str = "") -> None:
+        """Mark the job's replicas that had not ended ``state`` (``stopped``), now, saying
+        why in ``message``."""
         now = utcnow()
         unfinished = ("pending", "running", "restarting")
         changes = {
-            r.name: {"state": state, "finished": now} for r in job.replicas if r.state in unfinished
+            r.name: {"state": state, "finished": now, **({"message": message} if message else {})}
+            for r in job.replicas
+            if r.state in unfinished
         }
         if changes:
             self.update_replicas(job.id, changes)

@@ -323,7 +323,18 @@ def test_cancel_stops_every_replica_and_frees_gpus_and_ports(hub):
     assert r.json()["state"] == "cancelled"
     wait_for(lambda: not hub.unix_pids("dave"), 20, "every replica process to end")
     assert hub.gpus()["free"] == 3
-    assert {x["state"] for x in job(dave, "forever")["replicas"]} == {"stopped"}
+    stopped = job(dave, "forever")["replicas"]
+    assert {x["state"] for x in stopped} == {"stopped"}
+    # each replica's record and log say it was stopped, and why
+    assert {x["message"] for x in stopped} == {
+        "Stopped by the hub as the job ended: Cancelled: cancelled by the user"
+    }
+    for replica in ("chief-0", "worker-0", "ps-0"):
+        last = logs(dave, "forever", replica).rstrip().rsplit("\n", 1)[-1]
+        assert last == (
+            "==> gpulab: stopped by the hub (SIGTERM; exit code 143): its status at the hub "
+            "says why"
+        ), last
     import socket
 
     for port in ports:  # nothing listens where the replicas did
