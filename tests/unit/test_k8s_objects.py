@@ -497,7 +497,10 @@ def test_the_workload_pods_shell_passes_term_on_and_reports_the_commands_code(tm
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 7
     assert "got term" in proc.stdout.read().decode()
-    assert log.read_text().endswith("got term\n")
+    assert log.read_text().endswith(
+        "got term\n==> gpulab: stopped by the hub (SIGTERM; exit code 7): its status at the hub "
+        "says why\n"
+    )
 
 
 def test_the_hubs_copy_of_a_pod_log_keeps_lines_files_and_its_limit(tmp_path):
