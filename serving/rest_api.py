@@ -9,6 +9,7 @@ carries HTTP/1.1 straight to it, on a TCP port or a unix socket.
 from __future__ import annotations
 
 import re
+import socket
 from urllib.parse import unquote
 
 from google.protobuf import json_format
@@ -36,10 +37,13 @@ class RestApi:
         self.predictor = predictor
         self.token = token
 
-    def answer(self, method: str, path: str, authorization: str | None, body: bytes):
-        """(HTTP status, JSON body) for one request."""
+    def answer(
+        self, method: str, path: str, authorization: str | None, body: bytes, owners: bool = False
+    ):
+        """(HTTP status, JSON body) for one request; ``owners``: it came over the unix
+        socket, which only the model's owner (and root) can connect to: no token needed."""
         try:
-            if self.token and not token_ok(authorization, self.token):
+            if self.token and not owners and not token_ok(authorization, self.token):
                 raise ServingError(UNAUTHENTICATED, "a valid model token is needed")
             return 200, self._dispatch(method, path, body)
         except ServingError as e:
@@ -112,12 +116,13 @@ class RestServer(httputil.HTTPServerConnectionDelegate):
         self.api = api
 
     def start_request(self, server_conn, request_conn) -> httputil.HTTPMessageDelegate:
-        return _RestRequest(self.api, request_conn)
+        family = server_conn.stream.socket.family if server_conn.stream.socket else None
+        return _RestRequest(self.api, request_conn, owners=family == socket.AF_UNIX)
 
 
 class _RestRequest(httputil.HTTPMessageDelegate):
-    def __init__(self, api: RestApi, connection):
-        self.api, self.connection = api, connection
+    def __init__(self, api: RestApi, connection, owners: bool = False):
+        self.api, self.connection, self.owners = api, connection, owners
         self.chunks: list[bytes] = []
         self.start = None
         self.headers = None
@@ -133,7 +138,11 @@ class _RestRequest(httputil.HTTPMessageDelegate):
         path = self.start.path.partition("?")[0]
         if path.lower().startswith("/v1/") or path.lower() == "/v1":
             status, body = self.api.answer(
-                method, path, self.headers.get("Authorization"), b"".join(self.chunks)
+                method,
+                path,
+                self.headers.get("Authorization"),
+                b"".join(self.chunks),
+                self.owners,
             )
         else:  # TF Serving answers only its API's paths
             status, body = 404, b""

@@ -7,9 +7,11 @@ way: REST ``/v1/models/...`` status, metadata and ``:predict``, gRPC
 ``PredictionService`` (Predict, GetModelMetadata) and ``ModelService``
 (GetModelStatus, HandleReloadConfigRequest).
 
-gpulab's additions: with ``GPULAB_SERVING_TOKEN`` in its environment, every request
-must carry ``Authorization: Bearer <token>`` (gRPC: ``authorization`` metadata), since
-on a shared machine any local process can reach a loopback port; and besides TF
+gpulab's additions: with ``GPULAB_SERVING_TOKEN`` in its environment, every request on a
+TCP port must carry ``Authorization: Bearer <token>`` (gRPC: ``authorization``
+metadata), since on a shared machine any local process can reach a loopback port (on
+its unix sockets, mode 0600, only its own account and root can connect: none is
+asked there, so TF Serving's own clients work unchanged); and besides TF
 Serving's ``--grpc_socket_path``, ``--rest_api_socket_path`` serves REST on a unix
 socket (with ``--port 0``: no TCP port at all), which is how gpulab runs it, in a folder
 only the owner can enter.

@@ -199,12 +199,18 @@ def code_cells(path: Path) -> list[str]:
     return ["".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code"]
 
 
+def visible(listing: dict) -> list[str]:
+    """What the file browser shows of a folder: JupyterLab hides dot files (the server
+    lists them, so that the lab can open a job's output notebook in ~/.gpulab)."""
+    return sorted(i["name"] for i in listing["content"] if not i["name"].startswith("."))
+
+
 def test_a_new_home_gets_the_welcome_notebook_once_and_its_cells_run(hub):
     bob = hub.create_user("bob")
     assert bob.spawn().status_code in (201, 202)
     r = bob.server_get("/api/contents/")
     assert r.status_code == 200, r.text
-    assert [item["name"] for item in r.json()["content"]] == [WELCOME]
+    assert visible(r.json()) == [WELCOME]
     notebook = home(hub, "bob") / WELCOME
     account = pwd.getpwnam(hub.unix_account("bob"))
     assert notebook.stat().st_uid == account.pw_uid
@@ -234,7 +240,7 @@ def test_a_new_home_gets_the_welcome_notebook_once_and_its_cells_run(hub):
     assert r.status_code == 204, r.text
     assert bob.stop().status_code in (202, 204)
     assert bob.spawn().status_code in (201, 202)
-    names = [item["name"] for item in bob.server_get("/api/contents/").json()["content"]]
+    names = visible(bob.server_get("/api/contents/").json())
     assert WELCOME not in names and "models" in names
 
 
@@ -247,6 +253,5 @@ def test_a_home_with_files_gets_no_welcome_notebook(hub):
     notes.write_text("mine")
     os.chown(notes, account.uid, account.gid)
     assert carol.spawn().status_code in (201, 202)
-    names = [item["name"] for item in carol.server_get("/api/contents/").json()["content"]]
-    assert names == ["notes.txt"]
+    assert visible(carol.server_get("/api/contents/").json()) == ["notes.txt"]
     assert (account.home / ".gpulab/welcomed").exists()

@@ -171,12 +171,13 @@ def test_deploy_then_predict_over_rest_and_grpc_as_the_savedmodel_answers(hub):
     assert sig["inputs"]["x"]["dtype"] == "DT_FLOAT"
     assert sig["method_name"] == "tensorflow/serving/predict"
 
-    # the replica's own sockets answer only with the model's token
+    # the replica's own sockets: only its owner (and root, the hub) can connect, so they
+    # answer without the model's token (as TF Serving's own clients call), and with it
     replica = m["replica_status"][0]
     assert replica["rest"].startswith("unix:") and replica["grpc"].startswith("unix:")
     token = model(alice, "line")["token"]
     code, answer = raw_rest(replica["rest"], "/v1/models/line:predict", {"instances": X})
-    assert code == 401 and "token" in answer["error"]
+    assert (code, answer) == (200, {"predictions": want2})
     code, answer = raw_rest(replica["rest"], "/v1/models/line:predict", {"instances": X}, token)
     assert (code, answer) == (200, {"predictions": want2})
 
@@ -187,9 +188,8 @@ def test_deploy_then_predict_over_rest_and_grpc_as_the_savedmodel_answers(hub):
     assert tf.make_ndarray(answer.outputs["y"]).tolist() == want2
     answer = grpc_predict(replica["grpc"], token, "line", X, version_label="stable")
     assert tf.make_ndarray(answer.outputs["y"]).tolist() == want1
-    with pytest.raises(grpc.RpcError) as refused:
-        grpc_predict(replica["grpc"], None, "line", X)
-    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    answer = grpc_predict(replica["grpc"], None, "line", X)
+    assert tf.make_ndarray(answer.outputs["y"]).tolist() == want2
     with pytest.raises(grpc.RpcError) as missing:
         grpc_predict(replica["grpc"], token, "line", X, version=7)
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
@@ -218,6 +218,46 @@ def test_deploy_then_predict_over_rest_and_grpc_as_the_savedmodel_answers(hub):
     assert alice.session.get(hub.api("/gpulab/models/line"), timeout=30).status_code == 404
     with pytest.raises(OSError):
         raw_rest(replica["rest"], "/v1/models/line", token=token)
+
+
+STOCK_CLIENT = """
+import grpc, numpy as np, tensorflow as tf
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
+    model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
+
+with grpc.insecure_channel({address!r}) as channel:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "stock"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([1, 2], np.float32)))
+    answer = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+    print("predict", tf.make_ndarray(answer.outputs["y"]).tolist())
+    meta = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    meta.model_spec.name = "stock"
+    answer = prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata(meta)
+    defs = get_model_metadata_pb2.SignatureDefMap()
+    answer.metadata["signature_def"].Unpack(defs)
+    print("signatures", sorted(defs.signature_def))
+    status = get_model_status_pb2.GetModelStatusRequest()
+    status.model_spec.name = "stock"
+    answer = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(status)
+    print("versions", [v.version for v in answer.model_version_status])
+"""
+
+
+def test_tf_servings_own_clients_call_from_the_owners_server_unchanged(hub):
+    """The official stubs, with no token or other metadata, from a notebook kernel of the
+    owner's server: the replica's gRPC socket is the owner's alone."""
+    ivy = hub.create_user("sv-stock")
+    assert ivy.spawn(profile="cpu").status_code in (201, 202)
+    export(hub, ivy.name, "models/stock/1", 0.5, 2.0)
+    deploy(ivy, {"name": "stock", "base_path": "models/stock"})
+    m = wait_available(ivy, "stock")
+    address = m["replica_status"][0]["grpc"]
+    out = ivy.run(STOCK_CLIENT.format(address=address), timeout=120)
+    assert "predict [2.5, 3.0]" in out, out
+    assert "signatures ['__saved_model_init_op', 'serving_default']" in out, out
+    assert "versions [1]" in out, out
+    assert ivy.session.delete(hub.api("/gpulab/models/stock"), timeout=60).status_code == 204
 
 
 def test_a_new_version_rolls_in_while_clients_call(hub):
