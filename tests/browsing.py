@@ -110,3 +110,26 @@ def log_in(page, hub, name: str) -> None:
     page.fill("#password_input", password)
     page.click("#login_submit")
     page.wait_for_url(lambda url: "/hub/login" not in url)
+
+
+def open_palette(page):
+    """Open the command palette with its shortcut, as a user would; its search input.
+
+    The shortcut only works once JupyterLab has restored its layout and registered its
+    key bindings, which can come after the top bar shows: press it until the palette
+    shows (checking first, since a second press closes it). Each press gets long to take
+    effect: on a busy machine the browser holds key presses while it starts the lab, and
+    a press sent again meanwhile would close the palette the first one opened.
+    """
+    expect(page.locator("#jupyterlab-splash")).to_have_count(0, timeout=60_000)
+    search = page.locator(".lm-CommandPalette-input")
+    for _ in range(6):
+        if search.is_visible():
+            return search
+        page.keyboard.press("Control+Shift+C")
+        try:
+            expect(search).to_be_visible(timeout=15_000)
+        except AssertionError:
+            continue
+    expect(search).to_be_visible()
+    return search

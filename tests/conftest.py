@@ -75,6 +75,17 @@ def shared_hub():
 
 
 @pytest.fixture
+def page():
+    """A Chromium page of 1400×900 for a browser test; its waits last up to 30 s."""
+    import browsing
+
+    with browsing.chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(30_000)
+        yield page
+
+
+@pytest.fixture
 def hub(shared_hub):
     yield shared_hub
     clean_hub(shared_hub)

@@ -520,6 +520,22 @@ def export_line(path, a: float = 0.5, b: float = 2.0, **run) -> None:
     )  # fmt: skip
 
 
+def export_to_home(hub, user: str, path: str, a: float = 0.5, b: float = 2.0) -> str:
+    """Export y = a*x + b as a SavedModel at ``path`` in the user's home, as the user; the
+    folder appears whole (written beside it, then renamed), as a trainer should. Its path."""
+    from gpulab.spawner.accounts import ensure_account
+
+    account = ensure_account(hub.unix_prefix, user, hub.data_root)
+    target = account.home / path
+    staging = target.parent / f".{target.name}.partial"
+    as_user = dict(user=account.uid, group=account.gid, cwd=str(account.home))
+    home_env = {"PATH": os.environ["PATH"], "HOME": str(account.home)}
+    subprocess.run(["mkdir", "-p", str(target.parent)], check=True, env=home_env, **as_user)
+    export_line(staging, a, b, env=home_env, **as_user)
+    os.rename(staging, target)
+    return str(target)
+
+
 # -- the suite's shared hubs -------------------------------------------------------
 
 SHARED_SETTINGS = {

@@ -15,45 +15,14 @@ import pytest
 from playwright.sync_api import expect
 
 import browsing
-from browsing import log_in
+from browsing import log_in, open_palette
 from hubfixture import open_notebook, run_in_kernel, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
 
-@pytest.fixture
-def page():
-    with browsing.chromium() as browser:
-        page = browser.new_page(viewport={"width": 1400, "height": 800})
-        page.set_default_timeout(30_000)
-        yield page
-
-
 def shot(page, name: str) -> None:
     browsing.screenshot(page, f"lab-{name}")
-
-
-def open_palette(page):
-    """Open the command palette with its shortcut, as a user would; its search input.
-
-    The shortcut only works once JupyterLab has restored its layout and registered its
-    key bindings, which can come after the top bar shows: press it until the palette
-    shows (checking first, since a second press closes it). Each press gets long to take
-    effect: on a busy machine the browser holds key presses while it starts the lab, and
-    a press sent again meanwhile would close the palette the first one opened.
-    """
-    expect(page.locator("#jupyterlab-splash")).to_have_count(0, timeout=60_000)
-    search = page.locator(".lm-CommandPalette-input")
-    for _ in range(6):
-        if search.is_visible():
-            return search
-        page.keyboard.press("Control+Shift+C")
-        try:
-            expect(search).to_be_visible(timeout=15_000)
-        except AssertionError:
-            continue
-    expect(search).to_be_visible()
-    return search
 
 
 def held_by(hub, name: str) -> list[int]:

@@ -31,14 +31,6 @@ print(f"final_loss={lr}")
 """
 
 
-@pytest.fixture
-def page():
-    with browsing.chromium() as browser:
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.set_default_timeout(30_000)
-        yield page
-
-
 def shot(page, name: str) -> None:
     browsing.screenshot(page, f"lab-jobs-{name}")
 

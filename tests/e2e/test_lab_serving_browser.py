@@ -11,16 +11,14 @@ shows its page, with the run written in a kernel, in a lab tab. Screenshots go t
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 
 import pytest
 from playwright.sync_api import expect
 
 import browsing
-from browsing import log_in
-from hubfixture import export_line, wait_for
+from browsing import log_in, open_palette
+from hubfixture import export_to_home, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -35,53 +33,14 @@ print("written")
 """
 
 
-@pytest.fixture
-def page():
-    with browsing.chromium() as browser:
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.set_default_timeout(30_000)
-        yield page
-
-
 def shot(page, name: str) -> None:
     browsing.screenshot(page, f"lab-serving-{name}")
-
-
-def export(hub, user: str, path: str, a: float, b: float) -> None:
-    """Export y = a*x + b as a SavedModel at ``path`` in the user's home, as the user; the
-    folder appears whole (written beside it, then renamed), as a trainer should."""
-    from gpulab.spawner.accounts import ensure_account
-
-    account = ensure_account(hub.unix_prefix, user, hub.data_root)
-    target = account.home / path
-    staging = target.parent / f".{target.name}.partial"
-    as_user = dict(user=account.uid, group=account.gid, cwd=str(account.home))
-    home_env = {"PATH": os.environ["PATH"], "HOME": str(account.home)}
-    subprocess.run(["mkdir", "-p", str(target.parent)], check=True, env=home_env, **as_user)
-    export_line(staging, a, b, env=home_env, **as_user)
-    os.rename(staging, target)
 
 
 def folder(page, name: str):
     """The file browser's entry of the folder ``name``."""
     text = page.locator(".jp-DirListing-itemText", has_text=re.compile(f"^{re.escape(name)}$"))
     return page.locator('.jp-DirListing-item[data-isdir="true"]', has=text)
-
-
-def open_palette(page):
-    """The command palette's search input, opened with its shortcut (pressed again until
-    it shows: the lab takes its key bindings a little after it shows)."""
-    search = page.locator(".lm-CommandPalette-input")
-    for _ in range(6):
-        if search.is_visible():
-            return search
-        page.keyboard.press("Control+Shift+C")
-        try:
-            expect(search).to_be_visible(timeout=10_000)
-        except AssertionError:
-            continue
-    expect(search).to_be_visible()
-    return search
 
 
 def open_lab(page, hub, user) -> None:
@@ -93,9 +52,9 @@ def open_lab(page, hub, user) -> None:
 def test_a_model_folder_is_served_tried_moved_to_version_1_and_undeployed(hub, page):
     user = hub.create_user("sv-lab")
     assert user.spawn(profile="cpu").status_code in (201, 202)
-    export(hub, user.name, "models/line/1", 0.5, 2.0)
-    export(hub, user.name, "models/line/2", 0.5, 3.0)
-    export(hub, user.name, "export/line", 0.5, 2.0)  # a SavedModel outside a version folder
+    export_to_home(hub, user.name, "models/line/1", 0.5, 2.0)
+    export_to_home(hub, user.name, "models/line/2", 0.5, 3.0)
+    export_to_home(hub, user.name, "export/line", 0.5, 2.0)  # a SavedModel outside a version folder
 
     open_lab(page, hub, user)
 

@@ -26,23 +26,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from hubfixture import export_line, wait_for
-
-
-def export(hub, user: str, path: str, a: float, b: float) -> str:
-    """Export y = a*x + b as a SavedModel at ``path`` in the user's home (as the user);
-    the folder appears whole (written beside it, then renamed), as a trainer should."""
-    from gpulab.spawner.accounts import ensure_account
-
-    account = ensure_account(hub.unix_prefix, user, hub.data_root)
-    target = account.home / path
-    staging = target.parent / f".{target.name}.partial"
-    as_user = dict(user=account.uid, group=account.gid, cwd=str(account.home))
-    home_env = {"PATH": os.environ["PATH"], "HOME": str(account.home)}
-    subprocess.run(["mkdir", "-p", str(target.parent)], check=True, env=home_env, **as_user)
-    export_line(staging, a, b, env=home_env, **as_user)
-    os.rename(staging, target)
-    return str(target)
+from hubfixture import export_to_home, wait_for
 
 
 def deploy(user, spec: dict, expect: int = 201) -> dict:
@@ -134,8 +118,8 @@ X = [1.0, 2.0, 5.0]
 
 def test_deploy_then_predict_over_rest_and_grpc_as_the_savedmodel_answers(hub):
     alice = hub.create_user("sv-alice")
-    v1 = export(hub, alice.name, "models/line/1", 0.5, 2.0)
-    v2 = export(hub, alice.name, "models/line/2", 0.5, 3.0)
+    v1 = export_to_home(hub, alice.name, "models/line/1", 0.5, 2.0)
+    v2 = export_to_home(hub, alice.name, "models/line/2", 0.5, 3.0)
     created = deploy(
         alice,
         {"name": "line", "base_path": "models/line", "versions": "all", "labels": {"stable": 1}},
@@ -249,7 +233,7 @@ def test_tf_servings_own_clients_call_from_the_owners_server_unchanged(hub):
     owner's server: the replica's gRPC socket is the owner's alone."""
     ivy = hub.create_user("sv-stock")
     assert ivy.spawn(profile="cpu").status_code in (201, 202)
-    export(hub, ivy.name, "models/stock/1", 0.5, 2.0)
+    export_to_home(hub, ivy.name, "models/stock/1", 0.5, 2.0)
     deploy(ivy, {"name": "stock", "base_path": "models/stock"})
     m = wait_available(ivy, "stock")
     address = m["replica_status"][0]["grpc"]
@@ -262,7 +246,7 @@ def test_tf_servings_own_clients_call_from_the_owners_server_unchanged(hub):
 
 def test_a_new_version_rolls_in_while_clients_call(hub):
     alice = hub.create_user("sv-roll")
-    export(hub, alice.name, "models/roll/1", 0.5, 2.0)
+    export_to_home(hub, alice.name, "models/roll/1", 0.5, 2.0)
     deploy(alice, {"name": "roll", "base_path": "models/roll"})
     wait_available(alice, "roll")
 
@@ -289,7 +273,7 @@ def test_a_new_version_rolls_in_while_clients_call(hub):
     thread.start()
     try:
         wait_for(lambda: len(answers) > 20, 30, "the client's first answers")
-        export(hub, alice.name, "models/roll/3", 0.5, 10.0)
+        export_to_home(hub, alice.name, "models/roll/3", 0.5, 10.0)
         wait_for(lambda: answers and answers[-1] == 11.0, 90, "answers from version 3")
         seen = len(answers)
         wait_for(lambda: len(answers) > seen + 20, 30, "more answers after the switch")
@@ -310,7 +294,7 @@ def test_a_new_version_rolls_in_while_clients_call(hub):
 
 def test_bad_deployments_and_requests_get_clear_errors(hub):
     alice = hub.create_user("sv-bad")
-    export(hub, alice.name, "models/ok/1", 0.5, 2.0)
+    export_to_home(hub, alice.name, "models/ok/1", 0.5, 2.0)
     from gpulab.spawner.accounts import ensure_account
 
     account = ensure_account(hub.unix_prefix, alice.name, hub.data_root)
@@ -404,7 +388,7 @@ def test_bad_deployments_and_requests_get_clear_errors(hub):
 
 def test_gpu_replicas_hold_their_gpus_restart_when_they_die_and_free_them(hub):
     carol = hub.create_user("sv-gpu")
-    export(hub, carol.name, "models/g/1", 0.5, 2.0)
+    export_to_home(hub, carol.name, "models/g/1", 0.5, 2.0)
     created = deploy(carol, {"name": "g", "base_path": "models/g", "gpus": 1, "replicas": 2})
     assert [len(r["gpus"]) for r in created["replica_status"]] == [1, 1]
     assert list(hub.holders().values()) == [carol.name, carol.name]
@@ -457,8 +441,8 @@ def test_cli_deploys_lists_calls_updates_and_undeploys(hub, tmp_path):
     from hubfixture import cells, gpulab, lines_with
 
     dave = hub.create_user("sv-cli")
-    export(hub, dave.name, "models/cli/1", 0.5, 2.0)
-    export(hub, dave.name, "models/cli/2", 2.0, 0.0)
+    export_to_home(hub, dave.name, "models/cli/1", 0.5, 2.0)
+    export_to_home(hub, dave.name, "models/cli/2", 2.0, 0.0)
 
     done = gpulab(hub, dave.token, "model", "deploy", "half_plus_two", "models/cli",
                   "--versions", "all", "--label", "stable=1")  # fmt: skip
@@ -517,7 +501,7 @@ def test_cli_deploys_lists_calls_updates_and_undeploys(hub, tmp_path):
 def test_model_servers_outlive_a_hub_restart_and_are_supervised_again(make_hub):
     hub = make_hub({"gpus": {"ids": ["0"]}}).start()
     erin = hub.create_user("sv-erin")
-    export(hub, erin.name, "models/keep/1", 0.5, 2.0)
+    export_to_home(hub, erin.name, "models/keep/1", 0.5, 2.0)
     deploy(erin, {"name": "keep", "base_path": "models/keep", "gpus": 1})
     deploy(erin, {"name": "gone", "base_path": "models/keep"})
     before = wait_available(erin, "keep")

@@ -16,7 +16,7 @@ import os
 import signal
 import subprocess
 
-from hubfixture import export_line, wait_for
+from hubfixture import export_to_home, wait_for
 
 X = [1.0, 2.0, 5.0]
 WANT = [2.5, 3.0, 4.5]  # y = 0.5x + 2
@@ -191,18 +191,6 @@ def account(hub, name: str):
     return ensure_account(hub.unix_prefix, name, hub.data_root)
 
 
-def export(hub, user: str, path: str) -> None:
-    """y = 0.5x + 2 at ``path`` in the user's home, written as the user."""
-    home_account = account(hub, user)
-    target = home_account.home / path
-    as_user = dict(user=home_account.uid, group=home_account.gid, cwd=str(home_account.home))
-    env = {"PATH": os.environ["PATH"], "HOME": str(home_account.home)}
-    subprocess.run(["mkdir", "-p", str(target.parent)], check=True, env=env, **as_user)
-    staging = target.parent / f".{target.name}.partial"
-    export_line(staging, 0.5, 2.0, env=env, **as_user)
-    os.rename(staging, target)
-
-
 def start_watcher(hub, user, seconds: float = 300) -> int:
     """Mallory's watcher, started from a kernel of her server; its pid."""
     code = (
@@ -254,7 +242,7 @@ def test_another_user_cannot_take_over_or_reach_a_model_servers_listeners(hub):
     alice = hub.create_user("ml-alice")
     mallory = hub.create_user("ml-mallory")
     assert mallory.spawn().status_code in (201, 202)
-    export(hub, alice.name, "models/line/1")
+    export_to_home(hub, alice.name, "models/line/1")
     watcher = start_watcher(hub, mallory)
     try:
         r = alice.session.post(
@@ -313,7 +301,7 @@ def test_the_hub_sends_no_token_to_a_listener_that_is_not_the_owners(hub):
     alice = hub.create_user("ml-carol")
     mallory = hub.create_user("ml-mal2")
     assert mallory.spawn().status_code in (201, 202)
-    export(hub, alice.name, "models/line/1")
+    export_to_home(hub, alice.name, "models/line/1")
     r = alice.session.post(
         hub.api("/gpulab/models"), json={"name": "line", "base_path": "models/line"}, timeout=60
     )
