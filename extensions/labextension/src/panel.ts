@@ -6,11 +6,10 @@
  */
 import { Dialog, showDialog } from '@jupyterlab/apputils';
 import { LabIcon } from '@jupyterlab/ui-components';
-import { Message } from '@lumino/messaging';
-import { Widget } from '@lumino/widgets';
 
 import { GpuApiError } from './api';
 import { el } from './dom';
+import { PollingWidget } from './polling';
 import { outputNotebookButton, trialsTable } from './jobdetails';
 import { jobSummary, modelSummary, sweepSummary, usageSummary } from './summary';
 import { ACTIVE, IJob, IModel, ISweep, WorkloadsApi } from './workloads';
@@ -45,7 +44,7 @@ export interface IPanelActions {
   openTensorBoard: (logdir: string) => void;
 }
 
-export class WorkloadsPanel extends Widget {
+export class WorkloadsPanel extends PollingWidget {
   constructor(
     private readonly api: WorkloadsApi,
     private readonly actions: IPanelActions
@@ -67,7 +66,7 @@ export class WorkloadsPanel extends Widget {
 
   /** Read everything now, show it, and schedule the next read. */
   async refresh(): Promise<void> {
-    this._clearTimer();
+    this.clearTimer();
     const seq = ++this._seq;
     try {
       const [jobs, sweeps, models, usage] = await Promise.all([
@@ -117,21 +116,6 @@ export class WorkloadsPanel extends Widget {
   showSweep(name: string): void {
     this._sweep = name;
     void this.refresh();
-  }
-
-  protected onAfterShow(msg: Message): void {
-    super.onAfterShow(msg);
-    void this.refresh();
-  }
-
-  protected onBeforeHide(msg: Message): void {
-    super.onBeforeHide(msg);
-    this._clearTimer();
-  }
-
-  dispose(): void {
-    this._clearTimer();
-    super.dispose();
   }
 
   private async _readLog(): Promise<void> {
@@ -331,24 +315,14 @@ export class WorkloadsPanel extends Widget {
   }
 
   private _schedule(): void {
-    if (!this.isVisible || this.isDisposed || this._refused) {
+    if (this._refused) {
       return;
     }
     const busy =
       this._jobs.some(j => ACTIVE.has(j.state)) ||
       this._sweeps.some(s => s.state === 'running') ||
       this._models.some(m => m.state !== 'available' && m.state !== 'failed');
-    this._timer = window.setTimeout(
-      () => void this.refresh(),
-      busy ? POLL_ACTIVE_MS : POLL_IDLE_MS
-    );
-  }
-
-  private _clearTimer(): void {
-    if (this._timer !== null) {
-      window.clearTimeout(this._timer);
-      this._timer = null;
-    }
+    this.schedule(busy ? POLL_ACTIVE_MS : POLL_IDLE_MS);
   }
 
   private _body: HTMLDivElement;
@@ -365,6 +339,5 @@ export class WorkloadsPanel extends Widget {
   private _refused = false;
   private _notice: string | null = null;
   private _updated: Date | null = null;
-  private _timer: number | null = null;
   private _seq = 0;
 }

@@ -6,11 +6,11 @@
  * Update versions and Undeploy.
  */
 import { Dialog, showDialog } from '@jupyterlab/apputils';
-import { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 
 import { GpuApiError } from './api';
 import { el } from './dom';
+import { PollingWidget } from './polling';
 import {
   IModelMetadata,
   IPick,
@@ -45,7 +45,7 @@ const FOLLOW_UPDATE_MS = 30_000;
 type Level = 'info' | 'error';
 
 /** The Try it panel's content. */
-export class TryItPanel extends Widget {
+export class TryItPanel extends PollingWidget {
   constructor(
     private readonly api: ServingApi,
     readonly model: string,
@@ -128,7 +128,7 @@ export class TryItPanel extends Widget {
 
   /** Read the model (and its signatures, once it serves) and show them. */
   async refresh(): Promise<void> {
-    this._clearTimer();
+    this.clearTimer();
     if (this._gone) {
       return;
     }
@@ -187,21 +187,6 @@ export class TryItPanel extends Widget {
     } finally {
       this._send.disabled = this._gone;
     }
-  }
-
-  protected onAfterShow(msg: Message): void {
-    super.onAfterShow(msg);
-    void this.refresh();
-  }
-
-  protected onBeforeHide(msg: Message): void {
-    super.onBeforeHide(msg);
-    this._clearTimer();
-  }
-
-  dispose(): void {
-    this._clearTimer();
-    super.dispose();
   }
 
   private async _readMetadata(): Promise<void> {
@@ -456,7 +441,7 @@ export class TryItPanel extends Widget {
   /** The model is gone: say so, and offer nothing more that calls it. */
   private _undeployed(text: string): void {
     this._gone = true;
-    this._clearTimer();
+    this.clearTimer();
     this.node.dataset.state = 'undeployed';
     this._state.textContent = 'undeployed';
     this._message.textContent = text;
@@ -497,20 +482,9 @@ export class TryItPanel extends Widget {
   }
 
   private _schedule(): void {
-    if (!this.isVisible || this.isDisposed || this._gone) {
-      return;
-    }
     const settled = this._model && SETTLED.has(this._model.state) && this._metadata;
-    if (settled && Date.now() > this._followUntil) {
-      return;
-    }
-    this._timer = window.setTimeout(() => void this.refresh(), POLL_MS);
-  }
-
-  private _clearTimer(): void {
-    if (this._timer !== null) {
-      window.clearTimeout(this._timer);
-      this._timer = null;
+    if (!this._gone && !(settled && Date.now() > this._followUntil)) {
+      this.schedule(POLL_MS);
     }
   }
 
@@ -538,7 +512,6 @@ export class TryItPanel extends Widget {
   private _error: string | null = null;
   private _notice: string | null = null;
   private _noticeLevel: Level = 'info';
-  private _timer: number | null = null;
   private _followUntil = 0;
   private _seq = 0;
 }
