@@ -108,6 +108,16 @@ def wait_job(user, name: str, states=("succeeded", "failed", "cancelled"), timeo
     )
 
 
+def wait_sweep(user, name: str, timeout: float = 120) -> dict:
+    """The sweep once it no longer runs."""
+
+    def finished():
+        model = user.session.get(user.hub.api(f"/gpulab/sweeps/{name}"), timeout=30).json()
+        return model["state"] != "running" and model
+
+    return wait_for(finished, timeout, f"sweep {name} to finish")
+
+
 def logs(user, name: str, replica: str, follow: bool = False) -> str:
     r = user.session.get(
         user.hub.api(f"/gpulab/jobs/{name}/logs"),
@@ -563,11 +573,7 @@ def test_sweep_runs_trials_in_parallel_and_ranks_them(hub):
     r = mia.session.post(hub.api("/gpulab/sweeps"), json=spec, timeout=30)
     assert r.status_code == 409
 
-    def finished():
-        model = mia.session.get(hub.api("/gpulab/sweeps/lr"), timeout=30).json()
-        return model["state"] != "running" and model
-
-    done = wait_for(finished, 120, "the sweep to finish")
+    done = wait_sweep(mia, "lr", 120)
     assert done["state"] == "succeeded", done["message"]
     names = [t["name"] for t in done["trials"]]
     assert names == ["lr-2", "lr-3", "lr-1", "lr-4"], done["trials"]
@@ -741,11 +747,7 @@ def test_a_notebook_runs_as_a_job_and_as_a_sweep(hub):
     r = olga.session.post(hub.api("/gpulab/sweeps"), json=spec, timeout=30)
     assert r.status_code == 201, r.text
 
-    def finished():
-        model = olga.session.get(hub.api("/gpulab/sweeps/nbs"), timeout=30).json()
-        return model["state"] != "running" and model
-
-    swept = wait_for(finished, 150, "the notebook sweep to finish")
+    swept = wait_sweep(olga, "nbs", 150)
     assert swept["state"] == "succeeded", swept["message"]
     assert [t["params"]["lr"] for t in swept["trials"]] == [0.3, 0.9]
     assert swept["best"]["metric"] == pytest.approx(0.01)
@@ -778,11 +780,7 @@ def test_a_sweep_reads_the_metric_an_unchanged_script_prints(hub):
     r = quin.session.post(hub.api("/gpulab/sweeps"), json=spec, timeout=30)
     assert r.status_code == 201, r.text
 
-    def finished():
-        model = quin.session.get(hub.api("/gpulab/sweeps/plain"), timeout=30).json()
-        return model["state"] != "running" and model
-
-    done = wait_for(finished, 120, "the sweep to finish")
+    done = wait_sweep(quin, "plain", 120)
     assert done["state"] == "succeeded", done["message"]
     assert [(t["params"]["lr"], t["metric"]) for t in done["trials"]] == [(0.3, 0.01), (0.5, 0.09)]
     # a job that names its metrics gets them from the same lines
