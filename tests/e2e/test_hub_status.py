@@ -17,8 +17,6 @@ from test_lab_browser import held_by
 from browsing import log_in
 from hubfixture import wait_for
 
-page = test_lab_browser.page  # the fixture: a page in Debian's Chromium
-
 pytestmark = pytest.mark.timeout(240)
 
 

@@ -179,7 +179,10 @@ def test_a_queued_job_shows_its_place_and_follow_waits_for_it(hub, tmp_path):
         assert out.returncode == 0 and "Cancelled job sleeper" in out.stdout
         assert logs.wait(timeout=60) == 0, logs.stderr.read()
         reader.join(10)
-        assert streamed[-1] == "up\n"
+        assert "up\n" in streamed and streamed[-1] == (
+            "==> gpulab: stopped by the hub (SIGTERM; exit code 143): its status at the hub "
+            "says why\n"
+        )
 
         stdout, stderr = follow.communicate(timeout=120)
     finally:

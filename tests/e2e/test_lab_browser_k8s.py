@@ -9,14 +9,11 @@ one worker (tests/conftest.py), and the other browser tests need none.
 import re
 
 import pytest
-import test_lab_browser
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from playwright.sync_api import expect
 from test_lab_browser import open_in_lab, run_cell, shot
 
 from k8sfixture import user_pod
-
-page = test_lab_browser.page  # the fixture: a page in Debian's Chromium
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -14,13 +14,10 @@ import re
 import time
 
 import pytest
-import test_lab_browser
 from playwright.sync_api import expect
 from test_lab_browser import held_by, open_in_lab, shot
 
 from hubfixture import wait_for
-
-page = test_lab_browser.page  # the fixture: a page in Debian's Chromium
 
 pytestmark = pytest.mark.timeout(240)
 
