@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 from rich.markup import escape
@@ -58,6 +59,11 @@ def add_parsers(sub) -> None:
     update.add_argument("name", metavar="NAME")
     _policy_flags(update)
     update.add_argument("--no-labels", action="store_true", help="remove every label")
+    update.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="return at once, not when every replica serves the versions asked for",
+    )
     listing = actions.add_parser("list", parents=[flags], help="your models (admins: everyone's)")
     listing.add_argument("--json", action="store_true", help="the models as JSON")
     status = actions.add_parser(
@@ -208,6 +214,10 @@ def _verdict(client: GpulabClient, model: dict) -> int:
     return 0
 
 
+ROLL_TIMEOUT = 120
+"""Seconds ``model update`` follows the replicas to the versions asked for."""
+
+
 def _update(client: GpulabClient, args) -> int:
     changes = _changes(args)
     if not changes:
@@ -216,8 +226,62 @@ def _update(client: GpulabClient, args) -> int:
             "or --access"
         )
     model = client.update_model(args.name, changes, user=args.user)
+    wanted = _served_after(model)
+    if args.no_wait or wanted is None:
+        # the latest N or all versions: what that is, the replicas find at their next look
+        console.print(
+            f"Model {model['name']} updated; its replicas take the change at their next look "
+            f"at {model['base_path']} (now {model.get('message') or model['state']})",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 0
+    deadline = time.monotonic() + ROLL_TIMEOUT
+    try:
+        with Progress(_rolling(model, wanted)) as progress:
+            while not _serves(model, wanted) and time.monotonic() < deadline:
+                time.sleep(0.5)
+                model = client.model(args.name, args.user)
+                progress.update(_rolling(model, wanted))
+    except KeyboardInterrupt:
+        err.print(f"Stopped waiting; model {args.name} goes on rolling", markup=False)
+        return 130
+    if not _serves(model, wanted):
+        err.print(
+            f"Model {model['name']} is still rolling after {ROLL_TIMEOUT}s: "
+            f"{_rolling(model, wanted)}",
+            markup=False,
+            soft_wrap=True,
+        )
+        return 1
     console.print(_line(model), markup=False, highlight=False, soft_wrap=True)
     return 0
+
+
+def _served_after(model: dict) -> set[int] | None:
+    """The versions every replica serves once it took the change: the ones asked for and
+    those a label names; None where the replicas decide (the latest N, all)."""
+    if not isinstance(model.get("versions"), list):
+        return None
+    return set(model["versions"]) | set((model.get("labels") or {}).values())
+
+
+def _serves(model: dict, wanted: set[int]) -> bool:
+    replicas = model.get("replica_status") or []
+    return bool(replicas) and all(
+        r["state"] == "available" and set(r.get("serving") or []) == wanted for r in replicas
+    )
+
+
+def _rolling(model: dict, wanted: set[int]) -> str:
+    done = sum(set(r.get("serving") or []) == wanted for r in model.get("replica_status") or [])
+    total = len(model.get("replica_status") or [])
+    versions = ", ".join(str(v) for v in sorted(wanted, reverse=True))
+    return (
+        f"Model {model['name']}: rolling to version {versions}: {done} of {total} replicas "
+        f"there ({model.get('message') or model['state']})"
+    )
 
 
 def _versions(model: dict) -> str:

@@ -96,6 +96,7 @@ class Deployment:
             "model_versions": self.versions,
             "replica_status": [
                 {k: r.get(k) for k in ("index", "state", "restarts", "message", "gpus", "started")}
+                | {"serving": r.get("serving") or []}
                 | {
                     "rest": r.get("rest_socket") or f"http://127.0.0.1:{r['rest']}",
                     "grpc": r.get("grpc_socket") or f"127.0.0.1:{r['grpc']}",

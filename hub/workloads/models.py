@@ -264,9 +264,9 @@ class ModelManager:
         if record is None:
             return ready
         failed = [v for v in versions if v["error"]]
+        serving = [v["version"] for v in versions if v["state"] == "AVAILABLE"]
         if ready:
-            serving = ", ".join(str(v["version"]) for v in versions if v["state"] == "AVAILABLE")
-            state, message = "available", f"serving version {serving}"
+            state, message = "available", f"serving version {', '.join(map(str, serving))}"
         elif failed:
             v = failed[0]
             state, message = "failed", f"version {v['version']} did not load: {v['error']}"
@@ -274,8 +274,8 @@ class ModelManager:
             loading = [str(v["version"]) for v in versions if v["state"] in ("START", "LOADING")]
             state = "loading"
             message = f"loading version {', '.join(loading)}" if loading else "looking for versions"
-        if record["state"] != state or record["message"] != message:
-            self.set_replica(model.id, index, state=state, message=message)
+        if (record["state"], record["message"], record.get("serving")) != (state, message, serving):
+            self.set_replica(model.id, index, state=state, message=message, serving=serving)
         if versions != model.versions and (ready or index == 0):
             self.store.update(model.id, versions=versions)
         return ready

@@ -490,6 +490,17 @@ def test_cli_deploys_lists_calls_updates_and_undeploys(hub, tmp_path):
     assert "Successfully loaded servable version {name: half_plus_two version: 2}" in logs.stdout
     out = gpulab(hub, dave.token, "model", "update", "half_plus_two")
     assert out.returncode == 2 and "nothing to change" in out.stderr
+
+    # update follows the replicas to the versions asked for, as deploy does; and back to
+    # a version unloaded before, which is loaded again
+    for version, want in ((1, [2.5]), (2, [2.0])):
+        out = gpulab(hub, dave.token, "model", "update", "half_plus_two",
+                     "--versions", str(version), "--no-labels")  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert f"Model half_plus_two: available: serving version {version}" in out.stdout
+        assert f"rolling to version {version}" in out.stderr  # the progress line
+        r = predict(dave, "half_plus_two", {"instances": [1.0]})
+        assert r.status_code == 200 and r.json() == {"predictions": want}, r.text
     out = gpulab(hub, dave.token, "model", "status", "nope")
     assert out.returncode == 1 and "has no model named nope" in out.stderr
 
