@@ -47,9 +47,12 @@ INTERNAL: contextvars.ContextVar[bool] = contextvars.ContextVar("gpulab_switchin
 """Set in the switch's own task: its kernel calls are not held."""
 
 V1 = "v1.kernel.websocket.jupyter.org"
-IOPUB_PATIENCE = 10.0
+IOPUB_PATIENCE = 60.0
 """Seconds to wait for a restarted kernel's output to reach a tab before its held cells
-go on anyway (its output channel reconnects within a fraction of a second)."""
+go on anyway. Its output channel reconnects within a fraction of a second on a machine
+with time to spare; on a starved one (every core busy) it took over 10 s, and cells let
+go before it had were lost, or their output was. Only a tab that never reconnects (its
+browser gone without closing it) waits this long."""
 HELD_KERNEL_CALLS = ("start_kernel", "restart_kernel", "shutdown_kernel")
 
 
