@@ -35,14 +35,18 @@ def browser_origin(headers, protocol: str) -> str:
     return f"{scheme}://{host}"
 
 
+_kept = ""
+"""The origin this process wrote last: the lab's poll (every few seconds) touches no file
+while it stays the same."""
+
+
 def remember(origin: str) -> None:
     """Keep ``origin`` for the CLI (a no-op when it is the one kept already)."""
-    if not origin:
+    global _kept
+    if not origin or origin == _kept:
         return
+    _kept = origin
     path = origin_file()
-    with contextlib.suppress(OSError):
-        if path.read_text() == origin:
-            return
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(f".{os.getpid()}")
