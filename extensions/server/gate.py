@@ -13,6 +13,13 @@ devices and none is restarted under the switch's feet.
 The switch's own calls (its checkpoint and restore requests, its restarts) go through:
 they run in a context where ``INTERNAL`` is set.
 
+A cell a tab sent before the gate closed may not have reached the kernel yet: it waits
+in the kernel's socket, and the kernel reads its sockets in turn, not in the order
+messages came, so the switch's checkpoint request (on a socket of its own) can overtake
+it, and the cell would then run after the save, its effect lost. Each tab's connection
+counts the cells it passed on that have no answer yet (``GatedConnection.unanswered``);
+a switch saves a kernel only once none is left (``KernelGate.unanswered``).
+
 After a switch restarted a kernel, the gate opens only once each open tab's channel to
 it has reconnected (a request sent on it is answered: ``GatedConnection.reconnected``).
 Until then what a tab passes on waits in its channel, where nothing shows it: the next
@@ -103,6 +110,16 @@ class KernelGate:
     def connected(self, tab: GatedConnection) -> None:
         """A tab opened a channel to a kernel."""
         self._tabs.add(tab)
+
+    def unanswered(self, kernel_id: str, pid: int | None) -> int:
+        """How many cells the open tabs sent kernel ``kernel_id`` (its process ``pid``)
+        have no answer yet: sent before the gate closed, they are queued in the kernel or
+        running."""
+        return sum(
+            tab.unanswered(pid)
+            for tab in list(self._tabs)
+            if tab.open and tab.kernel_id == kernel_id
+        )
 
     def restarted(self, kernel_id: str) -> None:
         """The kernel's old process is gone: its tabs' output channels reconnect to the new
@@ -229,6 +246,14 @@ class GatedConnection(ZMQChannelsWebsocketConnection):
         self._probes: dict[str, asyncio.Future] = {}
         """The gate's own requests on this tab's channel, by message id: their answers are
         not the tab's."""
+        self._cells: dict[str, int | None] = {}
+        """The cells passed on to the kernel and not yet answered: the kernel process each
+        went to, by message id."""
+
+    def unanswered(self, pid: int | None) -> int:
+        """How many cells this tab sent kernel process ``pid`` have no answer yet (those
+        sent an earlier process of the kernel never will)."""
+        return sum(1 for sent_to in list(self._cells.values()) if sent_to == pid)
 
     def connect(self):
         self.gate.connected(self)
@@ -256,18 +281,39 @@ class GatedConnection(ZMQChannelsWebsocketConnection):
 
     def handle_incoming_message(self, incoming_msg) -> None:
         if not self.gate.hold(self, incoming_msg):
-            super().handle_incoming_message(incoming_msg)
+            self.pass_on(incoming_msg)
 
     def pass_on(self, incoming_msg) -> None:
-        """A held message, once the switch is over: to the kernel."""
+        """A message to the kernel (a held one once the switch is over); a cell is counted
+        until its answer comes."""
+        if self.channels:
+            try:
+                channel, header = self._header(incoming_msg)
+            except Exception:  # noqa: BLE001 -- jupyter_server says what is wrong with it
+                channel, header = "", {}
+            if channel == "shell" and header.get("msg_type") == "execute_request":
+                pid = self._kernel_pid()
+                if any(sent_to != pid for sent_to in self._cells.values()):
+                    # the kernel restarted: what went to its old process is never answered
+                    self._cells = {m: p for m, p in self._cells.items() if p == pid}
+                self._cells[header.get("msg_id", "")] = pid
         super().handle_incoming_message(incoming_msg)
+
+    def _kernel_pid(self) -> int | None:
+        try:
+            kernel = self.multi_kernel_manager.get_kernel(self.kernel_id)
+        except KeyError:  # shut down meanwhile
+            return None
+        return getattr(getattr(kernel, "provisioner", None), "pid", None)
 
     def handle_outgoing_message(self, stream, outgoing_msg) -> None:
         channel = stream if isinstance(stream, str) else getattr(stream, "channel", None)
         if channel == "iopub":
             self.iopub_seen = time.monotonic()
-        elif channel == "shell" and self._probes:
-            probe = self._probes.get(self._parent_id(outgoing_msg))
+        elif channel == "shell" and (self._probes or self._cells):
+            parent = self._parent_id(outgoing_msg)
+            self._cells.pop(parent, None)
+            probe = self._probes.get(parent)
             if probe is not None:
                 if not probe.done():
                     probe.set_result(None)

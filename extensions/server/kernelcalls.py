@@ -16,22 +16,24 @@ from pathlib import Path
 from queue import Empty
 
 from .checkpoints import Checkpoints
+from .gate import KernelGate
 from .processes import gone
 from .records import KernelDied, KernelReport, SwitchError
 
 SOURCE = (Path(__file__).with_name("namespace.py")).read_text()
 BUSY_GRACE = 2.0
-"""Seconds a switch waits for a notebook that is running code to finish (no new cell
-reaches it meanwhile) before it refuses, or interrupts it."""
+"""Seconds a switch waits for a notebook that is running code to finish a cell (no new
+cell reaches it meanwhile) before it refuses, or interrupts it."""
 
 
 class KernelCalls:
     """The kernels of ``serverapp``, as a switch handles them; their checkpoints are
     written to and read from ``checkpoints``."""
 
-    def __init__(self, serverapp, checkpoints: Checkpoints):
+    def __init__(self, serverapp, checkpoints: Checkpoints, gate: KernelGate):
         self.app = serverapp
         self.checkpoints = checkpoints
+        self.gate = gate
         self._saving: dict[str, Path] = {}
         """The checkpoints being written now, by kernel."""
 
@@ -57,14 +59,26 @@ class KernelCalls:
     def restart(self, kernel_id: str) -> asyncio.Future:
         return asyncio.ensure_future(self.km.restart_kernel(kernel_id, now=True))
 
+    def busy(self, kernel_id: str) -> int:
+        """How many cells the kernel has yet to answer: those its tabs sent that it has not
+        answered (queued in it, or running), or 1 while it says it is busy (a cell of a
+        client outside the gate, a cell its tab's connection closed under)."""
+        unanswered = self.gate.unanswered(kernel_id, self.pid(kernel_id))
+        return unanswered or int(self.state(kernel_id) == "busy")
+
     async def quiesce(self, kernels: list[str], paths: dict[str, str], interrupt: bool) -> None:
-        """Until none of ``kernels`` runs code: a 409 naming the busy ones (their notebooks,
-        ``paths``), unless asked to ``interrupt`` them."""
-        # the gate holds every new cell: a cell that was already running gets a moment to end
+        """Until none of ``kernels`` runs code or has cells queued: a 409 naming the busy
+        ones (their notebooks, ``paths``), unless asked to ``interrupt`` them."""
+        # the gate holds every new cell: those already sent run while each takes a moment
+        left = sum(self.busy(k) for k in kernels)
         deadline = time.monotonic() + BUSY_GRACE
-        while any(self.state(k) == "busy" for k in kernels) and time.monotonic() < deadline:
+        while left and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        busy = [k for k in kernels if self.state(k) == "busy"]
+            now = sum(self.busy(k) for k in kernels)
+            if now < left:  # a cell ended: the next gets its moment
+                deadline = time.monotonic() + BUSY_GRACE
+            left = now
+        busy = [k for k in kernels if self.busy(k)]
         if not busy:
             return
         names = [paths.get(k) or k for k in busy]
@@ -78,7 +92,7 @@ class KernelCalls:
         for k in busy:
             await self.km.interrupt_kernel(k)
         deadline = time.monotonic() + 15
-        while any(self.state(k) == "busy" for k in busy):
+        while any(self.busy(k) for k in busy):
             if time.monotonic() > deadline:
                 raise SwitchError(409, f"{', '.join(names)} did not stop after an interrupt")
             await asyncio.sleep(0.05)

@@ -73,7 +73,7 @@ class KernelSwitch:
         """Holds what users send the kernels while a switch or a resume runs."""
         self._lock = asyncio.Lock()
         self._restoring: asyncio.Task | None = None
-        self.calls = KernelCalls(serverapp, self.checkpoints)
+        self.calls = KernelCalls(serverapp, self.checkpoints, self.gate)
         self.parking = Parking(self.calls, self.checkpoints, self.log)
         self._end_at_once = EndAtOnce(self.log)
         """Ends the server on SIGTERM after its kernels moved."""

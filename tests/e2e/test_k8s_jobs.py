@@ -183,8 +183,12 @@ def test_restarts_are_new_pods_failures_say_why_and_cancel_deletes_every_pod(hub
     assert hub.gpus()["free"] == 2
     assert not exists(kube, f"/api/v1/namespaces/{NAMESPACE}/services/gpulab-job-{long['id']}")
     # the pod's shell passed the TERM on, and its log says the replica was stopped
-    assert logs(lee, "klong", "worker-1").rstrip().endswith(
-        "==> gpulab: stopped by the hub (SIGTERM; exit code 143): its status at the hub says why"
+    assert (
+        logs(lee, "klong", "worker-1")
+        .rstrip()
+        .endswith(
+            "==> gpulab: stopped by the hub (SIGTERM; exit code 143): its status at the hub says why"
+        )
     )
 
 

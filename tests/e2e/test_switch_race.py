@@ -11,11 +11,15 @@ instead of running them in an empty kernel, and be restorable later from the CLI
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
+import signal
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import websocket
 
@@ -128,15 +132,29 @@ def test_cells_sent_while_the_gpu_moves_run_once_in_order_with_their_variables(h
     try:
         for _ in range(50):
             time.sleep(rng.uniform(0, 0.3))  # the click lands anywhere among the cells
-            state = wait_for(lambda: settled(user), 120, "the last switch to be over")
-            action = "return" if state["gpus"] else "get"
-            r = user.session.post(f"{user.server_url}/gpulab/gpu/{action}", json={}, timeout=120)
-            assert r.status_code in (200, 202), r.text
-            switches.append(action)
+            switches.append(switch(user))
         wait_for(lambda: settled(user), 120, "the last switch to be over")
     finally:
         stop.set()
         sender.join(10)
+    sent = ran_once_in_order(client)
+    assert switches.count("return") == 25 and switches.count("get") == 25
+    assert len(sent) > 200, "too few cells ran during the switches to prove anything"
+    assert run(user, kernel, "print(n)").strip() == str(len(sent))
+
+
+def switch(user) -> str:
+    """Return or Get GPU once the last switch is over: which one."""
+    state = wait_for(lambda: settled(user), 120, "the last switch to be over")
+    action = "return" if state["gpus"] else "get"
+    r = user.session.post(f"{user.server_url}/gpulab/gpu/{action}", json={}, timeout=120)
+    assert r.status_code in (200, 202), r.text
+    return action
+
+
+def ran_once_in_order(client: KernelClient) -> list[str]:
+    """Once every cell of ``client`` (each ``CELL``) is answered: the cells sent, having
+    checked that each ran exactly once, in order, with the variables of those before."""
     try:
         try:
             wait_for(client.answered, 120, "every cell to be answered")
@@ -147,15 +165,69 @@ def test_cells_sent_while_the_gpu_moves_run_once_in_order_with_their_variables(h
             stdout, errors = dict(client.stdout), dict(client.errors)
     finally:
         client.close()
-    assert switches.count("return") == 25 and switches.count("get") == 25
-    assert len(sent) > 200, "too few cells ran during the switches to prove anything"
     # exactly one reply for each cell, in the order they were sent
     assert [parent for parent, _ in replies] == sent
     failed = {p: c.get("evalue") or c.get("status") for p, c in replies if c["status"] != "ok"}
     assert not failed and not errors, f"cells failed: {failed or errors}"
     # each saw what the ones before it made: none ran in a fresh kernel, none was lost
     assert [stdout.get(m, "").strip() for m in sent] == [str(i) for i in range(1, len(sent) + 1)]
-    assert run(user, kernel, "print(n)").strip() == str(len(sent))
+    return sent
+
+
+def kernel_pids(kernel: str) -> list[int]:
+    """The processes of the kernel (by its connection file's name)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if (
+                proc.name.isdigit()
+                and f"kernel-{kernel}.json".encode() in (proc / "cmdline").read_bytes()
+            ):
+                pids.append(int(proc.name))
+        except OSError:  # ended meanwhile
+            continue
+    return pids
+
+
+def starve(kernel: str, stop: threading.Event) -> None:
+    """Give the kernel's process a sliver of the CPU (as every core busy with other work
+    would), until ``stop``: stopped 50 ms, running 5 ms."""
+    while not stop.is_set():
+        pids = kernel_pids(kernel)
+        for signal_ in (signal.SIGSTOP, signal.SIGCONT):
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal_)
+            time.sleep(0.05 if signal_ == signal.SIGSTOP else 0.005)
+    for pid in kernel_pids(kernel):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+def test_cells_a_starved_kernel_has_not_read_yet_run_before_its_checkpoint(hub):
+    """The kernel reads the cells a tab sent and the switch's checkpoint request from
+    different sockets, in turn: the checkpoint must not overtake cells sent before it."""
+    user = hub.create_user("starved")
+    assert user.spawn(profile="gpu-1").status_code in (201, 202)
+    kernel = open_notebook(user, "starved.ipynb")
+    run(user, kernel, "n = 0")
+    client = KernelClient(user, kernel)
+    stop = threading.Event()
+    starver = threading.Thread(target=starve, args=(kernel, stop), daemon=True)
+    starver.start()
+    try:
+        for _ in range(6):
+            for _ in range(40):  # a burst of cells, then the click
+                client.execute(CELL)
+            action = switch(user)
+            state = wait_for(lambda: settled(user), 120, "the switch to be over")
+            assert (state["operation"] or {}).get("state") != "failed", state["operation"]
+            assert bool(state["gpus"]) == (action == "get"), state
+    finally:
+        stop.set()
+        starver.join(10)
+    sent = ran_once_in_order(client)
+    assert run(user, kernel, "print(n)").strip() == str(len(sent)) == "240"
 
 
 MODULE = "class Thing:\n    def __init__(self, n):\n        self.n = n\n"
