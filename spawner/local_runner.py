@@ -201,15 +201,24 @@ class LocalRunner:
 # $1 log, $2 header, $3 working folder (relative to the home), $4 where the exit code
 # goes (so a later hub learns how a replica it did not start ended), then the command.
 # The hub's TERM (to the whole group) lets the command end; the shell then says so.
+# With $GPULAB_METRICS_READER (the source of gpulab.hub.workloads.tfevents, kept from the
+# command's environment), the shell reads the job's TensorBoard scalars after the
+# command, still as the user, unless the hub stopped it.
 LAUNCH_SCRIPT = """exec >>"$1" 2>&1 || exit 2
 : >"$4"
 [ -z "$2" ] || printf '%s\\n' "$2"
 if [ -n "$3" ]; then cd -- "$3" || { echo "gpulab: cannot enter ~/$3"; exit 2; }; fi
 status=$4
 shift 4
+reader=$GPULAB_METRICS_READER
+unset GPULAB_METRICS_READER
 trap 'stopped=1' TERM
 "$@"
 code=$?
+if [ -n "$reader" ] && [ -z "$stopped" ]; then
+  if command -v python3 >/dev/null 2>&1; then python3 -c "$reader"
+  else echo "==> gpulab: no python3 here: the TensorBoard metrics under $GPULAB_METRICS_EVENTS were not read"; fi
+fi
 printf '%s\\n' "$code" >"$status"
 [ -z "$stopped" ] || printf '%s\\n' "==> gpulab: stopped by the hub (SIGTERM; exit code $code): its status at the hub says why"
 exit "$code"

@@ -26,8 +26,11 @@ CONTAINER = "main"
 # on the home (kept with the user's files) and to the container log (which the hub
 # follows), through a pipe beside the log (/tmp may not be writable); tee ignores the
 # stop's TERM so the last lines are kept. TERM is passed on to the command (the runtime
-# signals only the container's first process). After the command, the files to hand
-# back (64 KiB at most each) are printed base64 on the container log alone.
+# signals only the container's first process). With $GPULAB_METRICS_READER (the source
+# of gpulab.hub.workloads.tfevents, kept from the command's environment) the job's
+# TensorBoard scalars are read into its metrics file after the command, unless it was
+# stopped. After that, the files to hand back (64 KiB at most each) are printed base64
+# on the container log alone.
 WORKLOAD_SCRIPT = """log=$HOME/$1 header=$2 workdir=$3 outputs=$4
 shift 4
 mkdir -p -- "${log%/*}" || exit 2
@@ -39,6 +42,8 @@ exec 3>&1 >"$fifo" 2>&1
 rm -f -- "$fifo"
 [ -z "$header" ] || printf '%s\\n' "$header"
 code=2
+reader=$GPULAB_METRICS_READER
+unset GPULAB_METRICS_READER
 if [ -z "$workdir" ] || cd -- "$HOME/$workdir"; then
   "$@" &
   child=$!
@@ -48,6 +53,10 @@ if [ -z "$workdir" ] || cd -- "$HOME/$workdir"; then
   while kill -0 "$child" 2>/dev/null; do wait "$child"; code=$?; done
   [ -z "$stopped" ] ||
     printf '%s\\n' "==> gpulab: stopped by the hub (SIGTERM; exit code $code): its status at the hub says why"
+  if [ -n "$reader" ] && [ -z "$stopped" ]; then
+    if command -v python3 >/dev/null 2>&1; then python3 -c "$reader"
+    else echo "==> gpulab: no python3 in the image: the TensorBoard metrics under $GPULAB_METRICS_EVENTS were not read"; fi
+  fi
 else
   echo "gpulab: cannot enter ~/$workdir"
 fi

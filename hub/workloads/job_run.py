@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -21,6 +22,7 @@ from gpulab.hub.inventory import visible_devices_env
 from gpulab.hub.ledger import utcnow
 
 from . import spec as specs
+from . import tfevents
 from .runner import Launch, last_line
 from .spec import JobSpec, ReplicaGroup, replica_name
 from .store import Job
@@ -32,6 +34,9 @@ log = logging.getLogger(__name__)
 
 METRIC_PREFIX = "gpulab-metric:"
 """A line ``gpulab-metric: loss=0.25 accuracy=0.91`` in a replica's output reports metrics."""
+FORMAT_BUDGET = 1.0
+"""Seconds a job's ``metrics_format`` may take over the whole log it reads (in a thread
+of its own, so the hub answers meanwhile); what it found by then counts."""
 
 
 @dataclass
@@ -86,6 +91,9 @@ class JobRun:
             elif self.spec.package:
                 env = self._package_env(env)
             addresses = {(r.group.role, r.index): r.address for r in self.runs.values()}
+            since = time.time()  # the job's start: event files of earlier runs do not count
+            if self.resumed is not None and self.job.started is not None:
+                since -= (utcnow() - self.job.started).total_seconds()
             if self.resumed is None:
                 self.store.update_replicas(
                     self.job.id,
@@ -103,6 +111,8 @@ class JobRun:
                     **visible_devices_env(run.gpus),
                     "GPULAB_REPLICA": run.name,
                 }
+                if run.name == self._metrics_replica():
+                    replica_env.update(events_env(self.spec, since))
                 watchers.append(
                     asyncio.ensure_future(self._watch(run, replica_env, events, adopted))
                 )
@@ -146,8 +156,8 @@ class JobRun:
                     done = all(replica_name(role, i) in succeeded for i in indexes)
                 if done:
                     who = "every replica" if deciding is None else _names(deciding)
-                    self._collect_metrics()
-                    return "succeeded", f"Succeeded: {who} finished"
+                    note = await self._collect_metrics()
+                    return "succeeded", f"Succeeded: {who} finished" + note
                 continue
             if detail:
                 why = f"{name} {detail}"
@@ -156,8 +166,8 @@ class JobRun:
                 why = f"{name} exited with code {code}" + (f": {tail}" if tail else "")
             if run.restarts >= run.group.backoff_limit and run.group.restart_policy != "Never":
                 why += f" (after {run.restarts} restart(s), backoff limit reached)"
-            self._collect_metrics()
-            return "failed", f"Failed: {why}"
+            note = await self._collect_metrics()
+            return "failed", f"Failed: {why}" + note
 
     async def _watch(self, run: ReplicaRun, env, events, adopted=None) -> None:
         """Run one replica until it is done for good, restarting it as its policy says;
@@ -357,13 +367,22 @@ class JobRun:
     def _last_line(self, replica: str) -> str:
         return last_line(self.runner, self.job.user, self.job.log_path(replica))
 
-    def _collect_metrics(self) -> None:
-        """The metrics the deciding replica reported (the last value of each wins)."""
+    def _metrics_replica(self) -> str:
+        """The replica whose metrics are the job's: the first that decides success."""
         role, indexes = specs.success_roles(self.spec) or ("worker", [0])
-        metrics = parse_metrics(
-            self.runner.read_log(self.job.user, self.job.log_path(replica_name(role, indexes[0]))),
-            self.spec.metrics,
+        return replica_name(role, indexes[0])
+
+    async def _collect_metrics(self) -> str:
+        """Keep the metrics the deciding replica reported (the last value of each wins):
+        its log's, then its metrics file's (where its TensorBoard scalars went). Returns
+        what the job's message should add ("" or why some lines were not read)."""
+        replica = self._metrics_replica()
+        output = self.runner.read_log(self.job.user, self.job.log_path(replica))
+        # in a thread: a user's metrics_format may take all of its budget
+        scanned = await asyncio.to_thread(
+            scan_metrics, output, self.spec.metrics, self.spec.metrics_format
         )
+        metrics = scanned.values
         raw = self.runner.read_log(self.job.user, self.job.metrics_path)
         if raw:
             try:
@@ -374,6 +393,27 @@ class JobRun:
                 metrics.update({k: v for k, v in data.items() if _number(v) is not None})
         if metrics:
             self.store.update(self.job.id, metrics=metrics)
+        if not scanned.stopped_at:
+            return ""
+        return (
+            f"; metrics_format took longer than {FORMAT_BUDGET:g}s on {replica}'s log: "
+            f"metrics from the lines before line {scanned.stopped_at} only"
+        )
+
+
+def events_env(spec: JobSpec, since: float) -> dict[str, str]:
+    """The variables that have a replica's shell read the job's TensorBoard scalars into
+    its metrics file once the command ended (``tfevents``; the shell unsets the source
+    before the command runs), from the event files written ``since`` then (seconds since
+    the epoch); none without ``metrics_events``."""
+    if not spec.metrics_events:
+        return {}
+    return {
+        "GPULAB_METRICS_EVENTS": spec.metrics_events,
+        "GPULAB_METRICS_NAMES": " ".join(spec.metrics),
+        "GPULAB_METRICS_SINCE": f"{since:.3f}",
+        "GPULAB_METRICS_READER": tfevents.source(),
+    }
 
 
 STDOUT_METRIC = re.compile(
@@ -383,26 +423,73 @@ STDOUT_METRIC = re.compile(
 print statements'), anywhere in a line: ``epoch 3 - loss: 0.25 - val_loss=0.31``."""
 
 
-def parse_metrics(output: bytes, names: Iterable[str] = ()) -> dict[str, float]:
+@dataclass
+class ScannedMetrics:
+    values: dict[str, float]
+    stopped_at: int = 0
+    """The line (from 1) the ``metrics_format`` ran out of time on, and was not applied
+    from; 0: it read every line."""
+
+
+def parse_metrics(
+    output: bytes, names: Iterable[str] = (), metrics_format: str = ""
+) -> dict[str, float]:
+    """The metrics in a replica's output (``scan_metrics``)."""
+    return scan_metrics(output, names, metrics_format).values
+
+
+def scan_metrics(
+    output: bytes,
+    names: Iterable[str] = (),
+    metrics_format: str = "",
+    budget: float = FORMAT_BUDGET,
+) -> ScannedMetrics:
     """The metrics in a replica's output: every ``gpulab-metric:`` line's ``name=value``
-    pairs, and the ``names`` asked for wherever ``STDOUT_METRIC`` finds them; the last
-    value of each wins."""
+    pairs, and the ``names`` asked for wherever ``STDOUT_METRIC`` (or the job's
+    ``metrics_format``, whose first group is the name and second the value) finds them
+    in a line; the last value of each wins. A ``metrics_format`` gets ``budget`` seconds
+    for the whole output; where it runs out it is applied no further."""
     wanted = set(names)
-    metrics: dict[str, float] = {}
-    for line in output.decode(errors="replace").splitlines():
+    pattern = specs.metrics_pattern(metrics_format) if metrics_format else None
+    ends = time.monotonic() + budget
+    scanned = ScannedMetrics({})
+    metrics = scanned.values
+    for number, line in enumerate(output.decode(errors="replace").splitlines(), 1):
         line = line.strip()
         if line.startswith(METRIC_PREFIX):
             for pair in line[len(METRIC_PREFIX) :].replace(",", " ").split():
                 key, sep, value = pair.partition("=")
-                number = _number(value) if sep else None
-                if key and number is not None:
-                    metrics[key] = number
-        elif wanted:
+                found = _number(value) if sep else None
+                if key and found is not None:
+                    metrics[key] = found
+        elif not wanted:
+            continue
+        elif pattern is None:
             for found in STDOUT_METRIC.finditer(line):
-                number = _number(found[2])
-                if found[1] in wanted and number is not None:
-                    metrics[found[1]] = number
-    return metrics
+                value = _number(found[2])
+                if found[1] in wanted and value is not None:
+                    metrics[found[1]] = value
+        elif not scanned.stopped_at:
+            pairs = _format_pairs(pattern, line, ends - time.monotonic())
+            if pairs is None:
+                scanned.stopped_at = number
+                continue
+            for name, text in pairs:
+                value = _number(text)
+                if name.strip() in wanted and value is not None:
+                    metrics[name.strip()] = value
+    return scanned
+
+
+def _format_pairs(pattern, line: str, seconds: float) -> list[tuple[str, str]] | None:
+    """(name, value) of each match of a metrics_format in ``line``; None if that takes
+    longer than ``seconds``. ``concurrent`` lets other threads run meanwhile."""
+    if seconds <= 0:
+        return None
+    try:
+        return pattern.findall(line, timeout=seconds, concurrent=True)
+    except TimeoutError:
+        return None
 
 
 def _number(value) -> float | None:

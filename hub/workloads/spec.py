@@ -12,13 +12,16 @@ its framework reads (``TF_CONFIG``; ``MASTER_ADDR``/``RANK``/... and torchrun's
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import posixpath
 import re
 import shlex
 from dataclasses import asdict, dataclass, field
 from typing import Annotated
 
+import regex
 from pydantic import (
     AfterValidator,
     BeforeValidator,
@@ -55,6 +58,12 @@ METRIC_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_./-]{0,63}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_REPLICAS = 64
 MAX_DEADLINE_SECONDS = 366 * 86400  # a job that should run longer has no deadline
+MAX_METRICS_FORMAT = 256
+MAX_UNROLLED = 20_000
+"""The most a metrics_format's length times its counted repetitions (``x{m,n}``) may
+come to: the ``regex`` module unrolls each ``m`` times when it compiles, so big or
+nested ones could take the hub seconds and gigabytes before any timeout applies (at
+this bound a compile takes milliseconds)."""
 # the job's own variables may not replace what gpulab sets for the cluster and GPUs
 RESERVED_ENV = frozenset(
     {
@@ -107,6 +116,13 @@ class JobSpec:
     metrics: tuple[str, ...] = ()
     """Metrics also read from plain output lines, ``name=value`` or ``name: value``
     (Katib's StdOut collector), besides ``gpulab-metric:`` lines."""
+    metrics_format: str = ""
+    """A regular expression of two groups, (name) and (value), that finds ``metrics`` in
+    output lines instead of ``name=value`` / ``name: value`` (Katib's ``metricsFormat``)."""
+    metrics_events: str = ""
+    """A folder of TensorBoard event files, relative to ``workdir``, whose scalars named
+    in ``metrics`` are read after the command ends (Katib's TensorFlowEvent collector);
+    empty: none."""
 
     @property
     def gpus(self) -> int:
@@ -200,6 +216,56 @@ def _settable(name: str) -> str:
     return name
 
 
+def _unrolled(pattern: str) -> int:
+    """An upper bound of how big the ``regex`` module makes a pattern when it unrolls its
+    counted repetitions: its length times every ``{m`` in it plus one (any ``{`` followed
+    by digits counts, as nesting is not worked out)."""
+    return len(pattern) * math.prod(int(m) + 1 for m in re.findall(r"\{\s*(\d+)", pattern))
+
+
+@functools.lru_cache(maxsize=64)
+def metrics_pattern(text: str) -> regex.Pattern:
+    """``text`` compiled as a metrics_format, or a FieldError saying what is wrong with it:
+    a regular expression (the ``regex`` module's, Python's ``re`` syntax and more) of
+    exactly two groups, whose counted repetitions stay small."""
+    if len(text) > MAX_METRICS_FORMAT:
+        raise FieldError(f"at most {MAX_METRICS_FORMAT} characters (got {len(text)})")
+    if _unrolled(text) > MAX_UNROLLED:
+        raise FieldError(
+            "its counted repetitions ({m,n}) are too big: its length times each m + 1 "
+            f"may come to at most {MAX_UNROLLED}"
+        )
+    try:
+        pattern = regex.compile(text)
+    except (regex.error, ValueError, OverflowError, RecursionError) as e:
+        raise FieldError(f"not a regular expression: {e}") from None
+    if pattern.groups != 2:
+        raise FieldError(
+            f"needs exactly two groups, (name) and (value); it has {pattern.groups}: "
+            "make the others non-capturing, (?:...)"
+        )
+    return pattern
+
+
+def _metrics_format(text: str) -> str:
+    if text:
+        metrics_pattern(text)
+    return text
+
+
+def _events_folder(value: str) -> str:
+    """A folder inside the working folder, normalised ("." for the working folder
+    itself; "" for none)."""
+    if not value:
+        return ""
+    if "\0" in value or value.startswith(("/", "~")):
+        raise FieldError(f"a folder relative to workdir (got {shown(value)})")
+    normal = posixpath.normpath(value)
+    if normal == ".." or normal.startswith("../"):
+        raise FieldError(f"{shown(value)} is outside workdir")
+    return normal
+
+
 def _seconds(value: float | str) -> float:
     try:
         seconds = parse_duration(value, "active_deadline")
@@ -234,6 +300,26 @@ EnvName = Annotated[
     Wanted("a variable name: letters, digits and _, not starting with a digit"),
     AfterValidator(_settable),
 ]
+MetricsFormat = Annotated[
+    str,
+    Field(max_length=MAX_METRICS_FORMAT),
+    Wanted(f"a regular expression of at most {MAX_METRICS_FORMAT} characters"),
+    AfterValidator(_metrics_format),
+]
+EventsFolder = Annotated[
+    str,
+    Field(max_length=1024),
+    Wanted("a folder relative to workdir, at most 1024 characters"),
+    AfterValidator(_events_folder),
+]
+METRICS_FORMAT_HELP = (
+    "A regular expression of two groups, (name) and (value), that finds the metrics in "
+    "output lines instead of name=value or name: value (Katib's metricsFormat)."
+)
+METRICS_EVENTS_HELP = (
+    "A folder of TensorBoard event files, relative to workdir: the scalars of the metrics "
+    "are read from it after the command ends."
+)
 Deadline = Annotated[
     shapes(
         DEADLINE_HELP,
@@ -330,6 +416,8 @@ class JobBody(Body):
         [],
         description="Metrics also read from plain output lines, name=value or name: value.",
     )
+    metrics_format: MetricsFormat = Field("", description=METRICS_FORMAT_HELP)
+    metrics_events: EventsFolder = Field("", description=METRICS_EVENTS_HELP)
     torchrun: shapes(
         "true, processes per replica, or {nproc_per_node: N}",
         boolean=bool,
@@ -365,6 +453,14 @@ class JobBody(Body):
             raise FieldError("give the job a command (or script / module / notebook)", "command")
         if self.notebook is not None:
             _notebook_rules(self)
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_named(self) -> JobBody:
+        """metrics_format and metrics_events read the metrics named, and only those."""
+        for key in ("metrics_format", "metrics_events"):
+            if getattr(self, key) and not self.metrics:
+                raise FieldError(f"name the metrics that {key} reads", at="metrics")
         return self
 
     @model_validator(mode="after")
@@ -446,6 +542,8 @@ def parse_job(body: object, python: str = "python") -> JobSpec:
         torchrun_nproc=job.nproc(),
         notebook=job.notebook or "",
         metrics=tuple(dict.fromkeys(job.metrics)),
+        metrics_format=job.metrics_format,
+        metrics_events=job.metrics_events,
     )
 
 

@@ -39,7 +39,14 @@ from gpulab.hub.ledger import as_utc, utcnow
 
 from .bodies import Body, FieldError, SpecError, Wanted, one_of, shapes, validated, whole
 from .runner import JobError
-from .spec import METRIC_NAME_RE, NAME_RE, JobBody, parse_job
+from .spec import (
+    METRIC_NAME_RE,
+    NAME_RE,
+    EventsFolder,
+    JobBody,
+    MetricsFormat,
+    parse_job,
+)
 from .store import ACTIVE, metadata
 
 if TYPE_CHECKING:
@@ -175,14 +182,19 @@ class JobTemplate(JobBody):
     def known(cls) -> set[str]:
         return super().known() - {"name"}
 
+    def _metrics_named(self) -> JobTemplate:
+        """Every trial reads the objective's metric: no other need be named."""
+        return self
+
 
 METRIC_HELP = "a metric name: letters, digits, _ . / -, starting with a letter or _"
 
 
 class ObjectiveBody(Body):
     metric: Annotated[str, Field(pattern=METRIC_NAME_RE.pattern), Wanted(METRIC_HELP)] = Field(
-        description="A metric the trials report: a NAME=VALUE or NAME: VALUE line, "
-        "a gpulab-metric: line, or $GPULAB_METRICS_FILE."
+        description="A metric the trials report: a NAME=VALUE or NAME: VALUE line (or "
+        "one metrics_format finds), a gpulab-metric: line, $GPULAB_METRICS_FILE, or a "
+        "TensorBoard scalar under metrics_events."
     )
     goal: one_of(("minimize", "maximize"), "minimize or maximize") = "minimize"
 
@@ -204,6 +216,12 @@ class SweepBody(Body):
     seed: int = Field(0, description="Random: the same seed draws the same trials.")
     max_parallel: whole(1, 64) = 1
     objective: ObjectiveBody = Field(description="What ranks the trials.")
+    metrics_format: MetricsFormat = Field(
+        "", description="The trials' metrics_format (see a job's): how lines report metrics."
+    )
+    metrics_events: EventsFolder = Field(
+        "", description="The trials' metrics_events (see a job's): TensorBoard event files."
+    )
 
     @model_validator(mode="after")
     def _rules(self) -> SweepBody:
@@ -236,7 +254,7 @@ def parse_sweep(body: object, python: str = "python") -> SweepSpec:
         trials = [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*lists)]
     else:
         trials = _sample(sweep.parameters, sweep.trials, random.Random(sweep.seed))
-    job = body["job"]
+    job = _with_collectors(body["job"], sweep)
     try:  # every trial's job must be a valid job: check the first one now
         parse_job(trial_job(job, f"{sweep.name}-1", trials[0], sweep.objective.metric), python)
     except SpecError as e:
@@ -251,6 +269,19 @@ def parse_sweep(body: object, python: str = "python") -> SweepSpec:
         metric=sweep.objective.metric,
         goal=sweep.objective.goal,
     )
+
+
+def _with_collectors(job: dict, sweep: SweepBody) -> dict:
+    """The job template with the sweep's metrics_format and metrics_events, which every
+    trial reads its metrics with; SpecError if the template gives one too."""
+    for key in ("metrics_format", "metrics_events"):
+        value = getattr(sweep, key)
+        if not value:
+            continue
+        if job.get(key):
+            raise SpecError(f"job.{key}: given for the sweep too; give it once")
+        job = {**job, key: value}
+    return job
 
 
 def trial_job(template: dict, name: str, params: dict, metric: str = "") -> dict:

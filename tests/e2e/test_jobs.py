@@ -787,3 +787,121 @@ def test_a_sweep_reads_the_metric_an_unchanged_script_prints(hub):
     submit(quin, {"name": "named", "script": "plain.py", "metrics": ["loss", "final_loss"]})
     named = wait_job(quin, "named")
     assert named["metrics"] == {"loss": pytest.approx(0.3433), "final_loss": pytest.approx(0.01)}
+
+
+KATIB_FORMAT = r"([\w|-]+)\s*=\s*([+-]?\d*(?:\.\d+)?(?:[Ee][+-]?\d+)?)"
+"""Katib's default metricsFormat, its inner groups made non-capturing."""
+
+KATIB_FORMAT_TRIAL = textwrap.dedent(
+    """
+    import argparse
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--lr", type=float, default=0.1)
+    lr = parser.parse_args().lr
+    accuracy = 1 - (lr - 0.2) ** 2
+    for epoch in range(3):
+        print(f"Epoch[{epoch}] Train-accuracy={accuracy - 0.1:.4f}")
+        print(f"Epoch[{epoch}] Validation-accuracy={accuracy - (2 - epoch) / 100:.4f}")
+    print("Validation-accuracy: 0.0 (a summary the format does not match)")
+    """
+)
+
+
+def test_a_sweep_reads_its_metrics_with_a_katib_metrics_format(hub):
+    """Katib's metricsFormat: the sweep's regular expression finds the metric instead of
+    name=value / name: value (the last line would win under that)."""
+    rhea = hub.create_user("rhea")
+    put_file(hub, "rhea", "katib.py", KATIB_FORMAT_TRIAL)
+    spec = {
+        "name": "kfmt",
+        "job": {"script": "katib.py", "metrics": ["Train-accuracy"]},
+        "parameters": {"lr": [0.5, 0.3]},
+        "max_parallel": 2,
+        "objective": {"metric": "Validation-accuracy", "goal": "maximize"},
+        "metrics_format": KATIB_FORMAT,
+    }
+    r = rhea.session.post(hub.api("/gpulab/sweeps"), json=spec, timeout=30)
+    assert r.status_code == 201, r.text
+    done = wait_sweep(rhea, "kfmt", 120)
+    assert done["state"] == "succeeded", done["message"]
+    assert [(t["params"]["lr"], t["metric"]) for t in done["trials"]] == [(0.3, 0.99), (0.5, 0.91)]
+    assert done["best"]["metrics"] == {"Validation-accuracy": 0.99, "Train-accuracy": 0.89}
+    # Katib's own default, with its four groups, is refused naming the field
+    r = rhea.session.post(
+        hub.api("/gpulab/sweeps"),
+        json={**spec, "name": "kbad", "metrics_format": r"([\w|-]+)\s*=\s*((-?\d+)(\.\d+)?)"},
+        timeout=30,
+    )
+    assert r.status_code == 400 and r.json()["message"].startswith(
+        "metrics_format: needs exactly two groups, (name) and (value); it has 4"
+    ), r.text
+
+
+TENSORBOARD_TRIAL = textwrap.dedent(
+    """
+    import argparse, os
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--lr", type=float, default=0.1)
+    lr = parser.parse_args().lr
+    steps = round(lr * 10)  # the first trial writes more steps than the second
+    for run, offset in (("train", 0.0), ("validation", 0.1)):
+        writer = tf.summary.create_file_writer(f"logs/{run}")
+        with writer.as_default():
+            for step in range(steps):
+                tf.summary.scalar("loss", (lr - 0.2) ** 2 + offset + 1 / (step + 1), step=step)
+                if run == "validation":
+                    tf.summary.scalar("accuracy", 0.9 - (lr - 0.2) ** 2 + step / 100, step=step)
+        writer.close()
+    print("wrote", steps, "steps")
+    """
+)
+
+
+def test_a_sweep_ranks_trials_by_the_tensorboard_scalars_an_unchanged_script_writes(hub):
+    """Katib's TensorFlowEvent collector: the trials' event files are read after each
+    trial, as its user, into its metrics. Both trials write to the same folder; the
+    second reads only its own files (not the first trial's higher steps)."""
+    sara = hub.create_user("sara")
+    put_file(hub, "sara", "tb/train.py", TENSORBOARD_TRIAL)
+    spec = {
+        "name": "tb",
+        "job": {"script": "train.py", "workdir": "tb", "metrics": ["validation/loss", "loss"]},
+        "parameters": {"lr": [0.5, 0.3]},
+        "objective": {"metric": "accuracy", "goal": "maximize"},
+        "metrics_events": "logs",
+    }
+    r = sara.session.post(hub.api("/gpulab/sweeps"), json=spec, timeout=30)
+    assert r.status_code == 201, r.text
+    done = wait_sweep(sara, "tb", 300)
+    assert done["state"] == "succeeded", (done["message"], logs(sara, "tb-1", "worker-0"))
+    assert [(t["params"]["lr"], t["metric"]) for t in done["trials"]] == [(0.3, 0.91), (0.5, 0.85)]
+    # validation/loss by its full name; loss ends train/loss and validation/loss: not read
+    best = done["best"]["metrics"]
+    assert best == {"accuracy": 0.91, "validation/loss": pytest.approx(0.01 + 0.1 + 1 / 3)}
+    assert done["trials"][1]["metrics"]["validation/loss"] == pytest.approx(0.09 + 0.1 + 1 / 5)
+    text = logs(sara, "tb-2", "worker-0")
+    assert (
+        "==> gpulab: TensorBoard metrics: read validation/loss at step 2, accuracy "
+        "(validation/accuracy) at step 2 from 2 event files under logs"
+    ) in text, text
+    assert (
+        "==> gpulab: TensorBoard metrics: loss is the end of train/loss, validation/loss: "
+        "name one of them"
+    ) in text
+    # the event files are hers, read with her rights: nothing of the hub's went there
+    account = home_of(hub, "sara")
+    for f in (account.home / "tb" / "logs").rglob("*"):
+        assert f.stat().st_uid == account.uid, f
+
+    # an image without python3: the log says so in one line, and the job still succeeds
+    submit(sara, {"name": "nopy", "command": ["/bin/true"], "env": {"PATH": "/nowhere"},
+                  "metrics": ["loss"], "metrics_events": "logs"})  # fmt: skip
+    ended = wait_job(sara, "nopy")
+    assert ended["state"] == "succeeded", ended["message"]
+    lines = [line for line in logs(sara, "nopy", "worker-0").splitlines() if "python3" in line]
+    assert lines == [
+        "==> gpulab: no python3 here: the TensorBoard metrics under logs were not read"
+    ]

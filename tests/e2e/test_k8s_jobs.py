@@ -270,3 +270,44 @@ def test_a_replica_whose_pod_cannot_be_scheduled_fails_the_job_with_the_reason(h
     assert "Insufficient nvidia.com/gpu" in done["message"]
     # nothing left behind
     assert job_pods(kube, submitted["id"]) == [] and hub.gpus()["free"] == 2
+
+
+EVENTS_WRITER = textwrap.dedent(
+    """
+    import os, time
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    print("reader in the command's environment:", "GPULAB_METRICS_READER" in os.environ)
+    writer = EventFileWriter("runs/eval")  # as PyTorch's SummaryWriter writes them
+    for step, value in ((1, 0.5), (2, 0.25)):
+        value = summary_pb2.Summary.Value(tag="loss", simple_value=value)
+        event = event_pb2.Event(step=step, wall_time=time.time())
+        event.summary.value.append(value)
+        writer.add_event(event)
+    writer.close()
+    print("gpulab-metric: seen=1")
+    """
+)
+
+
+def test_a_pods_tensorboard_scalars_come_back_as_the_jobs_metrics(hub, kube):
+    """The pod's shell reads the event files after the command, as the pod's user, into
+    the metrics file it hands back on its log."""
+    uma = with_home_claim(hub, kube, "kuma")
+    work = home(hub) / "kuma-tb"
+    work.mkdir()
+    (work / "events.py").write_text(EVENTS_WRITER)
+    work.chmod(0o777)
+    spec = {"name": "ktb", "script": "events.py", "workdir": "kuma-tb", "metrics": ["loss"],
+            "metrics_events": "runs", "replicas": {"worker": {"count": 1}}}  # fmt: skip
+    done = wait_job(uma, submit(uma, spec)["name"])
+    text = logs(uma, "ktb", "worker-0")
+    assert done["state"] == "succeeded", (done["message"], text)
+    assert done["metrics"] == {"loss": 0.25, "seen": 1.0}
+    assert "reader in the command's environment: False" in text
+    assert (
+        "==> gpulab: TensorBoard metrics: read loss (eval/loss) at step 2 from 1 event file "
+        "under runs"
+    ) in text, text
+    assert job_pods(kube, done["id"]) == []
