@@ -8,6 +8,7 @@ both on a ``grpc.Server``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import grpc
@@ -21,7 +22,7 @@ from tensorflow_serving.apis import (
 
 from . import tensors
 from .config import ConfigError, ModelConfig, parse_text
-from .errors import INVALID_ARGUMENT, ServingError
+from .errors import INVALID_ARGUMENT, OK, ServingError
 from .predictor import Predictor, token_ok
 
 
@@ -73,25 +74,33 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def Predict(self, request, context):
         self.guard.check(context)
+        t0 = time.perf_counter()
+        name = request.model_spec.name
         try:
-            if not request.HasField("model_spec"):
-                raise ServingError(INVALID_ARGUMENT, "Missing ModelSpec")
-            version, label = _spec_choice(request.model_spec)
-            servable = self.predictor.registry.servable(request.model_spec.name, version, label)
-            inputs = {k: tensors.from_proto(v) for k, v in request.inputs.items()}
-            signature = request.model_spec.signature_name
-            outputs = self.predictor.predict(
-                servable, signature, inputs, list(request.output_filter)
-            )
-            response = predict_pb2.PredictResponse()
-            response.model_spec.name = servable.name
-            response.model_spec.version.value = servable.version
-            response.model_spec.signature_name = signature or "serving_default"
-            for name, arr in outputs.items():
-                response.outputs[name].CopyFrom(tensors.to_proto(arr))
-            return response
+            response = self._predict(request)
         except ServingError as e:
+            self.predictor.metrics.request(
+                name, "Predict", "GRPC", e.code, time.perf_counter() - t0
+            )
             context.abort(e.grpc_code, e.message)
+        self.predictor.metrics.request(name, "Predict", "GRPC", OK, time.perf_counter() - t0)
+        return response
+
+    def _predict(self, request) -> predict_pb2.PredictResponse:
+        if not request.HasField("model_spec"):
+            raise ServingError(INVALID_ARGUMENT, "Missing ModelSpec")
+        version, label = _spec_choice(request.model_spec)
+        servable = self.predictor.registry.servable(request.model_spec.name, version, label)
+        inputs = {k: tensors.from_proto(v) for k, v in request.inputs.items()}
+        signature = request.model_spec.signature_name
+        outputs = self.predictor.predict(servable, signature, inputs, list(request.output_filter))
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = servable.name
+        response.model_spec.version.value = servable.version
+        response.model_spec.signature_name = signature or "serving_default"
+        for name, arr in outputs.items():
+            response.outputs[name].CopyFrom(tensors.to_proto(arr))
+        return response
 
     def GetModelMetadata(self, request, context):
         self.guard.check(context)

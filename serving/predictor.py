@@ -10,24 +10,70 @@ the server has a token.
 from __future__ import annotations
 
 import hmac
+import time
+from concurrent.futures import Future
 
 import numpy as np
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
 from . import tensors
+from .batching import Batcher
 from .errors import INVALID_ARGUMENT, ServingError
+from .monitoring import Metrics
 from .servables import ModelRegistry, Servable
 
 
 class Predictor:
-    """Predict, metadata and status over a registry: the part REST and gRPC share."""
+    """Predict, metadata and status over a registry: the part REST and gRPC share; with
+    a ``batcher``, predictions run in batches; ``metrics`` records the model calls."""
 
-    def __init__(self, registry: ModelRegistry):
+    def __init__(self, registry: ModelRegistry, metrics: Metrics, batcher: Batcher | None = None):
         self.registry = registry
+        self.metrics = metrics
+        self.batcher = batcher
 
     def predict(self, servable: Servable, signature: str, inputs: dict[str, np.ndarray],
                 output_filter: list[str] = ()) -> dict[str, np.ndarray]:  # fmt: skip
+        """The outputs for ``inputs`` (waiting for its batch, with batching)."""
+        return self.submit(servable, signature, inputs, output_filter).result()
+
+    def submit(self, servable: Servable, signature: str, inputs: dict[str, np.ndarray],
+               output_filter: list[str] = ()) -> Future:  # fmt: skip
+        """The future of ``predict``'s answer: done at once without batching; a
+        ServingError at once for inputs the signature does not take."""
         fn, sig = servable.signature(signature)
+        self._check(sig, inputs, output_filter)
+        names = list(output_filter or sig.outputs)
+        model = servable.name
+
+        def call(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            t0 = time.perf_counter()
+            try:
+                result = fn(**batch)
+                outputs = {n: t.numpy() for n, t in result.items()}
+            except (TypeError, ValueError) as e:
+                raise ServingError(INVALID_ARGUMENT, _first_line(e)) from None
+            except Exception as e:  # noqa: BLE001 -- TensorFlow's own errors carry their code
+                raise _tf_error(e) from None
+            self.metrics.model_call(model, "Predict", time.perf_counter() - t0)
+            return outputs
+
+        if self.batcher is not None:
+            batched = self.batcher.submit(servable, signature or "serving_default", call, inputs)
+            answer = Future()
+            batched.add_done_callback(lambda done: _pick(done, names, answer))
+            return answer
+        answer = Future()
+        try:
+            outputs = call(inputs)
+        except ServingError as e:
+            answer.set_exception(e)
+        else:
+            answer.set_result({n: outputs[n] for n in names})
+        return answer
+
+    def _check(self, sig, inputs: dict[str, np.ndarray], output_filter) -> None:
+        """TF Serving's errors for inputs (and output aliases) the signature does not take."""
         wanted, given = set(sig.inputs), set(inputs)
         if wanted != given:
             raise ServingError(
@@ -54,14 +100,6 @@ class Predictor:
                     f"output tensor alias not found in signature: {alias} Outputs expected to "
                     f"be in the set {{{','.join(sorted(sig.outputs))}}}.",
                 )
-        try:
-            result = fn(**inputs)
-        except (TypeError, ValueError) as e:
-            raise ServingError(INVALID_ARGUMENT, _first_line(e)) from None
-        except Exception as e:  # noqa: BLE001 -- TensorFlow's own errors carry their code
-            raise _tf_error(e) from None
-        names = output_filter or list(sig.outputs)
-        return {n: result[n].numpy() for n in names}
 
     def metadata(self, servable: Servable) -> get_model_metadata_pb2.GetModelMetadataResponse:
         response = get_model_metadata_pb2.GetModelMetadataResponse()
@@ -82,6 +120,16 @@ class Predictor:
             item.status.error_code = _error_code(state.error_code)
             item.status.error_message = state.error_message
         return response
+
+
+def _pick(batched: Future, names: list[str], answer: Future) -> None:
+    """``answer`` gets the outputs ``names`` of a batched call's result (or its error)."""
+    error = batched.exception()
+    if error is not None:
+        answer.set_exception(error)
+    else:
+        outputs = batched.result()
+        answer.set_result({n: outputs[n] for n in names})
 
 
 def _error_code(name: str) -> int:

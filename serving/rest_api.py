@@ -2,28 +2,33 @@
 ``:predict``.
 
 ``RestApi`` answers one request, (HTTP status, JSON body), dispatched and worded as TF
-Serving's HttpRestApiHandler does; ``RestServer`` is the tornado connection delegate that
-carries HTTP/1.1 straight to it, on a TCP port or a unix socket.
+Serving's HttpRestApiHandler does; ``RestApi.handle`` is what :mod:`.http_server` calls
+for each request, on a TCP port or a unix socket.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
-import socket
+import time
 from urllib.parse import unquote
 
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2
-from tornado import httputil
 
 from . import tensors
-from .errors import INVALID_ARGUMENT, UNAUTHENTICATED, UNIMPLEMENTED, ServingError
+from .errors import INTERNAL, INVALID_ARGUMENT, OK, UNAUTHENTICATED, UNIMPLEMENTED, ServingError
+from .http_server import Response
 from .predictor import Predictor, token_ok
+
+log = logging.getLogger("gpulab.serving")
 
 _PREDICT = re.compile(
     r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)",
     re.IGNORECASE,
 )
+_PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 _STATUS = re.compile(
     r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?",
     re.IGNORECASE,
@@ -31,25 +36,65 @@ _STATUS = re.compile(
 
 
 class RestApi:
-    """Every ``/v1/...`` request, dispatched as TF Serving's HttpRestApiHandler does."""
+    """Every ``/v1/...`` request, dispatched as TF Serving's HttpRestApiHandler does, and
+    TF Serving's Prometheus endpoint at ``monitoring_path`` ("": none)."""
 
-    def __init__(self, predictor: Predictor, token: str):
+    def __init__(self, predictor: Predictor, token: str, monitoring_path: str = ""):
         self.predictor = predictor
         self.token = token
+        self.monitoring_path = monitoring_path
+
+    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes, owners: bool):
+        """The HTTP server's handler (``http_server.Handler``): the API's paths and the
+        Prometheus endpoint; 404 for the rest, as TF Serving."""
+        authorization = headers.get("authorization")
+        if path.lower().startswith("/v1/") or path.lower() == "/v1":
+            answer = self.answer(method, path, authorization, body, owners)
+            if isinstance(answer, tuple):
+                return Response(*answer)
+            return self._response_later(answer)
+        if path == self.monitoring_path and method == "GET":
+            return Response(*self.monitoring(authorization, owners), _PROMETHEUS)
+        return Response(404, b"")
+
+    async def _response_later(self, answer) -> Response:
+        return Response(*await answer)
 
     def answer(
         self, method: str, path: str, authorization: str | None, body: bytes, owners: bool = False
     ):
-        """(HTTP status, JSON body) for one request; ``owners``: it came over the unix
-        socket, which only the model's owner (and root) can connect to: no token needed."""
+        """(HTTP status, JSON body) for one request, or an awaitable of it (a prediction
+        waiting for its batch); ``owners``: it came over the unix socket, which only the
+        model's owner (and root) can connect to: no token needed."""
         try:
-            if self.token and not owners and not token_ok(authorization, self.token):
-                raise ServingError(UNAUTHENTICATED, "a valid model token is needed")
-            return 200, self._dispatch(method, path, body)
+            self._authorize(authorization, owners)
+            result = self._dispatch(method, path, body)
         except ServingError as e:
-            return e.http_status, tensors.dumps({"error": e.message})
+            return e.http_status, _error(e)
+        except Exception as e:  # noqa: BLE001 -- an answer, never a dropped connection
+            log.exception("Answering %s %s", method, path)
+            return 500, _error(ServingError(INTERNAL, f"{type(e).__name__}: {e}"))
+        return (200, result) if isinstance(result, bytes) else self._later(result)
 
-    def _dispatch(self, method: str, path: str, body: bytes) -> bytes:
+    def monitoring(self, authorization: str | None, owners: bool = False) -> tuple[int, bytes]:
+        """(HTTP status, body) of the Prometheus endpoint."""
+        try:
+            self._authorize(authorization, owners)
+        except ServingError as e:
+            return e.http_status, _error(e)
+        return 200, self.predictor.metrics.exposition()
+
+    def _authorize(self, authorization: str | None, owners: bool) -> None:
+        if self.token and not owners and not token_ok(authorization, self.token):
+            raise ServingError(UNAUTHENTICATED, "a valid model token is needed")
+
+    async def _later(self, pending) -> tuple[int, bytes]:
+        try:
+            return 200, await pending
+        except ServingError as e:
+            return e.http_status, _error(e)
+
+    def _dispatch(self, method: str, path: str, body: bytes):
         malformed = ServingError(INVALID_ARGUMENT, f"Malformed request: {method} {path}")
         pattern = _PREDICT if method == "POST" else _STATUS
         match = pattern.fullmatch(path)
@@ -73,12 +118,7 @@ class RestApi:
                     UNIMPLEMENTED,
                     f":{verb} (tf.Example input) is not served here; use :predict",
                 )
-            servable = registry.servable(name, number, label)
-            doc = tensors.parse_request(body)
-            _, sig = servable.signature(doc.get("signature_name", ""))
-            inputs, fmt = tensors.request_tensors(doc, {k: v.dtype for k, v in sig.inputs.items()})
-            outputs = self.predictor.predict(servable, doc.get("signature_name", ""), inputs)
-            return tensors.dumps(tensors.response_json(outputs, fmt))
+            return self._predict(name, number, label, body)
         if not name:
             raise ServingError(INVALID_ARGUMENT, "Missing model name in request.")
         if verb:  # metadata
@@ -89,6 +129,41 @@ class RestApi:
         return json_format.MessageToJson(
             self.predictor.status(name, number), always_print_fields_with_no_presence=True
         ).encode()
+
+    def _predict(self, name: str, number: int | None, label: str | None, body: bytes):
+        """A prediction's JSON answer, or an awaitable of it; counted in the metrics."""
+        t0 = time.perf_counter()
+        metrics = self.predictor.metrics
+        try:
+            servable = self.predictor.registry.servable(name, number, label)
+            doc = tensors.parse_request(body)
+            signature = doc.get("signature_name", "")
+            _, sig = servable.signature(signature)
+            inputs, fmt = tensors.request_tensors(doc, {k: v.dtype for k, v in sig.inputs.items()})
+            future = self.predictor.submit(servable, signature, inputs)
+            if future.done():
+                answer = tensors.dumps(tensors.response_json(future.result(), fmt))
+                metrics.request(name, "Predict", "REST", OK, time.perf_counter() - t0)
+                return answer
+        except ServingError as e:
+            metrics.request(name, "Predict", "REST", e.code, time.perf_counter() - t0)
+            raise
+        return self._batched(future, fmt, name, t0)
+
+    async def _batched(self, future, fmt: str, name: str, t0: float) -> bytes:
+        """The answer of a prediction that waits for its batch."""
+        metrics = self.predictor.metrics
+        try:
+            outputs = await asyncio.wrap_future(future)
+        except ServingError as e:
+            metrics.request(name, "Predict", "REST", e.code, time.perf_counter() - t0)
+            raise
+        metrics.request(name, "Predict", "REST", OK, time.perf_counter() - t0)
+        return tensors.dumps(tensors.response_json(outputs, fmt))
+
+
+def _error(e: ServingError) -> bytes:
+    return tensors.dumps({"error": e.message})
 
 
 def _metadata_json(response) -> str:
@@ -105,53 +180,3 @@ def _metadata_json(response) -> str:
         defs, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
     return f'{{\n"model_spec":{spec},\n"metadata": {{"signature_def": {sigs}}}\n}}\n'
-
-
-class RestServer(httputil.HTTPServerConnectionDelegate):
-    """HTTP/1.1 straight to the REST API: no web framework between the connection and
-    the model (a request costs a few tens of microseconds here, not hundreds); keep-alive
-    and chunked bodies are tornado's HTTP/1 connection's."""
-
-    def __init__(self, api: RestApi):
-        self.api = api
-
-    def start_request(self, server_conn, request_conn) -> httputil.HTTPMessageDelegate:
-        family = server_conn.stream.socket.family if server_conn.stream.socket else None
-        return _RestRequest(self.api, request_conn, owners=family == socket.AF_UNIX)
-
-
-class _RestRequest(httputil.HTTPMessageDelegate):
-    def __init__(self, api: RestApi, connection, owners: bool = False):
-        self.api, self.connection, self.owners = api, connection, owners
-        self.chunks: list[bytes] = []
-        self.start = None
-        self.headers = None
-
-    def headers_received(self, start_line, headers):
-        self.start, self.headers = start_line, headers
-
-    def data_received(self, chunk):
-        self.chunks.append(chunk)
-
-    def finish(self):
-        method = self.start.method
-        path = self.start.path.partition("?")[0]
-        if path.lower().startswith("/v1/") or path.lower() == "/v1":
-            status, body = self.api.answer(
-                method,
-                path,
-                self.headers.get("Authorization"),
-                b"".join(self.chunks),
-                self.owners,
-            )
-        else:  # TF Serving answers only its API's paths
-            status, body = 404, b""
-        headers = httputil.HTTPHeaders(
-            {"Content-Type": "application/json", "Content-Length": str(len(body))}
-        )
-        start = httputil.ResponseStartLine("HTTP/1.1", status, httputil.responses.get(status, ""))
-        self.connection.write_headers(start, headers, body)
-        self.connection.finish()
-
-    def on_connection_close(self):
-        self.chunks.clear()

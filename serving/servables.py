@@ -15,12 +15,14 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import ModelConfig
 from .errors import FAILED_PRECONDITION, INVALID_ARGUMENT, NOT_FOUND, OK, UNKNOWN, ServingError
+from .monitoring import Metrics
 
 log = logging.getLogger("gpulab.serving")
 
@@ -28,9 +30,10 @@ log = logging.getLogger("gpulab.serving")
 START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
 
 
-@dataclass
+@dataclass(eq=False)
 class Servable:
-    """One loaded version: its TensorFlow object and signatures."""
+    """One loaded version: its TensorFlow object and signatures (each load a distinct
+    one: batching queues are kept by servable)."""
 
     name: str
     version: int
@@ -196,8 +199,12 @@ def load_servable(name: str, version: int, path: str) -> Servable:
 class ModelRegistry:
     """Every model of the server, kept current by ``poll``; safe to read from any thread."""
 
-    def __init__(self, configs: list[ModelConfig], cache_root: str = ""):
+    def __init__(
+        self, configs: list[ModelConfig], cache_root: str = "", metrics: Metrics | None = None
+    ):
         self.lock = threading.Lock()
+        self.metrics = metrics or Metrics()
+        """Where SavedModel loads are counted."""
         self.models: dict[str, Model] = {}
         self.sources: dict[str, VersionSource] = {}
         self.cache_root = cache_root or os.path.join(tempfile.gettempdir(), "gpulab-serving")
@@ -264,9 +271,12 @@ class ModelRegistry:
         with self.lock:
             model.versions[version] = state
         log.info("Loading servable version {name: %s version: %d}", model.name, version)
+        path = f"{model.config.base_path.rstrip('/')}/{version}"
+        t0 = time.perf_counter()
         try:
             servable = load_servable(model.name, version, source.local_path(version))
         except Exception as e:  # noqa: BLE001 -- reported in the model's status
+            self.metrics.load_attempts.add(path, "fail")
             message = e.message if isinstance(e, ServingError) else f"{type(e).__name__}: {e}"
             code = e.code if isinstance(e, ServingError) else UNKNOWN
             log.error("Loading servable {name: %s version: %d} failed: %s", model.name, version,
@@ -274,6 +284,8 @@ class ModelRegistry:
             with self.lock:
                 state.state, state.error_code, state.error_message = END, code, message
             return
+        self.metrics.load_attempts.add(path, "success")
+        self.metrics.load_latency.add(path, by=round((time.perf_counter() - t0) * 1e6))
         with self.lock:
             state.servable, state.state = servable, AVAILABLE
         log.info("Successfully loaded servable version {name: %s version: %d}", model.name,

@@ -5,7 +5,9 @@ It takes ``tensorflow_model_server``'s own flags (``--port``, ``--rest_api_port`
 so whatever starts TF Serving can start this, and answers the same requests the same
 way: REST ``/v1/models/...`` status, metadata and ``:predict``, gRPC
 ``PredictionService`` (Predict, GetModelMetadata) and ``ModelService``
-(GetModelStatus, HandleReloadConfigRequest).
+(GetModelStatus, HandleReloadConfigRequest); ``--enable_batching`` with
+``--batching_parameters_file`` (:mod:`.batching`), and the Prometheus endpoint of
+``--monitoring_config_file`` (:mod:`.monitoring`).
 
 gpulab's additions: with ``GPULAB_SERVING_TOKEN`` in its environment, every request on a
 TCP port must carry ``Authorization: Bearer <token>`` (gRPC: ``authorization``
@@ -35,12 +37,14 @@ import time
 from concurrent import futures
 
 import grpc
-from tornado import httpserver, netutil
 
+from .batching import Batcher, BatchingConfigError, BatchingParameters
 from .config import ConfigError, ModelConfig, parse_text
 from .grpc_api import add_services
+from .http_server import serve_tcp, serve_unix
+from .monitoring import Metrics, MonitoringConfigError, Prometheus, read_config
 from .predictor import Predictor
-from .rest_api import RestApi, RestServer
+from .rest_api import RestApi
 from .servables import ModelRegistry
 
 log = logging.getLogger("gpulab.serving")
@@ -53,8 +57,12 @@ class ModelServer:
         self.args = args
         self.token = os.environ.get(TOKEN_ENV, "")
         self.config_stamp = None
-        self.registry = ModelRegistry(self._read_config(), args.cache_dir)
-        self.predictor = Predictor(self.registry)
+        self.metrics = Metrics()
+        self.prometheus = _monitoring(args.monitoring_config_file)
+        self.batching = _batching(args.enable_batching, args.batching_parameters_file)
+        self.registry = ModelRegistry(self._read_config(), args.cache_dir, self.metrics)
+        batcher = Batcher(self.batching, self.metrics) if self.batching else None
+        self.predictor = Predictor(self.registry, self.metrics, batcher)
         self.stop = threading.Event()
 
     def _read_config(self) -> list[ModelConfig]:
@@ -106,14 +114,21 @@ class ModelServer:
                     a.tensorflow_inter_op_parallelism
                 )
         self.registry.poll()  # TF Serving opens its ports once the first versions loaded
-        grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=a.grpc_threads))
+        threads = a.grpc_threads
+        if self.batching:  # calls wait for their batch in these threads: enough to fill one
+            threads = max(threads, 2 * self.batching.max_batch_size, 64)
+        grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=min(threads, 1024)))
         add_services(grpc_server, self.predictor, self.token, self.reload)
         if a.port:
             grpc_server.add_insecure_port(f"{a.bind_address}:{a.port}")
             log.info("Running gRPC ModelServer at %s:%d ...", a.bind_address, a.port)
         if a.grpc_socket_path:
-            grpc_server.add_insecure_port(f"unix:{a.grpc_socket_path}")
-            os.chmod(a.grpc_socket_path, 0o600)  # as the REST socket: this account's alone
+            old = os.umask(0o177)  # as the REST socket: this account's alone, from the start
+            try:
+                grpc_server.add_insecure_port(f"unix:{a.grpc_socket_path}")
+            finally:
+                os.umask(old)
+            os.chmod(a.grpc_socket_path, 0o600)
             log.info("Running gRPC ModelServer at unix:%s ...", a.grpc_socket_path)
         grpc_server.start()
         poller = threading.Thread(target=self._poll_loop, name="poll", daemon=True)
@@ -121,17 +136,21 @@ class ModelServer:
         asyncio.run(self._serve_rest(grpc_server))
 
     async def _serve_rest(self, grpc_server) -> None:
+        """REST on an event loop of its own (gRPC answers in its threads), until SIGTERM."""
         a = self.args
-        server = None
+        servers = []
         if a.rest_api_port or a.rest_api_socket_path:
-            server = httpserver.HTTPServer(RestServer(RestApi(self.predictor, self.token)))
-        if a.rest_api_port:
-            server.listen(a.rest_api_port, address=a.bind_address)
-            log.info("Exporting HTTP/REST API at:%s:%d ...", a.bind_address, a.rest_api_port)
-        if a.rest_api_socket_path:
-            # 0600: only this account (and root) may connect, whatever the folder allows
-            server.add_socket(netutil.bind_unix_socket(a.rest_api_socket_path, mode=0o600))
-            log.info("Exporting HTTP/REST API at: unix:%s ...", a.rest_api_socket_path)
+            monitoring = self.prometheus.path if self.prometheus.enable else ""
+            api = RestApi(self.predictor, self.token, monitoring)
+            if a.rest_api_port:
+                servers.append(await serve_tcp(api.handle, a.bind_address, a.rest_api_port))
+                log.info("Exporting HTTP/REST API at:%s:%d ...", a.bind_address, a.rest_api_port)
+            if a.rest_api_socket_path:
+                # 0600: only this account (and root) may connect, whatever the folder allows
+                servers.append(await serve_unix(api.handle, a.rest_api_socket_path))
+                log.info("Exporting HTTP/REST API at: unix:%s ...", a.rest_api_socket_path)
+            if self.prometheus.enable:
+                log.info("Prometheus metrics at %s on the REST API", self.prometheus.path)
         done = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -139,13 +158,34 @@ class ModelServer:
         await done.wait()
         log.info("Stopping the model server")
         self.stop.set()
-        if server is not None:
-            server.stop()
+        for server in servers:
+            server.close()
         grpc_server.stop(grace=1.0).wait()
         for path in (a.rest_api_socket_path, a.grpc_socket_path):
             if path:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
+
+
+def _monitoring(path: str) -> Prometheus:
+    """The Prometheus endpoint a ``--monitoring_config_file`` asks for (none without)."""
+    if not path:
+        return Prometheus()
+    with open(path) as f:
+        return read_config(f.read())
+
+
+def _batching(enable: str, path: str) -> BatchingParameters | None:
+    """The batching parameters, with ``--enable_batching`` (else None): TF Serving's
+    defaults, or a ``--batching_parameters_file``'s."""
+    if str(enable).lower() not in ("true", "1", "yes"):
+        if path:
+            log.warning("--batching_parameters_file is used only with --enable_batching")
+        return None
+    if not path:
+        return BatchingParameters()
+    with open(path) as f:
+        return BatchingParameters.from_text(f.read())
 
 
 def parse_args(argv: list[str] | None = None):
@@ -164,7 +204,7 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0)
     p.add_argument("--file_system_poll_wait_seconds", type=float, default=1)
     p.add_argument("--bind_address", default="0.0.0.0")
-    p.add_argument("--grpc_threads", type=int, default=4)
+    p.add_argument("--grpc_threads", type=int, default=4, help="threads answering gRPC calls")
     p.add_argument("--cache_dir", default="", help="where S3 versions are copied to load")
     p.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
                    help="threads one op may use (0: TensorFlow's choice)")  # fmt: skip
@@ -173,7 +213,12 @@ def parse_args(argv: list[str] | None = None):
     # accepted for compatibility with tensorflow_model_server command lines
     p.add_argument("--rest_api_num_threads", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--rest_api_timeout_in_ms", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--enable_batching", default="false", help=argparse.SUPPRESS)
+    p.add_argument("--enable_batching", nargs="?", const="true", default="false",
+                   help="run requests that arrive together as one model call")  # fmt: skip
+    p.add_argument("--batching_parameters_file", default="",
+                   help="TF Serving's BatchingParameters (text) for --enable_batching")  # fmt: skip
+    p.add_argument("--monitoring_config_file", default="",
+                   help="TF Serving's MonitoringConfig (text): the Prometheus endpoint")  # fmt: skip
     p.add_argument("--allow_version_labels_for_unavailable_models", default="false",
                    help=argparse.SUPPRESS)  # fmt: skip
     args, unknown = p.parse_known_args(argv)
@@ -192,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         server = ModelServer(args)
-    except (OSError, ConfigError) as e:
+    except (OSError, ConfigError, BatchingConfigError, MonitoringConfigError) as e:
         print(f"gpulab-model-server: {e}", file=sys.stderr)
         return 2
     server.run()

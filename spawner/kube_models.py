@@ -4,14 +4,16 @@
 The manifests come from ``gpulab.spawner.model_objects``. A replica's Deployment is pinned to
 the node of its GPUs (the ledger grants them per node) and mounts the owner's home
 claim read-only, where the model's version folders are; TF Serving's model config,
-written by the hub, arrives through a ConfigMap, and a changed config (labels, version
+written by the hub, arrives through a ConfigMap (with its monitoring config and, for a
+model with batching, its batching parameters), and a changed config (labels, version
 policy) rolls the pod with a surge, so the replica serves throughout. New version
 folders need no rollout: TF Serving looks for them every ``serving.poll``.
 
 The hub follows each model's pods: a ready pod is asked for its model's status (on
-its REST port, at its pod IP), and calls through the hub go to the ready ones. The raw
-ports are the pods' and the Service's in the cluster; TF Serving itself asks for no
-token there (keep them private with a NetworkPolicy).
+its REST port, at its pod IP), and calls through the hub go to the ready ones; the
+model's metrics are read from every replica's pod there. The raw ports are the pods' and
+the Service's in the cluster; TF Serving itself asks for no token there (keep them
+private with a NetworkPolicy).
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ import logging
 from dataclasses import replace
 
 from gpulab.hub.kube import api_call, core_api, namespace, owned_object
-from gpulab.hub.workloads.model_spec import ModelError, ModelSpec
+from gpulab.hub.workloads.model_spec import (
+    METRICS_PATH,
+    ModelError,
+    ModelSpec,
+    batching_config,
+    monitoring_config,
+)
 from gpulab.hub.workloads.model_store import Deployment
 from gpulab.hub.workloads.models import ModelManager
 
@@ -43,6 +51,9 @@ class KubeModels:
         self.namespace = namespace(self.k8s)
         self._tasks: dict[int, asyncio.Task] = {}
         self._endpoints: dict[int, tuple[list, list]] = {}
+        self._replicas: dict[int, dict[int, tuple[str, int]]] = {}
+        """Per model: each replica's REST address (its serving pod's, else that of another
+        of its pods with an IP), by index."""
 
     # -- clients and names ---------------------------------------------------------------
 
@@ -92,12 +103,22 @@ class KubeModels:
         )  # fmt: skip
         return volumes, mounts, [sync]
 
+    @staticmethod
+    def _more_files(model: Deployment) -> dict[str, str | None]:
+        """The ConfigMap's files beside the model config: monitoring, batching."""
+        return {
+            "monitoring_text": monitoring_config(),
+            "batching_text": batching_config(model.spec),
+        }
+
     async def start(self, model: Deployment) -> None:
         core, apps = self._apis()
         sources = await self._sources(model)
         text = self._config_text(model)
         name, ns = self._name(model), self.namespace
-        config_map = model_objects.model_config_map(name, ns, text, {}, self._annotations(model))
+        config_map = model_objects.model_config_map(
+            name, ns, text, {}, self._annotations(model), **self._more_files(model)
+        )
         await self._call("create the model's ConfigMap", core.create_namespaced_config_map,
                          ns, config_map)  # fmt: skip
         service = model_objects.model_service(
@@ -113,13 +134,11 @@ class KubeModels:
         core, apps = self._apis()
         text = self._config_text(model)
         name, ns = self._name(model), self.namespace
+        files = model_objects.model_config_map(name, ns, text, {}, {}, **self._more_files(model))
         await self._call(
-            "update the model's ConfigMap",
-            core.patch_namespaced_config_map,
-            name,
-            ns,
-            {"data": {model_objects.MODEL_CONFIG_KEY: text}},
-        )
+            "update the model's ConfigMap", core.patch_namespaced_config_map, name, ns,
+            {"data": files["data"]},
+        )  # fmt: skip
         patch = {
             "spec": {"template": {"metadata": {"annotations": {
                 model_objects.ANNOTATION_CONFIG_HASH: _hash(text)}}}}
@@ -158,12 +177,17 @@ class KubeModels:
                 break
             await asyncio.sleep(0.5)
         self._endpoints.pop(model.id, None)
+        self._replicas.pop(model.id, None)
 
     async def resume(self, model: Deployment) -> None:
         self._follow(model)
 
     def endpoints(self, model: Deployment) -> tuple[list, list]:
         return self._endpoints.get(model.id, ([], []))
+
+    def replica_endpoints(self, model: Deployment) -> dict[int, tuple[str, int]]:
+        """The REST address of each replica that has a pod with an IP, by index."""
+        return dict(self._replicas.get(model.id, {}))
 
     async def read_log(self, model: Deployment, index: int, offset: int) -> bytes:
         core, _ = self._apis()
@@ -208,6 +232,8 @@ class KubeModels:
             volumes=volumes,
             mounts=mounts,
             sidecars=sidecars,
+            batching=spec.batching is not None,
+            metrics_path=METRICS_PATH,
         )
         await self._call("create the model's Deployment", apps.create_namespaced_deployment,
                          self.namespace, body)  # fmt: skip
@@ -267,13 +293,14 @@ class KubeModels:
                 log.warning("Model %s/%s: %s", model.user, model.name, e)
                 await asyncio.sleep(2)
                 continue
-            ready, others = [], []
+            ready, others, replicas = [], [], {}
             for record in model.replicas:
                 index = record["index"]
                 mine = [p for p in pods if _replica(p) == index]
                 serving = [p for p in mine if _ready(p) and p.status.pod_ip]
                 if serving:
                     pod = serving[0]
+                    replicas[index] = (pod.status.pod_ip, record["rest"])
                     status = await manager.fetch_status(model, pod.status.pod_ip, record["rest"])
                     if status is not None and manager.note_versions(model, index, status):
                         ready.append((pod.status.pod_ip, record["rest"]))
@@ -281,6 +308,7 @@ class KubeModels:
                 for pod in mine:
                     if pod.status.pod_ip:
                         others.append((pod.status.pod_ip, record["rest"]))
+                        replicas.setdefault(index, (pod.status.pod_ip, record["rest"]))
                 state, message, restarts = _waiting(mine)
                 if (state, message) != (record["state"], record["message"]) or (
                     restarts != record["restarts"]
@@ -289,6 +317,7 @@ class KubeModels:
                         model_id, index, state=state, message=message, restarts=restarts
                     )
             self._endpoints[model_id] = (ready, others)
+            self._replicas[model_id] = replicas
             await asyncio.sleep(1.0 if ready else 0.25)
 
 

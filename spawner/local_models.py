@@ -11,7 +11,12 @@ from typing import TYPE_CHECKING
 
 from gpulab.hub.inventory import visible_devices_env
 from gpulab.hub.ledger import utcnow
-from gpulab.hub.workloads.model_spec import ModelError, ModelSpec
+from gpulab.hub.workloads.model_spec import (
+    ModelError,
+    ModelSpec,
+    batching_config,
+    monitoring_config,
+)
 from gpulab.hub.workloads.model_store import Deployment
 from gpulab.hub.workloads.replica_http import (
     MAX_SOCKET_PATH,
@@ -153,11 +158,22 @@ class LocalModels:
     def endpoints(self, model: Deployment) -> tuple[list, list]:
         live = self._live.get(model.id)
         if live is None:  # not taken over yet after a hub restart: its servers run on
-            running = [self._sockets(model, r["index"]) for r in model.replicas if r.get("pid")]
-            return [unix_address(rest, uid) for rest, _, uid in running], []
+            return list(self.replica_endpoints(model).values()), []
         ready = [live[i].rest for i in sorted(live) if live[i].ready]
         others = [live[i].rest for i in sorted(live) if not live[i].ready]
         return ready, others
+
+    def replica_endpoints(self, model: Deployment) -> dict[int, tuple[str, int]]:
+        """The REST address of each replica whose server runs (or may), by index."""
+        live = self._live.get(model.id)
+        if live is None:  # not taken over yet after a hub restart: its servers run on
+            running = [r["index"] for r in model.replicas if r.get("pid")]
+            return {i: self._rest_address(model, i) for i in running}
+        return {i: live[i].rest for i in sorted(live)}
+
+    def _rest_address(self, model: Deployment, index: int) -> tuple[str, int]:
+        rest, _, uid = self._sockets(model, index)
+        return unix_address(rest, uid)
 
     async def read_log(self, model: Deployment, index: int, offset: int) -> bytes:
         return await asyncio.to_thread(
@@ -263,6 +279,10 @@ class LocalModels:
             account = await asyncio.to_thread(s3.ensure, model.user)
             env.update(account.env())
         poll = f"{self.settings.serving.poll_seconds:g}"
+        batching = []
+        if model.spec.batching is not None:
+            batching = ["--enable_batching", "--batching_parameters_file",
+                        f"{home}/{model.batching_path}"]  # fmt: skip
         env.update(
             visible_devices_env(record["gpus"]),
             GPULAB_SERVING_TOKEN=model.token,
@@ -278,6 +298,8 @@ class LocalModels:
                 "--model_config_file_poll_wait_seconds", poll,
                 "--file_system_poll_wait_seconds", poll,
                 "--cache_dir", f"{home}/{model.folder}/cache",
+                "--monitoring_config_file", f"{home}/{model.monitoring_path}",
+                *batching,
             ],
             env=env,
             workdir="",
@@ -323,13 +345,18 @@ class LocalModels:
             await asyncio.wait([waiter], timeout=2.0 if live.ready else 0.25)
 
     async def _write_config(self, model: Deployment, spec: ModelSpec) -> None:
+        """The files its servers read: TF Serving's model config, monitoring config and,
+        with batching, batching parameters."""
         home = self.runner.base_env(model.user)["HOME"]
-        text = self.manager.config_text(spec, home)
-        try:  # never blocks: homefs replaces whatever the owner put there, or says why not
-            await asyncio.to_thread(
-                self.runner.write_file, model.user, model.config_path, text.encode()
-            )
-        except OSError as e:
-            raise ModelError(
-                409, f"cannot write the model config ~/{model.config_path}: {e.strerror}"
-            ) from None
+        files = [
+            ("model config", model.config_path, self.manager.config_text(spec, home)),
+            ("monitoring config", model.monitoring_path, monitoring_config()),
+        ]
+        batching = batching_config(spec)
+        if batching is not None:
+            files.append(("batching parameters", model.batching_path, batching))
+        for what, path, text in files:
+            try:  # never blocks: homefs replaces whatever the owner put there, or says why not
+                await asyncio.to_thread(self.runner.write_file, model.user, path, text.encode())
+            except OSError as e:
+                raise ModelError(409, f"cannot write the {what} ~/{path}: {e.strerror}") from None

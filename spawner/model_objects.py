@@ -1,7 +1,8 @@
 """Kubernetes manifests of model serving, as pure functions of their inputs.
 
 A model replica is a Deployment of the ``tensorflow/serving`` image that reads the
-model's TF Serving config from a ConfigMap, with the owner's home claim mounted
+model's TF Serving config files (model, monitoring, batching) from a ConfigMap, with
+the owner's home claim mounted
 read-only or an S3 sidecar filling a scratch folder; a model's Service gives its gRPC
 and REST ports over every replica's pods. Like ``objects`` (whose labels and helpers
 these share), every builder returns a plain dict in the API's own JSON shape and
@@ -12,21 +13,39 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from gpulab.serving.monitoring import DEFAULT_PATH
+
 from .objects import LABEL_COMPONENT, env_from_secret, gpu_limits
 
 SERVING_GRPC_PORT = 8500
 SERVING_REST_PORT = 8501
 MODEL_CONFIG_KEY = "models.config"
+MONITORING_CONFIG_KEY = "monitoring.config"
+BATCHING_CONFIG_KEY = "batching.config"
 ANNOTATION_CONFIG_HASH = "gpulab.io/model-config-hash"
 """On a model server's pod template: a hash of its config, so a changed config (labels,
 version policy) rolls the pods."""
 
-# TF Serving's image starts tensorflow_model_server itself; the config arrives in the
-# environment (from the ConfigMap) and is written where the server reads it
-_SERVE = (
-    'config="/tmp/models-${HOSTNAME}.config"; printf "%s" "$GPULAB_MODEL_CONFIG" >"$config" '
-    '&& exec tensorflow_model_server --model_config_file="$config" "$@"'
-)
+_FILES = {
+    MODEL_CONFIG_KEY: ("GPULAB_MODEL_CONFIG", "--model_config_file"),
+    MONITORING_CONFIG_KEY: ("GPULAB_MONITORING_CONFIG", "--monitoring_config_file"),
+    BATCHING_CONFIG_KEY: ("GPULAB_BATCHING_CONFIG", "--batching_parameters_file"),
+}
+"""Each file of a model's ConfigMap: the environment variable that carries it into the
+container, and the flag of ``tensorflow_model_server`` that reads it."""
+
+
+def _serve(keys: list[str]) -> str:
+    """The container's shell line: TF Serving's image starts tensorflow_model_server
+    itself; each of the ConfigMap's files arrives in the environment and is written where
+    the server reads it, the flag naming it."""
+    writes, flags = [], []
+    for key in keys:
+        env, flag = _FILES[key]
+        path = f"/tmp/{key.removesuffix('.config')}-${{HOSTNAME}}.config"
+        writes.append(f'printf "%s" "${env}" >"{path}"')
+        flags.append(f'{flag}="{path}"')
+    return f'{" && ".join(writes)} && exec tensorflow_model_server {" ".join(flags)} "$@"'
 
 
 def model_config_map(
@@ -35,8 +54,16 @@ def model_config_map(
     config_text: str,
     labels: Mapping[str, str],
     annotations: Mapping[str, str],
+    *,
+    monitoring_text: str,
+    batching_text: str | None = None,
 ) -> dict:
-    """A model's TF Serving config file (``ModelServerConfig`` text) as a ConfigMap."""
+    """A model's TF Serving config files as a ConfigMap: its model config
+    (``ModelServerConfig`` text), its monitoring config (``MonitoringConfig``) and, for
+    a model with batching, its batching parameters (``BatchingParameters``)."""
+    data = {MODEL_CONFIG_KEY: config_text, MONITORING_CONFIG_KEY: monitoring_text}
+    if batching_text is not None:
+        data[BATCHING_CONFIG_KEY] = batching_text
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -46,7 +73,7 @@ def model_config_map(
             "labels": {**labels, LABEL_COMPONENT: "model-config"},
             "annotations": dict(annotations),
         },
-        "data": {MODEL_CONFIG_KEY: config_text},
+        "data": data,
     }
 
 
@@ -115,33 +142,41 @@ def model_deployment(
     mounts: list[dict] | None = None,
     env_from: list[dict] | None = None,
     sidecars: list[dict] | None = None,
+    batching: bool = False,
+    metrics_path: str = DEFAULT_PATH,
 ) -> dict:
     """One replica of a model: a Deployment of the ``tensorflow/serving`` image (its GPU
-    variant for a GPU replica) reading the ConfigMap's model config.
+    variant for a GPU replica) reading the ConfigMap's model and monitoring configs and,
+    with ``batching``, its batching parameters (``--enable_batching``).
 
     Ready once the model's status answers on the REST port (TF Serving opens its ports
     after the first versions loaded); ``start_seconds`` is how long the first load may
     take before the kubelet restarts it. A config change rolls the pod with a surge, so
-    the replica serves throughout.
+    the replica serves throughout. The pod carries the ``prometheus.io`` annotations of
+    its metrics (``metrics_path`` on the REST port, as the monitoring config says), so a
+    Prometheus set up for TF Serving's pods scrapes it.
     """
     poll = f"{poll_seconds:g}"
     status_path = f"/v1/models/{model_name}"
+    files = [MODEL_CONFIG_KEY, MONITORING_CONFIG_KEY] + ([BATCHING_CONFIG_KEY] if batching else [])
     container = {
         "name": "tensorflow-serving",
         "image": image,
         "imagePullPolicy": pull_policy,
-        "command": ["/bin/sh", "-c", _SERVE, "tensorflow_model_server"],
+        "command": ["/bin/sh", "-c", _serve(files), "tensorflow_model_server"],
         "args": [
             f"--port={grpc_port}",
             f"--rest_api_port={rest_port}",
             f"--model_config_file_poll_wait_seconds={poll}",
             f"--file_system_poll_wait_seconds={poll}",
+            *(["--enable_batching"] if batching else []),
         ],
         "env": [
             {
-                "name": "GPULAB_MODEL_CONFIG",
-                "valueFrom": {"configMapKeyRef": {"name": config_map, "key": MODEL_CONFIG_KEY}},
+                "name": _FILES[key][0],
+                "valueFrom": {"configMapKeyRef": {"name": config_map, "key": key}},
             }
+            for key in files
         ],
         "ports": [
             {"name": "grpc", "containerPort": grpc_port, "protocol": "TCP"},
@@ -196,7 +231,13 @@ def model_deployment(
             "template": {
                 "metadata": {
                     "labels": {**labels, **pod_labels, LABEL_COMPONENT: "model"},
-                    "annotations": {**annotations, ANNOTATION_CONFIG_HASH: config_hash},
+                    "annotations": {
+                        **annotations,
+                        ANNOTATION_CONFIG_HASH: config_hash,
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(rest_port),
+                        "prometheus.io/path": metrics_path,
+                    },
                 },
                 "spec": pod_spec,
             },

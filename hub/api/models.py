@@ -6,6 +6,8 @@ GET    /hub/api/gpulab/models/NAME             state, versions, replicas, endpoi
 PATCH  /hub/api/gpulab/models/NAME             versions, labels, replicas, access
 DELETE /hub/api/gpulab/models/NAME             stop its servers, free its GPUs and ports
 GET    /hub/api/gpulab/models/NAME/logs        ?replica=0&offset=N (text)
+GET    /hub/api/gpulab/models/NAME/metrics     TF Serving's Prometheus metrics of every
+                                               replica, labelled replica="N" (text)
 
 Calls, in TF Serving's REST API, passed to one of the model's replicas:
        /hub/api/gpulab/models/NAME:predict     (and /metadata, /versions/N..., /labels/L...)
@@ -83,6 +85,19 @@ class ModelLogsHandler(ModelsAPIHandler):
         data = await amapped(self.gpulab.models.read_log, model, replica, offset)
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish(data)
+
+
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class ModelMetricsHandler(ModelsAPIHandler):
+    """What a Prometheus scrape of the model reads (its owner's or an admin's token)."""
+
+    async def get(self, name):
+        model = self.model(name)
+        text = await amapped(self.gpulab.models.metrics, model)
+        self.set_header("Content-Type", PROMETHEUS_TEXT)
+        self.finish(text.encode())
 
 
 class ModelCallHandler(GpulabAPIHandler):
@@ -178,6 +193,7 @@ default_handlers = [
     (r"/api/gpulab/models", ModelListHandler),
     (r"/api/gpulab/models/([^/:]+)", ModelHandler),
     (r"/api/gpulab/models/([^/:]+)/logs", ModelLogsHandler),
+    (r"/api/gpulab/models/([^/:]+)/metrics", ModelMetricsHandler),
     (r"/api/gpulab/models/([^/:]+)((?::|/metadata|/versions/|/labels/).*)", OwnModelCallHandler),
     (r"/api/gpulab/serving/([^/]+)/v1/models/([^/:]+)(.*)", ServingCallHandler),
 ]

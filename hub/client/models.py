@@ -50,6 +50,13 @@ def add_parsers(sub) -> None:
     deploy.add_argument("base_path", metavar="BASE_PATH")
     _policy_flags(deploy)
     deploy.add_argument("--gpus", type=int, help="GPUs per replica (default 0: CPU)")
+    deploy.add_argument(
+        "--batching",
+        metavar="FILE",
+        help="run requests that arrive together as one call of the model, with TF Serving's "
+        "batching parameters file (BatchingParameters text: max_batch_size { value: 32 } ...; "
+        "an empty file: TF Serving's defaults)",
+    )
     deploy.add_argument("--no-wait", action="store_true", help="return once it is deploying")
     update = actions.add_parser(
         "update",
@@ -171,8 +178,56 @@ def _line(model: dict) -> str:
     return f"Model {model['name']}: {model['state']}{message}"
 
 
+BATCHING_FIELDS = (
+    "max_batch_size",
+    "batch_timeout_micros",
+    "num_batch_threads",
+    "max_enqueued_batches",
+    "allowed_batch_sizes",
+)
+"""The batching parameters a deployment takes (``batching`` in docs/serving.md)."""
+
+
+def _batching(path: str) -> bool | dict:
+    """A deployment's ``batching`` from TF Serving's batching parameters file: the
+    parameters it sets, or true (TF Serving's defaults) for one that sets none."""
+    from google.protobuf import text_format
+
+    from gpulab.serving.protos import message_class
+
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise SpecFileError(f"--batching: cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise SpecFileError(
+            f"--batching: {path} is not a text file (TF Serving's batching parameters)"
+        ) from None
+    message = message_class("BatchingParameters")()
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as e:
+        raise SpecFileError(
+            f"--batching: {path} is not TF Serving's BatchingParameters: {e}"
+        ) from None
+    given = {field.name: value for field, value in message.ListFields()}
+    other = sorted(set(given) - set(BATCHING_FIELDS))
+    if other:
+        raise SpecFileError(
+            f"--batching: {path} sets {', '.join(other)}; a deployment takes "
+            f"{', '.join(BATCHING_FIELDS)}"
+        )
+    params = {
+        name: list(value) if name == "allowed_batch_sizes" else value.value
+        for name, value in given.items()
+    }
+    return params or True
+
+
 def _deploy(client: GpulabClient, args) -> int:
     spec = {"name": args.name, "base_path": args.base_path, **_changes(args)}
+    if args.batching is not None:
+        spec["batching"] = _batching(args.batching)
     model = client.deploy_model(spec, user=args.user)
     console.print(
         Text.assemble(f"Deploying model {model['name']}: ", _state(model["state"])), soft_wrap=True
@@ -348,8 +403,10 @@ def _status(client: GpulabClient, args) -> int:
                 ("versions", _versions(model)),
                 ("access", model["access"]),
                 ("GPUs", f"{model['gpus']} per replica" if model["gpus"] else "none (CPU)"),
+                ("batching", _batching_shown(model.get("batching"))),
                 ("REST", f"{hub}{model['endpoints']['tf_serving']}/v1/models/{model['name']}"),
                 ("predict", f"{hub}{model['endpoints']['predict']}"),
+                ("metrics", f"{hub}{model['endpoints']['metrics']}"),
                 ("logs", model.get("logs")),
                 ("deployed", when(model.get("created"))),
                 ("token", model.get("token") if args.show_token else None),
@@ -371,6 +428,16 @@ def _status(client: GpulabClient, args) -> int:
         )
     console.print(table)
     return 0
+
+
+def _batching_shown(batching: bool | dict | None) -> str:
+    if not batching:
+        return "off"
+    if batching is True:
+        return "on (TF Serving's defaults)"
+    return ", ".join(
+        f"{k} {','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in batching.items()
+    )
 
 
 def _logs(client: GpulabClient, args) -> int:

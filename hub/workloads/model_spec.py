@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Annotated, Literal
 
+from google.protobuf import text_format
 from pydantic import (
     AfterValidator,
     ConfigDict,
@@ -16,9 +17,13 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
+from gpulab.serving.batching import BatchingConfigError, BatchingParameters
 from gpulab.serving.config import ModelConfig
+from gpulab.serving.monitoring import DEFAULT_PATH
+from gpulab.serving.protos import message_class
 
 from .bodies import Body, FieldError, SpecError, Wanted, shapes, shown, validated, whole
 from .replica_http import socket_of
@@ -70,6 +75,9 @@ class ModelSpec(ModelConfig):
     gpus: int = 0
     """GPUs per replica."""
     access: str = "private"
+    batching: dict | None = None
+    """TF Serving's batching parameters the deployment sets (``{}``: its defaults), or
+    None: no batching."""
 
     @property
     def on_s3(self) -> bool:
@@ -86,6 +94,7 @@ class ModelSpec(ModelConfig):
             "replicas": self.replicas,
             "gpus": self.gpus,
             "access": self.access,
+            "batching": _shown_batching(self.batching),
         }
 
     @classmethod
@@ -102,6 +111,7 @@ class ModelSpec(ModelConfig):
             replicas=data.get("replicas", 1),
             gpus=data.get("gpus", 0),
             access=data.get("access", "private"),
+            batching=_batching(data.get("batching", False)),
         )
 
 
@@ -181,6 +191,81 @@ class _Served(Body):
         return count
 
 
+def _no_default(schema: dict) -> None:
+    """A field whose default is not a value a client sends (TF Serving decides it)."""
+    schema.pop("default", None)
+
+
+BATCHING_FIELDS = (
+    "max_batch_size",
+    "batch_timeout_micros",
+    "num_batch_threads",
+    "max_enqueued_batches",
+    "allowed_batch_sizes",
+)
+MAX_BATCH_SIZE = 4096
+BatchSize = whole(1, MAX_BATCH_SIZE)
+
+
+class BatchingBody(Body):
+    """TF Serving's batching parameters (its ``BatchingParameters``); one left out keeps
+    TF Serving's default. Checked as TF Serving checks them."""
+
+    max_batch_size: BatchSize = Field(1000, description="Rows in one call of the model.")
+    batch_timeout_micros: whole(0, 10_000_000) = Field(
+        0, description="How long the first request of a batch waits for others, in microseconds."
+    )
+    num_batch_threads: whole(1, 64) = Field(
+        None,
+        description="Batches run at once (default: the machine's CPUs).",
+        json_schema_extra=_no_default,
+    )
+    max_enqueued_batches: whole(1, 10_000) = Field(
+        10, description="Batches that may wait; a request beyond them is refused."
+    )
+    allowed_batch_sizes: Annotated[
+        list[BatchSize], Field(min_length=1, max_length=64), Wanted("a list of batch sizes")
+    ] = Field(
+        None,
+        description="Batch sizes run, increasing, the last max_batch_size; a batch is "
+        "padded up to the next.",
+        json_schema_extra=_no_default,
+    )
+
+    @model_validator(mode="after")
+    def _as_tf_serving_checks(self) -> BatchingBody:
+        try:
+            BatchingParameters(**self.parameters()).check()
+        except BatchingConfigError as e:
+            # about allowed_batch_sizes (against max_batch_size), or the one it names first
+            words = str(e)
+            about = [n for n in BATCHING_FIELDS if words.startswith(n)]
+            at = "allowed_batch_sizes" if "allowed_batch_sizes" in words else next(iter(about), "")
+            raise FieldError(words, at=at) from None
+        return self
+
+    def parameters(self) -> dict:
+        """The parameters given (the others keep TF Serving's defaults)."""
+        given = self.model_dump(include=self.model_fields_set)
+        if "allowed_batch_sizes" in given:
+            given["allowed_batch_sizes"] = tuple(given["allowed_batch_sizes"])
+        return given
+
+
+BATCHING_HELP = (
+    "true (TF Serving's defaults), false, or an object of batching parameters: "
+    + ", ".join(BATCHING_FIELDS)
+)
+Batching = Annotated[
+    shapes(BATCHING_HELP, boolean=bool, object=BatchingBody),
+    Field(
+        description="Run requests that arrive together as one call of the model (TF "
+        "Serving's --enable_batching): true for TF Serving's batching parameters, or some "
+        "of them."
+    ),
+]
+
+
 class ModelBody(_Served):
     """A model deployment (docs/serving.md): a SavedModel's folder, served by replicas."""
 
@@ -194,6 +279,7 @@ class ModelBody(_Served):
     replicas: Replicas = 1
     gpus: whole(0, 16) = Field(0, description="GPUs per replica.")
     access: Access = "private"
+    batching: Batching = False
 
 
 class ModelChanges(_Served):
@@ -208,7 +294,7 @@ class ModelChanges(_Served):
 
     @classmethod
     def check_fields(cls, data: dict) -> None:
-        fixed = sorted(set(data) & {"name", "base_path", "gpus"})
+        fixed = sorted(set(data) & {"name", "base_path", "gpus", "batching"})
         if fixed:
             raise FieldError(
                 f"{', '.join(fixed)}: cannot change on a deployed model; undeploy it and deploy again"
@@ -231,6 +317,8 @@ def parse_changes(spec: ModelSpec, body: object, max_replicas: int) -> ModelSpec
 def _apply(spec: ModelSpec, body: ModelBody | ModelChanges) -> ModelSpec:
     """``spec`` with the fields ``body`` gives; labels must name versions it serves."""
     given = {k: getattr(body, k) for k in body.model_fields_set - {"name", "base_path"}}
+    if "batching" in given:
+        given["batching"] = _batching(given["batching"])
     policy, versions = spec.policy, spec.versions
     if "versions" in given:
         policy, versions = _policy(given.pop("versions"))
@@ -258,3 +346,49 @@ def serving_config(spec: ModelSpec, home: str) -> ModelConfig:
     absolute = spec.on_s3 or spec.base_path.startswith("/")
     base = spec.base_path if absolute else f"{home.rstrip('/')}/{spec.base_path}"
     return ModelConfig(spec.name, base, spec.policy, spec.latest, spec.versions, spec.labels)
+
+
+# -- batching and monitoring -----------------------------------------------------------------
+
+METRICS_PATH = DEFAULT_PATH
+"""Where every replica answers TF Serving's Prometheus metrics, on its REST API."""
+
+
+def _batching(value: object) -> dict | None:
+    """The batching parameters a body or a record says: None for false (no batching),
+    ``{}`` for true (TF Serving's defaults), or those given."""
+    if isinstance(value, BatchingBody):
+        return value.model_dump(include=value.model_fields_set)
+    if value is True:
+        return {}
+    return dict(value) if isinstance(value, dict) else None
+
+
+def _shown_batching(params: dict | None) -> bool | dict:
+    """``batching`` as a deployment body says it: false, true, or the parameters set."""
+    if params is None:
+        return False
+    return dict(params) or True
+
+
+def batching_config(spec: ModelSpec) -> str | None:
+    """TF Serving's ``--batching_parameters_file`` of a deployment (``BatchingParameters``
+    text), or None for one without batching."""
+    if spec.batching is None:
+        return None
+    message = message_class("BatchingParameters")()
+    for name, value in spec.batching.items():
+        if name == "allowed_batch_sizes":
+            message.allowed_batch_sizes.extend(value)
+        else:
+            getattr(message, name).value = value
+    return text_format.MessageToString(message)
+
+
+def monitoring_config() -> str:
+    """TF Serving's ``--monitoring_config_file`` of every replica: its Prometheus metrics
+    at ``METRICS_PATH``."""
+    message = message_class("MonitoringConfig")()
+    message.prometheus_config.enable = True
+    message.prometheus_config.path = METRICS_PATH
+    return text_format.MessageToString(message)

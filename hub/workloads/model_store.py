@@ -79,6 +79,16 @@ class Deployment:
     def config_path(self) -> str:
         return f"{self.folder}/models.config"
 
+    @property
+    def batching_path(self) -> str:
+        """TF Serving's batching parameters of its replicas (with ``batching``)."""
+        return f"{self.folder}/batching.config"
+
+    @property
+    def monitoring_path(self) -> str:
+        """TF Serving's monitoring config of its replicas: their Prometheus metrics."""
+        return f"{self.folder}/monitoring.config"
+
     def log_path(self, index: int) -> str:
         return f"{self.folder}/replica-{index}.log"
 
@@ -106,6 +116,7 @@ class Deployment:
             "endpoints": {
                 "predict": f"/hub/api/gpulab/models/{self.name}:predict",
                 "tf_serving": f"/hub/api/gpulab/serving/{self.user}",
+                "metrics": f"/hub/api/gpulab/models/{self.name}/metrics",
             },
             "logs": "~/" + self.folder,
             "created": self.created.isoformat(),

@@ -27,6 +27,8 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from gpulab.hub.ledger import GpuLedger, LedgerError, NoGpuFree, QuotaExceeded
 
 from .model_spec import (
+    MAX_REPLICAS,
+    METRICS_PATH,
     ModelError,
     ModelSpec,
     parse_changes,
@@ -36,10 +38,16 @@ from .model_spec import (
 )
 from .model_store import Deployment, ModelStore
 from .replica_http import ReplicaHTTPClient
+from .replica_metrics import merged
 from .runner import PortPool
 from .spec import SpecError
 
 log = logging.getLogger(__name__)
+
+MAX_METRICS_BYTES = 4 << 20
+"""The most of one replica's metrics the hub reads (TF Serving's are some kilobytes)."""
+METRICS_TIMEOUT = 10
+"""Seconds a replica has to answer its metrics."""
 
 
 # -- the manager ---------------------------------------------------------------------------
@@ -70,6 +78,7 @@ class ModelManager:
         self._ports = PortPool()
         self._turn: dict[int, int] = {}
         self._http = ReplicaHTTPClient()  # checks whom it reaches before sending the token
+        self._metrics_http: ReplicaHTTPClient | None = None
         self.taken_over = asyncio.Event()
         """Set once the servers an earlier hub process started are supervised again (at
         once on a fresh hub). Changes wait for it: a model undeployed before would keep
@@ -211,6 +220,45 @@ class ModelManager:
         if not any(r["index"] == index for r in model.replicas):
             raise ModelError(404, f"model {model.name} has no replica {index}")
         return await self.backend.read_log(model, index, offset)
+
+    async def metrics(self, model: Deployment) -> str:
+        """TF Serving's Prometheus metrics of every replica, asked at once, as one
+        exposition: each sample labelled ``replica="N"``, a replica that does not answer
+        named in a comment line. ModelError 503 when none answers."""
+        where = self.backend.replica_endpoints(model)
+        indices = [r["index"] for r in model.replicas]
+        answers = await asyncio.gather(
+            *(self._replica_metrics(model, where.get(i)) for i in indices)
+        )
+        texts = {i: text for i, (text, _) in zip(indices, answers, strict=True) if text is not None}
+        missing = {i: why for i, (text, why) in zip(indices, answers, strict=True) if text is None}
+        if not texts:
+            whys = "; ".join(f"replica {i}: {why}" for i, why in sorted(missing.items()))
+            raise ModelError(503, f"no replica of model {model.name} answered: {whys}")
+        return merged(texts, missing)
+
+    async def _replica_metrics(self, model: Deployment,
+                               address: tuple[str, int] | None) -> tuple[str | None, str]:  # fmt: skip
+        """(one replica's Prometheus text, or None and why not)."""
+        if address is None:
+            return None, "no server running"
+        if self._metrics_http is None:  # bounded bodies; one request per replica at once
+            self._metrics_http = ReplicaHTTPClient(
+                force_instance=True, max_body_size=MAX_METRICS_BYTES, max_clients=MAX_REPLICAS
+            )
+        host, port = address
+        request = HTTPRequest(
+            f"http://{host}:{port}{METRICS_PATH}",
+            headers=token_header(model, host),
+            request_timeout=METRICS_TIMEOUT,
+        )
+        try:
+            response = await self._metrics_http.fetch(request, raise_error=False)
+        except (OSError, HTTPClientError) as e:
+            return None, str(e) or type(e).__name__
+        if response.code != 200:
+            return None, str(response.error) if response.code == 599 else f"HTTP {response.code}"
+        return response.body.decode(errors="replace"), ""
 
     def targets(self, model: Deployment) -> list[tuple[str, int]]:
         """(host, REST port) of the replicas to send a call to, in the order to try

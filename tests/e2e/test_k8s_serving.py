@@ -1,7 +1,9 @@
 """The model-serving manifests run on the fake cluster: the Deployment's container
-command line, with the config it gets from the ConfigMap, starts a TF-Serving-compatible
-``tensorflow_model_server`` (gpulab's model server stands in for TF Serving's binary:
-it takes the same flags), the kubelet's probes find it ready, and it answers.
+command line, with the config files it gets from the ConfigMap (model, monitoring,
+batching), starts a TF-Serving-compatible ``tensorflow_model_server`` (gpulab's model
+server stands in for TF Serving's binary: it takes the same flags), the kubelet's probes
+find it ready, it answers, batches calls that arrive together and serves its Prometheus
+metrics where the pod's annotations say.
 
 The fake cluster runs commands from this host's filesystem, so ``tensorflow_model_server``
 is a two-line script on the image's PATH that runs ``python -m gpulab.serving``; volume
@@ -10,16 +12,23 @@ mounts are not imitated, so the "mounted home" is a folder of this host.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import sys
 
 import requests
 from kubernetes_asyncio import client
+from prometheus_client.parser import text_string_to_metric_families
 
 from fakekube import FakeKube
 from fakekube.tests.helpers import apis, eventually
-from gpulab.hub.workloads.model_spec import ModelSpec, serving_config
+from gpulab.hub.workloads.model_spec import (
+    ModelSpec,
+    batching_config,
+    monitoring_config,
+    serving_config,
+)
 from gpulab.serving.config import to_text
 from gpulab.spawner import model_objects, objects
 from hubfixture import export_line, free_port
@@ -37,13 +46,24 @@ async def test_the_built_deployment_serves_the_model_on_the_fake_cluster(tmp_pat
     image_env = {k: v for k, v in os.environ.items() if k != "HOME"}
     image_env["PATH"] = f"{shim.parent}:{image_env['PATH']}"
 
-    text = to_text([serving_config(ModelSpec("line", "models/line"), str(home))])
+    spec = ModelSpec(
+        "line", "models/line", batching={"max_batch_size": 8, "batch_timeout_micros": 500000}
+    )
+    text = to_text([serving_config(spec, str(home))])
     labels = {"app": "gpulab"}
     pod_labels = {"gpulab.io/model-id": "1", "gpulab.io/replica": "0"}
     grpc_port, rest_port = free_port(), free_port()
     volumes, mounts = model_objects.model_home_volume("home-ada", str(home))
     manifests = [
-        model_objects.model_config_map("model-line", "default", text, labels, {}),
+        model_objects.model_config_map(
+            "model-line",
+            "default",
+            text,
+            labels,
+            {},
+            monitoring_text=monitoring_config(),
+            batching_text=batching_config(spec),
+        ),
         model_objects.model_service(
             "model-line", "default", {"gpulab.io/model-id": "1"}, labels, {}
         ),
@@ -62,6 +82,7 @@ async def test_the_built_deployment_serves_the_model_on_the_fake_cluster(tmp_pat
             rest_port=rest_port,
             volumes=volumes,
             mounts=mounts,
+            batching=True,
         ),
     ]
     for m in manifests:
@@ -95,6 +116,32 @@ async def test_the_built_deployment_serves_the_model_on_the_fake_cluster(tmp_pat
             assert status["model_version_status"][0]["state"] == "AVAILABLE"
             answer = requests.post(f"{url}:predict", json={"instances": [2.0]}, timeout=10)
             assert answer.json() == {"predictions": [3.0]}
+
+            # where the pod's annotations say a Prometheus scrapes: TF Serving's metrics
+            notes = pod.metadata.annotations
+            assert notes["prometheus.io/scrape"] == "true"
+            scraped = f"http://{pod.status.pod_ip}:{notes['prometheus.io/port']}"
+            scraped += notes["prometheus.io/path"]
+
+            def graph_runs() -> float:
+                r = requests.get(scraped, timeout=10)
+                assert r.status_code == 200, r.text
+                for family in text_string_to_metric_families(r.text):
+                    if family.name == ":tensorflow:core:graph_runs":
+                        return family.samples[0].value
+                return 0
+
+            # with --enable_batching and its parameters file: four calls at once, one run
+            before = graph_runs()
+            calls = [
+                asyncio.to_thread(
+                    requests.post, f"{url}:predict", json={"instances": [x]}, timeout=30
+                )
+                for x in (1.0, 2.0, 3.0, 4.0)
+            ]
+            answers = [r.json() for r in await asyncio.gather(*calls)]
+            assert answers == [{"predictions": [0.5 * x + 2.0]} for x in (1.0, 2.0, 3.0, 4.0)]
+            assert 1 <= graph_runs() - before < 4
             svc = await v1.read_namespaced_service("model-line", "default")
             assert {p.name: p.port for p in svc.spec.ports} == {"grpc": 8500, "http": 8501}
             await apps.delete_namespaced_deployment("model-line-0", "default")

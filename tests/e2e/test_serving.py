@@ -546,3 +546,151 @@ def test_model_servers_outlive_a_hub_restart_and_are_supervised_again(make_hub):
     assert erin.session.delete(hub.api("/gpulab/models/keep"), timeout=60).status_code == 204
     assert hub.gpus()["free"] == 1
     wait_for(lambda: not model_servers(hub, erin.name), 30, "the model server to end")
+
+
+def scrape(scraper, name: str, **params) -> dict[str, dict[tuple, float]]:
+    """The model's metrics through the hub, read by Prometheus' own parser (as a scrape
+    with the scraper's hub token as its bearer token): samples by name and labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = requests.get(
+        scraper.hub.api(f"/gpulab/models/{name}/metrics"),
+        params=params,
+        headers={"Authorization": f"Bearer {scraper.token}"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    out: dict[str, dict[tuple, float]] = {}
+    for family in text_string_to_metric_families(r.text):
+        for sample in family.samples:
+            name_ = family.name if family.type == "counter" else sample.name
+            out.setdefault(name_, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+GRAPH_RUNS = ":tensorflow:core:graph_runs"
+BATCHING = {"max_batch_size": 8, "batch_timeout_micros": 500000, "num_batch_threads": 1}
+BATCHING_TEXT = """
+max_batch_size { value: 8 }
+batch_timeout_micros { value: 500000 }
+num_batch_threads { value: 1 }
+"""
+
+
+def test_batching_runs_calls_that_arrive_together_as_one_and_its_metrics_come_through_the_hub(
+    hub, tmp_path
+):
+    from gpulab.serving.batching import BatchingParameters
+    from gpulab.spawner.accounts import ensure_account
+    from hubfixture import gpulab
+
+    fay = hub.create_user("sv-batch")
+    account = ensure_account(hub.unix_prefix, fay.name, hub.data_root)
+    export_to_home(hub, fay.name, "models/b/1", 0.5, 2.0)
+
+    def refused(spec: dict, status: int, words: str) -> None:
+        r = fay.session.post(hub.api("/gpulab/models"), json=spec, timeout=30)
+        assert r.status_code == status, r.text
+        assert words in r.json()["message"], r.json()
+
+    base = {"name": "b", "base_path": "models/b"}
+    refused({**base, "batching": {"max_batch_size": 0}}, 400, "batching.max_batch_size:")
+    refused({**base, "batching": {"num_batch_threads": 100}}, 400, "batching.num_batch_threads:")
+    refused(
+        {**base, "batching": {"max_batch_size": 8, "allowed_batch_sizes": [4, 6]}},
+        400,
+        "batching.allowed_batch_sizes: the last allowed_batch_sizes entry must equal "
+        "max_batch_size (6 != 8)",
+    )
+    refused({**base, "batching": "on"}, 400, "batching: true (TF Serving's defaults), false")
+    # the batching parameters file is replaced whole as the model config is: a folder in
+    # its place fails the deploy, saying so
+    folder = account.home / ".gpulab/models/c/batching.config"
+    folder.mkdir(parents=True)
+    for made in (folder, folder.parent, folder.parent.parent):
+        os.chown(made, account.uid, account.gid)
+    refused({"name": "c", "base_path": "models/b", "batching": True}, 409,
+            "cannot write the batching parameters ~/.gpulab/models/c/batching.config")  # fmt: skip
+
+    # the CLI takes TF Serving's own batching parameters file
+    params = tmp_path / "batching.txt"
+    params.write_text("thread_pool_name { value: 'x' }\n")
+    out = gpulab(hub, fay.token, "model", "deploy", "b", "models/b", "--batching", str(params))
+    assert out.returncode == 2 and "sets thread_pool_name" in out.stderr, out.stderr
+    params.write_text(BATCHING_TEXT)
+    out = gpulab(hub, fay.token, "model", "deploy", "b", "models/b", "--batching", str(params))
+    assert out.returncode == 0, out.stderr
+    m = model(fay, "b")
+    assert m["state"] == "available" and m["batching"] == BATCHING
+    assert m["endpoints"]["metrics"] == "/hub/api/gpulab/models/b/metrics"
+    written = (account.home / ".gpulab/models/b/batching.config").read_text()
+    assert BatchingParameters.from_text(written).batch_timeout_micros == 500000
+    status = gpulab(hub, fay.token, "model", "status", "b")
+    assert "max_batch_size 8, batch_timeout_micros 500000, num_batch_threads 1" in status.stdout
+
+    before = scrape(fay, "b").get(GRAPH_RUNS, {}).get((("replica", "0"),), 0)
+    start = threading.Barrier(4)
+    answers: dict[int, object] = {}
+
+    def call(i: int) -> None:
+        session = requests.Session()
+        session.headers.update(fay.session.headers)
+        start.wait()
+        r = session.post(hub.api("/gpulab/models/b:predict"), json={"instances": [float(i)]})
+        answers[i] = r.json() if r.status_code == 200 else r.text
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert answers == {i: {"predictions": [0.5 * i + 2.0]} for i in range(4)}
+    runs = scrape(fay, "b")[GRAPH_RUNS][(("replica", "0"),)] - before
+    assert 1 <= runs < 4, runs  # the four calls ran as fewer calls of the model
+
+    r = fay.session.patch(hub.api("/gpulab/models/b"), json={"batching": False}, timeout=30)
+    assert r.status_code == 400, r.text
+    assert r.json()["message"] == (
+        "batching: cannot change on a deployed model; undeploy it and deploy again"
+    )
+    # another user sees nothing of the model's metrics
+    gus = hub.create_user("sv-batch-gus")
+    r = gus.session.get(hub.api("/gpulab/models/b/metrics"), timeout=30)
+    assert r.status_code == 404 and "has no model named b" in r.json()["message"], r.text
+    r = gus.session.get(hub.api(f"/gpulab/models/b/metrics?user={fay.name}"), timeout=30)
+    assert r.status_code == 403, r.text
+    # admins scrape anyone's with ?user=
+    assert GRAPH_RUNS in scrape(hub.create_user("sv-batch-admin", admin=True), "b", user=fay.name)
+    assert fay.session.delete(hub.api("/gpulab/models/b"), timeout=60).status_code == 204
+
+
+def test_a_replica_that_does_not_answer_is_named_and_the_others_metrics_come(hub):
+    hal = hub.create_user("sv-metrics")
+    export_to_home(hub, hal.name, "models/two/1", 0.5, 2.0)
+    deploy(hal, {"name": "two", "base_path": "models/two", "replicas": 2})
+    m = wait_for(
+        lambda: (
+            (m := model(hal, "two"))["state"] == "available"
+            and all(r["state"] == "available" for r in m["replica_status"])
+            and m
+        ),
+        120,
+        "both replicas to serve",
+    )
+    # both replicas loaded the model: each one's load, labelled with its replica
+    loads = scrape(hal, "two")[":tensorflow:cc:saved_model:load_attempt_count"]
+    assert sorted(dict(k)["replica"] for k in loads) == ["0", "1"]
+    assert all(dict(k)["status"] == "success" for k in loads), loads
+    # replica 1's server stopped (and not back yet): replica 0's metrics, and a comment
+    servers = model_servers(hub, hal.name)
+    second = m["replica_status"][1]["rest"]
+    os.kill(int(servers[second]["pid"]), 19)  # SIGSTOP: it holds its socket, answers nothing
+    try:
+        r = hal.session.get(hub.api("/gpulab/models/two/metrics"), timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.text.startswith("# replica 1 did not answer: "), r.text[:200]
+        assert 'replica="0"' in r.text and 'replica="1"' not in r.text
+    finally:
+        os.kill(int(servers[second]["pid"]), 18)  # SIGCONT
+    assert hal.session.delete(hub.api("/gpulab/models/two"), timeout=60).status_code == 204

@@ -17,8 +17,9 @@ NAME_HELP = "1-40 lower-case letters, digits and '-', starting with a letter"
 DEADLINE_HELP = "seconds, or a duration like 90s, 30m, 2h or 1d: more than 0, at most 366 days"
 COMMAND_HELP = "a non-empty list of strings, or a shell-style string"
 JOB_FIELDS = (
-    "active_deadline, args, command, env, framework, image, metrics, module, name, notebook, "
-    "package, replicas, script, success_policy, torchrun, workdir"
+    "active_deadline, args, command, env, framework, image, metrics, metrics_events, "
+    "metrics_format, module, name, notebook, package, replicas, script, success_policy, "
+    "torchrun, workdir"
 )
 REPLICAS_HELP = "a count, or an object of role: {count, gpus, ...}"
 
@@ -471,8 +472,8 @@ BAD_SWEEPS = [
     (sweep(name="a" * 35), f"name: {SWEEP_NAME_HELP} (got '{'a' * 35}')"),
     (
         sweep(colour=1),
-        "unknown field(s): colour; known: algorithm, job, max_parallel, name, "
-        "objective, parameters, seed, trials",
+        "unknown field(s): colour; known: algorithm, job, max_parallel, metrics_events, "
+        "metrics_format, name, objective, parameters, seed, trials",
     ),
     (sweep(algorithm="bayes"), "algorithm: grid or random (got 'bayes')"),
     (sweep(parameters={}), f"parameters: {PARAMETERS_HELP} (got {{}})"),
@@ -552,7 +553,8 @@ BAD_SWEEPS = [
     (
         sweep(objective={}),
         "objective.metric: required (a metric the trials report: a NAME=VALUE or NAME: VALUE "
-        "line, a gpulab-metric: line, or $GPULAB_METRICS_FILE)",
+        "line (or one metrics_format finds), a gpulab-metric: line, $GPULAB_METRICS_FILE, or "
+        "a TensorBoard scalar under metrics_events)",
     ),
     (sweep(objective=None), "objective: an object (got None)"),
     # the job every trial runs
@@ -647,7 +649,7 @@ BAD_MODELS = [
     ("x", "a model deployment is a JSON object"),
     (
         model(colour="red"),
-        "unknown field(s): colour; known: access, base_path, gpus, labels, "
+        "unknown field(s): colour; known: access, base_path, batching, gpus, labels, "
         "latest, name, replicas, versions",
     ),
     (model(name="Bad Name"), f"name: {MODEL_NAME_HELP} (got 'Bad Name')"),

@@ -281,15 +281,20 @@ def test_pod_watcher_frees_grants_of_pods_gone_and_only_theirs():
 
 
 def test_model_serving_objects_are_valid_and_wire_tf_serving_together():
-    from gpulab.hub.workloads.model_spec import ModelSpec, serving_config
+    from gpulab.hub.workloads.model_spec import ModelSpec, monitoring_config, serving_config
     from gpulab.serving.config import parse_text, to_text
 
     spec = ModelSpec("line", "models/line", labels={"stable": 1}, gpus=1)
     text = to_text([serving_config(spec, "/home/jovyan")])
     assert parse_text(text)[0].base_path == "/home/jovyan/models/line"
     owner = objects.owner_annotations("ada@lab", "")
-    config = valid(model_objects.model_config_map("model-ada-line", "gpulab", text, {}, owner))
-    assert config["data"] == {"models.config": text}
+    monitoring = monitoring_config()
+    config = valid(
+        model_objects.model_config_map(
+            "model-ada-line", "gpulab", text, {}, owner, monitoring_text=monitoring
+        )
+    )
+    assert config["data"] == {"models.config": text, "monitoring.config": monitoring}
 
     pod_labels = {"gpulab.io/model-id": "7", "gpulab.io/replica": "0"}
     service = valid(
@@ -325,14 +330,24 @@ def test_model_serving_objects_are_valid_and_wire_tf_serving_together():
     assert spec_["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
     template = spec_["template"]
     assert template["metadata"]["annotations"]["gpulab.io/model-config-hash"] == "abc123"
+    # what a Prometheus set up for TF Serving's pods scrapes: the REST port's metrics
+    assert {k: v for k, v in template["metadata"]["annotations"].items() if "prometheus" in k} == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "8501",
+        "prometheus.io/path": "/monitoring/prometheus/metrics",
+    }
     assert template["metadata"]["labels"]["gpulab.io/model-id"] == "7"
     (container,) = template["spec"]["containers"]
     assert container["image"] == "tensorflow/serving:2.21.0-gpu"
     assert container["command"][:2] == ["/bin/sh", "-c"]
+    assert "--monitoring_config_file=" in container["command"][2]
+    assert "batching" not in container["command"][2]
     assert container["args"][:2] == ["--port=8500", "--rest_api_port=8501"]
-    assert container["env"][0]["valueFrom"] == {
-        "configMapKeyRef": {"name": "model-ada-line", "key": "models.config"}
-    }
+    assert "--enable_batching" not in container["args"]
+    assert [(e["name"], e["valueFrom"]) for e in container["env"]] == [
+        ("GPULAB_MODEL_CONFIG", {"configMapKeyRef": {"name": "model-ada-line", "key": "models.config"}}),
+        ("GPULAB_MONITORING_CONFIG", {"configMapKeyRef": {"name": "model-ada-line", "key": "monitoring.config"}}),
+    ]  # fmt: skip
     assert container["readinessProbe"]["httpGet"] == {"path": "/v1/models/line", "port": "http"}
     assert container["livenessProbe"]["tcpSocket"] == {"port": "http"}
     assert container["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
@@ -345,6 +360,94 @@ def test_model_serving_objects_are_valid_and_wire_tf_serving_together():
         config_map="m", config_hash="h", labels={}, annotations={}, pod_labels={"a": "b"},
     )  # fmt: skip
     assert valid(cpu)["spec"]["template"]["spec"]["containers"][0]["resources"] == {}
+
+
+def test_a_model_with_batching_gets_its_parameters_file_and_tf_servings_flags(tmp_path):
+    """The ConfigMap holds the batching parameters beside the model and monitoring configs;
+    the container's shell line writes each where the flag naming it points, and starts
+    tensorflow_model_server with --enable_batching (run here with a stand-in for TF
+    Serving's binary that shows what it got)."""
+    import subprocess
+
+    from gpulab.hub.workloads.model_spec import (
+        ModelSpec,
+        batching_config,
+        monitoring_config,
+        serving_config,
+    )
+    from gpulab.serving.batching import BatchingParameters
+    from gpulab.serving.config import to_text
+    from gpulab.serving.monitoring import read_config
+
+    spec = ModelSpec("line", "models/line", batching={"max_batch_size": 8, "num_batch_threads": 2})
+    text = to_text([serving_config(spec, "/home/jovyan")])
+    config = valid(
+        model_objects.model_config_map(
+            "gpulab-model-4",
+            "gpulab",
+            text,
+            {},
+            {},
+            monitoring_text=monitoring_config(),
+            batching_text=batching_config(spec),
+        )
+    )
+    assert sorted(config["data"]) == ["batching.config", "models.config", "monitoring.config"]
+    params = BatchingParameters.from_text(config["data"]["batching.config"])
+    assert (params.max_batch_size, params.num_batch_threads) == (8, 2)
+    deployment = valid(
+        model_objects.model_deployment(
+            "gpulab-model-4-0",
+            "gpulab",
+            image="tensorflow/serving:2.21.0",
+            pull_policy="IfNotPresent",
+            model_name="line",
+            config_map="gpulab-model-4",
+            config_hash="h",
+            labels={},
+            annotations={},
+            pod_labels={"gpulab.io/model-id": "4"},
+            rest_port=9123,
+            batching=True,
+        )
+    )
+    template = deployment["spec"]["template"]
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == "9123"
+    (container,) = template["spec"]["containers"]
+    assert "--enable_batching" in container["args"]
+    assert [e["valueFrom"]["configMapKeyRef"]["key"] for e in container["env"]] == [
+        "models.config", "monitoring.config", "batching.config",
+    ]  # fmt: skip
+
+    # the container's command, as the image runs it
+    shim = tmp_path / "bin" / "tensorflow_model_server"
+    shim.parent.mkdir()
+    shim.write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
+    shim.chmod(0o755)
+    env = {
+        "PATH": f"{shim.parent}:/usr/bin:/bin",
+        "HOSTNAME": f"gpulab-model-4-0-{tmp_path.name}",
+        **{e["name"]: config["data"][e["valueFrom"]["configMapKeyRef"]["key"]]
+           for e in container["env"]},
+    }  # fmt: skip
+    argv = [*container["command"], *container["args"]]
+    ran = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30, check=True)
+    flags = dict(a.split("=", 1) if "=" in a else (a, "") for a in ran.stdout.split())
+    assert "--enable_batching" in flags and flags["--rest_api_port"] == "9123"
+    files = {
+        "--model_config_file": "models.config",
+        "--monitoring_config_file": "monitoring.config",
+        "--batching_parameters_file": "batching.config",
+    }
+    try:
+        for flag, key in files.items():
+            assert Path(flags[flag]).read_text() == config["data"][key], flag
+        prometheus = read_config(Path(flags["--monitoring_config_file"]).read_text())
+        assert prometheus.enable and prometheus.path == "/monitoring/prometheus/metrics"
+    finally:
+        for flag in files:
+            if flag in flags:
+                Path(flags[flag]).unlink(missing_ok=True)
 
 
 def test_a_model_from_s3_gets_a_sync_sidecar_beside_tf_serving():
