@@ -30,9 +30,19 @@ import numpy as np
 from google.protobuf import text_format
 
 from .errors import INTERNAL, INVALID_ARGUMENT, UNAVAILABLE, ServingError
-from .protos import message_class
+from .protos import parse
 
 log = logging.getLogger("gpulab.serving")
+
+
+SETTABLE = (
+    "max_batch_size",
+    "batch_timeout_micros",
+    "num_batch_threads",
+    "max_enqueued_batches",
+    "allowed_batch_sizes",
+)
+"""The parameters a gpulab deployment may set (``batching`` in docs/serving.md)."""
 
 
 class BatchingConfigError(ValueError):
@@ -55,9 +65,8 @@ class BatchingParameters:
     def from_text(cls, text: str) -> BatchingParameters:
         """From a ``--batching_parameters_file``'s text; BatchingConfigError for what TF
         Serving refuses."""
-        message = message_class("BatchingParameters")()
         try:
-            text_format.Parse(text, message)
+            message = parse("BatchingParameters", text)
         except text_format.ParseError as e:
             raise BatchingConfigError(
                 f"the batching parameters are not BatchingParameters: {e}"

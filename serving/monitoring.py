@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from google.protobuf import text_format
 
-from .protos import message_class
+from .protos import parse
 
 DEFAULT_PATH = "/monitoring/prometheus/metrics"
 LATENCY_BUCKETS = tuple(10 * 1.8**i for i in range(33))
@@ -197,9 +197,8 @@ _PATH = re.compile(r"/[A-Za-z0-9/_.\-]*")
 
 def read_config(text: str) -> Prometheus:
     """The ``prometheus_config`` of a TF Serving ``MonitoringConfig`` text."""
-    message = message_class("MonitoringConfig")()
     try:
-        text_format.Parse(text, message)
+        message = parse("MonitoringConfig", text)
     except text_format.ParseError as e:
         raise MonitoringConfigError(
             f"the monitoring config is not a MonitoringConfig: {e}"

@@ -7,7 +7,13 @@ from __future__ import annotations
 
 import functools
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
+from google.protobuf import (
+    descriptor_pb2,
+    descriptor_pool,
+    message_factory,
+    text_format,
+    wrappers_pb2,
+)
 
 _BOOL, _STRING, _INT64, _MESSAGE = 8, 9, 3, 11
 _OPTIONAL, _REPEATED = 1, 3
@@ -61,3 +67,11 @@ def message_class(name: str):
     return message_factory.GetMessageClass(
         _pool().FindMessageTypeByName(f"tensorflow.serving.{name}")
     )
+
+
+def parse(name: str, text: str):
+    """A ``tensorflow.serving.<name>`` message read from its protobuf text;
+    ``text_format.ParseError`` for text that is not one."""
+    message = message_class(name)()
+    text_format.Parse(text, message)
+    return message

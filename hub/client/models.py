@@ -178,22 +178,13 @@ def _line(model: dict) -> str:
     return f"Model {model['name']}: {model['state']}{message}"
 
 
-BATCHING_FIELDS = (
-    "max_batch_size",
-    "batch_timeout_micros",
-    "num_batch_threads",
-    "max_enqueued_batches",
-    "allowed_batch_sizes",
-)
-"""The batching parameters a deployment takes (``batching`` in docs/serving.md)."""
-
-
 def _batching(path: str) -> bool | dict:
     """A deployment's ``batching`` from TF Serving's batching parameters file: the
     parameters it sets, or true (TF Serving's defaults) for one that sets none."""
     from google.protobuf import text_format
 
-    from gpulab.serving.protos import message_class
+    from gpulab.serving.batching import SETTABLE as BATCHING_FIELDS
+    from gpulab.serving.protos import parse
 
     try:
         text = Path(path).read_text()
@@ -203,9 +194,8 @@ def _batching(path: str) -> bool | dict:
         raise SpecFileError(
             f"--batching: {path} is not a text file (TF Serving's batching parameters)"
         ) from None
-    message = message_class("BatchingParameters")()
     try:
-        text_format.Parse(text, message)
+        message = parse("BatchingParameters", text)
     except text_format.ParseError as e:
         raise SpecFileError(
             f"--batching: {path} is not TF Serving's BatchingParameters: {e}"

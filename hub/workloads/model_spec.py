@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from gpulab.serving.batching import BatchingConfigError, BatchingParameters
+from gpulab.serving.batching import SETTABLE, BatchingConfigError, BatchingParameters
 from gpulab.serving.config import ModelConfig
 from gpulab.serving.monitoring import DEFAULT_PATH
 from gpulab.serving.protos import message_class
@@ -196,13 +196,7 @@ def _no_default(schema: dict) -> None:
     schema.pop("default", None)
 
 
-BATCHING_FIELDS = (
-    "max_batch_size",
-    "batch_timeout_micros",
-    "num_batch_threads",
-    "max_enqueued_batches",
-    "allowed_batch_sizes",
-)
+BATCHING_FIELDS = SETTABLE
 MAX_BATCH_SIZE = 4096
 BatchSize = whole(1, MAX_BATCH_SIZE)
 
