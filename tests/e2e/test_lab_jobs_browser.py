@@ -28,6 +28,7 @@ import os, sys
 lr = next((float(a.split("=", 1)[1]) for a in sys.argv[1:] if a.startswith("--lr=")), 0.1)
 print(f"RANK={os.environ.get('RANK')} of WORLD_SIZE={os.environ.get('WORLD_SIZE')}", flush=True)
 print(f"final_loss={lr}")
+print(f"final_loss -> {lr * 10:g}")
 """
 
 
@@ -146,6 +147,10 @@ def test_a_script_runs_as_a_pytorch_job_and_as_a_sweep_from_the_file_browser(hub
     dialog.locator(".gpulab-jf-param-values").fill("0.3, 0.1, 0.2")
     dialog.locator(".gpulab-jf-parallel").fill("3")
     dialog.locator(".gpulab-jf-metric").fill("final_loss")
+    # the metrics read with a pattern of the user's: the "final_loss -> 1" lines, not the others
+    dialog.locator(".gpulab-jf-metrics-from").select_option("format")
+    where = dialog.locator(".gpulab-jf-metrics-where")
+    where.fill(r"(\w+) -> ([0-9.]+)")
     expect(dialog.locator(".gpulab-jf-trialnote")).to_have_text("3 trials, named lr-1, -2…")
     preview = dialog.locator(".gpulab-jf-yaml")
     expect(preview).to_contain_text("parameters:\n  lr: [0.3, 0.1, 0.2]\n")
@@ -157,6 +162,7 @@ def test_a_script_runs_as_a_pytorch_job_and_as_a_sweep_from_the_file_browser(hub
         "algorithm": "grid",
         "max_parallel": 3,
         "objective": {"metric": "final_loss", "goal": "minimize"},
+        "metrics_format": r"(\w+) -> ([0-9.]+)",
     }  # fmt: skip
     shot(page, "4-sweep-form")
     dialog.locator(".jp-Dialog-footer .gpulab-jf-submit").click()
@@ -168,18 +174,18 @@ def test_a_script_runs_as_a_pytorch_job_and_as_a_sweep_from_the_file_browser(hub
     assert ranked["state"] == "succeeded", [t["message"] for t in ranked["trials"]]
     expect(sweep).to_have_attribute("data-state", "succeeded")
     expect(sweep.locator(".gpulab-wl-summary")).to_have_text(
-        re.compile(r"^3/3 trials · best lr-2: final_loss=0\.1$")
+        re.compile(r"^3/3 trials · best lr-2: final_loss=1$")
     )
     # the panel opened on the sweep: its trials, ranked by the objective, the best first
     rows = sweep.locator(".gpulab-wl-trial")
     expect(rows.locator(".gpulab-wl-trial-name")).to_have_text(["lr-2 ★", "lr-3", "lr-1"])
     expect(rows.locator(".gpulab-wl-trial-params")).to_have_text(["lr=0.1", "lr=0.2", "lr=0.3"])
-    expect(rows.locator(".gpulab-wl-trial-metric")).to_have_text(["0.1", "0.2", "0.3"])
+    expect(rows.locator(".gpulab-wl-trial-metric")).to_have_text(["1", "2", "3"])
     shot(page, "5-sweep-succeeded")
     assert [(t["name"], t["params"], t["metric"]) for t in ranked["trials"]] == [
-        ("lr-2", {"lr": 0.1}, 0.1),
-        ("lr-3", {"lr": 0.2}, 0.2),
-        ("lr-1", {"lr": 0.3}, 0.3),
+        ("lr-2", {"lr": 0.1}, 1.0),
+        ("lr-3", {"lr": 0.2}, 2.0),
+        ("lr-1", {"lr": 0.3}, 3.0),
     ]
 
 

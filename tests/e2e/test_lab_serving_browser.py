@@ -95,6 +95,14 @@ def test_a_model_folder_is_served_tried_moved_to_version_1_and_undeployed(hub, p
         "name: 1-40 letters, digits, '_', '-' and '.', starting with a letter or digit"
     )
     dialog.locator(".gpulab-serve-name").fill("line")
+    # TF Serving's batching: its sizes show once it is ticked; a bad one is caught here too
+    expect(dialog.locator(".gpulab-serve-batch-size")).to_be_hidden()
+    dialog.locator(".gpulab-serve-batching").check()
+    dialog.locator(".gpulab-serve-batch-size").fill("0")
+    expect(dialog.locator(".gpulab-serve-status")).to_have_text(
+        "batching.max_batch_size: a whole number from 1 to 4096"
+    )
+    dialog.locator(".gpulab-serve-batch-size").fill("16")
 
     # Deploy: the status line follows the model until it serves, then Try it opens
     dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
@@ -103,6 +111,7 @@ def test_a_model_folder_is_served_tried_moved_to_version_1_and_undeployed(hub, p
     expect(dialog).to_have_count(0, timeout=120_000)
     served = user.session.get(hub.api("/gpulab/models/line"), timeout=30).json()
     assert served["state"] == "available" and served["versions"] == "latest", served
+    assert served["batching"] == {"max_batch_size": 16, "batch_timeout_micros": 1000}, served
 
     tryit = page.locator('.gpulab-TryIt[data-model="line"]')
     expect(tryit).to_have_attribute("data-state", "available")

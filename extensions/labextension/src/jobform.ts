@@ -20,6 +20,7 @@ import {
   IProblem,
   ISweepForm,
   ISweepParameter,
+  MetricsSource,
   MAX_NAME,
   MAX_SWEEP_NAME,
   RESTART_POLICIES,
@@ -80,6 +81,18 @@ const RESTART_LABELS: { [policy in RestartPolicy]: string } = {
 function errorText(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
+
+const METRICS_PLACEHOLDER: { [from in MetricsSource]: string } = {
+  output: '',
+  format: '([\\w-]+)=([+-]?\\d*\\.?\\d+(?:[eE][+-]?\\d+)?)',
+  tensorboard: 'logs'
+};
+
+const METRICS_HINT: { [from in MetricsSource]: string } = {
+  output: 'lines like loss=0.25 or loss: 0.25, anywhere in the output',
+  format: 'a regular expression (Python syntax) with two groups: the name and the value',
+  tensorboard: 'the folder, relative to the working directory, the trials write event files to'
+};
 
 function option(select: HTMLSelectElement, value: string, label: string): void {
   el('option', '', label, select).value = value;
@@ -258,7 +271,9 @@ export class JobFormBody extends Widget {
       seed: numberOf(this._seed),
       maxParallel: numberOf(this._parallel),
       metric: this._metric.value,
-      goal: this._goal.value as 'minimize' | 'maximize'
+      goal: this._goal.value as 'minimize' | 'maximize',
+      metricsFrom: this._metricsFrom.value as MetricsSource,
+      metricsWhere: this._metricsWhere.value
     };
   }
 
@@ -292,6 +307,10 @@ export class JobFormBody extends Widget {
     const random = this._algorithm.value === 'random';
     this._trialsLabel.hidden = !random;
     this._seedLabel.hidden = !random;
+    const from = this._metricsFrom.value as MetricsSource;
+    this._metricsWhere.hidden = from === 'output';
+    this._metricsWhere.placeholder = METRICS_PLACEHOLDER[from];
+    this._metricsHint.textContent = METRICS_HINT[from];
     this._params.forEach(row => row.update());
     this._name.maxLength = sweep ? MAX_SWEEP_NAME : MAX_NAME;
 
@@ -558,6 +577,18 @@ export class JobFormBody extends Widget {
       'a metric each trial prints, NAME=VALUE or NAME: VALUE (a gpulab-metric: line counts too)',
       objectiveRow
     );
+
+    const source = el('div', 'gpulab-jf-inline');
+    this._metricsFrom = el('select', 'gpulab-jf-metrics-from', '', source);
+    this._metricsFrom.setAttribute('aria-label', 'Metrics from');
+    option(this._metricsFrom, 'output', 'what the trials print');
+    option(this._metricsFrom, 'format', 'what they print, with my pattern');
+    option(this._metricsFrom, 'tensorboard', 'TensorBoard scalars');
+    this._metricsWhere = textInput('gpulab-jf-metrics-where');
+    this._metricsWhere.setAttribute('aria-label', 'Metrics pattern or folder');
+    source.appendChild(this._metricsWhere);
+    const sourceRow = this._row(section, 'Metrics from', 'metricsWhere', source);
+    this._metricsHint = el('div', 'gpulab-jf-hint', '', sourceRow);
   }
 
   /** A labelled row of the form, with a line for its problems (of `field` and `more`). */
@@ -652,6 +683,9 @@ export class JobFormBody extends Widget {
   private _parallel!: HTMLInputElement;
   private _metric!: HTMLInputElement;
   private _goal!: HTMLSelectElement;
+  private _metricsFrom!: HTMLSelectElement;
+  private _metricsWhere!: HTMLInputElement;
+  private _metricsHint!: HTMLDivElement;
   private _tfOnly: HTMLElement[] = [];
   private _problemNodes: { [field: string]: HTMLElement } = {};
   private _previewTitle: HTMLDivElement;

@@ -80,7 +80,17 @@ export interface ISweepForm {
   maxParallel: number;
   metric: string;
   goal: 'minimize' | 'maximize';
+  /**
+   * Where the trials' metrics are read: what they print (NAME=VALUE or NAME: VALUE), what
+   * they print read with a pattern of the user's (Katib's metricsFormat: a regular
+   * expression with two groups, name and value), or TensorBoard scalars in a folder.
+   */
+  metricsFrom?: MetricsSource;
+  /** The pattern (format) or the folder, relative to the working directory (tensorboard). */
+  metricsWhere?: string;
 }
+
+export type MetricsSource = 'output' | 'format' | 'tensorboard';
 
 /** The GPU pool as `GET gpulab/hub/gpus` says it (the hub's `/hub/api/gpulab/gpus`). */
 export interface IGpuPool {
@@ -383,6 +393,11 @@ export function sweepBody(form: IJobForm, sweep: ISweepForm): IYamlMap {
   }
   body.max_parallel = sweep.maxParallel;
   body.objective = { metric: sweep.metric.trim(), goal: sweep.goal };
+  if (sweep.metricsFrom === 'format') {
+    body.metrics_format = sweep.metricsWhere ?? '';
+  } else if (sweep.metricsFrom === 'tensorboard') {
+    body.metrics_events = (sweep.metricsWhere ?? '').trim();
+  }
   return body;
 }
 
@@ -559,7 +574,50 @@ export function checkSweep(form: IJobForm, sweep: ISweepForm, pool: IGpuPool | n
   if (!sweep.metric.trim()) {
     problem(problems, 'metric', 'Name the metric that ranks the trials (printed as NAME=VALUE)');
   }
+  const where = sweep.metricsWhere ?? '';
+  if (sweep.metricsFrom === 'format') {
+    if (!where.trim()) {
+      problem(problems, 'metricsWhere', 'Give the pattern: two groups, the name and the value');
+    } else if (where.length > MAX_METRICS_FORMAT) {
+      problem(problems, 'metricsWhere', `The pattern: at most ${MAX_METRICS_FORMAT} characters`);
+    } else if (captureGroups(where) !== 2) {
+      problem(
+        problems,
+        'metricsWhere',
+        'The pattern needs exactly two groups, (name) and (value); write others as (?:...)'
+      );
+    }
+  } else if (sweep.metricsFrom === 'tensorboard' && !where.trim()) {
+    problem(problems, 'metricsWhere', 'Give the folder the trials write TensorBoard logs to');
+  }
   return problems;
+}
+
+const MAX_METRICS_FORMAT = 256;
+
+/**
+ * The capturing groups of a regular expression: each "(" that is not escaped, not in a
+ * character class and not "(?:", "(?=", ... ("(?P<name>" and "(?<name>" capture).
+ */
+export function captureGroups(pattern: string): number {
+  let count = 0;
+  let inClass = false;
+  for (let i = 0; i < pattern.length; i++) {
+    const c = pattern[i];
+    if (c === '\\') {
+      i++;
+    } else if (inClass) {
+      inClass = c !== ']';
+    } else if (c === '[') {
+      inClass = true;
+    } else if (c === '(') {
+      const rest = pattern.slice(i + 1);
+      if (!rest.startsWith('?') || /^\?P?<[A-Za-z_]/.test(rest)) {
+        count++;
+      }
+    }
+  }
+  return count;
 }
 
 /** How many trials the sweep runs (a grid: every combination). */

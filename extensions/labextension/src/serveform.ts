@@ -15,6 +15,8 @@ import {
   ISavedModelFolder,
   IServeChoices,
   MAX_GPUS,
+  MAX_BATCH_SIZE,
+  MAX_BATCH_TIMEOUT_MICROS,
   MAX_REPLICAS,
   NAME_HELP,
   NAME_RE,
@@ -246,6 +248,26 @@ export class ServeForm extends Widget {
     this._access.addEventListener('change', () => this._check());
     this._group.addEventListener('input', () => this._check());
 
+    const batching = this._field(fields, 'Batching');
+    this._batching = el('input', 'gpulab-serve-batching', '', batching);
+    this._batching.type = 'checkbox';
+    this._batching.setAttribute('aria-label', 'Batch requests');
+    el('span', 'gpulab-serve-hint', 'run requests that arrive together as one call', batching);
+    this._batching.addEventListener('change', () => this._check());
+    this._batchRow = el('div', 'gpulab-serve-row', '', fields);
+    const size = this._field(this._batchRow, 'Largest batch');
+    this._batchSize = this._number(size, 'gpulab-serve-batch-size', 1, MAX_BATCH_SIZE, 32);
+    el('span', 'gpulab-serve-hint', 'rows in one call', size);
+    const wait = this._field(this._batchRow, 'Wait for a batch (µs)');
+    this._batchWait = this._number(
+      wait,
+      'gpulab-serve-batch-wait',
+      0,
+      MAX_BATCH_TIMEOUT_MICROS,
+      1000
+    );
+    el('span', 'gpulab-serve-hint', 'how long a request waits for others', wait);
+
     this._button(true, 'Deploy');
     this._check();
     this._name.focus();
@@ -283,7 +305,13 @@ export class ServeForm extends Widget {
       labels: this._versions?.labels ?? [],
       replicas: Number(this._replicas?.value),
       gpus: Number(this._gpus?.value),
-      access: access === 'group' ? `group:${this._group?.value.trim() ?? ''}` : access
+      access: access === 'group' ? `group:${this._group?.value.trim() ?? ''}` : access,
+      batching: this._batching?.checked
+        ? {
+            maxBatchSize: Number(this._batchSize?.value),
+            timeoutMicros: Number(this._batchWait?.value)
+          }
+        : null
     };
   }
 
@@ -294,6 +322,9 @@ export class ServeForm extends Widget {
     }
     if (this._group && this._access) {
       this._group.hidden = this._access.value !== 'group';
+    }
+    if (this._batchRow) {
+      this._batchRow.hidden = !this._batching?.checked;
     }
     const problems = serveProblems(this._choices(), this._model.versions);
     this._say(problems.join('\n'), problems.length ? 'error' : 'info');
@@ -333,6 +364,10 @@ export class ServeForm extends Widget {
   private _gpus: HTMLInputElement | null = null;
   private _access: HTMLSelectElement | null = null;
   private _group: HTMLInputElement | null = null;
+  private _batching: HTMLInputElement | null = null;
+  private _batchRow: HTMLDivElement | null = null;
+  private _batchSize: HTMLInputElement | null = null;
+  private _batchWait: HTMLInputElement | null = null;
   private _busy = false;
   private _finished = false;
   private _deployed: string | null = null;

@@ -220,7 +220,19 @@ export interface IServeChoices {
   replicas: number;
   gpus: number;
   access: string;
+  /** TF Serving's batching: requests that arrive together run as one call (null: off). */
+  batching?: IBatchingChoice | null;
 }
+
+export interface IBatchingChoice {
+  /** Rows in one call of the model. */
+  maxBatchSize: number;
+  /** How long the first request of a batch waits for others, in microseconds. */
+  timeoutMicros: number;
+}
+
+export const MAX_BATCH_SIZE = 4096;
+export const MAX_BATCH_TIMEOUT_MICROS = 10_000_000;
 
 /** A model deployment, as the hub's ModelBody takes it. */
 export interface IModelBody {
@@ -232,6 +244,7 @@ export interface IModelBody {
   replicas: number;
   gpus: number;
   access: string;
+  batching?: { max_batch_size: number; batch_timeout_micros: number };
 }
 
 /** Changes to a deployed model's versions, as the hub's ModelChanges takes them. */
@@ -356,12 +369,21 @@ export function serveProblems(choices: IServeChoices, found: number[]): string[]
   if (!/^(private|public|group:.+)$/.test(choices.access)) {
     problems.push('access: private, public, or group:NAME with the group’s name');
   }
+  const batching = choices.batching;
+  if (batching && !whole(batching.maxBatchSize, 1, MAX_BATCH_SIZE)) {
+    problems.push(`batching.max_batch_size: a whole number from 1 to ${MAX_BATCH_SIZE}`);
+  }
+  if (batching && !whole(batching.timeoutMicros, 0, MAX_BATCH_TIMEOUT_MICROS)) {
+    problems.push(
+      `batching.batch_timeout_micros: a whole number from 0 to ${MAX_BATCH_TIMEOUT_MICROS}`
+    );
+  }
   return problems;
 }
 
 /** The deploy request's body (POST gpulab/hub/models). */
 export function modelBody(choices: IServeChoices): IModelBody {
-  return {
+  const body: IModelBody = {
     name: choices.name,
     base_path: choices.basePath,
     ...versionsField(choices.versions),
@@ -370,6 +392,13 @@ export function modelBody(choices: IServeChoices): IModelBody {
     gpus: choices.gpus,
     access: choices.access
   };
+  if (choices.batching) {
+    body.batching = {
+      max_batch_size: choices.batching.maxBatchSize,
+      batch_timeout_micros: choices.batching.timeoutMicros
+    };
+  }
+  return body;
 }
 
 // -- a deployment's words --------------------------------------------------------------

@@ -4,6 +4,7 @@ import {
   IJobForm,
   ISweepForm,
   ISweepParameter,
+  captureGroups,
   checkJob,
   checkSweep,
   fileKind,
@@ -376,6 +377,44 @@ describe('sweepBody', () => {
       'relu',
       -2,
       'yes'
+    ]);
+  });
+});
+
+describe('where a sweep reads its metrics', () => {
+  it('sends a pattern of its own as metrics_format, and a TensorBoard folder as metrics_events', () => {
+    const pattern = '([\\w-]+)=([0-9.]+)';
+    const format = sweepBody(form(), sweep({ metricsFrom: 'format', metricsWhere: pattern }));
+    expect(format.metrics_format).toBe(pattern);
+    expect(format.metrics_events).toBeUndefined();
+    const events = sweepBody(form(), sweep({ metricsFrom: 'tensorboard', metricsWhere: ' logs ' }));
+    expect(events.metrics_events).toBe('logs');
+    expect(toYaml(events)).toContain('metrics_events: logs\n');
+    const printed = sweepBody(form(), sweep({ metricsFrom: 'output', metricsWhere: 'stale' }));
+    expect([printed.metrics_format, printed.metrics_events]).toEqual([undefined, undefined]);
+  });
+
+  it('counts the groups of a pattern as Python does', () => {
+    expect(captureGroups('([\\w-]+)=([0-9.]+)')).toBe(2);
+    expect(captureGroups('(?:a|b)(x)\\((y)[(]')).toBe(2);
+    expect(captureGroups('(?P<name>\\w+)(?<value>\\d)(?=z)(?<!q)')).toBe(2);
+  });
+
+  it('says what the hub would refuse of a pattern or a folder', () => {
+    const check = (from: 'format' | 'tensorboard', where: string) =>
+      messages(checkSweep(form(), sweep({ metricsFrom: from, metricsWhere: where }), POOL));
+    expect(check('format', '(\\w+)=(\\d+)')).toEqual([]);
+    expect(check('format', 'loss=(\\d+)')).toEqual([
+      'metricsWhere: The pattern needs exactly two groups, (name) and (value); write others as (?:...)'
+    ]);
+    expect(check('format', ' ')).toEqual([
+      'metricsWhere: Give the pattern: two groups, the name and the value'
+    ]);
+    expect(check('format', '(a)(b)' + 'x'.repeat(256))).toEqual([
+      'metricsWhere: The pattern: at most 256 characters'
+    ]);
+    expect(check('tensorboard', '')).toEqual([
+      'metricsWhere: Give the folder the trials write TensorBoard logs to'
     ]);
   });
 });

@@ -211,6 +211,18 @@ describe('the deploy body', () => {
     expect(modelBody(specific).versions).toEqual([1, 3]);
   });
 
+  it('asks for TF Serving’s batching when chosen, and says what the hub would refuse', () => {
+    expect(modelBody(choices())).not.toHaveProperty('batching');
+    const batched = choices({ batching: { maxBatchSize: 32, timeoutMicros: 1000 } });
+    expect(modelBody(batched).batching).toEqual({ max_batch_size: 32, batch_timeout_micros: 1000 });
+    expect(serveProblems(batched, [1])).toEqual([]);
+    const bad = choices({ batching: { maxBatchSize: 0, timeoutMicros: 1.5 } });
+    expect(serveProblems(bad, [1])).toEqual([
+      'batching.max_batch_size: a whole number from 1 to 4096',
+      'batching.batch_timeout_micros: a whole number from 0 to 10000000'
+    ]);
+  });
+
   it('serves the newest, all, or the chosen versions of those found', () => {
     const found = [3, 1, 2];
     expect(servedVersions({ policy: 'latest', latest: 2, specific: [] }, found)).toEqual([2, 3]);
