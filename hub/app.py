@@ -20,7 +20,7 @@ from gpulab.spawner.backend import Backend, backend_for
 
 from .inventory import Gpu
 from .ledger import GpuLedger
-from .metrics import GpuCollector, observe, serve
+from .metrics import GpuCollector, observe, observe_queue_wait, serve
 from .names import registry
 from .secretfiles import read_secret_files
 from .settings import Settings, load_settings
@@ -49,6 +49,7 @@ class Context:
         # /hub/metrics serves the ledger's GPU series (a process: those of its latest hub)
         serve(GpuCollector(self.ledger, self.settings))
         self.ledger.on_operation_finished(observe)
+        self.ledger.on_queue_granted(observe_queue_wait)
 
     @functools.cached_property
     def switch(self) -> GpuSwitch:

@@ -2,8 +2,8 @@
 each scrape: the GPU-seconds held, and sampled busy, by user, group and profile since the
 ledger began (so they outlive hub restarts), the pool's free and held GPUs, and the
 queue of Get GPU requests. And, counted by this hub process as they end (``observe``):
-how long Return GPU and Get GPU took, how soon a returned GPU was free, and how many
-GPUs the idle reclaim took back.
+how long Return GPU and Get GPU took, how soon a returned GPU was free, how long
+queued requests waited for their GPUs, and how many GPUs the idle reclaim took back.
 
 JupyterHub serves prometheus_client's default registry there to tokens with the
 ``read:metrics`` scope (admins have it), or to anyone where
@@ -20,6 +20,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .ledger import GpuLedger, Operation, utcnow
+from .ledger.records import WORKLOAD_PREFIX, Waiter
 from .ledger.usage import NO_GROUP
 from .settings import Settings
 
@@ -99,6 +100,13 @@ RETURN_FREE_SECONDS = Histogram(
     "Seconds from a Return GPU's request until its GPUs were free for others.",
     buckets=SWITCH_BUCKETS,
 )
+QUEUE_WAIT_SECONDS = Histogram(
+    "gpulab_gpu_queue_wait_seconds",
+    "Seconds a request waited in the queue for GPUs before it was granted, by kind "
+    "(server: a Get GPU; job: a job's replicas).",
+    ["kind"],
+    buckets=SWITCH_BUCKETS,
+)
 RECLAIMS = Counter(
     "gpulab_gpu_reclaims",
     "Return GPUs the idle reclaim made (a profile's idle_return passed), done.",
@@ -116,6 +124,12 @@ def observe(op: Operation) -> None:
             RETURN_FREE_SECONDS.observe(max(0.0, free))
         if op.reason.startswith("reclaimed"):
             RECLAIMS.inc()
+
+
+def observe_queue_wait(waiter: Waiter, seconds: float) -> None:
+    """Count a queued request that was granted (``GpuLedger.on_queue_granted``)."""
+    kind = "job" if waiter.server.startswith(WORKLOAD_PREFIX) else "server"
+    QUEUE_WAIT_SECONDS.labels(kind).observe(seconds)
 
 
 _served: weakref.WeakKeyDictionary[CollectorRegistry, GpuCollector] = weakref.WeakKeyDictionary()

@@ -96,6 +96,7 @@ class GpuLedger:
         self._snapshot: Snapshot | None = None
         self._on_change: list[Callable[[], None]] = []
         self._on_finished: list[Callable[[Operation], None]] = []
+        self._on_dequeued: list[Callable[[Waiter, float], None]] = []
         event.listen(self.engine, "commit", self._committed)
 
     def _account_earlier_grants(self, conn: Connection) -> None:
@@ -126,6 +127,11 @@ class GpuLedger:
         """Call ``callback(operation)`` once each Return or Get GPU ends (done, failed or
         cancelled), after the change is committed."""
         self._on_finished.append(callback)
+
+    def on_queue_granted(self, callback: Callable[[Waiter, float], None]) -> None:
+        """Call ``callback(waiter, seconds)`` when a request that waited in the queue is
+        granted, after the grant is committed: ``seconds`` it waited."""
+        self._on_dequeued.append(callback)
 
     def _committed(self, conn: Connection) -> None:
         options = conn.get_execution_options()
@@ -356,14 +362,29 @@ class GpuLedger:
                     )
                 if gpus:
                     self._record(conn, "grant", user, server, [g.id for g in gpus], reason)
+            waited = None
             if waiter is not None:
+                waited = conn.execute(select(queue_table).where(queue_table.c.id == waiter)).first()
                 conn.execute(delete(queue_table).where(queue_table.c.id == waiter))
+        if waited is not None:
+            since = as_utc(waited.since)
+            self._granted_from_queue(
+                Waiter(waited.id, waited.user, waited.server, waited.count, since),
+                max(0.0, (now - since).total_seconds()),
+            )
         for server, gpus in chosen.items():
             if gpus:
                 log.info(
                     "Granted GPU(s) %s to %s", ",".join(g.id for g in gpus), _label(user, server)
                 )
         return chosen
+
+    def _granted_from_queue(self, waiter: Waiter, seconds: float) -> None:
+        for callback in list(self._on_dequeued):
+            try:
+                callback(waiter, seconds)
+            except Exception:  # noqa: BLE001 -- an observer's fault is not the grant's
+                log.exception("Reporting the grant of %s's queued request failed", waiter.user)
 
     def attach(self, user: str, server: str, pid: int, pid_started: str | None) -> None:
         """Record the process that holds a server's grants, for reconciliation."""

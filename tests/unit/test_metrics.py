@@ -151,3 +151,47 @@ def test_each_return_and_get_is_counted_once_as_it_ends(tmp_path):
     assert value("gpulab_gpu_return_free_seconds_count") == free + 1
     assert value("gpulab_gpu_return_free_seconds_bucket", le="0.5") == fast + 1
     assert value("gpulab_gpu_reclaims_total") == reclaims + 1
+
+
+def test_a_queued_request_counts_how_long_it_waited_once_granted(tmp_path):
+    """The queue's waits: a server's Get GPU and a job's replicas, each observed once, when
+    its turn comes, with the seconds the ledger's clock says it waited."""
+    from datetime import timedelta
+
+    from prometheus_client import REGISTRY
+
+    from gpulab.hub.metrics import observe_queue_wait
+
+    now = [datetime(2026, 12, 7, 9, tzinfo=UTC)]
+    inventory = [Gpu(id=gpu, index=i) for i, gpu in enumerate(SETTINGS.gpus.ids)]
+    ledger = GpuLedger(
+        f"sqlite:///{tmp_path / 'ledger.sqlite'}", inventory, SETTINGS.gpus, clock=lambda: now[0]
+    )
+    ledger.on_queue_granted(observe_queue_wait)
+
+    def value(name: str, **labels) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = {
+        kind: (value("gpulab_gpu_queue_wait_seconds_count", kind=kind),
+               value("gpulab_gpu_queue_wait_seconds_sum", kind=kind))
+        for kind in ("server", "job")
+    }  # fmt: skip
+    ledger.reserve("alice", "", 3)
+    bob = ledger.enqueue("bob", "", 1)
+    job = ledger.enqueue("carol", "job/9", 2)
+    now[0] += timedelta(seconds=42)
+    ledger.release("alice", "")
+    ledger.reserve("bob", "", 1, waiter=bob)  # first in the queue: granted after 42 s
+    now[0] += timedelta(seconds=8)
+    ledger.reserve_many("carol", [("job/9/worker-0", 2)], waiter=job)  # after 50 s
+    ledger.reserve("dave", "", 0)  # no queue, no wait
+
+    after = {
+        kind: (value("gpulab_gpu_queue_wait_seconds_count", kind=kind),
+               value("gpulab_gpu_queue_wait_seconds_sum", kind=kind))
+        for kind in ("server", "job")
+    }  # fmt: skip
+    assert after["server"] == (before["server"][0] + 1, before["server"][1] + 42)
+    assert after["job"] == (before["job"][0] + 1, before["job"][1] + 50)
+    assert ledger.queue() == []
