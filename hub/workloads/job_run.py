@@ -11,10 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
-import re
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,7 +19,7 @@ from gpulab.hub.inventory import visible_devices_env
 from gpulab.hub.ledger import utcnow
 
 from . import spec as specs
-from . import tfevents
+from .job_metrics import FORMAT_BUDGET, events_env, number, scan_metrics
 from .runner import Launch, last_line
 from .spec import JobSpec, ReplicaGroup, replica_name
 from .store import Job
@@ -31,12 +28,6 @@ if TYPE_CHECKING:
     from .jobs import JobManager
 
 log = logging.getLogger(__name__)
-
-METRIC_PREFIX = "gpulab-metric:"
-"""A line ``gpulab-metric: loss=0.25 accuracy=0.91`` in a replica's output reports metrics."""
-FORMAT_BUDGET = 1.0
-"""Seconds a job's ``metrics_format`` may take over the whole log it reads (in a thread
-of its own, so the hub answers meanwhile); what it found by then counts."""
 
 
 @dataclass
@@ -390,7 +381,7 @@ class JobRun:
             except ValueError:
                 data = None
             if isinstance(data, dict):
-                metrics.update({k: v for k, v in data.items() if _number(v) is not None})
+                metrics.update({k: v for k, v in data.items() if number(v) is not None})
         if metrics:
             self.store.update(self.job.id, metrics=metrics)
         if not scanned.stopped_at:
@@ -399,107 +390,6 @@ class JobRun:
             f"; metrics_format took longer than {FORMAT_BUDGET:g}s on {replica}'s log: "
             f"metrics from the lines before line {scanned.stopped_at} only"
         )
-
-
-def events_env(spec: JobSpec, since: float) -> dict[str, str]:
-    """The variables that have a replica's shell read the job's TensorBoard scalars into
-    its metrics file once the command ended (``tfevents``; the shell unsets the source
-    before the command runs), from the event files written ``since`` then (seconds since
-    the epoch); none without ``metrics_events``."""
-    if not spec.metrics_events:
-        return {}
-    return {
-        "GPULAB_METRICS_EVENTS": spec.metrics_events,
-        "GPULAB_METRICS_NAMES": " ".join(spec.metrics),
-        "GPULAB_METRICS_SINCE": f"{since:.3f}",
-        "GPULAB_METRICS_READER": tfevents.source(),
-    }
-
-
-STDOUT_METRIC = re.compile(
-    r"(?<![\w./-])([A-Za-z_][\w./-]*)\s*[=:]\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)(?![\w.])"
-)
-"""``name=value`` (Katib's StdOut collector's format) or ``name: value`` (Keras', most
-print statements'), anywhere in a line: ``epoch 3 - loss: 0.25 - val_loss=0.31``."""
-
-
-@dataclass
-class ScannedMetrics:
-    values: dict[str, float]
-    stopped_at: int = 0
-    """The line (from 1) the ``metrics_format`` ran out of time on, and was not applied
-    from; 0: it read every line."""
-
-
-def parse_metrics(
-    output: bytes, names: Iterable[str] = (), metrics_format: str = ""
-) -> dict[str, float]:
-    """The metrics in a replica's output (``scan_metrics``)."""
-    return scan_metrics(output, names, metrics_format).values
-
-
-def scan_metrics(
-    output: bytes,
-    names: Iterable[str] = (),
-    metrics_format: str = "",
-    budget: float = FORMAT_BUDGET,
-) -> ScannedMetrics:
-    """The metrics in a replica's output: every ``gpulab-metric:`` line's ``name=value``
-    pairs, and the ``names`` asked for wherever ``STDOUT_METRIC`` (or the job's
-    ``metrics_format``, whose first group is the name and second the value) finds them
-    in a line; the last value of each wins. A ``metrics_format`` gets ``budget`` seconds
-    for the whole output; where it runs out it is applied no further."""
-    wanted = set(names)
-    pattern = specs.metrics_pattern(metrics_format) if metrics_format else None
-    ends = time.monotonic() + budget
-    scanned = ScannedMetrics({})
-    metrics = scanned.values
-    for number, line in enumerate(output.decode(errors="replace").splitlines(), 1):
-        line = line.strip()
-        if line.startswith(METRIC_PREFIX):
-            for pair in line[len(METRIC_PREFIX) :].replace(",", " ").split():
-                key, sep, value = pair.partition("=")
-                found = _number(value) if sep else None
-                if key and found is not None:
-                    metrics[key] = found
-        elif not wanted:
-            continue
-        elif pattern is None:
-            for found in STDOUT_METRIC.finditer(line):
-                value = _number(found[2])
-                if found[1] in wanted and value is not None:
-                    metrics[found[1]] = value
-        elif not scanned.stopped_at:
-            pairs = _format_pairs(pattern, line, ends - time.monotonic())
-            if pairs is None:
-                scanned.stopped_at = number
-                continue
-            for name, text in pairs:
-                value = _number(text)
-                if name.strip() in wanted and value is not None:
-                    metrics[name.strip()] = value
-    return scanned
-
-
-def _format_pairs(pattern, line: str, seconds: float) -> list[tuple[str, str]] | None:
-    """(name, value) of each match of a metrics_format in ``line``; None if that takes
-    longer than ``seconds``. ``concurrent`` lets other threads run meanwhile."""
-    if seconds <= 0:
-        return None
-    try:
-        return pattern.findall(line, timeout=seconds, concurrent=True)
-    except TimeoutError:
-        return None
-
-
-def _number(value) -> float | None:
-    if isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None  # NaN and inf are not JSON
 
 
 def _names(deciding: tuple[str, list[int]]) -> str:

@@ -12,16 +12,13 @@ its framework reads (``TF_CONFIG``; ``MASTER_ADDR``/``RANK``/... and torchrun's
 
 from __future__ import annotations
 
-import functools
 import json
-import math
 import posixpath
 import re
 import shlex
 from dataclasses import asdict, dataclass, field
 from typing import Annotated
 
-import regex
 from pydantic import (
     AfterValidator,
     BeforeValidator,
@@ -37,6 +34,7 @@ from gpulab.hub.settings import SettingsError, parse_duration
 
 from .bodies import Body, FieldError, Wanted, one_of, shapes, shown, validated, whole
 from .bodies import SpecError as SpecError  # where callers have always found it
+from .job_metrics import MAX_METRICS_FORMAT, metrics_pattern
 
 FRAMEWORKS = ("tensorflow", "pytorch", "plain")
 ROLES = {
@@ -58,12 +56,6 @@ METRIC_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_./-]{0,63}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_REPLICAS = 64
 MAX_DEADLINE_SECONDS = 366 * 86400  # a job that should run longer has no deadline
-MAX_METRICS_FORMAT = 256
-MAX_UNROLLED = 20_000
-"""The most a metrics_format's length times its counted repetitions (``x{m,n}``) may
-come to: the ``regex`` module unrolls each ``m`` times when it compiles, so big or
-nested ones could take the hub seconds and gigabytes before any timeout applies (at
-this bound a compile takes milliseconds)."""
 # the job's own variables may not replace what gpulab sets for the cluster and GPUs
 RESERVED_ENV = frozenset(
     {
@@ -214,37 +206,6 @@ def _settable(name: str) -> str:
     if name in RESERVED_ENV:
         raise FieldError(f"{name} is set by gpulab for each replica")
     return name
-
-
-def _unrolled(pattern: str) -> int:
-    """An upper bound of how big the ``regex`` module makes a pattern when it unrolls its
-    counted repetitions: its length times every ``{m`` in it plus one (any ``{`` followed
-    by digits counts, as nesting is not worked out)."""
-    return len(pattern) * math.prod(int(m) + 1 for m in re.findall(r"\{\s*(\d+)", pattern))
-
-
-@functools.lru_cache(maxsize=64)
-def metrics_pattern(text: str) -> regex.Pattern:
-    """``text`` compiled as a metrics_format, or a FieldError saying what is wrong with it:
-    a regular expression (the ``regex`` module's, Python's ``re`` syntax and more) of
-    exactly two groups, whose counted repetitions stay small."""
-    if len(text) > MAX_METRICS_FORMAT:
-        raise FieldError(f"at most {MAX_METRICS_FORMAT} characters (got {len(text)})")
-    if _unrolled(text) > MAX_UNROLLED:
-        raise FieldError(
-            "its counted repetitions ({m,n}) are too big: its length times each m + 1 "
-            f"may come to at most {MAX_UNROLLED}"
-        )
-    try:
-        pattern = regex.compile(text)
-    except (regex.error, ValueError, OverflowError, RecursionError) as e:
-        raise FieldError(f"not a regular expression: {e}") from None
-    if pattern.groups != 2:
-        raise FieldError(
-            f"needs exactly two groups, (name) and (value); it has {pattern.groups}: "
-            "make the others non-capturing, (?:...)"
-        )
-    return pattern
 
 
 def _metrics_format(text: str) -> str:

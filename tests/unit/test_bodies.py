@@ -422,7 +422,7 @@ def test_a_grid_sweep_runs_every_combination_in_order() -> None:
 
 
 def test_metrics_are_read_from_gpulab_lines_and_plain_lines_for_the_names_asked() -> None:
-    from gpulab.hub.workloads.job_run import parse_metrics
+    from gpulab.hub.workloads.job_metrics import parse_metrics
 
     output = (
         b"Epoch 1/3 - loss: 0.5 - val_loss: 0.7\n"

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from gpulab.hub.workloads.bodies import SpecError
-from gpulab.hub.workloads.job_run import parse_metrics, scan_metrics
+from gpulab.hub.workloads.job_metrics import parse_metrics, scan_metrics
 from gpulab.hub.workloads.spec import parse_job
 from gpulab.hub.workloads.sweeps import parse_sweep, trial_job
 
