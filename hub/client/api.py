@@ -296,7 +296,8 @@ class GpulabClient:
     def deploy_model(self, spec: dict, user: str | None = None) -> dict:
         """Deploy: ``name``, ``base_path`` (numbered SavedModel version folders on the
         home, or ``s3://bucket/prefix``), and optionally ``versions`` (latest / all / a
-        list), ``latest``, ``labels``, ``replicas``, ``gpus``, ``access``."""
+        list), ``latest``, ``labels``, ``replicas``, ``gpus``, ``access``, ``batching``
+        (true, or TF Serving's batching parameters)."""
         return self.request("POST", "/gpulab/models", params=_params(user=user), json=spec)
 
     def model(self, name: str, user: str | None = None) -> dict:

@@ -158,7 +158,8 @@ def state_line(job: dict) -> str:
 def deploy(spec: Mapping, wait: bool = True) -> dict:
     """Deploy a model: ``name``, ``base_path`` (numbered SavedModel version folders on
     your home, or ``s3://bucket/prefix``) and optionally ``versions``, ``labels``,
-    ``replicas``, ``gpus``, ``access``. With ``wait`` (the default) the model is returned
+    ``replicas``, ``gpus``, ``access``, ``batching`` (true, or TF Serving's batching
+    parameters: ``{"max_batch_size": 32, "batch_timeout_micros": 1000}``). With ``wait`` (the default) the model is returned
     once it serves; one that failed to start raises ClientError with the reason."""
     hub = client()
     model = hub.deploy_model(dict(spec))
