@@ -35,6 +35,8 @@ MAX_HEAD = 64 << 10
 """The longest request line and headers taken (431 beyond)."""
 MAX_BODY = 100 << 20
 """The largest request body taken (413 beyond), as tornado's default."""
+IDLE_SECONDS = 3600.0
+"""A connection that sends nothing for this long is closed, as tornado's default."""
 
 
 @dataclass
@@ -71,12 +73,15 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        self._idle = asyncio.get_running_loop().call_later(IDLE_SECONDS, self._close_idle)
         sock = transport.get_extra_info("socket")
         self.owners = sock is not None and sock.family == socket.AF_UNIX
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
+        self._idle.cancel()
+        self._idle = asyncio.get_running_loop().call_later(IDLE_SECONDS, self._close_idle)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -86,6 +91,14 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.transport = None
+        self._idle.cancel()
+
+    def _close_idle(self) -> None:
+        if self.answers:  # an answer still pending: not idle, look again later
+            self._idle = asyncio.get_running_loop().call_later(IDLE_SECONDS, self._close_idle)
+        elif self.transport is not None:
+            self.transport.close()
+            self.transport = None
 
     # -- httptools' callbacks ----------------------------------------------------------
 
