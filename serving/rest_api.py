@@ -1,15 +1,14 @@
 """The model server's REST API, as TF Serving's: ``/v1/models/...`` status, metadata and
 ``:predict``.
 
-``RestApi`` answers one request, (HTTP status, JSON body), dispatched and worded as TF
-Serving's HttpRestApiHandler does; ``RestApi.handle`` is what :mod:`.http_server` calls
-for each request, on a TCP port or a unix socket.
+``RestApi.handle`` answers one request (a ``Response`` of JSON), dispatched and worded as
+TF Serving's HttpRestApiHandler does; :mod:`.http_server` calls it for each request, on a
+TCP port or a unix socket.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import time
 from urllib.parse import unquote
@@ -18,11 +17,9 @@ from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2
 
 from . import tensors
-from .errors import INTERNAL, INVALID_ARGUMENT, OK, UNAUTHENTICATED, UNIMPLEMENTED, ServingError
+from .errors import INVALID_ARGUMENT, OK, UNAUTHENTICATED, UNIMPLEMENTED, ServingError
 from .http_server import Response
 from .predictor import Predictor, token_ok
-
-log = logging.getLogger("gpulab.serving")
 
 _PREDICT = re.compile(
     r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)",
@@ -46,53 +43,36 @@ class RestApi:
 
     def handle(self, method: str, path: str, headers: dict[str, str], body: bytes, owners: bool):
         """The HTTP server's handler (``http_server.Handler``): the API's paths and the
-        Prometheus endpoint; 404 for the rest, as TF Serving."""
+        Prometheus endpoint; 404 for the rest, as TF Serving. ``owners``: the request came
+        over the unix socket, which only the model's owner (and root) can connect to: no
+        token needed. A Response, or an awaitable of one (a prediction waiting for its
+        batch); what raises is the server's 500."""
         authorization = headers.get("authorization")
-        if path.lower().startswith("/v1/") or path.lower() == "/v1":
-            answer = self.answer(method, path, authorization, body, owners)
-            if isinstance(answer, tuple):
-                return Response(*answer)
-            return self._response_later(answer)
+        lower = path.lower()
+        if lower.startswith("/v1/") or lower == "/v1":
+            try:
+                self._authorize(authorization, owners)
+                result = self._dispatch(method, path, body)
+            except ServingError as e:
+                return _failed(e)
+            return Response(200, result) if isinstance(result, bytes) else self._later(result)
         if path == self.monitoring_path and method == "GET":
-            return Response(*self.monitoring(authorization, owners), _PROMETHEUS)
+            try:
+                self._authorize(authorization, owners)
+            except ServingError as e:
+                return _failed(e)
+            return Response(200, self.predictor.metrics.exposition(), _PROMETHEUS)
         return Response(404, b"")
-
-    async def _response_later(self, answer) -> Response:
-        return Response(*await answer)
-
-    def answer(
-        self, method: str, path: str, authorization: str | None, body: bytes, owners: bool = False
-    ):
-        """(HTTP status, JSON body) for one request, or an awaitable of it (a prediction
-        waiting for its batch); ``owners``: it came over the unix socket, which only the
-        model's owner (and root) can connect to: no token needed."""
-        try:
-            self._authorize(authorization, owners)
-            result = self._dispatch(method, path, body)
-        except ServingError as e:
-            return e.http_status, _error(e)
-        except Exception as e:  # noqa: BLE001 -- an answer, never a dropped connection
-            log.exception("Answering %s %s", method, path)
-            return 500, _error(ServingError(INTERNAL, f"{type(e).__name__}: {e}"))
-        return (200, result) if isinstance(result, bytes) else self._later(result)
-
-    def monitoring(self, authorization: str | None, owners: bool = False) -> tuple[int, bytes]:
-        """(HTTP status, body) of the Prometheus endpoint."""
-        try:
-            self._authorize(authorization, owners)
-        except ServingError as e:
-            return e.http_status, _error(e)
-        return 200, self.predictor.metrics.exposition()
 
     def _authorize(self, authorization: str | None, owners: bool) -> None:
         if self.token and not owners and not token_ok(authorization, self.token):
             raise ServingError(UNAUTHENTICATED, "a valid model token is needed")
 
-    async def _later(self, pending) -> tuple[int, bytes]:
+    async def _later(self, pending) -> Response:
         try:
-            return 200, await pending
+            return Response(200, await pending)
         except ServingError as e:
-            return e.http_status, _error(e)
+            return _failed(e)
 
     def _dispatch(self, method: str, path: str, body: bytes):
         malformed = ServingError(INVALID_ARGUMENT, f"Malformed request: {method} {path}")
@@ -162,8 +142,9 @@ class RestApi:
         return tensors.dumps(tensors.response_json(outputs, fmt))
 
 
-def _error(e: ServingError) -> bytes:
-    return tensors.dumps({"error": e.message})
+def _failed(e: ServingError) -> Response:
+    """TF Serving's answer to a request that failed: its HTTP status, ``{"error": ...}``."""
+    return Response(e.http_status, tensors.dumps({"error": e.message}))
 
 
 def _metadata_json(response) -> str:
