@@ -73,15 +73,16 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        self._idle = asyncio.get_running_loop().call_later(IDLE_SECONDS, self._close_idle)
+        self._loop = asyncio.get_running_loop()
+        self._active = self._loop.time()
+        self._idle = self._loop.call_later(IDLE_SECONDS, self._close_idle)
         sock = transport.get_extra_info("socket")
         self.owners = sock is not None and sock.family == socket.AF_UNIX
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
-        self._idle.cancel()
-        self._idle = asyncio.get_running_loop().call_later(IDLE_SECONDS, self._close_idle)
+        self._active = self._loop.time()  # the idle timer looks at it when it fires
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -94,8 +95,10 @@ class _Connection(asyncio.Protocol):
         self._idle.cancel()
 
     def _close_idle(self) -> None:
-        if self.answers:  # an answer still pending: not idle, look again later
-            self._idle = asyncio.get_running_loop().call_later(IDLE_SECONDS, self._close_idle)
+        quiet = self._loop.time() - self._active
+        if self.answers or quiet < IDLE_SECONDS:  # busy, or active since: look again later
+            wait = IDLE_SECONDS if self.answers else IDLE_SECONDS - quiet
+            self._idle = self._loop.call_later(wait, self._close_idle)
         elif self.transport is not None:
             self.transport.close()
             self.transport = None
