@@ -286,7 +286,8 @@ class GatedConnection(ZMQChannelsWebsocketConnection):
     def pass_on(self, incoming_msg) -> None:
         """A message to the kernel (a held one once the switch is over); a cell is counted
         until its answer comes."""
-        if self.channels:
+        marker = b"execute_request" if isinstance(incoming_msg, bytes) else "execute_request"
+        if self.channels and marker in incoming_msg:  # only a cell is parsed twice
             try:
                 channel, header = self._header(incoming_msg)
             except Exception:  # noqa: BLE001 -- jupyter_server says what is wrong with it
