@@ -575,3 +575,26 @@ def guest_session(hub, guest, owner: str) -> requests.Session:
     s = requests.Session()
     s.headers["Authorization"] = f"token {r.json()['token']}"
     return s
+
+
+def predict_together(hub, user, model: str, count: int = 4) -> dict[int, object]:
+    """``count`` predictions of ``model`` through the hub, sent at once from threads of
+    their own: call ``i`` sends x = i; each call's answer (its JSON, or the error text)."""
+    import threading
+
+    start = threading.Barrier(count)
+    answers: dict[int, object] = {}
+
+    def call(i: int) -> None:
+        session = requests.Session()
+        session.headers.update(user.session.headers)
+        start.wait()
+        r = session.post(hub.api(f"/gpulab/models/{model}:predict"), json={"instances": [float(i)]})
+        answers[i] = r.json() if r.status_code == 200 else r.text
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return answers

@@ -7,7 +7,6 @@ replica's pod."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gpulab.serving.batching import BatchingParameters
 from gpulab.serving.monitoring import read_config
 from gpulab.spawner import objects
-from hubfixture import export_line, wait_for
+from hubfixture import export_line, predict_together, wait_for
 from k8sfixture import NAMESPACE, kube_get, kube_post
 
 pytestmark = pytest.mark.timeout(300)
@@ -109,21 +108,7 @@ def test_a_batching_model_runs_with_its_files_and_its_metrics_come_from_every_po
     loads = scrape(ada, "kb")[":tensorflow:cc:saved_model:load_attempt_count"]
     assert sorted(dict(k)["replica"] for k in loads) == ["0", "1"]
     before = sum(scrape(ada, "kb").get(GRAPH_RUNS, {}).values())
-    start = threading.Barrier(4)
-    answers: dict[int, object] = {}
-
-    def call(i: int) -> None:
-        session = requests.Session()
-        session.headers.update(ada.session.headers)
-        start.wait()
-        r = session.post(hub.api("/gpulab/models/kb:predict"), json={"instances": [float(i)]})
-        answers[i] = r.json() if r.status_code == 200 else r.text
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    answers = predict_together(hub, ada, "kb")
     assert answers == {i: {"predictions": [0.5 * i + 2.0]} for i in range(4)}
     runs = scrape(ada, "kb")[GRAPH_RUNS]
     assert {dict(k)["replica"] for k in runs} <= {"0", "1"}

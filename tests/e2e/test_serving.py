@@ -26,7 +26,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from hubfixture import export_to_home, wait_for
+from hubfixture import export_to_home, predict_together, wait_for
 
 
 def deploy(user, spec: dict, expect: int = 201) -> dict:
@@ -630,21 +630,7 @@ def test_batching_runs_calls_that_arrive_together_as_one_and_its_metrics_come_th
     assert "max_batch_size 8, batch_timeout_micros 500000, num_batch_threads 1" in status.stdout
 
     before = scrape(fay, "b").get(GRAPH_RUNS, {}).get((("replica", "0"),), 0)
-    start = threading.Barrier(4)
-    answers: dict[int, object] = {}
-
-    def call(i: int) -> None:
-        session = requests.Session()
-        session.headers.update(fay.session.headers)
-        start.wait()
-        r = session.post(hub.api("/gpulab/models/b:predict"), json={"instances": [float(i)]})
-        answers[i] = r.json() if r.status_code == 200 else r.text
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    answers = predict_together(hub, fay, "b")
     assert answers == {i: {"predictions": [0.5 * i + 2.0]} for i in range(4)}
     runs = scrape(fay, "b")[GRAPH_RUNS][(("replica", "0"),)] - before
     assert 1 <= runs < 4, runs  # the four calls ran as fewer calls of the model
