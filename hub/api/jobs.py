@@ -80,7 +80,7 @@ class JobLogsHandler(JobsAPIHandler):
                 if not follow:
                     break
                 current = manager.store.get_by_id(job.id)
-                if current is None or not current.active:
+                if current is None or not current.writing(replica):
                     # one last read: what was written between the last read and the end
                     tail = await asyncio.to_thread(manager.read_log, job, replica, offset)
                     if tail:

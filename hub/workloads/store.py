@@ -80,6 +80,7 @@ job_events_table = Table(
 )
 
 ACTIVE = ("queued", "starting", "running")
+UNFINISHED_REPLICA = ("pending", "running", "restarting")
 FINISHED = ("succeeded", "failed", "cancelled")
 
 
@@ -156,6 +157,14 @@ class Job:
     @property
     def active(self) -> bool:
         return self.state in ACTIVE
+
+    def writing(self, log: str) -> bool:
+        """Whether the log of replica ``log`` (or ``install``) may still grow: the job is
+        active, or it ended (cancelled, say) and the replica's process is still being
+        stopped and may still write its last lines."""
+        if self.active:
+            return True
+        return any(r.name == log and r.state in UNFINISHED_REPLICA for r in self.replicas)
 
     @property
     def queue_key(self) -> str:
@@ -314,11 +323,10 @@ class JobStore:
         """Mark the job's replicas that had not ended ``state`` (``stopped``), now, saying
         why in ``message``."""
         now = utcnow()
-        unfinished = ("pending", "running", "restarting")
         changes = {
             r.name: {"state": state, "finished": now, **({"message": message} if message else {})}
             for r in job.replicas
-            if r.state in unfinished
+            if r.state in UNFINISHED_REPLICA
         }
         if changes:
             self.update_replicas(job.id, changes)

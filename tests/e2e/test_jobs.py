@@ -7,6 +7,7 @@ import os
 import subprocess
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -304,10 +305,21 @@ def test_restart_policies_and_failure_reasons(hub):
 
 def test_cancel_stops_every_replica_and_frees_gpus_and_ports(hub):
     dave = hub.create_user("dave")
+    # each replica takes a moment to end after the TERM, and says so
+    last_words = (
+        "import signal, sys, time\n"
+        "def bye(*_):\n"
+        "    time.sleep(1.5)\n"
+        "    print('saved, bye', flush=True)\n"
+        "    sys.exit(143)\n"
+        "signal.signal(signal.SIGTERM, bye)\n"
+        "print('up', flush=True)\n"
+        "time.sleep(600)\n"
+    )
     spec = {
         "name": "forever",
         "framework": "tensorflow",
-        "command": ["python", "-c", "import time; print('up', flush=True); time.sleep(600)"],
+        "command": ["python", "-c", last_words],
         "replicas": {"chief": 1, "worker": {"count": 1, "gpus": 1}, "ps": {"gpus": 1}},
     }
     submit(dave, spec)
@@ -328,9 +340,16 @@ def test_cancel_stops_every_replica_and_frees_gpus_and_ports(hub):
     assert holders == ["job forever (ps-0)", "job forever (worker-0)"]
     ports = [int(r["address"].rsplit(":", 1)[1]) for r in running["replicas"]]
 
-    r = dave.session.post(hub.api("/gpulab/jobs/forever/cancel"), timeout=60)
-    assert r.status_code == 200, r.text
-    assert r.json()["state"] == "cancelled"
+    # a log followed while the job is cancelled goes on to the replica's last line
+    with ThreadPoolExecutor(1) as pool:
+        followed = pool.submit(logs, dave, "forever", "chief-0", True)
+        r = dave.session.post(hub.api("/gpulab/jobs/forever/cancel"), timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["state"] == "cancelled"
+        assert followed.result(timeout=60).endswith(
+            "up\nsaved, bye\n==> gpulab: stopped by the hub (SIGTERM; exit code 143): its "
+            "status at the hub says why\n"
+        ), followed.result()
     wait_for(lambda: not hub.unix_pids("dave"), 20, "every replica process to end")
     assert hub.gpus()["free"] == 3
     stopped = job(dave, "forever")["replicas"]
