@@ -13,9 +13,13 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gpulab.hub.names import NameConflict, home_name, made_for, made_for_another
 from gpulab.hub.storage import StorageError
+
+if TYPE_CHECKING:
+    from .userenv import UserEnvironment
 
 MAX_UNIX_NAME = 32
 
@@ -148,9 +152,18 @@ def ensure_account(prefix: str, hub_name: str, data_root: Path, prepare_home=Non
     return Account(name, entry.pw_uid, entry.pw_gid, home, entry.pw_shell or "/bin/bash")
 
 
-def account_env(account: Account, path: str | None = None) -> dict[str, str]:
+def _without_gpulab(path: str) -> list[str]:
+    """The folders of ``path`` (the hub's own PATH) but gpulab's environment's."""
+    own = os.path.join(sys.prefix, "bin")
+    return [p for p in path.split(os.pathsep) if p and os.path.normpath(p) != own]
+
+
+def account_env(
+    account: Account, environment: UserEnvironment, path: str | None = None
+) -> dict[str, str]:
     """What a process of the user's (server, job replica) runs with: their account and
-    home, gpulab's environment first on PATH, then what they installed with pip --user."""
+    home; on PATH, the commands they installed with pip --user, then their environment's
+    (python, pip, tensorboard, gpulab), never gpulab's own."""
     home = str(account.home)
     return {
         "USER": account.name,
@@ -160,9 +173,9 @@ def account_env(account: Account, path: str | None = None) -> dict[str, str]:
         "PYTHONUSERBASE": os.path.join(home, ".local"),
         "PATH": os.pathsep.join(
             [
-                os.path.join(sys.prefix, "bin"),
                 os.path.join(home, ".local", "bin"),
-                path or "/usr/local/bin:/usr/bin:/bin",
+                *environment.bin_dirs,
+                *_without_gpulab(path or "/usr/local/bin:/usr/bin:/bin"),
             ]
         ),
         "JUPYTERLAB_WORKSPACES_DIR": os.path.join(home, ".jupyter", "lab", "workspaces"),

@@ -31,6 +31,7 @@ from .accounts import (
     prepare_data_root,
 )
 from .base import GpuSpawnerMixin
+from .userenv import user_environment
 
 
 def process_start_time(pid: int) -> str | None:
@@ -98,7 +99,13 @@ class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner):
         return lambda: os.chdir(account.home)
 
     def user_env(self, env):
-        env.update(account_env(self.account, env.get("PATH")))
+        environment = user_environment(self.gpulab.settings)
+        env.update(account_env(self.account, environment, env.get("PATH")))
+        env.update(environment.env())
+        # the server itself never loads the user's own packages (pip install --user):
+        # gpulab-singleuser takes this out of its environment as it starts, so its kernels
+        # and terminals have them
+        env["PYTHONNOUSERSITE"] = "1"
         return env
 
     def get_args(self):

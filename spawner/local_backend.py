@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from gpulab.hub.settings import Settings, SettingsError
 
 from .accounts import privileged
+from .userenv import user_environment
 
 if TYPE_CHECKING:
     from .backend import Check
@@ -25,6 +26,9 @@ class LocalBackend:
         self.settings = settings
 
     def check(self) -> None:
+        problem = user_environment(self.settings).problem()
+        if problem:
+            raise SettingsError(f"servers.environment: {problem}")
         if self.settings.storage.home_quota and not privileged():
             raise SettingsError(
                 "storage.home_quota needs the hub to run as root: it makes and mounts a "
@@ -57,14 +61,17 @@ class LocalBackend:
         return reconcile_local_grants(ledger)
 
     def job_runner(self):
-        from .local_runner import LocalRunner, python
+        from .local_runner import LocalRunner
 
-        return LocalRunner(self.settings), python()
+        # a job's ``python`` is the user environment's, where the user's packages are
+        return LocalRunner(self.settings), str(user_environment(self.settings).python)
 
     def model_backend(self, manager):
         from .local_models import LocalModels
+        from .local_runner import LocalRunner, gpulab_python
 
-        return LocalModels(manager, *self.job_runner())
+        # the model server is gpulab's own code
+        return LocalModels(manager, LocalRunner(self.settings), gpulab_python())
 
     async def homes(self, user: str, running: bool):
         from gpulab.hub.storage.local import local_homes
@@ -77,8 +84,11 @@ class LocalBackend:
         return NvmlUtilization()  # the hub reads the GPUs of its own machine
 
     def doctor(self) -> list[Check]:
+        env = user_environment(self.settings)
+        problem = env.problem()
         return [
             ("GPUs", self._check_gpus()),
+            ("User environment", ("FAIL", problem) if problem else ("OK", str(env.root))),
             ("Kubernetes", ("OK", f"not used (backend: {self.name})")),
         ]
 

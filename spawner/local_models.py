@@ -292,7 +292,8 @@ class LocalModels:
         )
         launch = Launch(
             argv=[
-                self.python, "-m", "gpulab.serving",
+                # gpulab's own model server: without the user's pip --user packages (-s)
+                self.python, "-s", "-m", "gpulab.serving",
                 "--port", "0", "--grpc_socket_path", grpc, "--rest_api_socket_path", rest,
                 "--model_config_file", f"{home}/{model.config_path}",
                 "--model_config_file_poll_wait_seconds", poll,

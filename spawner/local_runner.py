@@ -26,6 +26,7 @@ from gpulab.hub.workloads.runner import Launch
 
 from .accounts import Account, account_env, ensure_account, prepare_data_root, privileged
 from .local import holder_alive, process_start_time
+from .userenv import user_environment
 
 # variables a replica keeps from the hub's environment: locale and time zone only
 KEEP_ENV = ("LANG", "LC_ALL", "LC_CTYPE", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
@@ -64,7 +65,7 @@ class LocalRunner:
 
     def base_env(self, user: str) -> dict[str, str]:
         env = {k: os.environ[k] for k in KEEP_ENV if k in os.environ}
-        env.update(account_env(self.account(user)))
+        env.update(account_env(self.account(user), user_environment(self.settings)))
         return env
 
     def home(self, user: str) -> Path:
@@ -258,6 +259,7 @@ async def _reap(started: Started) -> None:
             pass
 
 
-def python() -> str:
-    """The interpreter replicas run ``python`` with: the one gpulab is installed in."""
+def gpulab_python() -> str:
+    """The interpreter gpulab is installed in: model replicas run gpulab's model server
+    with it (job replicas run the user environment's)."""
     return os.path.join(sys.prefix, "bin", "python")

@@ -444,17 +444,25 @@ def run(user, kernel: str, code: str, timeout: float = 60) -> str:
 
 def tiny_wheel() -> bytes:
     """A real, minimal wheel: package ``gpulabprobe`` with ``VALUE = 42``."""
+    return wheel("gpulabprobe", "1.0", {"gpulabprobe/__init__.py": "VALUE = 42\n"})
+
+
+def wheel(name: str, version: str, files: dict[str, str], requires: tuple[str, ...] = ()) -> bytes:
+    """A real wheel (``name-version-py3-none-any.whl``) of ``files``."""
+    info = f"{name}-{version}.dist-info"
+    metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+    metadata += "".join(f"Requires-Dist: {r}\n" for r in requires)
     files = {
-        "gpulabprobe/__init__.py": "VALUE = 42\n",
-        "gpulabprobe-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: gpulabprobe\nVersion: 1.0\n",
-        "gpulabprobe-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        **files,
+        f"{info}/METADATA": metadata,
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
     }
-    records = [f"{name},," for name in files] + ["gpulabprobe-1.0.dist-info/RECORD,,"]
-    files["gpulabprobe-1.0.dist-info/RECORD"] = "\n".join(records) + "\n"
+    records = [f"{path},," for path in files] + [f"{info}/RECORD,,"]
+    files[f"{info}/RECORD"] = "\n".join(records) + "\n"
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
-        for name, text in files.items():
-            z.writestr(name, text)
+        for path, text in files.items():
+            z.writestr(path, text)
     return buf.getvalue()
 
 

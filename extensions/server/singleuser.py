@@ -66,6 +66,10 @@ def exit_now(code) -> None:
 
 
 def main() -> None:
+    # the server started without the user's own packages (``pip install --user``): what a
+    # user installs never breaks it. Its kernels and terminals, which start from this
+    # environment, have them.
+    os.environ.pop("PYTHONNOUSERSITE", None)
     defer_iri_grammars()
     from jupyterhub.singleuser import main as singleuser
 

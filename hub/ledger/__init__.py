@@ -16,7 +16,10 @@ the next change.
 - :mod:`.usage`: usage accounting, each GPU's holdings and their totals by period.
 """
 
-from .gpu_ledger import GpuLedger
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from .records import (
     WORKLOAD_PREFIX,
     Grant,
@@ -30,7 +33,25 @@ from .records import (
     is_workload,
     utcnow,
 )
-from .tables import sqlite_immediate_transactions
+
+if TYPE_CHECKING:
+    from .gpu_ledger import GpuLedger
+    from .tables import sqlite_immediate_transactions
+
+
+def __getattr__(name: str):
+    # the ledger itself (SQLAlchemy) only when asked for: the client reads the records and
+    # usage's groupings in users' environments, which have no SQLAlchemy
+    if name == "GpuLedger":
+        from .gpu_ledger import GpuLedger
+
+        return GpuLedger
+    if name == "sqlite_immediate_transactions":
+        from .tables import sqlite_immediate_transactions
+
+        return sqlite_immediate_transactions
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "WORKLOAD_PREFIX",

@@ -150,6 +150,11 @@ class ServerSettings:
     """Where a started server opens."""
     start_timeout: int = 120
     """Seconds a server may take to start before the spawn fails."""
+    environment: str = ""
+    """Local backend: the user environment kernels, terminals and jobs run in (a folder
+    made by ``spawner/userenv.py``: a venv, the base packages, a kernel spec), apart from
+    gpulab's own; users add to it with ``pip install --user``. Empty: ``.user-env`` beside
+    gpulab's environment, which ``scripts/install`` makes (docs/environments.md)."""
 
 
 @dataclass
