@@ -27,6 +27,7 @@ from .settings import Settings, load_settings
 from .storage.s3 import RgwAccounts
 
 if TYPE_CHECKING:
+    from .environments.manager import EnvironmentManager
     from .gpuswitch import GpuSwitch
     from .sharing import UseLimits, ViewLinks
     from .workloads.jobs import JobManager
@@ -76,6 +77,12 @@ class Context:
         manager = ModelManager(self.ledger, self.settings, s3=self.s3)
         manager.backend = self.backend.model_backend(manager)
         return manager
+
+    @functools.cached_property
+    def environments(self) -> EnvironmentManager:
+        """Environment snapshots and the registry they go to (``SnapshotError`` where the
+        backend has none)."""
+        return self.backend.environments(self.ledger)
 
     @functools.cached_property
     def views(self) -> ViewLinks:

@@ -17,6 +17,7 @@ def api_handlers() -> list[tuple]:
     (``/gpulab/admin``, ``api/admin_page.py``)."""
     from .api import (
         admin_page,
+        environments,
         gpu,
         gpus,
         jobs,
@@ -42,6 +43,7 @@ def api_handlers() -> list[tuple]:
         *jobs.default_handlers,
         *sweeps.default_handlers,
         *models.default_handlers,
+        *environments.default_handlers,
         *openapi.default_handlers,
     ]
 

@@ -59,6 +59,8 @@ BUCKET = "bucket"
 K8S_PVC = "k8s-pvc"
 K8S_SECRET = "k8s-secret"
 K8S_POD = "k8s-pod"
+IMAGE_REPO = "image-repo"
+"""The user's folder in the image registry (their environment snapshots)."""
 
 WHAT = {
     HOME: "unix account and home",
@@ -67,6 +69,7 @@ WHAT = {
     K8S_PVC: "home volume claim",
     K8S_SECRET: "Kubernetes secret",
     K8S_POD: "Kubernetes pod",
+    IMAGE_REPO: "image repository",
 }
 
 MADE_FOR = "gpulab user "
@@ -125,6 +128,16 @@ def bucket_name(prefix: str, user: str, legacy: bool = False) -> str:
     if cleaned != user or len(name) > 63 or looks_hashed:
         name = f"{prefix}{cleaned[: 63 - len(prefix) - 9]}-{_digest(user, 8)}"
     return name
+
+
+def image_repo_name(user: str) -> str:
+    """A path component of an OCI repository for a hub user (lower-case letters and
+    digits, single '-' between them): the name itself when it already is one, else a
+    cleaned form with an 8-hex hash."""
+    cleaned = re.sub(r"[^a-z0-9]+", "-", user.lower()).strip("-") or "user"
+    if cleaned != user or len(cleaned) > 40 or _BUCKET_HASH.search(cleaned):
+        cleaned = f"{cleaned[:31].strip('-')}-{_digest(user, 8)}"
+    return cleaned
 
 
 # -- the registry ------------------------------------------------------------------------

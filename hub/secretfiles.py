@@ -26,6 +26,7 @@ SECRETS = (
     ("hub", "admin_password"),
     ("storage", "s3_admin_access_key"),
     ("storage", "s3_admin_secret_key"),
+    ("environments", "registry_password"),
 )
 """(section, field) of each secret setting; each has a ``<field>_file`` beside it."""
 

@@ -18,7 +18,11 @@ from typing import TYPE_CHECKING
 from gpulab.hub.names import NameConflict, home_name, made_for, made_for_another
 from gpulab.hub.storage import StorageError
 
+from .userenv import LAYERS
+
 if TYPE_CHECKING:
+    from gpulab.hub.environments.manager import Prepared
+
     from .userenv import UserEnvironment
 
 MAX_UNIX_NAME = 32
@@ -159,24 +163,34 @@ def _without_gpulab(path: str) -> list[str]:
 
 
 def account_env(
-    account: Account, environment: UserEnvironment, path: str | None = None
+    account: Account,
+    environment: UserEnvironment,
+    path: str | None = None,
+    userbase: str = ".local",
+    layers: Prepared | None = None,
 ) -> dict[str, str]:
     """What a process of the user's (server, job replica) runs with: their account and
-    home; on PATH, the commands they installed with pip --user, then their environment's
-    (python, pip, tensorboard, gpulab), never gpulab's own."""
+    home; on PATH, the commands they installed with pip --user (in ``userbase``, relative
+    to the home), then those of the snapshot ``layers`` it starts from, then their
+    environment's (python, pip, tensorboard, gpulab), never gpulab's own."""
     home = str(account.home)
-    return {
+    env = {
         "USER": account.name,
         "LOGNAME": account.name,
         "HOME": home,
         "SHELL": account.shell,
-        "PYTHONUSERBASE": os.path.join(home, ".local"),
+        "PYTHONUSERBASE": os.path.join(home, userbase),
         "PATH": os.pathsep.join(
             [
-                os.path.join(home, ".local", "bin"),
+                os.path.join(home, userbase, "bin"),
+                *(str(d) for d in (layers.bin_dirs if layers else [])),
                 *environment.bin_dirs,
                 *_without_gpulab(path or "/usr/local/bin:/usr/bin:/bin"),
             ]
         ),
         "JUPYTERLAB_WORKSPACES_DIR": os.path.join(home, ".jupyter", "lab", "workspaces"),
     }
+    if layers is not None:
+        env[LAYERS] = os.pathsep.join(str(d) for d in layers.site_dirs)
+        env["GPULAB_ENVIRONMENT"] = layers.environment.ref
+    return env

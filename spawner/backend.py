@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from gpulab.hub.app import Context
+    from gpulab.hub.environments.manager import EnvironmentManager
     from gpulab.hub.inventory import Gpu
     from gpulab.hub.ledger import GpuLedger, Grant
     from gpulab.hub.settings import Settings
@@ -60,6 +61,10 @@ class Backend(Protocol):
 
     def utilization(self) -> Utilization:
         """Where the hub reads how busy each GPU is (``gpulab.hub.utilization``)."""
+
+    def environments(self, ledger: GpuLedger) -> EnvironmentManager:
+        """Environment snapshots: saved from users' homes, unpacked for their servers;
+        ``SnapshotError`` (501) where this backend cannot yet."""
 
 
 def backend_for(settings: Settings) -> Backend:

@@ -19,6 +19,7 @@ from gpulab.extensions.server import INTERNAL_SECRET_ENV
 from gpulab.hub.inventory import visible_devices_env
 from gpulab.hub.ledger import LedgerError
 from gpulab.hub.storage import StorageError
+from gpulab.hub.workloads.runner import WorkloadError
 
 from . import profiles
 
@@ -105,9 +106,15 @@ class GpuSpawnerMixin(LoggingConfigurable):
     def _check_user_options(self, spawner, user_options) -> None:
         """Refuse bad options before the spawn starts; ``reserve_gpus`` applies them."""
         try:
-            profiles.resolve(self.gpulab.settings, user_options)
+            request = profiles.resolve(self.gpulab.settings, user_options)
         except profiles.BadOptions as e:
             raise web.HTTPError(400, str(e)) from None
+        if request.environment:  # one the user may start from, saved and ready
+            groups = [g.name for g in self.user.groups]
+            try:
+                self.gpulab.environments.visible(self.user.name, groups, request.environment)
+            except WorkloadError as e:
+                raise web.HTTPError(e.status, str(e)) from None
 
     # -- progress --------------------------------------------------------------------
 

@@ -65,6 +65,17 @@ class KubernetesBackend:
 
         return await claim_volumes(self.settings, user, running)
 
+    def environments(self, ledger):
+        from gpulab.hub.environments.manager import SnapshotError
+
+        # a snapshot is made from the files of a user's home, which on a cluster are in
+        # their pod's volume, not on the hub's machine
+        raise SnapshotError(
+            501,
+            "environment snapshots are not available on the kubernetes backend yet: "
+            "they are made and started from on the local backend",
+        )
+
     def utilization(self):
         from gpulab.hub.utilization import ServerReported
 

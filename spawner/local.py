@@ -20,7 +20,9 @@ from jupyterhub.utils import AnyTimeoutError, url_path_join, wait_for_http_serve
 from tornado import web
 from traitlets import default
 
+from gpulab.hub import homefs
 from gpulab.hub.storage.local import local_homes
+from gpulab.hub.workloads.runner import WorkloadError
 
 from .accounts import (
     Account,
@@ -100,7 +102,9 @@ class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner):
 
     def user_env(self, env):
         environment = user_environment(self.gpulab.settings)
-        env.update(account_env(self.account, environment, env.get("PATH")))
+        layers = getattr(self, "_layers", None)
+        userbase = layers.userbase if layers else ".local"
+        env.update(account_env(self.account, environment, env.get("PATH"), userbase, layers))
         env.update(environment.env())
         # the server itself never loads the user's own packages (pip install --user):
         # gpulab-singleuser takes this out of its environment as it starts, so its kernels
@@ -148,7 +152,7 @@ class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner):
         return os.fdopen(fd, "ab", buffering=0)
 
     async def start(self):
-        self.reserve_gpus()
+        request = self.reserve_gpus()
         try:
             self._storage_env = await self.storage_env()
             self._account = None  # made again: the home may need mounting (storage.home_quota)
@@ -158,6 +162,7 @@ class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner):
                 raise web.HTTPError(
                     e.status, f"Cannot prepare {self.user.name}'s account: {e}"
                 ) from None
+            self._layers = await self._start_from(request.environment, account)
             self.report(30, f"Starting JupyterLab as {account.name} in {account.home}")
             log, configured = self._log_file(), self.popen_kwargs
             try:
@@ -176,6 +181,29 @@ class LocalGpuSpawner(GpuSpawnerMixin, LocalProcessSpawner):
         except BaseException:
             self.release_gpus("spawn failed")
             raise
+
+    async def _start_from(self, ref: str, account: Account):
+        """The snapshot ``ref``'s layers, unpacked, and the user's own layer over it made
+        (their ``pip install --user`` in such a server goes there); None without one."""
+        if not ref:
+            return None
+        groups = [g.name for g in self.user.groups]
+        try:
+            prepared = await self.gpulab.environments.prepare(
+                self.user.name, groups, ref, lambda message: self.report(20, message)
+            )
+            await asyncio.to_thread(
+                homefs.make_dirs, account.home, prepared.userbase, account.uid, account.gid
+            )
+        except WorkloadError as e:
+            self.report(100, f"Spawn failed: {e}")
+            raise web.HTTPError(e.status, str(e)) from None
+        except OSError as e:  # the home holds something else where the folder goes
+            message = f"cannot make ~/{prepared.userbase} for the environment's packages: {e}"
+            self.report(100, f"Spawn failed: {message}")
+            raise web.HTTPError(409, message) from None
+        self.report(25, f"Starting from environment {prepared.environment.ref}")
+        return prepared
 
     async def _until_listening(self, ip: str, port: int, every: float = 0.05) -> None:
         """Return once the server accepts connections on its port, or its process ended,

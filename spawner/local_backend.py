@@ -78,6 +78,20 @@ class LocalBackend:
 
         return local_homes(self.settings, in_use=lambda _user: running)
 
+    def environments(self, ledger):
+        from gpulab.hub.environments.manager import EnvironmentManager
+        from gpulab.hub.names import registry
+
+        from .local_runner import LocalRunner
+
+        return EnvironmentManager(
+            self.settings,
+            ledger.engine,
+            registry(self.settings.data_path),
+            LocalRunner(self.settings).account,
+            user_environment(self.settings),
+        )
+
     def utilization(self):
         from gpulab.hub.utilization import NvmlUtilization
 

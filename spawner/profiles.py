@@ -26,6 +26,11 @@ class BadOptions(ValueError):
 class ServerRequest:
     profile: Profile
     gpus: int
+    environment: str = ""
+    """The environment snapshot it starts from (``name``, or ``owner/name``), or ""."""
+
+
+ENVIRONMENT_REF = re.compile(r"(?:[^/\s]{1,255}/)?[a-z0-9][a-z0-9._-]{0,62}")
 
 
 def resolve(settings: Settings, user_options: object) -> ServerRequest:
@@ -34,7 +39,7 @@ def resolve(settings: Settings, user_options: object) -> ServerRequest:
         user_options = {}
     if not isinstance(user_options, dict):
         raise BadOptions(f"server options must be a JSON object, got {user_options!r}")
-    unknown = set(user_options) - {"profile", "gpus"}
+    unknown = set(user_options) - {"profile", "gpus", "environment"}
     if unknown:
         raise BadOptions(f"unknown server option(s): {', '.join(sorted(unknown))}")
     slug = user_options.get("profile")
@@ -47,13 +52,25 @@ def resolve(settings: Settings, user_options: object) -> ServerRequest:
     gpus = user_options.get("gpus", profile.gpus)
     if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
         raise BadOptions(f"gpus must be a whole number of 0 or more, got {gpus!r}")
-    return ServerRequest(profile=profile, gpus=gpus)
+    environment = user_options.get("environment") or ""
+    if not isinstance(environment, str) or (
+        environment and not ENVIRONMENT_REF.fullmatch(environment)
+    ):
+        raise BadOptions(
+            f"environment must name an environment snapshot (NAME, or OWNER/NAME for one "
+            f"shared with you), got {environment!r}"
+        )
+    return ServerRequest(profile=profile, gpus=gpus, environment=environment)
 
 
 def options_from_form(formdata: dict[str, list[str]]) -> dict:
     """The spawn form's fields -> user_options."""
     profile = (formdata.get("profile") or [None])[0]
-    return {"profile": profile} if profile else {}
+    environment = (formdata.get("environment") or [None])[0]
+    options = {"profile": profile} if profile else {}
+    if environment:
+        options["environment"] = environment
+    return options
 
 
 # -- the spawn form ----------------------------------------------------------------------

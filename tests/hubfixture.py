@@ -216,12 +216,16 @@ class Hub:
         except Exception:
             pass
         self.stop()
-        pidfile = self.data_root / "jupyterhub-proxy.pid"
-        if pidfile.exists():
-            try:
-                os.kill(int(pidfile.read_text()), signal.SIGTERM)
-            except (ValueError, ProcessLookupError):
-                pass
+        # the proxy, and the embedded registry of a hub that was killed
+        for pidfile in (
+            self.data_root / "jupyterhub-proxy.pid",
+            self.data_root / "registry" / "registry.pid",
+        ):
+            if pidfile.exists():
+                try:
+                    os.kill(int(pidfile.read_text()), signal.SIGTERM)
+                except (ValueError, ProcessLookupError):
+                    pass
         for entry in pwd.getpwall():
             if entry.pw_name.startswith(self.unix_prefix):
                 subprocess.run(["pkill", "-KILL", "-u", entry.pw_name], check=False)

@@ -261,6 +261,34 @@ class ServingSettings:
 
 
 @dataclass
+class EnvironmentSettings:
+    registry: str = ""
+    """The OCI registry environment snapshots are pushed to (``https://registry.example.com``,
+    ``http://10.0.0.5:5000``); empty: the embedded one, Debian's ``docker-registry`` on
+    loopback with a password only the hub holds, started by the hub when first needed
+    (its data under ``data_root/registry``; docs/environments.md#snapshots)."""
+    registry_username: str = ""
+    """The account the hub pushes and pulls as (basic auth); users never hold it."""
+    registry_password: str = ""
+    """That account's password."""
+    registry_password_file: str = ""
+    """Path of a root-only (0600) file holding ``registry_password`` instead."""
+    repository: str = "gpulab/environments"
+    """Where in the registry snapshots go: ``<repository>/<user>:<name>``."""
+    embedded_port: int = 0
+    """Loopback port of the embedded registry; 0: a free one, chosen at its first start
+    and kept."""
+    max_per_user: int = 10
+    """Most snapshots a user may keep."""
+    max_size: str = "10GiB"
+    """Largest user layer a snapshot may hold (unpacked bytes)."""
+
+    @property
+    def max_size_bytes(self) -> int:
+        return parse_size(self.max_size, "environments.max_size")
+
+
+@dataclass
 class SharingSettings:
     """Users sharing their servers with teammates (docs/sharing.md)."""
 
@@ -355,6 +383,8 @@ class Settings:
     """Model servers (docs/serving.md)."""
     sharing: SharingSettings = field(default_factory=SharingSettings)
     """Share links and shares with teammates (docs/sharing.md)."""
+    environments: EnvironmentSettings = field(default_factory=EnvironmentSettings)
+    """Environment snapshots and the registry they go to (docs/environments.md)."""
     profiles: list[Profile] = field(default_factory=_default_profiles)
     """The choices on the spawn form; set in the file only (no environment override)."""
 
