@@ -67,7 +67,13 @@ class Context:
         machine, or pods (which run the image's ``python``)."""
         from .workloads.jobs import JobManager
 
-        return JobManager(self.ledger, self.settings, *self.backend.job_runner(), s3=self.s3)
+        return JobManager(
+            self.ledger,
+            self.settings,
+            *self.backend.job_runner(),
+            s3=self.s3,
+            environments=lambda: self.environments,
+        )
 
     @functools.cached_property
     def models(self) -> ModelManager:

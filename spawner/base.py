@@ -79,7 +79,31 @@ class GpuSpawnerMixin(LoggingConfigurable):
                 "opt-profile", handler.get_query_argument("profile", "")
             )
             live = profiles.LiveStatus(url=self._gpu_status_url(), xsrf=handler.xsrf_token.decode())
-        return profiles.render_form(self.gpulab.settings, pool, chosen, live)
+        chosen_environment = handler.get_query_argument("environment", "") if handler else ""
+        return profiles.render_form(
+            self.gpulab.settings,
+            pool,
+            chosen,
+            live,
+            self._environment_choices(),
+            chosen_environment,
+        )
+
+    def _environment_choices(self) -> list[profiles.EnvironmentChoice]:
+        """The user's saved environments and those shared with them (none where the
+        backend has no snapshots)."""
+        try:
+            manager = self.gpulab.environments
+        except WorkloadError:
+            return []
+        groups = [g.name for g in self.user.groups]
+        return [
+            profiles.EnvironmentChoice(
+                e.name if e.user == self.user.name else e.ref, e.description, len(e.packages)
+            )
+            for e in manager.store.list(self.user.name, groups)
+            if e.state == "ready"
+        ]
 
     def _gpu_status_url(self) -> str:
         """This server's GPU status in gpulab's API (free, total, queue; a long poll),

@@ -108,7 +108,8 @@ class KubeRunner:
     def host(self, group: str, name: str) -> str:
         return f"{name}.{self.service(group)}.{self.namespace}.svc.{self.k8s.cluster_domain}"
 
-    def base_env(self, user: str) -> dict[str, str]:
+    def base_env(self, user: str, layers=None) -> dict[str, str]:
+        # snapshots are refused before a job reaches this backend (no layers here)
         home = self.k8s.home_mount
         return {"HOME": home, "PYTHONUSERBASE": f"{home}/.local"}
 

@@ -63,9 +63,11 @@ class LocalRunner:
             s.servers.unix_user_prefix, user, s.data_path, prepare_home=local_homes(s).ensure
         )
 
-    def base_env(self, user: str) -> dict[str, str]:
+    def base_env(self, user: str, layers=None) -> dict[str, str]:
         env = {k: os.environ[k] for k in KEEP_ENV if k in os.environ}
-        env.update(account_env(self.account(user), user_environment(self.settings)))
+        userbase = layers.userbase if layers else ".local"
+        account = self.account(user)
+        env.update(account_env(account, user_environment(self.settings), None, userbase, layers))
         return env
 
     def home(self, user: str) -> Path:

@@ -171,13 +171,29 @@ def models_text(gpus: Sequence[Gpu]) -> str:
     return "; ".join(parts)
 
 
+@dataclass(frozen=True)
+class EnvironmentChoice:
+    """An environment snapshot the spawn form offers."""
+
+    ref: str
+    """What the form posts (``name``, or ``owner/name`` for one shared with the user)."""
+    description: str = ""
+    packages: int = 0
+
+
 def render_form(
-    settings: Settings, pool: Pool, chosen: str = "", live: LiveStatus | None = None
+    settings: Settings,
+    pool: Pool,
+    chosen: str = "",
+    live: LiveStatus | None = None,
+    environments: Sequence[EnvironmentChoice] = (),
+    chosen_environment: str = "",
 ) -> str:
     """The spawn form: one radio button a profile (``chosen`` checked, when it is one), the
     pool's availability and GPUs, and, with ``live``, a script that keeps the availability
     current while the page is open (without it, or without JavaScript, the values stay as
-    rendered)."""
+    rendered). With ``environments``, a choice of what the server starts from: the base
+    environment, or one of those snapshots (``chosen_environment`` selected)."""
     if chosen not in {p.slug for p in settings.profiles}:
         chosen = settings.profile(None).slug
     rows = "".join(_profile_row(p, p.slug == chosen, pool) for p in settings.profiles)
@@ -202,9 +218,29 @@ def render_form(
      class="gpulab-free">{pool_text(pool.free, pool.total)}</span></strong><span
      class="gpulab-queue">{f" · {queue}" if queue else ""}</span><span
      class="gpulab-stale" style="color:#a00"></span></p>{models_line}
-  {rows}
+  {rows}{_environment_choice(environments, chosen_environment)}
   {script}
 </div>"""
+
+
+def _environment_choice(environments: Sequence[EnvironmentChoice], chosen: str) -> str:
+    if not environments:
+        return ""
+    options = ['<option value="">Base environment</option>']
+    for e in environments:
+        label = e.ref + (f" — {e.description}" if e.description else "")
+        label += f" ({e.packages} package{'' if e.packages == 1 else 's'})"
+        selected = " selected" if e.ref == chosen else ""
+        options.append(
+            f'<option value="{html.escape(e.ref)}"{selected}>{html.escape(label)}</option>'
+        )
+    return f"""
+<label class="gpulab-environment" style="display:block;margin:.8em 0 .4em">
+  <strong>Environment</strong>
+  <select name="environment" style="margin-left:.6em">{"".join(options)}</select>
+  <div style="color:#555">The packages the server starts with: the base, or one of your
+  saved environments (docs: environment snapshots)</div>
+</label>"""
 
 
 def _profile_row(p: Profile, checked: bool, pool: Pool) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import codecs
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -27,6 +27,8 @@ JOB_FINISHED = ("succeeded", "failed", "cancelled")
 """The states a job (or a sweep) ends in."""
 MODEL_SETTLED = ("available", "failed")
 """The states a deploying model ends up in."""
+ENVIRONMENT_SAVED = ("ready", "failed")
+"""The states an environment snapshot being saved ends up in."""
 RETURN_TIMEOUT = (30, 360)
 """Connecting, and then the hub's answer to a Return GPU: it waits up to 330 s for the
 server to checkpoint its kernels (``gpulab.hub.gpuswitch``)."""
@@ -288,6 +290,66 @@ class GpulabClient:
         """Poll the sweep until it ended; ``on_change(sweep)`` as for ``wait_job``."""
         return _wait(lambda: self.sweep(name, user), f"sweep {name}", timeout, on_change, interval)
 
+    # -- environment snapshots ------------------------------------------------------------
+
+    def environments(self, user: str | None = None) -> list[dict]:
+        """One's snapshots and those shared with one's groups (admins: everyone's, or
+        ``user``'s and those shared with ``user``'s groups)."""
+        params = _params(user=user)
+        return self.request("GET", "/gpulab/environments", params=params)["environments"]
+
+    def save_environment(
+        self,
+        name: str,
+        description: str = "",
+        groups: Iterable[str] = (),
+        user: str | None = None,
+    ) -> dict:
+        """Start saving one's own packages (what ``pip install --user`` put over the base, or
+        over the snapshot one's server started from) as snapshot ``name``, shared with
+        ``groups`` of one's own; the snapshot, ``saving``: follow it with ``wait_environment``."""
+        body = {"name": name, "description": description, "groups": _names(groups)}
+        return self.request("POST", "/gpulab/environments", params=_params(user=user), json=body)
+
+    def environment(self, name: str, user: str | None = None) -> dict:
+        """One's snapshot: state, message, image and digest, and the packages it adds."""
+        return self.request("GET", _environment_path(name), params=_params(user=user))
+
+    def share_environment(self, name: str, groups: Iterable[str], user: str | None = None) -> dict:
+        """Share the snapshot with ``groups`` (of one's own) in place of those it had; no
+        groups: with nobody. Their members start servers from it as ``owner/name``."""
+        return self.request(
+            "PATCH",
+            _environment_path(name),
+            params=_params(user=user),
+            json={"groups": _names(groups)},
+        )
+
+    def delete_environment(self, name: str, user: str | None = None) -> None:
+        """Delete the snapshot and its image (a save under way stops)."""
+        self.request("DELETE", _environment_path(name), params=_params(user=user))
+
+    def wait_environment(
+        self,
+        name: str,
+        user: str | None = None,
+        on_change: Callable[[dict], object] | None = None,
+        timeout: float | None = None,
+        interval: float = 0.5,
+    ) -> dict:
+        """Poll until the snapshot is saved (``ready``) or its save failed. ``on_change(env)``
+        is called whenever its state or message changed; the message tells how far the save
+        is ("Packing your packages: 12.0 MiB", "Pushing 12.0 MiB to the registry").
+        More than ``timeout`` seconds raises TimeoutError; the save goes on."""
+        return _wait(
+            lambda: self.environment(name, user),
+            f"environment {name}",
+            timeout,
+            on_change,
+            interval,
+            ENVIRONMENT_SAVED,
+        )
+
     # -- models ---------------------------------------------------------------------------
 
     def models(self, user: str | None = None) -> list[dict]:
@@ -367,6 +429,15 @@ def _job_path(name: str, rest: str = "") -> str:
 
 def _model_path(name: str, rest: str = "") -> str:
     return f"/gpulab/models/{quote(name, safe='')}{rest}"
+
+
+def _names(groups: Iterable[str]) -> list[str]:
+    """Group names as a list; one name alone is one group, not its letters."""
+    return [groups] if isinstance(groups, str) else list(groups)
+
+
+def _environment_path(name: str) -> str:
+    return f"/gpulab/environments/{quote(name, safe='')}"
 
 
 def _sweep_path(name: str, rest: str = "") -> str:

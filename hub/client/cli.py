@@ -1,5 +1,5 @@
 """The ``gpulab`` command: run the hub, see who holds which GPU, check the machine, run
-training jobs and sweeps, deploy and call models."""
+training jobs and sweeps, deploy and call models, save environments."""
 
 from __future__ import annotations
 
@@ -11,13 +11,25 @@ from pathlib import Path
 from rich.markup import escape
 
 from ..settings import SettingsError, load_settings
-from . import doctor, gpu, jobs, models, status, storage, sweeps, tensorboard, up, usage
+from . import (
+    doctor,
+    environments,
+    gpu,
+    jobs,
+    models,
+    status,
+    storage,
+    sweeps,
+    tensorboard,
+    up,
+    usage,
+)
 from .api import ClientError
 from .output import err
 from .specfile import SpecFileError
 
 # the command groups, in the order ``gpulab --help`` lists them
-GROUPS = (up, status, storage, gpu, usage, doctor, jobs, sweeps, models)
+GROUPS = (up, status, storage, gpu, usage, doctor, jobs, sweeps, models, environments)
 
 
 def main(argv: list[str] | None = None) -> int:

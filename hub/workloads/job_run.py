@@ -299,7 +299,15 @@ class JobRun:
         self.manager.wake()
 
     async def _env(self) -> dict[str, str]:
-        env = self.runner.base_env(self.job.user)
+        layers = None
+        if self.spec.environment:
+            layers = await self.manager.environments().prepare(
+                self.job.user,
+                self.job.groups,
+                self.spec.environment,
+                lambda message: self.store.update(self.job.id, message=message),
+            )
+        env = self.runner.base_env(self.job.user, layers)
         s3 = self.manager.s3
         if s3 is not None:
             account = await asyncio.to_thread(s3.ensure, self.job.user)

@@ -28,10 +28,21 @@ log = logging.getLogger(__name__)
 
 
 class JobManager:
-    def __init__(self, ledger: GpuLedger, settings, runner, python: str = "python", s3=None):
+    def __init__(
+        self,
+        ledger: GpuLedger,
+        settings,
+        runner,
+        python: str = "python",
+        s3=None,
+        environments=None,
+    ):
         self.ledger = ledger
         self.settings = settings
         self.s3 = s3
+        self.environments = environments
+        """``environments()``: the ``EnvironmentManager`` a job's ``environment`` is
+        prepared by (it raises where the backend has none)."""
         """Per-user S3 accounts (``RgwAccounts``): a job's replicas get their user's keys."""
         self.runner = runner
         self.python = python
@@ -63,6 +74,8 @@ class JobManager:
         params: dict | None = None,
     ) -> Job:
         self.check_fits(user, spec, groups)
+        if spec.environment:  # one the user may run in, saved and ready
+            self.environments().visible(user, groups, spec.environment)
         replicas = [(replica_name(g.role, i), g.role, i) for g, i in spec.replicas()]
         job = self.store.create(
             user, spec.name, spec.as_json(), replicas, groups, sweep=sweep, params=params

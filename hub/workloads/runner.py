@@ -70,8 +70,9 @@ class Started(Protocol):
 
 
 class Runner(Protocol):
-    def base_env(self, user: str) -> dict[str, str]:
-        """The environment every process of ``user`` starts from."""
+    def base_env(self, user: str, layers=None) -> dict[str, str]:
+        """The environment every process of ``user`` starts from; with ``layers`` (an
+        environment snapshot prepared for it), that snapshot's packages under theirs."""
 
     def host(self, group: str, name: str) -> str:
         """The host name the other processes of ``group`` reach process ``name`` at."""

@@ -115,6 +115,9 @@ class JobSpec:
     """A folder of TensorBoard event files, relative to ``workdir``, whose scalars named
     in ``metrics`` are read after the command ends (Katib's TensorFlowEvent collector);
     empty: none."""
+    environment: str = ""
+    """The environment snapshot the replicas run in (``name``, or ``owner/name``); empty:
+    the user's own environment."""
 
     @property
     def gpus(self) -> int:
@@ -244,6 +247,11 @@ MetricName = Annotated[
     Wanted("a metric name: letters, digits, _ . / -, starting with a letter or _"),
 ]
 HomePath = Annotated[str, AfterValidator(home_path)]
+EnvironmentRef = Annotated[
+    str,
+    Field(pattern=r"^(?:(?:[^/\s]{1,255}/)?[a-z0-9][a-z0-9._-]{0,62})?$"),
+    Wanted("an environment snapshot: NAME, or OWNER/NAME"),
+]
 Module = Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*$"), Wanted("a Python module name")]
 Scalar = Annotated[str | int | float, WithJsonSchema({"type": ["string", "number"]})]
 Command = Annotated[
@@ -371,6 +379,11 @@ class JobBody(Body):
     env: dict[EnvName, Annotated[Scalar, Wanted("a string or number")]] = {}
     package: HomePath = Field("", description="A wheel or sdist on the home, installed first.")
     image: str = Field("", description="The replicas' image (kubernetes backend).")
+    environment: EnvironmentRef = Field(
+        "",
+        description="An environment snapshot to run in: NAME, or OWNER/NAME for one shared "
+        "with you (docs/environments.md).",
+    )
     success_policy: one_of(SUCCESS_POLICIES) = "default"
     active_deadline: Deadline | None = Field(None, description="The longest the job may run.")
     metrics: Annotated[list[MetricName], Field(max_length=16)] = Field(
@@ -498,6 +511,7 @@ def parse_job(body: object, python: str = "python") -> JobSpec:
         env={k: str(v) for k, v in job.env.items()},
         package=job.package,
         image=job.image,
+        environment=job.environment,
         success_policy=job.success_policy,
         active_deadline=job.active_deadline,
         torchrun_nproc=job.nproc(),

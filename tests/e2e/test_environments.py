@@ -101,6 +101,35 @@ def test_save_an_environment_and_start_servers_from_it(hub, tmp_path):
         str(hub.data_root / "homes/alice/.gpulab/environments/alice/probe-1"),
     ]
 
+    # a job runs in it too; one naming a snapshot that is not there is refused
+    r = alice.session.post(
+        hub.api("/gpulab/jobs"),
+        json={
+            "name": "in-env",
+            "environment": "probe-1",
+            "command": ["python", "-c", "import gpulabprobe; print('job sees', gpulabprobe.VALUE)"],
+        },
+        timeout=30,
+    )
+    assert r.status_code == 201, r.text
+    job = wait_for(
+        lambda: (
+            (j := alice.session.get(hub.api("/gpulab/jobs/in-env"), timeout=30).json())["state"]
+            in ("succeeded", "failed")
+            and j
+        ),
+        120,
+        "the job to end",
+    )
+    log = alice.session.get(hub.api("/gpulab/jobs/in-env/logs"), timeout=30).text
+    assert job["state"] == "succeeded" and "job sees 42" in log, (job, log)
+    r = alice.session.post(
+        hub.api("/gpulab/jobs"),
+        json={"name": "no-env", "environment": "nope", "command": ["true"]},
+        timeout=30,
+    )
+    assert r.status_code == 404 and "no environment 'nope'" in r.json()["message"], r.text
+
     # bob may not start from it until alice shares it with a group of his
     r = bob.spawn(profile="cpu", environment="alice/probe-1", wait=False)
     assert r.status_code == 404, r.text

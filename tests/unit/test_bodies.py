@@ -17,7 +17,7 @@ NAME_HELP = "1-40 lower-case letters, digits and '-', starting with a letter"
 DEADLINE_HELP = "seconds, or a duration like 90s, 30m, 2h or 1d: more than 0, at most 366 days"
 COMMAND_HELP = "a non-empty list of strings, or a shell-style string"
 JOB_FIELDS = (
-    "active_deadline, args, command, env, framework, image, metrics, metrics_events, "
+    "active_deadline, args, command, env, environment, framework, image, metrics, metrics_events, "
     "metrics_format, module, name, notebook, package, replicas, script, success_policy, "
     "torchrun, workdir"
 )

@@ -174,6 +174,44 @@ def test_the_chosen_profile_is_checked_and_an_unknown_one_falls_back_to_the_defa
     assert checked(form()) == ["cpu"]
 
 
+def test_saved_environments_are_offered_beside_the_base_and_posted_as_chosen():
+    assert "environment" not in render_form(Settings(), Pool(free=1, total=1))  # none saved
+    choices = [
+        profiles.EnvironmentChoice("torch-2", "torch & <my> loaders", 3),
+        profiles.EnvironmentChoice("alice/vision", "", 1),
+    ]
+    page = Tree(
+        render_form(
+            Settings(),
+            Pool(free=1, total=1),
+            environments=choices,
+            chosen_environment="alice/vision",
+        )
+    ).root
+    (select,) = [
+        c
+        for c in page.one("gpulab-environment").children
+        if isinstance(c, Element) and c.tag == "select"
+    ]
+    options = [
+        (o.attrs["value"], words(o.text), "selected" in o.attrs)
+        for o in select.children
+        if isinstance(o, Element)
+    ]
+    assert options == [
+        ("", "Base environment", False),
+        ("torch-2", "torch-2 — torch & <my> loaders (3 packages)", False),
+        ("alice/vision", "alice/vision (1 package)", True),
+    ]
+    assert profiles.options_from_form({"profile": ["cpu"], "environment": ["torch-2"]}) == {
+        "profile": "cpu",
+        "environment": "torch-2",
+    }
+    assert profiles.options_from_form({"profile": ["cpu"], "environment": [""]}) == {
+        "profile": "cpu"
+    }
+
+
 # -- the pool --------------------------------------------------------------------------
 
 
