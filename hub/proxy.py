@@ -33,6 +33,8 @@ from jupyterhub.utils import url_path_join
 from tornado.ioloop import PeriodicCallback
 from traitlets import Float, Integer, Unicode
 
+from .procinfo import live_args
+
 
 class GpulabProxy(ConfigurableHTTPProxy):
     """A configurable-http-proxy that survives hub restarts and is checked by request."""
@@ -91,7 +93,7 @@ class GpulabProxy(ConfigurableHTTPProxy):
 
     def _runs(self, pid: int, cmd: list[str]) -> bool:
         """Whether ``pid`` is a live process running the proxy with ``cmd``'s arguments."""
-        running = _live_args(pid)
+        running = live_args(pid)
         if running is None:
             return False
         args = cmd[len(self.command) :]
@@ -312,20 +314,7 @@ class GpulabProxy(ConfigurableHTTPProxy):
         )
 
 
-def _live_args(pid: int) -> list[str] | None:
-    """The arguments of ``pid`` while it lives (not a zombie), else None."""
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return None
-    if state in ("Z", "X"):
-        return None
-    # NUL ends each argument; an empty one (``--ip ''``: all interfaces) counts
-    return [part.decode(errors="replace") for part in raw.split(b"\0")[:-1]]
-
-
 def _is_proxy(pid: int, command: list[str]) -> bool:
     """Whether ``pid`` is a live configurable-http-proxy process."""
-    args = _live_args(pid)
+    args = live_args(pid)
     return args is not None and any(command[-1] in part for part in args)

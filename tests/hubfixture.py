@@ -365,6 +365,23 @@ class User:
             self.session.delete(f"{self.server_url}/api/kernels/{kernel_id}", timeout=30)
 
 
+def run_job(user, spec: dict, timeout: float = 120) -> tuple[dict, str]:
+    """Submit ``spec`` as ``user`` and wait for it to end: (the job, its first replica's log)."""
+    r = user.session.post(user.hub.api("/gpulab/jobs"), json=spec, timeout=30)
+    assert r.status_code == 201, r.text
+    url = user.hub.api(f"/gpulab/jobs/{spec['name']}")
+    job = wait_for(
+        lambda: (
+            (j := user.session.get(url, timeout=30).json())["state"]
+            in ("succeeded", "failed", "cancelled")
+            and j
+        ),
+        timeout,
+        f"job {spec['name']} to end",
+    )
+    return job, user.session.get(f"{url}/logs", timeout=30).text
+
+
 def execute_request(code: str, session: str, store_history: bool = False) -> dict:
     """A kernel protocol execute_request for ``code``, as a notebook sends it over the
     kernel's websocket (its ``msg_id`` in ``["header"]``)."""

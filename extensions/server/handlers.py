@@ -22,6 +22,9 @@ the owner's own jobs, sweeps and models the same way (``RELAYED`` below: exactly
 - ``POST gpulab/hub/models/NAME:predict`` (``/versions/N:predict``, ``/labels/L:predict``);
 - ``GET  gpulab/hub/usage``: the owner's GPU usage (``?by=&from=&to=``, docs/usage.md);
 - ``GET  gpulab/hub/gpus``: the pool, and the owner's GPUs and limit;
+- ``GET``, ``POST gpulab/hub/environments``, ``GET``, ``PATCH``, ``DELETE
+  gpulab/hub/environments/NAME``: the owner's environment snapshots: list, save, show,
+  share, delete (docs/environments.md);
 - ``gpulab/tensorboard``: TensorBoards this server runs (``tensorboards.py``);
 - ``gpulab/share...``: the Share dialog's links and guests (``sharing.py``).
 
@@ -137,20 +140,24 @@ NAME = r"[A-Za-z0-9][A-Za-z0-9_-]{0,79}"
 """A job's, sweep's or model's name as it may appear in a relayed path: the hub checks
 its own rules; this only keeps the path to the parts below."""
 
+ENVIRONMENT = r"[a-z0-9][a-z0-9._-]{0,62}"
+"""An environment snapshot's name (the hub's own rule)."""
+
 RELAYED = {
     "GET": (
-        r"(jobs|sweeps|models|usage|gpus)",
+        r"(jobs|sweeps|models|usage|gpus|environments)",
         rf"(jobs|sweeps|models)/{NAME}",
+        rf"environments/{ENVIRONMENT}",
         rf"jobs/{NAME}/logs",
         rf"models/{NAME}/(logs|metadata)",
     ),
     "POST": (
-        r"(jobs|sweeps|models)",
+        r"(jobs|sweeps|models|environments)",
         rf"(jobs|sweeps)/{NAME}/cancel",
         rf"models/{NAME}(/versions/[0-9]{{1,18}}|/labels/{NAME})?:predict",
     ),
-    "PATCH": (rf"models/{NAME}",),
-    "DELETE": (rf"models/{NAME}",),
+    "PATCH": (rf"models/{NAME}", rf"environments/{ENVIRONMENT}"),
+    "DELETE": (rf"models/{NAME}", rf"environments/{ENVIRONMENT}"),
 }
 """What of the hub's gpulab API the lab reaches through this server (``gpulab/hub/`` +
 one of these), by method: the owner's own workloads, usage and the GPU pool."""

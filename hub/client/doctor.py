@@ -118,6 +118,38 @@ def _check_ceph(settings: Settings) -> tuple[str, str]:
     return result, "; ".join(details)
 
 
+def _check_registry(settings: Settings) -> tuple[str, str]:
+    """Where environment snapshots go: the configured registry answers, or the embedded
+    one can be started."""
+    s = settings.environments
+    if s.registry:
+        from ..environments.registry import Registry, RegistryError
+
+        try:
+            Registry(s.registry, s.registry_username, s.registry_password, timeout=5).ping()
+        except RegistryError as e:
+            return "FAIL", str(e)
+        return "OK", f"answering at {s.registry}"
+    import shutil
+
+    if shutil.which("docker-registry") is None:
+        return "WARN", (
+            "environments.registry is not set and docker-registry is not installed: "
+            "environment snapshots fail (apt-get install docker-registry)"
+        )
+    from ..procinfo import live_args
+
+    pid_file = settings.data_path / "registry" / "registry.pid"
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        pid = 0
+    state = (
+        f"running (pid {pid})" if pid and live_args(pid) else "started by the hub when first needed"
+    )
+    return "OK", f"embedded: Debian's docker-registry on loopback, {state}"
+
+
 def _check_secrets(settings: Settings) -> tuple[str, str]:
     found = exposed_secrets(settings, config_path())
     if not found:
@@ -144,6 +176,7 @@ def cmd_doctor(args, settings: Settings) -> int:
         ("user servers", _check_server_command()),
         *backend_for(settings).doctor(),
         ("Ceph", _check_ceph(settings)),
+        ("image registry", _check_registry(settings)),
         ("hub", _check_hub(settings)),
     ]
     table = Table(title="gpulab doctor", title_justify="left")

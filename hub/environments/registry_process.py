@@ -29,6 +29,8 @@ from pathlib import Path
 import bcrypt
 import yaml
 
+from gpulab.hub.procinfo import live_args
+
 from .registry import Registry, RegistryError
 
 COMMAND = "/usr/bin/docker-registry"
@@ -201,7 +203,7 @@ class EmbeddedRegistry:
 
     def _is_registry(self, pid: int) -> bool:
         """Whether ``pid`` is a live registry serving this config."""
-        args = _live_args(pid)
+        args = live_args(pid)
         return (
             args is not None
             and len(args) >= 3
@@ -221,7 +223,7 @@ class EmbeddedRegistry:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self._process.wait(0.05)
                     return True
-            elif _live_args(pid) is None:
+            elif live_args(pid) is None:
                 return True
             else:
                 time.sleep(0.05)
@@ -235,18 +237,6 @@ class EmbeddedRegistry:
         except OSError:
             return f"(no log at {self.log_path})"
         return f"the end of {self.log_path}:\n{tail}" if tail else f"{self.log_path} is empty"
-
-
-def _live_args(pid: int) -> list[str] | None:
-    """The arguments of ``pid`` while it lives (not a zombie), else None."""
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return None
-    if state in ("Z", "X"):
-        return None
-    return [part.decode(errors="replace") for part in raw.split(b"\0")[:-1]]
 
 
 def _read_private(path: Path) -> str:

@@ -7,6 +7,7 @@ import sys
 import requests
 
 from browsing import login, sign_up
+from gpulab.spawner.userenv import default_root
 from hubfixture import BIN, wait_for
 
 
@@ -134,6 +135,8 @@ def test_cli_status_shows_holders_and_doctor_checks(hub):
     assert "3 configured GPU id(s) 0,1,2" in out.stdout
     assert "configurable-http-proxy 5.3.0" in out.stdout
     assert "answering at" in out.stdout
+    assert "embedded: Debian's docker-registry on loopback" in out.stdout
+    assert str(default_root()) in out.stdout  # the user environment, whole
 
     out = subprocess.run(
         [sys.executable, "-m", "gpulab.hub.client.cli", "status"],

@@ -13,7 +13,7 @@ import pytest
 from registryfixture import umoci_verify
 
 from gpulab.hub.environments.registry_process import EmbeddedRegistry
-from hubfixture import tiny_wheel, wait_for
+from hubfixture import run_job, tiny_wheel, wait_for
 
 INSTALL_PROBE = f"""
 import base64, subprocess
@@ -102,26 +102,14 @@ def test_save_an_environment_and_start_servers_from_it(hub, tmp_path):
     ]
 
     # a job runs in it too; one naming a snapshot that is not there is refused
-    r = alice.session.post(
-        hub.api("/gpulab/jobs"),
-        json={
+    job, log = run_job(
+        alice,
+        {
             "name": "in-env",
             "environment": "probe-1",
             "command": ["python", "-c", "import gpulabprobe; print('job sees', gpulabprobe.VALUE)"],
         },
-        timeout=30,
     )
-    assert r.status_code == 201, r.text
-    job = wait_for(
-        lambda: (
-            (j := alice.session.get(hub.api("/gpulab/jobs/in-env"), timeout=30).json())["state"]
-            in ("succeeded", "failed")
-            and j
-        ),
-        120,
-        "the job to end",
-    )
-    log = alice.session.get(hub.api("/gpulab/jobs/in-env/logs"), timeout=30).text
     assert job["state"] == "succeeded" and "job sees 42" in log, (job, log)
     r = alice.session.post(
         hub.api("/gpulab/jobs"),

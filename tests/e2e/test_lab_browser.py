@@ -300,6 +300,13 @@ def test_the_server_relays_the_users_own_workloads_and_nothing_else_of_the_hub(h
     assert r.status_code == 200 and r.json()["user"]["name"] == "quin", r.text
     r = user.session.delete(base + "/models/nosuch", timeout=30)
     assert r.status_code == 404 and "nosuch" in r.json()["message"], r.text
+    # the owner's environment snapshots
+    r = user.session.get(base + "/environments", timeout=30)
+    assert r.status_code == 200 and r.json() == {"environments": []}, r.text
+    r = user.session.get(base + "/environments/no.such", timeout=30)
+    assert r.status_code == 404 and "no environment named no.such" in r.json()["message"]
+    r = user.session.post(base + "/environments", json={"name": "Bad Name"}, timeout=30)
+    assert r.status_code == 400 and "name must be" in r.json()["message"], r.text
     # nothing else of the hub's API: no other methods or paths, no way out of gpulab's
     assert user.session.post(base + "/models/m/cancel", json={}, timeout=30).status_code == 404
     assert user.session.patch(base + "/jobs/relayed", json={}, timeout=30).status_code == 404

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from gpulab.spawner.userenv import default_root
-from hubfixture import wait_for, wheel
+from hubfixture import run_job, wheel
 
 # a package the base has (boto3's botocore, gpulab's too), in a version neither has; one
 # that needs exactly it, as s3fs's aiobotocore needs its own botocore; and a .pth that
@@ -82,25 +82,13 @@ def test_a_user_installs_over_the_base_environment_and_gpulab_never_loads_it(hub
             alice.spawn(profile="cpu")
 
     # a job's python is the same environment, with the user's packages
-    r = alice.session.post(
-        hub.api("/gpulab/jobs"),
-        json={
+    done, log = run_job(
+        alice,
+        {
             "name": "probe",
             "command": ["python", "-c", "import oldcloud; print('job sees', oldcloud.BOTOCORE)"],
         },
-        timeout=30,
     )
-    assert r.status_code == 201, r.text
-    done = wait_for(
-        lambda: (
-            (j := alice.session.get(hub.api("/gpulab/jobs/probe"), timeout=30).json())["state"]
-            in ("succeeded", "failed")
-            and j
-        ),
-        120,
-        "the job to end",
-    )
-    log = alice.session.get(hub.api("/gpulab/jobs/probe/logs"), timeout=30).text
     assert done["state"] == "succeeded" and "job sees 0.0.1" in log, log
 
     # the user's packages were loaded by kernels and the job, never by gpulab's Python

@@ -1,8 +1,9 @@
 /**
  * @gpulab/lab: the server's GPU in JupyterLab's top bar, with Return GPU and Get GPU,
- * and the same two actions as commands in the palette; the user's jobs, sweeps and
- * models in a panel of the left sidebar; a Share button and commands that share the
- * server with teammates (a link, or hub users and groups).
+ * and the same two actions as commands in the palette; the user's jobs, sweeps, models
+ * and environment snapshots in a panel of the left sidebar (Save environment… in its
+ * header and the palette); a Share button and commands that share the server with
+ * teammates (a link, or hub users and groups).
  */
 import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { ICommandPalette } from '@jupyterlab/apputils';
@@ -11,6 +12,7 @@ import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
 import { INotebookTracker } from '@jupyterlab/notebook';
 
 import { GpuApi } from './api';
+import { EnvCommandIDs, activateEnvironments } from './envform';
 import { activateJobForms } from './jobcommands';
 import { WorkloadsPanel } from './panel';
 import { saveBeforeMove } from './saving';
@@ -120,7 +122,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const panel = new WorkloadsPanel(new WorkloadsApi(app.serviceManager.serverSettings), {
       openPath: path => void app.commands.execute('docmanager:open', { path }),
       tryModel: name => serving.openTryIt(name),
-      openTensorBoard: logdir => serving.openTensorBoard(logdir)
+      openTensorBoard: logdir => serving.openTensorBoard(logdir),
+      saveEnvironment: () => void app.commands.execute(EnvCommandIDs.save)
     });
     app.shell.add(panel, 'left', { rank: 700 });
     app.commands.addCommand(CommandIDs.showWorkloads, {
@@ -155,6 +158,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     }
     activateSharing(app, palette, notebooks, fileBrowser);
     activateJobForms(app, { palette, notebooks, fileBrowser, documents, panel });
+    activateEnvironments(app, palette, panel);
   }
 };
 

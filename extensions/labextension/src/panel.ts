@@ -1,18 +1,20 @@
 /**
  * The workloads panel in the left sidebar: the user's training jobs (state, place in
  * the queue, replicas, metrics, the log of any replica, Cancel), sweeps (trials done,
- * the best so far, Cancel) and deployed models (versions, replicas serving), kept up to
- * date while the panel shows, with a status line.
+ * the best so far, Cancel), deployed models (versions, replicas serving) and environment
+ * snapshots (size, packages, Delete; Save environment… in the header), kept up to date
+ * while the panel shows, with a status line.
  */
 import { Dialog, showDialog } from '@jupyterlab/apputils';
 import { LabIcon } from '@jupyterlab/ui-components';
 
 import { GpuApiError } from './api';
 import { el } from './dom';
+import { environmentSummary, packageLines } from './envspec';
 import { PollingWidget } from './polling';
 import { outputNotebookButton, trialsTable } from './jobdetails';
 import { jobSummary, modelSummary, sweepSummary, usageSummary } from './summary';
-import { ACTIVE, IJob, IModel, ISweep, WorkloadsApi } from './workloads';
+import { ACTIVE, IEnvironment, IJob, IModel, ISweep, WorkloadsApi } from './workloads';
 
 const JOBS_SVG = `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 24 24">
   <g class="jp-icon3" fill="#616161">
@@ -42,6 +44,8 @@ export interface IPanelActions {
   tryModel: (name: string) => void;
   /** TensorBoard on a folder of the home. */
   openTensorBoard: (logdir: string) => void;
+  /** The Save environment… dialog. */
+  saveEnvironment: () => void;
 }
 
 export class WorkloadsPanel extends PollingWidget {
@@ -53,10 +57,14 @@ export class WorkloadsPanel extends PollingWidget {
     this.id = 'gpulab-workloads';
     this.addClass('gpulab-WorkloadsPanel');
     this.title.icon = jobsIcon;
-    this.title.caption = 'Jobs, sweeps and models';
+    this.title.caption = 'Jobs, sweeps, models and environments';
     const header = el('div', 'gpulab-wl-header', '', this.node);
     el('h2', 'gpulab-wl-title', 'Workloads', header);
-    const refresh = el('button', 'gpulab-wl-refresh', 'Refresh', header);
+    const buttons = el('div', 'gpulab-wl-actions', '', header);
+    const save = el('button', 'gpulab-wl-save-env', 'Save environment…', buttons);
+    save.title = 'Save the packages you installed with pip install --user as an environment';
+    save.addEventListener('click', () => this.actions.saveEnvironment());
+    const refresh = el('button', 'gpulab-wl-refresh', 'Refresh', buttons);
     refresh.addEventListener('click', () => void this.refresh());
     this._usage = el('div', 'gpulab-wl-usage', '', this.node);
     this._usage.title = 'Your GPU time this month (UTC), from the hub’s ledger';
@@ -69,7 +77,7 @@ export class WorkloadsPanel extends PollingWidget {
     this.clearTimer();
     const seq = ++this._seq;
     try {
-      const [jobs, sweeps, models, usage] = await Promise.all([
+      const [jobs, sweeps, models, usage, environments] = await Promise.all([
         this.api.jobs(),
         this.api.sweeps(),
         this.api.models(),
@@ -77,6 +85,14 @@ export class WorkloadsPanel extends PollingWidget {
         this.api.usage().then(
           answer => usageSummary(answer),
           () => ''
+        ),
+        // so are the snapshots (a hub that makes none says why in their section)
+        this.api.environments().then(
+          list => ({ list, error: null }),
+          (error: unknown) => ({
+            list: [] as IEnvironment[],
+            error: error instanceof Error ? error.message : String(error)
+          })
         )
       ]);
       if (seq !== this._seq || this.isDisposed) {
@@ -85,6 +101,8 @@ export class WorkloadsPanel extends PollingWidget {
       this._jobs = jobs.filter(j => !j.sweep);
       this._sweeps = sweeps;
       this._models = models;
+      this._environments = environments.list;
+      this._environmentsError = environments.error;
       this._usage.textContent = usage;
       await this._readLog();
       this._error = null;
@@ -176,6 +194,13 @@ export class WorkloadsPanel extends PollingWidget {
     );
     this._section('Sweeps', this._sweeps, 'No sweeps', sweep => this._sweepRow(sweep));
     this._section('Models', this._models, 'No models deployed', model => this._modelRow(model));
+    this._section(
+      'Environments',
+      this._environments,
+      this._environmentsError ??
+        'No environments saved: Save environment… keeps what you installed with pip install --user',
+      env => this._environmentRow(env)
+    );
     const pre = body.querySelector('.gpulab-wl-log');
     if (pre) {
       pre.scrollTop = atEnd || scroll === undefined ? pre.scrollHeight : scroll;
@@ -314,6 +339,64 @@ export class WorkloadsPanel extends PollingWidget {
     return li;
   }
 
+  private async _deleteEnvironment(name: string): Promise<void> {
+    const result = await showDialog({
+      title: `Delete environment ${name}?`,
+      body: 'Servers and jobs can no longer start from it.',
+      buttons: [Dialog.cancelButton({ label: 'Keep it' }), Dialog.warnButton({ label: 'Delete' })]
+    });
+    if (!result.button.accept) {
+      return;
+    }
+    this._notice = `Deleting environment ${name}…`;
+    this._render();
+    try {
+      await this.api.deleteEnvironment(name);
+      this._notice = null;
+    } catch (error) {
+      this._notice = `Could not delete ${name}: ${error instanceof Error ? error.message : String(error)}`;
+    }
+    await this.refresh();
+  }
+
+  private _environmentRow(env: IEnvironment): HTMLElement {
+    const li = this._row(env.name, env.state, environmentSummary(env));
+    li.classList.add('gpulab-wl-environment');
+    const line = li.firstElementChild as HTMLElement;
+    line.title = [env.description, env.message].filter(Boolean).join('\n');
+    line.addEventListener('click', () => {
+      this._environment = this._environment === env.name ? null : env.name;
+      this._render();
+    });
+    const remove = el('button', 'gpulab-wl-delete', 'Delete', line);
+    remove.title = `Delete environment ${env.name}`;
+    remove.addEventListener('click', event => {
+      event.stopPropagation();
+      void this._deleteEnvironment(env.name);
+    });
+    if (this._environment !== env.name) {
+      return li;
+    }
+    const details = el('div', 'gpulab-wl-details', '', li);
+    if (env.description) {
+      el('div', 'gpulab-wl-description', env.description, details);
+    }
+    el('div', 'gpulab-wl-message', env.message, details);
+    if (env.state === 'ready') {
+      const image = el('div', 'gpulab-wl-image', `Image ${env.image}`, details);
+      image.title = `${env.image}\nStart a server from it on the hub’s spawn page (Environment)`;
+    }
+    const packages = packageLines(env);
+    if (packages.length) {
+      const list = el('ul', 'gpulab-wl-packages', '', details);
+      list.setAttribute('aria-label', `Packages in ${env.name}`);
+      for (const pinned of packages) {
+        el('li', 'gpulab-wl-package', pinned, list);
+      }
+    }
+    return li;
+  }
+
   private _schedule(): void {
     if (this._refused) {
       return;
@@ -321,7 +404,8 @@ export class WorkloadsPanel extends PollingWidget {
     const busy =
       this._jobs.some(j => ACTIVE.has(j.state)) ||
       this._sweeps.some(s => s.state === 'running') ||
-      this._models.some(m => m.state !== 'available' && m.state !== 'failed');
+      this._models.some(m => m.state !== 'available' && m.state !== 'failed') ||
+      this._environments.some(e => e.state === 'saving');
     this.schedule(busy ? POLL_ACTIVE_MS : POLL_IDLE_MS);
   }
 
@@ -331,6 +415,11 @@ export class WorkloadsPanel extends PollingWidget {
   private _jobs: IJob[] = [];
   private _sweeps: ISweep[] = [];
   private _models: IModel[] = [];
+  private _environments: IEnvironment[] = [];
+  /** Why the snapshots could not be read (a hub that makes none), or null. */
+  private _environmentsError: string | null = null;
+  /** The snapshot whose details show. */
+  private _environment: string | null = null;
   private _log: ILogView | null = null;
   /** The sweep whose trials show. */
   private _sweep: string | null = null;

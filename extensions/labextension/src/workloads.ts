@@ -1,5 +1,6 @@
 /**
- * The user's training jobs, sweeps, models and GPU usage, as the hub's API shows them (through the
+ * The user's training jobs, sweeps, models, environment snapshots and GPU usage, as the
+ * hub's API shows them (through the
  * server extension's `gpulab/hub/...`, with the server's own token), typed.
  */
 import { URLExt } from '@jupyterlab/coreutils';
@@ -103,6 +104,37 @@ export interface IModel {
   endpoints: { predict: string; tf_serving: string };
 }
 
+/** A package an environment snapshot adds over its base (what pip lists in its layer). */
+export interface IEnvironmentPackage {
+  name: string;
+  version: string;
+  /** An editable install pointing into the home: its code is not in the snapshot. */
+  editable_project_location?: string;
+}
+
+/** An environment snapshot (`GET /hub/api/gpulab/environments`, docs/environments.md). */
+export interface IEnvironment {
+  name: string;
+  user: string;
+  /** `user/name`, as servers and jobs name it. */
+  ref: string;
+  description: string;
+  state: 'saving' | 'ready' | 'failed' | string;
+  /** How far a save is, or how it ended ("Saved: 3 package(s) over the base"). */
+  message: string;
+  image: string;
+  digest: string | null;
+  /** Bytes of its layers. */
+  size: number;
+  layers: number;
+  parent: string | null;
+  python: string | null;
+  base: string | null;
+  packages: IEnvironmentPackage[];
+  groups: string[];
+  created: string;
+}
+
 /** States in which a job or sweep still runs (and may be cancelled). */
 export const ACTIVE = new Set(['queued', 'starting', 'running']);
 
@@ -147,6 +179,30 @@ export class WorkloadsApi {
   async models(): Promise<IModel[]> {
     const answer = await this.get<{ models: IModel[] }>('models');
     return Array.isArray(answer.models) ? answer.models : [];
+  }
+
+  /** The server owner's environment snapshots. */
+  async environments(): Promise<IEnvironment[]> {
+    const answer = await this.get<{ environments: IEnvironment[] }>('environments');
+    return Array.isArray(answer.environments) ? answer.environments : [];
+  }
+
+  environment(name: string): Promise<IEnvironment> {
+    return this.get<IEnvironment>(`environments/${encodeURIComponent(name)}`);
+  }
+
+  /** Start saving what the owner installed as `name` (202: the snapshot, saving). */
+  saveEnvironment(body: { name: string; description: string }): Promise<IEnvironment> {
+    return requestJson<IEnvironment>(this.settings, 'POST', 'gpulab/hub/environments', body);
+  }
+
+  /** Delete a snapshot and its image (204). */
+  async deleteEnvironment(name: string): Promise<void> {
+    await requestText(
+      this.settings,
+      'DELETE',
+      URLExt.join('gpulab/hub/environments', encodeURIComponent(name))
+    );
   }
 
   /** This month's GPU usage so far, by kind of holder (server, job, model). */
