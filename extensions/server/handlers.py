@@ -26,6 +26,8 @@ the owner's own jobs, sweeps and models the same way (``RELAYED`` below: exactly
   gpulab/hub/environments/NAME``: the owner's environment snapshots: list, save, show,
   share, delete (docs/environments.md);
 - ``gpulab/tensorboard``: TensorBoards this server runs (``tensorboards.py``);
+- ``POST gpulab/documents/save``: write the open co-edited documents to disk now, as the
+  server has them (the lab, before it runs a notebook as a job; ``documents.py``);
 - ``gpulab/share...``: the Share dialog's links and guests (``sharing.py``).
 
 Nothing else of the hub's API is reachable through it. For the hub only (the secret the
@@ -60,6 +62,7 @@ from jupyter_server.auth.decorator import allow_unauthenticated
 from tornado import web
 
 from .base import Base, owner
+from .documents import save_open_documents
 from .gpuinfo import stats as gpu_stats
 from .hubstatus import HubStatus, hub_request, server_gpu
 from .kernels import KernelSwitch
@@ -397,6 +400,18 @@ class ActivityHandler(_HubOnly):
         )
 
 
+class DocumentsSaveHandler(_Base):
+    """The open co-edited documents written to disk now, with what the server holds of
+    them. A page must not save such a document itself: its save checks the file on disk,
+    finds the server's own write of a moment before, and asks in a dialog, which waits
+    behind the page's own open dialog (the job form) forever."""
+
+    @web.authenticated
+    async def post(self):
+        self.require_owner("save this server's open documents")
+        self.finish(await save_open_documents(self.serverapp))
+
+
 def handlers(base_url: str) -> list:
     def url(path: str) -> str:
         return base_url.rstrip("/") + "/gpulab/" + path
@@ -405,6 +420,7 @@ def handlers(base_url: str) -> list:
         (url(r"gpu(/return|/get)?"), GpuHandler),
         (url(r"hub/([^?]+)"), WorkloadsHandler),
         (url(r"tensorboard(?:/([0-9]{1,5}))?"), TensorBoardHandler),
+        (url("documents/save"), DocumentsSaveHandler),
         (
             url(
                 r"share(?:/(codes|guests|views)(?:/(sc_[0-9]+|v_[0-9]+|user|group)(?:/([^/]+))?)?)?"

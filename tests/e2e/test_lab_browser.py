@@ -300,6 +300,10 @@ def test_the_server_relays_the_users_own_workloads_and_nothing_else_of_the_hub(h
     assert r.status_code == 200 and r.json()["user"]["name"] == "quin", r.text
     r = user.session.delete(base + "/models/nosuch", timeout=30)
     assert r.status_code == 404 and "nosuch" in r.json()["message"], r.text
+    # the server writes its open co-edited documents when the lab asks (none open here)
+    r = user.session.post(user.server_url + "/gpulab/documents/save", json={}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"documents_saved": [], "documents_not_saved": []}
     # the owner's environment snapshots
     r = user.session.get(base + "/environments", timeout=30)
     assert r.status_code == 200 and r.json() == {"environments": []}, r.text

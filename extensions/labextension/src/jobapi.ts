@@ -25,6 +25,14 @@ export class JobSubmitApi extends WorkloadsApi {
     return requestJson<IJob>(this._settings, 'POST', 'gpulab/hub/jobs', body);
   }
 
+  /**
+   * Have the server write its open co-edited documents to disk now, as it holds them
+   * (what a job run from one must read).
+   */
+  async saveOpenDocuments(): Promise<void> {
+    await requestJson(this._settings, 'POST', 'gpulab/documents/save', {});
+  }
+
   /** Submit a sweep (201: the sweep, its first trials started). */
   submitSweep(body: IYamlMap): Promise<ISweep> {
     return requestJson<ISweep>(this._settings, 'POST', 'gpulab/hub/sweeps', body);

@@ -54,11 +54,18 @@ export function activateJobForms(app: JupyterFrontEnd, services: IJobFormService
     return path && fileKind(path) ? path : undefined;
   };
 
-  /** Save the file where it is open with unsaved changes: the job runs what is on disk. */
+  /**
+   * Save the file where it is open with unsaved changes: the job runs what is on disk. A
+   * co-edited one is written by the server, which holds it: a save from this page would
+   * check the file first, find the server's own write of a moment before, and ask in a
+   * dialog that waits behind the job form's forever (saving.ts says the same of moves).
+   */
   const saveFile = async (path: string): Promise<void> => {
     const widget = documents?.findWidget(path);
     const context = widget ? documents?.contextForWidget(widget) : undefined;
-    if (context?.model.dirty) {
+    if (context?.model.collaborative) {
+      await api.saveOpenDocuments();
+    } else if (context?.model.dirty) {
       await context.save();
     }
   };
