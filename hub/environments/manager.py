@@ -208,20 +208,12 @@ class EnvironmentManager:
         parent = self.visible(user, member_of or [], current) if current else None
         await self._registry()  # unreachable: a 503 now, nothing recorded
         env = self.store.add(
-            user, name, description, self.repository(user), parent.ref if parent else ""
+            user, name, description, self.repository(user), parent.ref if parent else "", groups
         )
         if env is None:
             raise SnapshotError(409, f"you already have an environment named {name}")
-        self.store.update(env.id, groups=groups)
         self._tasks[env.id] = asyncio.ensure_future(self._save(env, parent))
-        return self.store.get_by_id(env.id)
-
-    async def wait(self, env: Environment) -> Environment:
-        """``env`` once its save has ended (for tests and the CLI's in-process use)."""
-        task = self._tasks.get(env.id)
-        if task is not None:
-            await asyncio.shield(task)
-        return self.store.get_by_id(env.id)
+        return env
 
     async def _save(self, env: Environment, parent: Environment | None) -> None:
         tmp = self.root / "tmp" / f"{env.id}-{secrets.token_hex(4)}.tar.gz"

@@ -16,9 +16,12 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
     delete,
+    false,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -146,8 +149,9 @@ class EnvironmentStore:
         ``groups``."""
         t = environments_table
         query = select(t).order_by(t.c.user, t.c.name)
-        if user is not None:
-            query = query.where(t.c.user == user) if not groups else query
+        if user is not None:  # the user's own, and others' shared with some group
+            shared = and_(t.c.state == READY, t.c.groups != "[]") if groups else false()
+            query = query.where(or_(t.c.user == user, shared))
         with self.engine.connect() as conn:
             rows = [Environment.from_row(r) for r in conn.execute(query)]
         if user is None or not groups:
@@ -162,7 +166,13 @@ class EnvironmentStore:
             return conn.execute(select(func.count()).where(t.c.user == user)).scalar_one()
 
     def add(
-        self, user: str, name: str, description: str, repository: str, parent: str
+        self,
+        user: str,
+        name: str,
+        description: str,
+        repository: str,
+        parent: str,
+        groups: list[str],
     ) -> Environment | None:
         """Record a snapshot being saved; None when the user has one of that name (a
         failed one is replaced)."""
@@ -184,6 +194,7 @@ class EnvironmentStore:
                     message="Saving",
                     repository=repository,
                     parent=parent,
+                    groups=json.dumps(groups),
                     created=utcnow(),
                 )
             ).inserted_primary_key[0]
